@@ -1,0 +1,182 @@
+//! The admin API (JSON), on its own listener.
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/healthz` | 200 while the process runs |
+//! | GET | `/readyz` | 200 once a gateway configuration is in force and the node is not draining, else 503 |
+//! | GET | `/metrics` | Prometheus text |
+//! | GET | `/v1/config` | `{"version": n, "config": {…}}` |
+//! | PUT | `/v1/config` | body: gateway.yaml (YAML or JSON); 200 `{"version": n}`, or 400 with every violated rule |
+//!
+//! When `admin.token` is set, `/v1/*` requires `Authorization: Bearer <token>`.
+//! Failures use the JSON error body of the data plane.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::Gateway;
+use crate::body::Body;
+
+/// Largest accepted configuration document.
+const MAX_CONFIG_BYTES: usize = 4 << 20;
+
+/// Serves one admin request.
+pub async fn handle(
+    app: Arc<Gateway>,
+    req: hyper::Request<Incoming>,
+    _peer: SocketAddr,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    if path.starts_with("/v1/")
+        && let Some(token) = &app.shared.config.admin.token
+        && !authorized(&req, token)
+    {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin bearer token is required",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"meridian-admin\""),
+        );
+        return response;
+    }
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => {
+            let version = app.snapshots.load().version;
+            let draining = app.shared.shutdown.is_cancelled();
+            let (status, state) = match (version, draining) {
+                (_, true) => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+                (0, false) => (StatusCode::SERVICE_UNAVAILABLE, "no gateway configuration"),
+                _ => (StatusCode::OK, "ready"),
+            };
+            json_response(status, &json!({"status": state, "config_version": version}))
+        }
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(Body::full(app.shared.metrics.render()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        (&Method::GET, "/v1/config") => {
+            let snapshot = app.snapshots.load();
+            json_response(
+                StatusCode::OK,
+                &json!({"version": snapshot.version, "config": &*snapshot.config}),
+            )
+        }
+        (&Method::PUT, "/v1/config") => put_config(&app, req).await,
+        (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
+        (_, "/v1/config") => method_not_allowed("GET, PUT"),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+    }
+}
+
+async fn put_config(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Body> {
+    let body = match Limited::new(req.into_body(), MAX_CONFIG_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the configuration exceeds 4 MiB or could not be read",
+            );
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_config",
+            "the configuration is not UTF-8",
+        );
+    };
+    match app.snapshots.apply_text(text) {
+        Ok(version) => json_response(StatusCode::OK, &json!({"version": version})),
+        Err(errors) => {
+            let details: Vec<_> = errors
+                .0
+                .iter()
+                .map(|e| json!({"key": e.key, "value": e.value, "rule": e.rule}))
+                .collect();
+            json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": {
+                    "code": "invalid_config",
+                    "message": errors.to_string(),
+                    "details": details,
+                }}),
+            )
+        }
+    }
+}
+
+fn authorized(req: &hyper::Request<Incoming>, token: &str) -> bool {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let Some(presented) = value.as_bytes().strip_prefix(b"Bearer ") else {
+        return false;
+    };
+    constant_time_eq(presented, token.as_bytes())
+}
+
+/// Compares without an early exit, so timing does not reveal a prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Body::full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        &json!({"error": {"code": code, "message": message}}),
+    )
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed here",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

@@ -1,0 +1,309 @@
+//! Building and running a node: bind the listeners, start the background
+//! tasks, serve until the shutdown trigger fires, then stop in the order
+//! documented in [`crate::shutdown`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft::model::{ConfigErrors, GatewayConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::access_log::{AccessLog, Writer};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Pipeline};
+use crate::snapshot;
+use crate::{Shared, admin, server};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener address is unavailable.
+    #[error("cannot listen on {address} ({listener})")]
+    Bind {
+        /// Which listener.
+        listener: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The access log cannot be opened.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+    /// The gateway configuration file cannot be read.
+    #[error("cannot read gateway configuration {path}")]
+    ReadGateway {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The gateway configuration breaks rules.
+    #[error("gateway configuration {path}:\n{errors}")]
+    InvalidGateway {
+        /// The file.
+        path: PathBuf,
+        /// Every violated rule.
+        errors: ConfigErrors,
+    },
+}
+
+/// What the request handlers share: the node's services, the snapshot in
+/// force and the pipeline.
+pub struct Gateway {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) snapshots: snapshot::Handle,
+    pipeline: Pipeline,
+}
+
+impl Gateway {
+    /// Serves one proxied request.
+    pub async fn serve(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+    ) -> pipeline::Response {
+        let snapshot = self.snapshots.load();
+        self.pipeline.handle(snapshot, peer, req).await
+    }
+
+    /// The snapshot handle (to apply configurations).
+    pub fn snapshots(&self) -> &snapshot::Handle {
+        &self.snapshots
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Re-reads the gateway file and applies it; a bad file changes nothing.
+    pub fn reload_file(&self) -> Result<u64, Error> {
+        let Some(path) = &self.shared.config.gateway else {
+            return Ok(self.snapshots.load().version);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadGateway {
+            path: path.clone(),
+            source,
+        })?;
+        self.snapshots
+            .apply_text(&text)
+            .map_err(|errors| Error::InvalidGateway {
+                path: path.clone(),
+                errors,
+            })
+    }
+}
+
+/// A node with its listeners bound, ready to run.
+pub struct App {
+    gateway: Arc<Gateway>,
+    proxy: TcpListener,
+    admin: TcpListener,
+    writer: Option<Writer>,
+}
+
+impl App {
+    /// Binds the listeners and applies the gateway configuration (the given
+    /// one, else the configured file, else none).
+    pub async fn build(mut config: Config, initial: Option<GatewayConfig>) -> Result<Self, Error> {
+        config.limits.max_connections = raise_open_files(config.limits.max_connections);
+        let metrics = Metrics::new();
+        let (access_log, writer) =
+            AccessLog::start(&config.log.access_log, metrics.access_log_dropped.clone())
+                .map_err(Error::AccessLog)?;
+        let bind = |listener, address| {
+            server::bind(address).map_err(|source| Error::Bind {
+                listener,
+                address,
+                source,
+            })
+        };
+        let proxy = bind("proxy", config.listen.proxy)?;
+        let admin = bind("admin", config.listen.admin)?;
+        let shared = Arc::new(Shared {
+            config: Arc::new(config),
+            metrics,
+            access_log,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        });
+        let gateway = Arc::new(Gateway {
+            snapshots: snapshot::Handle::new(shared.clone()),
+            pipeline: pipeline::build(&shared),
+            shared,
+        });
+        match initial {
+            Some(config) => {
+                gateway.snapshots.apply(config);
+            }
+            None => {
+                gateway.reload_file()?;
+            }
+        }
+        Ok(Self {
+            gateway,
+            proxy,
+            admin,
+            writer,
+        })
+    }
+
+    /// The bound proxy address.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The request handlers' shared state.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and stops.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            gateway,
+            proxy,
+            admin,
+            writer,
+        } = self;
+        let shared = gateway.shared.clone();
+        let config = shared.config.clone();
+        let grace = config.shutdown.grace_period;
+        let servers = TaskTracker::new();
+        let proxy_settings = server::Settings::proxy(
+            &config,
+            (
+                shared.metrics.open_connections.clone(),
+                shared.metrics.connections_total.clone(),
+            ),
+        );
+        let handler = {
+            let gateway = gateway.clone();
+            move |req, peer| {
+                let gateway = gateway.clone();
+                async move { gateway.serve(req, peer).await }
+            }
+        };
+        servers.spawn(
+            server::serve(
+                proxy,
+                proxy_settings,
+                handler,
+                shared.shutdown.clone(),
+                grace,
+            )
+            .instrument(tracing::info_span!("listener", name = "proxy")),
+        );
+        let handler = {
+            let gateway = gateway.clone();
+            move |req, peer| admin::handle(gateway.clone(), req, peer)
+        };
+        servers.spawn(
+            server::serve(
+                admin,
+                server::Settings::admin(&config),
+                handler,
+                shared.shutdown.clone(),
+                grace,
+            )
+            .instrument(tracing::info_span!("listener", name = "admin")),
+        );
+        shared
+            .tasks
+            .spawn(upkeep(shared.clone()).instrument(tracing::info_span!("metrics-upkeep")));
+        if config.gateway.is_some() {
+            shared
+                .tasks
+                .spawn(reload_on_sighup(gateway.clone()).instrument(tracing::info_span!("reload")));
+        }
+        tracing::info!(
+            proxy = %config.listen.proxy,
+            admin = %config.listen.admin,
+            node = config.id,
+            region = %config.region,
+            "node running"
+        );
+
+        shutdown.await;
+        tracing::info!("shutting down");
+        shared.shutdown.cancel();
+        servers.close();
+        servers.wait().await;
+        shared.tasks.close();
+        shared.tasks.wait().await;
+        shared.access_log.flush(Duration::from_secs(2)).await;
+        drop(gateway);
+        drop(shared);
+        drop(writer);
+        tracing::info!("stopped");
+    }
+}
+
+async fn upkeep(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = interval.tick() => shared.metrics.upkeep(),
+        }
+    }
+}
+
+async fn reload_on_sighup(gateway: Arc<Gateway>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload through PUT /v1/config");
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = gateway.shared.shutdown.cancelled() => return,
+            _ = hangup.recv() => match gateway.reload_file() {
+                Ok(version) => tracing::info!(version, "SIGHUP: gateway configuration reloaded"),
+                Err(error) => tracing::error!(%error, "SIGHUP: reload refused; the previous configuration stays"),
+            },
+        }
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit, and returns the
+/// connection cap lowered to leave room for upstream connections and files.
+fn raise_open_files(max_connections: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    // Each proxied connection may hold one upstream connection too.
+    let cap = (limit.saturating_sub(128) / 2).max(16) as usize;
+    if max_connections > cap {
+        tracing::warn!(
+            max_connections,
+            cap,
+            open_files = limit,
+            "limits.max-connections lowered to fit the open-file limit"
+        );
+        cap
+    } else {
+        max_connections
+    }
+}

@@ -1,0 +1,365 @@
+//! Bodies that cross the gateway, streamed both ways in constant memory.
+//!
+//! - [`Body`] is what clients receive: a small complete body (errors, admin
+//!   answers) or an upstream's body streamed through, with an idle timeout
+//!   and a hook that runs when the response is finished (the access log and
+//!   latency metrics), whether it completed or was abandoned.
+//! - [`UpstreamBody`] is what upstreams receive: nothing, or the client's
+//!   body streamed through under the route's size limit and idle timeout.
+//!   The client's body sits in a [`Replay`] slot until the first attempt
+//!   reads from it, so a failed attempt that never touched the body can be
+//!   retried, and one that did cannot.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::proxy::pool::InFlight;
+
+/// Why a streamed body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The client sent more than the route allows.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// No data moved for the idle timeout.
+    #[error("body stalled for longer than the idle timeout ({0:?})")]
+    Idle(Duration),
+    /// The peer reset or broke the stream.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+/// Called once when a response body is finished: with the bytes sent and
+/// whether the body ended cleanly.
+pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
+
+/// Re-armable idle timer; allocated only when a body first has to wait.
+struct IdleTimer {
+    limit: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl IdleTimer {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// Data moved: the next wait starts a fresh period.
+    fn progress(&mut self) {
+        self.armed = false;
+    }
+
+    /// The body is waiting: `Ready` when it has waited too long.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = Instant::now() + self.limit;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            sleep.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        sleep.as_mut().poll(cx)
+    }
+}
+
+// === impl Body ===
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(Incoming, IdleTimer),
+}
+
+/// A response body sent to a client.
+pub struct Body {
+    kind: Kind,
+    sent: u64,
+    on_end: Option<OnEnd>,
+    held: Option<InFlight>,
+}
+
+impl Body {
+    /// No body.
+    pub fn empty() -> Self {
+        Self::from_kind(Kind::Empty)
+    }
+
+    /// A complete body.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        Self::from_kind(Kind::Full(Some(data.into())))
+    }
+
+    /// An upstream's body, aborted when it stalls for `idle`.
+    pub fn stream(incoming: Incoming, idle: Duration) -> Self {
+        Self::from_kind(Kind::Stream(incoming, IdleTimer::new(idle)))
+    }
+
+    fn from_kind(kind: Kind) -> Self {
+        Self {
+            kind,
+            sent: 0,
+            on_end: None,
+            held: None,
+        }
+    }
+
+    /// Keeps the upstream request counted as in flight until the body ends.
+    pub fn hold(&mut self, in_flight: InFlight) {
+        self.held = Some(in_flight);
+    }
+
+    /// Runs `on_end` once the body is finished or dropped.
+    pub fn on_end(&mut self, on_end: OnEnd) {
+        self.on_end = Some(on_end);
+    }
+
+    /// The bytes of a complete body (for tests and admin answers).
+    pub fn as_bytes(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Full(data) => data.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn finish(&mut self, clean: bool) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(self.sent, clean);
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        // hyper stops polling once a length-delimited body is written, so a
+        // stream whose upstream side reached its end counts as complete.
+        let clean = match &self.kind {
+            Kind::Stream(incoming, _) => incoming.is_end_stream(),
+            _ => true,
+        };
+        self.finish(clean);
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Empty => None,
+            Kind::Full(data) => data.take().map(|data| Ok(Frame::data(data))),
+            Kind::Stream(incoming, idle) => match Pin::new(&mut *incoming).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    idle.progress();
+                    frame.map(|frame| frame.map_err(BodyError::from))
+                }
+                Poll::Pending => {
+                    ready!(idle.poll_expired(cx));
+                    Some(Err(BodyError::Idle(idle.limit)))
+                }
+            },
+        };
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Some(Err(_)) => this.finish(false),
+            None => {
+                this.kind = Kind::Empty;
+                this.held = None;
+                this.finish(true);
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(data) => data.is_none(),
+            Kind::Stream(incoming, _) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Stream(incoming, _) => incoming.size_hint(),
+        }
+    }
+}
+
+impl From<String> for Body {
+    fn from(text: String) -> Self {
+        Body::full(text)
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(text: &'static str) -> Self {
+        Body::full(text)
+    }
+}
+
+// === impl Replay ===
+
+/// Holds a client's request body until one upstream attempt starts reading it.
+#[derive(Clone)]
+pub struct Replay {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    size: SizeHint,
+}
+
+impl Replay {
+    /// Parks `incoming` for the first attempt.
+    pub fn new(incoming: Incoming) -> Self {
+        Self {
+            size: incoming.size_hint(),
+            slot: Arc::new(Mutex::new(Some(incoming))),
+        }
+    }
+
+    /// Whether an attempt has started streaming the body, after which no
+    /// other attempt can send it.
+    pub fn consumed(&self) -> bool {
+        self.slot.lock().map_or(true, |slot| slot.is_none())
+    }
+
+    fn take(&self) -> Option<Incoming> {
+        self.slot.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+// === impl UpstreamBody ===
+
+/// A request body sent to an upstream.
+pub enum UpstreamBody {
+    /// No body.
+    Empty,
+    /// A complete body (health checks).
+    Full(Option<Bytes>),
+    /// The client's body, streamed.
+    Client(ClientBody),
+}
+
+/// The client's body on its way upstream, under a size limit and an idle timeout.
+pub struct ClientBody {
+    replay: Replay,
+    incoming: Option<Incoming>,
+    read: u64,
+    limit: u64,
+    exceeded: Arc<std::sync::atomic::AtomicBool>,
+    idle: IdleTimer,
+}
+
+impl ClientBody {
+    /// Streams the body parked in `replay` once polled. `exceeded` is set
+    /// when the client sends more than `limit` bytes.
+    pub fn new(
+        replay: Replay,
+        limit: u64,
+        idle: Duration,
+        exceeded: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        Self {
+            replay,
+            incoming: None,
+            read: 0,
+            limit,
+            exceeded,
+            idle: IdleTimer::new(idle),
+        }
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let body = match self.get_mut() {
+            UpstreamBody::Empty => return Poll::Ready(None),
+            UpstreamBody::Full(data) => {
+                return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
+            }
+            UpstreamBody::Client(body) => body,
+        };
+        if body.incoming.is_none() {
+            match body.replay.take() {
+                Some(incoming) => body.incoming = Some(incoming),
+                None => return Poll::Ready(None),
+            }
+        }
+        let Some(incoming) = body.incoming.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                body.idle.progress();
+                if let Some(data) = frame.data_ref() {
+                    body.read += data.len() as u64;
+                    if body.read > body.limit {
+                        body.exceeded
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(BodyError::TooLarge { limit: body.limit })));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                ready!(body.idle.poll_expired(cx));
+                Poll::Ready(Some(Err(BodyError::Idle(body.idle.limit))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Empty => true,
+            UpstreamBody::Full(data) => data.is_none(),
+            UpstreamBody::Client(body) => body.incoming.as_ref().is_some_and(|i| i.is_end_stream()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            UpstreamBody::Client(body) => match &body.incoming {
+                Some(incoming) => incoming.size_hint(),
+                None => body.replay.size.clone(),
+            },
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! `node.toml`: one node's own settings.
+//!
+//! [`RawConfig`] is the serde shape (kebab-case keys, unknown keys refused,
+//! every field defaulted); [`RawConfig::validate`] turns it into a
+//! [`Config`], so an unchecked configuration cannot reach the node. Every
+//! error names the key, the value and the rule. Command-line overrides are
+//! applied to the raw form, before validation.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raft::model::{ByteSize, ConfigError, ConfigErrors};
+use serde::Deserialize;
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node id, unique in the cluster.
+    pub id: u64,
+    /// The region this node serves.
+    pub region: String,
+    /// Where the node keeps its state.
+    pub data_dir: PathBuf,
+    /// A gateway configuration file loaded at start and on SIGHUP.
+    pub gateway: Option<PathBuf>,
+    /// Listener addresses.
+    pub listen: Listen,
+    /// Tokio runtime settings.
+    pub runtime: Runtime,
+    /// Client-facing size and connection limits.
+    pub limits: Limits,
+    /// Client-facing timeouts.
+    pub timeouts: ClientTimeouts,
+    /// Admin API settings.
+    pub admin: Admin,
+    /// Logging.
+    pub log: Log,
+    /// Graceful shutdown.
+    pub shutdown: Shutdown,
+}
+
+/// Listener addresses.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Plain-HTTP proxy listener (HTTP/1.1 and h2c).
+    pub proxy: SocketAddr,
+    /// Admin API listener.
+    pub admin: SocketAddr,
+}
+
+/// Runtime settings.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// Worker threads; 0 means one per core.
+    pub worker_threads: usize,
+}
+
+/// Client-facing limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open client connections; accepting pauses at the cap.
+    pub max_connections: usize,
+    /// Total size of the request's header fields (431 above).
+    pub max_header_bytes: usize,
+    /// Number of request header fields.
+    pub max_headers: usize,
+    /// Length of the request target (414 above).
+    pub max_uri_bytes: usize,
+    /// Request body size unless a route sets its own (413 above).
+    pub max_body_bytes: u64,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+}
+
+/// Client-facing timeouts.
+#[derive(Debug, Clone)]
+pub struct ClientTimeouts {
+    /// Receiving a request head; for HTTP/1.1 the period also starts when a
+    /// kept-alive connection waits for its next request.
+    pub header_read: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle: Duration,
+}
+
+/// Admin API settings.
+#[derive(Debug, Clone, Default)]
+pub struct Admin {
+    /// Bearer token required on `/v1/*` when set.
+    pub token: Option<String>,
+}
+
+/// Where logs go.
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// Filter for the diagnostic log, e.g. `info` or `node=debug`.
+    pub level: String,
+    /// The JSON access log.
+    pub access_log: AccessLogTarget,
+}
+
+/// Destination of the JSON access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// No access log.
+    Off,
+    /// Standard output.
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// In-flight requests get this long to finish before connections are closed.
+    pub grace_period: Duration,
+}
+
+/// The serde shape of `node.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawConfig {
+    /// Node id (> 0).
+    pub id: u64,
+    /// Region name.
+    pub region: String,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Gateway configuration file.
+    pub gateway: Option<PathBuf>,
+    /// `[listen]`.
+    pub listen: RawListen,
+    /// `[runtime]`.
+    pub runtime: RawRuntime,
+    /// `[limits]`.
+    pub limits: RawLimits,
+    /// `[timeouts]`.
+    pub timeouts: RawTimeouts,
+    /// `[admin]`.
+    pub admin: RawAdmin,
+    /// `[log]`.
+    pub log: RawLog,
+    /// `[shutdown]`.
+    pub shutdown: RawShutdown,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawListen {
+    /// `proxy`.
+    pub proxy: String,
+    /// `admin`.
+    pub admin: String,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawRuntime {
+    /// `worker-threads`.
+    pub worker_threads: usize,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawLimits {
+    /// `max-connections`.
+    pub max_connections: usize,
+    /// `max-header-bytes`.
+    pub max_header_bytes: ByteSize,
+    /// `max-headers`.
+    pub max_headers: usize,
+    /// `max-uri-bytes`.
+    pub max_uri_bytes: ByteSize,
+    /// `max-body-bytes`.
+    pub max_body_bytes: ByteSize,
+    /// `max-concurrent-streams`.
+    pub max_concurrent_streams: u32,
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawTimeouts {
+    /// `header-read`.
+    #[serde(with = "humantime_serde")]
+    pub header_read: Duration,
+    /// `idle`.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawAdmin {
+    /// `token`.
+    pub token: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawLog {
+    /// `level`.
+    pub level: String,
+    /// `access-log`: `off`, `stdout` or a file path.
+    pub access_log: String,
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawShutdown {
+    /// `grace-period`.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            region: "local".into(),
+            data_dir: PathBuf::from("./data"),
+            gateway: None,
+            listen: RawListen::default(),
+            runtime: RawRuntime::default(),
+            limits: RawLimits::default(),
+            timeouts: RawTimeouts::default(),
+            admin: RawAdmin::default(),
+            log: RawLog::default(),
+            shutdown: RawShutdown::default(),
+        }
+    }
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            proxy: "0.0.0.0:8080".into(),
+            admin: "127.0.0.1:9080".into(),
+        }
+    }
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 8192,
+            max_header_bytes: ByteSize(32 << 10),
+            max_headers: 100,
+            max_uri_bytes: ByteSize(8 << 10),
+            max_body_bytes: ByteSize(10 << 20),
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(30),
+            idle: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            access_log: "stdout".into(),
+        }
+    }
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        Self {
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a `node.toml` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the location.
+        message: String,
+    },
+    /// A rule is broken.
+    #[error("{0}")]
+    Invalid(#[from] ConfigErrors),
+}
+
+impl RawConfig {
+    /// Reads and parses `path` (not yet validated).
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| LoadError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text (not yet validated).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|error| error.to_string().trim_end().to_owned())
+    }
+
+    /// Checks every rule and produces the usable [`Config`].
+    pub fn validate(self) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut fail = |key: &str, value: &dyn std::fmt::Display, rule: &str| {
+            errors.push(ConfigError {
+                key: key.to_owned(),
+                value: value.to_string(),
+                rule: rule.to_owned(),
+            })
+        };
+        if self.id == 0 {
+            fail("id", &self.id, "must be greater than zero");
+        }
+        if self.region.is_empty()
+            || !self
+                .region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            fail(
+                "region",
+                &self.region,
+                "must be a name of letters, digits, '-' and '_'",
+            );
+        }
+        let mut address = |key: &str, value: &str| match value.parse::<SocketAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                fail(
+                    key,
+                    &value,
+                    "must be an IP address and port, e.g. 0.0.0.0:8080",
+                );
+                None
+            }
+        };
+        let proxy = address("listen.proxy", &self.listen.proxy);
+        let admin = address("listen.admin", &self.listen.admin);
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            fail("limits.max-connections", &0, "must be greater than zero");
+        }
+        if l.max_header_bytes.bytes() < 1024 || l.max_header_bytes.bytes() > 1 << 20 {
+            fail(
+                "limits.max-header-bytes",
+                &l.max_header_bytes,
+                "must be between 1KiB and 1MiB",
+            );
+        }
+        if l.max_headers == 0 || l.max_headers > 1000 {
+            fail(
+                "limits.max-headers",
+                &l.max_headers,
+                "must be between 1 and 1000",
+            );
+        }
+        if l.max_uri_bytes.bytes() < 256 || l.max_uri_bytes.bytes() > 1 << 20 {
+            fail(
+                "limits.max-uri-bytes",
+                &l.max_uri_bytes,
+                "must be between 256 and 1MiB",
+            );
+        }
+        if l.max_body_bytes.bytes() == 0 {
+            fail("limits.max-body-bytes", &0, "must be greater than zero");
+        }
+        if l.max_concurrent_streams == 0 {
+            fail(
+                "limits.max-concurrent-streams",
+                &0,
+                "must be greater than zero",
+            );
+        }
+        for (key, value) in [
+            ("timeouts.header-read", self.timeouts.header_read),
+            ("timeouts.idle", self.timeouts.idle),
+        ] {
+            if value.is_zero() {
+                fail(
+                    key,
+                    &humantime::format_duration(value),
+                    "must be greater than zero",
+                );
+            }
+        }
+        if self.admin.token.as_deref() == Some("") {
+            fail(
+                "admin.token",
+                &"",
+                "must not be empty (omit it to disable admin auth)",
+            );
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            fail(
+                "log.level",
+                &self.log.level,
+                &format!("must be a log filter: {error}"),
+            );
+        }
+        let access_log = match self.log.access_log.as_str() {
+            "off" => AccessLogTarget::Off,
+            "stdout" | "-" => AccessLogTarget::Stdout,
+            "" => {
+                fail("log.access-log", &"", "must be off, stdout or a file path");
+                AccessLogTarget::Off
+            }
+            path => AccessLogTarget::File(PathBuf::from(path)),
+        };
+        match (proxy, admin) {
+            (Some(proxy), Some(admin)) if errors.is_empty() => Ok(Config {
+                id: self.id,
+                region: self.region,
+                data_dir: self.data_dir,
+                gateway: self.gateway,
+                listen: Listen { proxy, admin },
+                runtime: Runtime {
+                    worker_threads: self.runtime.worker_threads,
+                },
+                limits: Limits {
+                    max_connections: l.max_connections,
+                    max_header_bytes: l.max_header_bytes.bytes() as usize,
+                    max_headers: l.max_headers,
+                    max_uri_bytes: l.max_uri_bytes.bytes() as usize,
+                    max_body_bytes: l.max_body_bytes.bytes(),
+                    max_concurrent_streams: l.max_concurrent_streams,
+                },
+                timeouts: ClientTimeouts {
+                    header_read: self.timeouts.header_read,
+                    idle: self.timeouts.idle,
+                },
+                admin: Admin {
+                    token: self.admin.token,
+                },
+                log: Log {
+                    level: self.log.level,
+                    access_log,
+                },
+                shutdown: Shutdown {
+                    grace_period: self.shutdown.grace_period,
+                },
+            }),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(toml: &str, expected: &[&str]) {
+        let rendered: Vec<String> = match RawConfig::parse(toml).expect("parses").validate() {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        };
+        assert_eq!(rendered, expected);
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = RawConfig::default().validate().unwrap();
+        assert_eq!(config.listen.proxy.port(), 8080);
+        assert_eq!(config.listen.admin.to_string(), "127.0.0.1:9080");
+        assert_eq!(config.log.access_log, AccessLogTarget::Stdout);
+    }
+
+    #[test]
+    fn the_design_sketch_parses() {
+        check(
+            "id = 1\nregion = \"eu-west\"\ndata-dir = \"/var/lib/meridian\"\n[listen]\nproxy = \"0.0.0.0:8080\"\nadmin = \"127.0.0.1:9080\"\n",
+            &[],
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_location() {
+        let error = RawConfig::parse("[listen]\nproxi = \"1\"\n").unwrap_err();
+        assert!(error.contains("unknown field `proxi`"), "{error}");
+        assert!(error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn each_rule() {
+        check("id = 0", &["id (0) must be greater than zero"]);
+        check(
+            "region = \"eu west\"",
+            &["region (eu west) must be a name of letters, digits, '-' and '_'"],
+        );
+        check(
+            "[listen]\nproxy = \"8080\"",
+            &["listen.proxy (8080) must be an IP address and port, e.g. 0.0.0.0:8080"],
+        );
+        check(
+            "[limits]\nmax-connections = 0",
+            &["limits.max-connections (0) must be greater than zero"],
+        );
+        check(
+            "[limits]\nmax-header-bytes = \"100\"",
+            &["limits.max-header-bytes (100) must be between 1KiB and 1MiB"],
+        );
+        check(
+            "[limits]\nmax-headers = 0",
+            &["limits.max-headers (0) must be between 1 and 1000"],
+        );
+        check(
+            "[limits]\nmax-uri-bytes = 10",
+            &["limits.max-uri-bytes (10) must be between 256 and 1MiB"],
+        );
+        check(
+            "[limits]\nmax-body-bytes = 0",
+            &["limits.max-body-bytes (0) must be greater than zero"],
+        );
+        check(
+            "[limits]\nmax-concurrent-streams = 0",
+            &["limits.max-concurrent-streams (0) must be greater than zero"],
+        );
+        check(
+            "[timeouts]\nidle = \"0s\"",
+            &["timeouts.idle (0s) must be greater than zero"],
+        );
+        check(
+            "[admin]\ntoken = \"\"",
+            &["admin.token () must not be empty (omit it to disable admin auth)"],
+        );
+        check(
+            "[log]\naccess-log = \"\"",
+            &["log.access-log () must be off, stdout or a file path"],
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let error = RawConfig::parse("[timeouts]\nidle = \"soon\"").unwrap_err();
+        assert!(error.contains("idle"), "{error}");
+    }
+}

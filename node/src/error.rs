@@ -1,0 +1,316 @@
+//! The data plane's one error type.
+//!
+//! Every failure on the request path becomes an [`Error`], and every
+//! [`Error`] becomes a response with the JSON body of DESIGN.md §2:
+//! `{"error":{"code":"…","message":"…","request_id":"…"}}`. An error knows
+//! its status, which side caused it and whether a retry may help; hyper
+//! never sees one.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use http::{HeaderValue, StatusCode, header};
+
+/// A boxed error, used only at the hyper edges.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something the gateway refuses.
+    Client,
+    /// The upstream failed or could not be reached.
+    Upstream,
+    /// The gateway itself.
+    Internal,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A malformed or ambiguous request (400); `code` names the rule.
+    BadRequest {
+        /// Machine-readable reason, e.g. `invalid_path`.
+        code: &'static str,
+        /// Human-readable explanation.
+        message: Cow<'static, str>,
+    },
+    /// The request names an API version the API does not support (400).
+    UnsupportedVersion {
+        /// The version the client asked for.
+        requested: String,
+        /// Comma-separated supported versions, sent in `X-API-Supported-Versions`.
+        supported: String,
+    },
+    /// No route matches the request (404).
+    NoRoute,
+    /// The request body exceeds the limit (413).
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The request target exceeds the limit (414).
+    UriTooLong {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request headers exceed the limit (431).
+    HeadersTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Connecting to the upstream failed (502).
+    UpstreamConnect,
+    /// Connecting to the upstream took longer than the connect timeout (504).
+    UpstreamConnectTimeout,
+    /// The upstream sent no response head within the request timeout (504).
+    UpstreamTimeout,
+    /// The upstream broke the exchange (reset, malformed response) (502).
+    UpstreamProtocol,
+    /// Every target of the upstream is unhealthy or ejected (503).
+    NoHealthyUpstream,
+    /// A bug or resource failure in the gateway (500).
+    Internal,
+}
+
+/// A data-plane failure: a [`Kind`] and, for logs, its cause.
+#[derive(Debug)]
+pub struct Error {
+    kind: Kind,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// An error of `kind` without further cause.
+    pub fn new(kind: Kind) -> Self {
+        Self { kind, source: None }
+    }
+
+    /// An error of `kind` caused by `source`.
+    pub fn with_source(kind: Kind, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    /// A 400 for a request that breaks `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(Kind::BadRequest {
+            code,
+            message: message.into(),
+        })
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &Kind {
+        &self.kind
+    }
+
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            Kind::BadRequest { .. } | Kind::UnsupportedVersion { .. } => StatusCode::BAD_REQUEST,
+            Kind::NoRoute => StatusCode::NOT_FOUND,
+            Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Kind::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Kind::UpstreamConnect | Kind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            Kind::UpstreamConnectTimeout | Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Kind::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Which side caused the failure.
+    pub fn side(&self) -> Side {
+        match self.kind {
+            Kind::BadRequest { .. }
+            | Kind::UnsupportedVersion { .. }
+            | Kind::NoRoute
+            | Kind::PayloadTooLarge { .. }
+            | Kind::UriTooLong { .. }
+            | Kind::HeadersTooLarge { .. } => Side::Client,
+            Kind::UpstreamConnect
+            | Kind::UpstreamConnectTimeout
+            | Kind::UpstreamTimeout
+            | Kind::UpstreamProtocol
+            | Kind::NoHealthyUpstream => Side::Upstream,
+            Kind::Internal => Side::Internal,
+        }
+    }
+
+    /// Whether another attempt (on another target) may succeed. Only
+    /// failures that happened before the upstream could act on the request
+    /// qualify on their own; the proxy adds the idempotency rule.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::UpstreamConnect | Kind::UpstreamConnectTimeout | Kind::UpstreamProtocol
+        )
+    }
+
+    /// Machine-readable code for the JSON body, logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match &self.kind {
+            Kind::BadRequest { code, .. } => code,
+            Kind::UnsupportedVersion { .. } => "unsupported_api_version",
+            Kind::NoRoute => "no_route",
+            Kind::PayloadTooLarge { .. } => "payload_too_large",
+            Kind::UriTooLong { .. } => "uri_too_long",
+            Kind::HeadersTooLarge { .. } => "headers_too_large",
+            Kind::UpstreamConnect => "upstream_connect_failed",
+            Kind::UpstreamConnectTimeout => "upstream_connect_timeout",
+            Kind::UpstreamTimeout => "upstream_timeout",
+            Kind::UpstreamProtocol => "upstream_protocol_error",
+            Kind::NoHealthyUpstream => "no_healthy_upstream",
+            Kind::Internal => "internal_error",
+        }
+    }
+
+    /// The message shown to the client. It never includes the `source`,
+    /// which may hold internal addresses.
+    pub fn message(&self) -> Cow<'static, str> {
+        match &self.kind {
+            Kind::BadRequest { message, .. } => message.clone(),
+            Kind::UnsupportedVersion {
+                requested,
+                supported,
+            } => {
+                format!("API version {requested:?} is not supported; supported: {supported}").into()
+            }
+            Kind::NoRoute => "no route matches this request".into(),
+            Kind::PayloadTooLarge { limit } => {
+                format!("request body exceeds the limit of {limit} bytes").into()
+            }
+            Kind::UriTooLong { limit } => {
+                format!("request target exceeds the limit of {limit} bytes").into()
+            }
+            Kind::HeadersTooLarge { limit } => {
+                format!("request headers exceed the limit of {limit} bytes").into()
+            }
+            Kind::UpstreamConnect => "could not connect to the upstream".into(),
+            Kind::UpstreamConnectTimeout => "connecting to the upstream timed out".into(),
+            Kind::UpstreamTimeout => "the upstream did not respond in time".into(),
+            Kind::UpstreamProtocol => "the upstream closed or broke the exchange".into(),
+            Kind::NoHealthyUpstream => "no healthy upstream target is available".into(),
+            Kind::Internal => "internal gateway error".into(),
+        }
+    }
+
+    /// Builds the response: status, JSON body and the headers the kind calls for.
+    pub fn to_response(&self, request_id: &str) -> http::Response<crate::body::Body> {
+        let body = serde_json::json!({
+            "error": {
+                "code": self.code(),
+                "message": self.message(),
+                "request_id": request_id,
+            }
+        });
+        let mut response = http::Response::new(crate::body::Body::full(body.to_string()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match &self.kind {
+            Kind::UnsupportedVersion { supported, .. } => {
+                if let Ok(value) = HeaderValue::from_str(supported) {
+                    headers.insert("x-api-supported-versions", value);
+                }
+            }
+            Kind::NoHealthyUpstream => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code(), self.message())?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<Kind> for Error {
+    fn from(kind: Kind) -> Self {
+        Self::new(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_maps_to_its_status_and_a_json_body() {
+        let cases = [
+            (Error::bad_request("invalid_path", "bad"), 400, Side::Client),
+            (Error::new(Kind::NoRoute), 404, Side::Client),
+            (
+                Error::new(Kind::PayloadTooLarge { limit: 1 }),
+                413,
+                Side::Client,
+            ),
+            (Error::new(Kind::UriTooLong { limit: 1 }), 414, Side::Client),
+            (
+                Error::new(Kind::HeadersTooLarge { limit: 1 }),
+                431,
+                Side::Client,
+            ),
+            (Error::new(Kind::UpstreamConnect), 502, Side::Upstream),
+            (Error::new(Kind::UpstreamProtocol), 502, Side::Upstream),
+            (Error::new(Kind::NoHealthyUpstream), 503, Side::Upstream),
+            (
+                Error::new(Kind::UpstreamConnectTimeout),
+                504,
+                Side::Upstream,
+            ),
+            (Error::new(Kind::UpstreamTimeout), 504, Side::Upstream),
+            (Error::new(Kind::Internal), 500, Side::Internal),
+        ];
+        for (error, status, side) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error}");
+            assert_eq!(error.side(), side, "{error}");
+            let response = error.to_response("rid-1");
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_bytes().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], error.code());
+            assert_eq!(body["error"]["request_id"], "rid-1");
+        }
+    }
+
+    #[test]
+    fn unsupported_version_lists_the_supported_ones() {
+        let error = Error::new(Kind::UnsupportedVersion {
+            requested: "9".into(),
+            supported: "1, 2".into(),
+        });
+        let response = error.to_response("r");
+        assert_eq!(response.headers()["x-api-supported-versions"], "1, 2");
+    }
+
+    #[test]
+    fn message_hides_the_source() {
+        let error = Error::with_source(Kind::UpstreamConnect, "connect 10.0.0.7:80 refused");
+        assert!(!error.message().contains("10.0.0.7"));
+        assert!(error.to_string().contains("10.0.0.7"));
+    }
+}

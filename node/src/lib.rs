@@ -1,0 +1,50 @@
+//! A Meridian node: the data plane that routes, versions and proxies
+//! requests, its admin API and its metrics.
+//!
+//! # Layout
+//! - [`config`]: `node.toml`, raw then validated.
+//! - [`app`]: build and run a node ([`App`]), the handlers' shared state ([`Gateway`]).
+//! - [`server`]: listeners, connection limits, timeouts, graceful drain.
+//! - [`pipeline`]: the request path: [`pipeline::Stage`]s in one order, per-request [`pipeline::RequestCx`].
+//! - [`proxy`]: forwarding, upstream pools, load balancing, health checks, retries.
+//! - [`snapshot`]: the compiled gateway configuration, swapped atomically.
+//! - [`normalize`]: the one path normalisation every stage relies on.
+//! - [`body`]: streamed bodies with limits and idle timeouts.
+//! - [`error`]: the data plane's error type and its JSON responses.
+//! - [`admin`], [`metrics`], [`access_log`], [`trace`], [`shutdown`].
+
+pub mod access_log;
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod normalize;
+pub mod pipeline;
+pub mod proxy;
+pub mod server;
+pub mod shutdown;
+pub mod snapshot;
+pub mod trace;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use app::{App, Gateway};
+
+/// Services every part of a node shares.
+pub struct Shared {
+    /// The node configuration.
+    pub config: Arc<config::Config>,
+    /// The node's metric registry.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The access log.
+    pub access_log: access_log::AccessLog,
+    /// Background tasks (health checks, tunnels, upkeep), awaited at shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled when the node starts shutting down.
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,296 @@
+//! Prometheus metrics of one node.
+//!
+//! Each node owns its recorder (several nodes can share a test process) and
+//! registers handles once: global ones here, per-route and per-upstream ones
+//! when a snapshot is compiled. The request path only increments handles;
+//! it never formats a metric name or hashes a label set.
+//!
+//! Series (all prefixed `meridian_`):
+//! - `requests_total{route,method,status}`: status is the class, `2xx`…`5xx`;
+//! - `request_duration_seconds{route}`: histogram, until the response ends;
+//! - `upstream_request_duration_seconds{upstream}`: histogram, to the response head;
+//! - `upstream_errors_total{upstream,kind}`; `upstream_retries_total{upstream}`;
+//!   `upstream_retry_budget_exhausted_total{upstream}`;
+//! - `upstream_target_healthy{upstream,target}`; `upstream_ejections_total{upstream,target}`;
+//! - `client_errors_total{code}`: requests refused before a route was chosen;
+//! - `open_connections{listener}`, `connections_total{listener}`;
+//! - `config_version`, `config_reloads_total{result}`;
+//! - `access_log_dropped_total`.
+
+use std::sync::{Arc, OnceLock};
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static METADATA: Metadata<'static> = Metadata::new("meridian", Level::INFO, Some(module_path!()));
+
+/// The node's metric registry and its always-present series.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// Open client connections on the proxy listener.
+    pub open_connections: Gauge,
+    /// Accepted client connections on the proxy listener.
+    pub connections_total: Counter,
+    /// Version of the gateway configuration in force.
+    pub config_version: Gauge,
+    /// Configuration swaps that succeeded.
+    pub config_reloads_ok: Counter,
+    /// Configuration loads that were refused.
+    pub config_reloads_failed: Counter,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
+    /// Requests refused before routing, by error code.
+    client_errors: CodeCounters,
+}
+
+/// Counters keyed by a small static set of error codes, made on first use.
+#[derive(Default)]
+struct CodeCounters(std::sync::Mutex<Vec<(&'static str, Counter)>>);
+
+impl CodeCounters {
+    fn get(&self, code: &'static str, make: impl FnOnce() -> Counter) -> Counter {
+        let mut counters = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, counter)) = counters.iter().find(|(c, _)| *c == code) {
+            return counter.clone();
+        }
+        let counter = make();
+        counters.push((code, counter.clone()));
+        counter
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with the node-wide series registered and described.
+    pub fn new() -> Arc<Self> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+            recorder.describe_counter(name.into(), unit, help.into());
+        };
+        describe(
+            "meridian_requests_total",
+            None,
+            "Requests answered, by route, method and status class.",
+        );
+        describe(
+            "meridian_upstream_errors_total",
+            None,
+            "Failed upstream attempts, by upstream and kind.",
+        );
+        describe(
+            "meridian_client_errors_total",
+            None,
+            "Requests refused before routing, by code.",
+        );
+        recorder.describe_histogram(
+            "meridian_request_duration_seconds".into(),
+            Some(Unit::Seconds),
+            "Time from request head to the end of the response, by route.".into(),
+        );
+        recorder.describe_histogram(
+            "meridian_upstream_request_duration_seconds".into(),
+            Some(Unit::Seconds),
+            "Time from sending a request upstream to its response head, by upstream.".into(),
+        );
+        let listener = || vec![Label::new("listener", "proxy")];
+        let metrics = Self {
+            open_connections: recorder.register_gauge(
+                &Key::from_parts("meridian_open_connections", listener()),
+                &METADATA,
+            ),
+            connections_total: recorder.register_counter(
+                &Key::from_parts("meridian_connections_total", listener()),
+                &METADATA,
+            ),
+            config_version: recorder
+                .register_gauge(&Key::from_name("meridian_config_version"), &METADATA),
+            config_reloads_ok: recorder.register_counter(
+                &Key::from_parts(
+                    "meridian_config_reloads_total",
+                    vec![Label::new("result", "ok")],
+                ),
+                &METADATA,
+            ),
+            config_reloads_failed: recorder.register_counter(
+                &Key::from_parts(
+                    "meridian_config_reloads_total",
+                    vec![Label::new("result", "rejected")],
+                ),
+                &METADATA,
+            ),
+            access_log_dropped: recorder.register_counter(
+                &Key::from_name("meridian_access_log_dropped_total"),
+                &METADATA,
+            ),
+            client_errors: Default::default(),
+            recorder,
+            handle,
+        };
+        // Make the always-present series visible from the first scrape.
+        metrics.config_reloads_ok.increment(0);
+        metrics.config_reloads_failed.increment(0);
+        metrics.access_log_dropped.increment(0);
+        Arc::new(metrics)
+    }
+
+    /// Registers (or finds) a counter.
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, String)]) -> Counter {
+        self.recorder
+            .register_counter(&key(name, labels), &METADATA)
+    }
+
+    /// Registers (or finds) a gauge.
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, String)]) -> Gauge {
+        self.recorder.register_gauge(&key(name, labels), &METADATA)
+    }
+
+    /// Registers (or finds) a histogram.
+    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, String)]) -> Histogram {
+        self.recorder
+            .register_histogram(&key(name, labels), &METADATA)
+    }
+
+    /// Counts a request refused before routing.
+    pub fn client_error(&self, code: &'static str) {
+        self.client_errors
+            .get(code, || {
+                self.counter("meridian_client_errors_total", &[("code", code.to_owned())])
+            })
+            .increment(1);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; run periodically so
+    /// memory stays bounded between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, String)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.clone()))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
+/// HTTP methods with their own series; others count as `OTHER`.
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "OTHER",
+];
+
+fn method_index(method: &http::Method) -> usize {
+    METHODS
+        .iter()
+        .position(|m| *m == method.as_str())
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// Per-route series, registered lazily per (method, status class).
+pub struct RouteMetrics {
+    route: String,
+    requests: [[OnceLock<Counter>; 5]; METHODS.len()],
+    /// Request duration, head to end of response.
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Series for the route named `route` (`none` for unrouted requests).
+    pub fn new(metrics: &Metrics, route: &str) -> Self {
+        Self {
+            route: route.to_owned(),
+            requests: Default::default(),
+            duration: metrics.histogram(
+                "meridian_request_duration_seconds",
+                &[("route", route.to_owned())],
+            ),
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, metrics: &Metrics, method: &http::Method, status: http::StatusCode) {
+        let m = method_index(method);
+        let class = usize::from((status.as_u16() / 100).clamp(1, 5)) - 1;
+        self.requests[m][class]
+            .get_or_init(|| {
+                metrics.counter(
+                    "meridian_requests_total",
+                    &[
+                        ("route", self.route.clone()),
+                        ("method", METHODS[m].to_owned()),
+                        ("status", format!("{}xx", class + 1)),
+                    ],
+                )
+            })
+            .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_series_render_with_labels() {
+        let metrics = Metrics::new();
+        let route = RouteMetrics::new(&metrics, "users");
+        route.request(&metrics, &http::Method::GET, http::StatusCode::OK);
+        route.request(&metrics, &http::Method::GET, http::StatusCode::OK);
+        route.request(
+            &metrics,
+            &http::Method::from_bytes(b"PURGE").unwrap(),
+            http::StatusCode::NOT_FOUND,
+        );
+        route.duration.record(0.003);
+        metrics.client_error("invalid_path");
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"meridian_requests_total{route="users",method="GET",status="2xx"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"meridian_requests_total{route="users",method="OTHER",status="4xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"meridian_request_duration_seconds_bucket{route="users",le="0.005"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"meridian_client_errors_total{code="invalid_path"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn two_registries_do_not_share_series() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.connections_total.increment(3);
+        assert!(
+            a.render()
+                .contains("meridian_connections_total{listener=\"proxy\"} 3")
+        );
+        assert!(
+            !b.render()
+                .contains("meridian_connections_total{listener=\"proxy\"} 3")
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! The request path: an ordered list of stages, then the proxy, then
+//! `observe`, which always runs.
+//!
+//! ```text
+//! admit -> version -> route -> [proxy] -> route' -> version' -> admit' -> observe
+//! ```
+//! Each stage's `on_request` runs in order until one answers the request
+//! itself (`Flow::Respond`) or fails; the proxy forwards what got through.
+//! Then the `on_response` hooks of the stages that ran are called in reverse
+//! order, and `observe` stamps the request id and trace context, counts the
+//! request and schedules its access-log line. The order is written once, in
+//! [`build`].
+//!
+//! Stages talk only through [`RequestCx`]. They read the configuration from
+//! the immutable [`Snapshot`] the request was started with, so a reload never
+//! changes the rules under a request in flight, and nothing here awaits the
+//! control plane.
+
+pub mod admit;
+pub mod observe;
+pub mod route;
+pub mod version;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::error::Error;
+use crate::proxy::Proxy;
+use crate::snapshot::Snapshot;
+use crate::{Shared, trace};
+
+/// A client request as it enters the pipeline.
+pub type Request = http::Request<Incoming>;
+/// A response on its way to the client.
+pub type Response = http::Response<Body>;
+
+/// What a stage decided.
+pub enum Flow {
+    /// Hand the request to the next stage.
+    Continue,
+    /// Answer now; later stages and the proxy are skipped.
+    Respond(Response),
+}
+
+/// One step of the request path.
+#[async_trait::async_trait]
+pub trait Stage: Send + Sync + 'static {
+    /// Name used in logs.
+    fn name(&self) -> &'static str;
+
+    /// Inspects or changes the request on its way in.
+    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error>;
+
+    /// Inspects or changes the response on its way out.
+    async fn on_response(&self, _cx: &mut RequestCx, _rsp: &mut Response) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Per-request state shared by the stages.
+pub struct RequestCx {
+    /// The configuration this request is served under.
+    pub snapshot: Arc<Snapshot>,
+    /// When the request head was received.
+    pub started: Instant,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// `x-request-id`: kept from the client when sane, otherwise generated.
+    pub request_id: HeaderValue,
+    /// W3C trace context; the span id is the gateway's own.
+    pub trace: trace::Context,
+    /// The request's host, lowercase and without port.
+    pub host: String,
+    /// The request's authority as the client sent it (for `X-Forwarded-Host`).
+    pub authority: Option<HeaderValue>,
+    /// The normalised path; the only path used after `admit`.
+    pub path: String,
+    /// The route chosen by the `route` stage.
+    pub route: Option<Arc<route::Route>>,
+    /// The path sent upstream (after rewrites).
+    pub upstream_path: String,
+    /// The API and version chosen by the `version` stage.
+    pub api: Option<version::Selected>,
+    /// The upstream target that served the request.
+    pub target: Option<Arc<str>>,
+    /// Time the upstream took to answer with a response head.
+    pub upstream_latency: Option<std::time::Duration>,
+    /// The error code when the gateway answered with an error.
+    pub error: Option<&'static str>,
+}
+
+impl RequestCx {
+    /// A context for a request from `client`.
+    pub fn new(snapshot: Arc<Snapshot>, client: SocketAddr) -> Self {
+        Self {
+            snapshot,
+            started: Instant::now(),
+            client,
+            request_id: HeaderValue::from_static(""),
+            trace: trace::Context::default(),
+            host: String::new(),
+            authority: None,
+            path: String::new(),
+            route: None,
+            upstream_path: String::new(),
+            api: None,
+            target: None,
+            upstream_latency: None,
+            error: None,
+        }
+    }
+
+    /// Turns `error` into the client's response, remembering its code.
+    pub fn fail(&mut self, error: Error) -> Response {
+        if error.side() != crate::error::Side::Client {
+            tracing::warn!(
+                %error,
+                request_id = ?self.request_id,
+                route = self.route.as_ref().map_or("none", |r| r.name.as_str()),
+                "request failed"
+            );
+        }
+        self.error = Some(error.code());
+        error.to_response(self.request_id.to_str().unwrap_or_default())
+    }
+}
+
+/// The ordered stages plus the proxy.
+pub struct Pipeline {
+    stages: Vec<Box<dyn Stage>>,
+    proxy: Proxy,
+    shared: Arc<Shared>,
+}
+
+/// Writes the order of the request path, once.
+pub fn build(shared: &Arc<Shared>) -> Pipeline {
+    let stages: Vec<Box<dyn Stage>> = vec![
+        Box::new(admit::Admit::new(&shared.config)),
+        Box::new(version::Version),
+        Box::new(route::RouteStage),
+    ];
+    Pipeline {
+        stages,
+        proxy: Proxy::new(shared.clone()),
+        shared: shared.clone(),
+    }
+}
+
+impl Pipeline {
+    /// Serves one request under `snapshot`.
+    pub async fn handle(
+        &self,
+        snapshot: Arc<Snapshot>,
+        client: SocketAddr,
+        mut req: Request,
+    ) -> Response {
+        let mut cx = RequestCx::new(snapshot, client);
+        let method = req.method().clone();
+        let version = req.version();
+        let mut ran = 0;
+        let mut answer = None;
+        for stage in &self.stages {
+            ran += 1;
+            match stage.on_request(&mut cx, &mut req).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Respond(response)) => {
+                    answer = Some(response);
+                    break;
+                }
+                Err(error) => {
+                    answer = Some(cx.fail(error));
+                    break;
+                }
+            }
+        }
+        let mut response = match answer {
+            Some(response) => response,
+            None => match self.proxy.forward(&mut cx, req).await {
+                Ok(response) => response,
+                Err(error) => cx.fail(error),
+            },
+        };
+        for stage in self.stages[..ran].iter().rev() {
+            if let Err(error) = stage.on_response(&mut cx, &mut response).await {
+                response = cx.fail(error);
+            }
+        }
+        observe::finish(&self.shared, cx, &method, version, &mut response);
+        response
+    }
+}

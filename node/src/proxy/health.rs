@@ -1,0 +1,90 @@
+//! Active HTTP health checks.
+//!
+//! One task per pool with a `health` section probes every target each
+//! `interval` with `GET <path>`; a 2xx or 3xx answer within `timeout` is a
+//! success. `unhealthy_threshold` failures in a row mark a target
+//! unhealthy, `healthy_threshold` successes in a row mark it healthy again.
+//! Targets start healthy. The task holds only a weak reference, so it ends
+//! when the last snapshot using the pool is gone, or at shutdown.
+
+use std::sync::{Arc, Weak};
+
+use http::{Request, header};
+use raft::model::HealthCheck;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::pool::{HttpClient, Pool, Target};
+use crate::body::UpstreamBody;
+
+/// Starts the health-check task of `pool`, if its upstream has one.
+pub fn spawn(pool: &Arc<Pool>, tasks: &TaskTracker, shutdown: &CancellationToken) {
+    let Some(check) = pool.definition().health.clone() else {
+        return;
+    };
+    let span = tracing::info_span!("health", upstream = %pool.name());
+    tasks.spawn(run(Arc::downgrade(pool), check, shutdown.clone()).instrument(span));
+}
+
+async fn run(pool: Weak<Pool>, check: HealthCheck, shutdown: CancellationToken) {
+    let mut streaks: Vec<(u32, u32)> = Vec::new();
+    let mut interval = tokio::time::interval(check.interval);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let Some(pool) = pool.upgrade() else { return };
+        streaks.resize(pool.targets.len(), (0, 0));
+        let probes = pool
+            .targets
+            .iter()
+            .map(|target| probe(&pool.client, target, &check));
+        let results = futures_util::future::join_all(probes).await;
+        for ((target, ok), (successes, failures)) in
+            pool.targets.iter().zip(results).zip(&mut streaks)
+        {
+            if ok {
+                *successes += 1;
+                *failures = 0;
+                if !target.healthy() && *successes >= check.healthy_threshold {
+                    target.set_healthy(true);
+                }
+            } else {
+                *failures += 1;
+                *successes = 0;
+                if target.healthy() && *failures >= check.unhealthy_threshold {
+                    target.set_healthy(false);
+                }
+            }
+        }
+    }
+}
+
+async fn probe(client: &HttpClient, target: &Target, check: &HealthCheck) -> bool {
+    let uri = format!("http://{}{}", target.authority, check.path);
+    let Ok(request) = Request::get(uri)
+        .header(header::HOST, target.authority.as_str())
+        .header(header::USER_AGENT, "meridian-health-check")
+        .body(UpstreamBody::Empty)
+    else {
+        return false;
+    };
+    match tokio::time::timeout(check.timeout, client.request(request)).await {
+        Ok(Ok(response)) => {
+            let status = response.status();
+            status.is_success() || status.is_redirection()
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, target = %target.address, "health check failed");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(target = %target.address, "health check timed out");
+            false
+        }
+    }
+}

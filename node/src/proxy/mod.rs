@@ -1,0 +1,427 @@
+//! The terminal step of the request path: forward the request to a target
+//! of the route's upstream and stream the answer back.
+//!
+//! - Headers: hop-by-hop fields (RFC 9110 §7.6.1: `Connection` and every
+//!   field it names, `Keep-Alive`, `Proxy-Connection`, `TE`,
+//!   `Transfer-Encoding`, `Upgrade`, plus `Proxy-Authorization` and
+//!   `Expect`) are removed both ways; `X-Forwarded-For/-Proto/-Host` and
+//!   `Forwarded` (RFC 7239) are appended; `x-request-id`, `traceparent` and
+//!   `x-api-version` are set. `Host` is the target's address unless the
+//!   route preserves the client's.
+//! - Bodies stream both ways; the request body is capped by the route's
+//!   limit (413) and both directions are cut after the idle timeout.
+//! - `Expect: 100-continue` is answered by the gateway when the body is
+//!   first read, so a request refused before proxying never sends its body.
+//! - WebSocket (HTTP/1.1 `Upgrade`) is tunnelled after the upstream's 101.
+//! - Timeouts: connect (504 `upstream_connect_timeout`), request, to the
+//!   response head (504 `upstream_timeout`); a refused connection is 502.
+//! - Retries: only idempotent methods, only after failures that happened
+//!   before the upstream answered (connect errors, resets), only while the
+//!   request body was not streamed, on another target when there is one,
+//!   and only within the upstream's retry budget.
+
+pub mod health;
+pub mod pool;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use raft::model::HashKey;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::Shared;
+use crate::body::{Body, ClientBody, Replay, UpstreamBody};
+use crate::error::{Error, Kind};
+use crate::pipeline::version::API_VERSION;
+use crate::pipeline::{Request, RequestCx, Response};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The proxy.
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// A proxy using the node's shared services.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Forwards `req` along the route chosen in `cx`.
+    pub async fn forward(&self, cx: &mut RequestCx, mut req: Request) -> Result<Response, Error> {
+        let Some(route) = cx.route.clone() else {
+            return Err(Kind::NoRoute.into());
+        };
+        let pool = &route.upstream;
+        let timeouts = pool.definition().timeouts;
+        let limit = route
+            .max_body
+            .unwrap_or(self.shared.config.limits.max_body_bytes);
+        if content_length(req.headers()).is_some_and(|len| len > limit) {
+            return Err(Kind::PayloadTooLarge { limit }.into());
+        }
+        let upgrade = is_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let hash = pool
+            .hash_key()
+            .and_then(|key| request_hash(key, cx, &parts.headers));
+        let headers = upstream_headers(cx, &parts.headers, upgrade);
+        let path_and_query = path_and_query(&cx.upstream_path, parts.uri.query())?;
+
+        let replay = (!http_body::Body::is_end_stream(&body)).then(|| Replay::new(body));
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let attempts = if is_idempotent(&parts.method) && !upgrade {
+            1 + pool.definition().retries.attempts
+        } else {
+            1
+        };
+        let mut tried: Vec<usize> = Vec::with_capacity(attempts as usize);
+        let mut last_error = None;
+        for attempt in 0..attempts {
+            if attempt > 0 && (replay.as_ref().is_some_and(Replay::consumed) || !pool.try_retry()) {
+                break;
+            }
+            let index = match pool.pick(hash, &tried) {
+                Some(index) => index,
+                // Every healthy target was tried: try them again in turn.
+                None if !tried.is_empty() => match pool.pick(hash, &[]) {
+                    Some(index) => index,
+                    None => break,
+                },
+                None => {
+                    pool.metrics.error("no_healthy_upstream");
+                    return Err(Kind::NoHealthyUpstream.into());
+                }
+            };
+            tried.push(index);
+            let target = &pool.targets[index];
+            let mut request = http::Request::new(match &replay {
+                None => UpstreamBody::Empty,
+                Some(replay) => UpstreamBody::Client(ClientBody::new(
+                    replay.clone(),
+                    limit,
+                    timeouts.idle,
+                    exceeded.clone(),
+                )),
+            });
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = Uri::from_parts({
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(target.authority.clone());
+                uri.path_and_query = Some(path_and_query.clone());
+                uri
+            })
+            .map_err(|e| Error::with_source(Kind::Internal, e))?;
+            let mut headers = headers.clone();
+            if !route.preserve_host || cx.authority.is_none() {
+                if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
+                    headers.insert(header::HOST, host);
+                }
+            }
+            *request.headers_mut() = headers;
+
+            let in_flight = pool.begin(index);
+            let started = Instant::now();
+            let result = tokio::time::timeout(timeouts.request, pool.client.request(request)).await;
+            let error = match result {
+                Ok(Ok(response)) => {
+                    let latency = started.elapsed();
+                    pool.metrics.latency.record(latency.as_secs_f64());
+                    cx.upstream_latency = Some(latency);
+                    cx.target = Some(target.address.clone());
+                    let failed = response.status().is_server_error();
+                    if failed {
+                        pool.metrics.error("status_5xx");
+                    }
+                    pool.record(index, !failed);
+                    return Ok(self.respond(response, client_upgrade, in_flight, timeouts.idle));
+                }
+                Ok(Err(error)) => {
+                    if exceeded.load(Ordering::Relaxed) {
+                        return Err(Kind::PayloadTooLarge { limit }.into());
+                    }
+                    classify(error)
+                }
+                Err(_elapsed) => Error::new(Kind::UpstreamTimeout),
+            };
+            pool.metrics.error(error.code());
+            pool.record(index, false);
+            cx.target = Some(target.address.clone());
+            let retryable = error.retryable();
+            last_error = Some(error);
+            if !retryable {
+                break;
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::new(Kind::NoHealthyUpstream)))
+    }
+
+    fn respond(
+        &self,
+        mut response: http::Response<hyper::body::Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        in_flight: pool::InFlight,
+        idle: std::time::Duration,
+    ) -> Response {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client) = client_upgrade
+        {
+            let upstream = hyper::upgrade::on(&mut response);
+            let span = tracing::info_span!("tunnel");
+            self.shared
+                .tasks
+                .spawn(tunnel(client, upstream, in_flight).instrument(span));
+            let (mut parts, _) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            return http::Response::from_parts(parts, Body::empty());
+        }
+        let (mut parts, incoming) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        let mut body = Body::stream(incoming, idle);
+        body.hold(in_flight);
+        http::Response::from_parts(parts, body)
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _in_flight: pool::InFlight,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+        Err(error) => tracing::debug!(%error, "tunnel ended"),
+    }
+}
+
+fn classify(error: hyper_util::client::legacy::Error) -> Error {
+    if error.is_connect() {
+        let timed_out =
+            std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                    || e.to_string().contains("timed out")
+            });
+        let kind = if timed_out {
+            Kind::UpstreamConnectTimeout
+        } else {
+            Kind::UpstreamConnect
+        };
+        return Error::with_source(kind, error);
+    }
+    Error::with_source(Kind::UpstreamProtocol, error)
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Whether `name` is listed in the `Connection` header(s).
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn is_upgrade(req: &Request) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+/// Removes hop-by-hop fields; `upgrade` keeps `Upgrade` and `Connection: upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::TRAILER);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The headers sent upstream.
+fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> HeaderMap {
+    let mut headers = client.clone();
+    strip_hop_by_hop(&mut headers, upgrade);
+    headers.remove(header::EXPECT);
+    headers.remove(header::HOST);
+    if let Some(authority) = &cx.authority
+        && cx.route.as_ref().is_some_and(|r| r.preserve_host)
+    {
+        headers.insert(header::HOST, authority.clone());
+    }
+
+    let ip = cx.client.ip().to_canonical();
+    let ip_text = ip.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip_text}"),
+        None => ip_text.clone(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let mut forwarded = String::with_capacity(64);
+    if ip.is_ipv6() {
+        forwarded.push_str(&format!("for=\"[{ip_text}]\";proto=http"));
+    } else {
+        forwarded.push_str(&format!("for={ip_text};proto=http"));
+    }
+    if let Some(authority) = &cx.authority {
+        headers.insert(X_FORWARDED_HOST.clone(), authority.clone());
+        if let Ok(host) = authority.to_str() {
+            forwarded.push_str(&format!(";host=\"{host}\""));
+        }
+    }
+    let forwarded = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {forwarded}"),
+        None => forwarded,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(FORWARDED.clone(), value);
+    }
+    headers.insert(X_REQUEST_ID.clone(), cx.request_id.clone());
+    headers.insert(TRACEPARENT.clone(), cx.trace.traceparent());
+    if let Some(selected) = &cx.api {
+        headers.insert(API_VERSION.clone(), selected.version.clone());
+    }
+    headers
+}
+
+fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, Error> {
+    let text = match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    PathAndQuery::from_maybe_shared(bytes::Bytes::from(text)).map_err(|_| {
+        Error::bad_request("invalid_path", "the upstream path is not a valid URI path")
+    })
+}
+
+/// The consistent-hash key of a request, if present.
+fn request_hash(key: &HashKey, cx: &RequestCx, headers: &HeaderMap) -> Option<u64> {
+    match key {
+        HashKey::ClientIp => Some(pool::hash_ip(cx.client.ip().to_canonical())),
+        HashKey::Header(name) => headers.get(name.as_str()).map(|v| pool::hash(v.as_bytes())),
+        HashKey::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| pool::hash(v.as_bytes())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        let mut plain = headers.clone();
+        strip_hop_by_hop(&mut plain, false);
+        let names: Vec<&str> = plain.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["te", "x-kept"]);
+        assert_eq!(plain[header::TE], "trailers");
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers[header::UPGRADE], "websocket");
+        assert_eq!(headers[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn idempotency() {
+        assert!(is_idempotent(&Method::GET));
+        assert!(is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+}

@@ -1,0 +1,253 @@
+//! Listeners: accept TCP connections and serve HTTP/1.1 and HTTP/2 (h2c,
+//! prior knowledge) on them with hyper.
+//!
+//! - Connections are capped by a semaphore (`limits.max-connections`):
+//!   at the cap the listener stops accepting until one closes, and accept
+//!   errors (e.g. `EMFILE`) back off instead of spinning.
+//! - hyper's header-read timeout runs on a tokio timer (without a timer it
+//!   does nothing); for HTTP/1.1 it also bounds the wait for the next
+//!   request on a kept-alive connection.
+//! - A connection with no request in flight and none started for
+//!   `timeouts.idle` is closed gracefully (this covers HTTP/2, whose idle
+//!   connections hyper keeps forever).
+//! - Shutdown: stop accepting, ask every connection to finish its in-flight
+//!   requests (`graceful_shutdown`), and after the grace period close what
+//!   is left.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use metrics::{Counter, Gauge};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::body::Body;
+use crate::config::Config;
+
+/// Settings of one listener.
+pub struct Settings {
+    /// Name for logs.
+    pub name: &'static str,
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Header-read (and HTTP/1.1 keep-alive wait) timeout.
+    pub header_read: Duration,
+    /// Close connections idle this long.
+    pub idle: Duration,
+    /// hyper's HTTP/1 read buffer cap; heads beyond it get hyper's own 431.
+    pub max_buf: usize,
+    /// hyper's header-count cap.
+    pub max_headers: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_streams: u32,
+    /// Connection series, if the listener has them.
+    pub metrics: Option<(Gauge, Counter)>,
+}
+
+impl Settings {
+    /// Settings for the proxy listener, from the node configuration. hyper's
+    /// limits sit above the configured ones so that `admit` answers with the
+    /// JSON error.
+    pub fn proxy(config: &Config, metrics: (Gauge, Counter)) -> Self {
+        Self {
+            name: "proxy",
+            max_connections: config.limits.max_connections,
+            header_read: config.timeouts.header_read,
+            idle: config.timeouts.idle,
+            max_buf: (config.limits.max_header_bytes + config.limits.max_uri_bytes) * 2 + 16 * 1024,
+            max_headers: config.limits.max_headers * 2,
+            max_streams: config.limits.max_concurrent_streams,
+            metrics: Some(metrics),
+        }
+    }
+
+    /// Settings for the admin listener.
+    pub fn admin(config: &Config) -> Self {
+        Self {
+            name: "admin",
+            max_connections: 256,
+            header_read: config.timeouts.header_read,
+            idle: config.timeouts.idle,
+            max_buf: 64 * 1024,
+            max_headers: 100,
+            max_streams: 64,
+            metrics: None,
+        }
+    }
+}
+
+/// Per-connection activity, read by the idle watchdog.
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicU32,
+    started: AtomicU64,
+}
+
+/// Binds a listener with a large backlog and `SO_REUSEADDR`.
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Serves `listener` with `handler` until `shutdown`, then drains for up to
+/// `grace` before closing what is left.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    settings: Settings,
+    handler: H,
+    shutdown: CancellationToken,
+    grace: Duration,
+) where
+    H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read)
+        .keep_alive(true)
+        .max_buf_size(settings.max_buf.max(8192))
+        .max_headers(settings.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_streams)
+        .max_header_list_size(settings.max_buf as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let force = CancellationToken::new();
+    let connections = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, listener = settings.name, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Some((open, total)) = &settings.metrics {
+            open.increment(1.0);
+            total.increment(1);
+        }
+        let open = settings.metrics.as_ref().map(|(open, _)| open.clone());
+        let connection = serve_connection(
+            builder.clone(),
+            stream,
+            peer,
+            handler.clone(),
+            settings.idle,
+            shutdown.clone(),
+            force.clone(),
+        );
+        connections.spawn(async move {
+            connection.await;
+            drop(permit);
+            if let Some(open) = open {
+                open.decrement(1.0);
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = settings.name,
+            remaining = connections.len(),
+            "grace period over; closing connections"
+        );
+        force.cancel();
+        connections.wait().await;
+    }
+}
+
+async fn serve_connection<H, F>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: H,
+    idle: Duration,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+) where
+    H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |request| {
+            let handler = handler.clone();
+            let activity = activity.clone();
+            activity.in_flight.fetch_add(1, Ordering::Relaxed);
+            activity.started.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let response = handler(request, peer).await;
+                activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    let mut seen = 0;
+    let watchdog = tokio::time::sleep(idle);
+    tokio::pin!(watchdog);
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !draining => {
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            () = &mut watchdog, if !draining => {
+                let started = activity.started.load(Ordering::Relaxed);
+                if started == seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    connection.as_mut().graceful_shutdown();
+                    draining = true;
+                } else {
+                    seen = started;
+                    watchdog.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            }
+            () = force.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The data plane's view of the gateway configuration: one immutable
+//! [`Snapshot`] compiled from a validated [`GatewayConfig`], swapped
+//! atomically by [`Handle::apply`].
+//!
+//! Every request loads the current snapshot once and keeps it to the end,
+//! so a swap never changes the rules under a request in flight, and open
+//! connections (WebSockets included) are untouched. Upstream pools whose
+//! definition did not change are carried over with their health state,
+//! connections and counters.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use raft::model::{ConfigErrors, GatewayConfig};
+
+use crate::Shared;
+use crate::metrics::RouteMetrics;
+use crate::pipeline::route::{Route, Router};
+use crate::pipeline::version::Apis;
+use crate::proxy::health;
+use crate::proxy::pool::Pool;
+
+/// A compiled gateway configuration.
+pub struct Snapshot {
+    /// Increases by one with every applied configuration; 0 before the first.
+    pub version: u64,
+    /// The configuration it was compiled from.
+    pub config: Arc<GatewayConfig>,
+    /// Routes, ready for lookups.
+    pub router: Router,
+    /// Versioned APIs.
+    pub apis: Apis,
+    /// Upstream pools by name.
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    /// Series for requests that matched no route.
+    pub unrouted: RouteMetrics,
+}
+
+impl Snapshot {
+    /// Compiles a validated configuration, reusing unchanged pools of `previous`.
+    fn compile(config: GatewayConfig, version: u64, previous: &Snapshot, shared: &Shared) -> Self {
+        let mut pools = BTreeMap::new();
+        for (name, definition) in &config.upstreams {
+            let pool = match previous.pools.get(name) {
+                Some(pool) if pool.definition() == definition => pool.clone(),
+                _ => {
+                    let pool = Arc::new(Pool::new(name, definition, &shared.metrics));
+                    health::spawn(&pool, &shared.tasks, &shared.shutdown);
+                    pool
+                }
+            };
+            pools.insert(name.clone(), pool);
+        }
+        let lookup = pools.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, route)| Route::compile(i, route, &lookup, &shared.metrics))
+            .map(Arc::new)
+            .collect();
+        Self {
+            version,
+            router: Router::new(routes),
+            apis: Apis::compile(&config),
+            pools,
+            unrouted: RouteMetrics::new(&shared.metrics, "none"),
+            config: Arc::new(config),
+        }
+    }
+
+    fn empty(shared: &Shared) -> Self {
+        Self {
+            version: 0,
+            config: Arc::new(GatewayConfig::default()),
+            router: Router::default(),
+            apis: Apis::default(),
+            pools: BTreeMap::new(),
+            unrouted: RouteMetrics::new(&shared.metrics, "none"),
+        }
+    }
+}
+
+/// The current snapshot and the one way to replace it.
+pub struct Handle {
+    current: ArcSwap<Snapshot>,
+    /// Serialises swaps so versions increase and pool reuse sees the latest.
+    apply: Mutex<()>,
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// A handle holding the empty configuration (version 0).
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::empty(&shared)),
+            apply: Mutex::new(()),
+            shared,
+        }
+    }
+
+    /// The snapshot in force.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Compiles and swaps in a validated configuration; returns its version.
+    pub fn apply(&self, config: GatewayConfig) -> u64 {
+        let _guard = self.apply.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.current.load_full();
+        let version = previous.version + 1;
+        let snapshot = Snapshot::compile(config, version, &previous, &self.shared);
+        self.current.store(Arc::new(snapshot));
+        self.shared.metrics.config_version.set(version as f64);
+        self.shared.metrics.config_reloads_ok.increment(1);
+        tracing::info!(version, "gateway configuration applied");
+        version
+    }
+
+    /// Parses, validates and applies a YAML or JSON document.
+    pub fn apply_text(&self, text: &str) -> Result<u64, ConfigErrors> {
+        match GatewayConfig::parse(text) {
+            Ok(config) => Ok(self.apply(config)),
+            Err(errors) => {
+                self.shared.metrics.config_reloads_failed.increment(1);
+                Err(errors)
+            }
+        }
+    }
+}

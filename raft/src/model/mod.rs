@@ -1,0 +1,455 @@
+//! The cluster-wide gateway configuration, as users write it in
+//! `gateway.yaml` (JSON is accepted too, YAML being a superset of it).
+//!
+//! The types here are the serde shape of the document. [`GatewayConfig::parse`]
+//! reads a document and checks every rule in [`validate`], returning *all*
+//! violations at once, each naming the key, the offending value and the rule.
+//! A node compiles a validated configuration into the immutable snapshot its
+//! data plane reads.
+
+pub mod pattern;
+mod size;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::size::ByteSize;
+pub use self::validate::{ConfigError, ConfigErrors};
+
+/// The whole gateway configuration document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Named pools of backend targets.
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Routes, matched by the documented priority (see [`Route`]).
+    pub routes: Vec<Route>,
+    /// API versioning schemes, by API name.
+    pub versioning: BTreeMap<String, Versioning>,
+}
+
+impl GatewayConfig {
+    /// Parses a YAML (or JSON) document and validates it.
+    ///
+    /// Syntax and type errors are reported with their location; semantic
+    /// errors are collected so that every one of them is reported at once.
+    pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
+        let config: GatewayConfig = if text.trim().is_empty() {
+            GatewayConfig::default()
+        } else {
+            serde_saphyr::from_str(text)
+                .map_err(|error| ConfigErrors(vec![ConfigError::syntax(error.to_string())]))?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every semantic rule; see [`validate`] for the list.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        validate::check(self)
+    }
+}
+
+// === upstreams ===
+
+/// A named pool of backend targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `host:port` of each target.
+    pub targets: Vec<String>,
+    /// The protocol spoken to the targets.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// How a target is picked for each request.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Connect, request and idle timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Active HTTP health checks (off when absent).
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+    /// Passive outlier ejection on consecutive failures.
+    #[serde(default)]
+    pub outlier: Outlier,
+    /// Retries of idempotent requests.
+    #[serde(default)]
+    pub retries: Retries,
+    /// Keep-alive connection pool settings.
+    #[serde(default)]
+    pub pool: PoolSettings,
+}
+
+/// The protocol the gateway speaks to an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext (prior knowledge).
+    H2,
+}
+
+/// Load-balancing algorithm of an upstream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each target in turn.
+    #[default]
+    RoundRobin,
+    /// The less loaded of two random targets (power of two choices).
+    LeastRequest,
+    /// A consistent-hash ring keyed by a request attribute.
+    ConsistentHash(HashKey),
+}
+
+/// What a consistent-hash balancer hashes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    /// The value of a request header.
+    Header(String),
+    /// The value of a cookie.
+    Cookie(String),
+    /// The client's IP address.
+    ClientIp,
+}
+
+/// Timeouts towards an upstream. Each maps to its own status code.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Establishing a TCP connection (504 when exceeded).
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// From sending the request to receiving the response head (504).
+    #[serde(with = "humantime_serde")]
+    pub request: Duration,
+    /// Longest silence while streaming a body in either direction; the
+    /// stream is aborted when exceeded.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An active HTTP health check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// The path requested with `GET`.
+    pub path: String,
+    /// Time between two checks of one target.
+    #[serde(with = "humantime_serde", default = "HealthCheck::default_interval")]
+    pub interval: Duration,
+    /// A check that takes longer has failed.
+    #[serde(with = "humantime_serde", default = "HealthCheck::default_timeout")]
+    pub timeout: Duration,
+    /// Consecutive successes that mark an unhealthy target healthy.
+    #[serde(default = "HealthCheck::default_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that mark a healthy target unhealthy.
+    #[serde(default = "HealthCheck::default_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+impl HealthCheck {
+    fn default_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_threshold() -> u32 {
+        2
+    }
+}
+
+/// Passive outlier ejection: a target that fails `consecutive_failures`
+/// times in a row (connect errors, timeouts, 5xx) is taken out of rotation
+/// for `base_ejection` × the number of times it was ejected before.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outlier {
+    /// Failures in a row that eject a target; 0 disables ejection.
+    pub consecutive_failures: u32,
+    /// Ejection time for a first ejection.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// At most this share of the targets is ejected at once.
+    pub max_ejection_percent: u8,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// Retries of idempotent requests whose body was not streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retries {
+    /// Further attempts after the first; 0 disables retries.
+    pub attempts: u32,
+    /// Retries may add at most this percentage to the upstream's request rate…
+    pub budget_percent: u32,
+    /// …but this many retries per second are always allowed.
+    pub min_per_second: u32,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            budget_percent: 20,
+            min_per_second: 10,
+        }
+    }
+}
+
+/// Keep-alive pool towards one upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSettings {
+    /// Idle connections kept per target.
+    pub max_idle_per_target: usize,
+    /// An idle pooled connection is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_idle_per_target: 256,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+// === routes ===
+
+/// A route: what requests it matches, how their path is rewritten and which
+/// upstream serves them.
+///
+/// When several routes match a request, the winner is decided, in order, by:
+/// 1. the higher `priority`;
+/// 2. the more specific host: an exact host, then wildcards with the longer
+///    suffix first, then routes without hosts;
+/// 3. the more specific path: exact paths before prefixes; then more path
+///    segments; then more literal (non-`{param}`) segments;
+/// 4. more conditions (a method list, each header and query condition);
+/// 5. the order of declaration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// Explicit precedence; higher wins. Default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// The conditions a request must meet.
+    #[serde(rename = "match", default)]
+    pub matcher: RouteMatch,
+    /// The versioned API this route belongs to.
+    #[serde(default)]
+    pub api: Option<String>,
+    /// The API version this route serves (requires `api`).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// How the path is rewritten before it is sent upstream.
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+    /// The upstream that serves the route.
+    pub upstream: String,
+    /// Send the client's `Host` upstream instead of the target's address.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Largest request body accepted on this route (defaults to the node's limit).
+    #[serde(default)]
+    pub max_body: Option<ByteSize>,
+}
+
+/// The conditions of a route. Every present condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteMatch {
+    /// `api.example.com` or `*.example.com` (any depth of subdomain).
+    pub hosts: Vec<String>,
+    /// Allowed methods; any method when empty.
+    pub methods: Vec<String>,
+    /// The exact path; segments may be `{param}`.
+    pub path: Option<String>,
+    /// A path prefix on segment boundaries; segments may be `{param}`.
+    pub path_prefix: Option<String>,
+    /// Header conditions, by header name.
+    pub headers: BTreeMap<String, ValueMatch>,
+    /// Query parameter conditions, by parameter name.
+    pub query: BTreeMap<String, ValueMatch>,
+}
+
+/// A condition on a header or query parameter value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ValueMatch {
+    /// The value equals this string.
+    Exact(String),
+    /// A richer condition.
+    Rule(ValueRule),
+}
+
+/// The richer value conditions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum ValueRule {
+    /// The value is present (`true`) or absent (`false`).
+    Present(bool),
+    /// The value starts with this string.
+    Prefix(String),
+    /// The value matches this regular expression (anchored).
+    Regex(String),
+}
+
+/// A path rewrite, applied to the normalised path after routing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Rewrite {
+    /// Remove this prefix (on a segment boundary).
+    StripPrefix(String),
+    /// Replace a prefix with another.
+    ReplacePrefix {
+        /// The prefix to replace.
+        from: String,
+        /// Its replacement.
+        to: String,
+    },
+    /// Replace the whole path when it matches `pattern`; `replacement` may
+    /// use `$1` or `${name}` captures.
+    Regex {
+        /// The regular expression.
+        pattern: String,
+        /// The new path.
+        replacement: String,
+    },
+}
+
+// === versioning ===
+
+/// How an API's version is read from requests and what happens to versions
+/// it does not support.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Versioning {
+    /// Which requests belong to this API.
+    #[serde(rename = "match", default)]
+    pub scope: ApiScope,
+    /// Where the version is read from, first match wins.
+    pub from: Vec<VersionSource>,
+    /// The supported versions.
+    pub supported: Vec<String>,
+    /// The version used when a request names none.
+    pub default: String,
+    /// What happens to a request naming an unsupported version.
+    #[serde(default)]
+    pub unknown: UnknownVersion,
+    /// Supported but deprecated versions, with their dates.
+    #[serde(default)]
+    pub deprecated: BTreeMap<String, Deprecation>,
+}
+
+/// The requests an API covers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiScope {
+    /// Hosts, as in route matches; any host when empty.
+    pub hosts: Vec<String>,
+    /// Path prefix of the API; the path version segment (`v2`) follows it.
+    pub path_prefix: Option<String>,
+}
+
+/// A place a version is read from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionSource {
+    /// The path segment after the API's prefix, written `v<version>`.
+    Path,
+    /// A request header holding the bare version, e.g. `X-API-Version: 2`.
+    Header(String),
+    /// `Accept: application/vnd.<vendor>.v<version>+json`; the vendor is
+    /// given here.
+    Accept(String),
+    /// A query parameter.
+    Query(String),
+}
+
+/// The policy for versions an API does not support.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownVersion {
+    /// 400 with the supported versions listed in `X-API-Supported-Versions`.
+    #[default]
+    Reject,
+    /// Serve another version and say so with `Deprecation` / `Sunset`.
+    Fallback(Fallback),
+}
+
+/// Where an unsupported version is served instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    /// The supported version that serves the request.
+    pub version: String,
+    /// RFC 3339 date sent in `Deprecation`; `@0` when absent.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// RFC 3339 date sent in `Sunset`.
+    #[serde(default)]
+    pub sunset: Option<String>,
+    /// A link to migration documentation.
+    #[serde(default)]
+    pub link: Option<String>,
+}
+
+impl Fallback {
+    /// The deprecation information the fallback responses carry.
+    pub fn deprecation(&self) -> Deprecation {
+        Deprecation {
+            since: self.since.clone(),
+            sunset: self.sunset.clone(),
+            link: self.link.clone(),
+        }
+    }
+}
+
+/// `Deprecation` (RFC 9745) and `Sunset` (RFC 8594) information.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Deprecation {
+    /// RFC 3339 date the version was deprecated; `Deprecation: @0` when absent.
+    pub since: Option<String>,
+    /// RFC 3339 date after which the version may stop being served.
+    pub sunset: Option<String>,
+    /// A link to migration documentation (`Link: <…>; rel="deprecation"`).
+    pub link: Option<String>,
+}
+
+#[cfg(test)]
+mod tests;

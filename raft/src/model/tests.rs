@@ -1,0 +1,308 @@
+use super::*;
+
+/// Parses `yaml` and compares the rendered errors with `expected`
+/// (empty when the document must be valid).
+#[track_caller]
+fn check(yaml: &str, expected: &[&str]) {
+    let rendered: Vec<String> = match GatewayConfig::parse(yaml) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+    };
+    assert_eq!(rendered, expected, "for document:\n{yaml}");
+}
+
+const UPSTREAM: &str = "upstreams:\n  users: { targets: [\"127.0.0.1:9001\"] }\n";
+
+#[test]
+fn empty_document_is_valid() {
+    check("", &[]);
+    check("{}", &[]);
+}
+
+#[test]
+fn full_example_parses() {
+    let yaml = r#"
+upstreams:
+  users:
+    targets: ["127.0.0.1:9001", "users.internal:80", "[::1]:9002"]
+    protocol: h2
+    balance: { consistent_hash: { header: x-user } }
+    timeouts: { connect: 250ms, request: 5s, idle: 30s }
+    health: { path: /health, interval: 2s, timeout: 500ms }
+    retries: { attempts: 1 }
+routes:
+  - name: users-v2
+    priority: 5
+    match:
+      hosts: [api.example.com, "*.example.com"]
+      path_prefix: /api/v2/users/{id}
+      methods: [GET, POST]
+      headers: { x-tenant: acme, x-debug: { present: true }, x-id: { regex: "[0-9]+" } }
+      query: { beta: { prefix: "y" } }
+    api: users
+    version: "2"
+    rewrite: { regex: { pattern: "^/api/v2/(?P<rest>.*)$", replacement: "/${rest}" } }
+    upstream: users
+    max_body: 10MiB
+versioning:
+  users:
+    match: { path_prefix: /api }
+    from: [path, { header: X-API-Version }, { accept: acme }, { query: version }]
+    supported: ["1", "2"]
+    default: "2"
+    unknown: { fallback: { version: "2", sunset: "2027-01-01T00:00:00Z" } }
+    deprecated: { "1": { since: "2026-01-01T00:00:00Z", link: "https://example.com/v1" } }
+"#;
+    let config = GatewayConfig::parse(yaml).expect("valid");
+    let route = &config.routes[0];
+    assert_eq!(route.max_body, Some(ByteSize(10 << 20)));
+    assert_eq!(
+        config.upstreams["users"].balance,
+        Balance::ConsistentHash(HashKey::Header("x-user".into()))
+    );
+    assert!(matches!(
+        config.versioning["users"].unknown,
+        UnknownVersion::Fallback(_)
+    ));
+}
+
+#[test]
+fn json_is_accepted() {
+    check(
+        r#"{"upstreams": {"u": {"targets": ["127.0.0.1:1"]}}, "routes": [{"name": "r", "upstream": "u"}]}"#,
+        &[],
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_location() {
+    let errors = GatewayConfig::parse("routes:\n  - name: r\n    upstrem: u\n").unwrap_err();
+    let text = errors.to_string();
+    assert!(text.contains("unknown field `upstrem`"), "{text}");
+    assert!(text.contains("line 3"), "{text}");
+}
+
+#[test]
+fn upstream_rules() {
+    check(
+        "upstreams:\n  u: { targets: [] }\n",
+        &["upstreams.u.targets ([]) must list at least one target"],
+    );
+    check(
+        "upstreams:\n  u: { targets: [\"a:0\", \"b\", \"a:80\", \"A:80\", \"[zz]:1\"] }\n",
+        &[
+            "upstreams.u.targets[0] (a:0) must end with a port in 1..=65535",
+            "upstreams.u.targets[1] (b) must be host:port",
+            "upstreams.u.targets[3] (A:80) must not be listed twice",
+            "upstreams.u.targets[4] ([zz]:1) must be [ipv6]:port with a valid IPv6 address",
+        ],
+    );
+    check(
+        "upstreams:\n  u:\n    targets: [\"a:1\"]\n    timeouts: { connect: 0s }\n    health: { path: health, interval: 1s, timeout: 2s, healthy_threshold: 0 }\n    outlier: { max_ejection_percent: 101 }\n    retries: { attempts: 11 }\n",
+        &[
+            "upstreams.u.timeouts.connect (0s) must be greater than zero",
+            "upstreams.u.health.path (health) must start with '/'",
+            "upstreams.u.health.timeout (2s) must not exceed upstreams.u.health.interval (1s)",
+            "upstreams.u.health.healthy_threshold (0) must be at least 1",
+            "upstreams.u.outlier.max_ejection_percent (101) must be at most 100",
+            "upstreams.u.retries.attempts (11) must be at most 10",
+        ],
+    );
+    check(
+        "upstreams:\n  \"bad name\": { targets: [\"a:1\"] }\n",
+        &["upstreams.bad name (bad name) must be a name of letters, digits, '-', '_' and '.'"],
+    );
+}
+
+#[test]
+fn route_rules() {
+    let doc = |route: &str| format!("{UPSTREAM}routes:\n  - {route}\n");
+    check(
+        &doc("{ name: r, upstream: nope }"),
+        &["routes[0].upstream (nope) must name a declared upstream"],
+    );
+    check(
+        &doc("{ name: r, upstream: users, match: { path: /a, path_prefix: /b } }"),
+        &["routes[0].match.path_prefix (/b) cannot be combined with match.path"],
+    );
+    check(
+        &doc("{ name: r, upstream: users, match: { path: a/b } }"),
+        &["routes[0].match.path (a/b) must start with '/'"],
+    );
+    check(
+        &doc("{ name: r, upstream: users, match: { path_prefix: \"/u/{id\" } }"),
+        &["routes[0].match.path_prefix (/u/{id) segment \"{id\" opens '{' without closing it"],
+    );
+    check(
+        &doc("{ name: r, upstream: users, match: { path: \"/u/{id}/{id}\" } }"),
+        &["routes[0].match.path (/u/{id}/{id}) parameter {id} appears twice"],
+    );
+    check(
+        &doc("{ name: r, upstream: users, match: { path: \"/u/x{id}\" } }"),
+        &[
+            "routes[0].match.path (/u/x{id}) segment \"x{id}\": a parameter must be a whole segment, like {id}",
+        ],
+    );
+    check(
+        &doc("{ name: r, upstream: users, match: { path: /a/../b } }"),
+        &["routes[0].match.path (/a/../b) must not contain '.' or '..' segments"],
+    );
+    check(
+        &doc(
+            "{ name: r, upstream: users, match: { hosts: [\"*.\", \"a:80\", \"x*.com\"], methods: [get] } }",
+        ),
+        &[
+            "routes[0].match.hosts[0] (*.) must name a host",
+            "routes[0].match.hosts[1] (a:80) must not carry a port (hosts match without the port)",
+            "routes[0].match.hosts[2] (x*.com) must be a DNS name (or '*.' followed by one)",
+            "routes[0].match.methods[0] (get) must be an uppercase HTTP method",
+        ],
+    );
+    check(
+        &doc(
+            "{ name: r, upstream: users, match: { headers: { \"bad header\": x, y: { regex: \"(\" } } } }",
+        ),
+        &[
+            "routes[0].match.headers (bad header) must be a valid header name",
+            "routes[0].match.headers.y.regex (() must be a valid regular expression: regex parse error:\n    (\n    ^\nerror: unclosed group",
+        ],
+    );
+    check(
+        &format!(
+            "{UPSTREAM}routes:\n  - {{ name: r, upstream: users }}\n  - {{ name: r, upstream: users }}\n"
+        ),
+        &["routes[1].name (r) must be unique among routes"],
+    );
+    check(
+        &doc("{ name: r, upstream: users, max_body: 0 }"),
+        &["routes[0].max_body (0) must be greater than zero"],
+    );
+}
+
+#[test]
+fn bad_byte_size_is_a_syntax_error() {
+    let errors = GatewayConfig::parse(&format!(
+        "{UPSTREAM}routes:\n  - {{ name: r, upstream: users, max_body: 10XB }}\n"
+    ))
+    .unwrap_err();
+    assert!(
+        errors.to_string().contains("unknown size unit \"XB\""),
+        "{errors}"
+    );
+}
+
+#[test]
+fn rewrite_rules() {
+    let doc = |rewrite: &str| {
+        format!("{UPSTREAM}routes:\n  - {{ name: r, upstream: users, rewrite: {rewrite} }}\n")
+    };
+    check(
+        &doc("{ strip_prefix: api }"),
+        &["routes[0].rewrite.strip_prefix (api) must start with '/'"],
+    );
+    check(
+        &doc("{ replace_prefix: { from: /a, to: b } }"),
+        &["routes[0].rewrite.replace_prefix.to (b) must start with '/'"],
+    );
+    check(
+        &doc("{ regex: { pattern: \"^/u/(\\\\d+)$\", replacement: \"/users/$2/${name}\" } }"),
+        &[
+            "routes[0].rewrite.regex.replacement (/users/$2/${name}) refers to $2, a group the pattern does not have",
+            "routes[0].rewrite.regex.replacement (/users/$2/${name}) refers to $name, a group the pattern does not have",
+        ],
+    );
+    check(
+        &doc("{ regex: { pattern: \"^/u/(\\\\d+)$\", replacement: \"/users/$1\" } }"),
+        &[],
+    );
+}
+
+#[test]
+fn versioning_rules() {
+    let doc = |versioning: &str, route: &str| {
+        format!("{UPSTREAM}routes:\n  - {route}\nversioning:\n  users: {versioning}\n")
+    };
+    let good = "{ from: [path], supported: [\"1\", \"2\"], default: \"2\" }";
+    check(
+        &doc(
+            good,
+            "{ name: r, upstream: users, api: users, version: \"1\" }",
+        ),
+        &[],
+    );
+    check(
+        &doc(good, "{ name: r, upstream: users, version: \"1\" }"),
+        &["routes[0].version (1) requires `api` naming a versioned API"],
+    );
+    check(
+        &doc(good, "{ name: r, upstream: users, api: orders }"),
+        &["routes[0].api (orders) must name an API declared under `versioning`"],
+    );
+    check(
+        &doc(
+            good,
+            "{ name: r, upstream: users, api: users, version: \"3\" }",
+        ),
+        &["routes[0].version (3) must be one of versioning.users.supported"],
+    );
+    check(
+        &doc(
+            "{ from: [], supported: [\"1\", \"a b\"], default: \"3\", unknown: { fallback: { version: \"4\", sunset: tomorrow } }, deprecated: { \"5\": {} } }",
+            "{ name: r, upstream: users }",
+        ),
+        &[
+            "versioning.users.from ([]) must list at least one version source",
+            "versioning.users.supported[1] (a b) must be a version of letters, digits, '.', '_' and '-'",
+            "versioning.users.default (3) must be one of versioning.users.supported",
+            "versioning.users.unknown.fallback.version (4) must be one of versioning.users.supported",
+            "versioning.users.unknown.fallback.sunset (tomorrow) must be an RFC 3339 date such as 2027-01-31T00:00:00Z",
+            "versioning.users.deprecated (5) must be one of versioning.users.supported",
+        ],
+    );
+}
+
+#[test]
+fn byte_sizes() {
+    for (text, bytes) in [
+        ("512", 512),
+        ("64KiB", 64 << 10),
+        ("10MiB", 10 << 20),
+        ("1GB", 1_000_000_000),
+        ("2 GiB", 2 << 30),
+    ] {
+        assert_eq!(text.parse::<ByteSize>(), Ok(ByteSize(bytes)), "{text}");
+    }
+    assert!("".parse::<ByteSize>().is_err());
+    assert!("99999999999999999999GiB".parse::<ByteSize>().is_err());
+    assert_eq!(ByteSize(10 << 20).to_string(), "10MiB");
+    assert_eq!(ByteSize(1000).to_string(), "1000");
+}
+
+#[test]
+fn host_patterns() {
+    use pattern::HostPattern;
+    let wildcard = HostPattern::parse("*.Example.com").unwrap();
+    assert!(wildcard.matches("api.example.com"));
+    assert!(wildcard.matches("a.b.example.com"));
+    assert!(!wildcard.matches("example.com"));
+    assert!(!wildcard.matches("badexample.com"));
+    let exact = HostPattern::parse("API.example.com").unwrap();
+    assert!(exact.matches("api.example.com"));
+    assert!(exact.specificity() > wildcard.specificity());
+}
+
+#[test]
+fn path_patterns() {
+    use pattern::{PathPattern, Segment};
+    assert_eq!(PathPattern::parse("/").unwrap().segments, vec![]);
+    assert_eq!(
+        PathPattern::parse("/users/{id}/").unwrap().segments,
+        vec![
+            Segment::Literal("users".into()),
+            Segment::Param("id".into()),
+            Segment::Literal(String::new())
+        ]
+    );
+    assert!(PathPattern::parse("/a//b").is_err());
+    assert!(PathPattern::parse("/a b").is_err());
+}
