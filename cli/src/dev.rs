@@ -58,8 +58,10 @@ async fn dev(args: Args) -> anyhow::Result<()> {
     let gateway = GatewayConfig::parse(&gateway)
         .map_err(|e| anyhow::anyhow!("embedded configuration: {e}"))?;
 
-    let mut raw = RawConfig::default();
-    raw.region = "dev".into();
+    let mut raw = RawConfig {
+        region: "dev".into(),
+        ..RawConfig::default()
+    };
     raw.listen.proxy = args.proxy.to_string();
     raw.listen.admin = args.admin.to_string();
     raw.log.access_log = args.access_log;

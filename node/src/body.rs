@@ -358,7 +358,7 @@ impl HttpBody for UpstreamBody {
             }
             UpstreamBody::Client(body) => match &body.incoming {
                 Some(incoming) => incoming.size_hint(),
-                None => body.replay.size.clone(),
+                None => body.replay.size,
             },
         }
     }

@@ -1,1 +1,118 @@
-//! placeholder
+//! Integration tests: real nodes in-process on port 0, real mock upstreams,
+//! real sockets. The support code lives here; the cases, one file per area,
+//! are in `cases/` and compile into one test binary.
+//!
+//! # Layout
+//! - [`TestNode`]: a node started from YAML, stopped at the end of a test.
+//! - [`MockUpstream`]: an HTTP/1.1 + h2c server that records what it received.
+//! - [`client`]: small HTTP helpers, including raw TCP for malformed input.
+
+pub mod client;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use node::config::RawConfig;
+use node::{App, Gateway};
+use raft::model::GatewayConfig;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use client::{Reply, get, send};
+pub use upstream::MockUpstream;
+
+/// A node running in this process.
+pub struct TestNode {
+    /// Proxy listener.
+    pub proxy: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// The node's request handlers (snapshots, metrics).
+    pub gateway: std::sync::Arc<Gateway>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl TestNode {
+    /// Starts a node serving `yaml` with test defaults.
+    pub async fn start(yaml: &str) -> Self {
+        Self::start_with(yaml, |_| {}).await
+    }
+
+    /// Starts a node serving `yaml`, after `tweak` adjusted the node config.
+    pub async fn start_with(yaml: &str, tweak: impl FnOnce(&mut RawConfig)) -> Self {
+        let mut raw = RawConfig::default();
+        raw.listen.proxy = "127.0.0.1:0".into();
+        raw.listen.admin = "127.0.0.1:0".into();
+        raw.log.access_log = "off".into();
+        raw.shutdown.grace_period = Duration::from_secs(5);
+        tweak(&mut raw);
+        let config = raw.validate().expect("valid test node config");
+        let gateway = GatewayConfig::parse(yaml)
+            .unwrap_or_else(|e| panic!("invalid test gateway config:\n{e}\n{yaml}"));
+        let app = App::build(config, Some(gateway))
+            .await
+            .expect("node starts");
+        let stop = CancellationToken::new();
+        Self {
+            proxy: app.proxy_addr(),
+            admin: app.admin_addr(),
+            gateway: app.gateway(),
+            stop: stop.clone(),
+            task: tokio::spawn(app.run(stop.cancelled_owned())),
+        }
+    }
+
+    /// `http://<proxy><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    /// `http://<admin><path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Replaces the gateway configuration through `PUT /v1/config`.
+    pub async fn apply(&self, yaml: &str) -> Reply {
+        let request = http::Request::put(self.admin_url("/v1/config"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                yaml.to_owned(),
+            )))
+            .expect("valid request");
+        send(request).await
+    }
+
+    /// Triggers shutdown and waits for the node to stop.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+
+    /// Cancels the node's shutdown token without waiting.
+    pub fn begin_stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod cases;

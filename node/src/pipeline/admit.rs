@@ -22,6 +22,7 @@ use http::{HeaderValue, Version};
 use super::{Flow, Request, RequestCx, Stage};
 use crate::config::Config;
 use crate::error::{Error, Kind};
+use crate::server::AmbiguousFraming;
 use crate::{normalize, trace};
 
 /// The `admit` stage.
@@ -62,7 +63,9 @@ impl Admit {
             }
             .into());
         }
-        if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        if req.extensions().get::<AmbiguousFraming>().is_some()
+            || (headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH))
+        {
             return Err(Error::bad_request(
                 "ambiguous_framing",
                 "Content-Length and Transfer-Encoding must not both be sent",

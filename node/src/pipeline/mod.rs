@@ -43,8 +43,9 @@ pub type Response = http::Response<Body>;
 pub enum Flow {
     /// Hand the request to the next stage.
     Continue,
-    /// Answer now; later stages and the proxy are skipped.
-    Respond(Response),
+    /// Answer now; later stages and the proxy are skipped. Boxed so the
+    /// common `Continue` stays one word.
+    Respond(Box<Response>),
 }
 
 /// One step of the request path.
@@ -169,7 +170,7 @@ impl Pipeline {
             match stage.on_request(&mut cx, &mut req).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Respond(response)) => {
-                    answer = Some(response);
+                    answer = Some(*response);
                     break;
                 }
                 Err(error) => {

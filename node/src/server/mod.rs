@@ -10,6 +10,8 @@
 //! - A connection with no request in flight and none started for
 //!   `timeouts.idle` is closed gracefully (this covers HTTP/2, whose idle
 //!   connections hyper keeps forever).
+//! - Requests whose head carried both `Content-Length` and
+//!   `Transfer-Encoding` are marked for `admit` to refuse ([`framing`]).
 //! - Shutdown: stop accepting, ask every connection to finish its in-flight
 //!   requests (`graceful_shutdown`), and after the grace period close what
 //!   is left.
@@ -33,6 +35,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 use crate::config::Config;
+
+mod framing;
+
+pub use self::framing::AmbiguousFraming;
 
 /// Settings of one listener.
 pub struct Settings {
@@ -205,9 +211,14 @@ async fn serve_connection<H, F>(
 {
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::default());
+    let framing = Arc::new(framing::Flag::default());
     let service = {
         let activity = activity.clone();
-        service_fn(move |request| {
+        let framing = framing.clone();
+        service_fn(move |mut request: hyper::Request<Incoming>| {
+            if framing.take() {
+                request.extensions_mut().insert(AmbiguousFraming);
+            }
             let handler = handler.clone();
             let activity = activity.clone();
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -219,7 +230,10 @@ async fn serve_connection<H, F>(
             }
         })
     };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let connection = builder.serve_connection_with_upgrades(
+        TokioIo::new(framing::Watched::new(stream, framing)),
+        service,
+    );
     tokio::pin!(connection);
     let mut draining = false;
     let mut seen = 0;

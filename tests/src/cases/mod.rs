@@ -1,0 +1,9 @@
+//! Integration cases, one file per area of the data plane.
+
+mod edge;
+mod observe;
+mod pools;
+mod proxy;
+mod reload;
+mod routing;
+mod versioning;

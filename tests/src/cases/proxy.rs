@@ -1,0 +1,429 @@
+//! Proxying: protocols, pooling, streaming, headers, WebSocket,
+//! 100-continue and timeouts.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{h2c, http1, raw, raw_status, send_with};
+use crate::upstream::{MockBody, full, json};
+use crate::{MockUpstream, TestNode, get};
+
+fn one_route(upstream: &MockUpstream, extra: &str) -> String {
+    format!(
+        "upstreams:\n  u: {{ targets: [\"{}\"]{extra} }}\nroutes:\n  - {{ name: r, upstream: u }}\n",
+        upstream.target()
+    )
+}
+
+#[tokio::test]
+async fn http1_and_h2c_clients_and_upstream_keep_alive() {
+    let upstream = MockUpstream::echo("u").await;
+    let node = TestNode::start(&one_route(&upstream, "")).await;
+    let client = http1();
+    for _ in 0..20 {
+        let reply = send_with(
+            &client,
+            Request::get(node.url("/a")).body(Full::default()).unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+    }
+    let h2 = h2c();
+    for _ in 0..20 {
+        let reply = send_with(
+            &h2,
+            Request::get(node.url("/b")).body(Full::default()).unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.version, http::Version::HTTP_2);
+    }
+    assert_eq!(upstream.count(), 40);
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one pooled upstream connection"
+    );
+    assert_eq!(upstream.last().version, http::Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn h2_upstreams() {
+    let upstream = MockUpstream::echo("u").await;
+    let node = TestNode::start(&one_route(&upstream, ", protocol: h2")).await;
+    let client = http1();
+    let mut replies = Vec::new();
+    for _ in 0..10 {
+        replies.push(send_with(
+            &client,
+            Request::get(node.url("/x")).body(Full::default()).unwrap(),
+        ));
+    }
+    for reply in futures_util::future::join_all(replies).await {
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(upstream.last().version, http::Version::HTTP_2);
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "h2 multiplexes"
+    );
+}
+
+#[tokio::test]
+async fn forwarding_headers_and_hop_by_hop_stripping() {
+    let upstream = MockUpstream::start(|_| async {
+        let mut response = json(StatusCode::OK, serde_json::json!({}));
+        let headers = response.headers_mut();
+        headers.insert("connection", "x-upstream-private".parse().unwrap());
+        headers.insert("x-upstream-private", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-upstream-public", "1".parse().unwrap());
+        response
+    })
+    .await;
+    let node = TestNode::start(&one_route(&upstream, "")).await;
+    let reply = send_with(
+        &http1(),
+        Request::get(node.url("/h?q=1"))
+            .header("host", "shop.example.com")
+            .header("connection", "keep-alive, x-secret")
+            .header("x-secret", "hop")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+            .header("te", "trailers")
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-request-id", "client-id-1")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let seen = upstream.last();
+    for absent in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "proxy-authorization",
+        "expect",
+    ] {
+        assert!(
+            !seen.headers.contains_key(absent),
+            "{absent} reached the upstream"
+        );
+    }
+    assert_eq!(seen.headers["te"], "trailers");
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "shop.example.com");
+    assert_eq!(
+        seen.headers["forwarded"],
+        "for=127.0.0.1;proto=http;host=\"shop.example.com\""
+    );
+    assert_eq!(
+        seen.headers["host"],
+        upstream.target().as_str(),
+        "the target's address by default"
+    );
+    assert_eq!(seen.headers["x-request-id"], "client-id-1");
+    let traceparent = seen.headers["traceparent"].to_str().unwrap();
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{traceparent}"
+    );
+    assert!(
+        !traceparent.contains("00f067aa0ba902b7"),
+        "the gateway's span is the parent"
+    );
+    assert_eq!(reply.header("x-request-id"), "client-id-1");
+    assert_eq!(reply.header("traceparent"), traceparent);
+    assert!(!reply.headers.contains_key("x-upstream-private"));
+    assert!(!reply.headers.contains_key("keep-alive"));
+    assert_eq!(reply.header("x-upstream-public"), "1");
+}
+
+#[tokio::test]
+async fn preserve_host() {
+    let upstream = MockUpstream::echo("u").await;
+    let yaml = format!(
+        "upstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: r, upstream: u, preserve_host: true }}\n",
+        upstream.target()
+    );
+    let node = TestNode::start(&yaml).await;
+    crate::client::get_with(&node.url("/"), &[("host", "api.example.com:8080")]).await;
+    assert_eq!(upstream.last().headers["host"], "api.example.com:8080");
+}
+
+/// A body of `len` bytes produced in 64 KiB chunks, never held whole.
+fn generated(len: u64) -> MockBody {
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let stream = futures_util::stream::unfold(len, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            (left > 0).then(|| {
+                let n = left.min(chunk.len() as u64);
+                (
+                    Ok(http_body::Frame::data(chunk.slice(..n as usize))),
+                    left - n,
+                )
+            })
+        }
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways() {
+    const SIZE: u64 = 256 << 20;
+    let upstream = MockUpstream::start(|seen| async move {
+        if seen.uri == "/download" {
+            let mut response = http::Response::new(generated(SIZE));
+            response.headers_mut().insert("content-length", SIZE.into());
+            response
+        } else {
+            json(
+                StatusCode::OK,
+                serde_json::json!({"received": seen.body_len}),
+            )
+        }
+    })
+    .await;
+    let yaml = format!(
+        "upstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: r, upstream: u, max_body: 1GiB }}\n",
+        upstream.target()
+    );
+    let node = TestNode::start(&yaml).await;
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<MockBody>();
+    let upload = Request::post(node.url("/upload"))
+        .body(generated(SIZE))
+        .unwrap();
+    let response = client.request(upload).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["received"], SIZE, "chunked upload arrived whole");
+    assert!(upstream.last().headers.get("transfer-encoding").is_some());
+
+    let response = client
+        .request(Request::get(node.url("/download")).body(full("")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-length"],
+        SIZE.to_string().as_str()
+    );
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(received, SIZE);
+}
+
+#[tokio::test]
+async fn content_length_is_kept_for_fixed_size_uploads() {
+    let upstream = MockUpstream::echo("u").await;
+    let node = TestNode::start(&one_route(&upstream, "")).await;
+    let reply = crate::send(
+        Request::put(node.url("/put"))
+            .body(Full::new(Bytes::from(vec![1u8; 5000])))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.json()["body_len"], 5000);
+    assert_eq!(upstream.last().headers["content-length"], "5000");
+}
+
+#[tokio::test]
+async fn websocket_upgrades_are_tunnelled() {
+    let upstream = MockUpstream::echo("u").await;
+    let node = TestNode::start(&one_route(&upstream, "")).await;
+    let (mut socket, response) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", node.proxy))
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 101);
+    for i in 0..5 {
+        socket
+            .send(Message::text(format!("hello {i}")))
+            .await
+            .unwrap();
+        let echoed = socket.next().await.unwrap().unwrap();
+        assert_eq!(echoed, Message::text(format!("hello {i}")));
+    }
+    socket
+        .send(Message::binary(vec![7u8; 100_000]))
+        .await
+        .unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::binary(vec![7u8; 100_000])
+    );
+    socket.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn expect_100_continue() {
+    let upstream = MockUpstream::echo("u").await;
+    let yaml = format!(
+        "upstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: r, upstream: u, max_body: 1KiB }}\n",
+        upstream.target()
+    );
+    let node = TestNode::start(&yaml).await;
+    let mut stream = tokio::net::TcpStream::connect(node.proxy).await.unwrap();
+    stream
+        .write_all(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    let interim = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    stream.write_all(b"hello").await.unwrap();
+    let n = stream.read(&mut buf).await.unwrap();
+    let fin = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(fin.starts_with("HTTP/1.1 200"), "{fin}");
+    assert_eq!(upstream.last().body_len, 5);
+    assert!(!upstream.last().headers.contains_key("expect"));
+
+    // Too large: refused before the client sends the body.
+    let answer = raw(
+        node.proxy,
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 413, "{answer}");
+    assert!(!answer.contains("100 Continue"));
+}
+
+#[tokio::test]
+async fn chunked_bodies_over_the_limit_get_413() {
+    let upstream = MockUpstream::echo("u").await;
+    let yaml = format!(
+        "upstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: r, upstream: u, max_body: 64KiB }}\n",
+        upstream.target()
+    );
+    let node = TestNode::start(&yaml).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<MockBody>();
+    let response = client
+        .request(
+            Request::post(node.url("/x"))
+                .body(generated(1 << 20))
+                .unwrap(),
+        )
+        .await;
+    match response {
+        Ok(response) => assert_eq!(response.status(), 413),
+        // The gateway may close while the client is still sending.
+        Err(error) => assert!(!error.is_connect(), "{error}"),
+    }
+}
+
+#[tokio::test]
+async fn request_timeout_is_504() {
+    let upstream = MockUpstream::start(|_| async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        json(StatusCode::OK, serde_json::json!({}))
+    })
+    .await;
+    let node = TestNode::start(&one_route(&upstream, ", timeouts: { request: 200ms }")).await;
+    let reply = get(&node.url("/slow")).await;
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.error_code(), "upstream_timeout");
+}
+
+#[tokio::test]
+async fn refused_connection_is_502() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = closed.local_addr().unwrap();
+    drop(closed);
+    let yaml = format!(
+        "upstreams:\n  u: {{ targets: [\"{address}\"], retries: {{ attempts: 0 }} }}\nroutes:\n  - {{ name: r, upstream: u }}\n"
+    );
+    let node = TestNode::start(&yaml).await;
+    let reply = get(&node.url("/")).await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.error_code(), "upstream_connect_failed");
+}
+
+#[tokio::test]
+async fn connect_timeout_is_504() {
+    // A listener whose accept queue is full drops further SYNs, so a
+    // connect to it hangs: a connect timeout without leaving loopback.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(address),
+        )
+        .await
+        {
+            fillers.push(stream);
+        }
+    }
+    let yaml = format!(
+        "upstreams:\n  u: {{ targets: [\"{address}\"], timeouts: {{ connect: 300ms }}, retries: {{ attempts: 0 }} }}\nroutes:\n  - {{ name: r, upstream: u }}\n"
+    );
+    let node = TestNode::start(&yaml).await;
+    let reply = get(&node.url("/")).await;
+    assert_eq!(reply.status, 504, "{:?}", reply.body);
+    assert_eq!(reply.error_code(), "upstream_connect_timeout");
+    drop(socket);
+}
+
+#[tokio::test]
+async fn stalled_response_bodies_are_cut_after_the_idle_timeout() {
+    let upstream = MockUpstream::start(|_| async {
+        let stream = futures_util::stream::once(async {
+            Ok(http_body::Frame::data(Bytes::from_static(b"partial")))
+        })
+        .chain(futures_util::stream::pending());
+        let mut response = http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        response.headers_mut().insert("content-length", 100.into());
+        response
+    })
+    .await;
+    let node = TestNode::start(&one_route(&upstream, ", timeouts: { idle: 300ms }")).await;
+    let response = http1()
+        .request(
+            Request::get(node.url("/stall"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let result = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect()).await;
+    assert!(
+        matches!(result, Ok(Err(_))),
+        "the body is aborted, not left hanging"
+    );
+}
