@@ -185,6 +185,13 @@ impl App {
         } = self;
         let shared = gateway.shared.clone();
         let config = shared.config.clone();
+        let bound = |listener: &TcpListener| {
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        };
+        let (proxy_addr, admin_addr) = (bound(&proxy), bound(&admin));
         let grace = config.shutdown.grace_period;
         let servers = TaskTracker::new();
         let proxy_settings = server::Settings::proxy(
@@ -234,8 +241,8 @@ impl App {
                 .spawn(reload_on_sighup(gateway.clone()).instrument(tracing::info_span!("reload")));
         }
         tracing::info!(
-            proxy = %config.listen.proxy,
-            admin = %config.listen.admin,
+            proxy = %proxy_addr,
+            admin = %admin_addr,
             node = config.id,
             region = %config.region,
             "node running"
@@ -277,6 +284,10 @@ async fn reload_on_sighup(gateway: Arc<Gateway>) {
             () = gateway.shared.shutdown.cancelled() => return,
             _ = hangup.recv() => match gateway.reload_file() {
                 Ok(version) => tracing::info!(version, "SIGHUP: gateway configuration reloaded"),
+                Err(Error::InvalidGateway { path, errors }) => {
+                    let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                    tracing::error!(path = %path.display(), errors = %errors.join("; "), "SIGHUP: reload refused; the previous configuration stays");
+                }
                 Err(error) => tracing::error!(%error, "SIGHUP: reload refused; the previous configuration stays"),
             },
         }

@@ -1,0 +1,475 @@
+//! The `meridian` binary as users run it: real processes, real sockets.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped.
+struct Running {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("meridian starts");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, stderr: rx }
+    }
+
+    /// Waits for a stderr line containing `needle`; returns everything read.
+    fn wait_for(&self, needle: &str) -> String {
+        let mut seen = String::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(20)) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(needle) {
+                return seen;
+            }
+        }
+        panic!("no {needle:?} in stderr:\n{seen}");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Peak resident memory of the process, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns (status, head, body).
+fn http(address: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn get(address: SocketAddr, path: &str) -> (u16, String, String) {
+    http(
+        address,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+fn wait_until_listening(address: SocketAddr) {
+    for _ in 0..200 {
+        if TcpStream::connect(address).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {address}");
+}
+
+#[test]
+fn dev_serves_the_demo_and_prints_a_quick_start() {
+    let (proxy, admin) = (free_port(), free_port());
+    let dev = Running::spawn(&[
+        "dev",
+        "--proxy",
+        &format!("127.0.0.1:{proxy}"),
+        "--admin",
+        &format!("127.0.0.1:{admin}"),
+        "--access-log",
+        "off",
+    ]);
+    let banner = dev.wait_for("Ctrl-C drains and stops.");
+    assert!(
+        banner.contains(&format!(
+            "curl -s http://127.0.0.1:{proxy}/echo/hello?lang=en"
+        )),
+        "{banner}"
+    );
+    let proxy: SocketAddr = format!("127.0.0.1:{proxy}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+
+    let (status, _, body) = get(proxy, "/echo/hello?lang=en");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"path\":\"/hello\""), "{body}");
+    let (status, head, body) = get(proxy, "/api/v1/users/1");
+    assert_eq!(status, 200);
+    assert!(body.contains("Ada Lovelace"), "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("deprecation: @"),
+        "{head}"
+    );
+    let (status, _, body) = get(proxy, "/api/v2/users/2");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"given\":\"Grace\""), "{body}");
+    let (status, _, body) = get(proxy, "/nowhere");
+    assert_eq!(status, 404);
+    assert!(body.contains("no_route"));
+    let (status, _, body) = get(admin, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("meridian_requests_total{route=\"echo\""),
+        "{body}"
+    );
+
+    dev.signal("-TERM");
+    dev.wait_for("stopped");
+}
+
+#[test]
+fn config_check_reports_every_error_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "upstreams:\n  u: { targets: [\"127.0.0.1:1\"] }\nroutes:\n  - { name: r, upstream: u }\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok (1 upstreams, 1 routes"));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "upstreams:\n  u: { targets: [\"nohost\"] }\nroutes:\n  - { name: r, upstream: missing, match: { path: users } }\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "upstreams.u.targets[0] (nohost) must be host:port",
+        "routes[0].upstream (missing) must name a declared upstream",
+        "routes[0].match.path (users) must start with '/'",
+        "3 error(s)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+
+    let syntax = dir.path().join("syntax.yaml");
+    std::fs::write(&syntax, "routes:\n  - { name: r, upstrem: u }\n").unwrap();
+    let output = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&syntax)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `upstrem`"));
+}
+
+#[test]
+fn node_run_refuses_a_bad_node_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node.toml");
+    std::fs::write(&node, "id = 0\n[listen]\nproxy = \"nowhere\"\n").unwrap();
+    let output = Command::new(BIN)
+        .args(["node", "run", "--config"])
+        .arg(&node)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("id (0) must be greater than zero"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("listen.proxy (nowhere) must be an IP address and port"),
+        "{stderr}"
+    );
+}
+
+fn write_node(dir: &Path, proxy: u16, admin: u16) -> std::path::PathBuf {
+    let node = dir.join("node.toml");
+    std::fs::write(
+        &node,
+        format!(
+            "id = 1\nregion = \"test\"\ndata-dir = \"{}\"\n[listen]\nproxy = \"127.0.0.1:{proxy}\"\nadmin = \"127.0.0.1:{admin}\"\n[log]\naccess-log = \"off\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    node
+}
+
+/// A backend on loopback that answers `hello from <name>` to everything.
+fn backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    let mut content_length = 0usize;
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:")
+                        {
+                            content_length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; content_length];
+                    let _ = reader.read_exact(&mut body);
+                    let text = format!("hello from {name}");
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    if stream.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[test]
+fn node_run_loads_the_gateway_file_and_reloads_it_on_sighup() {
+    let (a, b) = (backend("a"), backend("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = dir.path().join("gateway.yaml");
+    let config = |target: SocketAddr| {
+        format!(
+            "upstreams:\n  u: {{ targets: [\"{target}\"] }}\nroutes:\n  - {{ name: r, upstream: u }}\n"
+        )
+    };
+    std::fs::write(&gateway, config(a)).unwrap();
+    let (proxy, admin) = (free_port(), free_port());
+    let node = write_node(dir.path(), proxy, admin);
+    let running = Running::spawn(&[
+        "node",
+        "run",
+        "--config",
+        node.to_str().unwrap(),
+        "--gateway",
+        gateway.to_str().unwrap(),
+    ]);
+    running.wait_for("node running");
+    let proxy: SocketAddr = format!("127.0.0.1:{proxy}").parse().unwrap();
+    assert_eq!(get(proxy, "/").2, "hello from a");
+
+    std::fs::write(&gateway, config(b)).unwrap();
+    running.signal("-HUP");
+    running.wait_for("SIGHUP: gateway configuration reloaded");
+    assert_eq!(get(proxy, "/").2, "hello from b");
+
+    std::fs::write(&gateway, "routes: [ { name: r, upstream: nope } ]\n").unwrap();
+    running.signal("-HUP");
+    let log = running.wait_for("SIGHUP: reload refused");
+    assert!(
+        log.contains("routes[0].upstream (nope) must name a declared upstream"),
+        "{log}"
+    );
+    assert_eq!(
+        get(proxy, "/").2,
+        "hello from b",
+        "the previous configuration stays"
+    );
+
+    running.signal("-TERM");
+    running.wait_for("stopped");
+}
+
+/// Streams 1 GiB up and 1 GiB down through a real node process and checks
+/// that its peak memory stays small: bodies are never buffered.
+#[test]
+fn a_gibibyte_each_way_in_constant_memory() {
+    const GIB: u64 = 1 << 30;
+    // Backend: counts what it receives on POST, sends 1 GiB on GET.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (received_tx, received_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let received_tx = received_tx.clone();
+            std::thread::spawn(move || serve_bulk(stream, received_tx));
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &gateway,
+        format!("upstreams:\n  u: {{ targets: [\"{upstream}\"] }}\nroutes:\n  - {{ name: r, upstream: u, max_body: 2GiB }}\n"),
+    )
+    .unwrap();
+    let (proxy, admin) = (free_port(), free_port());
+    let node = write_node(dir.path(), proxy, admin);
+    let running = Running::spawn(&[
+        "node",
+        "run",
+        "--config",
+        node.to_str().unwrap(),
+        "--gateway",
+        gateway.to_str().unwrap(),
+    ]);
+    running.wait_for("node running");
+    let proxy: SocketAddr = format!("127.0.0.1:{proxy}").parse().unwrap();
+    wait_until_listening(proxy);
+    let baseline = running.peak_rss_kib();
+
+    // Upload 1 GiB with a Content-Length body.
+    let mut stream = TcpStream::connect(proxy).unwrap();
+    stream
+        .write_all(
+            format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {GIB}\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let chunk = vec![b'u'; 1 << 20];
+    for _ in 0..(GIB >> 20) {
+        stream.write_all(&chunk).unwrap();
+    }
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(
+        received_rx.recv_timeout(Duration::from_secs(60)).unwrap(),
+        GIB
+    );
+
+    // Download 1 GiB.
+    let mut stream = TcpStream::connect(proxy).unwrap();
+    stream
+        .write_all(b"GET /download HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut total = 0u64;
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = stream.read(&mut buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    assert!(total > GIB, "headers plus 1 GiB arrived: {total}");
+    let peak = running.peak_rss_kib();
+    eprintln!("gateway peak RSS: {baseline} KiB before, {peak} KiB after streaming 1 GiB each way");
+    assert!(
+        peak < baseline + 64 * 1024,
+        "peak RSS grew from {baseline} KiB to {peak} KiB while streaming 2 GiB"
+    );
+}
+
+fn serve_bulk(stream: TcpStream, received: mpsc::Sender<u64>) {
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut request = String::new();
+    if reader.read_line(&mut request).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut content_length = 0u64;
+    let mut chunked = false;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        if header == "\r\n" {
+            break;
+        }
+        let lower = header.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap();
+        }
+        chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
+    }
+    assert!(!chunked, "a Content-Length upload stays length-delimited");
+    if request.starts_with("POST") {
+        let mut left = content_length;
+        let mut buffer = vec![0u8; 1 << 20];
+        while left > 0 {
+            let n = reader
+                .read(&mut buffer[..left.min(1 << 20) as usize])
+                .unwrap();
+            assert!(n > 0, "upload cut short");
+            left -= n as u64;
+        }
+        let _ = received.send(content_length);
+        let _ = writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    } else {
+        const GIB: u64 = 1 << 30;
+        let _ = writer
+            .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {GIB}\r\n\r\n").as_bytes());
+        let chunk = vec![b'd'; 1 << 20];
+        for _ in 0..(GIB >> 20) {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    }
+}
