@@ -496,6 +496,13 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_example_is_valid() {
+        let raw = RawConfig::parse(include_str!("../../deploy/node.toml")).expect("parses");
+        let config = raw.validate().expect("valid");
+        assert_eq!(config.region, "eu-west");
+    }
+
+    #[test]
     fn the_design_sketch_parses() {
         check(
             "id = 1\nregion = \"eu-west\"\ndata-dir = \"/var/lib/meridian\"\n[listen]\nproxy = \"0.0.0.0:8080\"\nadmin = \"127.0.0.1:9080\"\n",

@@ -67,6 +67,19 @@ versioning:
 }
 
 #[test]
+fn the_examples_are_valid() {
+    for (name, text) in [
+        ("deploy/gateway.yaml", include_str!("../../../deploy/gateway.yaml")),
+        ("cli/src/dev/gateway.yaml", include_str!("../../../cli/src/dev/gateway.yaml")),
+    ] {
+        let text = text.replace("{echo}", "127.0.0.1:1").replace("{users}", "127.0.0.1:2");
+        if let Err(errors) = GatewayConfig::parse(&text) {
+            panic!("{name}:\n{errors}");
+        }
+    }
+}
+
+#[test]
 fn json_is_accepted() {
     check(
         r#"{"upstreams": {"u": {"targets": ["127.0.0.1:1"]}}, "routes": [{"name": "r", "upstream": "u"}]}"#,
