@@ -266,31 +266,64 @@ pub enum UpstreamBody {
     Client(ClientBody),
 }
 
+/// How the client's side of a request body ended, when it ended badly.
+/// Shared between the body (which sets it) and the proxy (which turns an
+/// upstream failure caused by it into the client's error).
+#[derive(Default)]
+pub struct ClientFault(std::sync::atomic::AtomicU8);
+
+/// What the client did wrong while sending a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// More than the route's limit.
+    TooLarge,
+    /// Stopped sending for longer than the idle timeout.
+    Stalled,
+    /// Reset or broke the stream.
+    Broken,
+}
+
+impl ClientFault {
+    fn set(&self, fault: Fault) {
+        let code = match fault {
+            Fault::TooLarge => 1,
+            Fault::Stalled => 2,
+            Fault::Broken => 3,
+        };
+        self.0.store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The fault, if the client's body failed.
+    pub fn get(&self) -> Option<Fault> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Some(Fault::TooLarge),
+            2 => Some(Fault::Stalled),
+            3 => Some(Fault::Broken),
+            _ => None,
+        }
+    }
+}
+
 /// The client's body on its way upstream, under a size limit and an idle timeout.
 pub struct ClientBody {
     replay: Replay,
     incoming: Option<Incoming>,
     read: u64,
     limit: u64,
-    exceeded: Arc<std::sync::atomic::AtomicBool>,
+    fault: Arc<ClientFault>,
     idle: IdleTimer,
 }
 
 impl ClientBody {
-    /// Streams the body parked in `replay` once polled. `exceeded` is set
-    /// when the client sends more than `limit` bytes.
-    pub fn new(
-        replay: Replay,
-        limit: u64,
-        idle: Duration,
-        exceeded: Arc<std::sync::atomic::AtomicBool>,
-    ) -> Self {
+    /// Streams the body parked in `replay` once polled; a failure on the
+    /// client's side is recorded in `fault`.
+    pub fn new(replay: Replay, limit: u64, idle: Duration, fault: Arc<ClientFault>) -> Self {
         Self {
             replay,
             incoming: None,
             read: 0,
             limit,
-            exceeded,
+            fault,
             idle: IdleTimer::new(idle),
         }
     }
@@ -326,17 +359,20 @@ impl HttpBody for UpstreamBody {
                 if let Some(data) = frame.data_ref() {
                     body.read += data.len() as u64;
                     if body.read > body.limit {
-                        body.exceeded
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        body.fault.set(Fault::TooLarge);
                         return Poll::Ready(Some(Err(BodyError::TooLarge { limit: body.limit })));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Err(error))) => {
+                body.fault.set(Fault::Broken);
+                Poll::Ready(Some(Err(error.into())))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 ready!(body.idle.poll_expired(cx));
+                body.fault.set(Fault::Stalled);
                 Poll::Ready(Some(Err(BodyError::Idle(body.idle.limit))))
             }
         }

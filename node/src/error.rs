@@ -54,6 +54,10 @@ pub enum Kind {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The client stopped sending its body for longer than the idle timeout (408).
+    ClientTimeout,
+    /// The client reset or broke its request body (400).
+    ClientAborted,
     /// The request headers exceed the limit (431).
     HeadersTooLarge {
         /// The limit in bytes.
@@ -110,7 +114,10 @@ impl Error {
     /// The status the client receives.
     pub fn status(&self) -> StatusCode {
         match self.kind {
-            Kind::BadRequest { .. } | Kind::UnsupportedVersion { .. } => StatusCode::BAD_REQUEST,
+            Kind::BadRequest { .. } | Kind::UnsupportedVersion { .. } | Kind::ClientAborted => {
+                StatusCode::BAD_REQUEST
+            }
+            Kind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::NoRoute => StatusCode::NOT_FOUND,
             Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
@@ -130,7 +137,9 @@ impl Error {
             | Kind::NoRoute
             | Kind::PayloadTooLarge { .. }
             | Kind::UriTooLong { .. }
-            | Kind::HeadersTooLarge { .. } => Side::Client,
+            | Kind::HeadersTooLarge { .. }
+            | Kind::ClientTimeout
+            | Kind::ClientAborted => Side::Client,
             Kind::UpstreamConnect
             | Kind::UpstreamConnectTimeout
             | Kind::UpstreamTimeout
@@ -159,6 +168,8 @@ impl Error {
             Kind::PayloadTooLarge { .. } => "payload_too_large",
             Kind::UriTooLong { .. } => "uri_too_long",
             Kind::HeadersTooLarge { .. } => "headers_too_large",
+            Kind::ClientTimeout => "client_body_timeout",
+            Kind::ClientAborted => "client_body_aborted",
             Kind::UpstreamConnect => "upstream_connect_failed",
             Kind::UpstreamConnectTimeout => "upstream_connect_timeout",
             Kind::UpstreamTimeout => "upstream_timeout",
@@ -189,6 +200,10 @@ impl Error {
             Kind::HeadersTooLarge { limit } => {
                 format!("request headers exceed the limit of {limit} bytes").into()
             }
+            Kind::ClientTimeout => {
+                "the request body stalled for longer than the idle timeout".into()
+            }
+            Kind::ClientAborted => "the request body was cut short".into(),
             Kind::UpstreamConnect => "could not connect to the upstream".into(),
             Kind::UpstreamConnectTimeout => "connecting to the upstream timed out".into(),
             Kind::UpstreamTimeout => "the upstream did not respond in time".into(),

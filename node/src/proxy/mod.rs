@@ -14,7 +14,9 @@
 //!   first read, so a request refused before proxying never sends its body.
 //! - WebSocket (HTTP/1.1 `Upgrade`) is tunnelled after the upstream's 101.
 //! - Timeouts: connect (504 `upstream_connect_timeout`), request, to the
-//!   response head (504 `upstream_timeout`); a refused connection is 502.
+//!   response head (504 `upstream_timeout`); a refused connection is 502. A
+//!   client that stalls its request body past the idle timeout gets 408, one
+//!   that breaks it 400 (it is usually gone by then).
 //! - Retries: only idempotent methods, only after failures that happened
 //!   before the upstream answered (connect errors, resets), only while the
 //!   request body was not streamed, on another target when there is one,
@@ -24,7 +26,6 @@ pub mod health;
 pub mod pool;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Shared;
-use crate::body::{Body, ClientBody, Replay, UpstreamBody};
+use crate::body::{Body, ClientBody, ClientFault, Fault, Replay, UpstreamBody};
 use crate::error::{Error, Kind};
 use crate::pipeline::version::API_VERSION;
 use crate::pipeline::{Request, RequestCx, Response};
@@ -79,11 +80,11 @@ impl Proxy {
         let hash = pool
             .hash_key()
             .and_then(|key| request_hash(key, cx, &parts.headers));
-        let headers = upstream_headers(cx, &parts.headers, upgrade);
+        let mut headers = upstream_headers(cx, &parts.headers, upgrade);
         let path_and_query = path_and_query(&cx.upstream_path, parts.uri.query())?;
 
         let replay = (!http_body::Body::is_end_stream(&body)).then(|| Replay::new(body));
-        let exceeded = Arc::new(AtomicBool::new(false));
+        let fault = Arc::new(ClientFault::default());
         let attempts = if is_idempotent(&parts.method) && !upgrade {
             1 + pool.definition().retries.attempts
         } else {
@@ -115,7 +116,7 @@ impl Proxy {
                     replay.clone(),
                     limit,
                     timeouts.idle,
-                    exceeded.clone(),
+                    fault.clone(),
                 )),
             });
             *request.method_mut() = parts.method.clone();
@@ -127,7 +128,11 @@ impl Proxy {
                 uri
             })
             .map_err(|e| Error::with_source(Kind::Internal, e))?;
-            let mut headers = headers.clone();
+            let mut headers = if attempt + 1 < attempts {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
             if (!route.preserve_host || cx.authority.is_none())
                 && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
             {
@@ -151,12 +156,14 @@ impl Proxy {
                     pool.record(index, !failed);
                     return Ok(self.respond(response, client_upgrade, in_flight, timeouts.idle));
                 }
-                Ok(Err(error)) => {
-                    if exceeded.load(Ordering::Relaxed) {
-                        return Err(Kind::PayloadTooLarge { limit }.into());
+                Ok(Err(error)) => match fault.get() {
+                    Some(Fault::TooLarge) => return Err(Kind::PayloadTooLarge { limit }.into()),
+                    Some(Fault::Stalled) => return Err(Kind::ClientTimeout.into()),
+                    Some(Fault::Broken) => {
+                        return Err(Error::with_source(Kind::ClientAborted, error));
                     }
-                    classify(error)
-                }
+                    None => classify(error),
+                },
                 Err(_elapsed) => Error::new(Kind::UpstreamTimeout),
             };
             pool.metrics.error(error.code());

@@ -427,3 +427,16 @@ async fn stalled_response_bodies_are_cut_after_the_idle_timeout() {
         "the body is aborted, not left hanging"
     );
 }
+
+#[tokio::test]
+async fn a_stalled_request_body_is_408() {
+    let upstream = MockUpstream::echo("u").await;
+    let node = TestNode::start(&one_route(&upstream, ", timeouts: { idle: 300ms }")).await;
+    let answer = raw(
+        node.proxy,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b",
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 408, "{answer}");
+    assert!(answer.contains("client_body_timeout"), "{answer}");
+}
