@@ -2,10 +2,10 @@
 # bench/proxy.sh: Meridian vs nginx as keep-alive reverse proxies in front of
 # the same fast backend (a separate one-worker nginx). Prints Markdown tables.
 #
-# How to run (as root, from anywhere; needs 2 CPUs; about 5 minutes by default):
+# How to run (as root, from anywhere; needs 2 CPUs; about 8 minutes by default):
 #
-#   bench/proxy.sh                              # defaults: 3 rounds x 8 s per run
-#   ROUNDS=5 DURATION=10 bench/proxy.sh         # longer, steadier
+#   bench/proxy.sh                              # defaults: 5 rounds x 8 s per run
+#   ROUNDS=7 DURATION=10 bench/proxy.sh         # longer, steadier
 #   SCENARIOS="ka64-2b ka1-2b" bench/proxy.sh   # a subset
 #   SKIP_BUILD=1 bench/proxy.sh                 # reuse target/release/meridian
 #
@@ -27,7 +27,7 @@
 # All processes started here are stopped by PID on exit.
 #
 # Environment:
-#   ROUNDS=3  DURATION=8  WARMUP=1   rounds, seconds per measured run, warm-up seconds
+#   ROUNDS=5  DURATION=8  WARMUP=1   rounds, seconds per measured run, warm-up seconds
 #   SCENARIOS="ka64-2b ka64-1k ka64-100k ka1-2b close16-2b"
 #   LOAD_CPU=0  SERVER_CPU=1         CPU for wrk / CPU for backend and proxies
 #   PORT_BASE=18380                  backend, nginx proxy, Meridian proxy, Meridian admin
@@ -35,13 +35,15 @@
 #   MERIDIAN_BIN=target/release/meridian   SKIP_BUILD=0
 #   WORK_DIR=(mktemp -d)             configs, logs, raw results (kept; access.log is
 #   KEEP_ACCESS_LOG=0                deleted at exit unless KEEP_ACCESS_LOG=1)
+#   ACCESS_LOG=file                  Meridian's access log: "file" (the benchmark) or
+#                                    "off" (diagnosis only: how much the log costs)
 
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-1}
 SCENARIOS=${SCENARIOS:-"ka64-2b ka64-1k ka64-100k ka1-2b close16-2b"}
@@ -51,6 +53,7 @@ PORT_BASE=${PORT_BASE:-18380}
 MERIDIAN_BIN=${MERIDIAN_BIN:-$REPO_DIR/target/release/meridian}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_ACCESS_LOG=${KEEP_ACCESS_LOG:-0}
+ACCESS_LOG=${ACCESS_LOG:-file}
 
 BACKEND_PORT=$PORT_BASE
 NGINX_PORT=$((PORT_BASE + 1))
@@ -91,6 +94,7 @@ for s in $SCENARIOS; do scenario_conns "$s" >/dev/null; done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer of seconds (got '$DURATION')"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be an integer of seconds (got '$WARMUP')"
+[[ $ACCESS_LOG == file || $ACCESS_LOG == off ]] || die "ACCESS_LOG must be file or off (got '$ACCESS_LOG')"
 
 ncpu=$(nproc --all)
 ((LOAD_CPU < ncpu && SERVER_CPU < ncpu)) ||
@@ -125,6 +129,8 @@ CLK_TCK=$(getconf CLK_TCK)
 # --- work dir and cleanup -----------------------------------------------------
 WORK_DIR=${WORK_DIR:-$(mktemp -d /tmp/meridian-proxy-bench.XXXXXX)}
 mkdir -p "$WORK_DIR"/{tmp,www,meridian-data}
+# nginx workers run as an unprivileged user: they must read www/.
+chmod 755 "$WORK_DIR" "$WORK_DIR/www"
 RAW=$WORK_DIR/raw.tsv
 PIDS=()
 
@@ -203,6 +209,23 @@ cpu_ticks() { # pid
     echo "$total"
 }
 
+# utime+stime+cutime+cstime (clock ticks) of every process that is not this
+# script, one of its children, or a server it started: background load (other
+# builds, kernel threads) that competes with the benchmark for the CPUs.
+other_ticks() {
+    local excl=" $$ ${PIDS[*]} "
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v excl="$excl" '
+        {
+            pid = $1
+            line = $0
+            sub(/^.*\) /, "", line)
+            split(line, f, " ")
+            if (index(excl, " " pid " ") || index(excl, " " f[2] " ")) next
+            s += f[12] + f[13] + f[14] + f[15]
+        }
+        END { printf "%d", s }'
+}
+
 backend_accepts() {
     curl -s --max-time 2 "http://127.0.0.1:$BACKEND_PORT/nginx_status" | awk 'NR==3 {print $1}'
 }
@@ -213,7 +236,9 @@ head -c 102400 /dev/zero | tr '\0' 'b' >"$WORK_DIR/www/100k"
 
 render "$BENCH_DIR/nginx-backend.conf.in" "$WORK_DIR/nginx-backend.conf" DIR="$WORK_DIR" PORT="$BACKEND_PORT"
 render "$BENCH_DIR/nginx-proxy.conf.in" "$WORK_DIR/nginx-proxy.conf" DIR="$WORK_DIR" PORT="$NGINX_PORT" BACKEND_PORT="$BACKEND_PORT"
-render "$BENCH_DIR/node.toml.in" "$WORK_DIR/node.toml" DIR="$WORK_DIR" PORT="$MERIDIAN_PORT" ADMIN_PORT="$MERIDIAN_ADMIN_PORT"
+if [[ $ACCESS_LOG == off ]]; then access_log_target=off; else access_log_target=$WORK_DIR/access.log; fi
+render "$BENCH_DIR/node.toml.in" "$WORK_DIR/node.toml" DIR="$WORK_DIR" PORT="$MERIDIAN_PORT" \
+    ADMIN_PORT="$MERIDIAN_ADMIN_PORT" ACCESS_LOG="$access_log_target"
 render "$BENCH_DIR/gateway.yaml.in" "$WORK_DIR/gateway.yaml" BACKEND_PORT="$BACKEND_PORT"
 
 "$NGINX" -t -q -p "$WORK_DIR" -e "$WORK_DIR/backend-error.log" -c "$WORK_DIR/nginx-backend.conf" ||
@@ -251,6 +276,7 @@ proxy_port() { case $1 in meridian) echo "$MERIDIAN_PORT" ;; nginx) echo "$NGINX
 # --- one wrk run --------------------------------------------------------------
 # Appends one TSV row to $RAW:
 # scenario proxy round rps p50_us p99_us cpu_us_per_req requests non2xx sock_errors upstream_conns
+# other_cpu_pct (CPU used by unrelated processes during the run, % of one CPU)
 wrk_args() { # scenario port
     local conns path
     conns=$(scenario_conns "$1")
@@ -261,7 +287,7 @@ wrk_args() { # scenario port
 }
 
 run_one() { # scenario proxy round
-    local scenario=$1 proxy=$2 round=$3 pid port out cpu0 cpu1 acc0 acc1
+    local scenario=$1 proxy=$2 round=$3 pid port out cpu0 cpu1 acc0 acc1 other0 other1
     pid=$(proxy_pid "$proxy")
     port=$(proxy_port "$proxy")
     wrk_args "$scenario" "$port"
@@ -271,10 +297,12 @@ run_one() { # scenario proxy round
             die "warm-up wrk failed for $proxy/$scenario"
     fi
     acc0=$(backend_accepts)
+    other0=$(other_ticks)
     cpu0=$(cpu_ticks "$pid")
     out=$(timeout -k 5 $((DURATION + 20)) taskset -c "$LOAD_CPU" wrk "${WRK_ARGS[@]}" -d "${DURATION}s" "$WRK_URL") ||
         die "wrk failed or timed out for $proxy/$scenario"
     cpu1=$(cpu_ticks "$pid")
+    other1=$(other_ticks)
     acc1=$(backend_accepts)
     printf '%s\n' "$out" >"$WORK_DIR/wrk-$scenario-$proxy-$round.txt"
 
@@ -285,7 +313,8 @@ run_one() { # scenario proxy round
 
     # The status request itself is one accepted connection.
     printf '%s\n' "$out" | awk -v s="$scenario" -v p="$proxy" -v r="$round" \
-        -v dticks=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v dacc=$((acc1 - acc0 - 1)) '
+        -v dticks=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v dacc=$((acc1 - acc0 - 1)) \
+        -v other=$((other1 - other0)) -v secs="$DURATION" '
         function us(v) {
             if (v ~ /us$/) return v + 0
             if (v ~ /ms$/) return v * 1000
@@ -301,15 +330,22 @@ run_one() { # scenario proxy round
         /Socket errors:/ { gsub(",", ""); errs = $4 + $6 + $8 + $10 }
         END {
             if (reqs == 0) { print "no requests completed" > "/dev/stderr"; exit 1 }
-            printf "%s\t%s\t%s\t%.1f\t%.1f\t%.1f\t%.3f\t%d\t%d\t%d\t%d\n",
-                s, p, r, rps, p50, p99, dticks * 1e6 / hz / reqs, reqs, non2xx, errs, dacc
+            printf "%s\t%s\t%s\t%.1f\t%.1f\t%.1f\t%.3f\t%d\t%d\t%d\t%d\t%.1f\n",
+                s, p, r, rps, p50, p99, dticks * 1e6 / hz / reqs, reqs, non2xx, errs, dacc,
+                other * 100 / hz / secs
         }' >>"$RAW" || die "could not parse wrk output for $proxy/$scenario (see $WORK_DIR/wrk-$scenario-$proxy-$round.txt)"
-    tail -n 1 "$RAW" | awk -F'\t' '{printf "[proxy.sh] %-11s %-8s round %s: %9.0f req/s  p50 %8.0f us  p99 %8.0f us  %7.2f cpu-us/req  non2xx %d  sockerr %d  upstream-conns %d\n", $1, $2, $3, $4, $5, $6, $7, $9, $10, $11}' >&2
+    tail -n 1 "$RAW" | awk -F'\t' '{printf "[proxy.sh] %-11s %-8s round %s: %9.0f req/s  p50 %8.0f us  p99 %8.0f us  %7.2f cpu-us/req  non2xx %d  sockerr %d  upstream-conns %d  other-cpu %.0f%%\n", $1, $2, $3, $4, $5, $6, $7, $9, $10, $11, $12}' >&2
 }
 
 # --- main loop ----------------------------------------------------------------
 n_scen=$(wc -w <<<"$SCENARIOS")
 log "plan: $ROUNDS rounds x $n_scen scenarios x 2 proxies x (${WARMUP} s warm-up + ${DURATION} s) ≈ $((ROUNDS * n_scen * 2 * (WARMUP + DURATION) / 60 + 1)) min"
+bg0=$(other_ticks)
+sleep 2
+bg=$(((($(other_ticks) - bg0) * 100) / CLK_TCK / 2))
+if ((bg > 20)); then
+    log "warning: other processes use ${bg}% of a CPU right now; results will be noisy (see the Other CPU column)"
+fi
 : >"$RAW"
 for round in $(seq "$ROUNDS"); do
     if ((round % 2)); then order="meridian nginx"; else order="nginx meridian"; fi
@@ -336,6 +372,9 @@ median() { # scenario proxy column
 total() { # scenario proxy column
     awk -F'\t' -v s="$1" -v p="$2" -v c="$3" '$1 == s && $2 == p { t += $c } END { printf "%d", t }' "$RAW"
 }
+maxcol() { # scenario proxy column
+    awk -F'\t' -v s="$1" -v p="$2" -v c="$3" '$1 == s && $2 == p && $c > m { m = $c } END { print m + 0 }' "$RAW"
+}
 fmt() { awk -v v="$1" -v f="$2" 'BEGIN { printf f, v }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
@@ -343,17 +382,19 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf 
     echo "Medians of $ROUNDS runs of ${DURATION} s per scenario and proxy (wrk -t1, pinned: wrk CPU $LOAD_CPU, proxy + backend CPU $SERVER_CPU)."
     echo "CPU/req = proxy process utime+stime per request (nginx: master + worker). Errors = non-2xx + socket errors, summed over runs."
     echo "Upstream conns = new connections accepted by the backend per run (median)."
+    echo "Other CPU = CPU used by unrelated processes during the runs (max over runs, % of one CPU): noise."
+    if [[ $ACCESS_LOG == off ]]; then echo "NOTE: Meridian's access log was OFF (ACCESS_LOG=off): a diagnostic run, not the benchmark."; fi
     echo
-    echo "| Scenario | Proxy | req/s | p50 (µs) | p99 (µs) | CPU/req (µs) | Errors | Upstream conns |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    echo "| Scenario | Proxy | req/s | p50 (µs) | p99 (µs) | CPU/req (µs) | Errors | Upstream conns | Other CPU |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
     for s in $SCENARIOS; do
         for p in meridian nginx; do
             name=$([[ $p == meridian ]] && echo Meridian || echo nginx)
             errs=$(($(total "$s" "$p" 9) + $(total "$s" "$p" 10)))
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$(scenario_label "$s")" "$name" \
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s%% |\n' "$(scenario_label "$s")" "$name" \
                 "$(fmt "$(median "$s" "$p" 4)" %.0f)" "$(fmt "$(median "$s" "$p" 5)" %.0f)" \
                 "$(fmt "$(median "$s" "$p" 6)" %.0f)" "$(fmt "$(median "$s" "$p" 7)" %.2f)" \
-                "$errs" "$(fmt "$(median "$s" "$p" 11)" %.0f)"
+                "$errs" "$(fmt "$(median "$s" "$p" 11)" %.0f)" "$(fmt "$(maxcol "$s" "$p" 12)" %.0f)"
         done
     done
     echo

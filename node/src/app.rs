@@ -234,7 +234,7 @@ impl App {
         );
         shared
             .tasks
-            .spawn(upkeep(shared.clone()).instrument(tracing::info_span!("metrics-upkeep")));
+            .spawn(upkeep(shared.clone()).instrument(tracing::info_span!("upkeep")));
         if config.gateway.is_some() {
             shared
                 .tasks
@@ -263,12 +263,18 @@ impl App {
     }
 }
 
+/// Hands buffered access-log lines to the writer every 200 ms, and drains
+/// histogram samples into their buckets every 5 s.
 async fn upkeep(shared: Arc<Shared>) {
-    let mut interval = tokio::time::interval(Duration::from_secs(5));
-    loop {
+    let mut interval = tokio::time::interval(Duration::from_millis(200));
+    for tick in 0u64.. {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
-            _ = interval.tick() => shared.metrics.upkeep(),
+            _ = interval.tick() => {}
+        }
+        shared.access_log.tick();
+        if tick % 25 == 0 {
+            shared.metrics.upkeep();
         }
     }
 }

@@ -111,8 +111,6 @@ pub fn finish(
                 complete,
                 error: cx.error,
             };
-            if let Ok(line) = serde_json::to_vec(&line) {
-                shared.access_log.write(line);
-            }
+            shared.access_log.write(&line);
         }));
 }

@@ -69,10 +69,18 @@ versioning:
 #[test]
 fn the_examples_are_valid() {
     for (name, text) in [
-        ("deploy/gateway.yaml", include_str!("../../../deploy/gateway.yaml")),
-        ("cli/src/dev/gateway.yaml", include_str!("../../../cli/src/dev/gateway.yaml")),
+        (
+            "deploy/gateway.yaml",
+            include_str!("../../../deploy/gateway.yaml"),
+        ),
+        (
+            "cli/src/dev/gateway.yaml",
+            include_str!("../../../cli/src/dev/gateway.yaml"),
+        ),
     ] {
-        let text = text.replace("{echo}", "127.0.0.1:1").replace("{users}", "127.0.0.1:2");
+        let text = text
+            .replace("{echo}", "127.0.0.1:1")
+            .replace("{users}", "127.0.0.1:2");
         if let Err(errors) = GatewayConfig::parse(&text) {
             panic!("{name}:\n{errors}");
         }
