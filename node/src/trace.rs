@@ -55,11 +55,19 @@ impl Context {
         HeaderValue::from_bytes(&out).expect("hex digits and dashes are valid header bytes")
     }
 
-    /// The trace id in hex, for logs.
-    pub fn trace_id_hex(&self) -> String {
-        let mut out = Vec::with_capacity(32);
-        push_hex(&mut out, &self.trace_id);
-        String::from_utf8(out).unwrap_or_default()
+    /// The trace id, displayed as 32 hex digits (for logs).
+    pub fn trace_id(&self) -> TraceId {
+        TraceId(self.trace_id)
+    }
+}
+
+/// A trace id that displays as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceId([u8; 16]);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", u128::from_be_bytes(self.0))
     }
 }
 
@@ -149,7 +157,10 @@ mod tests {
     #[test]
     fn a_valid_traceparent_is_continued_with_a_new_span() {
         let cx = Context::continue_or_start(Some(&HeaderValue::from_static(VALID)));
-        assert_eq!(cx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            cx.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(cx.flags, 1);
         let out = cx.traceparent();
         let out = out.to_str().unwrap();

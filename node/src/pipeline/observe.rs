@@ -19,10 +19,12 @@ use crate::Shared;
 
 #[derive(Serialize)]
 struct Line<'a> {
-    ts: String,
+    #[serde(serialize_with = "display")]
+    ts: humantime::Rfc3339Timestamp,
     request_id: &'a str,
-    trace_id: String,
-    client: String,
+    #[serde(serialize_with = "display")]
+    trace_id: crate::trace::TraceId,
+    client: std::net::SocketAddr,
     proto: &'static str,
     method: &'a str,
     host: &'a str,
@@ -44,6 +46,14 @@ struct Line<'a> {
     complete: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+}
+
+/// Serialises a value through its `Display`, without an intermediate string.
+fn display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 fn proto(version: Version) -> &'static str {
@@ -91,10 +101,10 @@ pub fn finish(
             }
             let millis = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
             let line = Line {
-                ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                ts: humantime::format_rfc3339_millis(SystemTime::now()),
                 request_id: cx.request_id.to_str().unwrap_or_default(),
-                trace_id: cx.trace.trace_id_hex(),
-                client: cx.client.to_string(),
+                trace_id: cx.trace.trace_id(),
+                client: cx.client,
                 proto: proto(version),
                 method: method.as_str(),
                 host: &cx.host,

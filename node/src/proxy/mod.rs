@@ -25,6 +25,7 @@
 pub mod health;
 pub mod pool;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -279,51 +280,106 @@ fn is_upgrade(req: &Request) -> bool {
         && connection_has(req.headers(), "upgrade")
 }
 
-/// Removes hop-by-hop fields; `upgrade` keeps `Upgrade` and `Connection: upgrade`.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
+/// Fields that describe one hop, never forwarded (RFC 9110 §7.6.1, plus
+/// the proxy credentials the gateway consumes).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+/// Field names listed in `Connection`, which are hop-by-hop too.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        if !(upgrade && name == header::UPGRADE) {
-            headers.remove(&name);
-        }
-    }
-    headers.remove(header::CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::TRAILER);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    let te_trailers = headers
+        .collect()
+}
+
+/// Whether `TE` asks for trailers (the only TE value forwarded, for gRPC).
+fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    headers.remove(header::TE);
-    if te_trailers {
+        })
+}
+
+/// Removes hop-by-hop fields in place; `upgrade` keeps `Upgrade` and sets
+/// `Connection: upgrade`. Most responses carry none, so the map is scanned
+/// once before anything is removed.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let trailers = wants_trailers(headers);
+    for name in connection_listed(headers) {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in present {
+        headers.remove(&name);
+    }
+    if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    if upgrade {
+    if upgrade && let Some(value) = upgrade_value {
+        headers.insert(header::UPGRADE, value);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
-/// The headers sent upstream.
+/// The headers sent upstream, built in one pass over the client's: hop-by-hop
+/// fields, `Expect`, `Host` and the fields the gateway sets are skipped, then
+/// the gateway's own are added.
 fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> HeaderMap {
-    let mut headers = client.clone();
-    strip_hop_by_hop(&mut headers, upgrade);
-    headers.remove(header::EXPECT);
-    headers.remove(header::HOST);
+    let mut headers = HeaderMap::with_capacity(client.len() + 8);
+    let listed = if client.contains_key(header::CONNECTION) {
+        connection_listed(client)
+    } else {
+        Vec::new()
+    };
+    for (name, value) in client {
+        let skip = is_hop_by_hop(name)
+            || name == header::EXPECT
+            || name == header::HOST
+            || name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || name == FORWARDED
+            || name == X_REQUEST_ID
+            || name == TRACEPARENT
+            || name == API_VERSION
+            || listed.contains(name);
+        if !skip {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if wants_trailers(client) {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade && let Some(value) = client.get(header::UPGRADE) {
+        headers.insert(header::UPGRADE, value.clone());
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     if let Some(authority) = &cx.authority
         && cx.route.as_ref().is_some_and(|r| r.preserve_host)
     {
@@ -331,31 +387,43 @@ fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Header
     }
 
     let ip = cx.client.ip().to_canonical();
-    let ip_text = ip.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip_text}"),
-        None => ip_text.clone(),
-    };
+    let mut xff = String::with_capacity(64);
+    for previous in client
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        xff.push_str(previous);
+        xff.push_str(", ");
+    }
+    let ip_start = xff.len();
+    let _ = write!(xff, "{ip}");
     if let Ok(value) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    let mut forwarded = String::with_capacity(64);
+
+    let mut forwarded = String::with_capacity(96);
+    for previous in client
+        .get_all(&FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        forwarded.push_str(previous);
+        forwarded.push_str(", ");
+    }
+    let ip_text = &xff[ip_start..];
     if ip.is_ipv6() {
-        forwarded.push_str(&format!("for=\"[{ip_text}]\";proto=http"));
+        let _ = write!(forwarded, "for=\"[{ip_text}]\";proto=http");
     } else {
-        forwarded.push_str(&format!("for={ip_text};proto=http"));
+        let _ = write!(forwarded, "for={ip_text};proto=http");
     }
     if let Some(authority) = &cx.authority {
         headers.insert(X_FORWARDED_HOST.clone(), authority.clone());
         if let Ok(host) = authority.to_str() {
-            forwarded.push_str(&format!(";host=\"{host}\""));
+            let _ = write!(forwarded, ";host=\"{host}\"");
         }
     }
-    let forwarded = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {forwarded}"),
-        None => forwarded,
-    };
     if let Ok(value) = HeaderValue::from_str(&forwarded) {
         headers.insert(FORWARDED.clone(), value);
     }
