@@ -45,13 +45,13 @@ impl Context {
 
     /// The `traceparent` value naming the gateway's span.
     pub fn traceparent(&self) -> HeaderValue {
-        let mut out = Vec::with_capacity(55);
-        out.extend_from_slice(b"00-");
-        push_hex(&mut out, &self.trace_id);
-        out.push(b'-');
-        push_hex(&mut out, &self.span_id);
-        out.push(b'-');
-        push_hex(&mut out, &[self.flags]);
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        write_hex(&mut out[3..35], &self.trace_id);
+        out[35] = b'-';
+        write_hex(&mut out[36..52], &self.span_id);
+        out[52] = b'-';
+        write_hex(&mut out[53..55], &[self.flags]);
         HeaderValue::from_bytes(&out).expect("hex digits and dashes are valid header bytes")
     }
 
@@ -68,6 +68,13 @@ pub struct TraceId([u8; 16]);
 impl std::fmt::Display for TraceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:032x}", u128::from_be_bytes(self.0))
+    }
+}
+
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 

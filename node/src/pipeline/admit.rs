@@ -175,6 +175,7 @@ impl Stage for Admit {
     async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         cx.request_id = trace::request_id(req.headers().get("x-request-id"));
         cx.trace = trace::Context::continue_or_start(req.headers().get("traceparent"));
+        cx.traceparent = cx.trace.traceparent();
         self.check(cx, req)?;
         Ok(Flow::Continue)
     }

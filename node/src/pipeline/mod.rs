@@ -75,6 +75,8 @@ pub struct RequestCx {
     pub request_id: HeaderValue,
     /// W3C trace context; the span id is the gateway's own.
     pub trace: trace::Context,
+    /// `trace` as a `traceparent` value, formatted once.
+    pub traceparent: HeaderValue,
     /// The request's host, lowercase and without port.
     pub host: String,
     /// The request's authority as the client sent it (for `X-Forwarded-Host`).
@@ -104,6 +106,7 @@ impl RequestCx {
             client,
             request_id: HeaderValue::from_static(""),
             trace: trace::Context::default(),
+            traceparent: HeaderValue::from_static(""),
             host: String::new(),
             authority: None,
             path: String::new(),

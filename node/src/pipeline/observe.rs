@@ -12,49 +12,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{Method, Version};
-use serde::Serialize;
 
 use super::{RequestCx, Response};
 use crate::Shared;
-
-#[derive(Serialize)]
-struct Line<'a> {
-    #[serde(serialize_with = "display")]
-    ts: humantime::Rfc3339Timestamp,
-    request_id: &'a str,
-    #[serde(serialize_with = "display")]
-    trace_id: crate::trace::TraceId,
-    client: std::net::SocketAddr,
-    proto: &'static str,
-    method: &'a str,
-    host: &'a str,
-    path: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    upstream_path: &'a str,
-    status: u16,
-    route: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    api_version: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    upstream: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    target: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    upstream_ms: Option<f64>,
-    duration_ms: f64,
-    bytes_out: u64,
-    complete: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-}
-
-/// Serialises a value through its `Display`, without an intermediate string.
-fn display<T: std::fmt::Display, S: serde::Serializer>(
-    value: &T,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(value)
-}
 
 fn proto(version: Version) -> &'static str {
     match version {
@@ -77,7 +37,7 @@ pub fn finish(
 ) {
     let headers = response.headers_mut();
     headers.insert("x-request-id", cx.request_id.clone());
-    headers.insert("traceparent", cx.trace.traceparent());
+    headers.insert("traceparent", cx.traceparent.clone());
     let status = response.status();
     if cx.route.is_none()
         && let Some(code) = cx.error
@@ -99,28 +59,38 @@ pub fn finish(
             if !shared.access_log.enabled() {
                 return;
             }
-            let millis = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-            let line = Line {
-                ts: humantime::format_rfc3339_millis(SystemTime::now()),
-                request_id: cx.request_id.to_str().unwrap_or_default(),
-                trace_id: cx.trace.trace_id(),
-                client: cx.client,
-                proto: proto(version),
-                method: method.as_str(),
-                host: &cx.host,
-                path: &cx.path,
-                upstream_path: &cx.upstream_path,
-                status: status.as_u16(),
-                route: cx.route.as_ref().map_or("none", |r| r.name.as_str()),
-                api_version: cx.api.as_ref().and_then(|a| a.version.to_str().ok()),
-                upstream: cx.route.as_ref().map(|r| r.upstream.name()),
-                target: cx.target.as_deref(),
-                upstream_ms: cx.upstream_latency.map(millis),
-                duration_ms: millis(elapsed),
-                bytes_out,
-                complete,
-                error: cx.error,
-            };
-            shared.access_log.write(&line);
+            shared.access_log.write(|line| {
+                line.timestamp("ts", SystemTime::now());
+                line.str("request_id", cx.request_id.to_str().unwrap_or_default());
+                line.display("trace_id", cx.trace.trace_id());
+                line.display("client", cx.client);
+                line.str("proto", proto(version));
+                line.str("method", method.as_str());
+                line.str("host", &cx.host);
+                line.str("path", &cx.path);
+                if !cx.upstream_path.is_empty() {
+                    line.str("upstream_path", &cx.upstream_path);
+                }
+                line.u64("status", u64::from(status.as_u16()));
+                line.str("route", cx.route.as_ref().map_or("none", |r| r.name.as_str()));
+                if let Some(version) = cx.api.as_ref().and_then(|a| a.version.to_str().ok()) {
+                    line.str("api_version", version);
+                }
+                if let Some(route) = &cx.route {
+                    line.str("upstream", route.upstream.name());
+                }
+                if let Some(target) = &cx.target {
+                    line.str("target", target);
+                }
+                if let Some(latency) = cx.upstream_latency {
+                    line.millis("upstream_ms", latency);
+                }
+                line.millis("duration_ms", elapsed);
+                line.u64("bytes_out", bytes_out);
+                line.bool("complete", complete);
+                if let Some(error) = cx.error {
+                    line.str("error", error);
+                }
+            });
         }));
 }

@@ -397,7 +397,7 @@ fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Header
         xff.push_str(", ");
     }
     let ip_start = xff.len();
-    let _ = write!(xff, "{ip}");
+    push_ip(&mut xff, ip);
     if let Ok(value) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
@@ -428,11 +428,30 @@ fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Header
         headers.insert(FORWARDED.clone(), value);
     }
     headers.insert(X_REQUEST_ID.clone(), cx.request_id.clone());
-    headers.insert(TRACEPARENT.clone(), cx.trace.traceparent());
+    headers.insert(TRACEPARENT.clone(), cx.traceparent.clone());
     if let Some(selected) = &cx.api {
         headers.insert(API_VERSION.clone(), selected.version.clone());
     }
     headers
+}
+
+/// Appends an IP address; IPv4 without the formatting machinery, which
+/// showed in profiles.
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, Error> {
