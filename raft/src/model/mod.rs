@@ -1,5 +1,6 @@
-//! The cluster-wide gateway configuration, as users write it in
-//! `gateway.yaml` (JSON is accepted too, YAML being a superset of it).
+//! The replicated model: the cluster-wide gateway configuration, as users
+//! write it in `gateway.yaml` (JSON is accepted too, YAML being a superset
+//! of it), and the [`State`] every node derives from the raft log.
 //!
 //! The types here are the serde shape of the document. [`GatewayConfig::parse`]
 //! reads a document and checks every rule in [`validate`], returning *all*
@@ -9,6 +10,7 @@
 
 pub mod pattern;
 mod size;
+pub mod state;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -17,6 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use self::size::ByteSize;
+pub use self::state::{Command, Member, NodeId, Outcome, Request, Revocation, State};
 pub use self::validate::{ConfigError, ConfigErrors};
 
 /// The whole gateway configuration document.
