@@ -58,10 +58,13 @@ async fn dev(args: Args) -> anyhow::Result<()> {
     let gateway = GatewayConfig::parse(&gateway)
         .map_err(|e| anyhow::anyhow!("embedded configuration: {e}"))?;
 
+    let data = tempfile::tempdir().context("creating a data directory")?;
     let mut raw = RawConfig {
         region: "dev".into(),
+        data_dir: data.path().to_owned(),
         ..RawConfig::default()
     };
+    raw.listen.peer = "127.0.0.1:0".into();
     raw.listen.proxy = args.proxy.to_string();
     raw.listen.admin = args.admin.to_string();
     raw.log.access_log = args.access_log;

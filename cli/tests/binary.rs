@@ -247,7 +247,7 @@ fn write_node(dir: &Path, proxy: u16, admin: u16) -> std::path::PathBuf {
     std::fs::write(
         &node,
         format!(
-            "id = 1\nregion = \"test\"\ndata-dir = \"{}\"\n[listen]\nproxy = \"127.0.0.1:{proxy}\"\nadmin = \"127.0.0.1:{admin}\"\n[log]\naccess-log = \"off\"\n",
+            "id = 1\nregion = \"test\"\ndata-dir = \"{}\"\n[listen]\nproxy = \"127.0.0.1:{proxy}\"\nadmin = \"127.0.0.1:{admin}\"\npeer = \"127.0.0.1:0\"\n[log]\naccess-log = \"off\"\n",
             dir.display()
         ),
     )

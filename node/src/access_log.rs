@@ -96,7 +96,10 @@ impl AccessLog {
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
             scratch.push(b'{');
-            fill(&mut Line { buf: scratch, first: true });
+            fill(&mut Line {
+                buf: scratch,
+                first: true,
+            });
             scratch.extend_from_slice(b"}\n");
             let full = {
                 let mut batch = inner.batch.lock().unwrap_or_else(|e| e.into_inner());
@@ -163,7 +166,8 @@ impl Line<'_> {
     /// An unsigned integer field.
     pub fn u64(&mut self, key: &str, value: u64) {
         self.key(key);
-        self.buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     /// A duration in milliseconds with microsecond precision (`1.234`).
@@ -171,7 +175,8 @@ impl Line<'_> {
         self.key(key);
         let micros = value.as_micros();
         let mut digits = itoa::Buffer::new();
-        self.buf.extend_from_slice(digits.format(micros / 1000).as_bytes());
+        self.buf
+            .extend_from_slice(digits.format(micros / 1000).as_bytes());
         self.buf.push(b'.');
         let fraction = (micros % 1000) as u16;
         self.buf.extend_from_slice(&[
@@ -184,7 +189,8 @@ impl Line<'_> {
     /// A boolean field.
     pub fn bool(&mut self, key: &str, value: bool) {
         self.key(key);
-        self.buf.extend_from_slice(if value { b"true" } else { b"false" });
+        self.buf
+            .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
     /// A field written through `Display`, escaped as a string.
@@ -203,7 +209,9 @@ impl Line<'_> {
     /// The wall-clock time as RFC 3339 with milliseconds, UTC.
     pub fn timestamp(&mut self, key: &str, now: std::time::SystemTime) {
         self.key(key);
-        let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let since = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         push_rfc3339_millis(self.buf, since.as_secs() as i64, since.subsec_millis());
     }
 }
@@ -249,7 +257,9 @@ fn push_rfc3339_millis(buf: &mut Vec<u8>, secs: i64, millis: u32) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let two = |buf: &mut Vec<u8>, v: i64| buf.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
+    let two = |buf: &mut Vec<u8>, v: i64| {
+        buf.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8])
+    };
     buf.push(b'"');
     buf.extend_from_slice(itoa::Buffer::new().format(year).as_bytes());
     buf.push(b'-');
@@ -331,14 +341,23 @@ mod tests {
     #[test]
     fn lines_are_valid_json() {
         let mut buf = vec![b'{'];
-        let mut line = Line { buf: &mut buf, first: true };
+        let mut line = Line {
+            buf: &mut buf,
+            first: true,
+        };
         line.str("path", "/a\"b\\c\n\u{1}é");
         line.u64("status", 200);
         line.millis("ms", std::time::Duration::from_micros(1_234_567));
         line.millis("tiny", std::time::Duration::from_micros(7));
         line.bool("complete", true);
-        line.display("client", "127.0.0.1:80".parse::<std::net::SocketAddr>().unwrap());
-        line.timestamp("ts", std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_767_225_600_042));
+        line.display(
+            "client",
+            "127.0.0.1:80".parse::<std::net::SocketAddr>().unwrap(),
+        );
+        line.timestamp(
+            "ts",
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_767_225_600_042),
+        );
         buf.push(b'}');
         let value: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(value["path"], "/a\"b\\c\n\u{1}é");
@@ -355,7 +374,8 @@ mod tests {
         for secs in [0i64, 951_782_400, 1_700_000_000, 4_102_444_799] {
             let mut buf = Vec::new();
             push_rfc3339_millis(&mut buf, secs, 5);
-            let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(secs as u64 * 1000 + 5);
+            let time =
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(secs as u64 * 1000 + 5);
             let expected = format!("\"{}\"", humantime::format_rfc3339_millis(time));
             assert_eq!(String::from_utf8(buf).unwrap(), expected);
         }

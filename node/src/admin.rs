@@ -74,9 +74,21 @@ pub async fn handle(
                 &json!({"version": snapshot.version, "config": &*snapshot.config}),
             )
         }
+        (&Method::GET, "/v1/config/history") => {
+            let applied = app.cluster.applied();
+            let versions: Vec<_> = applied
+                .state
+                .configs
+                .iter()
+                .rev()
+                .map(|c| json!({"version": c.version, "author": c.author, "at": c.at, "index": c.index}))
+                .collect();
+            json_response(StatusCode::OK, &json!({"versions": versions}))
+        }
         (&Method::PUT, "/v1/config") => put_config(&app, req).await,
         (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
         (_, "/v1/config") => method_not_allowed("GET, PUT"),
+        (_, "/v1/config/history") => method_not_allowed("GET"),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     }
 }
@@ -102,23 +114,41 @@ async fn put_config(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Bo
             "the configuration is not UTF-8",
         );
     };
-    match app.snapshots.apply_text(text) {
-        Ok(version) => json_response(StatusCode::OK, &json!({"version": version})),
+    let config = match raft::model::GatewayConfig::parse(text) {
+        Ok(config) => config,
         Err(errors) => {
+            app.shared.metrics.config_reloads_failed.increment(1);
             let details: Vec<_> = errors
                 .0
                 .iter()
                 .map(|e| json!({"key": e.key, "value": e.value, "rule": e.rule}))
                 .collect();
-            json_response(
+            return json_response(
                 StatusCode::BAD_REQUEST,
                 &json!({"error": {
                     "code": "invalid_config",
                     "message": errors.to_string(),
                     "details": details,
                 }}),
-            )
+            );
         }
+    };
+    match app.commit_config(&config, "admin api").await {
+        Ok(written) => match written.outcome {
+            raft::model::Outcome::ConfigApplied { version } => json_response(
+                StatusCode::OK,
+                &json!({"version": version, "index": written.index}),
+            ),
+            other => error(StatusCode::CONFLICT, "refused", &format!("{other:?}")),
+        },
+        Err(e @ crate::cluster::WriteError::NoLeader) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "no_leader", &e.to_string())
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "write_failed",
+            &e.to_string(),
+        ),
     }
 }
 

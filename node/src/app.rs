@@ -8,13 +8,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft::model::{ConfigErrors, GatewayConfig};
+use raft::model::state::config_text;
+use raft::model::{Command, ConfigErrors, GatewayConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::access_log::{AccessLog, Writer};
+use crate::cluster::{self, Cluster, Written};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Pipeline};
@@ -53,6 +55,12 @@ pub enum Error {
         /// Every violated rule.
         errors: ConfigErrors,
     },
+    /// The cluster side could not start.
+    #[error(transparent)]
+    Cluster(Box<cluster::StartError>),
+    /// The configuration could not be committed.
+    #[error("cannot commit the gateway configuration: {0}")]
+    Write(#[from] cluster::WriteError),
 }
 
 /// What the request handlers share: the node's services, the snapshot in
@@ -60,6 +68,7 @@ pub enum Error {
 pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
     pub(crate) snapshots: snapshot::Handle,
+    pub(crate) cluster: Arc<Cluster>,
     pipeline: Pipeline,
 }
 
@@ -84,8 +93,54 @@ impl Gateway {
         &self.shared.metrics
     }
 
-    /// Re-reads the gateway file and applies it; a bad file changes nothing.
-    pub fn reload_file(&self) -> Result<u64, Error> {
+    /// The node's cluster membership.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Brings the data plane up to the latest applied state: records it for
+    /// the request path and compiles a new snapshot if the configuration
+    /// version moved. Idempotent; called after every applied batch.
+    pub fn sync(&self) {
+        let applied = self.cluster.subscribe().borrow().clone();
+        if let (Some(config), version) = (applied.state.gateway(), applied.state.config_version()) {
+            self.snapshots.install(config, version);
+        }
+        self.cluster.observe(applied);
+    }
+
+    /// Commits `config` through the log (unless it is already current) and
+    /// waits until this node serves it; returns the version in force.
+    pub async fn commit_config(
+        &self,
+        config: &GatewayConfig,
+        author: &str,
+    ) -> Result<Written, cluster::WriteError> {
+        let text = config_text(config);
+        let applied = self.cluster.applied();
+        if let Some(current) = applied.state.config()
+            && current.text == text
+        {
+            return Ok(Written {
+                index: applied.index(),
+                outcome: raft::model::Outcome::ConfigApplied {
+                    version: current.version,
+                },
+            });
+        }
+        let written = self
+            .cluster
+            .write(Command::ApplyConfig {
+                config: text,
+                author: author.to_owned(),
+            })
+            .await?;
+        self.sync();
+        Ok(written)
+    }
+
+    /// Re-reads the gateway file and commits it; a bad file changes nothing.
+    pub async fn reload_file(&self) -> Result<u64, Error> {
         let Some(path) = &self.shared.config.gateway else {
             return Ok(self.snapshots.load().version);
         };
@@ -93,12 +148,16 @@ impl Gateway {
             path: path.clone(),
             source,
         })?;
-        self.snapshots
-            .apply_text(&text)
-            .map_err(|errors| Error::InvalidGateway {
+        let config = GatewayConfig::parse(&text).map_err(|errors| {
+            self.shared.metrics.config_reloads_failed.increment(1);
+            Error::InvalidGateway {
                 path: path.clone(),
                 errors,
-            })
+            }
+        })?;
+        self.commit_config(&config, &format!("file {}", path.display()))
+            .await?;
+        Ok(self.snapshots.load().version)
     }
 }
 
@@ -128,6 +187,9 @@ impl App {
         };
         let proxy = bind("proxy", config.listen.proxy)?;
         let admin = bind("admin", config.listen.admin)?;
+        let cluster = Cluster::start(&config)
+            .await
+            .map_err(|e| Error::Cluster(Box::new(e)))?;
         let shared = Arc::new(Shared {
             config: Arc::new(config),
             metrics,
@@ -135,17 +197,27 @@ impl App {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
+        shared.tasks.spawn(
+            cluster
+                .plane
+                .clone()
+                .serve(shared.tasks.clone(), shared.shutdown.clone())
+                .instrument(tracing::info_span!("peer-plane")),
+        );
         let gateway = Arc::new(Gateway {
             snapshots: snapshot::Handle::new(shared.clone()),
             pipeline: pipeline::build(&shared),
+            cluster,
             shared,
         });
+        gateway.sync();
+        shared_spawn(&gateway, follow_applied(gateway.clone()), "apply");
         match initial {
             Some(config) => {
-                gateway.snapshots.apply(config);
+                gateway.commit_config(&config, "startup").await?;
             }
             None => {
-                gateway.reload_file()?;
+                gateway.reload_file().await?;
             }
         }
         Ok(Self {
@@ -255,11 +327,40 @@ impl App {
         servers.wait().await;
         shared.tasks.close();
         shared.tasks.wait().await;
+        gateway.cluster.shutdown().await;
         shared.access_log.flush(Duration::from_secs(2)).await;
         drop(gateway);
         drop(shared);
         drop(writer);
         tracing::info!("stopped");
+    }
+}
+
+/// Spawns a tracked node task named `name`.
+fn shared_spawn(
+    gateway: &Arc<Gateway>,
+    task: impl Future<Output = ()> + Send + 'static,
+    name: &'static str,
+) {
+    gateway
+        .shared
+        .tasks
+        .spawn(task.instrument(tracing::info_span!("task", name)));
+}
+
+/// Follows the applied state: every applied batch updates the data plane.
+async fn follow_applied(gateway: Arc<Gateway>) {
+    let mut applied = gateway.cluster.subscribe();
+    loop {
+        tokio::select! {
+            () = gateway.shared.shutdown.cancelled() => return,
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                gateway.sync();
+            }
+        }
     }
 }
 
@@ -288,7 +389,7 @@ async fn reload_on_sighup(gateway: Arc<Gateway>) {
     loop {
         tokio::select! {
             () = gateway.shared.shutdown.cancelled() => return,
-            _ = hangup.recv() => match gateway.reload_file() {
+            _ = hangup.recv() => match gateway.reload_file().await {
                 Ok(version) => tracing::info!(version, "SIGHUP: gateway configuration reloaded"),
                 Err(Error::InvalidGateway { path, errors }) => {
                     let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();

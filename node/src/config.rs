@@ -38,6 +38,33 @@ pub struct Config {
     pub log: Log,
     /// Graceful shutdown.
     pub shutdown: Shutdown,
+    /// Raft timings and policies.
+    pub raft: Raft,
+}
+
+/// Raft settings.
+#[derive(Debug, Clone)]
+pub struct Raft {
+    /// Leader heartbeat period.
+    pub heartbeat: Duration,
+    /// Election timeout range.
+    pub election_timeout: (Duration, Duration),
+    /// Entries between snapshots (the log is purged up to each snapshot).
+    pub snapshot_logs: u64,
+    /// A node that has not heard from a leader for this long is stale.
+    pub leader_loss: Duration,
+    /// What a stale node does.
+    pub on_leader_loss: LeaderLoss,
+}
+
+/// What a node does when it has lost contact with the leader for longer
+/// than `raft.leader-loss`: its revocations may be stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderLoss {
+    /// `/readyz` answers 503, so load balancers move traffic away (fail closed).
+    NotReady,
+    /// Keep serving with the last applied state (fail open), and say so in metrics.
+    Serve,
 }
 
 /// Listener addresses.
@@ -47,6 +74,17 @@ pub struct Listen {
     pub proxy: SocketAddr,
     /// Admin API listener.
     pub admin: SocketAddr,
+    /// Peer-plane (QUIC) listener.
+    pub peer: SocketAddr,
+    /// Host or IP other nodes and clients use to reach this node.
+    pub advertise: String,
+}
+
+impl Listen {
+    /// `advertise:port` for a listener bound to `address`.
+    pub fn advertised(&self, address: SocketAddr) -> String {
+        format!("{}:{}", self.advertise, address.port())
+    }
 }
 
 /// Runtime settings.
@@ -143,6 +181,43 @@ pub struct RawConfig {
     pub log: RawLog,
     /// `[shutdown]`.
     pub shutdown: RawShutdown,
+    /// `[raft]`.
+    pub raft: RawRaft,
+}
+
+/// `[raft]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawRaft {
+    /// `heartbeat`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// `election-timeout-min`.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    /// `election-timeout-max`.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+    /// `snapshot-logs`.
+    pub snapshot_logs: u64,
+    /// `leader-loss`.
+    #[serde(with = "humantime_serde")]
+    pub leader_loss: Duration,
+    /// `on-leader-loss`: `not-ready` or `serve`.
+    pub on_leader_loss: String,
+}
+
+impl Default for RawRaft {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_logs: 1000,
+            leader_loss: Duration::from_secs(10),
+            on_leader_loss: "not-ready".into(),
+        }
+    }
 }
 
 /// `[listen]`.
@@ -153,6 +228,11 @@ pub struct RawListen {
     pub proxy: String,
     /// `admin`.
     pub admin: String,
+    /// `peer`.
+    pub peer: String,
+    /// `advertise`: host or IP to announce (defaults to the listen IP, or
+    /// 127.0.0.1 when listening on all addresses).
+    pub advertise: Option<String>,
 }
 
 /// `[runtime]`.
@@ -234,6 +314,7 @@ impl Default for RawConfig {
             admin: RawAdmin::default(),
             log: RawLog::default(),
             shutdown: RawShutdown::default(),
+            raft: RawRaft::default(),
         }
     }
 }
@@ -243,6 +324,8 @@ impl Default for RawListen {
         Self {
             proxy: "0.0.0.0:8080".into(),
             admin: "127.0.0.1:9080".into(),
+            peer: "0.0.0.0:9443".into(),
+            advertise: None,
         }
     }
 }
@@ -366,6 +449,63 @@ impl RawConfig {
         };
         let proxy = address("listen.proxy", &self.listen.proxy);
         let admin = address("listen.admin", &self.listen.admin);
+        let peer = address("listen.peer", &self.listen.peer);
+        let r = &self.raft;
+        if r.heartbeat.is_zero() {
+            fail("raft.heartbeat", &"0s", "must be greater than zero");
+        }
+        if r.election_timeout_min <= r.heartbeat * 2 {
+            fail(
+                "raft.election-timeout-min",
+                &humantime::format_duration(r.election_timeout_min),
+                &format!(
+                    "must exceed twice raft.heartbeat ({})",
+                    humantime::format_duration(r.heartbeat)
+                ),
+            );
+        }
+        if r.election_timeout_max <= r.election_timeout_min {
+            fail(
+                "raft.election-timeout-max",
+                &humantime::format_duration(r.election_timeout_max),
+                &format!(
+                    "must exceed raft.election-timeout-min ({})",
+                    humantime::format_duration(r.election_timeout_min)
+                ),
+            );
+        }
+        if r.snapshot_logs == 0 {
+            fail("raft.snapshot-logs", &0, "must be greater than zero");
+        }
+        if r.leader_loss <= r.election_timeout_max {
+            fail(
+                "raft.leader-loss",
+                &humantime::format_duration(r.leader_loss),
+                &format!(
+                    "must exceed raft.election-timeout-max ({})",
+                    humantime::format_duration(r.election_timeout_max)
+                ),
+            );
+        }
+        let on_leader_loss = match r.on_leader_loss.as_str() {
+            "not-ready" => LeaderLoss::NotReady,
+            "serve" => LeaderLoss::Serve,
+            other => {
+                fail("raft.on-leader-loss", &other, "must be not-ready or serve");
+                LeaderLoss::NotReady
+            }
+        };
+        if let Some(advertise) = &self.listen.advertise
+            && (advertise.is_empty()
+                || advertise.contains(['/', ' ', ':'])
+                    && advertise.parse::<std::net::Ipv6Addr>().is_err())
+        {
+            fail(
+                "listen.advertise",
+                advertise,
+                "must be a host name or IP address without port",
+            );
+        }
         let l = &self.limits;
         if l.max_connections == 0 {
             fail("limits.max-connections", &0, "must be greater than zero");
@@ -436,13 +576,24 @@ impl RawConfig {
             }
             path => AccessLogTarget::File(PathBuf::from(path)),
         };
-        match (proxy, admin) {
-            (Some(proxy), Some(admin)) if errors.is_empty() => Ok(Config {
+        match (proxy, admin, peer) {
+            (Some(proxy), Some(admin), Some(peer)) if errors.is_empty() => Ok(Config {
                 id: self.id,
                 region: self.region,
                 data_dir: self.data_dir,
                 gateway: self.gateway,
-                listen: Listen { proxy, admin },
+                listen: Listen {
+                    proxy,
+                    admin,
+                    peer,
+                    advertise: self.listen.advertise.unwrap_or_else(|| {
+                        if peer.ip().is_unspecified() {
+                            "127.0.0.1".into()
+                        } else {
+                            peer.ip().to_string()
+                        }
+                    }),
+                },
                 runtime: Runtime {
                     worker_threads: self.runtime.worker_threads,
                 },
@@ -467,6 +618,13 @@ impl RawConfig {
                 },
                 shutdown: Shutdown {
                     grace_period: self.shutdown.grace_period,
+                },
+                raft: Raft {
+                    heartbeat: r.heartbeat,
+                    election_timeout: (r.election_timeout_min, r.election_timeout_max),
+                    snapshot_logs: r.snapshot_logs,
+                    leader_loss: r.leader_loss,
+                    on_leader_loss,
                 },
             }),
             _ => Err(ConfigErrors(errors)),

@@ -11,17 +11,23 @@
 //! - [`normalize`]: the one path normalisation every stage relies on.
 //! - [`body`]: streamed bodies with limits and idle timeouts.
 //! - [`error`]: the data plane's error type and its JSON responses.
+//! - [`cluster`]: raft membership: bootstrap, writes via the leader, applied state.
+//! - [`peer`]: the QUIC peer plane (mTLS with the cluster CA; raft RPC).
+//! - [`pki`]: the cluster CA and node identities.
 //! - [`admin`], [`metrics`], [`access_log`], [`trace`], [`shutdown`].
 
 pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod normalize;
+pub mod peer;
 pub mod pipeline;
+pub mod pki;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;

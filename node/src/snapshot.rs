@@ -1,6 +1,6 @@
 //! The data plane's view of the gateway configuration: one immutable
-//! [`Snapshot`] compiled from a validated [`GatewayConfig`], swapped
-//! atomically by [`Handle::apply`].
+//! [`Snapshot`] compiled from the replicated [`GatewayConfig`], swapped
+//! atomically by [`Handle::install`] when a newer version is applied.
 //!
 //! Every request loads the current snapshot once and keeps it to the end,
 //! so a swap never changes the rules under a request in flight, and open
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use raft::model::{ConfigErrors, GatewayConfig};
+use raft::model::GatewayConfig;
 
 use crate::Shared;
 use crate::metrics::RouteMetrics;
@@ -39,7 +39,12 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Compiles a validated configuration, reusing unchanged pools of `previous`.
-    fn compile(config: GatewayConfig, version: u64, previous: &Snapshot, shared: &Shared) -> Self {
+    fn compile(
+        config: Arc<GatewayConfig>,
+        version: u64,
+        previous: &Snapshot,
+        shared: &Shared,
+    ) -> Self {
         let mut pools = BTreeMap::new();
         for (name, definition) in &config.upstreams {
             let pool = match previous.pools.get(name) {
@@ -66,7 +71,7 @@ impl Snapshot {
             apis: Apis::compile(&config),
             pools,
             unrouted: RouteMetrics::new(&shared.metrics, "none"),
-            config: Arc::new(config),
+            config,
         }
     }
 
@@ -105,27 +110,18 @@ impl Handle {
         self.current.load_full()
     }
 
-    /// Compiles and swaps in a validated configuration; returns its version.
-    pub fn apply(&self, config: GatewayConfig) -> u64 {
+    /// Compiles and swaps in configuration `version` (from the replicated
+    /// state) unless the snapshot in force is already that new.
+    pub fn install(&self, config: Arc<GatewayConfig>, version: u64) {
         let _guard = self.apply.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.current.load_full();
-        let version = previous.version + 1;
+        if version <= previous.version {
+            return;
+        }
         let snapshot = Snapshot::compile(config, version, &previous, &self.shared);
         self.current.store(Arc::new(snapshot));
         self.shared.metrics.config_version.set(version as f64);
         self.shared.metrics.config_reloads_ok.increment(1);
-        tracing::info!(version, "gateway configuration applied");
-        version
-    }
-
-    /// Parses, validates and applies a YAML or JSON document.
-    pub fn apply_text(&self, text: &str) -> Result<u64, ConfigErrors> {
-        match GatewayConfig::parse(text) {
-            Ok(config) => Ok(self.apply(config)),
-            Err(errors) => {
-                self.shared.metrics.config_reloads_failed.increment(1);
-                Err(errors)
-            }
-        }
+        tracing::info!(version, "gateway configuration in force");
     }
 }

@@ -21,6 +21,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cluster;
+/// openraft, re-exported so dependants use the same version.
+pub use openraft;
 pub mod model;
 pub mod network;
 pub mod store;

@@ -32,6 +32,8 @@ pub struct TestNode {
     pub gateway: std::sync::Arc<Gateway>,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// The node's data directory (removed when the node is dropped).
+    pub data: tempfile::TempDir,
 }
 
 impl TestNode {
@@ -42,9 +44,17 @@ impl TestNode {
 
     /// Starts a node serving `yaml`, after `tweak` adjusted the node config.
     pub async fn start_with(yaml: &str, tweak: impl FnOnce(&mut RawConfig)) -> Self {
-        let mut raw = RawConfig::default();
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut raw = RawConfig {
+            data_dir: data.path().to_owned(),
+            ..RawConfig::default()
+        };
         raw.listen.proxy = "127.0.0.1:0".into();
         raw.listen.admin = "127.0.0.1:0".into();
+        raw.listen.peer = "127.0.0.1:0".into();
+        raw.raft.heartbeat = Duration::from_millis(50);
+        raw.raft.election_timeout_min = Duration::from_millis(300);
+        raw.raft.election_timeout_max = Duration::from_millis(600);
         raw.log.access_log = "off".into();
         raw.shutdown.grace_period = Duration::from_secs(5);
         tweak(&mut raw);
@@ -61,6 +71,7 @@ impl TestNode {
             gateway: app.gateway(),
             stop: stop.clone(),
             task: tokio::spawn(app.run(stop.cancelled_owned())),
+            data,
         }
     }
 

@@ -72,7 +72,10 @@ pub fn finish(
                     line.str("upstream_path", &cx.upstream_path);
                 }
                 line.u64("status", u64::from(status.as_u16()));
-                line.str("route", cx.route.as_ref().map_or("none", |r| r.name.as_str()));
+                line.str(
+                    "route",
+                    cx.route.as_ref().map_or("none", |r| r.name.as_str()),
+                );
                 if let Some(version) = cx.api.as_ref().and_then(|a| a.version.to_str().ok()) {
                     line.str("api_version", version);
                 }

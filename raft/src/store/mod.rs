@@ -26,7 +26,7 @@ pub enum OpenError {
     },
     /// The stored snapshot cannot be read.
     #[error("cannot read the raft snapshot: {0}")]
-    Snapshot(#[from] crate::typ::StorageError),
+    Snapshot(Box<crate::typ::StorageError>),
 }
 
 /// Opens (or creates) the store in `dir`.
@@ -42,7 +42,7 @@ pub fn open(dir: &Path) -> Result<(sled::Db, LogStore, StateMachine), OpenError>
         .open()
         .map_err(sled_err)?;
     let log = LogStore::open(&db).map_err(sled_err)?;
-    let machine = StateMachine::open(&db)?;
+    let machine = StateMachine::open(&db).map_err(|e| OpenError::Snapshot(Box::new(e)))?;
     Ok((db, log, machine))
 }
 

@@ -123,10 +123,15 @@ async fn not_ready_without_configuration() {
         ready.status, 200,
         "an empty document is still a configuration"
     );
+    let data = tempfile::tempdir().unwrap();
     let bare = {
-        let mut raw = node::config::RawConfig::default();
+        let mut raw = node::config::RawConfig {
+            data_dir: data.path().to_owned(),
+            ..node::config::RawConfig::default()
+        };
         raw.listen.proxy = "127.0.0.1:0".into();
         raw.listen.admin = "127.0.0.1:0".into();
+        raw.listen.peer = "127.0.0.1:0".into();
         raw.log.access_log = "off".into();
         node::App::build(raw.validate().unwrap(), None)
             .await

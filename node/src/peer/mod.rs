@@ -1,0 +1,375 @@
+//! The peer plane: one QUIC endpoint per node, mutually authenticated with
+//! certificates from the cluster CA.
+//!
+//! - **Identity.** A server requires a client certificate chained to the
+//!   cluster CA and reads the caller's node id from it; a client dials
+//!   `node-<id>.meridian`, so it only talks to the node it meant. A peer
+//!   whose certificate serial is revoked in the replicated state is refused.
+//! - **Framing.** One request per bidirectional stream: the caller writes a
+//!   bincode [`Request`] and finishes its side; the server answers with one
+//!   [`Response`]. Both directions are bounded by [`MAX_FRAME`]; a malformed
+//!   or oversized frame gets an error answer and closes that stream only.
+//! - **Uses.** Raft RPC today ([`raft::network::Transport`] is implemented
+//!   here); rate-limit counters, health gossip and cross-region forwarding
+//!   will share the same connections.
+
+pub mod codec;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use raft::Node;
+use raft::model::NodeId;
+use raft::network::{RaftRequest, RaftResponse, Transport, TransportError};
+use raft::typ::Raft;
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::pki::{self, Identity, PeerIdentity};
+
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 64 << 20;
+
+const ALPN: &[u8] = b"meridian-peer/1";
+
+/// What one peer asks another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// A raft RPC.
+    Raft(RaftRequest),
+    /// A write forwarded to the leader.
+    Write(raft::model::Request),
+    /// The index this node has applied up to.
+    Applied,
+}
+
+/// The answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// The raft RPC's answer.
+    Raft(RaftResponse),
+    /// A forwarded write was committed.
+    Written {
+        /// Its log index.
+        index: u64,
+        /// What applying it produced.
+        outcome: raft::model::Outcome,
+    },
+    /// The last applied log index.
+    Applied(u64),
+    /// The request could not be served.
+    Refused(String),
+}
+
+/// Why the peer plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The TLS configuration was refused.
+    #[error("peer TLS configuration: {0}")]
+    Tls(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind the peer endpoint on {address}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Decides whether a verified peer may talk to this node.
+pub type Admission = Arc<dyn Fn(&PeerIdentity) -> bool + Send + Sync>;
+
+/// The node's QUIC endpoint.
+pub struct PeerPlane {
+    endpoint: quinn::Endpoint,
+    id: NodeId,
+    connections: Mutex<HashMap<NodeId, quinn::Connection>>,
+    raft: OnceLock<Raft>,
+    admission: Mutex<Option<Admission>>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    transport.max_idle_timeout(Some(
+        Duration::from_secs(10)
+            .try_into()
+            .expect("10s is a valid QUIC idle timeout"),
+    ));
+    transport.max_concurrent_bidi_streams(1024u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    Arc::new(transport)
+}
+
+impl PeerPlane {
+    /// Binds the endpoint on `address` with the node's identity.
+    pub fn bind(address: SocketAddr, identity: &Identity) -> Result<Arc<Self>, Error> {
+        let tls = |e: rustls::Error| Error::Tls(e.to_string());
+        let mut roots = RootCertStore::empty();
+        roots.add(identity.ca.clone()).map_err(tls)?;
+        let roots = Arc::new(roots);
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
+            .map_err(tls)?;
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        let server = QuicServerConfig::try_from(server).map_err(|e| Error::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+        server.transport_config(transport_config());
+
+        let mut client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())
+            .map_err(tls)?;
+        client.alpn_protocols = vec![ALPN.to_vec()];
+        let client = QuicClientConfig::try_from(client).map_err(|e| Error::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client));
+        client.transport_config(transport_config());
+
+        let mut endpoint = quinn::Endpoint::server(server, address)
+            .map_err(|source| Error::Bind { address, source })?;
+        endpoint.set_default_client_config(client);
+        let id = identity.own().map_or(0, |own| own.id);
+        Ok(Arc::new(Self {
+            endpoint,
+            id,
+            connections: Mutex::new(HashMap::new()),
+            raft: OnceLock::new(),
+            admission: Mutex::new(None),
+        }))
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("a bound endpoint has an address")
+    }
+
+    /// Routes incoming raft RPCs to `raft`.
+    pub fn set_raft(&self, raft: Raft) {
+        let _ = self.raft.set(raft);
+    }
+
+    /// Installs the admission check applied to every verified peer.
+    pub fn set_admission(&self, admission: Admission) {
+        *self.admission.lock().unwrap_or_else(|e| e.into_inner()) = Some(admission);
+    }
+
+    /// Serves incoming connections until `shutdown`.
+    pub async fn serve(self: Arc<Self>, tasks: TaskTracker, shutdown: CancellationToken) {
+        loop {
+            let incoming = tokio::select! {
+                () = shutdown.cancelled() => break,
+                incoming = self.endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+            };
+            let plane = self.clone();
+            let (tasks_inner, shutdown) = (tasks.clone(), shutdown.clone());
+            tasks.spawn(
+                async move {
+                    if let Err(error) = plane
+                        .serve_connection(incoming, tasks_inner, shutdown)
+                        .await
+                    {
+                        tracing::debug!(%error, "peer connection ended");
+                    }
+                }
+                .instrument(tracing::debug_span!("peer-connection")),
+            );
+        }
+        self.endpoint.close(0u32.into(), b"shutting down");
+    }
+
+    async fn serve_connection(
+        self: Arc<Self>,
+        incoming: quinn::Incoming,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<(), quinn::ConnectionError> {
+        let connection = incoming.await?;
+        let peer = connection
+            .peer_identity()
+            .and_then(|any| {
+                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|chain| chain.first().and_then(pki::peer_identity));
+        let Some(peer) = peer else {
+            connection.close(1u32.into(), b"no node identity");
+            return Ok(());
+        };
+        let admitted = self
+            .admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(|admit| admit(&peer));
+        if !admitted {
+            tracing::warn!(peer = peer.id, serial = %peer.serial, "refused a revoked peer");
+            connection.close(2u32.into(), b"revoked");
+            return Ok(());
+        }
+        loop {
+            let (send, recv) = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                stream = connection.accept_bi() => stream?,
+            };
+            let plane = self.clone();
+            tasks.spawn(async move { plane.serve_stream(send, recv).await });
+        }
+    }
+
+    async fn serve_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let response = match recv.read_to_end(MAX_FRAME).await {
+            Err(error) => Response::Refused(format!("unreadable request: {error}")),
+            Ok(bytes) => match codec::decode::<Request>(&bytes) {
+                Err(error) => Response::Refused(format!("malformed request: {error}")),
+                Ok(request) => match self.raft.get() {
+                    Some(raft) => answer(raft, request).await,
+                    None => Response::Refused("raft is not running on this node".into()),
+                },
+            },
+        };
+        match codec::encode(&response) {
+            Ok(bytes) => {
+                let _ = send.write_all(&bytes).await;
+            }
+            Err(error) => tracing::warn!(%error, "cannot encode a peer response"),
+        }
+        let _ = send.finish();
+    }
+
+    async fn connection(
+        &self,
+        target: NodeId,
+        address: &str,
+    ) -> Result<quinn::Connection, TransportError> {
+        if let Some(connection) = self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&target)
+            && connection.close_reason().is_none()
+        {
+            return Ok(connection.clone());
+        }
+        let address: SocketAddr = match address.parse() {
+            Ok(address) => address,
+            Err(_) => tokio::net::lookup_host(address)
+                .await
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or_else(|| TransportError::Unreachable(format!("cannot resolve {address}")))?,
+        };
+        let connecting = self
+            .endpoint
+            .connect(address, &pki::node_dns_name(target))
+            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        let connection = connecting
+            .await
+            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(target, connection.clone());
+        Ok(connection)
+    }
+
+    /// Sends `request` to node `target` at `address`; answers within `timeout`.
+    pub async fn request(
+        &self,
+        target: NodeId,
+        address: &str,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        let exchange = async {
+            let connection = self.connection(target, address).await?;
+            let failed = |e: &dyn std::fmt::Display| TransportError::Failed(e.to_string());
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|e| {
+                self.connections
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&target);
+                TransportError::Unreachable(e.to_string())
+            })?;
+            let bytes = codec::encode(request).map_err(|e| failed(&e))?;
+            send.write_all(&bytes).await.map_err(|e| failed(&e))?;
+            send.finish().map_err(|e| failed(&e))?;
+            let answer = recv.read_to_end(MAX_FRAME).await.map_err(|e| failed(&e))?;
+            codec::decode::<Response>(&answer).map_err(|e| failed(&e))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| TransportError::Timeout(timeout))?
+    }
+
+    /// This node's id (from its certificate).
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+}
+
+/// Answers one request with the local raft.
+async fn answer(raft: &Raft, request: Request) -> Response {
+    match request {
+        Request::Raft(request) => Response::Raft(raft::network::serve(raft, request).await),
+        Request::Write(request) => match raft.client_write(request).await {
+            Ok(response) => Response::Written {
+                index: response.log_id.index,
+                outcome: response.data,
+            },
+            Err(error) => Response::Refused(error.to_string()),
+        },
+        Request::Applied => Response::Applied(
+            raft.metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |id| id.index),
+        ),
+    }
+}
+
+impl Transport for PeerPlane {
+    async fn call(
+        &self,
+        target: NodeId,
+        node: &Node,
+        request: RaftRequest,
+        timeout: Duration,
+    ) -> Result<RaftResponse, TransportError> {
+        match self
+            .request(target, &node.peer, &Request::Raft(request), timeout)
+            .await?
+        {
+            Response::Raft(response) => Ok(response),
+            Response::Refused(reason) => Err(TransportError::Failed(reason)),
+            _ => Err(TransportError::Failed(
+                "unexpected answer to a raft RPC".into(),
+            )),
+        }
+    }
+}
