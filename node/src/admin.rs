@@ -86,6 +86,39 @@ pub async fn handle(
             json_response(StatusCode::OK, &json!({"versions": versions}))
         }
         (&Method::PUT, "/v1/config") => put_config(&app, req).await,
+        (&Method::GET, "/v1/cluster") => cluster_status(&app).await,
+        (&Method::POST, "/v1/cluster/tokens") => {
+            let ttl = query(&req, "ttl")
+                .and_then(|t| humantime::parse_duration(&t).ok())
+                .unwrap_or(std::time::Duration::from_secs(3600));
+            match app.cluster.token(ttl) {
+                Some(token) => json_response(
+                    StatusCode::OK,
+                    &json!({"token": token.encode(), "expires_at": token.expires_at}),
+                ),
+                None => error(
+                    StatusCode::CONFLICT,
+                    "no_authority",
+                    "this member cannot issue join tokens",
+                ),
+            }
+        }
+        (&Method::DELETE, member) if member.starts_with("/v1/cluster/members/") => {
+            let Ok(id) = member["/v1/cluster/members/".len()..].parse::<u64>() else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_member",
+                    "member ids are integers",
+                );
+            };
+            match app.cluster.remove(id).await {
+                Ok(()) => json_response(StatusCode::OK, &json!({"removed": id})),
+                Err(e @ crate::cluster::WriteError::NoLeader) => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, "no_leader", &e.to_string())
+                }
+                Err(e) => error(StatusCode::CONFLICT, "refused", &e.to_string()),
+            }
+        }
         (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
         (_, "/v1/config") => method_not_allowed("GET, PUT"),
         (_, "/v1/config/history") => method_not_allowed("GET"),
@@ -93,7 +126,71 @@ pub async fn handle(
     }
 }
 
+/// A query parameter of the request, decoded.
+fn query(req: &hyper::Request<Incoming>, name: &str) -> Option<String> {
+    req.uri()
+        .query()
+        .and_then(|q| crate::pipeline::version::form_urlencoded_pairs(q).find(|(k, _)| k == name))
+        .map(|(_, v)| v)
+}
+
+/// `GET /v1/cluster`: this node's view of the cluster.
+async fn cluster_status(app: &Gateway) -> Response<Body> {
+    let cluster = &app.cluster;
+    let metrics = cluster.raft.metrics().borrow().clone();
+    let applied = cluster.applied();
+    let by_member = cluster
+        .applied_by_member(std::time::Duration::from_millis(500))
+        .await;
+    let commit = by_member.values().flatten().copied().max().unwrap_or(0);
+    let membership = metrics.membership_config.membership().clone();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let members: Vec<_> = membership
+        .nodes()
+        .map(|(id, node)| {
+            let record = applied.state.members.get(id);
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map(|l| l.index);
+            let member_applied = by_member.get(id).copied().flatten();
+            json!({
+                "id": id,
+                "region": node.region,
+                "peer": node.peer,
+                "admin": record.map(|m| m.admin.clone()),
+                "proxy": record.map(|m| m.proxy.clone()),
+                "role": if voters.contains(id) { "voter" } else { "learner" },
+                "leader": metrics.current_leader == Some(*id),
+                "applied": member_applied,
+                "matched": matched,
+                "lag": member_applied.map(|a| commit.saturating_sub(a)),
+                "reachable": member_applied.is_some(),
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "id": cluster.id,
+            "region": app.shared.config.region,
+            "state": format!("{:?}", metrics.state),
+            "leader": metrics.current_leader,
+            "term": metrics.current_term,
+            "last_log": metrics.last_log_index,
+            "commit": commit,
+            "applied": applied.index(),
+            "snapshot": metrics.snapshot.map(|s| s.index),
+            "purged": metrics.purged.map(|p| p.index),
+            "config_version": applied.state.config_version(),
+            "members": members,
+        }),
+    )
+}
+
 async fn put_config(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Body> {
+    let wait_all = query(&req, "wait").is_some_and(|w| w == "all");
     let body = match Limited::new(req.into_body(), MAX_CONFIG_BYTES)
         .collect()
         .await
@@ -135,10 +232,17 @@ async fn put_config(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Bo
     };
     match app.commit_config(&config, "admin api").await {
         Ok(written) => match written.outcome {
-            raft::model::Outcome::ConfigApplied { version } => json_response(
-                StatusCode::OK,
-                &json!({"version": version, "index": written.index}),
-            ),
+            raft::model::Outcome::ConfigApplied { version } => {
+                let mut answer = json!({"version": version, "index": written.index});
+                if wait_all {
+                    let applied = app
+                        .cluster
+                        .wait_everywhere(written.index, std::time::Duration::from_secs(10))
+                        .await;
+                    answer["applied"] = json!(applied);
+                }
+                json_response(StatusCode::OK, &answer)
+            }
             other => error(StatusCode::CONFLICT, "refused", &format!("{other:?}")),
         },
         Err(e @ crate::cluster::WriteError::NoLeader) => {

@@ -61,6 +61,12 @@ pub enum Error {
     /// The configuration could not be committed.
     #[error("cannot commit the gateway configuration: {0}")]
     Write(#[from] cluster::WriteError),
+    /// The peer socket could not be bound.
+    #[error(transparent)]
+    Peer(#[from] crate::peer::Error),
+    /// Joining the cluster failed.
+    #[error(transparent)]
+    Join(#[from] crate::join::Error),
 }
 
 /// What the request handlers share: the node's services, the snapshot in
@@ -139,6 +145,28 @@ impl Gateway {
         Ok(written)
     }
 
+    /// Records this node in the replicated member list if it is missing
+    /// (the founding node; joined nodes are recorded by the leader).
+    async fn register(&self, proxy: Option<SocketAddr>, admin: Option<SocketAddr>) {
+        let cluster = &self.cluster;
+        if cluster.applied().state.members.contains_key(&cluster.id) {
+            return;
+        }
+        let listen = &self.shared.config.listen;
+        let own = cluster.identity.own();
+        let member = raft::model::Member {
+            id: cluster.id,
+            region: self.shared.config.region.clone(),
+            peer: listen.advertised(cluster.plane.local_addr()),
+            admin: admin.map(|a| listen.advertised(a)).unwrap_or_default(),
+            proxy: proxy.map(|a| listen.advertised(a)).unwrap_or_default(),
+            serial: own.map(|o| o.serial).unwrap_or_default(),
+        };
+        if let Err(error) = cluster.write(Command::SetMember(member)).await {
+            tracing::warn!(%error, "cannot record this node in the member list yet");
+        }
+    }
+
     /// Re-reads the gateway file and commits it; a bad file changes nothing.
     pub async fn reload_file(&self) -> Result<u64, Error> {
         let Some(path) = &self.shared.config.gateway else {
@@ -170,9 +198,25 @@ pub struct App {
 }
 
 impl App {
-    /// Binds the listeners and applies the gateway configuration (the given
-    /// one, else the configured file, else none).
-    pub async fn build(mut config: Config, initial: Option<GatewayConfig>) -> Result<Self, Error> {
+    /// Binds the listeners, starts the node's cluster membership (founding a
+    /// one-node cluster on a fresh data directory) and commits the gateway
+    /// configuration (the given one, else the configured file, else none).
+    pub async fn build(config: Config, initial: Option<GatewayConfig>) -> Result<Self, Error> {
+        Self::start(config, initial, None).await
+    }
+
+    /// Joins the cluster named by `token` (unless the data directory already
+    /// holds an identity, i.e. the node joined before), then starts as
+    /// [`App::build`] does.
+    pub async fn join(config: Config, token: &str) -> Result<Self, Error> {
+        Self::start(config, None, Some(token)).await
+    }
+
+    async fn start(
+        mut config: Config,
+        initial: Option<GatewayConfig>,
+        join: Option<&str>,
+    ) -> Result<Self, Error> {
         config.limits.max_connections = raise_open_files(config.limits.max_connections);
         let metrics = Metrics::new();
         let (access_log, writer) =
@@ -187,7 +231,19 @@ impl App {
         };
         let proxy = bind("proxy", config.listen.proxy)?;
         let admin = bind("admin", config.listen.admin)?;
-        let cluster = Cluster::start(&config)
+        let socket = crate::peer::PeerPlane::socket(config.listen.peer)?;
+        if let Some(token) = join
+            && !crate::pki::Identity::exists(&config.data_dir)
+        {
+            let local = |listener: &TcpListener| {
+                listener
+                    .local_addr()
+                    .expect("a bound listener has an address")
+            };
+            let peer_port = socket.local_addr().map(|a| a.port()).unwrap_or_default();
+            crate::join::join(&config, token, peer_port, local(&admin), local(&proxy)).await?;
+        }
+        let cluster = Cluster::start(&config, socket)
             .await
             .map_err(|e| Error::Cluster(Box::new(e)))?;
         let shared = Arc::new(Shared {
@@ -212,14 +268,36 @@ impl App {
         });
         gateway.sync();
         shared_spawn(&gateway, follow_applied(gateway.clone()), "apply");
-        match initial {
-            Some(config) => {
-                gateway.commit_config(&config, "startup").await?;
+        shared_spawn(
+            &gateway,
+            gateway
+                .cluster
+                .clone()
+                .seek_promotion(gateway.shared.shutdown.clone()),
+            "promotion",
+        );
+        let committed = match initial {
+            Some(config) => gateway
+                .commit_config(&config, "startup")
+                .await
+                .map(drop)
+                .map_err(Error::from),
+            None => gateway.reload_file().await.map(drop),
+        };
+        match committed {
+            Ok(()) => {}
+            // A founding node must serve what it was given; a member of a
+            // larger cluster keeps serving the replicated configuration.
+            Err(error)
+                if gateway.cluster.founded || matches!(error, Error::InvalidGateway { .. }) =>
+            {
+                return Err(error);
             }
-            None => {
-                gateway.reload_file().await?;
-            }
+            Err(error) => tracing::warn!(%error, "the startup configuration was not committed"),
         }
+        gateway
+            .register(proxy.local_addr().ok(), admin.local_addr().ok())
+            .await;
         Ok(Self {
             gateway,
             proxy,

@@ -84,6 +84,8 @@ pub struct Written {
 pub struct Cluster {
     /// This node's id.
     pub id: NodeId,
+    /// Whether this start founded the cluster.
+    pub founded: bool,
     /// The raft handle.
     pub raft: Raft,
     /// The peer plane.
@@ -97,6 +99,57 @@ pub struct Cluster {
     handle: tokio::sync::Mutex<Option<raft::cluster::Handle>>,
 }
 
+/// Answers the peer plane on behalf of a cluster (weakly, so the plane
+/// does not keep the cluster alive).
+struct ServiceRef(std::sync::Weak<Cluster>);
+
+#[async_trait::async_trait]
+impl peer::Service for ServiceRef {
+    fn admit(&self, peer: &pki::PeerIdentity) -> bool {
+        self.0.upgrade().is_none_or(|cluster| {
+            !cluster.applied().state.is_revoked(
+                &raft::model::Revocation::CertificateSerial(peer.serial.clone()),
+                now_ms(),
+            )
+        })
+    }
+
+    async fn handle(
+        &self,
+        peer: Option<&pki::PeerIdentity>,
+        request: peer::Request,
+    ) -> peer::Response {
+        use peer::{Request, Response};
+        let Some(cluster) = self.0.upgrade() else {
+            return Response::Refused("this node is stopping".into());
+        };
+        match (peer, request) {
+            (_, Request::Join(request)) => cluster.handle_join(request).await,
+            (None, _) => Response::Refused("a member certificate is required".into()),
+            (Some(_), Request::Raft(rpc)) => {
+                Response::Raft(raft::network::serve(&cluster.raft, rpc).await)
+            }
+            (Some(_), Request::Write(request)) => match cluster.raft.client_write(request).await {
+                Ok(response) => Response::Written {
+                    index: response.log_id.index,
+                    outcome: response.data,
+                },
+                Err(error) => Response::Refused(error.to_string()),
+            },
+            (Some(_), Request::Applied) => Response::Applied(cluster.applied().index()),
+            (Some(_), Request::Promote(id)) => cluster.handle_promote(id).await,
+            (Some(_), Request::Remove(id)) => match cluster.remove(id).await {
+                Ok(()) => Response::Done,
+                Err(error) => Response::Refused(error.to_string()),
+            },
+        }
+    }
+}
+
+/// How long a write waits for a leader before giving up (an isolated node
+/// answers 503 rather than hang).
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -106,11 +159,15 @@ pub fn now_ms() -> u64 {
 
 impl Cluster {
     /// Loads (or, on a fresh data directory, creates) the node's identity,
-    /// binds the peer plane and starts raft; a founding node initialises a
-    /// one-node cluster.
-    pub async fn start(config: &Config) -> Result<Arc<Self>, StartError> {
-        let founding = !Identity::exists(&config.data_dir);
-        if founding {
+    /// starts the peer plane on `socket` and raft; a founding node (fresh,
+    /// or prepared by `cluster init`) initialises a one-node cluster.
+    pub async fn start(
+        config: &Config,
+        socket: std::net::UdpSocket,
+    ) -> Result<Arc<Self>, StartError> {
+        let marker = pki::dir(&config.data_dir).join("founding");
+        let founding = !Identity::exists(&config.data_dir) || marker.exists();
+        if !Identity::exists(&config.data_dir) {
             std::fs::create_dir_all(&config.data_dir).map_err(|source| pki::Error::File {
                 path: config.data_dir.clone(),
                 source,
@@ -129,27 +186,34 @@ impl Cluster {
                 dir: pki::dir(&config.data_dir).display().to_string(),
             });
         }
-        let plane = PeerPlane::bind(config.listen.peer, &identity)?;
+        let plane = PeerPlane::bind(socket, &identity)?;
         let mut raft_config = raft::cluster::Config::new(config.id, config.data_dir.join("raft"));
         raft_config.heartbeat = config.raft.heartbeat;
         raft_config.election = config.raft.election_timeout;
         raft_config.snapshot_logs = config.raft.snapshot_logs;
         let handle = raft::cluster::start(&raft_config, plane.clone()).await?;
-        plane.set_raft(handle.raft.clone());
         let raft = handle.raft.clone();
         if founding {
             let node = raft::Node {
                 peer: config.listen.advertised(plane.local_addr()),
                 region: config.region.clone(),
             };
-            raft.initialize(BTreeMap::from([(config.id, node)]))
+            let initialized = raft
+                .is_initialized()
                 .await
                 .map_err(|e| StartError::Initialize(e.to_string()))?;
+            if !initialized {
+                raft.initialize(BTreeMap::from([(config.id, node)]))
+                    .await
+                    .map_err(|e| StartError::Initialize(e.to_string()))?;
+            }
+            let _ = std::fs::remove_file(&marker);
         }
         let applied = handle.applied.clone();
         let view = ArcSwap::new(applied.borrow().clone());
         let cluster = Arc::new(Self {
             id: config.id,
+            founded: founding,
             raft,
             plane,
             identity,
@@ -158,15 +222,9 @@ impl Cluster {
             last_apply: AtomicU64::new(0),
             handle: tokio::sync::Mutex::new(Some(handle)),
         });
-        let admission = Arc::downgrade(&cluster);
-        cluster.plane.set_admission(Arc::new(move |peer| {
-            admission.upgrade().is_none_or(|cluster| {
-                !cluster.applied().state.is_revoked(
-                    &raft::model::Revocation::CertificateSerial(peer.serial.clone()),
-                    now_ms(),
-                )
-            })
-        }));
+        cluster
+            .plane
+            .set_service(Arc::new(ServiceRef(Arc::downgrade(&cluster))));
         Ok(cluster)
     }
 
@@ -198,7 +256,7 @@ impl Cluster {
             at: now_ms(),
             command,
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
         let written = loop {
             match self.raft.client_write(request.clone()).await {
                 Ok(response) => {
@@ -254,6 +312,288 @@ impl Cluster {
         tokio::time::timeout(timeout, applied.wait_for(|a| a.index() >= index))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The leader's id and peer address, if one is known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, node.peer))
+    }
+
+    /// Whether this node leads.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Issues a join token naming every current member (or this node).
+    pub fn token(&self, ttl: Duration) -> Option<crate::join::Token> {
+        let authority = self.identity.authority.as_ref()?;
+        let metrics = self.raft.metrics().borrow().clone();
+        let mut peers: Vec<(NodeId, String)> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.peer.clone()))
+            .collect();
+        if peers.is_empty() {
+            peers.push((self.id, self.plane.local_addr().to_string()));
+        }
+        Some(crate::join::Token::issue(
+            &self.identity,
+            &authority.cert_pem,
+            peers,
+            ttl,
+            now_ms(),
+        ))
+    }
+
+    async fn handle_join(&self, request: crate::join::JoinRequest) -> peer::Response {
+        use peer::Response;
+        if !request.token.verify(&self.identity.cluster_key) {
+            return Response::Refused("the token was not issued by this cluster".into());
+        }
+        if request.token.expires_at <= now_ms() {
+            return Response::Refused("the token has expired".into());
+        }
+        if !self.is_leader() {
+            return match self.leader() {
+                Some((leader, peer)) => Response::Redirect { leader, peer },
+                None => Response::Refused("no leader is known; retry".into()),
+            };
+        }
+        let Some(authority) = &self.identity.authority else {
+            return Response::Refused("this member cannot issue certificates".into());
+        };
+        let spend = Command::UseJoinToken {
+            nonce: request.token.nonce.clone(),
+            expires_at: request.token.expires_at,
+            node: request.id,
+        };
+        match self.write(spend).await {
+            Ok(Written {
+                outcome: Outcome::Done,
+                ..
+            }) => {}
+            Ok(Written { outcome, .. }) => return Response::Refused(format!("{outcome:?}")),
+            Err(error) => return Response::Refused(error.to_string()),
+        }
+        let (grant, serial) = match crate::join::grant(
+            authority,
+            &self.identity.cluster_key,
+            request.id,
+            &request.region,
+        ) {
+            Ok(granted) => granted,
+            Err(error) => return Response::Refused(error.to_string()),
+        };
+        let member = raft::model::Member {
+            id: request.id,
+            region: request.region.clone(),
+            peer: request.peer.clone(),
+            admin: request.admin,
+            proxy: request.proxy,
+            serial,
+        };
+        if let Err(error) = self.write(Command::SetMember(member)).await {
+            return Response::Refused(error.to_string());
+        }
+        let node = raft::Node {
+            peer: request.peer,
+            region: request.region,
+        };
+        if let Err(error) = self.raft.add_learner(request.id, node, false).await {
+            return Response::Refused(error.to_string());
+        }
+        tracing::info!(node = request.id, "admitted a new node as learner");
+        Response::Joined(grant)
+    }
+
+    async fn handle_promote(&self, id: NodeId) -> peer::Response {
+        use peer::Response;
+        if !self.is_leader() {
+            return match self.leader() {
+                Some((leader, peer)) => Response::Redirect { leader, peer },
+                None => Response::Refused("no leader is known; retry".into()),
+            };
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        if membership.voter_ids().any(|voter| voter == id) {
+            return Response::Done;
+        }
+        if membership.get_node(&id).is_none() {
+            return Response::Refused(format!("node {id} is not a member"));
+        }
+        let last = metrics.last_log_index.unwrap_or(0);
+        let matched = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map_or(0, |log_id| log_id.index);
+        if last.saturating_sub(matched) > 100 {
+            return Response::Refused(format!("node {id} is still catching up ({matched}/{last})"));
+        }
+        let change =
+            raft::openraft::ChangeMembers::AddVoterIds(std::collections::BTreeSet::from([id]));
+        match self.raft.change_membership(change, false).await {
+            Ok(_) => {
+                tracing::info!(node = id, "promoted to voter");
+                Response::Done
+            }
+            Err(error) => Response::Refused(error.to_string()),
+        }
+    }
+
+    /// Until this node is a voter, asks the leader to promote it (when the
+    /// node is configured as a voter). Ends at shutdown.
+    pub async fn seek_promotion(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(300)) => {}
+            }
+            let metrics = self.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership().clone();
+            if membership.voter_ids().any(|voter| voter == self.id) {
+                return;
+            }
+            if membership.get_node(&self.id).is_none() {
+                continue;
+            }
+            if let Some((leader, peer)) = self.leader() {
+                let request = peer::Request::Promote(self.id);
+                if let Ok(peer::Response::Done) = self
+                    .plane
+                    .request(leader, &peer, &request, Duration::from_secs(5))
+                    .await
+                {
+                    tracing::info!("promoted to voter");
+                }
+            }
+        }
+    }
+
+    /// Removes node `id` from the cluster: out of the raft membership, out
+    /// of the member list, and its certificate revoked. Runs on the leader
+    /// (forwarded when this node does not lead).
+    pub async fn remove(&self, id: NodeId) -> Result<(), WriteError> {
+        if !self.is_leader() {
+            let (leader, peer) = self.leader().ok_or(WriteError::NoLeader)?;
+            return match self
+                .plane
+                .request(
+                    leader,
+                    &peer,
+                    &peer::Request::Remove(id),
+                    Duration::from_secs(15),
+                )
+                .await
+            {
+                Ok(peer::Response::Done) => Ok(()),
+                Ok(peer::Response::Refused(reason)) => Err(WriteError::Failed(reason)),
+                Ok(_) => Err(WriteError::Failed(
+                    "unexpected answer from the leader".into(),
+                )),
+                Err(error) => Err(WriteError::Failed(error.to_string())),
+            };
+        }
+        use raft::openraft::ChangeMembers;
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let ids = std::collections::BTreeSet::from([id]);
+        let change = if membership.voter_ids().any(|voter| voter == id) {
+            Some(ChangeMembers::RemoveVoters(ids))
+        } else if membership.get_node(&id).is_some() {
+            Some(ChangeMembers::RemoveNodes(ids))
+        } else {
+            None
+        };
+        if let Some(change) = change {
+            self.raft
+                .change_membership(change, false)
+                .await
+                .map_err(|e| WriteError::Failed(e.to_string()))?;
+        }
+        let serial = self
+            .applied()
+            .state
+            .members
+            .get(&id)
+            .map(|m| m.serial.clone());
+        self.write(Command::RemoveMember { id }).await?;
+        if let Some(serial) = serial.filter(|s| !s.is_empty()) {
+            // Node certificates are valid for years: keep the revocation
+            // for ten, well past any certificate issued today.
+            let expires_at = now_ms() + 10 * 365 * 24 * 3600 * 1000;
+            self.write(Command::Revoke {
+                target: raft::model::Revocation::CertificateSerial(serial),
+                expires_at,
+            })
+            .await?;
+        }
+        tracing::info!(node = id, "removed from the cluster");
+        Ok(())
+    }
+
+    /// Asks every member for its applied index, at most `timeout` each.
+    pub async fn applied_by_member(&self, timeout: Duration) -> BTreeMap<NodeId, Option<u64>> {
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let nodes: Vec<(NodeId, String)> = membership
+            .nodes()
+            .map(|(id, n)| (*id, n.peer.clone()))
+            .collect();
+        let asks = nodes.into_iter().map(|(id, address)| async move {
+            if id == self.id {
+                return (id, Some(self.applied().index()));
+            }
+            match self
+                .plane
+                .request(id, &address, &peer::Request::Applied, timeout)
+                .await
+            {
+                Ok(peer::Response::Applied(index)) => (id, Some(index)),
+                _ => (id, None),
+            }
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Waits until every reachable member has applied `index`, or `timeout`
+    /// passes; returns each member's last known applied index.
+    pub async fn wait_everywhere(
+        &self,
+        index: u64,
+        timeout: Duration,
+    ) -> BTreeMap<NodeId, Option<u64>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let applied = self.applied_by_member(Duration::from_millis(500)).await;
+            let done = applied.values().all(|a| a.is_none_or(|a| a >= index));
+            if done || tokio::time::Instant::now() >= deadline {
+                return applied;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stops raft and flushes its store.

@@ -13,7 +13,7 @@
 //! - [`error`]: the data plane's error type and its JSON responses.
 //! - [`cluster`]: raft membership: bootstrap, writes via the leader, applied state.
 //! - [`peer`]: the QUIC peer plane (mTLS with the cluster CA; raft RPC).
-//! - [`pki`]: the cluster CA and node identities.
+//! - [`pki`]: the cluster CA and node identities; [`join`]: one-time join tokens.
 //! - [`admin`], [`metrics`], [`access_log`], [`trace`], [`shutdown`].
 
 pub mod access_log;
@@ -23,6 +23,7 @@ pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod join;
 pub mod metrics;
 pub mod normalize;
 pub mod peer;

@@ -34,6 +34,48 @@ pub struct TestNode {
     task: JoinHandle<()>,
     /// The node's data directory (removed when the node is dropped).
     pub data: tempfile::TempDir,
+    raw: RawConfig,
+}
+
+/// A stopped node whose data directory is kept.
+pub struct Stopped {
+    data: tempfile::TempDir,
+    raw: RawConfig,
+}
+
+impl Stopped {
+    /// Starts the node again on its data directory and peer address.
+    pub async fn start(self) -> TestNode {
+        TestNode::launch(self.raw, self.data, Launch::Restart).await
+    }
+}
+
+/// How a test node comes up.
+enum Launch {
+    /// Found a one-node cluster with this configuration.
+    Found(GatewayConfig),
+    /// Join with a token.
+    Join(String),
+    /// Start again on an existing data directory.
+    Restart,
+}
+
+/// The node configuration tests start from: loopback, port 0, fast raft.
+pub fn test_config(data: &std::path::Path) -> RawConfig {
+    let mut raw = RawConfig {
+        data_dir: data.to_owned(),
+        ..RawConfig::default()
+    };
+    raw.listen.proxy = "127.0.0.1:0".into();
+    raw.listen.admin = "127.0.0.1:0".into();
+    raw.listen.peer = "127.0.0.1:0".into();
+    raw.raft.heartbeat = Duration::from_millis(50);
+    raw.raft.election_timeout_min = Duration::from_millis(300);
+    raw.raft.election_timeout_max = Duration::from_millis(600);
+    raw.raft.leader_loss = Duration::from_secs(2);
+    raw.log.access_log = "off".into();
+    raw.shutdown.grace_period = Duration::from_secs(5);
+    raw
 }
 
 impl TestNode {
@@ -44,27 +86,42 @@ impl TestNode {
 
     /// Starts a node serving `yaml`, after `tweak` adjusted the node config.
     pub async fn start_with(yaml: &str, tweak: impl FnOnce(&mut RawConfig)) -> Self {
-        let data = tempfile::tempdir().expect("temp dir");
-        let mut raw = RawConfig {
-            data_dir: data.path().to_owned(),
-            ..RawConfig::default()
-        };
-        raw.listen.proxy = "127.0.0.1:0".into();
-        raw.listen.admin = "127.0.0.1:0".into();
-        raw.listen.peer = "127.0.0.1:0".into();
-        raw.raft.heartbeat = Duration::from_millis(50);
-        raw.raft.election_timeout_min = Duration::from_millis(300);
-        raw.raft.election_timeout_max = Duration::from_millis(600);
-        raw.log.access_log = "off".into();
-        raw.shutdown.grace_period = Duration::from_secs(5);
-        tweak(&mut raw);
-        let config = raw.validate().expect("valid test node config");
         let gateway = GatewayConfig::parse(yaml)
             .unwrap_or_else(|e| panic!("invalid test gateway config:\n{e}\n{yaml}"));
-        let app = App::build(config, Some(gateway))
-            .await
-            .expect("node starts");
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut raw = test_config(data.path());
+        tweak(&mut raw);
+        Self::launch(raw, data, Launch::Found(gateway)).await
+    }
+
+    /// Starts node `id` in `region` and joins it to a cluster with `token`.
+    pub async fn join(
+        id: u64,
+        region: &str,
+        token: &str,
+        tweak: impl FnOnce(&mut RawConfig),
+    ) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut raw = test_config(data.path());
+        raw.id = id;
+        raw.region = region.into();
+        tweak(&mut raw);
+        Self::launch(raw, data, Launch::Join(token.to_owned())).await
+    }
+
+    async fn launch(raw: RawConfig, data: tempfile::TempDir, how: Launch) -> Self {
+        let config = raw.clone().validate().expect("valid test node config");
+        let app = match how {
+            Launch::Found(gateway) => App::build(config, Some(gateway)).await,
+            Launch::Join(token) => App::join(config, &token).await,
+            Launch::Restart => App::build(config, None).await,
+        }
+        .expect("node starts");
         let stop = CancellationToken::new();
+        let mut raw = raw;
+        // A restart must come back on the same peer address: the others
+        // know the node by it.
+        raw.listen.peer = app.gateway().cluster().plane.local_addr().to_string();
         Self {
             proxy: app.proxy_addr(),
             admin: app.admin_addr(),
@@ -72,7 +129,32 @@ impl TestNode {
             stop: stop.clone(),
             task: tokio::spawn(app.run(stop.cancelled_owned())),
             data,
+            raw,
         }
+    }
+
+    /// Stops the node, keeping its data directory for a restart.
+    pub async fn halt(self) -> Stopped {
+        let Self {
+            stop,
+            task,
+            data,
+            raw,
+            ..
+        } = self;
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        Stopped { data, raw }
+    }
+
+    /// Stops the node and starts it again on the same data directory.
+    pub async fn restart(self) -> Self {
+        self.halt().await.start().await
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.gateway.cluster().id
     }
 
     /// `http://<proxy><path>`.

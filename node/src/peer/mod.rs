@@ -18,13 +18,13 @@ pub mod codec;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
+
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use raft::Node;
 use raft::model::NodeId;
 use raft::network::{RaftRequest, RaftResponse, Transport, TransportError};
-use raft::typ::Raft;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use serde::{Deserialize, Serialize};
@@ -37,7 +37,8 @@ use crate::pki::{self, Identity, PeerIdentity};
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 << 20;
 
-const ALPN: &[u8] = b"meridian-peer/1";
+/// The ALPN protocol of the peer plane.
+pub const ALPN: &[u8] = b"meridian-peer/1";
 
 /// What one peer asks another.
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,6 +49,12 @@ pub enum Request {
     Write(raft::model::Request),
     /// The index this node has applied up to.
     Applied,
+    /// A new node asks to join with a token.
+    Join(crate::join::JoinRequest),
+    /// A learner asks the leader to make it a voter.
+    Promote(NodeId),
+    /// Remove a node from the cluster (sent to the leader).
+    Remove(NodeId),
 }
 
 /// The answer.
@@ -64,6 +71,17 @@ pub enum Response {
     },
     /// The last applied log index.
     Applied(u64),
+    /// A join was granted: the new node's identity.
+    Joined(crate::join::Grant),
+    /// Ask the leader instead.
+    Redirect {
+        /// The leader's id.
+        leader: NodeId,
+        /// Its peer address.
+        peer: String,
+    },
+    /// The request was carried out.
+    Done,
     /// The request could not be served.
     Refused(String),
 }
@@ -85,16 +103,25 @@ pub enum Error {
     },
 }
 
-/// Decides whether a verified peer may talk to this node.
-pub type Admission = Arc<dyn Fn(&PeerIdentity) -> bool + Send + Sync>;
+/// What a node does with the requests its peers send.
+#[async_trait::async_trait]
+pub trait Service: Send + Sync + 'static {
+    /// Whether a verified peer may talk to this node at all.
+    fn admit(&self, peer: &PeerIdentity) -> bool;
+
+    /// Answers one request. `peer` is `None` for a caller without a
+    /// certificate (a node joining with a token), which may only join.
+    async fn handle(&self, peer: Option<&PeerIdentity>, request: Request) -> Response;
+}
 
 /// The node's QUIC endpoint.
 pub struct PeerPlane {
     endpoint: quinn::Endpoint,
     id: NodeId,
     connections: Mutex<HashMap<NodeId, quinn::Connection>>,
-    raft: OnceLock<Raft>,
-    admission: Mutex<Option<Admission>>,
+    service: OnceLock<Arc<dyn Service>>,
+    /// Test and chaos seam: peers this node neither calls nor answers.
+    blocked: Mutex<std::collections::HashSet<NodeId>>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -115,13 +142,27 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 }
 
 impl PeerPlane {
-    /// Binds the endpoint on `address` with the node's identity.
-    pub fn bind(address: SocketAddr, identity: &Identity) -> Result<Arc<Self>, Error> {
+    /// Binds the UDP socket of the peer plane (before the identity is
+    /// known, so a joining node can announce its port).
+    pub fn socket(address: SocketAddr) -> Result<std::net::UdpSocket, Error> {
+        std::net::UdpSocket::bind(address).map_err(|source| Error::Bind { address, source })
+    }
+
+    /// Starts the endpoint on `socket` with the node's identity.
+    pub fn bind(socket: std::net::UdpSocket, identity: &Identity) -> Result<Arc<Self>, Error> {
+        let address = socket.local_addr().map_err(|source| Error::Bind {
+            address: "0.0.0.0:0".parse().expect("a valid address"),
+            source,
+        })?;
         let tls = |e: rustls::Error| Error::Tls(e.to_string());
         let mut roots = RootCertStore::empty();
         roots.add(identity.ca.clone()).map_err(tls)?;
         let roots = Arc::new(roots);
+        // Callers without a certificate are let through the handshake so a
+        // node can join with a token; `Service::handle` lets them do
+        // nothing else.
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .allow_unauthenticated()
             .build()
             .map_err(|e| Error::Tls(e.to_string()))?;
         let mut server = rustls::ServerConfig::builder_with_provider(provider())
@@ -146,16 +187,23 @@ impl PeerPlane {
         let mut client = quinn::ClientConfig::new(Arc::new(client));
         client.transport_config(transport_config());
 
-        let mut endpoint = quinn::Endpoint::server(server, address)
-            .map_err(|source| Error::Bind { address, source })?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| Error::Tls("no async runtime for QUIC".into()))?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|source| Error::Bind { address, source })?;
         endpoint.set_default_client_config(client);
         let id = identity.own().map_or(0, |own| own.id);
         Ok(Arc::new(Self {
             endpoint,
             id,
             connections: Mutex::new(HashMap::new()),
-            raft: OnceLock::new(),
-            admission: Mutex::new(None),
+            service: OnceLock::new(),
+            blocked: Mutex::new(std::collections::HashSet::new()),
         }))
     }
 
@@ -166,14 +214,41 @@ impl PeerPlane {
             .expect("a bound endpoint has an address")
     }
 
-    /// Routes incoming raft RPCs to `raft`.
-    pub fn set_raft(&self, raft: Raft) {
-        let _ = self.raft.set(raft);
+    /// Installs what answers incoming requests.
+    pub fn set_service(&self, service: Arc<dyn Service>) {
+        let _ = self.service.set(service);
     }
 
-    /// Installs the admission check applied to every verified peer.
-    pub fn set_admission(&self, admission: Admission) {
-        *self.admission.lock().unwrap_or_else(|e| e.into_inner()) = Some(admission);
+    /// Stops talking to `peer` in both directions (tests and chaos: a
+    /// partition without touching the network).
+    pub fn block(&self, peer: NodeId) {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer);
+        if let Some(connection) = self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer)
+        {
+            connection.close(3u32.into(), b"blocked");
+        }
+    }
+
+    /// Undoes [`PeerPlane::block`].
+    pub fn unblock(&self, peer: NodeId) {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer);
+    }
+
+    fn is_blocked(&self, peer: NodeId) -> bool {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&peer)
     }
 
     /// Serves incoming connections until `shutdown`.
@@ -201,6 +276,8 @@ impl PeerPlane {
             );
         }
         self.endpoint.close(0u32.into(), b"shutting down");
+        // Let the endpoint drain so its UDP port is free when the node is gone.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 
     async fn serve_connection(
@@ -217,39 +294,40 @@ impl PeerPlane {
                     .ok()
             })
             .and_then(|chain| chain.first().and_then(pki::peer_identity));
-        let Some(peer) = peer else {
-            connection.close(1u32.into(), b"no node identity");
-            return Ok(());
-        };
-        let admitted = self
-            .admission
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_none_or(|admit| admit(&peer));
-        if !admitted {
-            tracing::warn!(peer = peer.id, serial = %peer.serial, "refused a revoked peer");
-            connection.close(2u32.into(), b"revoked");
-            return Ok(());
+        if let Some(peer) = &peer {
+            let admitted = !self.is_blocked(peer.id)
+                && self.service.get().is_none_or(|service| service.admit(peer));
+            if !admitted {
+                tracing::warn!(peer = peer.id, serial = %peer.serial, "refused a peer");
+                connection.close(2u32.into(), b"refused");
+                return Ok(());
+            }
         }
+        let peer = peer.map(Arc::new);
         loop {
             let (send, recv) = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 stream = connection.accept_bi() => stream?,
             };
             let plane = self.clone();
-            tasks.spawn(async move { plane.serve_stream(send, recv).await });
+            let peer = peer.clone();
+            tasks.spawn(async move { plane.serve_stream(peer.as_deref(), send, recv).await });
         }
     }
 
-    async fn serve_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    async fn serve_stream(
+        &self,
+        peer: Option<&PeerIdentity>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
         let response = match recv.read_to_end(MAX_FRAME).await {
             Err(error) => Response::Refused(format!("unreadable request: {error}")),
             Ok(bytes) => match codec::decode::<Request>(&bytes) {
                 Err(error) => Response::Refused(format!("malformed request: {error}")),
-                Ok(request) => match self.raft.get() {
-                    Some(raft) => answer(raft, request).await,
-                    None => Response::Refused("raft is not running on this node".into()),
+                Ok(request) => match self.service.get() {
+                    Some(service) => service.handle(peer, request).await,
+                    None => Response::Refused("this node is starting".into()),
                 },
             },
         };
@@ -306,6 +384,11 @@ impl PeerPlane {
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
+        if self.is_blocked(target) {
+            return Err(TransportError::Unreachable(format!(
+                "node {target} is blocked"
+            )));
+        }
         let exchange = async {
             let connection = self.connection(target, address).await?;
             let failed = |e: &dyn std::fmt::Display| TransportError::Failed(e.to_string());
@@ -330,26 +413,6 @@ impl PeerPlane {
     /// This node's id (from its certificate).
     pub fn id(&self) -> NodeId {
         self.id
-    }
-}
-
-/// Answers one request with the local raft.
-async fn answer(raft: &Raft, request: Request) -> Response {
-    match request {
-        Request::Raft(request) => Response::Raft(raft::network::serve(raft, request).await),
-        Request::Write(request) => match raft.client_write(request).await {
-            Ok(response) => Response::Written {
-                index: response.log_id.index,
-                outcome: response.data,
-            },
-            Err(error) => Response::Refused(error.to_string()),
-        },
-        Request::Applied => Response::Applied(
-            raft.metrics()
-                .borrow()
-                .last_applied
-                .map_or(0, |id| id.index),
-        ),
     }
 }
 

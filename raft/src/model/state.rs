@@ -80,6 +80,16 @@ pub enum Command {
         /// The member.
         id: NodeId,
     },
+    /// Spend a one-time join token (its nonce) for node `node`. Refused if
+    /// the nonce was spent before.
+    UseJoinToken {
+        /// The token's nonce.
+        nonce: String,
+        /// When the token expires (Unix ms); the spent nonce is remembered until then.
+        expires_at: u64,
+        /// The node that joins with it.
+        node: NodeId,
+    },
 }
 
 /// A revoked credential.
@@ -114,6 +124,8 @@ pub struct Member {
     pub admin: String,
     /// Proxy address, `host:port`.
     pub proxy: String,
+    /// Serial of the node's certificate (hex), revoked when it leaves.
+    pub serial: String,
 }
 
 /// What applying a request produced.
@@ -179,6 +191,9 @@ pub struct State {
     key_expiries: OrdSet<(u64, String)>,
     /// Cluster members by id.
     pub members: BTreeMap<NodeId, Member>,
+    /// Spent join-token nonces: when each token expires (Unix ms) and the
+    /// node that spent it.
+    pub spent_tokens: BTreeMap<String, (u64, NodeId)>,
     /// The time of the last applied request (Unix ms).
     pub clock: u64,
 }
@@ -189,6 +204,7 @@ impl PartialEq for State {
             && self.keys == other.keys
             && self.revocations == other.revocations
             && self.members == other.members
+            && self.spent_tokens == other.spent_tokens
             && self.clock == other.clock
     }
 }
@@ -301,11 +317,42 @@ impl State {
                 self.members.remove(id);
                 Outcome::Done
             }
+            Command::UseJoinToken {
+                nonce,
+                expires_at,
+                node,
+            } => {
+                if *expires_at <= now {
+                    return Outcome::Refused {
+                        reason: "the join token has expired".into(),
+                    };
+                }
+                match self.spent_tokens.get(nonce) {
+                    // The same node asking again (its first answer was lost):
+                    // the join is granted again.
+                    Some((_, spender)) if spender == node => return Outcome::Done,
+                    Some(_) => {
+                        return Outcome::Refused {
+                            reason: "the join token was already used".into(),
+                        };
+                    }
+                    None => {}
+                }
+                if self.members.contains_key(node) {
+                    return Outcome::Refused {
+                        reason: format!("node id {node} is already a member"),
+                    };
+                }
+                self.spent_tokens
+                    .insert(nonce.clone(), (*expires_at, *node));
+                Outcome::Done
+            }
         }
     }
 
-    /// Forgets revocations and keys whose expiry is not after `now`.
+    /// Forgets revocations, keys and spent tokens whose expiry is not after `now`.
     fn purge(&mut self, now: u64) {
+        self.spent_tokens.retain(|_, (expires, _)| *expires > now);
         while let Some((expires, revocation)) = self.expiries.get_min().cloned() {
             if expires > now {
                 break;
@@ -510,6 +557,44 @@ mod tests {
     }
 
     #[test]
+    fn join_tokens_are_one_time() {
+        let mut state = State::default();
+        let use_token = |node| Command::UseJoinToken {
+            nonce: "n1".into(),
+            expires_at: 1000,
+            node,
+        };
+        assert_eq!(state.apply(&request(10, use_token(2)), 1), Outcome::Done);
+        assert_eq!(
+            state.apply(&request(10, use_token(2)), 1),
+            Outcome::Done,
+            "a retry by the same node"
+        );
+        assert!(matches!(
+            state.apply(&request(11, use_token(3)), 2),
+            Outcome::Refused { .. }
+        ));
+        assert!(matches!(
+            state.apply(
+                &request(
+                    2000,
+                    Command::UseJoinToken {
+                        nonce: "n2".into(),
+                        expires_at: 1500,
+                        node: 4
+                    }
+                ),
+                3
+            ),
+            Outcome::Refused { .. }
+        ));
+        assert!(
+            state.spent_tokens.is_empty(),
+            "spent tokens are forgotten after expiry"
+        );
+    }
+
+    #[test]
     fn time_never_goes_backwards() {
         let mut state = State::default();
         state.apply(&request(100, Command::RemoveMember { id: 1 }), 1);
@@ -548,6 +633,7 @@ mod tests {
                     peer: "127.0.0.1:1".into(),
                     admin: "127.0.0.1:2".into(),
                     proxy: "127.0.0.1:3".into(),
+                    serial: "01".into(),
                 }),
             ),
             2,

@@ -1,5 +1,6 @@
 //! Integration cases, one file per area of the data plane.
 
+mod cluster;
 mod edge;
 mod observe;
 mod pools;
