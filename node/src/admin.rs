@@ -103,6 +103,35 @@ pub async fn handle(
                 ),
             }
         }
+        (&Method::POST, consumer_keys)
+            if consumer_keys.starts_with("/v1/consumers/") && consumer_keys.ends_with("/keys") =>
+        {
+            let name = consumer_keys["/v1/consumers/".len()..consumer_keys.len() - "/keys".len()]
+                .to_owned();
+            create_key(&app, req, name).await
+        }
+        (&Method::DELETE, key) if key.starts_with("/v1/keys/") => {
+            let id = key["/v1/keys/".len()..].to_owned();
+            let wait_all = query(&req, "wait").is_some_and(|w| w == "all");
+            let applied = app.cluster.applied();
+            let Some(record) = applied.state.keys.get(&id) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no live key has this id",
+                );
+            };
+            // Keep the revocation as long as the key could have lived.
+            let expires_at = record
+                .expires_at
+                .unwrap_or_else(|| crate::cluster::now_ms() + 10 * YEAR_MS);
+            let command = raft::model::Command::Revoke {
+                target: raft::model::Revocation::ApiKey(id.clone()),
+                expires_at,
+            };
+            commit(&app, command, wait_all, json!({"revoked": id})).await
+        }
+        (&Method::POST, "/v1/revocations") => revoke(&app, req).await,
         (&Method::DELETE, member) if member.starts_with("/v1/cluster/members/") => {
             let Ok(id) = member["/v1/cluster/members/".len()..].parse::<u64>() else {
                 return error(
@@ -124,6 +153,177 @@ pub async fn handle(
         (_, "/v1/config/history") => method_not_allowed("GET"),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     }
+}
+
+const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// Commits `command`; answers with its index (and, with `wait_all`, every
+/// member's applied index) merged into `answer`.
+async fn commit(
+    app: &Gateway,
+    command: raft::model::Command,
+    wait_all: bool,
+    mut answer: serde_json::Value,
+) -> Response<Body> {
+    match app.cluster.write(command).await {
+        Ok(written) => match written.outcome {
+            raft::model::Outcome::Refused { reason } => {
+                error(StatusCode::CONFLICT, "refused", &reason)
+            }
+            _ => {
+                answer["index"] = json!(written.index);
+                if wait_all {
+                    let applied = app
+                        .cluster
+                        .wait_everywhere(written.index, std::time::Duration::from_secs(10))
+                        .await;
+                    answer["applied"] = json!(applied);
+                }
+                json_response(StatusCode::OK, &answer)
+            }
+        },
+        Err(e @ crate::cluster::WriteError::NoLeader) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "no_leader", &e.to_string())
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "write_failed",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// Reads a small JSON body (empty means `{}`).
+async fn json_body(req: hyper::Request<Incoming>) -> Result<serde_json::Value, Response<Body>> {
+    let body = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the body exceeds 64 KiB",
+            )
+        })?
+        .to_bytes();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string()))
+}
+
+fn duration_field(
+    body: &serde_json::Value,
+    key: &str,
+) -> Result<Option<std::time::Duration>, Response<Body>> {
+    match body.get(key).and_then(|v| v.as_str()) {
+        None => Ok(None),
+        Some(text) => humantime::parse_duration(text).map(Some).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid_duration",
+                &format!("{key} ({text}): {e}"),
+            )
+        }),
+    }
+}
+
+/// `POST /v1/consumers/{name}/keys`: a new API key, shown once.
+async fn create_key(
+    app: &Gateway,
+    req: hyper::Request<Incoming>,
+    consumer: String,
+) -> Response<Body> {
+    let wait_all = query(&req, "wait").is_some_and(|w| w == "all");
+    let body = match json_body(req).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    if !app
+        .snapshots
+        .load()
+        .config
+        .consumers
+        .iter()
+        .any(|c| c.name == consumer)
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_consumer",
+            "no consumer of that name in the configuration",
+        );
+    }
+    let ttl = match duration_field(&body, "ttl") {
+        Ok(ttl) => ttl,
+        Err(response) => return response,
+    };
+    let key = crate::pipeline::auth::new_key(&app.cluster.identity.cluster_key);
+    let expires_at = ttl.map(|ttl| crate::cluster::now_ms() + ttl.as_millis() as u64);
+    let command = raft::model::Command::CreateKey {
+        id: key.id.clone(),
+        consumer: consumer.clone(),
+        hash: key.hash,
+        expires_at,
+    };
+    let answer =
+        json!({"id": key.id, "key": key.key, "consumer": consumer, "expires_at": expires_at});
+    commit(app, command, wait_all, answer).await
+}
+
+/// `POST /v1/revocations`: `{"jti": …}`, `{"sub": …, "not_before": ms}` or
+/// `{"serial": …}`, with an optional `ttl` (how long the revoked credential
+/// could still be valid; 24h for JWTs, ten years for certificates).
+async fn revoke(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Body> {
+    use raft::model::Revocation;
+    let wait_all = query(&req, "wait").is_some_and(|w| w == "all");
+    let body = match json_body(req).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let text = |key: &str| body.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let now = crate::cluster::now_ms();
+    let (target, default_ttl) = if let Some(jti) = text("jti") {
+        (Revocation::JwtId(jti), 24 * 3600 * 1000)
+    } else if let Some(subject) = text("sub") {
+        let not_before = body
+            .get("not_before")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(now);
+        (
+            Revocation::JwtSubject {
+                subject,
+                not_before,
+            },
+            24 * 3600 * 1000,
+        )
+    } else if let Some(serial) = text("serial") {
+        (
+            Revocation::CertificateSerial(serial.to_ascii_lowercase()),
+            10 * YEAR_MS,
+        )
+    } else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_revocation",
+            "give one of jti, sub or serial",
+        );
+    };
+    let ttl = match duration_field(&body, "ttl") {
+        Ok(ttl) => ttl.map_or(default_ttl, |t| t.as_millis() as u64),
+        Err(response) => return response,
+    };
+    let answer = json!({"revoked": target, "expires_at": now + ttl});
+    commit(
+        app,
+        raft::model::Command::Revoke {
+            target,
+            expires_at: now + ttl,
+        },
+        wait_all,
+        answer,
+    )
+    .await
 }
 
 /// A query parameter of the request, decoded.

@@ -252,6 +252,7 @@ impl App {
             access_log,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            cluster: cluster.clone(),
         });
         shared.tasks.spawn(
             cluster

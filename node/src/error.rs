@@ -44,6 +44,13 @@ pub enum Kind {
     },
     /// No route matches the request (404).
     NoRoute,
+    /// Missing or refused credentials (401, with `WWW-Authenticate`).
+    Unauthorized {
+        /// Why, e.g. `invalid_credentials`.
+        code: &'static str,
+        /// Explanation.
+        message: &'static str,
+    },
     /// The request body exceeds the limit (413).
     PayloadTooLarge {
         /// The limit in bytes.
@@ -119,6 +126,7 @@ impl Error {
             }
             Kind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::NoRoute => StatusCode::NOT_FOUND,
+            Kind::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Kind::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -135,6 +143,7 @@ impl Error {
             Kind::BadRequest { .. }
             | Kind::UnsupportedVersion { .. }
             | Kind::NoRoute
+            | Kind::Unauthorized { .. }
             | Kind::PayloadTooLarge { .. }
             | Kind::UriTooLong { .. }
             | Kind::HeadersTooLarge { .. }
@@ -165,6 +174,7 @@ impl Error {
             Kind::BadRequest { code, .. } => code,
             Kind::UnsupportedVersion { .. } => "unsupported_api_version",
             Kind::NoRoute => "no_route",
+            Kind::Unauthorized { code, .. } => code,
             Kind::PayloadTooLarge { .. } => "payload_too_large",
             Kind::UriTooLong { .. } => "uri_too_long",
             Kind::HeadersTooLarge { .. } => "headers_too_large",
@@ -191,6 +201,7 @@ impl Error {
                 format!("API version {requested:?} is not supported; supported: {supported}").into()
             }
             Kind::NoRoute => "no route matches this request".into(),
+            Kind::Unauthorized { message, .. } => (*message).into(),
             Kind::PayloadTooLarge { limit } => {
                 format!("request body exceeds the limit of {limit} bytes").into()
             }
@@ -238,6 +249,12 @@ impl Error {
             Kind::NoHealthyUpstream => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            Kind::Unauthorized { .. } => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("ApiKey header=\"X-API-Key\""),
+                );
+            }
             _ => {}
         }
         response
@@ -277,6 +294,14 @@ mod tests {
         let cases = [
             (Error::bad_request("invalid_path", "bad"), 400, Side::Client),
             (Error::new(Kind::NoRoute), 404, Side::Client),
+            (
+                Error::new(Kind::Unauthorized {
+                    code: "invalid_credentials",
+                    message: "no",
+                }),
+                401,
+                Side::Client,
+            ),
             (
                 Error::new(Kind::PayloadTooLarge { limit: 1 }),
                 413,

@@ -54,4 +54,6 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Cancelled when the node starts shutting down.
     pub shutdown: CancellationToken,
+    /// The node's cluster membership (applied state, writes).
+    pub cluster: Arc<cluster::Cluster>,
 }

@@ -13,6 +13,7 @@
 //!   `upstream_retry_budget_exhausted_total{upstream}`;
 //! - `upstream_target_healthy{upstream,target}`; `upstream_ejections_total{upstream,target}`;
 //! - `client_errors_total{code}`: requests refused before a route was chosen;
+//! - `auth_failures_total{reason}`: refused credentials;
 //! - `open_connections{listener}`, `connections_total{listener}`;
 //! - `config_version`, `config_reloads_total{result}`;
 //! - `access_log_dropped_total`.
@@ -46,6 +47,8 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     /// Requests refused before routing, by error code.
     client_errors: CodeCounters,
+    /// Refused credentials, by reason.
+    auth_failures: CodeCounters,
 }
 
 /// Counters keyed by a small static set of error codes, made on first use.
@@ -131,6 +134,7 @@ impl Metrics {
                 &METADATA,
             ),
             client_errors: Default::default(),
+            auth_failures: Default::default(),
             recorder,
             handle,
         };
@@ -163,6 +167,18 @@ impl Metrics {
         self.client_errors
             .get(code, || {
                 self.counter("meridian_client_errors_total", &[("code", code.to_owned())])
+            })
+            .increment(1);
+    }
+
+    /// Counts a refused credential.
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get(reason, || {
+                self.counter(
+                    "meridian_auth_failures_total",
+                    &[("reason", reason.to_owned())],
+                )
             })
             .increment(1);
     }

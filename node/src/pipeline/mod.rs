@@ -2,7 +2,7 @@
 //! `observe`, which always runs.
 //!
 //! ```text
-//! admit -> version -> route -> [proxy] -> route' -> version' -> admit' -> observe
+//! admit -> version -> route -> auth -> [proxy] -> auth' -> route' -> version' -> admit' -> observe
 //! ```
 //! Each stage's `on_request` runs in order until one answers the request
 //! itself (`Flow::Respond`) or fails; the proxy forwards what got through.
@@ -17,6 +17,7 @@
 //! control plane.
 
 pub mod admit;
+pub mod auth;
 pub mod observe;
 pub mod route;
 pub mod version;
@@ -89,6 +90,8 @@ pub struct RequestCx {
     pub upstream_path: String,
     /// The API and version chosen by the `version` stage.
     pub api: Option<version::Selected>,
+    /// The verified caller, when the route authenticates.
+    pub principal: Option<auth::Principal>,
     /// The upstream target that served the request.
     pub target: Option<Arc<str>>,
     /// Time the upstream took to answer with a response head.
@@ -113,6 +116,7 @@ impl RequestCx {
             route: None,
             upstream_path: String::new(),
             api: None,
+            principal: None,
             target: None,
             upstream_latency: None,
             error: None,
@@ -147,6 +151,10 @@ pub fn build(shared: &Arc<Shared>) -> Pipeline {
         Box::new(admit::Admit::new(&shared.config)),
         Box::new(version::Version),
         Box::new(route::RouteStage),
+        Box::new(auth::Auth::new(
+            shared.cluster.clone(),
+            shared.metrics.clone(),
+        )),
     ];
     Pipeline {
         stages,

@@ -5,7 +5,7 @@
 //!
 //! Access-log fields: `ts`, `request_id`, `trace_id`, `client`, `proto`,
 //! `method`, `host`, `path` (normalised), `upstream_path`, `status`, `route`,
-//! `api_version`, `upstream`, `target`, `upstream_ms`, `duration_ms`,
+//! `consumer`, `api_version`, `upstream`, `target`, `upstream_ms`, `duration_ms`,
 //! `bytes_out`, `complete` (false when the body was cut short), `error`.
 
 use std::sync::Arc;
@@ -76,6 +76,13 @@ pub fn finish(
                     "route",
                     cx.route.as_ref().map_or("none", |r| r.name.as_str()),
                 );
+                if let Some(consumer) = cx
+                    .principal
+                    .as_ref()
+                    .and_then(|p| p.consumer_name.to_str().ok())
+                {
+                    line.str("consumer", consumer);
+                }
                 if let Some(version) = cx.api.as_ref().and_then(|a| a.version.to_str().ok()) {
                     line.str("api_version", version);
                 }

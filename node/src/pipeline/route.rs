@@ -274,6 +274,8 @@ pub struct Route {
     pub preserve_host: bool,
     /// Body limit for the route, if it sets one.
     pub max_body: Option<u64>,
+    /// Credentials the route requires (none: public).
+    pub auth: Vec<raft::model::AuthMethod>,
     /// The route's series.
     pub metrics: RouteMetrics,
 }
@@ -324,6 +326,7 @@ impl Route {
             upstream: upstreams.get(&route.upstream)?.clone(),
             preserve_host: route.preserve_host,
             max_body: route.max_body.map(|b| b.bytes()),
+            auth: route.auth.clone(),
             metrics: RouteMetrics::new(metrics, &route.name),
         })
     }

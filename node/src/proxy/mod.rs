@@ -39,6 +39,7 @@ use tracing::Instrument;
 use crate::Shared;
 use crate::body::{Body, ClientBody, ClientFault, Fault, Replay, UpstreamBody};
 use crate::error::{Error, Kind};
+use crate::pipeline::auth::{CONSUMER_ID, CONSUMER_NAME};
 use crate::pipeline::version::API_VERSION;
 use crate::pipeline::{Request, RequestCx, Response};
 
@@ -431,6 +432,10 @@ fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Header
     headers.insert(TRACEPARENT.clone(), cx.traceparent.clone());
     if let Some(selected) = &cx.api {
         headers.insert(API_VERSION.clone(), selected.version.clone());
+    }
+    if let Some(principal) = &cx.principal {
+        headers.insert(CONSUMER_ID.clone(), principal.consumer_id.clone());
+        headers.insert(CONSUMER_NAME.clone(), principal.consumer_name.clone());
     }
     headers
 }

@@ -32,6 +32,34 @@ pub struct GatewayConfig {
     pub routes: Vec<Route>,
     /// API versioning schemes, by API name.
     pub versioning: BTreeMap<String, Versioning>,
+    /// The clients the gateway knows (API keys belong to consumers).
+    pub consumers: Vec<Consumer>,
+}
+
+/// A client of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    /// Unique name (sent upstream as `x-consumer-name`).
+    pub name: String,
+    /// Stable id sent upstream as `x-consumer-id` (defaults to the name).
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl Consumer {
+    /// The id sent upstream.
+    pub fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// A way a route authenticates callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// `X-API-Key: <key>` naming a live key of a known consumer.
+    ApiKey,
 }
 
 impl GatewayConfig {
@@ -289,6 +317,9 @@ pub struct Route {
     /// Largest request body accepted on this route (defaults to the node's limit).
     #[serde(default)]
     pub max_body: Option<ByteSize>,
+    /// Credentials the route requires; any one of them admits (none: public).
+    #[serde(default)]
+    pub auth: Vec<AuthMethod>,
 }
 
 /// The conditions of a route. Every present condition must hold.

@@ -14,6 +14,7 @@
 //!   name a declared API and one of its supported versions;
 //! - rewrites: prefixes start with `/`, regex replacements only name groups
 //!   the pattern has;
+//! - consumers: unique identifier names and ids;
 //! - versioning: at least one source, a non-empty supported list holding the
 //!   default, the fallback and every deprecated version; dates are RFC 3339.
 
@@ -118,6 +119,32 @@ pub(super) fn check(config: &GatewayConfig) -> Result<(), ConfigErrors> {
     }
     for (name, versioning) in &config.versioning {
         check_versioning(&mut c, name, versioning);
+    }
+    let mut consumers = BTreeSet::new();
+    for (i, consumer) in config.consumers.iter().enumerate() {
+        if !is_identifier(&consumer.name) {
+            c.fail(
+                format!("consumers[{i}].name"),
+                &consumer.name,
+                "must be a name of letters, digits, '-', '_' and '.'",
+            );
+        }
+        if !consumers.insert(consumer.name.as_str()) {
+            c.fail(
+                format!("consumers[{i}].name"),
+                &consumer.name,
+                "must be unique among consumers",
+            );
+        }
+        if let Some(id) = &consumer.id
+            && !is_identifier(id)
+        {
+            c.fail(
+                format!("consumers[{i}].id"),
+                id,
+                "must be letters, digits, '-', '_' and '.'",
+            );
+        }
     }
     if c.errors.is_empty() {
         Ok(())
