@@ -3,10 +3,17 @@
 //! | method | path | answer |
 //! |---|---|---|
 //! | GET | `/healthz` | 200 while the process runs |
-//! | GET | `/readyz` | 200 once a gateway configuration is in force and the node is not draining, else 503 |
+//! | GET | `/readyz` | 200 once a gateway configuration is in force, the node is not draining and (with `raft.on-leader-loss = "not-ready"`) it heard from a raft leader within `raft.leader-loss`; else 503 |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/v1/config` | `{"version": n, "config": {…}}` |
-//! | PUT | `/v1/config` | body: gateway.yaml (YAML or JSON); 200 `{"version": n}`, or 400 with every violated rule |
+//! | PUT | `/v1/config[?wait=all]` | body: gateway.yaml (YAML or JSON); committed through raft: 200 `{"version", "index"[, "applied"]}`, 400 with every violated rule, 503 without a leader |
+//! | GET | `/v1/config/history` | the last 50 versions: version, author, time, log index |
+//! | GET | `/v1/cluster` | leader, term, indexes, and every member with its role, region, addresses, applied index and lag |
+//! | POST | `/v1/cluster/tokens[?ttl=1h]` | a one-time join token |
+//! | DELETE | `/v1/cluster/members/{id}` | remove a node; its certificate is revoked |
+//! | POST | `/v1/consumers/{name}/keys[?wait=all]` | body `{"ttl": "30d"}` optional; a new API key, shown once |
+//! | DELETE | `/v1/keys/{id}[?wait=all]` | revoke an API key |
+//! | POST | `/v1/revocations[?wait=all]` | `{"jti"}`, `{"sub", "not_before"}` or `{"serial"}`, optional `ttl` |
 //!
 //! When `admin.token` is set, `/v1/*` requires `Authorization: Bearer <token>`.
 //! Failures use the JSON error body of the data plane.
@@ -52,12 +59,28 @@ pub async fn handle(
         (&Method::GET, "/readyz") => {
             let version = app.snapshots.load().version;
             let draining = app.shared.shutdown.is_cancelled();
-            let (status, state) = match (version, draining) {
-                (_, true) => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
-                (0, false) => (StatusCode::SERVICE_UNAVAILABLE, "no gateway configuration"),
-                _ => (StatusCode::OK, "ready"),
+            let silence = app.cluster.leader_silence_ms();
+            let raft = &app.shared.config.raft;
+            let stale = raft.on_leader_loss == crate::config::LeaderLoss::NotReady
+                && silence > raft.leader_loss.as_millis() as u64;
+            let (status, state) = match (version, draining, stale) {
+                (_, true, _) => (StatusCode::SERVICE_UNAVAILABLE, "draining".to_owned()),
+                (_, _, true) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "no contact with a raft leader for {silence} ms; revocations may be stale"
+                    ),
+                ),
+                (0, false, false) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no gateway configuration".to_owned(),
+                ),
+                _ => (StatusCode::OK, "ready".to_owned()),
             };
-            json_response(status, &json!({"status": state, "config_version": version}))
+            json_response(
+                status,
+                &json!({"status": state, "config_version": version, "leader_silence_ms": silence}),
+            )
         }
         (&Method::GET, "/metrics") => {
             let mut response = Response::new(Body::full(app.shared.metrics.render()));

@@ -415,6 +415,28 @@ impl App {
     }
 }
 
+/// Publishes the raft gauges.
+fn record_raft(shared: &Shared) {
+    let cluster = &shared.cluster;
+    let metrics = cluster.raft.metrics().borrow().clone();
+    let m = &shared.metrics;
+    m.raft_term.set(metrics.current_term as f64);
+    m.raft_leader.set(f64::from(u8::from(
+        metrics.current_leader == Some(cluster.id),
+    )));
+    m.raft_last_log
+        .set(metrics.last_log_index.unwrap_or(0) as f64);
+    m.raft_applied
+        .set(metrics.last_applied.map_or(0, |l| l.index) as f64);
+    let last_apply = cluster.last_apply_ms();
+    if last_apply > 0 {
+        m.raft_apply_age
+            .set(crate::cluster::now_ms().saturating_sub(last_apply) as f64 / 1000.0);
+    }
+    m.raft_leader_silence
+        .set(cluster.leader_silence_ms() as f64 / 1000.0);
+}
+
 /// Spawns a tracked node task named `name`.
 fn shared_spawn(
     gateway: &Arc<Gateway>,
@@ -453,6 +475,7 @@ async fn upkeep(shared: Arc<Shared>) {
             _ = interval.tick() => {}
         }
         shared.access_log.tick();
+        record_raft(&shared);
         if tick % 25 == 0 {
             shared.metrics.upkeep();
         }

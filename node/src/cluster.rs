@@ -96,6 +96,9 @@ pub struct Cluster {
     view: ArcSwap<Applied>,
     /// Unix ms of the last entry applied here (0 before any).
     last_apply: AtomicU64,
+    /// Unix ms this node last heard from a leader (appended entries or
+    /// heartbeats; for the leader itself, a quorum acknowledgement).
+    leader_contact: AtomicU64,
     handle: tokio::sync::Mutex<Option<raft::cluster::Handle>>,
 }
 
@@ -220,6 +223,7 @@ impl Cluster {
             applied,
             view,
             last_apply: AtomicU64::new(0),
+            leader_contact: AtomicU64::new(now_ms()),
             handle: tokio::sync::Mutex::new(Some(handle)),
         });
         cluster
@@ -247,6 +251,21 @@ impl Cluster {
     /// Unix ms of the last apply on this node.
     pub fn last_apply_ms(&self) -> u64 {
         self.last_apply.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds since this node last heard from a leader.
+    pub fn leader_silence_ms(&self) -> u64 {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(self.id) {
+            if let Some(ack) = metrics.millis_since_quorum_ack {
+                return ack;
+            }
+            // A one-node cluster needs no acknowledgement.
+            if metrics.membership_config.membership().voter_ids().count() == 1 {
+                return 0;
+            }
+        }
+        now_ms().saturating_sub(self.leader_contact.load(Ordering::Relaxed))
     }
 
     /// Proposes `command`, on the leader wherever it is, and waits until

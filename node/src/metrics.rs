@@ -16,7 +16,9 @@
 //! - `auth_failures_total{reason}`: refused credentials;
 //! - `open_connections{listener}`, `connections_total{listener}`;
 //! - `config_version`, `config_reloads_total{result}`;
-//! - `access_log_dropped_total`.
+//! - `access_log_dropped_total`;
+//! - `raft_term`, `raft_is_leader`, `raft_last_log_index`, `raft_applied_index`,
+//!   `raft_last_apply_age_seconds`, `raft_leader_silence_seconds`.
 
 use std::sync::{Arc, OnceLock};
 
@@ -45,6 +47,18 @@ pub struct Metrics {
     pub config_reloads_failed: Counter,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    /// Raft: current term.
+    pub raft_term: Gauge,
+    /// Raft: 1 on the leader.
+    pub raft_leader: Gauge,
+    /// Raft: last log index.
+    pub raft_last_log: Gauge,
+    /// Raft: last applied index.
+    pub raft_applied: Gauge,
+    /// Seconds since the last entry was applied on this node.
+    pub raft_apply_age: Gauge,
+    /// Seconds since this node last heard from a leader.
+    pub raft_leader_silence: Gauge,
     /// Requests refused before routing, by error code.
     client_errors: CodeCounters,
     /// Refused credentials, by reason.
@@ -131,6 +145,21 @@ impl Metrics {
             ),
             access_log_dropped: recorder.register_counter(
                 &Key::from_name("meridian_access_log_dropped_total"),
+                &METADATA,
+            ),
+            raft_term: recorder.register_gauge(&Key::from_name("meridian_raft_term"), &METADATA),
+            raft_leader: recorder
+                .register_gauge(&Key::from_name("meridian_raft_is_leader"), &METADATA),
+            raft_last_log: recorder
+                .register_gauge(&Key::from_name("meridian_raft_last_log_index"), &METADATA),
+            raft_applied: recorder
+                .register_gauge(&Key::from_name("meridian_raft_applied_index"), &METADATA),
+            raft_apply_age: recorder.register_gauge(
+                &Key::from_name("meridian_raft_last_apply_age_seconds"),
+                &METADATA,
+            ),
+            raft_leader_silence: recorder.register_gauge(
+                &Key::from_name("meridian_raft_leader_silence_seconds"),
                 &METADATA,
             ),
             client_errors: Default::default(),

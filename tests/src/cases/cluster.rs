@@ -434,3 +434,63 @@ async fn a_peer_with_a_foreign_certificate_is_refused() {
         .await;
     assert!(answer.is_err(), "the impostor got an answer: {answer:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_leader_reports_not_ready() {
+    let upstream = MockUpstream::echo("u").await;
+    let cluster = Cluster::start(3, &config(&upstream, "v1")).await;
+    let leader = cluster.wait_leader().await;
+    let isolated = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    let readyz = cluster.nodes[&isolated].admin_url("/readyz");
+    assert_eq!(get(&readyz).await.status, 200);
+    for (id, node) in &cluster.nodes {
+        if *id == isolated {
+            for other in cluster.nodes.keys().filter(|o| **o != isolated) {
+                node.gateway.cluster().plane.block(*other);
+            }
+        } else {
+            node.gateway.cluster().plane.block(isolated);
+        }
+    }
+    // raft.leader-loss is 2s in tests.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&readyz).await.status == 503
+        })
+        .await,
+        "the isolated node still reports ready"
+    );
+    let answer = get(&readyz).await.json();
+    assert!(
+        answer["status"]
+            .as_str()
+            .unwrap()
+            .contains("no contact with a raft leader"),
+        "{answer}"
+    );
+    // Its data plane keeps serving the last configuration meanwhile.
+    assert_eq!(get(&cluster.nodes[&isolated].url("/x")).await.status, 200);
+    let metrics = String::from_utf8_lossy(
+        &get(&cluster.nodes[&isolated].admin_url("/metrics"))
+            .await
+            .body,
+    )
+    .into_owned();
+    assert!(
+        metrics.contains("meridian_raft_leader_silence_seconds"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("meridian_raft_applied_index"), "{metrics}");
+    for (id, node) in &cluster.nodes {
+        for other in cluster.nodes.keys().filter(|o| *o != id) {
+            node.gateway.cluster().plane.unblock(*other);
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&readyz).await.status == 200
+        })
+        .await,
+        "the healed node is not ready again"
+    );
+}
