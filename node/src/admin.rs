@@ -217,7 +217,9 @@ async fn commit(
 }
 
 /// Reads a small JSON body (empty means `{}`).
-async fn json_body(req: hyper::Request<Incoming>) -> Result<serde_json::Value, Response<Body>> {
+async fn json_body(
+    req: hyper::Request<Incoming>,
+) -> Result<serde_json::Value, Box<Response<Body>>> {
     let body = Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await
@@ -232,22 +234,27 @@ async fn json_body(req: hyper::Request<Incoming>) -> Result<serde_json::Value, R
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string()))
+    serde_json::from_slice(&body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            &e.to_string(),
+        ))
+    })
 }
 
 fn duration_field(
     body: &serde_json::Value,
     key: &str,
-) -> Result<Option<std::time::Duration>, Response<Body>> {
+) -> Result<Option<std::time::Duration>, Box<Response<Body>>> {
     match body.get(key).and_then(|v| v.as_str()) {
         None => Ok(None),
         Some(text) => humantime::parse_duration(text).map(Some).map_err(|e| {
-            error(
+            Box::new(error(
                 StatusCode::BAD_REQUEST,
                 "invalid_duration",
                 &format!("{key} ({text}): {e}"),
-            )
+            ))
         }),
     }
 }
@@ -261,7 +268,7 @@ async fn create_key(
     let wait_all = query(&req, "wait").is_some_and(|w| w == "all");
     let body = match json_body(req).await {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if !app
         .snapshots
@@ -279,7 +286,7 @@ async fn create_key(
     }
     let ttl = match duration_field(&body, "ttl") {
         Ok(ttl) => ttl,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let key = crate::pipeline::auth::new_key(&app.cluster.identity.cluster_key);
     let expires_at = ttl.map(|ttl| crate::cluster::now_ms() + ttl.as_millis() as u64);
@@ -302,7 +309,7 @@ async fn revoke(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Body> 
     let wait_all = query(&req, "wait").is_some_and(|w| w == "all");
     let body = match json_body(req).await {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let text = |key: &str| body.get(key).and_then(|v| v.as_str()).map(str::to_owned);
     let now = crate::cluster::now_ms();
@@ -334,7 +341,7 @@ async fn revoke(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Body> 
     };
     let ttl = match duration_field(&body, "ttl") {
         Ok(ttl) => ttl.map_or(default_ttl, |t| t.as_millis() as u64),
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let answer = json!({"revoked": target, "expires_at": now + ttl});
     commit(
