@@ -1,11 +1,15 @@
-//! `meridian`: runs a node, runs a local demo, and checks configuration.
+//! `meridian`: runs a node, runs a local demo, manages a cluster and its
+//! replicated configuration.
 
+mod admin;
 mod check;
+mod cluster;
 mod demo;
 mod dev;
+mod ops;
 mod run;
 
-use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -25,33 +29,41 @@ struct Cli {
 enum Command {
     /// Run a gateway on an embedded demo configuration, with demo backends.
     Dev(dev::Args),
-    /// Run and manage a node.
+    /// Run a node.
     #[command(subcommand)]
-    Node(NodeCommand),
-    /// Work with gateway configuration files.
+    Node(run::Command),
+    /// Create, join, inspect and shrink the cluster.
     #[command(subcommand)]
-    Config(ConfigCommand),
+    Cluster(cluster::Command),
+    /// Commit a gateway configuration through the cluster.
+    Apply(ops::Apply),
+    /// Check, read, compare and roll back gateway configurations.
+    #[command(subcommand)]
+    Config(ops::Config),
+    /// Create and revoke API keys.
+    #[command(subcommand)]
+    Key(ops::Key),
+    /// Revoke credentials.
+    #[command(subcommand)]
+    Revoke(ops::Revoke),
 }
 
-#[derive(Subcommand)]
-enum NodeCommand {
-    /// Run one node from its node.toml.
-    Run(run::Args),
-}
-
-#[derive(Subcommand)]
-enum ConfigCommand {
-    /// Validate a gateway configuration offline; prints every error.
-    Check {
-        /// The gateway.yaml (or .json) file.
-        file: PathBuf,
-    },
-}
-
-fn main() -> std::process::ExitCode {
-    match Cli::parse().command {
-        Command::Dev(args) => dev::main(args),
-        Command::Node(NodeCommand::Run(args)) => run::main(args),
-        Command::Config(ConfigCommand::Check { file }) => check::main(&file),
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Dev(args) => return dev::main(args),
+        Command::Node(command) => return run::main(command),
+        Command::Config(ops::Config::Check { file }) => return check::main(&file),
+        Command::Cluster(command) => cluster::main(command),
+        Command::Apply(args) => ops::apply(args),
+        Command::Config(command) => ops::config(command),
+        Command::Key(command) => ops::key(command),
+        Command::Revoke(command) => ops::revoke(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("meridian: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

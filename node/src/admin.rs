@@ -8,6 +8,8 @@
 //! | GET | `/v1/config` | `{"version": n, "config": {…}}` |
 //! | PUT | `/v1/config[?wait=all]` | body: gateway.yaml (YAML or JSON); committed through raft: 200 `{"version", "index"[, "applied"]}`, 400 with every violated rule, 503 without a leader |
 //! | GET | `/v1/config/history` | the last 50 versions: version, author, time, log index |
+//! | GET | `/v1/config/versions/{n}` | one version of the history |
+//! | POST | `/v1/config/rollback[?wait=all]` | `{"version": n}`: that configuration becomes current again, as a new version |
 //! | GET | `/v1/cluster` | leader, term, indexes, and every member with its role, region, addresses, applied index and lag |
 //! | POST | `/v1/cluster/tokens[?ttl=1h]` | a one-time join token |
 //! | DELETE | `/v1/cluster/members/{id}` | remove a node; its certificate is revoked |
@@ -109,6 +111,52 @@ pub async fn handle(
             json_response(StatusCode::OK, &json!({"versions": versions}))
         }
         (&Method::PUT, "/v1/config") => put_config(&app, req).await,
+        (&Method::GET, version) if version.starts_with("/v1/config/versions/") => {
+            let Ok(wanted) = version["/v1/config/versions/".len()..].parse::<u64>() else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_version",
+                    "versions are integers",
+                );
+            };
+            let applied = app.cluster.applied();
+            match applied.state.configs.iter().find(|c| c.version == wanted) {
+                Some(record) => {
+                    let config: serde_json::Value =
+                        serde_json::from_str(&record.text).unwrap_or_default();
+                    json_response(
+                        StatusCode::OK,
+                        &json!({"version": record.version, "author": record.author, "at": record.at, "config": config}),
+                    )
+                }
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_version",
+                    "that version is not in the history",
+                ),
+            }
+        }
+        (&Method::POST, "/v1/config/rollback") => {
+            let wait_all = query(&req, "wait").is_some_and(|w| w == "all");
+            let body = match json_body(req).await {
+                Ok(body) => body,
+                Err(response) => return *response,
+            };
+            let Some(version) = body.get("version").and_then(|v| v.as_u64()) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_version",
+                    "give {\"version\": N}",
+                );
+            };
+            let command = raft::model::Command::Rollback {
+                version,
+                author: "admin api".into(),
+            };
+            let response = commit(&app, command, wait_all, json!({"restored": version})).await;
+            app.sync();
+            response
+        }
         (&Method::GET, "/v1/cluster") => cluster_status(&app).await,
         (&Method::POST, "/v1/cluster/tokens") => {
             let ttl = query(&req, "ttl")
