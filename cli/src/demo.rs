@@ -31,18 +31,18 @@ use tokio_util::task::TaskTracker;
 
 type Reply = Response<Full<Bytes>>;
 
-/// Starts the echo service on `address`; returns its bound address.
+/// Starts the echo service of `region` on `address`; returns its bound address.
 pub(crate) async fn echo(
     address: SocketAddr,
+    region: &str,
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    serve(
-        address,
-        tasks,
-        stop,
-        |req| async move { echo_reply(req).await },
-    )
+    let region: Arc<str> = region.into();
+    serve(address, tasks, stop, move |req| {
+        let region = region.clone();
+        async move { echo_reply(req, &region).await }
+    })
     .await
 }
 
@@ -115,7 +115,7 @@ fn json_reply(status: StatusCode, value: &Value) -> Reply {
 
 // === echo ===
 
-async fn echo_reply(mut req: Request<Incoming>) -> Reply {
+async fn echo_reply(mut req: Request<Incoming>, region: &str) -> Reply {
     if req.uri().path() == "/health" {
         return json_reply(StatusCode::OK, &json!({"status": "ok"}));
     }
@@ -175,6 +175,7 @@ async fn echo_reply(mut req: Request<Incoming>) -> Reply {
         StatusCode::OK,
         &json!({
             "service": "echo",
+            "region": region,
             "method": method,
             "path": path,
             "query": query,

@@ -1,8 +1,12 @@
-//! `meridian dev`: one node on the embedded demo configuration, with the
-//! demo backends running inside the process, and a printed quick start.
+//! `meridian dev`: a real cluster on loopback — one node per region (three
+//! by default), each with its own ports and data directory, raft over QUIC
+//! between them — with demo backends inside the process and a printed quick
+//! start that shows a configuration change and a key revocation reaching
+//! every region.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use node::config::RawConfig;
@@ -15,24 +19,31 @@ use crate::{demo, run};
 /// The demo gateway configuration, with `{echo}` and `{users}` placeholders.
 const GATEWAY: &str = include_str!("dev/gateway.yaml");
 
+/// Region names for the dev cluster.
+const REGIONS: [&str; 5] = ["eu-west", "us-east", "ap-south", "sa-east", "af-south"];
+
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Proxy listener.
+    /// Number of regions (one node each).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    regions: u64,
+    /// Proxy listener of the first region; the others take the next ports
+    /// (port 0: any free port for every region).
     #[arg(long, default_value = "127.0.0.1:8080")]
     proxy: SocketAddr,
-    /// Admin listener.
+    /// Admin listener of the first region; the others take the next ports.
     #[arg(long, default_value = "127.0.0.1:9080")]
     admin: SocketAddr,
     /// Where the demo backends listen (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     backends: SocketAddr,
     /// Access log: stdout, off or a file.
-    #[arg(long, default_value = "stdout")]
+    #[arg(long, default_value = "off")]
     access_log: String,
 }
 
 pub(crate) fn main(args: Args) -> ExitCode {
-    run::init_tracing("info");
+    run::init_tracing("warn");
     let result = run::runtime(0).and_then(|runtime| runtime.block_on(dev(args)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -43,66 +54,174 @@ pub(crate) fn main(args: Args) -> ExitCode {
     }
 }
 
+fn region(i: u64) -> String {
+    REGIONS
+        .get(i as usize)
+        .map_or_else(|| format!("region-{}", i + 1), |r| (*r).to_owned())
+}
+
+/// `base` with its port moved up by `offset` (port 0 stays 0).
+fn nth(base: SocketAddr, offset: u64) -> SocketAddr {
+    let mut address = base;
+    if base.port() != 0 {
+        address.set_port(base.port() + offset as u16);
+    }
+    address
+}
+
+struct Region {
+    name: String,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
 async fn dev(args: Args) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     let stop = CancellationToken::new();
-    let echo = demo::echo(args.backends, &tasks, &stop)
-        .await
-        .context("starting the echo backend")?;
+    let mut echoes = Vec::new();
+    for i in 0..args.regions {
+        let echo = demo::echo(args.backends, &region(i), &tasks, &stop)
+            .await
+            .context("starting an echo backend")?;
+        echoes.push(format!("\"{echo}\""));
+    }
     let users = demo::users(args.backends, &tasks, &stop)
         .await
         .context("starting the users backend")?;
     let gateway = GATEWAY
-        .replace("{echo}", &echo.to_string())
-        .replace("{users}", &users.to_string());
+        .replace("{echo}", &echoes.join(", "))
+        .replace("{users}", &format!("\"{users}\""));
     let gateway = GatewayConfig::parse(&gateway)
         .map_err(|e| anyhow::anyhow!("embedded configuration: {e}"))?;
 
     let data = tempfile::tempdir().context("creating a data directory")?;
-    let mut raw = RawConfig {
-        region: "dev".into(),
-        data_dir: data.path().to_owned(),
-        ..RawConfig::default()
-    };
-    raw.listen.peer = "127.0.0.1:0".into();
-    raw.listen.proxy = args.proxy.to_string();
-    raw.listen.admin = args.admin.to_string();
-    raw.log.access_log = args.access_log;
-    raw.shutdown.grace_period = std::time::Duration::from_secs(5);
-    let config = raw.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let app = node::App::build(config, Some(gateway)).await?;
-    print_quick_start(app.proxy_addr(), app.admin_addr(), echo, users);
-    app.run(node::shutdown::signal()).await;
+    let second = second_version(&gateway, data.path())?;
+    let mut regions: Vec<Region> = Vec::new();
+    let mut founder: Option<std::sync::Arc<node::Gateway>> = None;
+    for i in 0..args.regions {
+        let mut raw = RawConfig {
+            id: i + 1,
+            region: region(i),
+            data_dir: data.path().join(region(i)),
+            ..RawConfig::default()
+        };
+        raw.listen.peer = "127.0.0.1:0".into();
+        raw.listen.proxy = nth(args.proxy, i).to_string();
+        raw.listen.admin = nth(args.admin, i).to_string();
+        raw.log.access_log = if args.access_log == "stdout" || args.access_log == "off" {
+            args.access_log.clone()
+        } else {
+            format!("{}.{}", args.access_log, region(i))
+        };
+        raw.shutdown.grace_period = Duration::from_secs(5);
+        raw.raft.heartbeat = Duration::from_millis(100);
+        raw.raft.election_timeout_min = Duration::from_millis(500);
+        raw.raft.election_timeout_max = Duration::from_millis(1000);
+        let config = raw.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Each joining region gets its own one-time token from the founder.
+        let app = match &founder {
+            None => node::App::build(config, Some(gateway.clone())).await?,
+            Some(founder) => {
+                let token = founder
+                    .cluster()
+                    .token(Duration::from_secs(600))
+                    .context("the founding node cannot issue join tokens")?;
+                node::App::join(config, &token.encode()).await?
+            }
+        };
+        if founder.is_none() {
+            founder = Some(app.gateway());
+        }
+        let (proxy, admin) = (app.proxy_addr(), app.admin_addr());
+        let node_stop = CancellationToken::new();
+        let task = tokio::spawn(app.run(node_stop.clone().cancelled_owned()));
+        regions.push(Region {
+            name: region(i),
+            proxy,
+            admin,
+            stop: node_stop,
+            task,
+        });
+    }
+    print_quick_start(&regions, &second, users);
+    node::shutdown::signal().await;
+    for region in &regions {
+        region.stop.cancel();
+    }
+    for region in regions {
+        let _ = region.task.await;
+    }
     stop.cancel();
     tasks.close();
     tasks.wait().await;
     Ok(())
 }
 
-fn print_quick_start(proxy: SocketAddr, admin: SocketAddr, echo: SocketAddr, users: SocketAddr) {
+/// Writes a second version of the demo configuration (one more route) for
+/// the quick start's `apply` example.
+fn second_version(
+    gateway: &GatewayConfig,
+    dir: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    let mut next = gateway.clone();
+    let route: raft::model::Route = serde_json::from_value(serde_json::json!({
+        "name": "greeting",
+        "match": { "path": "/greeting" },
+        "upstream": "echo"
+    }))?;
+    next.routes.push(route);
+    let path = dir.join("gateway-v2.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&next)?)?;
+    Ok(path)
+}
+
+fn print_quick_start(regions: &[Region], second: &std::path::Path, users: SocketAddr) {
+    let first = &regions[0];
+    let last = regions.last().unwrap_or(first);
+    let (p, a) = (first.proxy, first.admin);
+    let (lp, la) = (last.proxy, last.admin);
+    let mut table = String::new();
+    for (i, region) in regions.iter().enumerate() {
+        table.push_str(&format!(
+            "  {:<10} node {}   proxy http://{}   admin http://{}\n",
+            region.name,
+            i + 1,
+            region.proxy,
+            region.admin
+        ));
+    }
     eprintln!(
         r#"
-Meridian dev node is up (one region, "dev").
+Meridian dev cluster: {n} region(s) on loopback, raft over QUIC between them.
 
-  proxy   http://{proxy}     (HTTP/1.1 and h2c)
-  admin   http://{admin}     (/healthz /readyz /metrics /v1/config)
-  echo    http://{echo}      (demo backend)
-  users   http://{users}     (demo backend)
+{table}  demo backends: one echo service per region, users at http://{users}
 
-Try:
-  curl -s http://{proxy}/echo/hello?lang=en
-  curl -s http://{proxy}/api/v2/users/1
-  curl -si http://{proxy}/api/v1/users/1                # deprecated: Deprecation, Sunset, Link
-  curl -s -H 'X-API-Version: 1' http://{proxy}/api/users
-  curl -s -H 'Accept: application/vnd.meridian.v1+json' http://{proxy}/api/users/2
-  curl -si http://{proxy}/api/v9/users                  # unknown version: served by v2
-  curl -s -X POST -d '{{"name":"Barbara Liskov"}}' http://{proxy}/api/v2/users
-  curl -s --http2-prior-knowledge http://{proxy}/echo/h2
-  curl -s http://{proxy}/nowhere                        # 404, JSON error body
-  curl -s http://{admin}/metrics | grep meridian_requests_total
-  curl -s http://{admin}/v1/config
+Try the data plane:
+  curl -s http://{p}/echo/hello?lang=en
+  curl -s http://{p}/api/v2/users/1
+  curl -si http://{p}/api/v1/users/1                # deprecated: Deprecation, Sunset, Link
+  curl -s -H 'X-API-Version: 1' http://{p}/api/users
+  curl -si http://{p}/api/v9/users                  # unknown version: served by v2
+  curl -s --http2-prior-knowledge http://{p}/echo/h2
+  curl -s http://{p}/nowhere                        # 404, JSON error body
 
+A configuration change reaches every region:
+  meridian cluster status --admin http://{a}
+  meridian apply -f {second} --wait --admin http://{la}
+  curl -s http://{lp}/greeting
+
+A key works everywhere, and its revocation reaches every region:
+  meridian key create --consumer demo --wait --admin http://{a}
+  curl -s -H 'X-API-Key: <key>' http://{lp}/private/hello
+  meridian key revoke <key id> --wait --admin http://{la}
+  curl -s -H 'X-API-Key: <key>' http://{p}/private/hello   # 401 everywhere now
+
+Metrics: curl -s http://{a}/metrics | grep meridian_
 Ctrl-C drains and stops.
-"#
+"#,
+        n = regions.len(),
+        second = second.display(),
     );
 }

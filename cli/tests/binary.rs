@@ -119,26 +119,38 @@ fn wait_until_listening(address: SocketAddr) {
 }
 
 #[test]
-fn dev_serves_the_demo_and_prints_a_quick_start() {
-    let (proxy, admin) = (free_port(), free_port());
+fn dev_runs_a_three_region_cluster_and_prints_a_quick_start() {
     let dev = Running::spawn(&[
         "dev",
         "--proxy",
-        &format!("127.0.0.1:{proxy}"),
+        "127.0.0.1:0",
         "--admin",
-        &format!("127.0.0.1:{admin}"),
+        "127.0.0.1:0",
         "--access-log",
         "off",
     ]);
     let banner = dev.wait_for("Ctrl-C drains and stops.");
-    assert!(
-        banner.contains(&format!(
-            "curl -s http://127.0.0.1:{proxy}/echo/hello?lang=en"
-        )),
-        "{banner}"
-    );
-    let proxy: SocketAddr = format!("127.0.0.1:{proxy}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    // "  eu-west    node 1   proxy http://127.0.0.1:P   admin http://127.0.0.1:A"
+    let regions: Vec<(SocketAddr, SocketAddr)> = banner
+        .lines()
+        .filter(|l| l.contains(" node ") && l.contains("proxy http://"))
+        .map(|l| {
+            let field = |name: &str| -> SocketAddr {
+                l.split(&format!("{name} http://"))
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            (field("proxy"), field("admin"))
+        })
+        .collect();
+    assert_eq!(regions.len(), 3, "{banner}");
+    assert!(banner.contains("meridian key revoke"), "{banner}");
+    let (proxy, admin) = regions[0];
 
     let (status, _, body) = get(proxy, "/echo/hello?lang=en");
     assert_eq!(status, 200);
@@ -150,21 +162,25 @@ fn dev_serves_the_demo_and_prints_a_quick_start() {
         head.to_ascii_lowercase().contains("deprecation: @"),
         "{head}"
     );
-    let (status, _, body) = get(proxy, "/api/v2/users/2");
-    assert_eq!(status, 200);
-    assert!(body.contains("\"given\":\"Grace\""), "{body}");
+    for (proxy, _) in &regions {
+        let (status, _, body) = get(*proxy, "/api/v2/users/2");
+        assert_eq!(
+            status, 200,
+            "every region serves the replicated configuration"
+        );
+        assert!(body.contains("\"given\":\"Grace\""), "{body}");
+    }
+    let (status, _, body) = get(proxy, "/private/x");
+    assert_eq!(status, 401);
+    assert!(body.contains("missing_credentials"));
     let (status, _, body) = get(proxy, "/nowhere");
     assert_eq!(status, 404);
     assert!(body.contains("no_route"));
-    let (status, _, body) = get(admin, "/metrics");
+    let (status, _, body) = get(admin, "/v1/cluster");
     assert_eq!(status, 200);
-    assert!(
-        body.contains("meridian_requests_total{route=\"echo\""),
-        "{body}"
-    );
+    assert!(body.contains("\"region\":\"ap-south\""), "{body}");
 
     dev.signal("-TERM");
-    dev.wait_for("stopped");
 }
 
 #[test]
