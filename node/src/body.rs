@@ -3,7 +3,10 @@
 //! - [`Body`] is what clients receive: a small complete body (errors, admin
 //!   answers) or an upstream's body streamed through, with an idle timeout
 //!   and a hook that runs when the response is finished (the access log and
-//!   latency metrics), whether it completed or was abandoned.
+//!   latency metrics), whether it completed or was abandoned. A streamed
+//!   body holds the upstream request's [`InFlight`] guard: when the upstream
+//!   body ends cleanly the guard gives its connection back to the pool; when
+//!   it fails or is abandoned the connection is closed.
 //! - [`UpstreamBody`] is what upstreams receive: nothing, or the client's
 //!   body streamed through under the route's size limit and idle timeout.
 //!   The client's body sits in a [`Replay`] slot until the first attempt
@@ -120,7 +123,8 @@ impl Body {
         }
     }
 
-    /// Keeps the upstream request counted as in flight until the body ends.
+    /// Keeps the upstream request counted as in flight until the body ends,
+    /// and its connection until the body says whether it can be reused.
     pub fn hold(&mut self, in_flight: InFlight) {
         self.held = Some(in_flight);
     }
@@ -153,6 +157,9 @@ impl Drop for Body {
             Kind::Stream(incoming, _) => incoming.is_end_stream(),
             _ => true,
         };
+        if clean && let Some(held) = self.held.take() {
+            held.release();
+        }
         self.finish(clean);
     }
 }
@@ -186,10 +193,17 @@ impl HttpBody for Body {
                     this.sent += data.len() as u64;
                 }
             }
-            Some(Err(_)) => this.finish(false),
+            Some(Err(_)) => {
+                if let Some(held) = &mut this.held {
+                    held.discard();
+                }
+                this.finish(false);
+            }
             None => {
                 this.kind = Kind::Empty;
-                this.held = None;
+                if let Some(held) = this.held.take() {
+                    held.release();
+                }
                 this.finish(true);
             }
         }

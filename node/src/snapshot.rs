@@ -50,7 +50,13 @@ impl Snapshot {
             let pool = match previous.pools.get(name) {
                 Some(pool) if pool.definition() == definition => pool.clone(),
                 _ => {
-                    let pool = Arc::new(Pool::new(name, definition, &shared.metrics));
+                    let pool = Pool::new(
+                        name,
+                        definition,
+                        &shared.metrics,
+                        &shared.tasks,
+                        &shared.shutdown,
+                    );
                     health::spawn(&pool, &shared.tasks, &shared.shutdown);
                     pool
                 }

@@ -6,18 +6,29 @@
 //! unhealthy, `healthy_threshold` successes in a row mark it healthy again.
 //! Targets start healthy. The task holds only a weak reference, so it ends
 //! when the last snapshot using the pool is gone, or at shutdown.
+//!
+//! Probes go through the pool's own client, so they use (and keep warm) the
+//! same pooled connections as requests: a probe reads the answer's body (up
+//! to 64 KiB, within `timeout`) so that its connection can be reused.
 
 use std::sync::{Arc, Weak};
 
 use http::{Request, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use raft::model::HealthCheck;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::pool::{HttpClient, Pool, Target};
+use super::client::{Client, Conn};
+use super::pool::{Pool, Target};
 use crate::body::UpstreamBody;
+
+/// A probe's answer body is read up to this size; a longer one closes the
+/// connection instead.
+const MAX_PROBE_BODY: u64 = 64 * 1024;
 
 /// Starts the health-check task of `pool`, if its upstream has one.
 pub fn spawn(pool: &Arc<Pool>, tasks: &TaskTracker, shutdown: &CancellationToken) {
@@ -64,18 +75,23 @@ async fn run(pool: Weak<Pool>, check: HealthCheck, shutdown: CancellationToken) 
     }
 }
 
-async fn probe(client: &HttpClient, target: &Target, check: &HealthCheck) -> bool {
-    let uri = format!("http://{}{}", target.authority, check.path);
-    let Ok(request) = Request::get(uri)
+async fn probe(client: &Client, target: &Target, check: &HealthCheck) -> bool {
+    let Ok(request) = Request::get(check.path.as_str())
         .header(header::HOST, target.authority.as_str())
         .header(header::USER_AGENT, "meridian-health-check")
         .body(UpstreamBody::Empty)
     else {
         return false;
     };
-    match tokio::time::timeout(check.timeout, client.request(request)).await {
-        Ok(Ok(response)) => {
+    match tokio::time::timeout(check.timeout, client.send(&target.endpoint, request)).await {
+        Ok(Ok((response, conn))) => {
             let status = response.status();
+            // The status decides; the body is read only to reuse the connection.
+            let _ = tokio::time::timeout(
+                check.timeout,
+                drain(client, target, response.into_body(), conn),
+            )
+            .await;
             status.is_success() || status.is_redirection()
         }
         Ok(Err(error)) => {
@@ -86,5 +102,20 @@ async fn probe(client: &HttpClient, target: &Target, check: &HealthCheck) -> boo
             tracing::debug!(target = %target.address, "health check timed out");
             false
         }
+    }
+}
+
+/// Reads a probe's answer to its end and gives the connection back.
+async fn drain(client: &Client, target: &Target, mut body: Incoming, conn: Option<Conn>) {
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return };
+        read += frame.data_ref().map_or(0, |data| data.len() as u64);
+        if read > MAX_PROBE_BODY {
+            return;
+        }
+    }
+    if let Some(conn) = conn {
+        client.release(&target.endpoint, conn);
     }
 }

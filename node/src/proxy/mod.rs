@@ -20,8 +20,14 @@
 //! - Retries: only idempotent methods, only after failures that happened
 //!   before the upstream answered (connect errors, resets), only while the
 //!   request body was not streamed, on another target when there is one,
-//!   and only within the upstream's retry budget.
+//!   and only within the upstream's retry budget. (A pooled connection found
+//!   closed under a request that was not sent yet is replaced by the client
+//!   itself, without an attempt or the budget: see [`client`].)
+//! - Connections: the pool's [`client::Client`] sends the request in origin
+//!   form; the HTTP/1.1 connection it used rides with the response body's
+//!   [`pool::InFlight`] guard and is reused only if that body ends cleanly.
 
+pub mod client;
 pub mod health;
 pub mod pool;
 
@@ -29,7 +35,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use raft::model::HashKey;
@@ -122,14 +128,7 @@ impl Proxy {
                 )),
             });
             *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = Uri::from_parts({
-                let mut uri = http::uri::Parts::default();
-                uri.scheme = Some(Scheme::HTTP);
-                uri.authority = Some(target.authority.clone());
-                uri.path_and_query = Some(path_and_query.clone());
-                uri
-            })
-            .map_err(|e| Error::with_source(Kind::Internal, e))?;
+            *request.uri_mut() = Uri::from(path_and_query.clone());
             let mut headers = if attempt + 1 < attempts {
                 headers.clone()
             } else {
@@ -142,11 +141,16 @@ impl Proxy {
             }
             *request.headers_mut() = headers;
 
-            let in_flight = pool.begin(index);
+            let mut in_flight = pool.begin(index);
             let started = Instant::now();
-            let result = tokio::time::timeout(timeouts.request, pool.client.request(request)).await;
+            let result = tokio::time::timeout(
+                timeouts.request,
+                pool.client.send(&target.endpoint, request),
+            )
+            .await;
             let error = match result {
-                Ok(Ok(response)) => {
+                Ok(Ok((response, conn))) => {
+                    in_flight.keep(conn);
                     let latency = started.elapsed();
                     pool.metrics.latency.record(latency.as_secs_f64());
                     cx.upstream_latency = Some(latency);
@@ -228,25 +232,9 @@ async fn tunnel(
     }
 }
 
-fn classify(error: hyper_util::client::legacy::Error) -> Error {
-    if error.is_connect() {
-        let timed_out =
-            std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
-                e.source()
-            })
-            .any(|e| {
-                e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-                    || e.to_string().contains("timed out")
-            });
-        let kind = if timed_out {
-            Kind::UpstreamConnectTimeout
-        } else {
-            Kind::UpstreamConnect
-        };
-        return Error::with_source(kind, error);
-    }
-    Error::with_source(Kind::UpstreamProtocol, error)
+/// A client failure as the data plane's error (see [`client::Error::kind`]).
+fn classify(error: client::Error) -> Error {
+    Error::with_source(error.kind(), error)
 }
 
 fn is_idempotent(method: &Method) -> bool {

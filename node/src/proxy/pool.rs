@@ -1,5 +1,5 @@
 //! An upstream pool: its targets, their health, how one is picked, and the
-//! keep-alive client that carries requests to them.
+//! keep-alive client ([`super::client`]) that carries requests to them.
 //!
 //! A target is available when its active health check (if any) reports it
 //! healthy and passive outlier ejection has not taken it out. Balancers:
@@ -13,24 +13,25 @@
 //!
 //! Pools survive configuration reloads when their definition is unchanged,
 //! so health state, connections and counters carry over.
+//!
+//! [`InFlight`] counts a request to a target from its start until its
+//! response body is finished; it also holds the HTTP/1.1 connection the
+//! exchange used, which goes back to the target's idle stack only when
+//! [`InFlight::release`] says the body ended cleanly.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics::{Counter, Gauge, Histogram};
-use raft::model::{self, Balance, HashKey, UpstreamProtocol};
+use raft::model::{self, Balance, HashKey};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
-use crate::body::UpstreamBody;
+use super::client::{self, Client, Conn, Endpoint};
 use crate::metrics::Metrics;
-
-/// The client type every pool uses.
-pub type HttpClient = Client<HttpConnector, UpstreamBody>;
 
 /// One backend target.
 pub struct Target {
@@ -38,6 +39,8 @@ pub struct Target {
     pub address: Arc<str>,
     /// The URI authority for requests to this target.
     pub authority: http::uri::Authority,
+    /// The connections to this target.
+    pub endpoint: Endpoint,
     in_flight: AtomicU32,
     healthy: AtomicBool,
     consecutive_failures: AtomicU32,
@@ -157,22 +160,32 @@ pub struct Pool {
     epoch: Instant,
     retry_budget: RetryBudget,
     /// The keep-alive client.
-    pub client: HttpClient,
+    pub client: Client,
     /// The upstream's series.
     pub metrics: UpstreamMetrics,
 }
 
 impl Pool {
-    /// Builds a pool for a validated upstream definition.
-    pub fn new(name: &str, definition: &model::Upstream, metrics: &Metrics) -> Self {
+    /// Builds a pool for a validated upstream definition. Its connection
+    /// tasks and its reaper (see [`client`]) go on `tasks`; the reaper
+    /// closes the idle connections when `shutdown` is cancelled.
+    pub fn new(
+        name: &str,
+        definition: &model::Upstream,
+        metrics: &Metrics,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Arc<Self> {
         let targets: Vec<Target> = definition
             .targets
             .iter()
             .filter_map(|address| {
                 let labels = [("upstream", name.to_owned()), ("target", address.clone())];
+                let authority: http::uri::Authority = address.parse().ok()?;
                 let target = Target {
                     address: address.as_str().into(),
-                    authority: address.parse().ok()?,
+                    endpoint: Endpoint::new(&authority),
+                    authority,
                     in_flight: AtomicU32::new(0),
                     healthy: AtomicBool::new(true),
                     consecutive_failures: AtomicU32::new(0),
@@ -194,7 +207,7 @@ impl Pool {
             },
         };
         let upstream = [("upstream", name.to_owned())];
-        Self {
+        let pool = Arc::new(Self {
             name: name.to_owned(),
             definition: definition.clone(),
             balancer,
@@ -207,7 +220,7 @@ impl Pool {
                 requests: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
             },
-            client: client(definition),
+            client: Client::new(definition, tasks),
             metrics: UpstreamMetrics {
                 latency: metrics.histogram("meridian_upstream_request_duration_seconds", &upstream),
                 retries: metrics.counter("meridian_upstream_retries_total", &upstream),
@@ -225,7 +238,17 @@ impl Pool {
                     .collect(),
             },
             targets,
-        }
+        });
+        let span = tracing::info_span!("pool", upstream = %name);
+        tasks.spawn(
+            client::reap(
+                Arc::downgrade(&pool),
+                definition.pool.idle_timeout,
+                shutdown.clone(),
+            )
+            .instrument(span),
+        );
+        pool
     }
 
     /// The upstream's name.
@@ -301,6 +324,7 @@ impl Pool {
         InFlight {
             pool: self.clone(),
             index,
+            conn: None,
         }
     }
 
@@ -354,10 +378,35 @@ impl Pool {
     }
 }
 
-/// Ends an in-flight request when dropped.
+/// Ends an in-flight request when dropped, closing the connection it
+/// holds unless [`InFlight::release`] gave it back first.
 pub struct InFlight {
     pool: Arc<Pool>,
     index: usize,
+    conn: Option<Conn>,
+}
+
+impl InFlight {
+    /// Holds the connection that carries the exchange until the response
+    /// body is finished.
+    pub fn keep(&mut self, conn: Option<Conn>) {
+        self.conn = conn;
+    }
+
+    /// The response body ended cleanly: the connection goes back to the
+    /// target's idle stack.
+    pub fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            let pool = &self.pool;
+            pool.client
+                .release(&pool.targets[self.index].endpoint, conn);
+        }
+    }
+
+    /// The response failed: the connection is closed, never reused.
+    pub fn discard(&mut self) {
+        self.conn = None;
+    }
 }
 
 impl Drop for InFlight {
@@ -366,21 +415,6 @@ impl Drop for InFlight {
             .in_flight
             .fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-fn client(definition: &model::Upstream) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(definition.timeouts.connect));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(definition.pool.idle_timeout)
-        .pool_max_idle_per_host(definition.pool.max_idle_per_target)
-        .http2_only(definition.protocol == UpstreamProtocol::H2);
-    builder.build(connector)
 }
 
 /// 64-bit hash used for consistent hashing (FNV-1a with a final mix), stable
@@ -425,12 +459,20 @@ fn ring(targets: &[Target]) -> Vec<(u64, usize)> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn pool(yaml: &str) -> Arc<Pool> {
         let doc = format!("upstreams:\n  u: {yaml}\n");
         let upstream = model::GatewayConfig::parse(&doc).expect("valid").upstreams["u"].clone();
-        Arc::new(Pool::new("u", &upstream, &Metrics::new()))
+        Pool::new(
+            "u",
+            &upstream,
+            &Metrics::new(),
+            &TaskTracker::new(),
+            &CancellationToken::new(),
+        )
     }
 
     #[tokio::test]
