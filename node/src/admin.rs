@@ -234,9 +234,22 @@ async fn commit(
     app: &Gateway,
     command: raft::model::Command,
     wait_all: bool,
+    answer: serde_json::Value,
+) -> Response<Body> {
+    let written = app.cluster.write(command).await;
+    respond_written(app, written, wait_all, answer).await
+}
+
+/// The answer to a write: its index (and, with `wait_all`, every member's
+/// applied index) merged into `answer`; 409 when applying refused it, 503
+/// without a leader.
+async fn respond_written(
+    app: &Gateway,
+    written: Result<crate::cluster::Written, crate::cluster::WriteError>,
+    wait_all: bool,
     mut answer: serde_json::Value,
 ) -> Response<Body> {
-    match app.cluster.write(command).await {
+    match written {
         Ok(written) => match written.outcome {
             raft::model::Outcome::Refused { reason } => {
                 error(StatusCode::CONFLICT, "refused", &reason)
@@ -508,30 +521,15 @@ async fn put_config(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Bo
             );
         }
     };
-    match app.commit_config(&config, "admin api").await {
-        Ok(written) => match written.outcome {
-            raft::model::Outcome::ConfigApplied { version } => {
-                let mut answer = json!({"version": version, "index": written.index});
-                if wait_all {
-                    let applied = app
-                        .cluster
-                        .wait_everywhere(written.index, std::time::Duration::from_secs(10))
-                        .await;
-                    answer["applied"] = json!(applied);
-                }
-                json_response(StatusCode::OK, &answer)
-            }
-            other => error(StatusCode::CONFLICT, "refused", &format!("{other:?}")),
-        },
-        Err(e @ crate::cluster::WriteError::NoLeader) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "no_leader", &e.to_string())
-        }
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "write_failed",
-            &e.to_string(),
-        ),
-    }
+    let written = app.commit_config(&config, "admin api").await;
+    let version = match &written {
+        Ok(crate::cluster::Written {
+            outcome: raft::model::Outcome::ConfigApplied { version },
+            ..
+        }) => *version,
+        _ => 0,
+    };
+    respond_written(app, written, wait_all, json!({"version": version})).await
 }
 
 fn authorized(req: &hyper::Request<Incoming>, token: &str) -> bool {

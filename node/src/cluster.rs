@@ -372,6 +372,17 @@ impl Cluster {
         ))
     }
 
+    /// When this node does not lead: where to go instead.
+    fn redirect(&self) -> Option<peer::Response> {
+        if self.is_leader() {
+            return None;
+        }
+        Some(match self.leader() {
+            Some((leader, peer)) => peer::Response::Redirect { leader, peer },
+            None => peer::Response::Refused("no leader is known; retry".into()),
+        })
+    }
+
     async fn handle_join(&self, request: crate::join::JoinRequest) -> peer::Response {
         use peer::Response;
         if !request.token.verify(&self.identity.cluster_key) {
@@ -380,11 +391,8 @@ impl Cluster {
         if request.token.expires_at <= now_ms() {
             return Response::Refused("the token has expired".into());
         }
-        if !self.is_leader() {
-            return match self.leader() {
-                Some((leader, peer)) => Response::Redirect { leader, peer },
-                None => Response::Refused("no leader is known; retry".into()),
-            };
+        if let Some(redirect) = self.redirect() {
+            return redirect;
         }
         let Some(authority) = &self.identity.authority else {
             return Response::Refused("this member cannot issue certificates".into());
@@ -435,11 +443,8 @@ impl Cluster {
 
     async fn handle_promote(&self, id: NodeId) -> peer::Response {
         use peer::Response;
-        if !self.is_leader() {
-            return match self.leader() {
-                Some((leader, peer)) => Response::Redirect { leader, peer },
-                None => Response::Refused("no leader is known; retry".into()),
-            };
+        if let Some(redirect) = self.redirect() {
+            return redirect;
         }
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();

@@ -31,11 +31,14 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(path) {
         for entry in entries.flatten() {
-            let meta = match entry.metadata() {
-                Ok(meta) => meta,
-                Err(_) => continue,
+            let Ok(meta) = entry.metadata() else {
+                continue;
             };
-            total += if meta.is_dir() { dir_bytes(&entry.path()) } else { meta.len() };
+            total += if meta.is_dir() {
+                dir_bytes(&entry.path())
+            } else {
+                meta.len()
+            };
         }
     }
     total
@@ -53,7 +56,10 @@ fn rss_kib() -> u64 {
 }
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn yaml(upstream: &MockUpstream) -> String {
@@ -66,7 +72,12 @@ fn yaml(upstream: &MockUpstream) -> String {
 async fn three_nodes(yaml: &str) -> Vec<TestNode> {
     let mut nodes = vec![TestNode::start(yaml).await];
     for id in 2..=3 {
-        let token = nodes[0].gateway.cluster().token(Duration::from_secs(600)).unwrap().encode();
+        let token = nodes[0]
+            .gateway
+            .cluster()
+            .token(Duration::from_secs(600))
+            .unwrap()
+            .encode();
         nodes.push(TestNode::join(id, &format!("region-{id}"), &token, |_| {}).await);
     }
     // Wait until all three vote.
@@ -90,7 +101,11 @@ async fn three_nodes(yaml: &str) -> Vec<TestNode> {
 }
 
 async fn http(method: http::Method, url: &str) -> serde_json::Value {
-    let request = http::Request::builder().method(method).uri(url).body(Default::default()).unwrap();
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Default::default())
+        .unwrap();
     tests::send(request).await.json()
 }
 
@@ -104,7 +119,12 @@ async fn propagation(nodes: &[TestNode], rounds: usize) {
         let started = Instant::now();
         first
             .plane
-            .request(target.id, &address, &node::peer::Request::Applied, Duration::from_secs(1))
+            .request(
+                target.id,
+                &address,
+                &node::peer::Request::Applied,
+                Duration::from_secs(1),
+            )
             .await
             .unwrap();
         rtts.push(started.elapsed());
@@ -113,7 +133,11 @@ async fn propagation(nodes: &[TestNode], rounds: usize) {
 
     let mut delays = Vec::new();
     for round in 0..rounds {
-        let created = http(http::Method::POST, &nodes[0].admin_url("/v1/consumers/acme/keys?wait=all")).await;
+        let created = http(
+            http::Method::POST,
+            &nodes[0].admin_url("/v1/consumers/acme/keys?wait=all"),
+        )
+        .await;
         let id = created["id"].as_str().unwrap().to_owned();
         // Watch every node's applied state from before the revocation.
         let mut watchers = Vec::new();
@@ -127,7 +151,11 @@ async fn propagation(nodes: &[TestNode], rounds: usize) {
         }
         // Revoke through a rotating node, without waiting for the others.
         let via = &nodes[round % nodes.len()];
-        let revoked = http(http::Method::DELETE, &via.admin_url(&format!("/v1/keys/{id}"))).await;
+        let revoked = http(
+            http::Method::DELETE,
+            &via.admin_url(&format!("/v1/keys/{id}")),
+        )
+        .await;
         assert!(revoked["index"].is_u64(), "{revoked}");
         let returned = Instant::now();
         let mut last = returned;
@@ -157,10 +185,18 @@ async fn propagation(nodes: &[TestNode], rounds: usize) {
 }
 
 async fn throughput(nodes: &[TestNode]) {
-    println!("### Commit throughput (3 nodes, leader-local writes, sled with fsync per append batch)\n");
+    println!(
+        "### Commit throughput (3 nodes, leader-local writes, sled with fsync per append batch)\n"
+    );
     println!("| writers | commits/s | mean latency (ms) |");
     println!("|---:|---:|---:|");
-    let leader = nodes.iter().find(|n| n.gateway.cluster().is_leader()).unwrap().gateway.cluster().clone();
+    let leader = nodes
+        .iter()
+        .find(|n| n.gateway.cluster().is_leader())
+        .unwrap()
+        .gateway
+        .cluster()
+        .clone();
     for writers in [1usize, 64, 256] {
         let done = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -195,7 +231,9 @@ async fn throughput(nodes: &[TestNode]) {
             elapsed * 1000.0 * writers as f64 / commits
         );
     }
-    println!("\nopenraft 0.9's published figures (README, in-memory store and network, no fsync): 70,000 put/s with 1 client, 730,000 with 64, 1,014,000 with 256.\n");
+    println!(
+        "\nopenraft 0.9's published figures (README, in-memory store and network, no fsync): 70,000 put/s with 1 client, 730,000 with 64, 1,014,000 with 256.\n"
+    );
 }
 
 async fn disk(commands: usize) {
@@ -263,22 +301,49 @@ async fn disk(commands: usize) {
     sampler.abort();
     let after = cluster.applied();
     let metrics = cluster.raft.metrics().borrow().clone();
-    println!("### Disk and memory after {commands} revocations applied and purged (one node, sled)\n");
+    println!(
+        "### Disk and memory after {commands} revocations applied and purged (one node, sled)\n"
+    );
     println!("| measure | value |");
     println!("|---|---:|");
-    println!("| apply rate (128 writers) | {:.0} commits/s |", commands as f64 / elapsed.as_secs_f64());
+    println!(
+        "| apply rate (128 writers) | {:.0} commits/s |",
+        commands as f64 / elapsed.as_secs_f64()
+    );
     println!("| revocations live at the end of the burst | {live} |");
-    println!("| revocations live after expiry + purge | {} |", after.state.revocations.len());
-    println!("| data dir at start | {:.1} MiB |", start_bytes as f64 / 1048576.0);
-    println!("| data dir peak during the burst | {:.1} MiB |", peak.load(Ordering::Relaxed) as f64 / 1048576.0);
-    println!("| data dir after purge and snapshot | {:.1} MiB |", dir_bytes(node.data.path()) as f64 / 1048576.0);
-    println!("| log entries kept | {} |", metrics.last_log_index.unwrap_or(0) - metrics.purged.map_or(0, |p| p.index));
-    println!("| process RSS growth | {:.1} MiB |", (rss_kib().saturating_sub(rss_before)) as f64 / 1024.0);
+    println!(
+        "| revocations live after expiry + purge | {} |",
+        after.state.revocations.len()
+    );
+    println!(
+        "| data dir at start | {:.1} MiB |",
+        start_bytes as f64 / 1048576.0
+    );
+    println!(
+        "| data dir peak during the burst | {:.1} MiB |",
+        peak.load(Ordering::Relaxed) as f64 / 1048576.0
+    );
+    println!(
+        "| data dir after purge and snapshot | {:.1} MiB |",
+        dir_bytes(node.data.path()) as f64 / 1048576.0
+    );
+    println!(
+        "| log entries kept | {} |",
+        metrics.last_log_index.unwrap_or(0) - metrics.purged.map_or(0, |p| p.index)
+    );
+    println!(
+        "| process RSS growth | {:.1} MiB |",
+        (rss_kib().saturating_sub(rss_before)) as f64 / 1024.0
+    );
     node.stop().await;
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let upstream = MockUpstream::echo("u").await;
         let nodes = three_nodes(&yaml(&upstream)).await;

@@ -74,6 +74,19 @@ impl LogStore {
             .map_err(|e| StorageIOError::read_logs(e).into())
     }
 
+    /// Removes the entries in `range` (keys are big-endian indexes) and
+    /// flushes.
+    async fn remove(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), StorageError> {
+        let write = |e: sled::Error| StorageIOError::write_logs(AnyError::new(&e));
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(range).keys() {
+            batch.remove(key.map_err(write)?);
+        }
+        self.log.apply_batch(batch).map_err(write)?;
+        self.log.flush_async().await.map_err(write)?;
+        Ok(())
+    }
+
     /// Number of log entries currently stored (for metrics and tests).
     pub fn entries(&self) -> usize {
         self.log.len()
@@ -182,18 +195,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(log_id.index.to_be_bytes()..).keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-        self.log
-            .flush_async()
-            .await
-            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-        Ok(())
+        self.remove(log_id.index.to_be_bytes()..).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -202,17 +204,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta(LAST_PURGED, &log_id)
             .await
             .map_err(StorageIOError::write_logs)?;
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(..=log_id.index.to_be_bytes()).keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-        self.log
-            .flush_async()
-            .await
-            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-        Ok(())
+        self.remove(..=log_id.index.to_be_bytes()).await
     }
 }

@@ -89,6 +89,28 @@ impl Cluster {
         assert!(done, "the cluster did not reach {n} voters");
     }
 
+    /// Cuts node `isolated` off from every other node, both ways.
+    fn isolate(&self, isolated: u64) {
+        for (id, node) in &self.nodes {
+            if *id == isolated {
+                for other in self.nodes.keys().filter(|o| **o != isolated) {
+                    node.gateway.cluster().plane.block(*other);
+                }
+            } else {
+                node.gateway.cluster().plane.block(isolated);
+            }
+        }
+    }
+
+    /// Undoes every cut.
+    fn heal(&self) {
+        for (id, node) in &self.nodes {
+            for other in self.nodes.keys().filter(|o| *o != id) {
+                node.gateway.cluster().plane.unblock(*other);
+            }
+        }
+    }
+
     /// Waits until every node serves route `tag` on its own data plane.
     async fn serves_everywhere(&self, tag: &str) {
         for node in self.nodes.values() {
@@ -237,15 +259,7 @@ async fn a_minority_cannot_commit_and_the_majority_can() {
     let leader = cluster.wait_leader().await;
     // Cut a follower off from both others, in both directions.
     let isolated = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
-    for (id, node) in &cluster.nodes {
-        if *id == isolated {
-            for other in cluster.nodes.keys().filter(|o| **o != isolated) {
-                node.gateway.cluster().plane.block(*other);
-            }
-        } else {
-            node.gateway.cluster().plane.block(isolated);
-        }
-    }
+    cluster.isolate(isolated);
     let minority = send_config(
         &cluster.nodes[&isolated].admin_url("/v1/config"),
         &config(&upstream, "minority"),
@@ -267,13 +281,7 @@ async fn a_minority_cannot_commit_and_the_majority_can() {
     assert_eq!(get(&cluster.nodes[&isolated].url("/x")).await.status, 200);
     assert!(serves(&cluster.nodes[&isolated], "v1"));
 
-    for (id, node) in &cluster.nodes {
-        for other in cluster.nodes.keys() {
-            if other != id {
-                node.gateway.cluster().plane.unblock(*other);
-            }
-        }
-    }
+    cluster.heal();
     cluster.serves_everywhere("majority").await;
 }
 
@@ -443,15 +451,7 @@ async fn a_node_cut_off_from_the_leader_reports_not_ready() {
     let isolated = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     let readyz = cluster.nodes[&isolated].admin_url("/readyz");
     assert_eq!(get(&readyz).await.status, 200);
-    for (id, node) in &cluster.nodes {
-        if *id == isolated {
-            for other in cluster.nodes.keys().filter(|o| **o != isolated) {
-                node.gateway.cluster().plane.block(*other);
-            }
-        } else {
-            node.gateway.cluster().plane.block(isolated);
-        }
-    }
+    cluster.isolate(isolated);
     // raft.leader-loss is 2s in tests.
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -481,11 +481,7 @@ async fn a_node_cut_off_from_the_leader_reports_not_ready() {
         "{metrics}"
     );
     assert!(metrics.contains("meridian_raft_applied_index"), "{metrics}");
-    for (id, node) in &cluster.nodes {
-        for other in cluster.nodes.keys().filter(|o| *o != id) {
-            node.gateway.cluster().plane.unblock(*other);
-        }
-    }
+    cluster.heal();
     assert!(
         eventually(Duration::from_secs(10), || async {
             get(&readyz).await.status == 200
