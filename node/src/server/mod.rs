@@ -11,7 +11,7 @@
 //!   `timeouts.idle` is closed gracefully (this covers HTTP/2, whose idle
 //!   connections hyper keeps forever).
 //! - Requests whose head carried both `Content-Length` and
-//!   `Transfer-Encoding` are marked for `admit` to refuse ([`framing`]).
+//!   `Transfer-Encoding` are marked for `admit` to refuse (see `framing.rs`).
 //! - Shutdown: stop accepting, ask every connection to finish its in-flight
 //!   requests (`graceful_shutdown`), and after the grace period close what
 //!   is left.
