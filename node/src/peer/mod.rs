@@ -7,8 +7,10 @@
 //!   whose certificate serial is revoked in the replicated state is refused.
 //! - **Framing.** One request per bidirectional stream: the caller writes a
 //!   bincode [`Request`] and finishes its side; the server answers with one
-//!   [`Response`]. Both directions are bounded by [`MAX_FRAME`]; a malformed
-//!   or oversized frame gets an error answer and closes that stream only.
+//!   [`Response`]. Both directions are bounded by [`MAX_FRAME`] (a caller
+//!   without a certificate, which may only join, by [`MAX_ANONYMOUS_FRAME`]);
+//!   a malformed or oversized frame gets an error answer and closes that
+//!   stream only.
 //! - **Uses.** Raft RPC today ([`raft::network::Transport`] is implemented
 //!   here); rate-limit counters, health gossip and cross-region forwarding
 //!   will share the same connections.
@@ -36,6 +38,9 @@ use crate::pki::{self, Identity, PeerIdentity};
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 << 20;
+
+/// Largest frame accepted from a caller without a certificate.
+pub const MAX_ANONYMOUS_FRAME: usize = 64 << 10;
 
 /// The ALPN protocol of the peer plane.
 pub const ALPN: &[u8] = b"meridian-peer/1";
@@ -321,7 +326,14 @@ impl PeerPlane {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let response = match recv.read_to_end(MAX_FRAME).await {
+        // A caller without a certificate may only ask to join, which takes
+        // a few hundred bytes: it gets a small bound, not a peer's.
+        let limit = if peer.is_some() {
+            MAX_FRAME
+        } else {
+            MAX_ANONYMOUS_FRAME
+        };
+        let response = match recv.read_to_end(limit).await {
             Err(error) => Response::Refused(format!("unreadable request: {error}")),
             Ok(bytes) => match codec::decode::<Request>(&bytes) {
                 Err(error) => Response::Refused(format!("malformed request: {error}")),
@@ -384,6 +396,22 @@ impl PeerPlane {
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
+        let bytes = codec::encode(request).map_err(|e| TransportError::Failed(e.to_string()))?;
+        let answer = self.exchange(target, address, &bytes, timeout).await?;
+        codec::decode::<Response>(&answer).map_err(|e| TransportError::Failed(e.to_string()))
+    }
+
+    /// Writes one frame on a new stream to node `target` and reads the
+    /// answering frame, within `timeout`. [`request`](Self::request)
+    /// encodes and decodes around it; it is public so tests can send frames
+    /// a well-behaved node never would.
+    pub async fn exchange(
+        &self,
+        target: NodeId,
+        address: &str,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
         if self.is_blocked(target) {
             return Err(TransportError::Unreachable(format!(
                 "node {target} is blocked"
@@ -399,11 +427,9 @@ impl PeerPlane {
                     .remove(&target);
                 TransportError::Unreachable(e.to_string())
             })?;
-            let bytes = codec::encode(request).map_err(|e| failed(&e))?;
-            send.write_all(&bytes).await.map_err(|e| failed(&e))?;
+            send.write_all(frame).await.map_err(|e| failed(&e))?;
             send.finish().map_err(|e| failed(&e))?;
-            let answer = recv.read_to_end(MAX_FRAME).await.map_err(|e| failed(&e))?;
-            codec::decode::<Response>(&answer).map_err(|e| failed(&e))
+            recv.read_to_end(MAX_FRAME).await.map_err(|e| failed(&e))
         };
         tokio::time::timeout(timeout, exchange)
             .await

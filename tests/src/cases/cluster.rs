@@ -444,6 +444,48 @@ async fn a_peer_with_a_foreign_certificate_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_peer_frame_closes_only_its_stream() {
+    use node::peer::{Request, Response, codec};
+    let upstream = MockUpstream::echo("u").await;
+    let cluster = Cluster::start(1, &config(&upstream, "v1")).await;
+    let member = cluster.any();
+    // A second endpoint holding the member's own certificate: a verified
+    // peer that sends frames no node would.
+    let identity = node::pki::Identity::load(member.data.path()).unwrap();
+    let socket = node::peer::PeerPlane::socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let peer = node::peer::PeerPlane::bind(socket, &identity).unwrap();
+    let target = member.gateway.cluster().plane.local_addr().to_string();
+    let id = member.gateway.cluster().plane.id();
+    let timeout = Duration::from_secs(5);
+    let hostile: [&[u8]; 4] = [
+        b"",
+        b"\xff\xff\xff\xff garbage",
+        // A variant index far past the enum, then a length prefix of 2^60.
+        &[7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10],
+        &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+    ];
+    for frame in hostile {
+        let answer = peer.exchange(id, &target, frame, timeout).await.unwrap();
+        match codec::decode::<Response>(&answer).unwrap() {
+            Response::Refused(reason) => assert!(
+                reason.starts_with("malformed request"),
+                "unexpected refusal: {reason}"
+            ),
+            other => panic!("a malformed frame was answered with {other:?}"),
+        }
+    }
+    // The same connection still serves well-formed requests.
+    let answer = peer
+        .request(id, &target, &Request::Applied, timeout)
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, Response::Applied(index) if index > 0),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_the_leader_reports_not_ready() {
     let upstream = MockUpstream::echo("u").await;
     let cluster = Cluster::start(3, &config(&upstream, "v1")).await;
