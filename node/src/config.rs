@@ -596,6 +596,7 @@ impl RawConfig {
         });
         if let (Some(_), Some(plain), Some(secure)) = (&tls, proxy, proxy_tls)
             && plain == secure
+            && secure.port() != 0
         {
             errors.push(ConfigError {
                 key: "listen.proxy-tls".into(),
