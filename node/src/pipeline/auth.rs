@@ -151,7 +151,12 @@ fn mtls(cx: &RequestCx) -> Result<Principal, Error> {
             "this route needs a verified client certificate",
         ));
     };
-    let invalid = || refuse("invalid_credentials", "the client certificate identity is not usable");
+    let invalid = || {
+        refuse(
+            "invalid_credentials",
+            "the client certificate identity is not usable",
+        )
+    };
     let (id, name) = match cx
         .snapshot
         .config

@@ -275,7 +275,11 @@ pub fn parse_crls(
     }
     for crl in &crls {
         if let Err(error) = webpki_crl_check(crl) {
-            return Err(file_error(key, path, format!("is not a valid CRL: {error}")));
+            return Err(file_error(
+                key,
+                path,
+                format!("is not a valid CRL: {error}"),
+            ));
         }
     }
     Ok(crls)
@@ -445,5 +449,156 @@ impl RawTls {
                 allow_unknown_revocation: c.allow_unknown_revocation,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::RawConfig;
+
+    fn errors(toml: &str) -> Vec<String> {
+        match RawConfig::parse(toml).expect("parses").validate() {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn pem_pair(dir: &std::path::Path, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![format!("{name}.example.com")])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_path = dir.join(format!("{name}.crt"));
+        let key_path = dir.join(format!("{name}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        )
+    }
+
+    #[test]
+    fn no_certificate_means_no_tls_listener() {
+        let config = RawConfig::default().validate().unwrap();
+        assert!(config.tls.is_none());
+        assert_eq!(config.listen.proxy_tls.port(), 8443);
+    }
+
+    #[test]
+    fn defaults_with_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pem_pair(dir.path(), "api");
+        let toml = format!("[[tls.certificates]]\ncert = \"{cert}\"\nkey = \"{key}\"\n");
+        let config = RawConfig::parse(&toml).unwrap().validate().unwrap();
+        let tls = config.tls.expect("tls configured");
+        assert_eq!(tls.min_version, super::MinVersion::Tls12);
+        assert_eq!(tls.hsts.unwrap(), super::DEFAULT_HSTS);
+        assert_eq!(tls.client_auth.mode, super::ClientAuthMode::None);
+        assert_eq!(tls.reload_interval, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn each_tls_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pem_pair(dir.path(), "api");
+        let (_, other_key) = pem_pair(dir.path(), "other");
+        let with = |extra: &str| {
+            format!("[tls]\n{extra}\n[[tls.certificates]]\ncert = \"{cert}\"\nkey = \"{key}\"\n")
+        };
+        assert_eq!(
+            errors(&with("min-version = \"1.1\"")),
+            [
+                "tls.min-version (1.1) must be \"1.2\" or \"1.3\" (TLS 1.0 and 1.1 are not supported)"
+            ]
+        );
+        assert_eq!(
+            errors(&with("hsts = \"forever\"")),
+            [
+                "tls.hsts (forever) must be \"off\" or a Strict-Transport-Security value starting with max-age=<seconds>"
+            ]
+        );
+        assert_eq!(
+            errors(&with("reload-interval = \"10ms\"")),
+            ["tls.reload-interval (10ms) must be at least 1s"]
+        );
+        assert_eq!(
+            errors(&with("https-port = 0")),
+            ["tls.https-port (0) must be between 1 and 65535"]
+        );
+        let missing = errors(&format!(
+            "[[tls.certificates]]\ncert = \"/nonexistent/api.crt\"\nkey = \"{key}\"\n"
+        ));
+        assert_eq!(missing.len(), 1);
+        assert!(
+            missing[0]
+                .starts_with("tls.certificates[0].cert (/nonexistent/api.crt) cannot be read"),
+            "{missing:?}"
+        );
+        let mismatch = errors(&format!(
+            "[[tls.certificates]]\ncert = \"{cert}\"\nkey = \"{other_key}\"\n"
+        ));
+        assert_eq!(
+            mismatch,
+            [format!(
+                "tls.certificates[0].key ({other_key}) must match the certificate in {cert}"
+            )]
+        );
+        let not_pem = errors(&format!(
+            "[[tls.certificates]]\ncert = \"{key}\"\nkey = \"{key}\"\n"
+        ));
+        assert_eq!(
+            not_pem,
+            [format!(
+                "tls.certificates[0].cert ({key}) must contain a PEM certificate"
+            )]
+        );
+        assert_eq!(
+            errors(&with("[tls.client-auth]\nmode = \"always\"")),
+            ["tls.client-auth.mode (always) must be none, optional or required"]
+        );
+        assert_eq!(
+            errors(&with("[tls.client-auth]\nmode = \"required\"")),
+            [
+                "tls.client-auth.ca ([]) must list at least one CA file when mode is optional or required"
+            ]
+        );
+        assert_eq!(
+            errors(&format!(
+                "[tls.client-auth]\nmode = \"optional\"\nca = [\"{cert}\"]\n"
+            )),
+            [
+                "tls.client-auth.mode (optional) needs tls.certificates (client certificates are asked for on the TLS listener)"
+            ]
+        );
+        assert_eq!(
+            errors(&with(&format!(
+                "[tls.client-auth]\nmode = \"optional\"\nca = [\"{cert}\"]\ncrl-urls = [\"https://pki.example.com/ca.crl\"]"
+            ))),
+            [
+                "tls.client-auth.crl-urls[0] (https://pki.example.com/ca.crl) must be an http:// URL (CRLs are signed; fetch them over plain HTTP)"
+            ]
+        );
+        let bad_crl = errors(&with(&format!(
+            "[tls.client-auth]\nmode = \"optional\"\nca = [\"{cert}\"]\ncrl = [\"{cert}\"]"
+        )));
+        assert_eq!(bad_crl.len(), 1);
+        assert!(
+            bad_crl[0].starts_with(&format!(
+                "tls.client-auth.crl[0] ({cert}) must contain a CRL"
+            )),
+            "{bad_crl:?}"
+        );
+        assert!(
+            errors(&with(&format!(
+                "[tls.client-auth]\nmode = \"required\"\nca = [\"{cert}\"]"
+            )))
+            .is_empty()
+        );
+        assert_eq!(
+            errors(&format!("[listen]\nproxy = \"0.0.0.0:8443\"\n{}", with(""))),
+            ["listen.proxy-tls (0.0.0.0:8443) must differ from listen.proxy"]
+        );
     }
 }

@@ -441,7 +441,11 @@ pub struct Tls {
 /// CRLs by source; the last good one of each is kept.
 #[derive(Default)]
 struct CrlState {
-    files: Vec<(PathBuf, Option<Stamp>, Vec<CertificateRevocationListDer<'static>>)>,
+    files: Vec<(
+        PathBuf,
+        Option<Stamp>,
+        Vec<CertificateRevocationListDer<'static>>,
+    )>,
     urls: Vec<UrlCrl>,
 }
 
@@ -688,7 +692,12 @@ impl Tls {
 
     /// Fetches every CRL URL once; returns whether any CRL changed.
     pub async fn fetch_crl_urls(&self) -> bool {
-        let targets: Vec<(usize, http::Uri, Option<http::HeaderValue>, Option<http::HeaderValue>)> = {
+        let targets: Vec<(
+            usize,
+            http::Uri,
+            Option<http::HeaderValue>,
+            Option<http::HeaderValue>,
+        )> = {
             let state = self.crls.lock().unwrap_or_else(|e| e.into_inner());
             state
                 .urls

@@ -22,8 +22,8 @@ use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::upstream::full;
 use crate::client::get_with;
+use crate::upstream::full;
 use crate::{MockUpstream, TestNode, eventually, get};
 
 // === certificates ===
@@ -108,7 +108,9 @@ impl Ca {
     /// A client certificate with a SPIFFE URI SAN.
     fn client(&self, name: &str, serial: u64) -> Leaf {
         let mut leaf_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        leaf_params.distinguished_name.push(DnType::CommonName, name);
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, name);
         leaf_params.subject_alt_names = vec![SanType::URI(
             format!("spiffe://example.org/{name}").try_into().unwrap(),
         )];
@@ -230,10 +232,9 @@ async fn open(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>) -> Result<
     let version = connection.protocol_version();
     let io = TokioIo::new(stream);
     let sender = if alpn.as_deref() == Some(b"h2") {
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| e.to_string())?;
+        let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(connection);
         Sender::H2(sender)
     } else {
@@ -369,11 +370,7 @@ impl Setup {
         self.dir.path()
     }
 
-    async fn start(
-        &self,
-        upstream: &MockUpstream,
-        tweak: impl FnOnce(&mut RawConfig),
-    ) -> TestNode {
+    async fn start(&self, upstream: &MockUpstream, tweak: impl FnOnce(&mut RawConfig)) -> TestNode {
         let server = self.server.clone();
         TestNode::start_with(&gateway_yaml(upstream), move |raw| {
             raw.tls.certificates = vec![server];
@@ -490,14 +487,20 @@ async fn tls_1_2_client_is_served_unless_min_version_is_1_3() {
     let answer = conn.get(API, "/open/a", &[]).await.unwrap();
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(upstream.last().headers["x-forwarded-proto"], "https");
-    let conn = open(tls_addr(&node), API, setup.client(None)).await.unwrap();
+    let conn = open(tls_addr(&node), API, setup.client(None))
+        .await
+        .unwrap();
     assert_eq!(conn.version, Some(rustls::ProtocolVersion::TLSv1_3));
     node.stop().await;
 
-    let strict = setup.start(&upstream, |raw| raw.tls.min_version = "1.3".into()).await;
+    let strict = setup
+        .start(&upstream, |raw| raw.tls.min_version = "1.3".into())
+        .await;
     let refused = open(tls_addr(&strict), API, tls12).await;
     assert!(refused.is_err(), "a TLS 1.2 client is refused");
-    let mut conn = open(tls_addr(&strict), API, setup.client(None)).await.unwrap();
+    let mut conn = open(tls_addr(&strict), API, setup.client(None))
+        .await
+        .unwrap();
     assert_eq!(conn.version, Some(rustls::ProtocolVersion::TLSv1_3));
     assert_eq!(conn.get(API, "/open", &[]).await.unwrap().status, 200);
     assert!(failures(&strict, "protocol_version_or_cipher") >= 1.0);
@@ -529,8 +532,13 @@ async fn sni_picks_the_certificate() {
     // An unknown name gets the first (default) certificate, which the
     // client then refuses for the wrong name.
     let unknown = open(addr, "unknown.example", setup.client(None)).await;
-    let error = unknown.err().expect("the default certificate does not name unknown.example");
-    assert!(error.contains("api.example.com"), "the default (first) certificate: {error}");
+    let error = unknown
+        .err()
+        .expect("the default certificate does not name unknown.example");
+    assert!(
+        error.contains("api.example.com"),
+        "the default (first) certificate: {error}"
+    );
     assert!(
         eventually(Duration::from_secs(5), || async {
             failures(&node, "alert_received") >= 1.0
@@ -575,15 +583,24 @@ async fn alpn_h2_and_http_1_1_reach_the_upstream_and_hsts_is_https_only() {
             raw.tls.hsts = "max-age=60; includeSubDomains".into();
         })
         .await;
-    let answer = fetch(tls_addr(&custom), API, setup.client(None), API, "/open", &[])
-        .await
-        .unwrap();
+    let answer = fetch(
+        tls_addr(&custom),
+        API,
+        setup.client(None),
+        API,
+        "/open",
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         answer.headers["strict-transport-security"],
         "max-age=60; includeSubDomains"
     );
     custom.stop().await;
-    let off = setup.start(&upstream, |raw| raw.tls.hsts = "off".into()).await;
+    let off = setup
+        .start(&upstream, |raw| raw.tls.hsts = "off".into())
+        .await;
     let answer = fetch(tls_addr(&off), API, setup.client(None), API, "/open", &[])
         .await
         .unwrap();
@@ -618,10 +635,19 @@ async fn certificates_reload_without_restart() {
     );
     // The connection opened before the change still works.
     assert_eq!(kept.get(API, "/open/2", &[]).await.unwrap().status, 200);
-    assert!(metric(&node, "meridian_tls_reloads_total{kind=\"certificate\",result=\"ok\"}") >= 1.0);
+    assert!(
+        metric(
+            &node,
+            "meridian_tls_reloads_total{kind=\"certificate\",result=\"ok\"}"
+        ) >= 1.0
+    );
 
     // A broken file keeps the previous certificate, and is counted.
-    write(setup.path(), "live.crt", "-----BEGIN CERTIFICATE-----\nnot base64\n");
+    write(
+        setup.path(),
+        "live.crt",
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    );
     assert!(
         eventually(Duration::from_secs(10), || async {
             metric(
@@ -648,7 +674,11 @@ async fn redirect_https_answers_308_on_plain_http() {
         answer.header("location"),
         format!("https://{API}:{port}/pay/invoices?id=7&x=a%20b")
     );
-    assert_eq!(upstream.count(), 0, "a redirect does not reach the upstream");
+    assert_eq!(
+        upstream.count(),
+        0,
+        "a redirect does not reach the upstream"
+    );
     // Other routes are served over plain HTTP; HTTPS serves the route.
     assert_eq!(
         get_with(&node.url("/open"), &[("host", API)]).await.status,
@@ -660,7 +690,9 @@ async fn redirect_https_answers_308_on_plain_http() {
     assert_eq!(answer.status, StatusCode::OK);
     node.stop().await;
 
-    let advertised = setup.start(&upstream, |raw| raw.tls.https_port = Some(443)).await;
+    let advertised = setup
+        .start(&upstream, |raw| raw.tls.https_port = Some(443))
+        .await;
     let answer = get_with(&advertised.url("/pay?a=1"), &[("host", API)]).await;
     assert_eq!(answer.header("location"), format!("https://{API}/pay?a=1"));
     advertised.stop().await;
@@ -682,9 +714,13 @@ async fn mtls_good_unknown_ca_and_expired() {
 
     // Without a certificate, with one from another CA, and an expired one.
     let stranger = Ca::new("Somebody Else").client("billing", 301);
-    let expired = setup
-        .ca
-        .leaf(Usage::Client, &["billing.example.org"], "billing", 302, true);
+    let expired = setup.ca.leaf(
+        Usage::Client,
+        &["billing.example.org"],
+        "billing",
+        302,
+        true,
+    );
     for (client, reason) in [
         (None, "no_client_certificate"),
         (Some(&stranger), "unknown_ca"),
@@ -744,7 +780,10 @@ async fn mtls_revocation_by_crl_file_reloaded_while_running() {
     write(setup.path(), "clients.crl", "garbage");
     assert!(
         eventually(Duration::from_secs(10), || async {
-            metric(&node, "meridian_tls_reloads_total{kind=\"crl\",result=\"failed\"}") >= 1.0
+            metric(
+                &node,
+                "meridian_tls_reloads_total{kind=\"crl\",result=\"failed\"}",
+            ) >= 1.0
         })
         .await
     );
@@ -814,7 +853,9 @@ async fn route_requires_a_client_certificate_on_an_optional_listener() {
     let anonymous = setup.client(None);
     let public = fetch(addr, API, anonymous.clone(), API, "/open", &[]).await;
     assert_eq!(public.unwrap().status, 200);
-    let secure = fetch(addr, API, anonymous, API, "/secure", &[]).await.unwrap();
+    let secure = fetch(addr, API, anonymous, API, "/secure", &[])
+        .await
+        .unwrap();
     assert_eq!(secure.status, StatusCode::FORBIDDEN);
     assert_eq!(
         secure.json()["error"]["code"],
@@ -824,7 +865,12 @@ async fn route_requires_a_client_certificate_on_an_optional_listener() {
     let plain = get_with(&node.url("/secure"), &[("host", API)]).await;
     assert_eq!(plain.status, StatusCode::FORBIDDEN);
     assert_eq!(upstream.count(), 1, "refusals reach nothing");
-    assert!(metric(&node, "meridian_tls_client_cert_refusals_total{reason=\"missing\"}") >= 2.0);
+    assert!(
+        metric(
+            &node,
+            "meridian_tls_client_cert_refusals_total{reason=\"missing\"}"
+        ) >= 2.0
+    );
 
     let good = setup.ca.client("billing", 600);
     let secure = fetch(addr, API, setup.client(Some(&good)), API, "/secure", &[])
@@ -836,14 +882,20 @@ async fn route_requires_a_client_certificate_on_an_optional_listener() {
     let misdirected = conn.get("other.example.com", "/secure", &[]).await.unwrap();
     assert_eq!(misdirected.status, StatusCode::MISDIRECTED_REQUEST);
     assert_eq!(misdirected.json()["error"]["code"], "misdirected_request");
-    let misdirected = conn.get("other.example.com", "/machine", &[]).await.unwrap();
+    let misdirected = conn
+        .get("other.example.com", "/machine", &[])
+        .await
+        .unwrap();
     assert_eq!(misdirected.status, StatusCode::MISDIRECTED_REQUEST);
     // ... but not on a route that does not.
     let public = conn.get("other.example.com", "/open", &[]).await.unwrap();
     assert_eq!(public.status, StatusCode::OK);
     assert_eq!(upstream.count(), 3);
     assert!(
-        metric(&node, "meridian_tls_client_cert_refusals_total{reason=\"sni_mismatch\"}") >= 2.0
+        metric(
+            &node,
+            "meridian_tls_client_cert_refusals_total{reason=\"sni_mismatch\"}"
+        ) >= 2.0
     );
     node.stop().await;
 }
@@ -862,15 +914,31 @@ async fn mtls_identity_reaches_the_upstream_and_client_copies_do_not() {
     ];
     // A consumer named like the certificate's identity: its id and name.
     let billing = setup.ca.client("billing", 700);
-    let answer = fetch(addr, API, setup.client(Some(&billing)), API, "/machine", &forged)
-        .await
-        .unwrap();
+    let answer = fetch(
+        addr,
+        API,
+        setup.client(Some(&billing)),
+        API,
+        "/machine",
+        &forged,
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.status, StatusCode::OK);
     let seen = upstream.last();
-    assert_eq!(seen.headers["x-client-cert-identity"], "spiffe://example.org/billing");
+    assert_eq!(
+        seen.headers["x-client-cert-identity"],
+        "spiffe://example.org/billing"
+    );
     assert_eq!(seen.headers["x-client-cert-subject"], "CN=billing");
-    assert_eq!(seen.headers["x-consumer-id"], "spiffe://example.org/billing");
-    assert_eq!(seen.headers["x-consumer-name"], "spiffe://example.org/billing");
+    assert_eq!(
+        seen.headers["x-consumer-id"],
+        "spiffe://example.org/billing"
+    );
+    assert_eq!(
+        seen.headers["x-consumer-name"],
+        "spiffe://example.org/billing"
+    );
     assert_eq!(seen.headers.get_all("x-consumer-id").iter().count(), 1);
 
     // Without a certificate: 401 from auth, nothing forwarded; on a public
@@ -893,7 +961,10 @@ async fn mtls_identity_reaches_the_upstream_and_client_copies_do_not() {
     let plain = get_with(&node.url("/open"), &forged).await;
     assert_eq!(plain.status, StatusCode::OK);
     for (name, _) in forged {
-        assert!(!upstream.last().headers.contains_key(name), "{name} was removed");
+        assert!(
+            !upstream.last().headers.contains_key(name),
+            "{name} was removed"
+        );
     }
     node.stop().await;
 }
