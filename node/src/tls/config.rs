@@ -289,7 +289,7 @@ pub fn parse_crls(
 fn webpki_crl_check(crl: &[u8]) -> Result<(), String> {
     use x509_parser::prelude::FromDer;
     match x509_parser::revocation_list::CertificateRevocationList::from_der(crl) {
-        Ok((rest, _)) if rest.is_empty() => Ok(()),
+        Ok(([], _)) => Ok(()),
         Ok(_) => Err("trailing bytes after the CRL".into()),
         Err(error) => Err(error.to_string()),
     }
