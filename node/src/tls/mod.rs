@@ -796,8 +796,19 @@ impl Tls {
                     (true, has_urls)
                 }
             };
-            self.reload_certificates(&mut stamps, force);
-            let mut changed = self.reload_crl_files(force);
+            // File reads and parsing stay off the async workers.
+            let tls = self.clone();
+            let reloaded = tokio::task::spawn_blocking(move || {
+                tls.reload_certificates(&mut stamps, force);
+                let changed = tls.reload_crl_files(force);
+                (stamps, changed)
+            })
+            .await;
+            let Ok((kept, mut changed)) = reloaded else {
+                tracing::error!("TLS file reload task failed");
+                return;
+            };
+            stamps = kept;
             if fetch {
                 changed |= self.fetch_crl_urls().await;
             }
