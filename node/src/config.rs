@@ -604,61 +604,60 @@ impl RawConfig {
                 rule: "must differ from listen.proxy".into(),
             });
         }
-        match (proxy, proxy_tls, admin, peer) {
-            (Some(proxy), Some(proxy_tls), Some(admin), Some(peer)) if errors.is_empty() => {
-                Ok(Config {
-                    id: self.id,
-                    region: self.region,
-                    data_dir: self.data_dir,
-                    gateway: self.gateway,
-                    listen: Listen {
-                        proxy,
-                        proxy_tls,
-                        admin,
-                        peer,
-                        advertise: self.listen.advertise.unwrap_or_else(|| {
-                            if peer.ip().is_unspecified() {
-                                "127.0.0.1".into()
-                            } else {
-                                peer.ip().to_string()
-                            }
-                        }),
-                    },
-                    runtime: Runtime {
-                        worker_threads: self.runtime.worker_threads,
-                    },
-                    limits: Limits {
-                        max_connections: l.max_connections,
-                        max_header_bytes: l.max_header_bytes.bytes() as usize,
-                        max_headers: l.max_headers,
-                        max_uri_bytes: l.max_uri_bytes.bytes() as usize,
-                        max_body_bytes: l.max_body_bytes.bytes(),
-                        max_concurrent_streams: l.max_concurrent_streams,
-                    },
-                    timeouts: ClientTimeouts {
-                        header_read: self.timeouts.header_read,
-                        idle: self.timeouts.idle,
-                    },
-                    admin: Admin {
-                        token: self.admin.token,
-                    },
-                    log: Log {
-                        level: self.log.level,
-                        access_log,
-                    },
-                    shutdown: Shutdown {
-                        grace_period: self.shutdown.grace_period,
-                    },
-                    raft: Raft {
-                        heartbeat: r.heartbeat,
-                        election_timeout: (r.election_timeout_min, r.election_timeout_max),
-                        snapshot_logs: r.snapshot_logs,
-                        leader_loss: r.leader_loss,
-                        on_leader_loss,
-                    },
-                    tls,
-                })
-            }
+        match (proxy, admin, peer) {
+            (Some(proxy), Some(admin), Some(peer)) if errors.is_empty() => Ok(Config {
+                id: self.id,
+                region: self.region,
+                data_dir: self.data_dir,
+                gateway: self.gateway,
+                listen: Listen {
+                    proxy,
+                    // Parsed whenever there is no error.
+                    proxy_tls: proxy_tls.unwrap_or(proxy),
+                    admin,
+                    peer,
+                    advertise: self.listen.advertise.unwrap_or_else(|| {
+                        if peer.ip().is_unspecified() {
+                            "127.0.0.1".into()
+                        } else {
+                            peer.ip().to_string()
+                        }
+                    }),
+                },
+                runtime: Runtime {
+                    worker_threads: self.runtime.worker_threads,
+                },
+                limits: Limits {
+                    max_connections: l.max_connections,
+                    max_header_bytes: l.max_header_bytes.bytes() as usize,
+                    max_headers: l.max_headers,
+                    max_uri_bytes: l.max_uri_bytes.bytes() as usize,
+                    max_body_bytes: l.max_body_bytes.bytes(),
+                    max_concurrent_streams: l.max_concurrent_streams,
+                },
+                timeouts: ClientTimeouts {
+                    header_read: self.timeouts.header_read,
+                    idle: self.timeouts.idle,
+                },
+                admin: Admin {
+                    token: self.admin.token,
+                },
+                log: Log {
+                    level: self.log.level,
+                    access_log,
+                },
+                shutdown: Shutdown {
+                    grace_period: self.shutdown.grace_period,
+                },
+                raft: Raft {
+                    heartbeat: r.heartbeat,
+                    election_timeout: (r.election_timeout_min, r.election_timeout_max),
+                    snapshot_logs: r.snapshot_logs,
+                    leader_loss: r.leader_loss,
+                    on_leader_loss,
+                },
+                tls,
+            }),
             _ => Err(ConfigErrors(errors)),
         }
     }
