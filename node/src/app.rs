@@ -67,6 +67,9 @@ pub enum Error {
     /// Joining the cluster failed.
     #[error(transparent)]
     Join(#[from] crate::join::Error),
+    /// The TLS certificates or CAs could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// What the request handlers share: the node's services, the snapshot in
@@ -193,6 +196,8 @@ impl Gateway {
 pub struct App {
     gateway: Arc<Gateway>,
     proxy: TcpListener,
+    /// The HTTPS listener and its TLS, when `[tls]` has certificates.
+    proxy_tls: Option<(TcpListener, Arc<crate::tls::Tls>)>,
     admin: TcpListener,
     writer: Option<Writer>,
 }
@@ -230,6 +235,18 @@ impl App {
             })
         };
         let proxy = bind("proxy", config.listen.proxy)?;
+        let proxy_tls = match config.tls.take() {
+            Some(mut settings) => {
+                let listener = bind("proxy-tls", config.listen.proxy_tls)?;
+                if let Ok(bound) = listener.local_addr() {
+                    config.listen.proxy_tls = bound;
+                    settings.https_port.get_or_insert(bound.port());
+                }
+                config.tls = Some(settings.clone());
+                Some((listener, settings))
+            }
+            None => None,
+        };
         let admin = bind("admin", config.listen.admin)?;
         let socket = crate::peer::PeerPlane::socket(config.listen.peer)?;
         if let Some(token) = join
@@ -261,6 +278,14 @@ impl App {
                 .serve(shared.tasks.clone(), shared.shutdown.clone())
                 .instrument(tracing::info_span!("peer-plane")),
         );
+        let proxy_tls = match proxy_tls {
+            Some((listener, settings)) => {
+                let tls = crate::tls::Tls::new(settings, &shared.metrics).map_err(Error::Tls)?;
+                tls.prime().await;
+                Some((listener, tls))
+            }
+            None => None,
+        };
         let gateway = Arc::new(Gateway {
             snapshots: snapshot::Handle::new(shared.clone()),
             pipeline: pipeline::build(&shared),
@@ -302,6 +327,7 @@ impl App {
         Ok(Self {
             gateway,
             proxy,
+            proxy_tls,
             admin,
             writer,
         })
@@ -312,6 +338,13 @@ impl App {
         self.proxy
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The bound HTTPS proxy address, when TLS is configured.
+    pub fn proxy_tls_addr(&self) -> Option<SocketAddr> {
+        self.proxy_tls
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// The bound admin address.
@@ -331,6 +364,7 @@ impl App {
         let Self {
             gateway,
             proxy,
+            proxy_tls,
             admin,
             writer,
         } = self;
@@ -369,6 +403,44 @@ impl App {
             )
             .instrument(tracing::info_span!("listener", name = "proxy")),
         );
+        if let Some((listener, tls)) = proxy_tls {
+            let mut settings = server::Settings::proxy(
+                &config,
+                (
+                    shared.metrics.open_connections_tls.clone(),
+                    shared.metrics.connections_total_tls.clone(),
+                ),
+            );
+            settings.name = "proxy-tls";
+            settings.tls = Some(tls.clone());
+            let hsts = tls.settings().hsts.clone();
+            let handler = {
+                let gateway = gateway.clone();
+                move |req, peer| {
+                    let gateway = gateway.clone();
+                    let hsts = hsts.clone();
+                    async move {
+                        let mut response = gateway.serve(req, peer).await;
+                        if let Some(hsts) = hsts {
+                            response
+                                .headers_mut()
+                                .entry(http::header::STRICT_TRANSPORT_SECURITY)
+                                .or_insert(hsts);
+                        }
+                        response
+                    }
+                }
+            };
+            tracing::info!(address = %bound(&listener), "HTTPS proxy listener");
+            servers.spawn(
+                server::serve(listener, settings, handler, shared.shutdown.clone(), grace)
+                    .instrument(tracing::info_span!("listener", name = "proxy-tls")),
+            );
+            shared.tasks.spawn(
+                tls.watch(shared.shutdown.clone())
+                    .instrument(tracing::info_span!("tls-reload")),
+            );
+        }
         let handler = {
             let gateway = gateway.clone();
             move |req, peer| admin::handle(gateway.clone(), req, peer)

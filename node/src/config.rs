@@ -40,6 +40,8 @@ pub struct Config {
     pub shutdown: Shutdown,
     /// Raft timings and policies.
     pub raft: Raft,
+    /// TLS for the HTTPS listener; `None` when `[tls]` has no certificate.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// Raft settings.
@@ -72,6 +74,8 @@ pub enum LeaderLoss {
 pub struct Listen {
     /// Plain-HTTP proxy listener (HTTP/1.1 and h2c).
     pub proxy: SocketAddr,
+    /// HTTPS proxy listener (bound only when `[tls]` has certificates).
+    pub proxy_tls: SocketAddr,
     /// Admin API listener.
     pub admin: SocketAddr,
     /// Peer-plane (QUIC) listener.
@@ -183,6 +187,8 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     /// `[raft]`.
     pub raft: RawRaft,
+    /// `[tls]`.
+    pub tls: crate::tls::RawTls,
 }
 
 /// `[raft]`.
@@ -226,6 +232,8 @@ impl Default for RawRaft {
 pub struct RawListen {
     /// `proxy`.
     pub proxy: String,
+    /// `proxy-tls`: the HTTPS proxy listener (used when `[tls]` has certificates).
+    pub proxy_tls: String,
     /// `admin`.
     pub admin: String,
     /// `peer`.
@@ -315,6 +323,7 @@ impl Default for RawConfig {
             log: RawLog::default(),
             shutdown: RawShutdown::default(),
             raft: RawRaft::default(),
+            tls: crate::tls::RawTls::default(),
         }
     }
 }
@@ -323,6 +332,7 @@ impl Default for RawListen {
     fn default() -> Self {
         Self {
             proxy: "0.0.0.0:8080".into(),
+            proxy_tls: "0.0.0.0:8443".into(),
             admin: "127.0.0.1:9080".into(),
             peer: "0.0.0.0:9443".into(),
             advertise: None,
@@ -448,6 +458,7 @@ impl RawConfig {
             }
         };
         let proxy = address("listen.proxy", &self.listen.proxy);
+        let proxy_tls = address("listen.proxy-tls", &self.listen.proxy_tls);
         let admin = address("listen.admin", &self.listen.admin);
         let peer = address("listen.peer", &self.listen.peer);
         let r = &self.raft;
@@ -576,6 +587,23 @@ impl RawConfig {
             }
             path => AccessLogTarget::File(PathBuf::from(path)),
         };
+        let tls = self.tls.validate(&mut |key, value, rule| {
+            errors.push(ConfigError {
+                key: key.to_owned(),
+                value: value.to_string(),
+                rule: rule.to_owned(),
+            })
+        });
+        if let (Some(_), Some(plain), Some(secure)) = (&tls, proxy, proxy_tls)
+            && plain == secure
+            && secure.port() != 0
+        {
+            errors.push(ConfigError {
+                key: "listen.proxy-tls".into(),
+                value: secure.to_string(),
+                rule: "must differ from listen.proxy".into(),
+            });
+        }
         match (proxy, admin, peer) {
             (Some(proxy), Some(admin), Some(peer)) if errors.is_empty() => Ok(Config {
                 id: self.id,
@@ -584,6 +612,8 @@ impl RawConfig {
                 gateway: self.gateway,
                 listen: Listen {
                     proxy,
+                    // Parsed whenever there is no error.
+                    proxy_tls: proxy_tls.unwrap_or(proxy),
                     admin,
                     peer,
                     advertise: self.listen.advertise.unwrap_or_else(|| {
@@ -626,6 +656,7 @@ impl RawConfig {
                     leader_loss: r.leader_loss,
                     on_leader_loss,
                 },
+                tls,
             }),
             _ => Err(ConfigErrors(errors)),
         }

@@ -51,6 +51,15 @@ pub enum Kind {
         /// Explanation.
         message: &'static str,
     },
+    /// The request is refused by a rule (403); `code` names it.
+    Forbidden {
+        /// Why, e.g. `client_certificate_required`.
+        code: &'static str,
+        /// Explanation.
+        message: &'static str,
+    },
+    /// The connection's TLS name (SNI) does not match the request's host (421).
+    Misdirected,
     /// The request body exceeds the limit (413).
     PayloadTooLarge {
         /// The limit in bytes.
@@ -127,6 +136,8 @@ impl Error {
             Kind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::NoRoute => StatusCode::NOT_FOUND,
             Kind::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Kind::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Kind::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -144,6 +155,8 @@ impl Error {
             | Kind::UnsupportedVersion { .. }
             | Kind::NoRoute
             | Kind::Unauthorized { .. }
+            | Kind::Forbidden { .. }
+            | Kind::Misdirected
             | Kind::PayloadTooLarge { .. }
             | Kind::UriTooLong { .. }
             | Kind::HeadersTooLarge { .. }
@@ -175,6 +188,8 @@ impl Error {
             Kind::UnsupportedVersion { .. } => "unsupported_api_version",
             Kind::NoRoute => "no_route",
             Kind::Unauthorized { code, .. } => code,
+            Kind::Forbidden { code, .. } => code,
+            Kind::Misdirected => "misdirected_request",
             Kind::PayloadTooLarge { .. } => "payload_too_large",
             Kind::UriTooLong { .. } => "uri_too_long",
             Kind::HeadersTooLarge { .. } => "headers_too_large",
@@ -202,6 +217,11 @@ impl Error {
             }
             Kind::NoRoute => "no route matches this request".into(),
             Kind::Unauthorized { message, .. } => (*message).into(),
+            Kind::Forbidden { message, .. } => (*message).into(),
+            Kind::Misdirected => {
+                "the request's Host does not match the TLS server name (SNI) of this connection"
+                    .into()
+            }
             Kind::PayloadTooLarge { limit } => {
                 format!("request body exceeds the limit of {limit} bytes").into()
             }

@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
+pub mod tls;
 pub mod trace;
 
 use std::sync::Arc;

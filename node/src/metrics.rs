@@ -39,6 +39,10 @@ pub struct Metrics {
     pub open_connections: Gauge,
     /// Accepted client connections on the proxy listener.
     pub connections_total: Counter,
+    /// Open client connections on the HTTPS proxy listener.
+    pub open_connections_tls: Gauge,
+    /// Accepted client connections on the HTTPS proxy listener.
+    pub connections_total_tls: Counter,
     /// Version of the gateway configuration in force.
     pub config_version: Gauge,
     /// Configuration swaps that succeeded.
@@ -125,6 +129,20 @@ impl Metrics {
             ),
             connections_total: recorder.register_counter(
                 &Key::from_parts("meridian_connections_total", listener()),
+                &METADATA,
+            ),
+            open_connections_tls: recorder.register_gauge(
+                &Key::from_parts(
+                    "meridian_open_connections",
+                    vec![Label::new("listener", "proxy-tls")],
+                ),
+                &METADATA,
+            ),
+            connections_total_tls: recorder.register_counter(
+                &Key::from_parts(
+                    "meridian_connections_total",
+                    vec![Label::new("listener", "proxy-tls")],
+                ),
                 &METADATA,
             ),
             config_version: recorder

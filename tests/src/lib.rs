@@ -26,6 +26,8 @@ pub use upstream::MockUpstream;
 pub struct TestNode {
     /// Proxy listener.
     pub proxy: SocketAddr,
+    /// HTTPS proxy listener, when `[tls]` is configured.
+    pub proxy_tls: Option<SocketAddr>,
     /// Admin listener.
     pub admin: SocketAddr,
     /// The node's request handlers (snapshots, metrics).
@@ -67,6 +69,7 @@ pub fn test_config(data: &std::path::Path) -> RawConfig {
         ..RawConfig::default()
     };
     raw.listen.proxy = "127.0.0.1:0".into();
+    raw.listen.proxy_tls = "127.0.0.1:0".into();
     raw.listen.admin = "127.0.0.1:0".into();
     raw.listen.peer = "127.0.0.1:0".into();
     raw.raft.heartbeat = Duration::from_millis(50);
@@ -124,6 +127,7 @@ impl TestNode {
         raw.listen.peer = app.gateway().cluster().plane.local_addr().to_string();
         Self {
             proxy: app.proxy_addr(),
+            proxy_tls: app.proxy_tls_addr(),
             admin: app.admin_addr(),
             gateway: app.gateway(),
             stop: stop.clone(),

@@ -4,7 +4,9 @@
 //! `x-auth-*`), so nothing a client sends can pass for verified identity.
 //! Then, on a route with `auth`, it admits a caller that presents one of the
 //! route's credentials and records the [`Principal`]; the proxy sends it
-//! upstream as `x-consumer-id` / `x-consumer-name`. Otherwise: 401 with the
+//! upstream as `x-consumer-id` / `x-consumer-name`. `mtls` admits a
+//! connection with a verified client certificate (see `crate::tls`).
+//! Otherwise: 401 with the
 //! JSON error and `WWW-Authenticate`.
 //!
 //! API keys look like `mk_<id>_<secret>`. The replicated state holds, per
@@ -139,13 +141,49 @@ impl Auth {
     }
 }
 
-/// Removes identity headers a client may have sent.
+/// The caller of a connection with a verified client certificate: the
+/// consumer whose name or id equals the certificate's identity, else the
+/// identity itself as id and name.
+fn mtls(cx: &RequestCx) -> Result<Principal, Error> {
+    let Some(cert) = cx.tls.as_ref().and_then(|tls| tls.client.as_ref()) else {
+        return Err(refuse(
+            "missing_client_certificate",
+            "this route needs a verified client certificate",
+        ));
+    };
+    let invalid = || {
+        refuse(
+            "invalid_credentials",
+            "the client certificate identity is not usable",
+        )
+    };
+    let (id, name) = match cx
+        .snapshot
+        .config
+        .consumers
+        .iter()
+        .find(|c| c.name == cert.identity || c.id() == cert.identity)
+    {
+        Some(consumer) => (consumer.id(), consumer.name.as_str()),
+        None => (cert.identity.as_str(), cert.identity.as_str()),
+    };
+    Ok(Principal {
+        consumer_id: HeaderValue::from_str(id).map_err(|_| invalid())?,
+        consumer_name: HeaderValue::from_str(name).map_err(|_| invalid())?,
+        credential: format!("mtls:{}", cert.serial),
+    })
+}
+
+/// Removes identity headers a client may have sent (`x-consumer-*`,
+/// `x-auth-*`, `x-client-cert-*`).
 fn strip_identity(headers: &mut http::HeaderMap) {
     let forged: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
             let name = name.as_str();
-            name.starts_with("x-consumer-") || name.starts_with("x-auth-")
+            name.starts_with("x-consumer-")
+                || name.starts_with("x-auth-")
+                || name.starts_with("x-client-cert-")
         })
         .cloned()
         .collect();
@@ -172,6 +210,7 @@ impl Stage for Auth {
         for method in &route.auth {
             let attempt = match method {
                 AuthMethod::ApiKey => self.api_key(cx, req),
+                AuthMethod::Mtls => mtls(cx),
             };
             match attempt {
                 Ok(principal) => {
@@ -215,6 +254,7 @@ mod tests {
         headers.insert("x-consumer-id", HeaderValue::from_static("admin"));
         headers.insert("x-consumer-name", HeaderValue::from_static("admin"));
         headers.insert("x-auth-sub", HeaderValue::from_static("root"));
+        headers.insert("x-client-cert-subject", HeaderValue::from_static("CN=root"));
         headers.insert("x-other", HeaderValue::from_static("1"));
         strip_identity(&mut headers);
         assert_eq!(headers.len(), 1);

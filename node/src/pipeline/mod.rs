@@ -2,7 +2,7 @@
 //! `observe`, which always runs.
 //!
 //! ```text
-//! admit -> version -> route -> auth -> [proxy] -> auth' -> route' -> version' -> admit' -> observe
+//! admit -> version -> route -> tls -> auth -> [proxy] -> auth' -> tls' -> route' -> version' -> admit' -> observe
 //! ```
 //! Each stage's `on_request` runs in order until one answers the request
 //! itself (`Flow::Respond`) or fails; the proxy forwards what got through.
@@ -98,6 +98,8 @@ pub struct RequestCx {
     pub upstream_latency: Option<std::time::Duration>,
     /// The error code when the gateway answered with an error.
     pub error: Option<&'static str>,
+    /// The TLS connection the request came on (`None`: plain HTTP).
+    pub tls: Option<Arc<crate::tls::TlsInfo>>,
 }
 
 impl RequestCx {
@@ -120,6 +122,7 @@ impl RequestCx {
             target: None,
             upstream_latency: None,
             error: None,
+            tls: None,
         }
     }
 
@@ -151,6 +154,10 @@ pub fn build(shared: &Arc<Shared>) -> Pipeline {
         Box::new(admit::Admit::new(&shared.config)),
         Box::new(version::Version),
         Box::new(route::RouteStage),
+        Box::new(crate::tls::stage::TlsStage::new(
+            &shared.config,
+            &shared.metrics,
+        )),
         Box::new(auth::Auth::new(
             shared.cluster.clone(),
             shared.metrics.clone(),
@@ -172,6 +179,7 @@ impl Pipeline {
         mut req: Request,
     ) -> Response {
         let mut cx = RequestCx::new(snapshot, client);
+        cx.tls = req.extensions().get::<Arc<crate::tls::TlsInfo>>().cloned();
         let method = req.method().clone();
         let version = req.version();
         let mut ran = 0;

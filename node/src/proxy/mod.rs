@@ -390,7 +390,8 @@ fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Header
     if let Ok(value) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if cx.tls.is_some() { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
 
     let mut forwarded = String::with_capacity(96);
     for previous in client
@@ -403,9 +404,9 @@ fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Header
     }
     let ip_text = &xff[ip_start..];
     if ip.is_ipv6() {
-        let _ = write!(forwarded, "for=\"[{ip_text}]\";proto=http");
+        let _ = write!(forwarded, "for=\"[{ip_text}]\";proto={proto}");
     } else {
-        let _ = write!(forwarded, "for={ip_text};proto=http");
+        let _ = write!(forwarded, "for={ip_text};proto={proto}");
     }
     if let Some(authority) = &cx.authority {
         headers.insert(X_FORWARDED_HOST.clone(), authority.clone());
@@ -424,6 +425,9 @@ fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Header
     if let Some(principal) = &cx.principal {
         headers.insert(CONSUMER_ID.clone(), principal.consumer_id.clone());
         headers.insert(CONSUMER_NAME.clone(), principal.consumer_name.clone());
+    }
+    if let Some(cert) = cx.tls.as_ref().and_then(|tls| tls.client.as_ref()) {
+        crate::tls::client_cert_headers(cert, &mut headers);
     }
     headers
 }

@@ -12,6 +12,9 @@
 //!   connections hyper keeps forever).
 //! - Requests whose head carried both `Content-Length` and
 //!   `Transfer-Encoding` are marked for `admit` to refuse (see `framing.rs`).
+//! - With `Settings::tls`, each connection first completes a TLS handshake
+//!   (bounded by the header-read timeout, see `crate::tls`); its requests
+//!   then carry an `Arc<TlsInfo>` extension.
 //! - Shutdown: stop accepting, ask every connection to finish its in-flight
 //!   requests (`graceful_shutdown`), and after the grace period close what
 //!   is left.
@@ -28,7 +31,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,6 +61,8 @@ pub struct Settings {
     pub max_streams: u32,
     /// Connection series, if the listener has them.
     pub metrics: Option<(Gauge, Counter)>,
+    /// TLS termination, for the HTTPS listener.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Settings {
@@ -74,6 +79,7 @@ impl Settings {
             max_headers: config.limits.max_headers * 2,
             max_streams: config.limits.max_concurrent_streams,
             metrics: Some(metrics),
+            tls: None,
         }
     }
 
@@ -88,6 +94,7 @@ impl Settings {
             max_headers: 100,
             max_streams: 64,
             metrics: None,
+            tls: None,
         }
     }
 }
@@ -164,17 +171,37 @@ pub async fn serve<H, F>(
             total.increment(1);
         }
         let open = settings.metrics.as_ref().map(|(open, _)| open.clone());
-        let connection = serve_connection(
-            builder.clone(),
-            stream,
-            peer,
-            handler.clone(),
-            settings.idle,
-            shutdown.clone(),
-            force.clone(),
-        );
+        let (builder, handler, idle) = (builder.clone(), handler.clone(), settings.idle);
+        let (shutdown, force) = (shutdown.clone(), force.clone());
+        let tls = settings.tls.clone();
+        let header_read = settings.header_read;
         connections.spawn(async move {
-            connection.await;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => {
+                    serve_connection(builder, stream, None, peer, handler, idle, shutdown, force)
+                        .await;
+                }
+                Some(tls) => {
+                    let handshake = tokio::select! {
+                        accepted = tls.accept(stream, header_read) => accepted.ok(),
+                        () = shutdown.cancelled() => None,
+                    };
+                    if let Some((stream, info)) = handshake {
+                        serve_connection(
+                            builder,
+                            stream,
+                            Some(info),
+                            peer,
+                            handler,
+                            idle,
+                            shutdown,
+                            force,
+                        )
+                        .await;
+                    }
+                }
+            }
             drop(permit);
             if let Some(open) = open {
                 open.decrement(1.0);
@@ -197,9 +224,11 @@ pub async fn serve<H, F>(
     }
 }
 
-async fn serve_connection<H, F>(
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<H, F, S>(
     builder: Arc<auto::Builder<TokioExecutor>>,
-    stream: TcpStream,
+    stream: S,
+    tls: Option<Arc<crate::tls::TlsInfo>>,
     peer: SocketAddr,
     handler: H,
     idle: Duration,
@@ -208,8 +237,8 @@ async fn serve_connection<H, F>(
 ) where
     H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::default());
     let framing = Arc::new(framing::Flag::default());
     let service = {
@@ -218,6 +247,9 @@ async fn serve_connection<H, F>(
         service_fn(move |mut request: hyper::Request<Incoming>| {
             if framing.take() {
                 request.extensions_mut().insert(AmbiguousFraming);
+            }
+            if let Some(tls) = &tls {
+                request.extensions_mut().insert(tls.clone());
             }
             let handler = handler.clone();
             let activity = activity.clone();

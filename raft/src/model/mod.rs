@@ -60,6 +60,9 @@ impl Consumer {
 pub enum AuthMethod {
     /// `X-API-Key: <key>` naming a live key of a known consumer.
     ApiKey,
+    /// A client certificate verified in the TLS handshake (mTLS); the
+    /// identity comes from its SAN URI, else SAN DNS, else subject CN.
+    Mtls,
 }
 
 impl GatewayConfig {
@@ -320,6 +323,37 @@ pub struct Route {
     /// Credentials the route requires; any one of them admits (none: public).
     #[serde(default)]
     pub auth: Vec<AuthMethod>,
+    /// TLS requirements of the route (redirect to HTTPS, client certificate).
+    #[serde(default, skip_serializing_if = "RouteTls::is_default")]
+    pub tls: RouteTls,
+}
+
+/// A route's TLS requirements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteTls {
+    /// On the plain-HTTP listener, answer 308 with the `https://` URL.
+    pub redirect_https: bool,
+    /// Whether a verified client certificate is required (403 without).
+    pub client_cert: ClientCert,
+}
+
+impl RouteTls {
+    /// Whether nothing is asked for (not written out when serialising).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Whether a route requires a client certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCert {
+    /// The listener's `tls.client-auth.mode` decides.
+    #[default]
+    Optional,
+    /// A verified client certificate is required on this route.
+    Required,
 }
 
 /// The conditions of a route. Every present condition must hold.

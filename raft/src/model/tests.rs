@@ -327,3 +327,26 @@ fn path_patterns() {
     assert!(PathPattern::parse("/a//b").is_err());
     assert!(PathPattern::parse("/a b").is_err());
 }
+
+#[test]
+fn route_tls_options() {
+    let doc = |route: &str| format!("{UPSTREAM}routes:\n  - {route}\n");
+    let config = GatewayConfig::parse(&doc(
+        "{ name: r, upstream: users, auth: [mtls], tls: { redirect_https: true, client_cert: required } }",
+    ))
+    .unwrap();
+    let route = &config.routes[0];
+    assert_eq!(route.auth, vec![AuthMethod::Mtls]);
+    assert!(route.tls.redirect_https);
+    assert_eq!(route.tls.client_cert, ClientCert::Required);
+    let plain = GatewayConfig::parse(&doc("{ name: r, upstream: users }")).unwrap();
+    assert!(plain.routes[0].tls.is_default());
+    for bad in [
+        "{ name: r, upstream: users, tls: { client_cert: always } }",
+        "{ name: r, upstream: users, tls: { redirect: true } }",
+    ] {
+        let errors = GatewayConfig::parse(&doc(bad)).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{bad}");
+        assert!(errors.0[0].key.is_empty(), "a syntax error: {errors}");
+    }
+}

@@ -8,4 +8,5 @@ mod pools;
 mod proxy;
 mod reload;
 mod routing;
+mod tls;
 mod versioning;
