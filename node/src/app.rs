@@ -345,13 +345,7 @@ impl App {
         let (proxy_addr, admin_addr) = (bound(&proxy), bound(&admin));
         let grace = config.shutdown.grace_period;
         let servers = TaskTracker::new();
-        let proxy_settings = server::Settings::proxy(
-            &config,
-            (
-                shared.metrics.open_connections.clone(),
-                shared.metrics.connections_total.clone(),
-            ),
-        );
+        let proxy_settings = server::Settings::proxy(&config, &shared.metrics);
         let handler = {
             let gateway = gateway.clone();
             move |req, peer| {

@@ -98,6 +98,8 @@ pub struct RequestCx {
     pub upstream_latency: Option<std::time::Duration>,
     /// The error code when the gateway answered with an error.
     pub error: Option<&'static str>,
+    /// The connection closes after this response (a cut-short or slow body).
+    pub close: bool,
 }
 
 impl RequestCx {
@@ -120,6 +122,7 @@ impl RequestCx {
             target: None,
             upstream_latency: None,
             error: None,
+            close: false,
         }
     }
 
@@ -134,6 +137,7 @@ impl RequestCx {
             );
         }
         self.error = Some(error.code());
+        self.close |= error.closes_connection();
         error.to_response(self.request_id.to_str().unwrap_or_default())
     }
 }
@@ -201,6 +205,11 @@ impl Pipeline {
             if let Err(error) = stage.on_response(&mut cx, &mut response).await {
                 response = cx.fail(error);
             }
+        }
+        if cx.close && version <= http::Version::HTTP_11 {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         observe::finish(&self.shared, cx, &method, version, &mut response);
         response
