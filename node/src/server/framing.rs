@@ -126,6 +126,14 @@ impl Scan {
     }
 }
 
+/// Feeds `head` to a fresh scanner in reads of `piece` bytes; the verdict
+/// at the end of the head, if it ended (for the fuzz target).
+pub(crate) fn scan_in_pieces(head: &[u8], piece: usize) -> Option<bool> {
+    let mut scan = Scan::default();
+    scan.start();
+    head.chunks(piece.max(1)).find_map(|chunk| scan.feed(chunk))
+}
+
 pin_project_lite::pin_project! {
     /// Wraps a client connection's I/O to watch its request heads.
     pub(crate) struct Watched<IO> {
@@ -204,12 +212,6 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scan_in_pieces(head: &[u8], piece: usize) -> Option<bool> {
-        let mut scan = Scan::default();
-        scan.start();
-        head.chunks(piece).find_map(|chunk| scan.feed(chunk))
-    }
 
     #[test]
     fn finds_both_fields_in_any_split() {

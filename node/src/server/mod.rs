@@ -56,6 +56,7 @@ mod stall;
 use self::guard::{Closed, Counters, Load, Resets};
 
 pub use self::framing::AmbiguousFraming;
+pub(crate) use self::framing::scan_in_pieces;
 
 /// Settings of one listener.
 pub struct Settings {
