@@ -22,7 +22,10 @@ pub fn request_head(data: &[u8]) {
     };
     let whole = server::scan_in_pieces(head, head.len().max(1));
     let split = server::scan_in_pieces(head, usize::from(piece % 32) + 1);
-    assert_eq!(whole, split, "the verdict depends on how the head was split");
+    assert_eq!(
+        whole, split,
+        "the verdict depends on how the head was split"
+    );
 }
 
 /// The path normaliser (`normalize.rs`). A normalised path starts with `/`,
@@ -59,7 +62,11 @@ pub fn gateway_config(data: &[u8]) {
     let replicated = config_text(&config);
     let again = GatewayConfig::parse(&replicated)
         .unwrap_or_else(|errors| panic!("the replicated form is refused: {errors}"));
-    assert_eq!(config_text(&again), replicated, "the replicated form drifts");
+    assert_eq!(
+        config_text(&again),
+        replicated,
+        "the replicated form drifts"
+    );
 }
 
 /// The peer-plane frame decoder (`peer::codec`), both directions. A frame
