@@ -144,14 +144,14 @@ impl Load {
     pub(crate) fn admit(
         self: &Arc<Self>,
         headers: &http::HeaderMap,
-    ) -> Result<Permit, hyper::Response<Body>> {
+    ) -> Result<Permit, Box<hyper::Response<Body>>> {
         if self.current.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.current.fetch_sub(1, Ordering::AcqRel);
             self.counters.shed.increment(1);
             let id = crate::trace::request_id(headers.get("x-request-id"));
             let mut response = Error::new(Kind::Overloaded).to_response(id.to_str().unwrap_or(""));
             response.headers_mut().insert("x-request-id", id);
-            return Err(response);
+            return Err(Box::new(response));
         }
         self.counters.in_flight.increment(1.0);
         Ok(Permit(self.clone()))

@@ -292,7 +292,7 @@ async fn serve_connection<H, F>(
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
             async move {
                 let response = match permit {
-                    Some(Err(shed)) => shed,
+                    Some(Err(shed)) => *shed,
                     Some(Ok(permit)) => {
                         let mut response = handler(request, peer).await;
                         response.body_mut().keep(permit);
