@@ -379,13 +379,7 @@ impl App {
         let (proxy_addr, admin_addr) = (bound(&proxy), bound(&admin));
         let grace = config.shutdown.grace_period;
         let servers = TaskTracker::new();
-        let proxy_settings = server::Settings::proxy(
-            &config,
-            (
-                shared.metrics.open_connections.clone(),
-                shared.metrics.connections_total.clone(),
-            ),
-        );
+        let proxy_settings = server::Settings::proxy(&config, &shared.metrics);
         let handler = {
             let gateway = gateway.clone();
             move |req, peer| {
@@ -404,15 +398,7 @@ impl App {
             .instrument(tracing::info_span!("listener", name = "proxy")),
         );
         if let Some((listener, tls)) = proxy_tls {
-            let mut settings = server::Settings::proxy(
-                &config,
-                (
-                    shared.metrics.open_connections_tls.clone(),
-                    shared.metrics.connections_total_tls.clone(),
-                ),
-            );
-            settings.name = "proxy-tls";
-            settings.tls = Some(tls.clone());
+            let settings = server::Settings::proxy_tls(&config, &shared.metrics, tls.clone());
             let hsts = tls.settings().hsts.clone();
             let handler = {
                 let gateway = gateway.clone();

@@ -38,6 +38,9 @@ pub enum BodyError {
     /// No data moved for the idle timeout.
     #[error("body stalled for longer than the idle timeout ({0:?})")]
     Idle(Duration),
+    /// The client sent slower than the minimum rate (bytes per second).
+    #[error("request body slower than the minimum of {0} bytes/s")]
+    TooSlow(u64),
     /// The peer reset or broke the stream.
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
@@ -96,6 +99,7 @@ pub struct Body {
     sent: u64,
     on_end: Option<OnEnd>,
     held: Option<InFlight>,
+    kept: Option<Box<dyn Send>>,
 }
 
 impl Body {
@@ -120,6 +124,7 @@ impl Body {
             sent: 0,
             on_end: None,
             held: None,
+            kept: None,
         }
     }
 
@@ -127,6 +132,12 @@ impl Body {
     /// and its connection until the body says whether it can be reused.
     pub fn hold(&mut self, in_flight: InFlight) {
         self.held = Some(in_flight);
+    }
+
+    /// Keeps `guard` alive until the body is dropped (the listener's
+    /// in-flight count, for one).
+    pub fn keep(&mut self, guard: impl Send + 'static) {
+        self.kept = Some(Box::new(guard));
     }
 
     /// Runs `on_end` once the body is finished or dropped.
@@ -293,6 +304,8 @@ pub enum Fault {
     TooLarge,
     /// Stopped sending for longer than the idle timeout.
     Stalled,
+    /// Sent slower than the minimum body rate.
+    TooSlow,
     /// Reset or broke the stream.
     Broken,
 }
@@ -303,6 +316,7 @@ impl ClientFault {
             Fault::TooLarge => 1,
             Fault::Stalled => 2,
             Fault::Broken => 3,
+            Fault::TooSlow => 4,
         };
         self.0.store(code, std::sync::atomic::Ordering::Relaxed);
     }
@@ -313,12 +327,71 @@ impl ClientFault {
             1 => Some(Fault::TooLarge),
             2 => Some(Fault::Stalled),
             3 => Some(Fault::Broken),
+            4 => Some(Fault::TooSlow),
             _ => None,
         }
     }
 }
 
-/// The client's body on its way upstream, under a size limit and an idle timeout.
+/// The minimum rate a client must send its body at (`limits.min-body-rate`).
+///
+/// Only the time the gateway spends waiting on the client counts (not the
+/// time the upstream takes to accept the bytes): the body fails once that
+/// waiting time exceeds `grace + bytes_received / min_rate`. A client that
+/// pauses for a while and then catches up is fine; one that dribbles a byte
+/// now and then falls behind and gets 408.
+#[derive(Debug, Clone, Copy)]
+pub struct MinRate {
+    /// Bytes per second.
+    pub bytes_per_second: u64,
+    /// Waiting time always allowed.
+    pub grace: Duration,
+}
+
+struct RateTimer {
+    rate: MinRate,
+    waited: Duration,
+    waiting_since: Option<Instant>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl RateTimer {
+    fn new(rate: MinRate) -> Self {
+        Self {
+            rate,
+            waited: Duration::ZERO,
+            waiting_since: None,
+            sleep: None,
+        }
+    }
+
+    fn progress(&mut self) {
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += since.elapsed();
+        }
+    }
+
+    /// The body is waiting on the client: `Ready` when it is behind the rate.
+    fn poll_behind(&mut self, read: u64, cx: &mut Context<'_>) -> Poll<()> {
+        let now = Instant::now();
+        let since = *self.waiting_since.get_or_insert(now);
+        let allowed = self.rate.grace
+            + Duration::from_secs_f64(read as f64 / self.rate.bytes_per_second as f64);
+        let waited = self.waited + now.duration_since(since);
+        let Some(left) = allowed.checked_sub(waited).filter(|left| !left.is_zero()) else {
+            return Poll::Ready(());
+        };
+        let deadline = now + left;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        sleep.as_mut().reset(deadline);
+        sleep.as_mut().poll(cx)
+    }
+}
+
+/// The client's body on its way upstream, under a size limit, an idle
+/// timeout and a minimum rate.
 pub struct ClientBody {
     replay: Replay,
     incoming: Option<Incoming>,
@@ -326,6 +399,7 @@ pub struct ClientBody {
     limit: u64,
     fault: Arc<ClientFault>,
     idle: IdleTimer,
+    rate: Option<RateTimer>,
 }
 
 impl ClientBody {
@@ -339,7 +413,14 @@ impl ClientBody {
             limit,
             fault,
             idle: IdleTimer::new(idle),
+            rate: None,
         }
+    }
+
+    /// Also fails the body when the client sends slower than `rate`.
+    pub fn min_rate(mut self, rate: Option<MinRate>) -> Self {
+        self.rate = rate.map(RateTimer::new);
+        self
     }
 }
 
@@ -370,6 +451,9 @@ impl HttpBody for UpstreamBody {
         match Pin::new(incoming).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 body.idle.progress();
+                if let Some(rate) = &mut body.rate {
+                    rate.progress();
+                }
                 if let Some(data) = frame.data_ref() {
                     body.read += data.len() as u64;
                     if body.read > body.limit {
@@ -385,6 +469,12 @@ impl HttpBody for UpstreamBody {
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
+                if let Some(rate) = &mut body.rate
+                    && rate.poll_behind(body.read, cx).is_ready()
+                {
+                    body.fault.set(Fault::TooSlow);
+                    return Poll::Ready(Some(Err(BodyError::TooSlow(rate.rate.bytes_per_second))));
+                }
                 ready!(body.idle.poll_expired(cx));
                 body.fault.set(Fault::Stalled);
                 Poll::Ready(Some(Err(BodyError::Idle(body.idle.limit))))

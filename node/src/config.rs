@@ -113,6 +113,16 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// Requests in flight on the proxy listener (all connections together);
+    /// above it new requests are shed with 503 + `Retry-After`.
+    pub max_in_flight: usize,
+    /// Slowest accepted request-body rate in bytes per second, once
+    /// `timeouts.body-rate-grace` of waiting on the client has passed (408
+    /// below); `None` when off.
+    pub min_body_rate: Option<u64>,
+    /// Requests one connection may cancel (HTTP/2 `RST_STREAM`) within
+    /// 10 s before it is closed (rapid-reset defence).
+    pub max_reset_streams: u32,
 }
 
 /// Client-facing timeouts.
@@ -123,6 +133,12 @@ pub struct ClientTimeouts {
     pub header_read: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle: Duration,
+    /// A connection whose pending write makes no progress for this long
+    /// (the client stopped reading) is closed.
+    pub write_idle: Duration,
+    /// Waiting time on a request body allowed before `limits.min-body-rate`
+    /// applies.
+    pub body_rate_grace: Duration,
 }
 
 /// Admin API settings.
@@ -267,6 +283,12 @@ pub struct RawLimits {
     pub max_body_bytes: ByteSize,
     /// `max-concurrent-streams`.
     pub max_concurrent_streams: u32,
+    /// `max-in-flight`.
+    pub max_in_flight: usize,
+    /// `min-body-rate`: e.g. `"1KiB/s"`, or `"off"`.
+    pub min_body_rate: String,
+    /// `max-reset-streams`.
+    pub max_reset_streams: u32,
 }
 
 /// `[timeouts]`.
@@ -279,6 +301,12 @@ pub struct RawTimeouts {
     /// `idle`.
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
+    /// `write-idle`.
+    #[serde(with = "humantime_serde")]
+    pub write_idle: Duration,
+    /// `body-rate-grace`.
+    #[serde(with = "humantime_serde")]
+    pub body_rate_grace: Duration,
 }
 
 /// `[admin]`.
@@ -349,6 +377,9 @@ impl Default for RawLimits {
             max_uri_bytes: ByteSize(8 << 10),
             max_body_bytes: ByteSize(10 << 20),
             max_concurrent_streams: 256,
+            max_in_flight: 10_000,
+            min_body_rate: "1KiB/s".into(),
+            max_reset_streams: 200,
         }
     }
 }
@@ -358,6 +389,8 @@ impl Default for RawTimeouts {
         Self {
             header_read: Duration::from_secs(30),
             idle: Duration::from_secs(300),
+            write_idle: Duration::from_secs(60),
+            body_rate_grace: Duration::from_secs(10),
         }
     }
 }
@@ -552,9 +585,23 @@ impl RawConfig {
                 "must be greater than zero",
             );
         }
+        if l.max_in_flight == 0 {
+            fail("limits.max-in-flight", &0, "must be greater than zero");
+        }
+        if l.max_reset_streams == 0 {
+            fail("limits.max-reset-streams", &0, "must be greater than zero");
+        }
+        let min_body_rate = match parse_rate(&l.min_body_rate) {
+            Ok(rate) => rate,
+            Err(rule) => {
+                fail("limits.min-body-rate", &l.min_body_rate, rule);
+                None
+            }
+        };
         for (key, value) in [
             ("timeouts.header-read", self.timeouts.header_read),
             ("timeouts.idle", self.timeouts.idle),
+            ("timeouts.write-idle", self.timeouts.write_idle),
         ] {
             if value.is_zero() {
                 fail(
@@ -634,10 +681,15 @@ impl RawConfig {
                     max_uri_bytes: l.max_uri_bytes.bytes() as usize,
                     max_body_bytes: l.max_body_bytes.bytes(),
                     max_concurrent_streams: l.max_concurrent_streams,
+                    max_in_flight: l.max_in_flight,
+                    min_body_rate,
+                    max_reset_streams: l.max_reset_streams,
                 },
                 timeouts: ClientTimeouts {
                     header_read: self.timeouts.header_read,
                     idle: self.timeouts.idle,
+                    write_idle: self.timeouts.write_idle,
+                    body_rate_grace: self.timeouts.body_rate_grace,
                 },
                 admin: Admin {
                     token: self.admin.token,
@@ -661,6 +713,17 @@ impl RawConfig {
             _ => Err(ConfigErrors(errors)),
         }
     }
+}
+
+/// Parses a rate such as `"1KiB/s"`; `"off"` (or a zero rate) is `None`.
+fn parse_rate(text: &str) -> Result<Option<u64>, &'static str> {
+    const RULE: &str = "must be a size per second such as 1KiB/s, or off";
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    let size = text.trim().strip_suffix("/s").ok_or(RULE)?;
+    let bytes = size.parse::<ByteSize>().map_err(|_| RULE)?.bytes();
+    Ok((bytes > 0).then_some(bytes))
 }
 
 #[cfg(test)]
@@ -746,6 +809,26 @@ mod tests {
             &["timeouts.idle (0s) must be greater than zero"],
         );
         check(
+            "[timeouts]\nwrite-idle = \"0s\"",
+            &["timeouts.write-idle (0s) must be greater than zero"],
+        );
+        check(
+            "[limits]\nmax-in-flight = 0",
+            &["limits.max-in-flight (0) must be greater than zero"],
+        );
+        check(
+            "[limits]\nmax-reset-streams = 0",
+            &["limits.max-reset-streams (0) must be greater than zero"],
+        );
+        check(
+            "[limits]\nmin-body-rate = \"fast\"",
+            &["limits.min-body-rate (fast) must be a size per second such as 1KiB/s, or off"],
+        );
+        check(
+            "[limits]\nmin-body-rate = \"1KiB\"",
+            &["limits.min-body-rate (1KiB) must be a size per second such as 1KiB/s, or off"],
+        );
+        check(
             "[admin]\ntoken = \"\"",
             &["admin.token () must not be empty (omit it to disable admin auth)"],
         );
@@ -753,6 +836,18 @@ mod tests {
             "[log]\naccess-log = \"\"",
             &["log.access-log () must be off, stdout or a file path"],
         );
+    }
+
+    #[test]
+    fn body_rates() {
+        assert_eq!(parse_rate("1KiB/s"), Ok(Some(1024)));
+        assert_eq!(parse_rate("500/s"), Ok(Some(500)));
+        assert_eq!(parse_rate("off"), Ok(None));
+        assert_eq!(parse_rate("0/s"), Ok(None));
+        assert!(parse_rate("1KiB").is_err());
+        let config = RawConfig::default().validate().unwrap();
+        assert_eq!(config.limits.min_body_rate, Some(1024));
+        assert_eq!(config.timeouts.write_idle, Duration::from_secs(60));
     }
 
     #[test]

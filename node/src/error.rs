@@ -72,6 +72,11 @@ pub enum Kind {
     },
     /// The client stopped sending its body for longer than the idle timeout (408).
     ClientTimeout,
+    /// The client sent its body slower than `limits.min-body-rate` (408).
+    ClientTooSlow {
+        /// The minimum rate in bytes per second.
+        min_rate: u64,
+    },
     /// The client reset or broke its request body (400).
     ClientAborted,
     /// The request headers exceed the limit (431).
@@ -89,6 +94,9 @@ pub enum Kind {
     UpstreamProtocol,
     /// Every target of the upstream is unhealthy or ejected (503).
     NoHealthyUpstream,
+    /// The node has `limits.max-in-flight` requests in flight and sheds
+    /// new ones (503, with `Retry-After`).
+    Overloaded,
     /// A bug or resource failure in the gateway (500).
     Internal,
 }
@@ -133,7 +141,7 @@ impl Error {
             Kind::BadRequest { .. } | Kind::UnsupportedVersion { .. } | Kind::ClientAborted => {
                 StatusCode::BAD_REQUEST
             }
-            Kind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            Kind::ClientTimeout | Kind::ClientTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
             Kind::NoRoute => StatusCode::NOT_FOUND,
             Kind::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Kind::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -143,7 +151,7 @@ impl Error {
             Kind::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Kind::UpstreamConnect | Kind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Kind::UpstreamConnectTimeout | Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Kind::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::NoHealthyUpstream | Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -161,14 +169,25 @@ impl Error {
             | Kind::UriTooLong { .. }
             | Kind::HeadersTooLarge { .. }
             | Kind::ClientTimeout
+            | Kind::ClientTooSlow { .. }
             | Kind::ClientAborted => Side::Client,
             Kind::UpstreamConnect
             | Kind::UpstreamConnectTimeout
             | Kind::UpstreamTimeout
             | Kind::UpstreamProtocol
             | Kind::NoHealthyUpstream => Side::Upstream,
-            Kind::Internal => Side::Internal,
+            Kind::Overloaded | Kind::Internal => Side::Internal,
         }
+    }
+
+    /// Whether the connection should close after this answer: the client's
+    /// body was cut short, so what follows it on the connection cannot be
+    /// trusted, and a slow client should not keep its connection.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::ClientTimeout | Kind::ClientTooSlow { .. } | Kind::ClientAborted
+        )
     }
 
     /// Whether another attempt (on another target) may succeed. Only
@@ -194,7 +213,9 @@ impl Error {
             Kind::UriTooLong { .. } => "uri_too_long",
             Kind::HeadersTooLarge { .. } => "headers_too_large",
             Kind::ClientTimeout => "client_body_timeout",
+            Kind::ClientTooSlow { .. } => "client_body_too_slow",
             Kind::ClientAborted => "client_body_aborted",
+            Kind::Overloaded => "overloaded",
             Kind::UpstreamConnect => "upstream_connect_failed",
             Kind::UpstreamConnectTimeout => "upstream_connect_timeout",
             Kind::UpstreamTimeout => "upstream_timeout",
@@ -234,7 +255,12 @@ impl Error {
             Kind::ClientTimeout => {
                 "the request body stalled for longer than the idle timeout".into()
             }
+            Kind::ClientTooSlow { min_rate } => {
+                format!("the request body arrived slower than the minimum of {min_rate} bytes/s")
+                    .into()
+            }
             Kind::ClientAborted => "the request body was cut short".into(),
+            Kind::Overloaded => "the gateway is overloaded; retry later".into(),
             Kind::UpstreamConnect => "could not connect to the upstream".into(),
             Kind::UpstreamConnectTimeout => "connecting to the upstream timed out".into(),
             Kind::UpstreamTimeout => "the upstream did not respond in time".into(),
@@ -266,7 +292,7 @@ impl Error {
                     headers.insert("x-api-supported-versions", value);
                 }
             }
-            Kind::NoHealthyUpstream => {
+            Kind::NoHealthyUpstream | Kind::Overloaded => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Kind::Unauthorized { .. } => {
@@ -336,6 +362,12 @@ mod tests {
             (Error::new(Kind::UpstreamConnect), 502, Side::Upstream),
             (Error::new(Kind::UpstreamProtocol), 502, Side::Upstream),
             (Error::new(Kind::NoHealthyUpstream), 503, Side::Upstream),
+            (Error::new(Kind::Overloaded), 503, Side::Internal),
+            (
+                Error::new(Kind::ClientTooSlow { min_rate: 1 }),
+                408,
+                Side::Client,
+            ),
             (
                 Error::new(Kind::UpstreamConnectTimeout),
                 504,

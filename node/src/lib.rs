@@ -23,6 +23,8 @@ pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod join;
 pub mod metrics;
 pub mod normalize;

@@ -100,6 +100,8 @@ pub struct RequestCx {
     pub error: Option<&'static str>,
     /// The TLS connection the request came on (`None`: plain HTTP).
     pub tls: Option<Arc<crate::tls::TlsInfo>>,
+    /// The connection closes after this response (a cut-short or slow body).
+    pub close: bool,
 }
 
 impl RequestCx {
@@ -123,6 +125,7 @@ impl RequestCx {
             upstream_latency: None,
             error: None,
             tls: None,
+            close: false,
         }
     }
 
@@ -137,6 +140,7 @@ impl RequestCx {
             );
         }
         self.error = Some(error.code());
+        self.close |= error.closes_connection();
         error.to_response(self.request_id.to_str().unwrap_or_default())
     }
 }
@@ -209,6 +213,11 @@ impl Pipeline {
             if let Err(error) = stage.on_response(&mut cx, &mut response).await {
                 response = cx.fail(error);
             }
+        }
+        if cx.close && version <= http::Version::HTTP_11 {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         observe::finish(&self.shared, cx, &method, version, &mut response);
         response

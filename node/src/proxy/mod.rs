@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Shared;
-use crate::body::{Body, ClientBody, ClientFault, Fault, Replay, UpstreamBody};
+use crate::body::{Body, ClientBody, ClientFault, Fault, MinRate, Replay, UpstreamBody};
 use crate::error::{Error, Kind};
 use crate::pipeline::auth::{CONSUMER_ID, CONSUMER_NAME};
 use crate::pipeline::version::API_VERSION;
@@ -61,12 +61,32 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The proxy.
 pub struct Proxy {
     shared: Arc<Shared>,
+    min_body_rate: Option<MinRate>,
 }
 
 impl Proxy {
     /// A proxy using the node's shared services.
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        let config = &shared.config;
+        let min_body_rate = config.limits.min_body_rate.map(|bytes_per_second| MinRate {
+            bytes_per_second,
+            grace: config.timeouts.body_rate_grace,
+        });
+        Self {
+            shared,
+            min_body_rate,
+        }
+    }
+
+    /// Counts a request body the client sent too slowly.
+    fn slow_body(&self, reason: &'static str) {
+        self.shared
+            .metrics
+            .counter(
+                "meridian_slow_request_bodies_total",
+                &[("reason", reason.to_owned())],
+            )
+            .increment(1);
     }
 
     /// Forwards `req` along the route chosen in `cx`.
@@ -120,12 +140,10 @@ impl Proxy {
             let target = &pool.targets[index];
             let mut request = http::Request::new(match &replay {
                 None => UpstreamBody::Empty,
-                Some(replay) => UpstreamBody::Client(ClientBody::new(
-                    replay.clone(),
-                    limit,
-                    timeouts.idle,
-                    fault.clone(),
-                )),
+                Some(replay) => UpstreamBody::Client(
+                    ClientBody::new(replay.clone(), limit, timeouts.idle, fault.clone())
+                        .min_rate(self.min_body_rate),
+                ),
             });
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = Uri::from(path_and_query.clone());
@@ -164,7 +182,15 @@ impl Proxy {
                 }
                 Ok(Err(error)) => match fault.get() {
                     Some(Fault::TooLarge) => return Err(Kind::PayloadTooLarge { limit }.into()),
-                    Some(Fault::Stalled) => return Err(Kind::ClientTimeout.into()),
+                    Some(Fault::Stalled) => {
+                        self.slow_body("stalled");
+                        return Err(Kind::ClientTimeout.into());
+                    }
+                    Some(Fault::TooSlow) => {
+                        self.slow_body("too_slow");
+                        let min_rate = self.min_body_rate.map_or(0, |r| r.bytes_per_second);
+                        return Err(Kind::ClientTooSlow { min_rate }.into());
+                    }
                     Some(Fault::Broken) => {
                         return Err(Error::with_source(Kind::ClientAborted, error));
                     }

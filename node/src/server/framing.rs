@@ -42,6 +42,8 @@ impl Flag {
 const CONTENT_LENGTH: &[u8] = b"content-length:";
 const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
 const LONGEST: usize = 18;
+/// Enough of the HTTP/2 connection preface to tell it from an HTTP/1.1 head.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// Scanner state between reads.
 #[derive(Default)]
@@ -56,9 +58,22 @@ struct Scan {
     transfer_encoding: bool,
     /// The connection turned out to be HTTP/2: stop scanning.
     off: bool,
+    /// Bytes of [`H2_PREFACE`] matched at the connection's start so far;
+    /// `None` once the connection is known to be HTTP/1.
+    preface: Option<usize>,
 }
 
 impl Scan {
+    /// A scanner for a new connection, scanning its first head.
+    fn connection() -> Self {
+        let mut scan = Self {
+            preface: Some(0),
+            ..Self::default()
+        };
+        scan.start();
+        scan
+    }
+
     fn start(&mut self) {
         if !self.off {
             self.active = true;
@@ -81,10 +96,24 @@ impl Scan {
         if !self.active {
             return None;
         }
-        if bytes.starts_with(b"PRI * HTTP/2.0") {
-            self.off = true;
-            self.active = false;
-            return None;
+        // Only the very first bytes of a connection can be the HTTP/2
+        // preface, whichever way they are split into reads.
+        if let Some(matched) = self.preface {
+            let want = &H2_PREFACE[matched..];
+            let n = want.len().min(bytes.len());
+            if bytes[..n] == want[..n] {
+                if n == want.len() {
+                    self.preface = None;
+                    self.off = true;
+                    self.active = false;
+                } else {
+                    self.preface = Some(matched + n);
+                }
+                return None;
+            }
+            self.preface = None;
+            // The request line began in an earlier read: it is no field.
+            self.judged |= matched > 0;
         }
         let mut line_start = 0;
         for newline in memchr::memchr_iter(b'\n', bytes) {
@@ -126,6 +155,13 @@ impl Scan {
     }
 }
 
+/// Feeds `head` to a fresh scanner in reads of `piece` bytes; the verdict
+/// at the end of the head, if it ended (for the fuzz target).
+pub(crate) fn scan_in_pieces(head: &[u8], piece: usize) -> Option<bool> {
+    let mut scan = Scan::connection();
+    head.chunks(piece.max(1)).find_map(|chunk| scan.feed(chunk))
+}
+
 pin_project_lite::pin_project! {
     /// Wraps a client connection's I/O to watch its request heads.
     pub(crate) struct Watched<IO> {
@@ -139,9 +175,11 @@ pin_project_lite::pin_project! {
 impl<IO> Watched<IO> {
     /// Watches `io`, reporting through `flag`.
     pub(crate) fn new(io: IO, flag: Arc<Flag>) -> Self {
-        let mut scan = Scan::default();
-        scan.start();
-        Self { io, scan, flag }
+        Self {
+            io,
+            scan: Scan::connection(),
+            flag,
+        }
     }
 }
 
@@ -205,12 +243,6 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
 mod tests {
     use super::*;
 
-    fn scan_in_pieces(head: &[u8], piece: usize) -> Option<bool> {
-        let mut scan = Scan::default();
-        scan.start();
-        head.chunks(piece).find_map(|chunk| scan.feed(chunk))
-    }
-
     #[test]
     fn finds_both_fields_in_any_split() {
         let both = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello";
@@ -239,9 +271,30 @@ mod tests {
     }
 
     #[test]
+    fn the_preface_counts_only_at_the_connection_start() {
+        // Found by the request_head fuzz target: a head line reading like
+        // the preface, starting a read, turned the scanner off.
+        let head = b"GET / HTTP/1.1\r\nPRI * HTTP/2.0\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n";
+        for piece in 1..40 {
+            assert_eq!(scan_in_pieces(head, piece), Some(true), "piece {piece}");
+        }
+        // A preface split across reads is still recognised.
+        for piece in 1..20 {
+            assert_eq!(
+                scan_in_pieces(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", piece),
+                None
+            );
+        }
+        // A request line that only starts like the preface is HTTP/1.
+        let almost = b"PRI * HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n";
+        for piece in 1..20 {
+            assert_eq!(scan_in_pieces(almost, piece), Some(true), "piece {piece}");
+        }
+    }
+
+    #[test]
     fn http2_turns_it_off() {
-        let mut scan = Scan::default();
-        scan.start();
+        let mut scan = Scan::connection();
         assert_eq!(scan.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), None);
         scan.start();
         assert_eq!(

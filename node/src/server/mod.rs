@@ -10,6 +10,18 @@
 //! - A connection with no request in flight and none started for
 //!   `timeouts.idle` is closed gracefully (this covers HTTP/2, whose idle
 //!   connections hyper keeps forever).
+//! - A connection that has not sent a complete first request head within
+//!   `timeouts.header-read` is closed, whatever its protocol (hyper's own
+//!   timer covers only HTTP/1.1 heads, not the protocol detection nor
+//!   HTTP/2's preface and first HEADERS).
+//! - A connection asked to close (idle, shutdown) that has not finished
+//!   within `timeouts.header-read` more is closed at once.
+//! - Writes that make no progress for `timeouts.write-idle` fail and end
+//!   the connection (`stall.rs`: slow-read clients).
+//! - Requests above `limits.max-in-flight` are shed with 503, and a
+//!   connection cancelling too many requests is closed (`guard.rs`).
+//! - HTTP/2 floods are bounded by h2 and the settings below: see
+//!   docs/hardening.md for what each frame flood runs into.
 //! - Requests whose head carried both `Content-Length` and
 //!   `Transfer-Encoding` are marked for `admit` to refuse (see `framing.rs`).
 //! - With `Settings::tls`, each connection first completes a TLS handshake
@@ -38,10 +50,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 mod framing;
+mod guard;
+mod stall;
+
+use self::guard::{Closed, Counters, Load, Resets};
 
 pub use self::framing::AmbiguousFraming;
+pub(crate) use self::framing::scan_in_pieces;
 
 /// Settings of one listener.
 pub struct Settings {
@@ -61,15 +79,22 @@ pub struct Settings {
     pub max_streams: u32,
     /// Connection series, if the listener has them.
     pub metrics: Option<(Gauge, Counter)>,
+    /// Close a connection whose writes make no progress this long.
+    pub write_idle: Duration,
+    /// Requests in flight on the listener before new ones are shed (503).
+    pub max_in_flight: Option<usize>,
+    /// Client-cancelled requests per connection within 10 s before it is closed.
+    pub max_reset_streams: u32,
     /// TLS termination, for the HTTPS listener.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    counters: Counters,
 }
 
 impl Settings {
     /// Settings for the proxy listener, from the node configuration. hyper's
     /// limits sit above the configured ones so that `admit` answers with the
     /// JSON error.
-    pub fn proxy(config: &Config, metrics: (Gauge, Counter)) -> Self {
+    pub fn proxy(config: &Config, metrics: &Metrics) -> Self {
         Self {
             name: "proxy",
             max_connections: config.limits.max_connections,
@@ -78,8 +103,30 @@ impl Settings {
             max_buf: (config.limits.max_header_bytes + config.limits.max_uri_bytes) * 2 + 16 * 1024,
             max_headers: config.limits.max_headers * 2,
             max_streams: config.limits.max_concurrent_streams,
-            metrics: Some(metrics),
+            metrics: Some((
+                metrics.open_connections.clone(),
+                metrics.connections_total.clone(),
+            )),
+            write_idle: config.timeouts.write_idle,
+            max_in_flight: Some(config.limits.max_in_flight),
+            max_reset_streams: config.limits.max_reset_streams,
             tls: None,
+            counters: Counters::new(Some(metrics), "proxy"),
+        }
+    }
+
+    /// Settings for the HTTPS proxy listener: the proxy's, with TLS and
+    /// its own connection series.
+    pub fn proxy_tls(config: &Config, metrics: &Metrics, tls: Arc<crate::tls::Tls>) -> Self {
+        Self {
+            name: "proxy-tls",
+            metrics: Some((
+                metrics.open_connections_tls.clone(),
+                metrics.connections_total_tls.clone(),
+            )),
+            tls: Some(tls),
+            counters: Counters::new(Some(metrics), "proxy-tls"),
+            ..Self::proxy(config, metrics)
         }
     }
 
@@ -94,7 +141,11 @@ impl Settings {
             max_headers: 100,
             max_streams: 64,
             metrics: None,
+            write_idle: config.timeouts.write_idle,
+            max_in_flight: None,
+            max_reset_streams: config.limits.max_reset_streams,
             tls: None,
+            counters: Counters::new(None, "admin"),
         }
     }
 }
@@ -104,6 +155,16 @@ impl Settings {
 struct Activity {
     in_flight: AtomicU32,
     started: AtomicU64,
+}
+
+/// What every connection of a listener shares.
+struct Shared {
+    idle: Duration,
+    header_read: Duration,
+    write_idle: Duration,
+    max_reset_streams: u32,
+    load: Option<Arc<Load>>,
+    counters: Counters,
 }
 
 /// Binds a listener with a large backlog and `SO_REUSEADDR`.
@@ -145,8 +206,24 @@ pub async fn serve<H, F>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.max_streams)
         .max_header_list_size(settings.max_buf as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        // Rapid reset: streams the client resets before hyper accepted
+        // them; above this h2 sends GOAWAY(ENHANCE_YOUR_CALM).
+        .max_pending_accept_reset_streams(20)
+        // Streams h2 itself had to reset because of client errors.
+        .max_local_error_reset_streams(Some(1024))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
+    let shared = Arc::new(Shared {
+        idle: settings.idle,
+        header_read: settings.header_read,
+        write_idle: settings.write_idle,
+        max_reset_streams: settings.max_reset_streams,
+        load: settings
+            .max_in_flight
+            .map(|max| Load::new(max, settings.counters.clone())),
+        counters: settings.counters.clone(),
+    });
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let force = CancellationToken::new();
     let connections = TaskTracker::new();
@@ -171,20 +248,21 @@ pub async fn serve<H, F>(
             total.increment(1);
         }
         let open = settings.metrics.as_ref().map(|(open, _)| open.clone());
-        let (builder, handler, idle) = (builder.clone(), handler.clone(), settings.idle);
+        let (builder, handler, shared) = (builder.clone(), handler.clone(), shared.clone());
         let (shutdown, force) = (shutdown.clone(), force.clone());
         let tls = settings.tls.clone();
-        let header_read = settings.header_read;
         connections.spawn(async move {
             let _ = stream.set_nodelay(true);
             match tls {
                 None => {
-                    serve_connection(builder, stream, None, peer, handler, idle, shutdown, force)
-                        .await;
+                    serve_connection(
+                        builder, stream, None, peer, handler, shared, shutdown, force,
+                    )
+                    .await;
                 }
                 Some(tls) => {
                     let handshake = tokio::select! {
-                        accepted = tls.accept(stream, header_read) => accepted.ok(),
+                        accepted = tls.accept(stream, shared.header_read) => accepted.ok(),
                         () = shutdown.cancelled() => None,
                     };
                     if let Some((stream, info)) = handshake {
@@ -194,7 +272,7 @@ pub async fn serve<H, F>(
                             Some(info),
                             peer,
                             handler,
-                            idle,
+                            shared,
                             shutdown,
                             force,
                         )
@@ -231,7 +309,7 @@ async fn serve_connection<H, F, S>(
     tls: Option<Arc<crate::tls::TlsInfo>>,
     peer: SocketAddr,
     handler: H,
-    idle: Duration,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
     force: CancellationToken,
 ) where
@@ -241,10 +319,15 @@ async fn serve_connection<H, F, S>(
 {
     let activity = Arc::new(Activity::default());
     let framing = Arc::new(framing::Flag::default());
+    let resets = Resets::new(shared.max_reset_streams);
     let service = {
         let activity = activity.clone();
         let framing = framing.clone();
+        let load = shared.load.clone();
+        let resets = resets.clone();
         service_fn(move |mut request: hyper::Request<Incoming>| {
+            activity.started.fetch_add(1, Ordering::Relaxed);
+            let permit = load.as_ref().map(|load| load.admit(request.headers()));
             if framing.take() {
                 request.extensions_mut().insert(AmbiguousFraming);
             }
@@ -253,28 +336,54 @@ async fn serve_connection<H, F, S>(
             }
             let handler = handler.clone();
             let activity = activity.clone();
+            let watch = resets.watch();
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
-            activity.started.fetch_add(1, Ordering::Relaxed);
             async move {
-                let response = handler(request, peer).await;
+                let response = match permit {
+                    Some(Err(shed)) => *shed,
+                    Some(Ok(permit)) => {
+                        let mut response = handler(request, peer).await;
+                        response.body_mut().keep(permit);
+                        response
+                    }
+                    None => handler(request, peer).await,
+                };
+                watch.done();
                 activity.in_flight.fetch_sub(1, Ordering::Relaxed);
                 Ok::<_, Infallible>(response)
             }
         })
     };
-    let connection = builder.serve_connection_with_upgrades(
-        TokioIo::new(framing::Watched::new(stream, framing)),
-        service,
+    let io = stall::WriteIdle::new(
+        stream,
+        shared.write_idle,
+        shared.counters.write_idle.clone(),
     );
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(framing::Watched::new(io, framing)), service);
     tokio::pin!(connection);
+    let (idle, header_read) = (shared.idle, shared.header_read);
     let mut draining = false;
     let mut seen = 0;
     let watchdog = tokio::time::sleep(idle);
     tokio::pin!(watchdog);
+    let first_request = tokio::time::sleep(header_read);
+    tokio::pin!(first_request);
+    let mut waiting_first = true;
+    // Armed when the connection is asked to close.
+    let drain = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(drain);
+    let close = |why| {
+        shared.counters.closed(why);
+        tracing::debug!(%peer, reason = ?why, "connection closed by the gateway");
+    };
     loop {
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
+                    if error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                        shared.counters.closed(Closed::HeaderTimeout);
+                    }
                     tracing::debug!(%error, %peer, "connection ended with an error");
                 }
                 return;
@@ -283,16 +392,31 @@ async fn serve_connection<H, F, S>(
                 connection.as_mut().graceful_shutdown();
                 draining = true;
             }
+            () = &mut first_request, if waiting_first => {
+                waiting_first = false;
+                if activity.started.load(Ordering::Relaxed) == 0 {
+                    return close(Closed::HeaderTimeout);
+                }
+            }
+            () = resets.tripped.cancelled(), if !draining => {
+                shared.counters.closed(Closed::RapidReset);
+                tracing::debug!(%peer, "too many cancelled requests; closing the connection");
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+                drain.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+            }
             () = &mut watchdog, if !draining => {
                 let started = activity.started.load(Ordering::Relaxed);
                 if started == seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
                     connection.as_mut().graceful_shutdown();
                     draining = true;
+                    drain.as_mut().reset(tokio::time::Instant::now() + header_read);
                 } else {
                     seen = started;
                     watchdog.as_mut().reset(tokio::time::Instant::now() + idle);
                 }
             }
+            () = &mut drain, if draining => return close(Closed::DrainTimeout),
             () = force.cancelled() => return,
         }
     }

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod edge;
+mod flood;
 mod keys;
 mod observe;
 mod pools;

@@ -1,0 +1,135 @@
+//! Entry points of the fuzz targets (`fuzz/`), one per parser that faces
+//! untrusted input. The regression test `tests/fuzz_corpus.rs` replays the
+//! committed corpora and crash inputs through the same functions, so CI
+//! needs neither cargo-fuzz nor a nightly toolchain.
+//!
+//! Each function must never panic on any input; where a parser promises
+//! more (the path normaliser is idempotent, the head scanner does not care
+//! how the bytes are split, a replicated configuration parses again) the
+//! function asserts it, so a broken promise shows up as a crash too.
+
+use raft::model::GatewayConfig;
+use raft::model::state::config_text;
+
+use crate::{normalize, peer, server};
+
+/// The HTTP/1.1 request-head scanner that looks for `Content-Length` +
+/// `Transfer-Encoding` (`server/framing.rs`). The first byte chooses how the
+/// rest is split into reads; the verdict must not depend on the split.
+pub fn request_head(data: &[u8]) {
+    let Some((&piece, head)) = data.split_first() else {
+        return;
+    };
+    let whole = server::scan_in_pieces(head, head.len().max(1));
+    let split = server::scan_in_pieces(head, usize::from(piece % 32) + 1);
+    assert_eq!(
+        whole, split,
+        "the verdict depends on how the head was split"
+    );
+}
+
+/// The path normaliser (`normalize.rs`). A normalised path starts with `/`,
+/// has no empty or dot segment, and normalises to itself.
+pub fn path(data: &[u8]) {
+    let Ok(raw) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(normal) = normalize::path(raw) else {
+        return;
+    };
+    assert!(normal.starts_with('/'), "{normal:?} is not absolute");
+    assert!(!normal.contains("//"), "{normal:?} has an empty segment");
+    for segment in normal.split('/') {
+        assert!(
+            segment != "." && segment != "..",
+            "{normal:?} has a dot segment"
+        );
+    }
+    let again = normalize::path(&normal).expect("a normalised path is accepted");
+    assert_eq!(again, normal, "normalising twice changes {raw:?}");
+}
+
+/// Gateway configuration parsing (`GatewayConfig::parse`, YAML or JSON). A
+/// configuration that parses must parse again from its replicated form, or
+/// the nodes that apply it from the log would refuse what the leader took.
+pub fn gateway_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(config) = GatewayConfig::parse(text) else {
+        return;
+    };
+    let replicated = config_text(&config);
+    let again = GatewayConfig::parse(&replicated)
+        .unwrap_or_else(|errors| panic!("the replicated form is refused: {errors}"));
+    assert_eq!(
+        config_text(&again),
+        replicated,
+        "the replicated form drifts"
+    );
+}
+
+/// The peer-plane frame decoder (`peer::codec`), both directions. A frame
+/// that decodes must encode again.
+pub fn peer_frame(data: &[u8]) {
+    if let Ok(request) = peer::codec::decode::<peer::Request>(data) {
+        peer::codec::encode(&request).expect("a decoded request encodes");
+    }
+    if let Ok(response) = peer::codec::decode::<peer::Response>(data) {
+        peer::codec::encode(&response).expect("a decoded response encodes");
+    }
+}
+
+/// JWT header and JWKS parsing: `jsonwebtoken::decode_header` on the input
+/// as a token, and the input as a JWKS document whose keys are turned into
+/// decoding keys.
+pub fn jwt(data: &[u8]) {
+    let _ = jsonwebtoken::decode_header(data);
+    if let Ok(set) = serde_json::from_slice::<jsonwebtoken::jwk::JwkSet>(data) {
+        for key in &set.keys {
+            let _ = jsonwebtoken::DecodingKey::from_jwk(key);
+        }
+    }
+}
+
+/// Every fuzz target by name, for the corpus replay.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("request_head", request_head),
+    ("path", path),
+    ("gateway_config", gateway_config),
+    ("peer_frame", peer_frame),
+    ("jwt", jwt),
+];
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::TARGETS;
+
+    /// Replays `fuzz/corpus/<target>/*` and `fuzz/regressions/<target>/*`
+    /// through each target; a panic names the file.
+    #[test]
+    fn corpora_and_regressions_replay_cleanly() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        let mut replayed = 0;
+        for (name, target) in TARGETS {
+            let mut seeds = 0;
+            for kind in ["corpus", "regressions"] {
+                let Ok(entries) = std::fs::read_dir(root.join(kind).join(name)) else {
+                    continue;
+                };
+                for entry in entries {
+                    let path = entry.expect("a readable directory").path();
+                    let data = std::fs::read(&path).expect("a readable input");
+                    let outcome = std::panic::catch_unwind(|| target(&data));
+                    assert!(outcome.is_ok(), "{name}: {} panics", path.display());
+                    seeds += 1;
+                }
+            }
+            assert!(seeds > 0, "fuzz/corpus/{name} holds no input");
+            replayed += seeds;
+        }
+        println!("replayed {replayed} fuzz inputs");
+    }
+}

@@ -1,0 +1,160 @@
+//! Write-idle timeout: closes a connection whose client stopped reading.
+//!
+//! A slow-read client (a tiny TCP window, or none at all) makes the
+//! gateway's writes pend forever, pinning the response, its upstream
+//! connection and its buffers. [`WriteIdle`] wraps a connection's I/O: when
+//! a write (or flush, or shutdown) stays pending with no progress for
+//! `timeouts.write-idle`, the operation fails with `TimedOut`, hyper ends
+//! the connection and the socket is closed. Any progress restarts the
+//! period, so a client reading slowly but steadily is not cut.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+pin_project_lite::pin_project! {
+    /// I/O whose writes fail after `limit` without progress.
+    pub(crate) struct WriteIdle<IO> {
+        #[pin]
+        io: IO,
+        limit: Duration,
+        sleep: Option<Pin<Box<Sleep>>>,
+        waiting: bool,
+        expired: Counter,
+    }
+}
+
+impl<IO> WriteIdle<IO> {
+    /// Wraps `io`; `expired` counts the connections cut.
+    pub(crate) fn new(io: IO, limit: Duration, expired: Counter) -> Self {
+        Self {
+            io,
+            limit,
+            sleep: None,
+            waiting: false,
+            expired,
+        }
+    }
+}
+
+/// Turns a pending write into an error once it has waited too long.
+fn stalled(
+    limit: Duration,
+    sleep: &mut Option<Pin<Box<Sleep>>>,
+    waiting: &mut bool,
+    expired: &Counter,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    let deadline = Instant::now() + limit;
+    let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    if !*waiting {
+        sleep.as_mut().reset(deadline);
+        *waiting = true;
+    }
+    match sleep.as_mut().poll(cx) {
+        Poll::Ready(()) => {
+            expired.increment(1);
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading (timeouts.write-idle)",
+            )))
+        }
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+impl<IO> WriteIdle<IO> {
+    /// Runs one write-side operation; a pending one counts toward the limit.
+    fn guard<T>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut IO>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let this = self.project();
+        match op(this.io, cx) {
+            Poll::Ready(result) => {
+                *this.waiting = false;
+                Poll::Ready(result)
+            }
+            Poll::Pending => match stalled(*this.limit, this.sleep, this.waiting, this.expired, cx)
+            {
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                _ => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for WriteIdle<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for WriteIdle<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.guard(cx, |io, cx| io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.guard(cx, |io, cx| io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.guard(cx, |io, cx| io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.guard(cx, |io, cx| io.poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_makes_no_progress_fails_after_the_limit() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut io = WriteIdle::new(near, Duration::from_secs(5), Counter::noop());
+        // The far side reads slowly but steadily: never cut.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                far.read_exact(&mut buf).await.unwrap();
+            }
+            far
+        });
+        io.write_all(&[7u8; 64 + 8 * 16]).await.unwrap();
+        let _far = reader.await.unwrap();
+        // Now nobody reads: the write fails once 5 s pass.
+        let started = Instant::now();
+        let error = io.write_all(&[7u8; 1024]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+}
