@@ -48,6 +48,19 @@ pub(crate) enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Issue a client certificate for the admin API (`admin.tls = "mutual"`)
+    /// on a node that holds the cluster CA key (the founding node).
+    Cert {
+        /// That node's node.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Who the certificate is for (its CN and SAN URI).
+        #[arg(long)]
+        name: String,
+        /// Directory to write `<name>.pem`, `<name>.key` and `ca.pem` to.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Remove a node from the cluster (default: the node --admin points at).
     Leave {
         /// The node to remove.
@@ -61,6 +74,7 @@ pub(crate) enum Command {
 pub(crate) fn main(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Init { config, token_ttl } => init(&config, token_ttl.into()),
+        Command::Cert { config, name, out } => client_cert(&config, &name, &out),
         Command::Join { config, token } => run::serve_file(&config, None, Some(token)),
         Command::Token { ttl, target } => run::block_on(async move {
             let ttl = humantime::format_duration(ttl.into())
@@ -95,6 +109,53 @@ pub(crate) fn main(command: Command) -> anyhow::Result<()> {
             Ok(())
         }),
     }
+}
+
+fn client_cert(config: &std::path::Path, name: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    let config = RawConfig::load(config)?
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    let identity = Identity::load(&config.data_dir)?;
+    let Some(ca) = identity.authority else {
+        bail!(
+            "{} holds no cluster CA key; run this on the founding node",
+            config.data_dir.display()
+        );
+    };
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        bail!("--name ({name:?}) must be letters, digits, '-', '_' or '.'");
+    }
+    let cert = ca.issue_client(name)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    pki::write_private(&out.join(format!("{name}.pem")), cert.cert_pem.as_bytes())?;
+    pki::write_private(&out.join(format!("{name}.key")), cert.key_pem.as_bytes())?;
+    pki::write_private(&out.join("ca.pem"), ca.cert_pem.as_bytes())?;
+    let serial = {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        CertificateDer::from_pem_slice(cert.cert_pem.as_bytes())
+            .ok()
+            .and_then(|der| node::tls::ClientIdentity::from_der(&der))
+            .map(|identity| identity.serial)
+            .unwrap_or_default()
+    };
+    println!("Client certificate for {name} in {}.", out.display());
+    println!("Serial (for `meridian revoke cert --serial`): {serial}");
+    println!("Use it with:");
+    println!("  export MERIDIAN_CA={}", out.join("ca.pem").display());
+    println!(
+        "  export MERIDIAN_CERT={}",
+        out.join(format!("{name}.pem")).display()
+    );
+    println!(
+        "  export MERIDIAN_KEY={}",
+        out.join(format!("{name}.key")).display()
+    );
+    println!("  export MERIDIAN_ADMIN=https://<node>:9080");
+    Ok(())
 }
 
 fn init(path: &std::path::Path, ttl: Duration) -> anyhow::Result<()> {

@@ -112,6 +112,19 @@ pub(crate) enum Revoke {
         #[command(flatten)]
         target: Target,
     },
+    /// Revoke a certificate by serial (hex): a client certificate for the
+    /// admin API or the proxy's mTLS routes. Node certificates are revoked
+    /// by `cluster leave`.
+    Cert {
+        /// The serial number, hex (colons allowed).
+        #[arg(long)]
+        serial: String,
+        /// Return when every reachable node has applied it.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 fn wait_query(wait: bool) -> &'static str {
@@ -272,19 +285,33 @@ pub(crate) fn key(command: Key) -> anyhow::Result<()> {
 }
 
 pub(crate) fn revoke(command: Revoke) -> anyhow::Result<()> {
-    let Revoke::Jwt {
-        jti,
-        sub,
-        ttl,
-        wait,
-        target,
-    } = command;
+    let (mut body, ttl, wait, target) = match command {
+        Revoke::Jwt {
+            jti,
+            sub,
+            ttl,
+            wait,
+            target,
+        } => {
+            let body = match (jti, sub) {
+                (Some(jti), _) => json!({"jti": jti}),
+                (None, Some(sub)) => json!({"sub": sub}),
+                (None, None) => anyhow::bail!("give --jti or --sub"),
+            };
+            (body, ttl, wait, target)
+        }
+        Revoke::Cert {
+            serial,
+            wait,
+            target,
+        } => (
+            json!({"serial": serial.replace(':', "")}),
+            None,
+            wait,
+            target,
+        ),
+    };
     run::block_on(async move {
-        let mut body = match (jti, sub) {
-            (Some(jti), _) => json!({"jti": jti}),
-            (None, Some(sub)) => json!({"sub": sub}),
-            (None, None) => anyhow::bail!("give --jti or --sub"),
-        };
         if let Some(ttl) = ttl {
             body["ttl"] = json!(
                 humantime::format_duration(ttl.into())

@@ -274,3 +274,118 @@ fn a_three_region_cluster_from_the_command_line() {
         );
     }
 }
+
+/// Output of `meridian` with the admin client's TLS settings in the
+/// environment, whether it succeeded or not.
+fn meridian_tls(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn the_admin_api_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = node(dir.path(), 1);
+    let mut config = std::fs::read_to_string(&node.config).unwrap();
+    config.push_str("[admin]\ntls = \"mutual\"\n");
+    std::fs::write(&node.config, config).unwrap();
+    let config = node.config.to_str().unwrap().to_owned();
+    meridian(&["cluster", "init", "--config", &config]);
+    node.child = Some(spawn(&["node", "run", "--config", &config]));
+    let out = dir.path().join("ops");
+    let issued = meridian(&[
+        "cluster",
+        "cert",
+        "--config",
+        &config,
+        "--name",
+        "ops",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let issued = String::from_utf8_lossy(&issued.stdout).into_owned();
+    let serial = issued
+        .lines()
+        .find_map(|line| line.strip_prefix("Serial (for `meridian revoke cert --serial`): "))
+        .expect("the serial is printed")
+        .to_owned();
+    let admin = format!("https://127.0.0.1:{}", node.admin);
+    let (ca, cert, key) = (out.join("ca.pem"), out.join("ops.pem"), out.join("ops.key"));
+    let with_cert = [
+        ("MERIDIAN_CA", ca.as_path()),
+        ("MERIDIAN_CERT", cert.as_path()),
+        ("MERIDIAN_KEY", key.as_path()),
+    ];
+    let status = || meridian_tls(&["cluster", "status", "--admin", &admin], &with_cert);
+    let mut answered = status();
+    for _ in 0..200 {
+        if answered.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        answered = status();
+    }
+    assert!(
+        answered.status.success(),
+        "status over mutual TLS failed: {}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
+    // Plain HTTP and TLS without a client certificate are refused.
+    let plain = meridian_tls(
+        &[
+            "cluster",
+            "status",
+            "--admin",
+            &format!("http://127.0.0.1:{}", node.admin),
+        ],
+        &[],
+    );
+    assert!(!plain.status.success());
+    let anonymous = meridian_tls(
+        &["cluster", "status", "--admin", &admin],
+        &[("MERIDIAN_CA", ca.as_path())],
+    );
+    assert!(!anonymous.status.success());
+    // A certificate from another CA is refused in the handshake.
+    let foreign = tempfile::tempdir().unwrap();
+    let impostor = node::pki::Ca::generate("impostor")
+        .unwrap()
+        .issue_client("ops")
+        .unwrap();
+    std::fs::write(foreign.path().join("ops.pem"), impostor.cert_pem).unwrap();
+    std::fs::write(foreign.path().join("ops.key"), impostor.key_pem).unwrap();
+    let (foreign_cert, foreign_key) = (
+        foreign.path().join("ops.pem"),
+        foreign.path().join("ops.key"),
+    );
+    let refused = meridian_tls(
+        &["cluster", "status", "--admin", &admin],
+        &[
+            ("MERIDIAN_CA", ca.as_path()),
+            ("MERIDIAN_CERT", foreign_cert.as_path()),
+            ("MERIDIAN_KEY", foreign_key.as_path()),
+        ],
+    );
+    assert!(!refused.status.success());
+    // Revoking the certificate's serial (with itself, the last thing it
+    // may do) locks it out.
+    let revoked = meridian_tls(
+        &[
+            "revoke", "cert", "--serial", &serial, "--wait", "--admin", &admin,
+        ],
+        &with_cert,
+    );
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let after = status();
+    assert!(!after.status.success());
+    let stderr = String::from_utf8_lossy(&after.stderr);
+    assert!(stderr.contains("403"), "{stderr}");
+}

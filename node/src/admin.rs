@@ -41,6 +41,24 @@ pub async fn handle(
     _peer: SocketAddr,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    // With `admin.tls = "mutual"` the handshake verified the client's
+    // certificate against the cluster CA; a serial revoked in the
+    // replicated state is refused here.
+    if let Some(client) = req
+        .extensions()
+        .get::<Arc<crate::tls::TlsInfo>>()
+        .and_then(|tls| tls.client.as_ref())
+        && app.cluster.applied().state.is_revoked(
+            &raft::model::Revocation::CertificateSerial(client.serial.clone()),
+            crate::cluster::now_ms(),
+        )
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            "certificate_revoked",
+            "the client certificate has been revoked",
+        );
+    }
     if path.starts_with("/v1/")
         && let Some(token) = &app.shared.config.admin.token
         && !authorized(&req, token)

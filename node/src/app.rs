@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::access_log::{AccessLog, Writer};
 use crate::cluster::{self, Cluster, Written};
-use crate::config::Config;
+use crate::config::{AdminTls, Config};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Pipeline};
 use crate::snapshot;
@@ -198,6 +198,7 @@ pub struct App {
     proxy: TcpListener,
     /// The HTTPS listener and its TLS, when `[tls]` has certificates.
     proxy_tls: Option<(TcpListener, Arc<crate::tls::Tls>)>,
+    admin_tls: Option<Arc<crate::tls::Tls>>,
     admin: TcpListener,
     writer: Option<Writer>,
 }
@@ -286,6 +287,16 @@ impl App {
             }
             None => None,
         };
+        let admin_tls = match shared.config.admin.tls {
+            AdminTls::Off => None,
+            mode => {
+                let settings = crate::tls::TlsSettings::admin(
+                    &crate::pki::dir(&shared.config.data_dir),
+                    mode == AdminTls::Mutual,
+                );
+                Some(crate::tls::Tls::new(settings, &shared.metrics).map_err(Error::Tls)?)
+            }
+        };
         let gateway = Arc::new(Gateway {
             snapshots: snapshot::Handle::new(shared.clone()),
             pipeline: pipeline::build(&shared),
@@ -329,6 +340,7 @@ impl App {
             proxy,
             proxy_tls,
             admin,
+            admin_tls,
             writer,
         })
     }
@@ -366,6 +378,7 @@ impl App {
             proxy,
             proxy_tls,
             admin,
+            admin_tls,
             writer,
         } = self;
         let shared = gateway.shared.clone();
@@ -434,7 +447,7 @@ impl App {
         servers.spawn(
             server::serve(
                 admin,
-                server::Settings::admin(&config),
+                server::Settings::admin(&config, admin_tls),
                 handler,
                 shared.shutdown.clone(),
                 grace,

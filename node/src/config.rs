@@ -146,6 +146,22 @@ pub struct ClientTimeouts {
 pub struct Admin {
     /// Bearer token required on `/v1/*` when set.
     pub token: Option<String>,
+    /// Whether the admin listener speaks TLS, and asks for client certificates.
+    pub tls: AdminTls,
+}
+
+/// `admin.tls`: the admin listener's transport security. Both TLS modes use
+/// the node's certificate from the cluster CA (`<data-dir>/pki`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AdminTls {
+    /// Plain HTTP (keep the listener on loopback).
+    #[default]
+    Off,
+    /// HTTPS; clients verify the node against the cluster CA.
+    On,
+    /// HTTPS, and every client presents a certificate from the cluster CA
+    /// (`meridian cluster cert` issues one) whose serial is not revoked.
+    Mutual,
 }
 
 /// Where logs go.
@@ -315,6 +331,8 @@ pub struct RawTimeouts {
 pub struct RawAdmin {
     /// `token`.
     pub token: Option<String>,
+    /// `tls`: `off`, `on` or `mutual`.
+    pub tls: Option<String>,
 }
 
 /// `[log]`.
@@ -618,6 +636,15 @@ impl RawConfig {
                 "must not be empty (omit it to disable admin auth)",
             );
         }
+        let admin_tls = match self.admin.tls.as_deref() {
+            None | Some("off") => AdminTls::Off,
+            Some("on") => AdminTls::On,
+            Some("mutual") => AdminTls::Mutual,
+            Some(other) => {
+                fail("admin.tls", &other, "must be one of off, on, mutual");
+                AdminTls::Off
+            }
+        };
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             fail(
                 "log.level",
@@ -693,6 +720,7 @@ impl RawConfig {
                 },
                 admin: Admin {
                     token: self.admin.token,
+                    tls: admin_tls,
                 },
                 log: Log {
                     level: self.log.level,

@@ -133,6 +133,30 @@ impl Ca {
         })
     }
 
+    /// Issues a client certificate for the operator or tool `name`, for the
+    /// admin API with `admin.tls = "mutual"` (SAN URI
+    /// `urn:meridian:client:<name>`). It cannot act as a node: the peer
+    /// plane reads node ids only from `urn:meridian:node:` URIs.
+    pub fn issue_client(&self, name: &str) -> Result<NodeCert, Error> {
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
+        let mut params = CertificateParams::new(Vec::new())?;
+        params.subject_alt_names.push(SanType::URI(
+            format!("urn:meridian:client:{name}").try_into()?,
+        ));
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(NodeCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// SHA-256 of the CA certificate (DER), lowercase hex: what join tokens pin.
     pub fn fingerprint(&self) -> Result<String, Error> {
         let der = first_cert(&self.cert_pem, Path::new("ca.pem"))?;
@@ -221,7 +245,8 @@ fn read(path: &Path) -> Result<String, Error> {
     })
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
+/// Writes `contents` to `path`, readable by the owner only (0600).
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let file_err = |source| Error::File {

@@ -130,8 +130,8 @@ impl Settings {
         }
     }
 
-    /// Settings for the admin listener.
-    pub fn admin(config: &Config) -> Self {
+    /// Settings for the admin listener (HTTPS with `tls`).
+    pub fn admin(config: &Config, tls: Option<Arc<crate::tls::Tls>>) -> Self {
         Self {
             name: "admin",
             max_connections: 256,
@@ -144,7 +144,7 @@ impl Settings {
             write_idle: config.timeouts.write_idle,
             max_in_flight: None,
             max_reset_streams: config.limits.max_reset_streams,
-            tls: None,
+            tls,
             counters: Counters::new(None, "admin"),
         }
     }

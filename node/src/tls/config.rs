@@ -128,6 +128,37 @@ pub struct TlsSettings {
     pub client_auth: ClientAuth,
 }
 
+impl TlsSettings {
+    /// The admin listener's TLS (`admin.tls`): the node's own certificate,
+    /// TLS 1.3 only, and with `mutual` a client certificate from the cluster
+    /// CA (no CRL: serials revoked in the replicated state are refused by
+    /// the admin API itself).
+    pub fn admin(pki: &std::path::Path, mutual: bool) -> Self {
+        Self {
+            certificates: vec![RawCertificate {
+                cert: pki.join("node.pem"),
+                key: pki.join("node.key"),
+            }],
+            min_version: MinVersion::Tls13,
+            hsts: None,
+            reload_interval: Duration::from_secs(60),
+            https_port: None,
+            client_auth: ClientAuth {
+                mode: if mutual {
+                    ClientAuthMode::Required
+                } else {
+                    ClientAuthMode::None
+                },
+                ca: vec![pki.join("ca.pem")],
+                crl: Vec::new(),
+                crl_urls: Vec::new(),
+                crl_refresh: Duration::from_secs(300),
+                allow_unknown_revocation: true,
+            },
+        }
+    }
+}
+
 /// A validated `[tls.client-auth]`.
 #[derive(Debug, Clone)]
 pub struct ClientAuth {
