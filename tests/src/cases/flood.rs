@@ -304,22 +304,19 @@ async fn h2_resets_of_accepted_streams_are_counted_and_close_the_connection() {
     })
     .await;
     let mut h2 = H2::connect(node.proxy).await;
-    // Each stream is accepted before its reset arrives, so h2's own
-    // pending-accept limit does not apply; the gateway's count does.
+    // Each stream has reached the upstream before its reset is sent, so
+    // h2's own pending-accept limit does not apply; the gateway's count does.
     let mut open = true;
-    for i in 0..200u32 {
+    for i in 0..40u32 {
         let stream = 2 * i + 1;
         let headers = frame(HEADERS, END_STREAM | END_HEADERS, stream, &get_block());
-        if h2.send(&headers).await.is_err() {
-            open = false;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        if h2
-            .send(&frame(RST_STREAM, 0, stream, &CANCEL.to_be_bytes()))
-            .await
-            .is_err()
-        {
+        let accepted = h2.send(&headers).await.is_ok()
+            && eventually(Duration::from_secs(5), || async {
+                upstream.count() == i as usize + 1
+            })
+            .await;
+        let reset = frame(RST_STREAM, 0, stream, &CANCEL.to_be_bytes());
+        if !accepted || h2.send(&reset).await.is_err() {
             open = false;
             break;
         }
