@@ -320,7 +320,9 @@ async fn serve_connection<H, F, S>(
     let activity = Arc::new(Activity::default());
     let framing = Arc::new(framing::Flag::default());
     let resets = Resets::new(shared.max_reset_streams);
+    let pace = Arc::new(stall::Pace::default());
     let service = {
+        let pace = pace.clone();
         let activity = activity.clone();
         let framing = framing.clone();
         let load = shared.load.clone();
@@ -336,6 +338,7 @@ async fn serve_connection<H, F, S>(
             }
             let handler = handler.clone();
             let activity = activity.clone();
+            let pace = pace.clone();
             let watch = resets.watch();
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
             async move {
@@ -350,7 +353,7 @@ async fn serve_connection<H, F, S>(
                 };
                 watch.done();
                 activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-                Ok::<_, Infallible>(response)
+                Ok::<_, Infallible>(response.map(|body| stall::Paced::new(body, pace)))
             }
         })
     };
@@ -367,6 +370,11 @@ async fn serve_connection<H, F, S>(
     let mut seen = 0;
     let watchdog = tokio::time::sleep(idle);
     tokio::pin!(watchdog);
+    // Checks that response bodies hyper is holding back keep moving.
+    let write_idle = shared.write_idle;
+    let pacing = tokio::time::sleep(write_idle);
+    tokio::pin!(pacing);
+    let mut paced_at = None;
     let first_request = tokio::time::sleep(header_read);
     tokio::pin!(first_request);
     let mut waiting_first = true;
@@ -415,6 +423,16 @@ async fn serve_connection<H, F, S>(
                     seen = started;
                     watchdog.as_mut().reset(tokio::time::Instant::now() + idle);
                 }
+            }
+            () = &mut pacing => {
+                let now = pace.stalled_at();
+                if now.is_some() && now == paced_at {
+                    shared.counters.write_idle.increment(1);
+                    tracing::debug!(%peer, "response bodies held back for timeouts.write-idle; closing");
+                    return;
+                }
+                paced_at = now;
+                pacing.as_mut().reset(tokio::time::Instant::now() + write_idle);
             }
             () = &mut drain, if draining => return close(Closed::DrainTimeout),
             () = force.cancelled() => return,

@@ -7,10 +7,15 @@
 //! `timeouts.write-idle`, the operation fails with `TimedOut`, hyper ends
 //! the connection and the socket is closed. Any progress restarts the
 //! period, so a client reading slowly but steadily is not cut.
+//!
+//! [`Paced`] covers the HTTP/2 variant where the client keeps reading the
+//! socket but withholds flow-control window, so no write is ever pending.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -156,5 +161,90 @@ mod tests {
         let error = io.write_all(&[7u8; 1024]).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+}
+
+// === impl Paced ===
+
+/// Per-connection record of response bodies that hyper is not taking.
+///
+/// A response body that has handed hyper a data frame waits until hyper asks
+/// for the next one, which it does once the previous one was sent. When the
+/// client stops granting HTTP/2 flow-control window (while still reading
+/// the socket, so that no write is pending), hyper never asks. The
+/// connection watchdog closes a connection on which some body has waited
+/// and no body has moved for `timeouts.write-idle`.
+#[derive(Default)]
+pub(crate) struct Pace {
+    /// Bodies waiting for hyper to take their next frame.
+    waiting: AtomicU32,
+    /// Body polls so far.
+    moves: AtomicU64,
+}
+
+impl Pace {
+    /// The body-poll count while some body is waiting, or `None` when none is.
+    pub(crate) fn stalled_at(&self) -> Option<u64> {
+        (self.waiting.load(Ordering::Relaxed) > 0).then(|| self.moves.load(Ordering::Relaxed))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that reports to its connection's [`Pace`].
+    pub(crate) struct Paced<B> {
+        #[pin]
+        body: B,
+        pace: Arc<Pace>,
+        waiting: bool,
+    }
+
+    impl<B> PinnedDrop for Paced<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.waiting {
+                this.pace.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl<B> Paced<B> {
+    pub(crate) fn new(body: B, pace: Arc<Pace>) -> Self {
+        Self {
+            body,
+            pace,
+            waiting: false,
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Paced<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        this.pace.moves.fetch_add(1, Ordering::Relaxed);
+        if *this.waiting {
+            *this.waiting = false;
+            this.pace.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            *this.waiting = true;
+            this.pace.waiting.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -235,6 +235,28 @@ async fn a_client_that_stops_reading_is_closed_and_others_are_served() {
     );
 }
 
+#[tokio::test]
+async fn an_h2_client_that_withholds_flow_control_window_is_closed() {
+    let upstream = MockUpstream::start(|_| async {
+        http::Response::new(full(Bytes::from(vec![b'x'; 1 << 20])))
+    })
+    .await;
+    let node = strict_node(&upstream).await;
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: the gateway may send no DATA, and
+    // the client reads the socket all along, so no write is ever pending.
+    let mut h2 = H2::open(node.proxy, None, &[0, 4, 0, 0, 0, 0]).await;
+    h2.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &get_block()))
+        .await
+        .unwrap();
+    others_are_served(&node).await;
+    assert!(
+        h2.closed_or_goaway(CLOSED_WITHIN).await.is_some(),
+        "the connection holding the response back stays open"
+    );
+    assert!(metric(&node, &closed("write_idle")) >= 1.0);
+    others_are_served(&node).await;
+}
+
 // === HTTP/2 floods ===
 
 #[tokio::test]
@@ -282,22 +304,19 @@ async fn h2_resets_of_accepted_streams_are_counted_and_close_the_connection() {
     })
     .await;
     let mut h2 = H2::connect(node.proxy).await;
-    // Each stream is accepted before its reset arrives, so h2's own
-    // pending-accept limit does not apply; the gateway's count does.
+    // Each stream has reached the upstream before its reset is sent, so
+    // h2's own pending-accept limit does not apply; the gateway's count does.
     let mut open = true;
-    for i in 0..200u32 {
+    for i in 0..40u32 {
         let stream = 2 * i + 1;
         let headers = frame(HEADERS, END_STREAM | END_HEADERS, stream, &get_block());
-        if h2.send(&headers).await.is_err() {
-            open = false;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        if h2
-            .send(&frame(RST_STREAM, 0, stream, &CANCEL.to_be_bytes()))
-            .await
-            .is_err()
-        {
+        let accepted = h2.send(&headers).await.is_ok()
+            && eventually(Duration::from_secs(5), || async {
+                upstream.count() == i as usize + 1
+            })
+            .await;
+        let reset = frame(RST_STREAM, 0, stream, &CANCEL.to_be_bytes());
+        if !accepted || h2.send(&reset).await.is_err() {
             open = false;
             break;
         }
@@ -360,7 +379,7 @@ async fn h2_ping_and_settings_floods_from_a_non_reading_client_are_cut() {
     let ping = frame(PING, 0, 0, &[7; 8]);
     let settings = frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]);
     for (name, flood) in [("PING", ping), ("SETTINGS", settings)] {
-        let mut h2 = H2::connect_with_recv_buffer(node.proxy, Some(4096)).await;
+        let mut h2 = H2::open(node.proxy, Some(4096), &[]).await;
         // One request first, so that the connection is past its
         // first-request deadline and only the write-idle timeout applies.
         h2.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &get_block()))
@@ -507,10 +526,11 @@ impl H2 {
     /// Connects, exchanges the preface and SETTINGS (acknowledging the
     /// gateway's).
     async fn connect(address: SocketAddr) -> Self {
-        Self::connect_with_recv_buffer(address, None).await
+        Self::open(address, None, &[]).await
     }
 
-    async fn connect_with_recv_buffer(address: SocketAddr, recv_buffer: Option<u32>) -> Self {
+    /// Connects with a small socket receive buffer, or announcing `settings`.
+    async fn open(address: SocketAddr, recv_buffer: Option<u32>, settings: &[u8]) -> Self {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).unwrap();
@@ -521,7 +541,7 @@ impl H2 {
             buffer: Vec::new(),
         };
         let mut hello = DATA_PREFACE.to_vec();
-        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        hello.extend(frame(SETTINGS, 0, 0, settings));
         h2.send(&hello).await.unwrap();
         let settings = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
