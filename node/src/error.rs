@@ -51,6 +51,13 @@ pub enum Kind {
         /// Explanation.
         message: &'static str,
     },
+    /// A policy refuses the request (403): IP lists, the WAF, CORS.
+    Forbidden {
+        /// Why, e.g. `ip_denied`, `waf_blocked`.
+        code: &'static str,
+        /// Explanation.
+        message: Cow<'static, str>,
+    },
     /// The request body exceeds the limit (413).
     PayloadTooLarge {
         /// The limit in bytes.
@@ -127,6 +134,7 @@ impl Error {
             Kind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::NoRoute => StatusCode::NOT_FOUND,
             Kind::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden { .. } => StatusCode::FORBIDDEN,
             Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Kind::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -144,6 +152,7 @@ impl Error {
             | Kind::UnsupportedVersion { .. }
             | Kind::NoRoute
             | Kind::Unauthorized { .. }
+            | Kind::Forbidden { .. }
             | Kind::PayloadTooLarge { .. }
             | Kind::UriTooLong { .. }
             | Kind::HeadersTooLarge { .. }
@@ -175,6 +184,7 @@ impl Error {
             Kind::UnsupportedVersion { .. } => "unsupported_api_version",
             Kind::NoRoute => "no_route",
             Kind::Unauthorized { code, .. } => code,
+            Kind::Forbidden { code, .. } => code,
             Kind::PayloadTooLarge { .. } => "payload_too_large",
             Kind::UriTooLong { .. } => "uri_too_long",
             Kind::HeadersTooLarge { .. } => "headers_too_large",
@@ -202,6 +212,7 @@ impl Error {
             }
             Kind::NoRoute => "no route matches this request".into(),
             Kind::Unauthorized { message, .. } => (*message).into(),
+            Kind::Forbidden { message, .. } => message.clone(),
             Kind::PayloadTooLarge { limit } => {
                 format!("request body exceeds the limit of {limit} bytes").into()
             }
@@ -311,6 +322,14 @@ mod tests {
             (
                 Error::new(Kind::HeadersTooLarge { limit: 1 }),
                 431,
+                Side::Client,
+            ),
+            (
+                Error::new(Kind::Forbidden {
+                    code: "ip_denied",
+                    message: "no".into(),
+                }),
+                403,
                 Side::Client,
             ),
             (Error::new(Kind::UpstreamConnect), 502, Side::Upstream),
