@@ -4,6 +4,7 @@ mod cluster;
 mod edge;
 mod keys;
 mod observe;
+mod policies;
 mod pools;
 mod proxy;
 mod reload;
