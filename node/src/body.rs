@@ -469,7 +469,7 @@ impl HttpBody for UpstreamBody {
             UpstreamBody::Client(body) => match &body.incoming {
                 Some(incoming) if body.prefix.is_empty() => incoming.size_hint(),
                 Some(_) => SizeHint::default(),
-                None => body.replay.size.clone(),
+                None => body.replay.size,
             },
         }
     }

@@ -105,7 +105,7 @@ impl Cors {
             return true;
         }
         let origin = origin.to_ascii_lowercase();
-        if self.exact.iter().any(|o| *o == origin) {
+        if self.exact.contains(&origin) {
             return true;
         }
         self.patterns.iter().any(|(scheme, suffix)| {
