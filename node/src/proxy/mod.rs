@@ -466,7 +466,7 @@ fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, Error
 /// The consistent-hash key of a request, if present.
 fn request_hash(key: &HashKey, cx: &RequestCx, headers: &HeaderMap) -> Option<u64> {
     match key {
-        HashKey::ClientIp => Some(pool::hash_ip(cx.client.ip().to_canonical())),
+        HashKey::ClientIp => Some(pool::hash_ip(cx.client_ip)),
         HashKey::Header(name) => headers.get(name.as_str()).map(|v| pool::hash(v.as_bytes())),
         HashKey::Cookie(name) => headers
             .get_all(header::COOKIE)
