@@ -13,6 +13,7 @@
 //!   reads from it, so a failed attempt that never touched the body can be
 //!   retried, and one that did cannot.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -252,19 +253,67 @@ impl From<&'static str> for Body {
 
 // === impl Replay ===
 
+/// The start of a request body that a stage (the WAF) already read; stored
+/// in the request's extensions, it is sent upstream before the rest.
+#[derive(Clone, Default)]
+pub struct BufferedPrefix {
+    /// Data frames, as received.
+    pub data: Vec<Bytes>,
+    /// Trailers, if the body ended with them.
+    pub trailers: Option<http::HeaderMap>,
+}
+
+impl BufferedPrefix {
+    /// Whether nothing was read.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty() && self.trailers.is_none()
+    }
+
+    /// The frames to send first.
+    pub fn into_frames(self) -> VecDeque<Frame<Bytes>> {
+        self.data
+            .into_iter()
+            .map(Frame::data)
+            .chain(self.trailers.map(Frame::trailers))
+            .collect()
+    }
+}
+
+/// A client body: frames already read, then the rest still to come.
+struct Source {
+    prefix: VecDeque<Frame<Bytes>>,
+    incoming: Incoming,
+}
+
 /// Holds a client's request body until one upstream attempt starts reading it.
 #[derive(Clone)]
 pub struct Replay {
-    slot: Arc<Mutex<Option<Incoming>>>,
+    slot: Arc<Mutex<Option<Source>>>,
     size: SizeHint,
 }
 
 impl Replay {
     /// Parks `incoming` for the first attempt.
     pub fn new(incoming: Incoming) -> Self {
+        Self::with_prefix(VecDeque::new(), incoming)
+    }
+
+    /// Parks `prefix`, then `incoming`, for the first attempt.
+    pub fn with_prefix(prefix: VecDeque<Frame<Bytes>>, incoming: Incoming) -> Self {
+        let buffered: u64 = prefix
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        let rest = incoming.size_hint();
+        let mut size = SizeHint::new();
+        size.set_lower(rest.lower() + buffered);
+        if let Some(upper) = rest.upper() {
+            size.set_upper(upper + buffered);
+        }
         Self {
-            size: incoming.size_hint(),
-            slot: Arc::new(Mutex::new(Some(incoming))),
+            size,
+            slot: Arc::new(Mutex::new(Some(Source { prefix, incoming }))),
         }
     }
 
@@ -274,7 +323,7 @@ impl Replay {
         self.slot.lock().map_or(true, |slot| slot.is_none())
     }
 
-    fn take(&self) -> Option<Incoming> {
+    fn take(&self) -> Option<Source> {
         self.slot.lock().ok().and_then(|mut slot| slot.take())
     }
 }
@@ -394,6 +443,7 @@ impl RateTimer {
 /// timeout and a minimum rate.
 pub struct ClientBody {
     replay: Replay,
+    prefix: VecDeque<Frame<Bytes>>,
     incoming: Option<Incoming>,
     read: u64,
     limit: u64,
@@ -408,6 +458,7 @@ impl ClientBody {
     pub fn new(replay: Replay, limit: u64, idle: Duration, fault: Arc<ClientFault>) -> Self {
         Self {
             replay,
+            prefix: VecDeque::new(),
             incoming: None,
             read: 0,
             limit,
@@ -441,14 +492,21 @@ impl HttpBody for UpstreamBody {
         };
         if body.incoming.is_none() {
             match body.replay.take() {
-                Some(incoming) => body.incoming = Some(incoming),
+                Some(source) => {
+                    body.prefix = source.prefix;
+                    body.incoming = Some(source.incoming);
+                }
                 None => return Poll::Ready(None),
             }
         }
         let Some(incoming) = body.incoming.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(incoming).poll_frame(cx) {
+        let polled = match body.prefix.pop_front() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Pin::new(incoming).poll_frame(cx),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 body.idle.progress();
                 if let Some(rate) = &mut body.rate {
@@ -486,7 +544,9 @@ impl HttpBody for UpstreamBody {
         match self {
             UpstreamBody::Empty => true,
             UpstreamBody::Full(data) => data.is_none(),
-            UpstreamBody::Client(body) => body.incoming.as_ref().is_some_and(|i| i.is_end_stream()),
+            UpstreamBody::Client(body) => {
+                body.prefix.is_empty() && body.incoming.as_ref().is_some_and(|i| i.is_end_stream())
+            }
         }
     }
 
@@ -497,7 +557,8 @@ impl HttpBody for UpstreamBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             UpstreamBody::Client(body) => match &body.incoming {
-                Some(incoming) => incoming.size_hint(),
+                Some(incoming) if body.prefix.is_empty() => incoming.size_hint(),
+                Some(_) => SizeHint::default(),
                 None => body.replay.size,
             },
         }

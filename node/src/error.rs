@@ -51,12 +51,12 @@ pub enum Kind {
         /// Explanation.
         message: &'static str,
     },
-    /// The request is refused by a rule (403); `code` names it.
+    /// A policy refuses the request (403): IP lists, the WAF, CORS.
     Forbidden {
-        /// Why, e.g. `client_certificate_required`.
+        /// Why, e.g. `ip_denied`, `waf_blocked`.
         code: &'static str,
         /// Explanation.
-        message: &'static str,
+        message: Cow<'static, str>,
     },
     /// The connection's TLS name (SNI) does not match the request's host (421).
     Misdirected,
@@ -238,7 +238,7 @@ impl Error {
             }
             Kind::NoRoute => "no route matches this request".into(),
             Kind::Unauthorized { message, .. } => (*message).into(),
-            Kind::Forbidden { message, .. } => (*message).into(),
+            Kind::Forbidden { message, .. } => message.clone(),
             Kind::Misdirected => {
                 "the request's Host does not match the TLS server name (SNI) of this connection"
                     .into()
@@ -357,6 +357,14 @@ mod tests {
             (
                 Error::new(Kind::HeadersTooLarge { limit: 1 }),
                 431,
+                Side::Client,
+            ),
+            (
+                Error::new(Kind::Forbidden {
+                    code: "ip_denied",
+                    message: "no".into(),
+                }),
+                403,
                 Side::Client,
             ),
             (Error::new(Kind::UpstreamConnect), 502, Side::Upstream),

@@ -16,6 +16,7 @@ use raft::model::GatewayConfig;
 
 use crate::Shared;
 use crate::metrics::RouteMetrics;
+use crate::pipeline::policy::Policies;
 use crate::pipeline::route::{Route, Router};
 use crate::pipeline::version::Apis;
 use crate::proxy::health;
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// Series for requests that matched no route.
     pub unrouted: RouteMetrics,
+    /// IP lists, WAF, CORS and security headers.
+    pub policies: Policies,
 }
 
 impl Snapshot {
@@ -77,6 +80,7 @@ impl Snapshot {
             apis: Apis::compile(&config),
             pools,
             unrouted: RouteMetrics::new(&shared.metrics, "none"),
+            policies: Policies::compile(&config),
             config,
         }
     }
@@ -89,6 +93,7 @@ impl Snapshot {
             apis: Apis::default(),
             pools: BTreeMap::new(),
             unrouted: RouteMetrics::new(&shared.metrics, "none"),
+            policies: Policies::default(),
         }
     }
 }

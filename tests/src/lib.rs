@@ -55,7 +55,7 @@ impl Stopped {
 /// How a test node comes up.
 enum Launch {
     /// Found a one-node cluster with this configuration.
-    Found(GatewayConfig),
+    Found(Box<GatewayConfig>),
     /// Join with a token.
     Join(String),
     /// Start again on an existing data directory.
@@ -94,7 +94,7 @@ impl TestNode {
         let data = tempfile::tempdir().expect("temp dir");
         let mut raw = test_config(data.path());
         tweak(&mut raw);
-        Self::launch(raw, data, Launch::Found(gateway)).await
+        Self::launch(raw, data, Launch::Found(Box::new(gateway))).await
     }
 
     /// Starts node `id` in `region` and joins it to a cluster with `token`.
@@ -115,7 +115,7 @@ impl TestNode {
     async fn launch(raw: RawConfig, data: tempfile::TempDir, how: Launch) -> Self {
         let config = raw.clone().validate().expect("valid test node config");
         let app = match how {
-            Launch::Found(gateway) => App::build(config, Some(gateway)).await,
+            Launch::Found(gateway) => App::build(config, Some(*gateway)).await,
             Launch::Join(token) => App::join(config, &token).await,
             Launch::Restart => App::build(config, None).await,
         }

@@ -2,7 +2,8 @@
 //! `observe`, which always runs.
 //!
 //! ```text
-//! admit -> version -> route -> tls -> auth -> [proxy] -> auth' -> tls' -> route' -> version' -> admit' -> observe
+//! headers -> admit -> ip (global) -> version -> route -> ip (route) -> tls -> cors -> waf
+//!   -> auth -> [proxy] -> on_response hooks in reverse order (headers' last) -> observe
 //! ```
 //! Each stage's `on_request` runs in order until one answers the request
 //! itself (`Flow::Respond`) or fails; the proxy forwards what got through.
@@ -18,11 +19,16 @@
 
 pub mod admit;
 pub mod auth;
+pub mod cors;
+pub mod headers;
+pub mod ip;
 pub mod observe;
+pub mod policy;
 pub mod route;
 pub mod version;
+pub mod waf;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -72,6 +78,12 @@ pub struct RequestCx {
     pub started: Instant,
     /// The client's address.
     pub client: SocketAddr,
+    /// The client's IP: the peer's, or the one `X-Forwarded-For` names when
+    /// the peer is a trusted proxy (see [`ip`]). Use this, not `client`, to
+    /// decide by client address.
+    pub client_ip: IpAddr,
+    /// What the `cors` stage decided.
+    pub cors: Option<cors::Decision>,
     /// `x-request-id`: kept from the client when sane, otherwise generated.
     pub request_id: HeaderValue,
     /// W3C trace context; the span id is the gateway's own.
@@ -111,6 +123,8 @@ impl RequestCx {
             snapshot,
             started: Instant::now(),
             client,
+            client_ip: client.ip().to_canonical(),
+            cors: None,
             request_id: HeaderValue::from_static(""),
             trace: trace::Context::default(),
             traceparent: HeaderValue::from_static(""),
@@ -155,13 +169,18 @@ pub struct Pipeline {
 /// Writes the order of the request path, once.
 pub fn build(shared: &Arc<Shared>) -> Pipeline {
     let stages: Vec<Box<dyn Stage>> = vec![
+        Box::new(headers::SecurityHeaders),
         Box::new(admit::Admit::new(&shared.config)),
+        Box::new(ip::Ip::global(&shared.metrics)),
         Box::new(version::Version),
         Box::new(route::RouteStage),
+        Box::new(ip::Ip::route(&shared.metrics)),
         Box::new(crate::tls::stage::TlsStage::new(
             &shared.config,
             &shared.metrics,
         )),
+        Box::new(cors::CorsStage::new(&shared.metrics)),
+        Box::new(waf::WafStage::new(&shared.metrics)),
         Box::new(auth::Auth::new(
             shared.cluster.clone(),
             shared.metrics.clone(),

@@ -345,8 +345,15 @@ impl Route {
         req: &Request,
         query: &mut Option<Vec<(String, String)>>,
     ) -> bool {
-        if !self.methods.is_empty() && !self.methods.contains(req.method()) {
-            return false;
+        // A CORS preflight matches the route of the method it asks about.
+        if !self.methods.is_empty() {
+            let preflight = super::cors::routing_method(req);
+            if !self
+                .methods
+                .contains(preflight.as_ref().unwrap_or(req.method()))
+            {
+                return false;
+            }
         }
         if !self.path.matches(&cx.path) {
             return false;

@@ -43,7 +43,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Shared;
-use crate::body::{Body, ClientBody, ClientFault, Fault, MinRate, Replay, UpstreamBody};
+use crate::body::{
+    Body, BufferedPrefix, ClientBody, ClientFault, Fault, MinRate, Replay, UpstreamBody,
+};
 use crate::error::{Error, Kind};
 use crate::pipeline::auth::{CONSUMER_ID, CONSUMER_NAME};
 use crate::pipeline::version::API_VERSION;
@@ -104,14 +106,20 @@ impl Proxy {
         }
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        let prefix = parts.extensions.remove::<BufferedPrefix>();
         let hash = pool
             .hash_key()
             .and_then(|key| request_hash(key, cx, &parts.headers));
         let mut headers = upstream_headers(cx, &parts.headers, upgrade);
         let path_and_query = path_and_query(&cx.upstream_path, parts.uri.query())?;
 
-        let replay = (!http_body::Body::is_end_stream(&body)).then(|| Replay::new(body));
+        let replay = match prefix {
+            Some(prefix) if !prefix.is_empty() => {
+                Some(Replay::with_prefix(prefix.into_frames(), body))
+            }
+            _ => (!http_body::Body::is_end_stream(&body)).then(|| Replay::new(body)),
+        };
         let fault = Arc::new(ClientFault::default());
         let attempts = if is_idempotent(&parts.method) && !upgrade {
             1 + pool.definition().retries.attempts
@@ -490,7 +498,7 @@ fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, Error
 /// The consistent-hash key of a request, if present.
 fn request_hash(key: &HashKey, cx: &RequestCx, headers: &HeaderMap) -> Option<u64> {
     match key {
-        HashKey::ClientIp => Some(pool::hash_ip(cx.client.ip().to_canonical())),
+        HashKey::ClientIp => Some(pool::hash_ip(cx.client_ip)),
         HashKey::Header(name) => headers.get(name.as_str()).map(|v| pool::hash(v.as_bytes())),
         HashKey::Cookie(name) => headers
             .get_all(header::COOKIE)

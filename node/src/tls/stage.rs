@@ -100,7 +100,7 @@ impl Stage for TlsStage {
                 self.missing.increment(1);
                 return Err(Error::new(Kind::Forbidden {
                     code: "client_certificate_required",
-                    message: "this route requires a verified client certificate over HTTPS",
+                    message: "this route requires a verified client certificate over HTTPS".into(),
                 }));
             }
             return Ok(Flow::Continue);
@@ -123,7 +123,7 @@ impl Stage for TlsStage {
             self.missing.increment(1);
             return Err(Error::new(Kind::Forbidden {
                 code: "client_certificate_required",
-                message: "this route requires a verified client certificate",
+                message: "this route requires a verified client certificate".into(),
             }));
         }
         Ok(Flow::Continue)

@@ -9,6 +9,7 @@
 //! data plane reads.
 
 pub mod pattern;
+pub mod policy;
 mod size;
 pub mod state;
 pub mod validate;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::policy::Policies;
 pub use self::size::ByteSize;
 pub use self::state::{Command, Member, NodeId, Outcome, Request, Revocation, State};
 pub use self::validate::{ConfigError, ConfigErrors};
@@ -34,6 +36,8 @@ pub struct GatewayConfig {
     pub versioning: BTreeMap<String, Versioning>,
     /// The clients the gateway knows (API keys belong to consumers).
     pub consumers: Vec<Consumer>,
+    /// Edge policies for every route (see [`policy`] for precedence).
+    pub policies: Policies,
 }
 
 /// A client of the gateway.
@@ -326,6 +330,9 @@ pub struct Route {
     /// TLS requirements of the route (redirect to HTTPS, client certificate).
     #[serde(default, skip_serializing_if = "RouteTls::is_default")]
     pub tls: RouteTls,
+    /// Edge policies of this route (see [`policy`] for precedence).
+    #[serde(default)]
+    pub policies: Policies,
 }
 
 /// A route's TLS requirements.

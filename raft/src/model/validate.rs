@@ -16,7 +16,8 @@
 //!   the pattern has;
 //! - consumers: unique identifier names and ids;
 //! - versioning: at least one source, a non-empty supported list holding the
-//!   default, the fallback and every deprecated version; dates are RFC 3339.
+//!   default, the fallback and every deprecated version; dates are RFC 3339;
+//! - policies (global and per route): see [`policy`](self::policy).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -25,6 +26,8 @@ use regex::Regex;
 
 use super::pattern::{self, HostPattern, PathPattern};
 use super::*;
+
+mod policy;
 
 /// One violated rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +123,7 @@ pub(super) fn check(config: &GatewayConfig) -> Result<(), ConfigErrors> {
     for (name, versioning) in &config.versioning {
         check_versioning(&mut c, name, versioning);
     }
+    policy::check(&mut c, "policies", &config.policies, true);
     let mut consumers = BTreeSet::new();
     for (i, consumer) in config.consumers.iter().enumerate() {
         if !is_identifier(&consumer.name) {
@@ -363,6 +367,7 @@ fn check_route(c: &mut Checker, key: &str, route: &Route, config: &GatewayConfig
     if route.max_body == Some(ByteSize(0)) {
         c.fail(format!("{key}.max_body"), 0, "must be greater than zero");
     }
+    policy::check(c, &format!("{key}.policies"), &route.policies, false);
 }
 
 fn check_hosts(c: &mut Checker, key: &str, hosts: &[String]) {

@@ -5,6 +5,7 @@ mod edge;
 mod flood;
 mod keys;
 mod observe;
+mod policies;
 mod pools;
 mod proxy;
 mod reload;
