@@ -51,6 +51,26 @@ pub enum Kind {
         /// Explanation.
         message: &'static str,
     },
+    /// Missing or refused credentials (401) with one `WWW-Authenticate`
+    /// challenge per method the route accepts.
+    Unauthenticated {
+        /// Why, e.g. `token_expired`.
+        code: &'static str,
+        /// Explanation.
+        message: &'static str,
+        /// The `WWW-Authenticate` values.
+        challenges: Vec<HeaderValue>,
+    },
+    /// The caller's token lacks a scope the route requires (403).
+    InsufficientScope {
+        /// The route's required scopes, space-separated.
+        scope: String,
+    },
+    /// The identity provider (JWKS, introspection) cannot be asked (503).
+    AuthUnavailable {
+        /// Explanation.
+        message: &'static str,
+    },
     /// The request body exceeds the limit (413).
     PayloadTooLarge {
         /// The limit in bytes.
@@ -126,7 +146,9 @@ impl Error {
             }
             Kind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::NoRoute => StatusCode::NOT_FOUND,
-            Kind::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Kind::Unauthorized { .. } | Kind::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Kind::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Kind::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Kind::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -144,6 +166,8 @@ impl Error {
             | Kind::UnsupportedVersion { .. }
             | Kind::NoRoute
             | Kind::Unauthorized { .. }
+            | Kind::Unauthenticated { .. }
+            | Kind::InsufficientScope { .. }
             | Kind::PayloadTooLarge { .. }
             | Kind::UriTooLong { .. }
             | Kind::HeadersTooLarge { .. }
@@ -153,7 +177,8 @@ impl Error {
             | Kind::UpstreamConnectTimeout
             | Kind::UpstreamTimeout
             | Kind::UpstreamProtocol
-            | Kind::NoHealthyUpstream => Side::Upstream,
+            | Kind::NoHealthyUpstream
+            | Kind::AuthUnavailable { .. } => Side::Upstream,
             Kind::Internal => Side::Internal,
         }
     }
@@ -174,7 +199,9 @@ impl Error {
             Kind::BadRequest { code, .. } => code,
             Kind::UnsupportedVersion { .. } => "unsupported_api_version",
             Kind::NoRoute => "no_route",
-            Kind::Unauthorized { code, .. } => code,
+            Kind::Unauthorized { code, .. } | Kind::Unauthenticated { code, .. } => code,
+            Kind::InsufficientScope { .. } => "insufficient_scope",
+            Kind::AuthUnavailable { .. } => "auth_unavailable",
             Kind::PayloadTooLarge { .. } => "payload_too_large",
             Kind::UriTooLong { .. } => "uri_too_long",
             Kind::HeadersTooLarge { .. } => "headers_too_large",
@@ -201,7 +228,13 @@ impl Error {
                 format!("API version {requested:?} is not supported; supported: {supported}").into()
             }
             Kind::NoRoute => "no route matches this request".into(),
-            Kind::Unauthorized { message, .. } => (*message).into(),
+            Kind::Unauthorized { message, .. } | Kind::Unauthenticated { message, .. } => {
+                (*message).into()
+            }
+            Kind::InsufficientScope { scope } => {
+                format!("this route needs the scopes: {scope}").into()
+            }
+            Kind::AuthUnavailable { message } => (*message).into(),
             Kind::PayloadTooLarge { limit } => {
                 format!("request body exceeds the limit of {limit} bytes").into()
             }
@@ -254,6 +287,22 @@ impl Error {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("ApiKey header=\"X-API-Key\""),
                 );
+            }
+            Kind::Unauthenticated { challenges, .. } => {
+                for challenge in challenges {
+                    headers.append(header::WWW_AUTHENTICATE, challenge.clone());
+                }
+            }
+            Kind::InsufficientScope { scope } => {
+                let challenge = format!(
+                    "Bearer realm=\"meridian\", error=\"insufficient_scope\", scope=\"{scope}\""
+                );
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            Kind::AuthUnavailable { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}
         }
@@ -312,6 +361,27 @@ mod tests {
                 Error::new(Kind::HeadersTooLarge { limit: 1 }),
                 431,
                 Side::Client,
+            ),
+            (
+                Error::new(Kind::Unauthenticated {
+                    code: "token_expired",
+                    message: "no",
+                    challenges: vec![HeaderValue::from_static("Bearer realm=\"x\"")],
+                }),
+                401,
+                Side::Client,
+            ),
+            (
+                Error::new(Kind::InsufficientScope {
+                    scope: "read".into(),
+                }),
+                403,
+                Side::Client,
+            ),
+            (
+                Error::new(Kind::AuthUnavailable { message: "down" }),
+                503,
+                Side::Upstream,
             ),
             (Error::new(Kind::UpstreamConnect), 502, Side::Upstream),
             (Error::new(Kind::UpstreamProtocol), 502, Side::Upstream),

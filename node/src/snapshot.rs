@@ -16,6 +16,7 @@ use raft::model::GatewayConfig;
 
 use crate::Shared;
 use crate::metrics::RouteMetrics;
+use crate::pipeline::auth;
 use crate::pipeline::route::{Route, Router};
 use crate::pipeline::version::Apis;
 use crate::proxy::health;
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// Series for requests that matched no route.
     pub unrouted: RouteMetrics,
+    /// Consumers, API key location, JWT issuers and introspection endpoints.
+    pub auth: auth::Runtime,
 }
 
 impl Snapshot {
@@ -73,6 +76,7 @@ impl Snapshot {
             .collect();
         Self {
             version,
+            auth: auth::Runtime::compile(&config, &previous.auth, shared),
             router: Router::new(routes),
             apis: Apis::compile(&config),
             pools,
@@ -89,6 +93,7 @@ impl Snapshot {
             apis: Apis::default(),
             pools: BTreeMap::new(),
             unrouted: RouteMetrics::new(&shared.metrics, "none"),
+            auth: auth::Runtime::default(),
         }
     }
 }

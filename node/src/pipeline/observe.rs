@@ -79,7 +79,7 @@ pub fn finish(
                 if let Some(consumer) = cx
                     .principal
                     .as_ref()
-                    .and_then(|p| p.consumer_name.to_str().ok())
+                    .and_then(|p| p.consumer_name())
                 {
                     line.str("consumer", consumer);
                 }

@@ -276,6 +276,8 @@ pub struct Route {
     pub max_body: Option<u64>,
     /// Credentials the route requires (none: public).
     pub auth: Vec<raft::model::AuthMethod>,
+    /// Scopes the caller's token must carry.
+    pub scopes: Vec<String>,
     /// The route's series.
     pub metrics: RouteMetrics,
 }
@@ -327,6 +329,7 @@ impl Route {
             preserve_host: route.preserve_host,
             max_body: route.max_body.map(|b| b.bytes()),
             auth: route.auth.clone(),
+            scopes: route.scopes.clone(),
             metrics: RouteMetrics::new(metrics, &route.name),
         })
     }
