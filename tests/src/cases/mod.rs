@@ -2,6 +2,8 @@
 
 mod cluster;
 mod edge;
+mod introspection;
+mod jwt;
 mod keys;
 mod observe;
 mod pools;
