@@ -79,8 +79,8 @@ pub struct SigningKey {
 impl SigningKey {
     /// A 2048-bit RSA key (RS256).
     pub fn rsa(kid: &str) -> Self {
-        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-            .expect("RSA key");
+        let pair =
+            aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key");
         let pkcs8 = pair.as_der().expect("PKCS#8");
         let public = pair.public_key();
         let jwk = json!({
@@ -261,8 +261,11 @@ impl Introspector {
         };
         let expected = format!(
             "Basic {}",
-            base64::engine::general_purpose::STANDARD
-                .encode(format!("{}:{}", form(credentials.0), form(credentials.1)))
+            base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                form(credentials.0),
+                form(credentials.1)
+            ))
         );
         let (c, u, s) = (calls.clone(), unauthorised.clone(), stop.clone());
         tokio::spawn(async move {
@@ -271,7 +274,8 @@ impl Introspector {
                     () = s.cancelled() => return,
                     accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
                 };
-                let (c, u, answer, expected) = (c.clone(), u.clone(), answer.clone(), expected.clone());
+                let (c, u, answer, expected) =
+                    (c.clone(), u.clone(), answer.clone(), expected.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let (c, u, answer, expected) =
@@ -283,10 +287,17 @@ impl Introspector {
                                 .get(header::AUTHORIZATION)
                                 .is_some_and(|v| v.as_bytes() == expected.as_bytes());
                             let form = req.headers().get(header::CONTENT_TYPE).cloned();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             tokio::time::sleep(delay).await;
                             if !authorised
-                                || form.as_ref().is_none_or(|f| f != "application/x-www-form-urlencoded")
+                                || form
+                                    .as_ref()
+                                    .is_none_or(|f| f != "application/x-www-form-urlencoded")
                             {
                                 u.fetch_add(1, Ordering::SeqCst);
                                 let mut r = Response::new(full("unauthorised"));
@@ -334,4 +345,3 @@ impl Introspector {
         self.calls.load(Ordering::SeqCst)
     }
 }
-

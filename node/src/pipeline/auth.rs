@@ -63,6 +63,12 @@ pub static AUTH_ISSUER: HeaderName = HeaderName::from_static("x-auth-issuer");
 /// Sent upstream: the OAuth client the token was issued to.
 pub static AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
 
+/// Longest bearer token looked at for any issuer (issuers set a lower
+/// `max_token_bytes`); checked before the token is parsed at all.
+const MAX_TOKEN_BYTES: usize = 64 * 1024;
+/// Longest token sent to an introspection endpoint.
+const MAX_OPAQUE_TOKEN_BYTES: usize = 16 * 1024;
+
 /// Realm named in `Bearer` challenges.
 const REALM: &str = "meridian";
 
@@ -159,7 +165,10 @@ impl Identity {
         let mut headers = Vec::with_capacity(6);
         let mut push = |name: &HeaderName, value: &str| -> Result<(), Refusal> {
             if !value.is_empty() {
-                headers.push((name.clone(), HeaderValue::from_str(value).map_err(|_| bad())?));
+                headers.push((
+                    name.clone(),
+                    HeaderValue::from_str(value).map_err(|_| bad())?,
+                ));
             }
             Ok(())
         };
@@ -167,7 +176,10 @@ impl Identity {
         if let Some(subject) = &subject {
             push(&AUTH_SUB, subject)?;
         }
-        let scopes = claims.get(&names.scopes).map(claim_list).unwrap_or_default();
+        let scopes = claims
+            .get(&names.scopes)
+            .map(claim_list)
+            .unwrap_or_default();
         push(&AUTH_SCOPES, &scopes.join(" "))?;
         let roles = claims.get(&names.roles).map(claim_list).unwrap_or_default();
         push(&AUTH_ROLES, &roles.join(","))?;
@@ -315,34 +327,26 @@ impl Runtime {
         let issuers = auth
             .jwt
             .iter()
-            .map(|definition| {
-                match previous
-                    .issuers
-                    .iter()
-                    .find(|i| i.config == *definition)
-                {
+            .map(
+                |definition| match previous.issuers.iter().find(|i| i.config == *definition) {
                     Some(issuer) => issuer.clone(),
                     None => {
                         let issuer = Arc::new(jwt::Issuer::new(definition, &shared.metrics));
                         jwt::spawn_refresh(&issuer, &shared.tasks, &shared.shutdown);
                         issuer
                     }
-                }
-            })
+                },
+            )
             .collect();
         let endpoints = auth
             .introspection
             .iter()
-            .map(|definition| {
-                match previous
-                    .endpoints
-                    .iter()
-                    .find(|e| e.config == *definition)
-                {
+            .map(
+                |definition| match previous.endpoints.iter().find(|e| e.config == *definition) {
                     Some(endpoint) => endpoint.clone(),
                     None => Arc::new(introspect::Endpoint::new(definition, &shared.metrics)),
-                }
-            })
+                },
+            )
             .collect();
         let header = &auth.api_key.header;
         Self {
@@ -372,11 +376,9 @@ impl Runtime {
             iss: Option<String>,
         }
         let payload = token.split('.').nth(1)?;
-        let bytes = base64::Engine::decode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            payload,
-        )
-        .ok()?;
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .ok()?;
         let iss = serde_json::from_slice::<Peek>(&bytes).ok()?.iss?;
         self.issuers.iter().find(|i| i.config.issuer == iss)
     }
@@ -411,9 +413,11 @@ fn bearer(headers: &HeaderMap) -> Presented<'_> {
 }
 
 fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
-    uri.query()?
-        .split('&')
-        .find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
+    uri.query()?.split('&').find_map(|pair| {
+        pair.split_once('=')
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    })
 }
 
 /// `uri` without the query parameter `name`.
@@ -434,7 +438,11 @@ fn without_param(uri: &Uri, name: &str) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
-fn unauthenticated(code: &'static str, message: &'static str, challenges: Vec<HeaderValue>) -> Error {
+fn unauthenticated(
+    code: &'static str,
+    message: &'static str,
+    challenges: Vec<HeaderValue>,
+) -> Error {
     Error::new(Kind::Unauthenticated {
         code,
         message,
@@ -474,7 +482,10 @@ impl Auth {
         };
         let Some(presented) = presented else {
             return (
-                Outcome::Refused(Refusal::invalid("invalid_credentials", "the API key is not valid")),
+                Outcome::Refused(Refusal::invalid(
+                    "invalid_credentials",
+                    "the API key is not valid",
+                )),
                 from_query,
             );
         };
@@ -535,8 +546,17 @@ impl Auth {
     }
 
     async fn jwt(&self, runtime: &Runtime, token: &str, now: u64) -> Outcome {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Outcome::Refused(Refusal::invalid(
+                "token_too_large",
+                "the token is too large",
+            ));
+        }
         if token.bytes().filter(|b| *b == b'.').count() != 2 {
-            return Outcome::Refused(Refusal::invalid("malformed_token", "the token is not a valid JWT"));
+            return Outcome::Refused(Refusal::invalid(
+                "malformed_token",
+                "the token is not a valid JWT",
+            ));
         }
         let Some(issuer) = runtime.issuer_for(token) else {
             return Outcome::Refused(Refusal::invalid(
@@ -555,6 +575,12 @@ impl Auth {
     }
 
     async fn introspect(&self, runtime: &Runtime, token: &str, now: u64) -> Outcome {
+        if token.len() > MAX_OPAQUE_TOKEN_BYTES {
+            return Outcome::Refused(Refusal::invalid(
+                "token_too_large",
+                "the token is too large",
+            ));
+        }
         let mut last = Outcome::Absent;
         for endpoint in &runtime.endpoints {
             match endpoint.verify(token, now).await {
@@ -648,10 +674,19 @@ impl Stage for Auth {
                     }
                     // An unavailable provider outranks a refusal: the
                     // credential may well be good.
+                    // A later method's verdict beats "not a JWT" (an
+                    // opaque token refused by introspection).
                     let replace = match (&refusal, &r) {
                         (None, _) => true,
                         (Some(Refusal::Unavailable(_)), _) => false,
                         (Some(_), Refusal::Unavailable(_)) => true,
+                        (
+                            Some(Refusal::Invalid {
+                                code: "malformed_token",
+                                ..
+                            }),
+                            Refusal::Invalid { .. },
+                        ) => true,
                         _ => false,
                     };
                     if replace {
@@ -663,11 +698,15 @@ impl Stage for Auth {
         }
         let Some(principal) = &cx.principal else {
             let error = match refusal {
-                Some(Refusal::Unavailable(message)) => Error::new(Kind::AuthUnavailable { message }),
+                Some(Refusal::Unavailable(message)) => {
+                    Error::new(Kind::AuthUnavailable { message })
+                }
                 other => {
                     let (code, message) = match other {
                         Some(Refusal::Invalid { code, message }) => (code, message),
-                        Some(Refusal::UnknownKey) => ("unknown_key", "the token's signing key is not known"),
+                        Some(Refusal::UnknownKey) => {
+                            ("unknown_key", "the token's signing key is not known")
+                        }
                         _ => ("missing_credentials", "this route needs credentials"),
                     };
                     let mut challenges = Vec::with_capacity(2);

@@ -255,7 +255,10 @@ pub struct Introspection {
     #[serde(with = "humantime_serde", default = "Introspection::default_ttl")]
     pub ttl: Duration,
     /// How long an inactive answer is reused.
-    #[serde(with = "humantime_serde", default = "Introspection::default_negative_ttl")]
+    #[serde(
+        with = "humantime_serde",
+        default = "Introspection::default_negative_ttl"
+    )]
     pub negative_ttl: Duration,
     /// Limit of one introspection call.
     #[serde(with = "humantime_serde", default = "Introspection::default_timeout")]

@@ -410,7 +410,9 @@ fn jwt_algorithm_none_is_refused() {
 fn jwt_hmac_algorithms_are_refused_with_jwks() {
     check(
         &auth_doc(", algorithms: [RS256, HS256]", "", ""),
-        &["auth.jwt[0].algorithms[1] (HS256) is not allowed with a JWKS issuer (HS* would verify with a shared secret, or with the public key)"],
+        &[
+            "auth.jwt[0].algorithms[1] (HS256) is not allowed with a JWKS issuer (HS* would verify with a shared secret, or with the public key)",
+        ],
     );
 }
 
@@ -418,7 +420,9 @@ fn jwt_hmac_algorithms_are_refused_with_jwks() {
 fn jwt_algorithms_must_be_known_and_listed() {
     check(
         &auth_doc(", algorithms: [RS1]", "", ""),
-        &["auth.jwt[0].algorithms[0] (RS1) must be one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"],
+        &[
+            "auth.jwt[0].algorithms[0] (RS1) must be one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA",
+        ],
     );
     check(
         &auth_doc(", algorithms: []", "", ""),
@@ -430,7 +434,9 @@ fn jwt_algorithms_must_be_known_and_listed() {
 fn jwt_needs_an_audience() {
     check(
         &auth_doc("", "", "").replace("audiences: [api]", "audiences: []"),
-        &["auth.jwt[0].audiences ([]) must list at least one audience (tokens minted for other services must not pass)"],
+        &[
+            "auth.jwt[0].audiences ([]) must list at least one audience (tokens minted for other services must not pass)",
+        ],
     );
 }
 
@@ -504,7 +510,9 @@ fn claim_names_are_not_empty() {
 fn introspection_negative_ttl_does_not_exceed_ttl() {
     check(
         &auth_doc("", ", ttl: 10s, negative_ttl: 1m", ""),
-        &["auth.introspection[0].negative_ttl (1m) must not exceed auth.introspection[0].ttl (10s)"],
+        &[
+            "auth.introspection[0].negative_ttl (1m) must not exceed auth.introspection[0].ttl (10s)",
+        ],
     );
 }
 
@@ -544,11 +552,17 @@ fn route_token_methods_need_configuration() {
 fn route_scopes_are_tokens_and_need_a_token_method() {
     check(
         &auth_doc("", "", ", scopes: [\"read write\"]"),
-        &["routes[0].scopes[0] (read write) must be a scope token (printable ASCII, no spaces, quotes or backslashes)"],
+        &[
+            "routes[0].scopes[0] (read write) must be a scope token (printable ASCII, no spaces, quotes or backslashes)",
+        ],
     );
     check(
-        &format!("{UPSTREAM}routes:\n  - {{ name: r, upstream: users, auth: [api_key], scopes: [read] }}\n"),
-        &["routes[0].scopes (read) needs `auth` to list jwt or introspection (only tokens carry scopes)"],
+        &format!(
+            "{UPSTREAM}routes:\n  - {{ name: r, upstream: users, auth: [api_key], scopes: [read] }}\n"
+        ),
+        &[
+            "routes[0].scopes (read) needs `auth` to list jwt or introspection (only tokens carry scopes)",
+        ],
     );
 }
 

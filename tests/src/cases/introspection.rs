@@ -48,7 +48,11 @@ fn answers() -> crate::idp::Answer {
 }
 
 async fn bearer(node: &TestNode, path: &str, token: &str) -> Reply {
-    get_with(&node.url(path), &[("authorization", &format!("Bearer {token}"))]).await
+    get_with(
+        &node.url(path),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -65,7 +69,13 @@ async fn active_inactive_and_failing_answers() {
     assert_eq!(seen.headers["x-auth-scopes"], "read");
     assert_eq!(seen.headers["x-auth-tenant"], "t9");
     assert_eq!(seen.headers["x-auth-method"], "introspection");
-    assert_eq!(endpoint.unauthorised.load(std::sync::atomic::Ordering::SeqCst), 0, "Basic client authentication");
+    assert_eq!(
+        endpoint
+            .unauthorised
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "Basic client authentication"
+    );
     // Cached: no second call.
     for _ in 0..3 {
         assert_eq!(bearer(&node, "/api/a", "good-1").await.status, 200);
@@ -76,7 +86,11 @@ async fn active_inactive_and_failing_answers() {
     let inactive = bearer(&node, "/api/a", "revoked-token").await;
     assert_eq!(inactive.status, 401);
     assert_eq!(inactive.error_code(), "inactive_token");
-    assert!(inactive.header("www-authenticate").starts_with("Bearer realm=\"meridian\", error=\"invalid_token\""));
+    assert!(
+        inactive
+            .header("www-authenticate")
+            .starts_with("Bearer realm=\"meridian\", error=\"invalid_token\"")
+    );
     assert_eq!(bearer(&node, "/api/a", "revoked-token").await.status, 401);
     assert_eq!(endpoint.calls(), 2, "the inactive answer is cached too");
 
@@ -90,14 +104,48 @@ async fn active_inactive_and_failing_answers() {
     let scoped = bearer(&node, "/write", "good-1").await;
     assert_eq!(scoped.status, 403);
     assert_eq!(scoped.error_code(), "insufficient_scope");
-    assert_eq!(upstream.count(), forwarded, "refused requests never reach the backend");
+    assert_eq!(
+        upstream.count(),
+        forwarded,
+        "refused requests never reach the backend"
+    );
 
     let text = metrics(&node).await;
-    assert_eq!(counter(&text, r#"meridian_auth_cache_total{cache="introspection:opaque",result="hit"}"#), 5);
-    assert_eq!(counter(&text, r#"meridian_introspection_calls_total{endpoint="opaque",result="active"}"#), 1);
-    assert_eq!(counter(&text, r#"meridian_introspection_calls_total{endpoint="opaque",result="inactive"}"#), 1);
-    assert_eq!(counter(&text, r#"meridian_introspection_calls_total{endpoint="opaque",result="error"}"#), 2);
-    assert_eq!(counter(&text, r#"meridian_auth_failures_total{reason="auth_unavailable"}"#), 2);
+    assert_eq!(
+        counter(
+            &text,
+            r#"meridian_auth_cache_total{cache="introspection:opaque",result="hit"}"#
+        ),
+        5
+    );
+    assert_eq!(
+        counter(
+            &text,
+            r#"meridian_introspection_calls_total{endpoint="opaque",result="active"}"#
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            &text,
+            r#"meridian_introspection_calls_total{endpoint="opaque",result="inactive"}"#
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            &text,
+            r#"meridian_introspection_calls_total{endpoint="opaque",result="error"}"#
+        ),
+        2
+    );
+    assert_eq!(
+        counter(
+            &text,
+            r#"meridian_auth_failures_total{reason="auth_unavailable"}"#
+        ),
+        2
+    );
 }
 
 #[tokio::test]
@@ -113,24 +161,35 @@ async fn answers_are_never_used_past_the_token_exp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_for_one_token_share_one_call() {
-    let endpoint =
-        Introspector::start(("gateway", "s3cr3t&="), Duration::from_millis(300), answers()).await;
+    let endpoint = Introspector::start(
+        ("gateway", "s3cr3t&="),
+        Duration::from_millis(300),
+        answers(),
+    )
+    .await;
     let upstream = MockUpstream::echo("u").await;
     let node = Arc::new(TestNode::start(&yaml(&upstream, &endpoint)).await);
     let mut requests = Vec::new();
     for _ in 0..20 {
         let node = node.clone();
-        requests.push(tokio::spawn(async move { bearer(&node, "/api", "good-shared").await.status }));
+        requests.push(tokio::spawn(async move {
+            bearer(&node, "/api", "good-shared").await.status
+        }));
     }
     for request in requests {
         assert_eq!(request.await.unwrap(), 200);
     }
-    assert_eq!(endpoint.calls(), 1, "20 concurrent requests, one introspection call");
+    assert_eq!(
+        endpoint.calls(),
+        1,
+        "20 concurrent requests, one introspection call"
+    );
 }
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_a_503_not_a_500() {
-    let endpoint = Introspector::start(("gateway", "s3cr3t&="), Duration::from_secs(3), answers()).await;
+    let endpoint =
+        Introspector::start(("gateway", "s3cr3t&="), Duration::from_secs(3), answers()).await;
     let upstream = MockUpstream::echo("u").await;
     let node = TestNode::start(&yaml(&upstream, &endpoint)).await;
     // The endpoint answers after 3 s; the timeout is 1 s.

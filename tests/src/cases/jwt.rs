@@ -48,7 +48,11 @@ routes:
 }
 
 async fn bearer(node: &TestNode, path: &str, token: &str) -> Reply {
-    get_with(&node.url(path), &[("authorization", &format!("Bearer {token}"))]).await
+    get_with(
+        &node.url(path),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
 }
 
 fn assert_refused(reply: &Reply, status: u16, code: &str) {
@@ -71,7 +75,11 @@ pub(crate) async fn metrics(node: &TestNode) -> String {
 
 #[tokio::test]
 async fn rs256_es256_and_eddsa_tokens_are_accepted_with_identity_headers() {
-    let (rsa, ec, ed) = (SigningKey::rsa("r1"), SigningKey::ec("e1"), SigningKey::ed("d1"));
+    let (rsa, ec, ed) = (
+        SigningKey::rsa("r1"),
+        SigningKey::ec("e1"),
+        SigningKey::ed("d1"),
+    );
     let jwks = JwksServer::start(&[&rsa, &ec, &ed], 300).await;
     let upstream = MockUpstream::echo("u").await;
     let node = TestNode::start(&yaml(&upstream, &jwks, "")).await;
@@ -111,7 +119,10 @@ async fn rs256_es256_and_eddsa_tokens_are_accepted_with_identity_headers() {
         text.contains(r#"meridian_auth_cache_total{cache="jwt:idp",result="hit"} 1"#),
         "{text}"
     );
-    assert!(text.contains(r#"meridian_jwks_keys{issuer="idp"} 3"#), "{text}");
+    assert!(
+        text.contains(r#"meridian_jwks_keys{issuer="idp"} 3"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -125,7 +136,12 @@ async fn bad_tokens_get_401_with_a_bearer_challenge_and_never_reach_the_backend(
     })
     .await;
     // Warm the keys.
-    assert_eq!(bearer(&node, "/api", &rsa.sign(&claims(ISSUER, "a"))).await.status, 200);
+    assert_eq!(
+        bearer(&node, "/api", &rsa.sign(&claims(ISSUER, "a")))
+            .await
+            .status,
+        200
+    );
     let before = upstream.count();
     let fetches_before = jwks.fetches();
 
@@ -158,16 +174,28 @@ async fn bad_tokens_get_401_with_a_bearer_challenge_and_never_reach_the_backend(
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "alg none",
-            raw_token(&json!({"alg": "none", "kid": "r1"}), &claims(ISSUER, "m"), b""),
+            raw_token(
+                &json!({"alg": "none", "kid": "r1"}),
+                &claims(ISSUER, "m"),
+                b"",
+            ),
             "malformed_token",
         ),
-        ("HS256 with the RSA public key", hs256, "algorithm_not_allowed"),
+        (
+            "HS256 with the RSA public key",
+            hs256,
+            "algorithm_not_allowed",
+        ),
         (
             "wrong iss",
             rsa.sign(&with(&|c| c["iss"] = json!("https://evil.test/"))),
             "invalid_issuer",
         ),
-        ("wrong aud", rsa.sign(&with(&|c| c["aud"] = json!("other"))), "invalid_audience"),
+        (
+            "wrong aud",
+            rsa.sign(&with(&|c| c["aud"] = json!("other"))),
+            "invalid_audience",
+        ),
         (
             "expired",
             rsa.sign(&with(&|c| {
@@ -238,7 +266,10 @@ async fn bad_tokens_get_401_with_a_bearer_challenge_and_never_reach_the_backend(
     }
     let missing = get(&node.url("/api/x")).await;
     assert_refused(&missing, 401, "missing_credentials");
-    assert_eq!(missing.header("www-authenticate"), "Bearer realm=\"meridian\"");
+    assert_eq!(
+        missing.header("www-authenticate"),
+        "Bearer realm=\"meridian\""
+    );
 
     let weak = bearer(&node, "/admin", &rsa.sign(&claims(ISSUER, "a"))).await;
     assert_refused(&weak, 403, "insufficient_scope");
@@ -250,7 +281,11 @@ async fn bad_tokens_get_401_with_a_bearer_challenge_and_never_reach_the_backend(
     admin["scope"] = json!("read admin");
     assert_eq!(bearer(&node, "/admin", &rsa.sign(&admin)).await.status, 200);
 
-    assert_eq!(upstream.count(), before + 1, "only the admin token was forwarded");
+    assert_eq!(
+        upstream.count(),
+        before + 1,
+        "only the admin token was forwarded"
+    );
     // Unknown kids cause at most one fetch per unknown_kid_interval (1s):
     // the four above ran within a few of them.
     assert!(
@@ -259,9 +294,16 @@ async fn bad_tokens_get_401_with_a_bearer_challenge_and_never_reach_the_backend(
         jwks.fetches() - fetches_before
     );
     let text = metrics(&node).await;
-    for reason in ["token_expired", "invalid_audience", "unknown_key", "token_too_large"] {
+    for reason in [
+        "token_expired",
+        "invalid_audience",
+        "unknown_key",
+        "token_too_large",
+    ] {
         assert!(
-            text.contains(&format!("meridian_auth_failures_total{{reason=\"{reason}\"}}")),
+            text.contains(&format!(
+                "meridian_auth_failures_total{{reason=\"{reason}\"}}"
+            )),
             "{reason}: {text}"
         );
     }
@@ -287,7 +329,11 @@ async fn revoked_jti_and_subject_are_refused_even_when_cached() {
     let mut by_jti = claims(ISSUER, "carol");
     by_jti["jti"] = json!("token-1");
     let token = ec.sign(&by_jti);
-    assert_eq!(bearer(&node, "/api", &token).await.status, 200, "cached now");
+    assert_eq!(
+        bearer(&node, "/api", &token).await.status,
+        200,
+        "cached now"
+    );
     revoke(&node, json!({"jti": "token-1"})).await;
     assert_refused(&bearer(&node, "/api", &token).await, 401, "token_revoked");
 
@@ -317,7 +363,8 @@ async fn a_key_rotation_during_load_fails_no_request() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     let mut workers = Vec::new();
     for w in 0..4 {
-        let (node, rotated, ok, failed) = (node.clone(), rotated.clone(), ok.clone(), failed.clone());
+        let (node, rotated, ok, failed) =
+            (node.clone(), rotated.clone(), ok.clone(), failed.clone());
         let tokens = (
             old.sign(&claims(ISSUER, &format!("w{w}"))),
             new.sign(&claims(ISSUER, &format!("w{w}"))),
@@ -327,7 +374,11 @@ async fn a_key_rotation_during_load_fails_no_request() {
             let mut i = 0u32;
             while tokio::time::Instant::now() < deadline && i < 5_000 {
                 i += 1;
-                let token = if rotated.load(Ordering::SeqCst) { &tokens.1 } else { &tokens.0 };
+                let token = if rotated.load(Ordering::SeqCst) {
+                    &tokens.1
+                } else {
+                    &tokens.0
+                };
                 let request = Request::get(node.url("/api/load"))
                     .header("authorization", format!("Bearer {token}"))
                     .body(Full::default())
@@ -350,7 +401,11 @@ async fn a_key_rotation_during_load_fails_no_request() {
         worker.await.unwrap();
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0);
-    assert!(ok.load(Ordering::Relaxed) > 20, "{} requests", ok.load(Ordering::Relaxed));
+    assert!(
+        ok.load(Ordering::Relaxed) > 20,
+        "{} requests",
+        ok.load(Ordering::Relaxed)
+    );
     assert!(
         jwks.fetches() <= 3,
         "the new kid caused one shared fetch, not one per request ({})",
@@ -364,21 +419,76 @@ async fn cached_keys_keep_working_when_the_jwks_server_is_down() {
     let jwks = JwksServer::start(&[&ed], 1).await;
     let upstream = MockUpstream::echo("u").await;
     let node = TestNode::start(&yaml(&upstream, &jwks, "")).await;
-    assert_eq!(bearer(&node, "/api", &ed.sign(&claims(ISSUER, "a"))).await.status, 200);
+    assert_eq!(
+        bearer(&node, "/api", &ed.sign(&claims(ISSUER, "a")))
+            .await
+            .status,
+        200
+    );
 
     jwks.kill();
     // max-age=1 and min_refresh=1s: several refreshes fail meanwhile.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     for i in 0..5 {
         let token = ed.sign(&claims(ISSUER, &format!("fresh-{i}")));
-        assert_eq!(bearer(&node, "/api", &token).await.status, 200, "cached keys still verify");
+        assert_eq!(
+            bearer(&node, "/api", &token).await.status,
+            200,
+            "cached keys still verify"
+        );
     }
     let unknown = SigningKey::ed("d2").sign(&claims(ISSUER, "x"));
     assert_refused(&bearer(&node, "/api", &unknown).await, 401, "unknown_key");
     let text = metrics(&node).await;
     assert!(
-        counter(&text, r#"meridian_jwks_fetches_total{issuer="idp",result="error"}"#) >= 1,
+        counter(
+            &text,
+            r#"meridian_jwks_fetches_total{issuer="idp",result="error"}"#
+        ) >= 1,
         "failed fetches are counted: {text}"
     );
-    assert!(text.contains(r#"meridian_jwks_keys{issuer="idp"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"meridian_jwks_keys{issuer="idp"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_route_taking_keys_or_tokens_challenges_for_both() {
+    let ec = SigningKey::ec("e1");
+    let jwks = JwksServer::start(&[&ec], 300).await;
+    let upstream = MockUpstream::echo("u").await;
+    let extra = "routes:\n  - { name: mixed, match: { path_prefix: /mixed }, auth: [api_key, jwt], upstream: u }\n";
+    let yaml = yaml(&upstream, &jwks, "").replace("routes:\n", extra);
+    let node = TestNode::start(&yaml).await;
+    let missing = get(&node.url("/mixed")).await;
+    assert_refused(&missing, 401, "missing_credentials");
+    let challenges: Vec<&str> = missing
+        .headers
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        challenges,
+        ["ApiKey header=\"X-API-Key\"", "Bearer realm=\"meridian\""]
+    );
+    let expired = {
+        let mut c = claims(ISSUER, "x");
+        c["exp"] = json!(now() - 100);
+        ec.sign(&c)
+    };
+    let refused = bearer(&node, "/mixed", &expired).await;
+    assert_refused(&refused, 401, "token_expired");
+    assert_eq!(
+        refused.headers.get_all("www-authenticate").iter().count(),
+        2
+    );
+    assert_eq!(
+        bearer(&node, "/mixed", &ec.sign(&claims(ISSUER, "y")))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(upstream.count(), 1);
 }

@@ -206,17 +206,24 @@ routes:
         upstream.target()
     );
     let node = TestNode::start(&yaml).await;
-    let key = post(&node.admin_url("/v1/consumers/acme/keys"), "").await.json()["key"]
+    let key = post(&node.admin_url("/v1/consumers/acme/keys"), "")
+        .await
+        .json()["key"]
         .as_str()
         .unwrap()
         .to_owned();
-    let other = post(&node.admin_url("/v1/consumers/globex/keys"), "").await.json()["key"]
+    let other = post(&node.admin_url("/v1/consumers/globex/keys"), "")
+        .await
+        .json()["key"]
         .as_str()
         .unwrap()
         .to_owned();
 
     let missing = get_with(&node.url("/private"), &[("x-api-key", &key)]).await;
-    assert_eq!(missing.status, 401, "the default header is not read any more");
+    assert_eq!(
+        missing.status, 401,
+        "the default header is not read any more"
+    );
     assert_eq!(
         missing.header("www-authenticate"),
         "ApiKey header=\"X-Gateway-Key\""
@@ -233,7 +240,10 @@ routes:
     let by_query = get(&node.url(&format!("/private/b?x=1&api_key={other}&y=2"))).await;
     assert_eq!(by_query.status, 200, "{:?}", by_query.body);
     let seen = upstream.last();
-    assert_eq!(seen.uri, "/private/b?x=1&y=2", "the key is stripped from the URL");
+    assert_eq!(
+        seen.uri, "/private/b?x=1&y=2",
+        "the key is stripped from the URL"
+    );
     assert_eq!(seen.headers["x-consumer-name"], "globex");
     assert!(
         !seen.headers.contains_key("x-consumer-plan"),
@@ -259,7 +269,9 @@ routes:
 async fn the_query_parameter_is_ignored_unless_configured() {
     let upstream = MockUpstream::echo("u").await;
     let node = TestNode::start(&yaml(&upstream)).await;
-    let key = post(&node.admin_url("/v1/consumers/acme/keys"), "").await.json()["key"]
+    let key = post(&node.admin_url("/v1/consumers/acme/keys"), "")
+        .await
+        .json()["key"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -126,9 +126,18 @@ mod tests {
                 _ => "ok",
             }
         }
-        assert_eq!(code(verify(&key.key, &cluster_key, &state, 1_000)), "expired_credentials");
-        assert_eq!(code(verify(&key.key, &pki::secret(), &state, 10)), "invalid_credentials");
-        assert_eq!(code(verify("mk_nope", &cluster_key, &state, 10)), "invalid_credentials");
+        assert_eq!(
+            code(verify(&key.key, &cluster_key, &state, 1_000)),
+            "expired_credentials"
+        );
+        assert_eq!(
+            code(verify(&key.key, &pki::secret(), &state, 10)),
+            "invalid_credentials"
+        );
+        assert_eq!(
+            code(verify("mk_nope", &cluster_key, &state, 10)),
+            "invalid_credentials"
+        );
         state.apply(
             &raft::model::Request {
                 at: 2,
@@ -139,6 +148,10 @@ mod tests {
             },
             2,
         );
-        assert_eq!(code(verify(&key.key, &cluster_key, &state, 10)), "invalid_credentials", "revoked keys are deleted");
+        assert_eq!(
+            code(verify(&key.key, &cluster_key, &state, 10)),
+            "invalid_credentials",
+            "revoked keys are deleted"
+        );
     }
 }

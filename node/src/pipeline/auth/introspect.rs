@@ -121,13 +121,17 @@ impl Endpoint {
                     })
                     .await
                     .clone();
-                result.map_err(|_| Refusal::Unavailable("the token introspection endpoint failed"))?
+                result
+                    .map_err(|_| Refusal::Unavailable("the token introspection endpoint failed"))?
             }
         };
         match answer {
             Some(identity) if identity.expires_at.is_none_or(|exp| exp > now) => Ok(identity),
             Some(_) => Err(Refusal::invalid("token_expired", "the token has expired")),
-            None => Err(Refusal::invalid("inactive_token", "the token is not active")),
+            None => Err(Refusal::invalid(
+                "inactive_token",
+                "the token is not active",
+            )),
         }
     }
 

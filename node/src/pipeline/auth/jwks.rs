@@ -168,7 +168,11 @@ impl KeySet {
 
     /// Parses a JWK set document. `validation` is the issuer's claim
     /// checks; `allowed` its algorithm allow-list.
-    pub fn parse(body: &[u8], allowed: &[Algorithm], validation: &Validation) -> Result<Self, String> {
+    pub fn parse(
+        body: &[u8],
+        allowed: &[Algorithm],
+        validation: &Validation,
+    ) -> Result<Self, String> {
         #[derive(serde::Deserialize)]
         struct Document {
             keys: Vec<serde_json::Value>,
@@ -251,7 +255,10 @@ fn key_from_jwk(jwk: &Jwk, allowed: &[Algorithm], validation: &Validation) -> Op
         // Symmetric keys never verify tokens of a JWKS issuer.
         _ => return None,
     };
-    if matches!(jwk.common.key_algorithm, Some(KeyAlgorithm::HS256 | KeyAlgorithm::HS384 | KeyAlgorithm::HS512)) {
+    if matches!(
+        jwk.common.key_algorithm,
+        Some(KeyAlgorithm::HS256 | KeyAlgorithm::HS384 | KeyAlgorithm::HS512)
+    ) {
         return None;
     }
     let algorithms: Vec<Algorithm> = family
@@ -291,7 +298,10 @@ mod tests {
         let ec = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "e",
             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"});
-        let set = parse(serde_json::json!({"keys": [ec.clone()]}), &[Algorithm::ES256]);
+        let set = parse(
+            serde_json::json!({"keys": [ec.clone()]}),
+            &[Algorithm::ES256],
+        );
         assert_eq!(set.get("e").unwrap().algorithms, [Algorithm::ES256]);
         // Not allowed by the issuer: skipped.
         let set = parse(serde_json::json!({"keys": [ec]}), &[Algorithm::RS256]);
@@ -320,7 +330,10 @@ mod tests {
     #[test]
     fn max_age_is_read() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CACHE_CONTROL, "public, max-age=600".parse().unwrap());
+        headers.insert(
+            header::CACHE_CONTROL,
+            "public, max-age=600".parse().unwrap(),
+        );
         assert_eq!(max_age(&headers), Some(Duration::from_secs(600)));
         headers.insert(header::CACHE_CONTROL, "no-store".parse().unwrap());
         assert_eq!(max_age(&headers), Some(Duration::ZERO));

@@ -129,10 +129,7 @@ impl Issuer {
             fetch_ok,
             fetch_failed,
             key_count: metrics.gauge("meridian_jwks_keys", &[("issuer", name.clone())]),
-            stale: metrics.gauge(
-                "meridian_jwks_consecutive_failures",
-                &[("issuer", name)],
-            ),
+            stale: metrics.gauge("meridian_jwks_consecutive_failures", &[("issuer", name)]),
             stop: CancellationToken::new(),
             config: config.clone(),
         }
@@ -202,9 +199,9 @@ impl Issuer {
         if kid.is_some_and(|kid| self.keys.load().set.get(kid).is_some()) {
             return;
         }
-        let recent = fetches.last_attempt.is_some_and(|at| {
-            at.elapsed() < self.config.jwks.unknown_kid_interval
-        });
+        let recent = fetches
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < self.config.jwks.unknown_kid_interval);
         if !recent {
             let _ = self.fetch(&mut fetches).await;
         }
@@ -215,10 +212,18 @@ impl Issuer {
     /// may answer with [`Issuer::refetch_for`] and a second call.
     pub fn check(&self, token: &str, now: u64) -> Result<Arc<Identity>, Refusal> {
         if token.len() > self.config.max_token_bytes {
-            return Err(Refusal::invalid("token_too_large", "the token is too large"));
+            return Err(Refusal::invalid(
+                "token_too_large",
+                "the token is too large",
+            ));
+        }
+        let keys = self.keys.load();
+        if let Some(fetched) = keys.fetched
+            && fetched.elapsed() > self.config.jwks.max_stale
+        {
+            return Err(Refusal::Unavailable("the issuer's keys are stale"));
         }
         let hash = digest(token);
-        let keys = self.keys.load();
         if let Some(hit) = self.cache.get(&hash, now) {
             // The key that verified it must still be published.
             let current = match &hit.key.kid {
@@ -229,11 +234,6 @@ impl Issuer {
                 return Ok(hit.identity);
             }
             self.cache.remove(&hash);
-        }
-        if let Some(fetched) = keys.fetched
-            && fetched.elapsed() > self.config.jwks.max_stale
-        {
-            return Err(Refusal::Unavailable("the issuer's keys are stale"));
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Refusal::invalid("malformed_token", "the token is not a valid JWT"))?;
@@ -246,7 +246,11 @@ impl Issuer {
         let key = match header.kid.as_deref() {
             Some(kid) => keys.set.get(kid).cloned(),
             None => {
-                let mut compatible = keys.set.keys.iter().filter(|k| k.algorithms.contains(&header.alg));
+                let mut compatible = keys
+                    .set
+                    .keys
+                    .iter()
+                    .filter(|k| k.algorithms.contains(&header.alg));
                 match (compatible.next(), compatible.next()) {
                     (Some(only), None) => Some(only.clone()),
                     _ => None,
@@ -298,7 +302,9 @@ impl Issuer {
                 let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
                 self.refetch_for(kid.as_deref()).await;
                 match self.check(token, now) {
-                    Err(Refusal::NoKeys) => Err(Refusal::Unavailable("the issuer's keys could not be fetched")),
+                    Err(Refusal::NoKeys) => Err(Refusal::Unavailable(
+                        "the issuer's keys could not be fetched",
+                    )),
                     other => other,
                 }
             }
@@ -316,15 +322,23 @@ fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> Refusal {
     use jsonwebtoken::errors::ErrorKind as E;
     match kind {
         E::ExpiredSignature => Refusal::invalid("token_expired", "the token has expired"),
-        E::ImmatureSignature => Refusal::invalid("token_not_yet_valid", "the token is not valid yet"),
-        E::InvalidIssuer => Refusal::invalid("invalid_issuer", "the token's issuer is not accepted"),
-        E::InvalidAudience => {
-            Refusal::invalid("invalid_audience", "the token is not meant for this audience")
+        E::ImmatureSignature => {
+            Refusal::invalid("token_not_yet_valid", "the token is not valid yet")
         }
-        E::InvalidSignature => Refusal::invalid("invalid_signature", "the token's signature is not valid"),
-        E::MissingRequiredClaim(_) | E::InvalidClaimFormat(_) => {
-            Refusal::invalid("invalid_claims", "the token lacks a required claim (exp, iss, aud)")
+        E::InvalidIssuer => {
+            Refusal::invalid("invalid_issuer", "the token's issuer is not accepted")
         }
+        E::InvalidAudience => Refusal::invalid(
+            "invalid_audience",
+            "the token is not meant for this audience",
+        ),
+        E::InvalidSignature => {
+            Refusal::invalid("invalid_signature", "the token's signature is not valid")
+        }
+        E::MissingRequiredClaim(_) | E::InvalidClaimFormat(_) => Refusal::invalid(
+            "invalid_claims",
+            "the token lacks a required claim (exp, iss, aud)",
+        ),
         E::InvalidAlgorithm => Refusal::invalid(
             "algorithm_mismatch",
             "the token's algorithm does not match its key",

@@ -17,7 +17,10 @@ fn client_identity_headers_are_removed() {
 fn bearer_tokens_are_read() {
     let mut headers = HeaderMap::new();
     assert!(matches!(bearer(&headers), Presented::None));
-    headers.insert("authorization", HeaderValue::from_static("Bearer abc.def.ghi"));
+    headers.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer abc.def.ghi"),
+    );
     assert!(matches!(bearer(&headers), Presented::Some("abc.def.ghi")));
     headers.insert("authorization", HeaderValue::from_static("bearer  xyz "));
     assert!(matches!(bearer(&headers), Presented::Some("xyz")));
@@ -48,13 +51,8 @@ fn claims_become_identity_headers() {
         consumer: Some("org".into()),
         ..ClaimNames::default()
     };
-    let identity = Identity::from_claims(
-        AuthMethod::Jwt,
-        claims.as_object().unwrap(),
-        &names,
-        None,
-    )
-    .unwrap();
+    let identity =
+        Identity::from_claims(AuthMethod::Jwt, claims.as_object().unwrap(), &names, None).unwrap();
     assert_eq!(identity.scopes, ["read", "write"]);
     assert_eq!(identity.expires_at, Some(20_000));
     assert_eq!(identity.issued_at, Some(10_000));
@@ -77,6 +75,9 @@ fn claims_become_identity_headers() {
     let bad = serde_json::json!({"sub": "line\nbreak"});
     assert!(matches!(
         Identity::from_claims(AuthMethod::Jwt, bad.as_object().unwrap(), &names, None),
-        Err(Refusal::Invalid { code: "invalid_claims", .. })
+        Err(Refusal::Invalid {
+            code: "invalid_claims",
+            ..
+        })
     ));
 }
