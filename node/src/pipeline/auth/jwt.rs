@@ -165,10 +165,7 @@ impl Issuer {
             Ok(max_age) => {
                 self.fetch_ok.increment(1);
                 self.stale.set(0.0);
-                let bounds = &self.config.jwks;
-                Ok(max_age
-                    .unwrap_or(bounds.max_refresh)
-                    .clamp(bounds.min_refresh, bounds.max_refresh))
+                Ok(refresh_interval(max_age, &self.config.jwks))
             }
             Err(error) => {
                 self.fetch_failed.increment(1);
@@ -318,6 +315,14 @@ impl Issuer {
     }
 }
 
+/// When to fetch again after an answer with `max_age`: the answer's
+/// lifetime within the configured bounds, `max_refresh` without one.
+fn refresh_interval(max_age: Option<Duration>, bounds: &raft::model::JwksCache) -> Duration {
+    max_age
+        .unwrap_or(bounds.max_refresh)
+        .clamp(bounds.min_refresh, bounds.max_refresh)
+}
+
 fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> Refusal {
     use jsonwebtoken::errors::ErrorKind as E;
     match kind {
@@ -373,4 +378,65 @@ pub fn spawn_refresh(issuer: &Arc<Issuer>, tasks: &TaskTracker, shutdown: &Cance
         }
         .instrument(span),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_clamped_to_the_refresh_bounds() {
+        let bounds = raft::model::JwksCache {
+            min_refresh: Duration::from_secs(60),
+            max_refresh: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let at = |s| refresh_interval(Some(Duration::from_secs(s)), &bounds);
+        assert_eq!(
+            at(0),
+            Duration::from_secs(60),
+            "no-store does not hammer the IdP"
+        );
+        assert_eq!(at(600), Duration::from_secs(600));
+        assert_eq!(at(86_400), Duration::from_secs(3600));
+        assert_eq!(refresh_interval(None, &bounds), Duration::from_secs(3600));
+    }
+
+    fn issuer(algorithms: &str) -> Issuer {
+        let yaml = format!(
+            "auth:\n  jwt:\n    - {{ name: t, issuer: \"https://i/\", jwks_uri: \"http://127.0.0.1:1/\", audiences: [api], algorithms: [{algorithms}] }}\n"
+        );
+        let config = raft::model::GatewayConfig::parse(&yaml).unwrap();
+        Issuer::new(&config.auth.jwt[0], &Metrics::new())
+    }
+
+    #[test]
+    fn without_keys_tokens_wait_for_a_fetch_and_oversized_ones_are_refused() {
+        let issuer = issuer("ES256");
+        let token = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsifQ.e30.c2ln";
+        assert_eq!(issuer.check(token, 0).unwrap_err(), Refusal::NoKeys);
+        issuer.install(br#"{"keys": []}"#).unwrap();
+        assert_eq!(issuer.check(token, 0).unwrap_err(), Refusal::UnknownKey);
+        let huge = "a".repeat(9000);
+        assert!(matches!(
+            issuer.check(&huge, 0),
+            Err(Refusal::Invalid {
+                code: "token_too_large",
+                ..
+            })
+        ));
+        // Not in the allow-list: refused before any key lookup.
+        let rs = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsifQ.e30.c2ln";
+        assert!(matches!(
+            issuer.check(rs, 0),
+            Err(Refusal::Invalid {
+                code: "algorithm_not_allowed",
+                ..
+            })
+        ));
+        assert!(
+            issuer.install(b"not json").is_err(),
+            "a bad document keeps the old keys"
+        );
+    }
 }
