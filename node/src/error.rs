@@ -60,6 +60,26 @@ pub enum Kind {
     },
     /// The connection's TLS name (SNI) does not match the request's host (421).
     Misdirected,
+    /// Missing or refused credentials (401) with one `WWW-Authenticate`
+    /// challenge per method the route accepts.
+    Unauthenticated {
+        /// Why, e.g. `token_expired`.
+        code: &'static str,
+        /// Explanation.
+        message: &'static str,
+        /// The `WWW-Authenticate` values.
+        challenges: Vec<HeaderValue>,
+    },
+    /// The caller's token lacks a scope the route requires (403).
+    InsufficientScope {
+        /// The route's required scopes, space-separated.
+        scope: String,
+    },
+    /// The identity provider (JWKS, introspection) cannot be asked (503).
+    AuthUnavailable {
+        /// Explanation.
+        message: &'static str,
+    },
     /// The request body exceeds the limit (413).
     PayloadTooLarge {
         /// The limit in bytes.
@@ -143,9 +163,10 @@ impl Error {
             }
             Kind::ClientTimeout | Kind::ClientTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
             Kind::NoRoute => StatusCode::NOT_FOUND,
-            Kind::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Kind::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Kind::Unauthorized { .. } | Kind::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden { .. } | Kind::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Kind::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Kind::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Kind::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -165,6 +186,8 @@ impl Error {
             | Kind::Unauthorized { .. }
             | Kind::Forbidden { .. }
             | Kind::Misdirected
+            | Kind::Unauthenticated { .. }
+            | Kind::InsufficientScope { .. }
             | Kind::PayloadTooLarge { .. }
             | Kind::UriTooLong { .. }
             | Kind::HeadersTooLarge { .. }
@@ -175,7 +198,8 @@ impl Error {
             | Kind::UpstreamConnectTimeout
             | Kind::UpstreamTimeout
             | Kind::UpstreamProtocol
-            | Kind::NoHealthyUpstream => Side::Upstream,
+            | Kind::NoHealthyUpstream
+            | Kind::AuthUnavailable { .. } => Side::Upstream,
             Kind::Overloaded | Kind::Internal => Side::Internal,
         }
     }
@@ -206,9 +230,11 @@ impl Error {
             Kind::BadRequest { code, .. } => code,
             Kind::UnsupportedVersion { .. } => "unsupported_api_version",
             Kind::NoRoute => "no_route",
-            Kind::Unauthorized { code, .. } => code,
+            Kind::Unauthorized { code, .. } | Kind::Unauthenticated { code, .. } => code,
             Kind::Forbidden { code, .. } => code,
             Kind::Misdirected => "misdirected_request",
+            Kind::InsufficientScope { .. } => "insufficient_scope",
+            Kind::AuthUnavailable { .. } => "auth_unavailable",
             Kind::PayloadTooLarge { .. } => "payload_too_large",
             Kind::UriTooLong { .. } => "uri_too_long",
             Kind::HeadersTooLarge { .. } => "headers_too_large",
@@ -237,12 +263,18 @@ impl Error {
                 format!("API version {requested:?} is not supported; supported: {supported}").into()
             }
             Kind::NoRoute => "no route matches this request".into(),
-            Kind::Unauthorized { message, .. } => (*message).into(),
+            Kind::Unauthorized { message, .. } | Kind::Unauthenticated { message, .. } => {
+                (*message).into()
+            }
             Kind::Forbidden { message, .. } => message.clone(),
             Kind::Misdirected => {
                 "the request's Host does not match the TLS server name (SNI) of this connection"
                     .into()
             }
+            Kind::InsufficientScope { scope } => {
+                format!("this route needs the scopes: {scope}").into()
+            }
+            Kind::AuthUnavailable { message } => (*message).into(),
             Kind::PayloadTooLarge { limit } => {
                 format!("request body exceeds the limit of {limit} bytes").into()
             }
@@ -300,6 +332,22 @@ impl Error {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("ApiKey header=\"X-API-Key\""),
                 );
+            }
+            Kind::Unauthenticated { challenges, .. } => {
+                for challenge in challenges {
+                    headers.append(header::WWW_AUTHENTICATE, challenge.clone());
+                }
+            }
+            Kind::InsufficientScope { scope } => {
+                let challenge = format!(
+                    "Bearer realm=\"meridian\", error=\"insufficient_scope\", scope=\"{scope}\""
+                );
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            Kind::AuthUnavailable { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}
         }
@@ -366,6 +414,27 @@ mod tests {
                 }),
                 403,
                 Side::Client,
+            ),
+            (
+                Error::new(Kind::Unauthenticated {
+                    code: "token_expired",
+                    message: "no",
+                    challenges: vec![HeaderValue::from_static("Bearer realm=\"x\"")],
+                }),
+                401,
+                Side::Client,
+            ),
+            (
+                Error::new(Kind::InsufficientScope {
+                    scope: "read".into(),
+                }),
+                403,
+                Side::Client,
+            ),
+            (
+                Error::new(Kind::AuthUnavailable { message: "down" }),
+                503,
+                Side::Upstream,
             ),
             (Error::new(Kind::UpstreamConnect), 502, Side::Upstream),
             (Error::new(Kind::UpstreamProtocol), 502, Side::Upstream),

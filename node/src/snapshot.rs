@@ -16,6 +16,7 @@ use raft::model::GatewayConfig;
 
 use crate::Shared;
 use crate::metrics::RouteMetrics;
+use crate::pipeline::auth;
 use crate::pipeline::policy::Policies;
 use crate::pipeline::route::{Route, Router};
 use crate::pipeline::version::Apis;
@@ -38,6 +39,8 @@ pub struct Snapshot {
     pub unrouted: RouteMetrics,
     /// IP lists, WAF, CORS and security headers.
     pub policies: Policies,
+    /// Consumers, API key location, JWT issuers and introspection endpoints.
+    pub auth: auth::Runtime,
 }
 
 impl Snapshot {
@@ -76,6 +79,7 @@ impl Snapshot {
             .collect();
         Self {
             version,
+            auth: auth::Runtime::compile(&config, &previous.auth, shared),
             router: Router::new(routes),
             apis: Apis::compile(&config),
             pools,
@@ -94,6 +98,7 @@ impl Snapshot {
             pools: BTreeMap::new(),
             unrouted: RouteMetrics::new(&shared.metrics, "none"),
             policies: Policies::default(),
+            auth: auth::Runtime::default(),
         }
     }
 }

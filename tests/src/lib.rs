@@ -6,8 +6,11 @@
 //! - [`TestNode`]: a node started from YAML, stopped at the end of a test.
 //! - [`MockUpstream`]: an HTTP/1.1 + h2c server that records what it received.
 //! - [`client`]: small HTTP helpers, including raw TCP for malformed input.
+//! - [`idp`]: a test identity provider: signing keys, a JWKS server, an
+//!   RFC 7662 introspection server.
 
 pub mod client;
+pub mod idp;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -76,11 +76,7 @@ pub fn finish(
                     "route",
                     cx.route.as_ref().map_or("none", |r| r.name.as_str()),
                 );
-                if let Some(consumer) = cx
-                    .principal
-                    .as_ref()
-                    .and_then(|p| p.consumer_name.to_str().ok())
-                {
+                if let Some(consumer) = cx.principal.as_ref().and_then(|p| p.consumer_name()) {
                     line.str("consumer", consumer);
                 }
                 if let Some(version) = cx.api.as_ref().and_then(|a| a.version.to_str().ok()) {

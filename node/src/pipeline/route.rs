@@ -278,6 +278,8 @@ pub struct Route {
     pub auth: Vec<raft::model::AuthMethod>,
     /// The route's TLS requirements.
     pub tls: raft::model::RouteTls,
+    /// Scopes the caller's token must carry.
+    pub scopes: Vec<String>,
     /// The route's series.
     pub metrics: RouteMetrics,
 }
@@ -330,6 +332,7 @@ impl Route {
             max_body: route.max_body.map(|b| b.bytes()),
             auth: route.auth.clone(),
             tls: route.tls,
+            scopes: route.scopes.clone(),
             metrics: RouteMetrics::new(metrics, &route.name),
         })
     }

@@ -47,7 +47,6 @@ use crate::body::{
     Body, BufferedPrefix, ClientBody, ClientFault, Fault, MinRate, Replay, UpstreamBody,
 };
 use crate::error::{Error, Kind};
-use crate::pipeline::auth::{CONSUMER_ID, CONSUMER_NAME};
 use crate::pipeline::version::API_VERSION;
 use crate::pipeline::{Request, RequestCx, Response};
 
@@ -456,9 +455,9 @@ fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Header
     if let Some(selected) = &cx.api {
         headers.insert(API_VERSION.clone(), selected.version.clone());
     }
+    // Identity last: nothing above (or from the client) can stand in for it.
     if let Some(principal) = &cx.principal {
-        headers.insert(CONSUMER_ID.clone(), principal.consumer_id.clone());
-        headers.insert(CONSUMER_NAME.clone(), principal.consumer_name.clone());
+        principal.write_headers(&mut headers);
     }
     if let Some(cert) = cx.tls.as_ref().and_then(|tls| tls.client.as_ref()) {
         crate::tls::client_cert_headers(cert, &mut headers);

@@ -38,6 +38,11 @@ pub struct GatewayConfig {
     pub consumers: Vec<Consumer>,
     /// Edge policies for every route (see [`policy`] for precedence).
     pub policies: Policies,
+    /// Named plans consumers subscribe to.
+    pub plans: BTreeMap<String, Plan>,
+    /// How credentials are read and verified (API keys, JWT issuers,
+    /// introspection endpoints).
+    pub auth: AuthConfig,
 }
 
 /// A client of the gateway.
@@ -49,6 +54,9 @@ pub struct Consumer {
     /// Stable id sent upstream as `x-consumer-id` (defaults to the name).
     #[serde(default)]
     pub id: Option<String>,
+    /// The plan the consumer is on (sent upstream as `x-consumer-plan`).
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 impl Consumer {
@@ -67,6 +75,220 @@ pub enum AuthMethod {
     /// A client certificate verified in the TLS handshake (mTLS); the
     /// identity comes from its SAN URI, else SAN DNS, else subject CN.
     Mtls,
+    /// `Authorization: Bearer <JWT>` signed by a key of a configured issuer.
+    Jwt,
+    /// `Authorization: Bearer <opaque token>` checked with an RFC 7662
+    /// introspection endpoint.
+    Introspection,
+}
+
+impl AuthMethod {
+    /// The name used in configuration, logs and headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ApiKey => "api_key",
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::Introspection => "introspection",
+            AuthMethod::Mtls => "mtls",
+        }
+    }
+}
+
+/// A plan consumers subscribe to. Rate limits per plan come with the
+/// rate-limiting stage; today a plan names a tier that is sent upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Plan {
+    /// Free text for operators.
+    pub description: Option<String>,
+}
+
+/// The `auth` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Where API keys are read from.
+    pub api_key: ApiKeyConfig,
+    /// JWT issuers, each with its JWKS.
+    pub jwt: Vec<JwtIssuer>,
+    /// RFC 7662 introspection endpoints for opaque tokens.
+    pub introspection: Vec<Introspection>,
+}
+
+/// Where API keys are read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeyConfig {
+    /// The request header holding the key.
+    pub header: String,
+    /// A query parameter holding the key (off unless set); it is removed
+    /// from the URL sent upstream.
+    pub query: Option<String>,
+}
+
+impl Default for ApiKeyConfig {
+    fn default() -> Self {
+        Self {
+            header: "X-API-Key".into(),
+            query: None,
+        }
+    }
+}
+
+/// A JWT issuer whose signing keys are published as a JWKS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuer {
+    /// Name used in metrics and logs.
+    pub name: String,
+    /// The exact `iss` claim of its tokens.
+    pub issuer: String,
+    /// `http(s)://` URL of the issuer's JWK set.
+    pub jwks_uri: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// Accepted signature algorithms (e.g. `RS256`, `ES256`, `EdDSA`).
+    #[serde(default = "JwtIssuer::default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde", default = "JwtIssuer::default_leeway")]
+    pub leeway: Duration,
+    /// How the JWK set is cached and refreshed.
+    #[serde(default)]
+    pub jwks: JwksCache,
+    /// Which claims carry the identity sent upstream.
+    #[serde(default)]
+    pub claims: ClaimNames,
+    /// Longest token accepted, in bytes.
+    #[serde(default = "JwtIssuer::default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Verified tokens remembered (so a repeated token skips the signature).
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+}
+
+impl JwtIssuer {
+    fn default_algorithms() -> Vec<String> {
+        vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+    }
+    fn default_leeway() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_max_token_bytes() -> usize {
+        8 * 1024
+    }
+}
+
+fn default_cache_entries() -> usize {
+    10_000
+}
+
+/// How a JWK set is cached. The refresh interval is the JWKS response's
+/// `Cache-Control: max-age`, clamped to `[min_refresh, max_refresh]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwksCache {
+    /// Shortest time between two scheduled fetches.
+    #[serde(with = "humantime_serde")]
+    pub min_refresh: Duration,
+    /// Longest time between two scheduled fetches (also used without max-age).
+    #[serde(with = "humantime_serde")]
+    pub max_refresh: Duration,
+    /// Keys are kept this long after the last successful fetch while the
+    /// endpoint fails; after that the issuer's tokens are refused (503).
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
+    /// Shortest time between two fetches triggered by an unknown `kid`.
+    #[serde(with = "humantime_serde")]
+    pub unknown_kid_interval: Duration,
+    /// Limit of one fetch.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for JwksCache {
+    fn default() -> Self {
+        Self {
+            min_refresh: Duration::from_secs(60),
+            max_refresh: Duration::from_secs(3600),
+            max_stale: Duration::from_secs(24 * 3600),
+            unknown_kid_interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Claim names mapped to identity headers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimNames {
+    /// `x-auth-sub`.
+    pub subject: String,
+    /// `x-auth-scopes` (a space-separated string or an array).
+    pub scopes: String,
+    /// `x-auth-roles` (an array or a string).
+    pub roles: String,
+    /// `x-auth-tenant`.
+    pub tenant: String,
+    /// A claim naming a configured consumer; when it does, the consumer's
+    /// headers are sent too.
+    pub consumer: Option<String>,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        Self {
+            subject: "sub".into(),
+            scopes: "scope".into(),
+            roles: "roles".into(),
+            tenant: "tenant".into(),
+            consumer: None,
+        }
+    }
+}
+
+/// An RFC 7662 token introspection endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Introspection {
+    /// Name used in metrics and logs.
+    pub name: String,
+    /// `http(s)://` URL of the endpoint.
+    pub endpoint: String,
+    /// The gateway's client id (HTTP Basic user).
+    pub client_id: String,
+    /// The gateway's client secret (HTTP Basic password).
+    pub client_secret: String,
+    /// How long an active answer is reused (never past the token's `exp`).
+    #[serde(with = "humantime_serde", default = "Introspection::default_ttl")]
+    pub ttl: Duration,
+    /// How long an inactive answer is reused.
+    #[serde(
+        with = "humantime_serde",
+        default = "Introspection::default_negative_ttl"
+    )]
+    pub negative_ttl: Duration,
+    /// Limit of one introspection call.
+    #[serde(with = "humantime_serde", default = "Introspection::default_timeout")]
+    pub timeout: Duration,
+    /// Answers remembered.
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+    /// Which claims of the answer carry the identity sent upstream.
+    #[serde(default)]
+    pub claims: ClaimNames,
+}
+
+impl Introspection {
+    fn default_ttl() -> Duration {
+        Duration::from_secs(60)
+    }
+    fn default_negative_ttl() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
 }
 
 impl GatewayConfig {
@@ -333,6 +555,9 @@ pub struct Route {
     /// Edge policies of this route (see [`policy`] for precedence).
     #[serde(default)]
     pub policies: Policies,
+    /// Scopes the caller's token must all carry (403 `insufficient_scope`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 /// A route's TLS requirements.

@@ -242,6 +242,25 @@ impl State {
             .is_some_and(|expires| *expires > now)
     }
 
+    /// Whether a JWT for `subject` issued at `issued_at` (Unix ms; `None`
+    /// when the token has no `iat`) is revoked at `now` by a
+    /// [`Revocation::JwtSubject`]: one whose `not_before` is after the
+    /// token's issue time. A token without `iat` is revoked by any such
+    /// revocation of its subject. Costs one ordered-map range lookup.
+    pub fn is_subject_revoked(&self, subject: &str, issued_at: Option<u64>, now: u64) -> bool {
+        let from = Revocation::JwtSubject {
+            subject: subject.to_owned(),
+            not_before: issued_at.map_or(0, |iat| iat.saturating_add(1)),
+        };
+        let to = Revocation::JwtSubject {
+            subject: subject.to_owned(),
+            not_before: u64::MAX,
+        };
+        self.revocations
+            .range(from..=to)
+            .any(|(_, expires)| *expires > now)
+    }
+
     /// Applies one request at raft log `index`. Deterministic.
     pub fn apply(&mut self, request: &Request, index: u64) -> Outcome {
         self.clock = self.clock.max(request.at);
@@ -554,6 +573,31 @@ mod tests {
                 .revocations
                 .contains_key(&Revocation::ApiKey("k1".into()))
         );
+    }
+
+    #[test]
+    fn subject_revocations_cover_tokens_issued_before() {
+        let mut state = State::default();
+        state.apply(
+            &request(
+                10,
+                Command::Revoke {
+                    target: Revocation::JwtSubject {
+                        subject: "alice".into(),
+                        not_before: 5_000,
+                    },
+                    expires_at: 100_000,
+                },
+            ),
+            1,
+        );
+        assert!(state.is_subject_revoked("alice", Some(4_000), 50));
+        assert!(state.is_subject_revoked("alice", None, 50));
+        assert!(!state.is_subject_revoked("alice", Some(5_000), 50));
+        assert!(!state.is_subject_revoked("alice", Some(6_000), 50));
+        assert!(!state.is_subject_revoked("alicf", Some(4_000), 50));
+        assert!(!state.is_subject_revoked("alic", Some(4_000), 50));
+        assert!(!state.is_subject_revoked("alice", Some(4_000), 100_000));
     }
 
     #[test]

@@ -350,3 +350,250 @@ fn route_tls_options() {
         assert!(errors.0[0].key.is_empty(), "a syntax error: {errors}");
     }
 }
+
+// === auth, consumers and plans ===
+
+/// A valid document with one issuer and one introspection endpoint, with
+/// `extra` spliced into the issuer (`{jwt}`) or endpoint (`{intro}`).
+fn auth_doc(jwt: &str, intro: &str, route: &str) -> String {
+    format!(
+        r#"{UPSTREAM}plans:
+  gold: {{ description: "the gold tier" }}
+consumers:
+  - {{ name: acme, plan: gold }}
+auth:
+  api_key: {{ header: X-Key, query: key }}
+  jwt:
+    - {{ name: idp, issuer: "https://idp.example.com/", jwks_uri: "https://idp.example.com/jwks", audiences: [api]{jwt} }}
+  introspection:
+    - {{ name: opaque, endpoint: "https://idp.example.com/introspect", client_id: gw, client_secret: s{intro} }}
+routes:
+  - {{ name: r, upstream: users, auth: [api_key, jwt, introspection]{route} }}
+"#
+    )
+}
+
+#[test]
+fn auth_example_parses_with_defaults() {
+    let config = GatewayConfig::parse(&auth_doc("", "", ", scopes: [read]")).expect("valid");
+    let jwt = &config.auth.jwt[0];
+    assert_eq!(jwt.leeway, Duration::from_secs(30));
+    assert_eq!(jwt.algorithms, ["RS256", "ES256", "EdDSA"]);
+    assert_eq!(jwt.claims.subject, "sub");
+    assert_eq!(jwt.jwks.max_refresh, Duration::from_secs(3600));
+    assert_eq!(config.auth.api_key.query.as_deref(), Some("key"));
+    assert_eq!(config.consumers[0].plan.as_deref(), Some("gold"));
+    assert_eq!(config.routes[0].scopes, ["read"]);
+    let defaults = GatewayConfig::parse("").unwrap();
+    assert_eq!(defaults.auth.api_key.header, "X-API-Key");
+    assert_eq!(defaults.auth.api_key.query, None);
+}
+
+#[test]
+fn consumer_plan_must_be_declared() {
+    check(
+        &format!("{UPSTREAM}consumers:\n  - {{ name: acme, plan: platinum }}\n"),
+        &["consumers[0].plan (platinum) must name a plan declared under `plans`"],
+    );
+}
+
+#[test]
+fn plan_names_are_identifiers() {
+    check(
+        &format!("{UPSTREAM}plans:\n  \"gold tier\": {{}}\n"),
+        &["plans.gold tier (gold tier) must be a name of letters, digits, '-', '_' and '.'"],
+    );
+}
+
+#[test]
+fn api_key_header_must_be_a_header_name() {
+    check(
+        &format!("{UPSTREAM}auth: {{ api_key: {{ header: \"X Key\" }} }}\n"),
+        &["auth.api_key.header (X Key) must be a valid header name"],
+    );
+}
+
+#[test]
+fn api_key_query_must_be_a_parameter_name() {
+    check(
+        &format!("{UPSTREAM}auth: {{ api_key: {{ query: \"a=b\" }} }}\n"),
+        &["auth.api_key.query (a=b) must be a parameter name without '&', '=' or '#'"],
+    );
+}
+
+#[test]
+fn jwt_algorithm_none_is_refused() {
+    check(
+        &auth_doc(", algorithms: [none]", "", ""),
+        &["auth.jwt[0].algorithms[0] (none) must never be none (unsigned tokens)"],
+    );
+}
+
+#[test]
+fn jwt_hmac_algorithms_are_refused_with_jwks() {
+    check(
+        &auth_doc(", algorithms: [RS256, HS256]", "", ""),
+        &[
+            "auth.jwt[0].algorithms[1] (HS256) is not allowed with a JWKS issuer (HS* would verify with a shared secret, or with the public key)",
+        ],
+    );
+}
+
+#[test]
+fn jwt_algorithms_must_be_known_and_listed() {
+    check(
+        &auth_doc(", algorithms: [RS1]", "", ""),
+        &[
+            "auth.jwt[0].algorithms[0] (RS1) must be one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA",
+        ],
+    );
+    check(
+        &auth_doc(", algorithms: []", "", ""),
+        &["auth.jwt[0].algorithms ([]) must list at least one algorithm"],
+    );
+}
+
+#[test]
+fn jwt_needs_an_audience() {
+    check(
+        &auth_doc("", "", "").replace("audiences: [api]", "audiences: []"),
+        &[
+            "auth.jwt[0].audiences ([]) must list at least one audience (tokens minted for other services must not pass)",
+        ],
+    );
+}
+
+#[test]
+fn jwks_uri_must_be_http() {
+    check(
+        &auth_doc("", "", "").replace("https://idp.example.com/jwks", "file:///etc/passwd"),
+        &["auth.jwt[0].jwks_uri (file:///etc/passwd) must be an http:// or https:// URL"],
+    );
+}
+
+#[test]
+fn issuer_names_and_issuers_are_unique() {
+    let doc = auth_doc("", "", "").replace(
+        "  introspection:",
+        "    - { name: idp, issuer: \"https://idp.example.com/\", jwks_uri: \"http://127.0.0.1:1/\", audiences: [api] }\n  introspection:",
+    );
+    check(
+        &doc,
+        &[
+            "auth.jwt[1].name (idp) must be unique among auth.jwt and auth.introspection",
+            "auth.jwt[1].issuer (https://idp.example.com/) must be unique among auth.jwt",
+        ],
+    );
+}
+
+#[test]
+fn jwt_leeway_is_bounded() {
+    check(
+        &auth_doc(", leeway: 10m", "", ""),
+        &["auth.jwt[0].leeway (10m) must be at most 5m"],
+    );
+}
+
+#[test]
+fn jwks_refresh_bounds_are_ordered() {
+    check(
+        &auth_doc(", jwks: { min_refresh: 2h, max_refresh: 1h }", "", ""),
+        &["auth.jwt[0].jwks.min_refresh (2h) must not exceed auth.jwt[0].jwks.max_refresh (1h)"],
+    );
+    check(
+        &auth_doc(", jwks: { max_refresh: 1h, max_stale: 10m }", "", ""),
+        &["auth.jwt[0].jwks.max_stale (10m) must be at least auth.jwt[0].jwks.max_refresh (1h)"],
+    );
+    check(
+        &auth_doc(", jwks: { min_refresh: 0s }", "", ""),
+        &["auth.jwt[0].jwks.min_refresh (0s) must be greater than zero"],
+    );
+}
+
+#[test]
+fn token_and_cache_sizes_are_bounded() {
+    check(
+        &auth_doc(", max_token_bytes: 10", ", cache_entries: 0", ""),
+        &[
+            "auth.jwt[0].max_token_bytes (10) must be in 256..=65536",
+            "auth.introspection[0].cache_entries (0) must be in 1..=1000000",
+        ],
+    );
+}
+
+#[test]
+fn claim_names_are_not_empty() {
+    check(
+        &auth_doc(", claims: { subject: \"\" }", "", ""),
+        &["auth.jwt[0].claims.subject (\"\") must name a claim"],
+    );
+}
+
+#[test]
+fn introspection_negative_ttl_does_not_exceed_ttl() {
+    check(
+        &auth_doc("", ", ttl: 10s, negative_ttl: 1m", ""),
+        &[
+            "auth.introspection[0].negative_ttl (1m) must not exceed auth.introspection[0].ttl (10s)",
+        ],
+    );
+}
+
+#[test]
+fn introspection_needs_a_client_and_positive_times() {
+    check(
+        &auth_doc("", ", timeout: 0s", "").replace("client_id: gw", "client_id: \"\""),
+        &[
+            "auth.introspection[0].client_id () must be a non-empty client id without ':'",
+            "auth.introspection[0].timeout (0s) must be greater than zero",
+        ],
+    );
+}
+
+#[test]
+fn introspection_endpoint_must_be_http() {
+    check(
+        &auth_doc("", "", "").replace("https://idp.example.com/introspect", "idp/introspect"),
+        &["auth.introspection[0].endpoint (idp/introspect) must be an http:// or https:// URL"],
+    );
+}
+
+#[test]
+fn route_token_methods_need_configuration() {
+    check(
+        &format!(
+            "{UPSTREAM}routes:\n  - {{ name: r, upstream: users, auth: [jwt, introspection] }}\n"
+        ),
+        &[
+            "routes[0].auth[0] (jwt) needs at least one issuer under auth.jwt",
+            "routes[0].auth[1] (introspection) needs at least one endpoint under auth.introspection",
+        ],
+    );
+}
+
+#[test]
+fn route_scopes_are_tokens_and_need_a_token_method() {
+    check(
+        &auth_doc("", "", ", scopes: [\"read write\"]"),
+        &[
+            "routes[0].scopes[0] (read write) must be a scope token (printable ASCII, no spaces, quotes or backslashes)",
+        ],
+    );
+    check(
+        &format!(
+            "{UPSTREAM}routes:\n  - {{ name: r, upstream: users, auth: [api_key], scopes: [read] }}\n"
+        ),
+        &[
+            "routes[0].scopes (read) needs `auth` to list jwt or introspection (only tokens carry scopes)",
+        ],
+    );
+}
+
+#[test]
+fn unknown_auth_method_is_a_syntax_error() {
+    let error = GatewayConfig::parse(&format!(
+        "{UPSTREAM}routes:\n  - {{ name: r, upstream: users, auth: [basic] }}\n"
+    ))
+    .unwrap_err();
+    assert!(error.to_string().contains("basic"), "{error}");
+}

@@ -14,7 +14,19 @@
 //!   name a declared API and one of its supported versions;
 //! - rewrites: prefixes start with `/`, regex replacements only name groups
 //!   the pattern has;
-//! - consumers: unique identifier names and ids;
+//! - consumers: unique identifier names and ids, a `plan` names a declared plan;
+//! - plans: identifier names;
+//! - auth: the API key header is a header name, the query parameter is not
+//!   empty; JWT issuers and introspection endpoints have unique identifier
+//!   names and `http(s)://` URLs; issuers are unique, name at least one
+//!   audience and only asymmetric algorithms (never `none`, never `HS*`);
+//!   the leeway is at most 5 minutes; JWKS refresh bounds are positive and
+//!   ordered (`min_refresh <= max_refresh <= max_stale`); token and cache
+//!   sizes are bounded; claim names are not empty; an introspection
+//!   endpoint has a client id, `0 < negative_ttl <= ttl` and a timeout;
+//! - routes: `jwt` / `introspection` need a configured issuer / endpoint;
+//!   `scopes` are scope tokens and need a token method (`jwt` or
+//!   `introspection`);
 //! - versioning: at least one source, a non-empty supported list holding the
 //!   default, the fallback and every deprecated version; dates are RFC 3339;
 //! - policies (global and per route): see [`policy`](self::policy).
@@ -149,7 +161,26 @@ pub(super) fn check(config: &GatewayConfig) -> Result<(), ConfigErrors> {
                 "must be letters, digits, '-', '_' and '.'",
             );
         }
+        if let Some(plan) = &consumer.plan
+            && !config.plans.contains_key(plan)
+        {
+            c.fail(
+                format!("consumers[{i}].plan"),
+                plan,
+                "must name a plan declared under `plans`",
+            );
+        }
     }
+    for name in config.plans.keys() {
+        if !is_identifier(name) {
+            c.fail(
+                format!("plans.{name}"),
+                name,
+                "must be a name of letters, digits, '-', '_' and '.'",
+            );
+        }
+    }
+    check_auth(&mut c, &config.auth);
     if c.errors.is_empty() {
         Ok(())
     } else {
@@ -368,6 +399,267 @@ fn check_route(c: &mut Checker, key: &str, route: &Route, config: &GatewayConfig
         c.fail(format!("{key}.max_body"), 0, "must be greater than zero");
     }
     policy::check(c, &format!("{key}.policies"), &route.policies, false);
+    for (i, method) in route.auth.iter().enumerate() {
+        match method {
+            AuthMethod::Jwt if config.auth.jwt.is_empty() => c.fail(
+                format!("{key}.auth[{i}]"),
+                "jwt",
+                "needs at least one issuer under auth.jwt",
+            ),
+            AuthMethod::Introspection if config.auth.introspection.is_empty() => c.fail(
+                format!("{key}.auth[{i}]"),
+                "introspection",
+                "needs at least one endpoint under auth.introspection",
+            ),
+            _ => {}
+        }
+    }
+    for (i, scope) in route.scopes.iter().enumerate() {
+        if !is_scope(scope) {
+            c.fail(
+                format!("{key}.scopes[{i}]"),
+                scope,
+                "must be a scope token (printable ASCII, no spaces, quotes or backslashes)",
+            );
+        }
+    }
+    if !route.scopes.is_empty()
+        && !route
+            .auth
+            .iter()
+            .any(|m| matches!(m, AuthMethod::Jwt | AuthMethod::Introspection))
+    {
+        c.fail(
+            format!("{key}.scopes"),
+            route.scopes.join(" "),
+            "needs `auth` to list jwt or introspection (only tokens carry scopes)",
+        );
+    }
+}
+
+/// RFC 6749 §3.3 scope-token characters.
+fn is_scope(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope.len() <= 256
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// The JWS algorithms an issuer may allow: asymmetric ones only.
+pub const JWT_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+fn is_http_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    !authority.is_empty()
+        && !authority.contains('@')
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b))
+}
+
+fn check_claims(c: &mut Checker, key: &str, claims: &ClaimNames) {
+    for (field, value) in [
+        ("subject", &claims.subject),
+        ("scopes", &claims.scopes),
+        ("roles", &claims.roles),
+        ("tenant", &claims.tenant),
+    ] {
+        if value.is_empty() {
+            c.fail(format!("{key}.{field}"), "\"\"", "must name a claim");
+        }
+    }
+    if claims.consumer.as_deref() == Some("") {
+        c.fail(format!("{key}.consumer"), "\"\"", "must name a claim");
+    }
+}
+
+fn check_cache_entries(c: &mut Checker, key: String, entries: usize) {
+    if entries == 0 || entries > 1_000_000 {
+        c.fail(key, entries, "must be in 1..=1000000");
+    }
+}
+
+fn check_auth(c: &mut Checker, auth: &AuthConfig) {
+    if !pattern::is_header_name(&auth.api_key.header) {
+        c.fail(
+            "auth.api_key.header",
+            &auth.api_key.header,
+            "must be a valid header name",
+        );
+    }
+    if let Some(query) = &auth.api_key.query
+        && (query.is_empty() || query.contains(['&', '=', '#']))
+    {
+        c.fail(
+            "auth.api_key.query",
+            query,
+            "must be a parameter name without '&', '=' or '#'",
+        );
+    }
+    let mut names = BTreeSet::new();
+    let mut issuers = BTreeSet::new();
+    for (i, jwt) in auth.jwt.iter().enumerate() {
+        let key = format!("auth.jwt[{i}]");
+        if !is_identifier(&jwt.name) {
+            c.fail(
+                format!("{key}.name"),
+                &jwt.name,
+                "must be a name of letters, digits, '-', '_' and '.'",
+            );
+        }
+        if !names.insert(jwt.name.as_str()) {
+            c.fail(
+                format!("{key}.name"),
+                &jwt.name,
+                "must be unique among auth.jwt and auth.introspection",
+            );
+        }
+        if jwt.issuer.is_empty() {
+            c.fail(format!("{key}.issuer"), "\"\"", "must not be empty");
+        } else if !issuers.insert(jwt.issuer.as_str()) {
+            c.fail(
+                format!("{key}.issuer"),
+                &jwt.issuer,
+                "must be unique among auth.jwt",
+            );
+        }
+        if !is_http_url(&jwt.jwks_uri) {
+            c.fail(
+                format!("{key}.jwks_uri"),
+                &jwt.jwks_uri,
+                "must be an http:// or https:// URL",
+            );
+        }
+        if jwt.audiences.is_empty() {
+            c.fail(
+                format!("{key}.audiences"),
+                "[]",
+                "must list at least one audience (tokens minted for other services must not pass)",
+            );
+        }
+        if jwt.audiences.iter().any(String::is_empty) {
+            c.fail(format!("{key}.audiences"), "\"\"", "must not be empty");
+        }
+        if jwt.algorithms.is_empty() {
+            c.fail(
+                format!("{key}.algorithms"),
+                "[]",
+                "must list at least one algorithm",
+            );
+        }
+        for (j, algorithm) in jwt.algorithms.iter().enumerate() {
+            let akey = format!("{key}.algorithms[{j}]");
+            if algorithm.eq_ignore_ascii_case("none") {
+                c.fail(akey, algorithm, "must never be none (unsigned tokens)");
+            } else if algorithm.to_ascii_uppercase().starts_with("HS") {
+                c.fail(
+                    akey,
+                    algorithm,
+                    "is not allowed with a JWKS issuer (HS* would verify with a shared secret, or with the public key)",
+                );
+            } else if !JWT_ALGORITHMS.contains(&algorithm.as_str()) {
+                c.fail(
+                    akey,
+                    algorithm,
+                    format!("must be one of {}", JWT_ALGORITHMS.join(", ")),
+                );
+            }
+        }
+        if jwt.leeway > std::time::Duration::from_secs(300) {
+            c.fail(
+                format!("{key}.leeway"),
+                humantime::format_duration(jwt.leeway),
+                "must be at most 5m",
+            );
+        }
+        let j = &jwt.jwks;
+        c.positive(format!("{key}.jwks.min_refresh"), j.min_refresh);
+        c.positive(format!("{key}.jwks.timeout"), j.timeout);
+        if j.min_refresh > j.max_refresh {
+            c.fail(
+                format!("{key}.jwks.min_refresh"),
+                humantime::format_duration(j.min_refresh),
+                format!(
+                    "must not exceed {key}.jwks.max_refresh ({})",
+                    humantime::format_duration(j.max_refresh)
+                ),
+            );
+        }
+        if j.max_stale < j.max_refresh {
+            c.fail(
+                format!("{key}.jwks.max_stale"),
+                humantime::format_duration(j.max_stale),
+                format!(
+                    "must be at least {key}.jwks.max_refresh ({})",
+                    humantime::format_duration(j.max_refresh)
+                ),
+            );
+        }
+        if jwt.max_token_bytes < 256 || jwt.max_token_bytes > 64 * 1024 {
+            c.fail(
+                format!("{key}.max_token_bytes"),
+                jwt.max_token_bytes,
+                "must be in 256..=65536",
+            );
+        }
+        check_cache_entries(c, format!("{key}.cache_entries"), jwt.cache_entries);
+        check_claims(c, &format!("{key}.claims"), &jwt.claims);
+    }
+    for (i, endpoint) in auth.introspection.iter().enumerate() {
+        let key = format!("auth.introspection[{i}]");
+        if !is_identifier(&endpoint.name) {
+            c.fail(
+                format!("{key}.name"),
+                &endpoint.name,
+                "must be a name of letters, digits, '-', '_' and '.'",
+            );
+        }
+        if !names.insert(endpoint.name.as_str()) {
+            c.fail(
+                format!("{key}.name"),
+                &endpoint.name,
+                "must be unique among auth.jwt and auth.introspection",
+            );
+        }
+        if !is_http_url(&endpoint.endpoint) {
+            c.fail(
+                format!("{key}.endpoint"),
+                &endpoint.endpoint,
+                "must be an http:// or https:// URL",
+            );
+        }
+        if endpoint.client_id.is_empty() || endpoint.client_id.contains(':') {
+            c.fail(
+                format!("{key}.client_id"),
+                &endpoint.client_id,
+                "must be a non-empty client id without ':'",
+            );
+        }
+        c.positive(format!("{key}.ttl"), endpoint.ttl);
+        c.positive(format!("{key}.negative_ttl"), endpoint.negative_ttl);
+        c.positive(format!("{key}.timeout"), endpoint.timeout);
+        if endpoint.negative_ttl > endpoint.ttl {
+            c.fail(
+                format!("{key}.negative_ttl"),
+                humantime::format_duration(endpoint.negative_ttl),
+                format!(
+                    "must not exceed {key}.ttl ({})",
+                    humantime::format_duration(endpoint.ttl)
+                ),
+            );
+        }
+        check_cache_entries(c, format!("{key}.cache_entries"), endpoint.cache_entries);
+        check_claims(c, &format!("{key}.claims"), &endpoint.claims);
+    }
 }
 
 fn check_hosts(c: &mut Checker, key: &str, hosts: &[String]) {

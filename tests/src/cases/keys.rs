@@ -185,3 +185,98 @@ async fn a_revoked_key_is_refused_by_every_node_once_revoke_returns() {
     let again = delete(&nodes[2].admin_url(&format!("/v1/keys/{id}"))).await;
     assert_eq!(again.status, 404);
 }
+
+#[tokio::test]
+async fn keys_from_a_custom_header_or_the_opt_in_query_carry_the_plan() {
+    let upstream = MockUpstream::echo("u").await;
+    let yaml = format!(
+        r#"
+upstreams:
+  u: {{ targets: ["{}"] }}
+plans:
+  gold: {{ description: "gold tier" }}
+consumers:
+  - {{ name: acme, plan: gold }}
+  - {{ name: globex }}
+auth:
+  api_key: {{ header: X-Gateway-Key, query: api_key }}
+routes:
+  - {{ name: private, match: {{ path_prefix: /private }}, auth: [api_key], upstream: u }}
+"#,
+        upstream.target()
+    );
+    let node = TestNode::start(&yaml).await;
+    let key = post(&node.admin_url("/v1/consumers/acme/keys"), "")
+        .await
+        .json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = post(&node.admin_url("/v1/consumers/globex/keys"), "")
+        .await
+        .json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let missing = get_with(&node.url("/private"), &[("x-api-key", &key)]).await;
+    assert_eq!(
+        missing.status, 401,
+        "the default header is not read any more"
+    );
+    assert_eq!(
+        missing.header("www-authenticate"),
+        "ApiKey header=\"X-Gateway-Key\""
+    );
+
+    let by_header = get_with(&node.url("/private/a"), &[("x-gateway-key", &key)]).await;
+    assert_eq!(by_header.status, 200);
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-consumer-plan"], "gold");
+    assert_eq!(seen.headers["x-consumer-name"], "acme");
+    assert_eq!(seen.headers["x-auth-method"], "api_key");
+    assert!(!seen.headers.contains_key("x-gateway-key"));
+
+    let by_query = get(&node.url(&format!("/private/b?x=1&api_key={other}&y=2"))).await;
+    assert_eq!(by_query.status, 200, "{:?}", by_query.body);
+    let seen = upstream.last();
+    assert_eq!(
+        seen.uri, "/private/b?x=1&y=2",
+        "the key is stripped from the URL"
+    );
+    assert_eq!(seen.headers["x-consumer-name"], "globex");
+    assert!(
+        !seen.headers.contains_key("x-consumer-plan"),
+        "a consumer without a plan sends none"
+    );
+
+    let forged = get_with(
+        &node.url("/private/c"),
+        &[("x-gateway-key", &other), ("x-consumer-plan", "platinum")],
+    )
+    .await;
+    assert_eq!(forged.status, 200);
+    assert!(!upstream.last().headers.contains_key("x-consumer-plan"));
+
+    let before = upstream.count();
+    let bad_query = get(&node.url("/private?api_key=mk_00_00")).await;
+    assert_eq!(bad_query.status, 401);
+    assert_eq!(bad_query.error_code(), "invalid_credentials");
+    assert_eq!(upstream.count(), before);
+}
+
+#[tokio::test]
+async fn the_query_parameter_is_ignored_unless_configured() {
+    let upstream = MockUpstream::echo("u").await;
+    let node = TestNode::start(&yaml(&upstream)).await;
+    let key = post(&node.admin_url("/v1/consumers/acme/keys"), "")
+        .await
+        .json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reply = get(&node.url(&format!("/private?api_key={key}"))).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.error_code(), "missing_credentials");
+    assert_eq!(upstream.count(), 0);
+}

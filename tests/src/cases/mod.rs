@@ -3,6 +3,8 @@
 mod cluster;
 mod edge;
 mod flood;
+mod introspection;
+mod jwt;
 mod keys;
 mod observe;
 mod policies;
