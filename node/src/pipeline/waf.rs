@@ -39,7 +39,7 @@ use http::header::{CONTENT_TYPE, COOKIE, REFERER, USER_AGENT};
 use http::{HeaderMap, HeaderName};
 use http_body::Body as _;
 use raft::model::policy::{WafMode, WafPolicy};
-use regex::bytes::{Regex, RegexSet};
+use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
 
 use super::{Flow, Request, RequestCx, Stage};
 use crate::body::BufferedPrefix;
@@ -110,7 +110,9 @@ struct Engine {
 }
 
 static ENGINE: LazyLock<Engine> = LazyLock::new(|| Engine {
-    set: RegexSet::new(RULES.iter().map(|(_, pattern)| format!("(?i-u){pattern}")))
+    set: RegexSetBuilder::new(RULES.iter().map(|(_, pattern)| format!("(?i-u){pattern}")))
+        .dfa_size_limit(16 << 20)
+        .build()
         .expect("the WAF rules compile"),
     scanner: Regex::new(&format!("(?i-u){SCANNER_AGENT}")).expect("the scanner rule compiles"),
 });

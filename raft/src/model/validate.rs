@@ -29,7 +29,9 @@
 //!   `introspection`);
 //! - versioning: at least one source, a non-empty supported list holding the
 //!   default, the fallback and every deprecated version; dates are RFC 3339;
-//! - policies (global and per route): see [`policy`](self::policy).
+//! - policies (global and per route): addresses and CIDRs parse, `trusted_proxies`
+//!   only globally, WAF, CORS and header settings are well-formed (the full
+//!   list is in the `validate::policy` module and docs/policies.md).
 
 use std::collections::BTreeSet;
 use std::fmt;
