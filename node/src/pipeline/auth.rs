@@ -763,6 +763,10 @@ impl Stage for Auth {
                         Some(Refusal::UnknownKey) => {
                             ("unknown_key", "the token's signing key is not known")
                         }
+                        _ if route.auth == [AuthMethod::Mtls] => (
+                            "missing_client_certificate",
+                            "this route needs a verified client certificate",
+                        ),
                         _ => ("missing_credentials", "this route needs credentials"),
                     };
                     let mut challenges = Vec::with_capacity(2);

@@ -912,7 +912,7 @@ async fn mtls_identity_reaches_the_upstream_and_client_copies_do_not() {
         ("x-client-cert-subject", "CN=admin"),
         ("x-client-cert-identity", "spiffe://example.org/admin"),
     ];
-    // A consumer named like the certificate's identity: its id and name.
+    // A certificate whose identity names no consumer.
     let billing = setup.ca.client("billing", 700);
     let answer = fetch(
         addr,
@@ -931,15 +931,42 @@ async fn mtls_identity_reaches_the_upstream_and_client_copies_do_not() {
         "spiffe://example.org/billing"
     );
     assert_eq!(seen.headers["x-client-cert-subject"], "CN=billing");
-    assert_eq!(
-        seen.headers["x-consumer-id"],
-        "spiffe://example.org/billing"
-    );
-    assert_eq!(
-        seen.headers["x-consumer-name"],
-        "spiffe://example.org/billing"
-    );
-    assert_eq!(seen.headers.get_all("x-consumer-id").iter().count(), 1);
+    // Not a configured consumer: the identity is the subject, and the
+    // forged consumer headers are gone.
+    assert_eq!(seen.headers["x-auth-sub"], "spiffe://example.org/billing");
+    assert_eq!(seen.headers["x-auth-method"], "mtls");
+    assert!(!seen.headers.contains_key("x-consumer-id"));
+    assert!(!seen.headers.contains_key("x-consumer-name"));
+
+    // The certificate's serial revoked in the replicated state (`meridian
+    // revoke cert`): refused from then on, without a CRL.
+    let serial = seen.headers["x-client-cert-serial"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let reply = crate::send(
+        http::Request::post(node.admin_url("/v1/revocations?wait=all"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                serde_json::json!({ "serial": serial }).to_string(),
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let count = upstream.count();
+    let revoked = fetch(
+        addr,
+        API,
+        setup.client(Some(&billing)),
+        API,
+        "/machine",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(revoked.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(revoked.json()["error"]["code"], "certificate_revoked");
+    assert_eq!(upstream.count(), count);
 
     // Without a certificate: 401 from auth, nothing forwarded; on a public
     // route the forged headers are removed.
