@@ -1,5 +1,5 @@
 //! Entry points of the fuzz targets (`fuzz/`), one per parser that faces
-//! untrusted input. The regression test `tests/fuzz_corpus.rs` replays the
+//! untrusted input. The test `corpora_and_regressions_replay_cleanly` replays the
 //! committed corpora and crash inputs through the same functions, so CI
 //! needs neither cargo-fuzz nor a nightly toolchain.
 //!
@@ -80,16 +80,48 @@ pub fn peer_frame(data: &[u8]) {
     }
 }
 
-/// JWT header and JWKS parsing: `jsonwebtoken::decode_header` on the input
-/// as a token, and the input as a JWKS document whose keys are turned into
-/// decoding keys.
+/// The auth stage's JWT path: the input as a bearer token through
+/// [`Issuer::check`](crate::pipeline::auth::jwt::Issuer::check) of an issuer
+/// holding one published key (size cap, header, `kid` lookup, algorithm from
+/// the key, signature, claims, identity headers), and the input as a JWK set
+/// through the parser the JWKS refresh uses.
 pub fn jwt(data: &[u8]) {
-    let _ = jsonwebtoken::decode_header(data);
-    if let Ok(set) = serde_json::from_slice::<jsonwebtoken::jwk::JwkSet>(data) {
-        for key in &set.keys {
-            let _ = jsonwebtoken::DecodingKey::from_jwk(key);
-        }
+    use crate::pipeline::auth::jwks::KeySet;
+    use jsonwebtoken::{Algorithm, Validation};
+    if let Ok(token) = std::str::from_utf8(data) {
+        let _ = fuzz_issuer().check(token.trim(), FUZZ_NOW_MS);
     }
+    let _ = KeySet::parse(
+        data,
+        &[Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA],
+        &Validation::new(Algorithm::RS256),
+    );
+}
+
+/// The time the `jwt` target checks tokens at (2027-01-15).
+const FUZZ_NOW_MS: u64 = 1_800_000_000_000;
+
+/// The issuer of the `jwt` target: one ES256 key, `kid` `k1`.
+fn fuzz_issuer() -> &'static crate::pipeline::auth::jwt::Issuer {
+    use crate::pipeline::auth::jwt::Issuer;
+    static ISSUER: std::sync::OnceLock<Issuer> = std::sync::OnceLock::new();
+    ISSUER.get_or_init(|| {
+        let config = serde_json::from_value(serde_json::json!({
+            "name": "fuzz",
+            "issuer": "https://idp.example.com/",
+            "jwks_uri": "http://127.0.0.1:9/jwks",
+            "audiences": ["api"],
+        }))
+        .expect("a valid issuer");
+        let issuer = Issuer::new(&config, &crate::metrics::Metrics::new());
+        let installed = issuer.install(
+            br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES256","use":"sig",
+                "x":"Wh-_kfnCePMoY4dZo9Tiowlz81Xlfls_BxXHxa6Rm9k",
+                "y":"x7DagZNCfri0gIdcH-r1Ecyo8PL-UqlNW7NFJ_v4t-E"}]}"#,
+        );
+        assert_eq!(installed, Ok(1), "the fuzz issuer's key installs");
+        issuer
+    })
 }
 
 /// Every fuzz target by name, for the corpus replay.
@@ -105,7 +137,18 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 mod tests {
     use std::path::Path;
 
-    use super::TARGETS;
+    use super::{FUZZ_NOW_MS, TARGETS, fuzz_issuer};
+
+    /// The `jwt` corpus holds a token the target's issuer verifies, so the
+    /// fuzzer starts past the signature check.
+    #[test]
+    fn the_jwt_seed_token_verifies() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/jwt");
+        let token = std::fs::read_to_string(root.join("valid-es256-token")).unwrap();
+        let identity = fuzz_issuer().check(token.trim(), FUZZ_NOW_MS).unwrap();
+        assert_eq!(identity.subject.as_deref(), Some("alice"));
+        assert_eq!(identity.scopes, ["read", "write"]);
+    }
 
     /// Replays `fuzz/corpus/<target>/*` and `fuzz/regressions/<target>/*`
     /// through each target; a panic names the file.
