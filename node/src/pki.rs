@@ -109,8 +109,6 @@ impl Ca {
 
     /// Issues the certificate of node `id` in `region`.
     pub fn issue(&self, id: NodeId, region: &str) -> Result<NodeCert, Error> {
-        let ca_key = KeyPair::from_pem(&self.key_pem)?;
-        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
         let mut params = CertificateParams::new(vec![node_dns_name(id)])?;
         params.subject_alt_names.push(SanType::URI(
             format!("urn:meridian:node:{id}:{region}").try_into()?,
@@ -123,14 +121,7 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(random_serial());
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok(NodeCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        self.sign(params)
     }
 
     /// Issues a client certificate for the operator or tool `name`, for the
@@ -138,8 +129,6 @@ impl Ca {
     /// `urn:meridian:client:<name>`). It cannot act as a node: the peer
     /// plane reads node ids only from `urn:meridian:node:` URIs.
     pub fn issue_client(&self, name: &str) -> Result<NodeCert, Error> {
-        let ca_key = KeyPair::from_pem(&self.key_pem)?;
-        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
         let mut params = CertificateParams::new(Vec::new())?;
         params.subject_alt_names.push(SanType::URI(
             format!("urn:meridian:client:{name}").try_into()?,
@@ -147,6 +136,13 @@ impl Ca {
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    /// Signs `params` with the CA, with a fresh key and a random serial.
+    fn sign(&self, mut params: CertificateParams) -> Result<NodeCert, Error> {
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
         let key = KeyPair::generate()?;

@@ -169,6 +169,17 @@ impl TestNode {
         format!("http://{}{path}", self.proxy)
     }
 
+    /// The value of `series` (name and labels as rendered) in the node's
+    /// metrics, 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.gateway
+            .metrics()
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// `http://<admin><path>`.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)

@@ -31,6 +31,7 @@
 //! and where it matched; in `block` mode the answer is 403 `waf_blocked`
 //! naming the rule.
 
+use crate::normalize::hex;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -335,15 +336,6 @@ pub fn decode<'a>(input: &[u8], plus: bool, out: &'a mut Vec<u8>) -> &'a [u8] {
         html_decode(&escaped, out);
     }
     out
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 fn percent_decode(input: &[u8], plus: bool, out: &mut Vec<u8>) {

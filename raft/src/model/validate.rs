@@ -468,6 +468,30 @@ fn is_http_url(url: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b))
 }
 
+/// A JWT issuer's or introspection endpoint's name: an identifier, unique
+/// among both (metrics and logs name them).
+fn check_provider_name<'a>(
+    c: &mut Checker,
+    key: &str,
+    name: &'a str,
+    names: &mut BTreeSet<&'a str>,
+) {
+    if !is_identifier(name) {
+        c.fail(
+            format!("{key}.name"),
+            name,
+            "must be a name of letters, digits, '-', '_' and '.'",
+        );
+    }
+    if !names.insert(name) {
+        c.fail(
+            format!("{key}.name"),
+            name,
+            "must be unique among auth.jwt and auth.introspection",
+        );
+    }
+}
+
 fn check_claims(c: &mut Checker, key: &str, claims: &ClaimNames) {
     for (field, value) in [
         ("subject", &claims.subject),
@@ -511,20 +535,7 @@ fn check_auth(c: &mut Checker, auth: &AuthConfig) {
     let mut issuers = BTreeSet::new();
     for (i, jwt) in auth.jwt.iter().enumerate() {
         let key = format!("auth.jwt[{i}]");
-        if !is_identifier(&jwt.name) {
-            c.fail(
-                format!("{key}.name"),
-                &jwt.name,
-                "must be a name of letters, digits, '-', '_' and '.'",
-            );
-        }
-        if !names.insert(jwt.name.as_str()) {
-            c.fail(
-                format!("{key}.name"),
-                &jwt.name,
-                "must be unique among auth.jwt and auth.introspection",
-            );
-        }
+        check_provider_name(c, &key, &jwt.name, &mut names);
         if jwt.issuer.is_empty() {
             c.fail(format!("{key}.issuer"), "\"\"", "must not be empty");
         } else if !issuers.insert(jwt.issuer.as_str()) {
@@ -618,20 +629,7 @@ fn check_auth(c: &mut Checker, auth: &AuthConfig) {
     }
     for (i, endpoint) in auth.introspection.iter().enumerate() {
         let key = format!("auth.introspection[{i}]");
-        if !is_identifier(&endpoint.name) {
-            c.fail(
-                format!("{key}.name"),
-                &endpoint.name,
-                "must be a name of letters, digits, '-', '_' and '.'",
-            );
-        }
-        if !names.insert(endpoint.name.as_str()) {
-            c.fail(
-                format!("{key}.name"),
-                &endpoint.name,
-                "must be unique among auth.jwt and auth.introspection",
-            );
-        }
+        check_provider_name(c, &key, &endpoint.name, &mut names);
         if !is_http_url(&endpoint.endpoint) {
             c.fail(
                 format!("{key}.endpoint"),

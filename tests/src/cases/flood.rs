@@ -36,16 +36,6 @@ async fn strict_node(upstream: &MockUpstream) -> TestNode {
     .await
 }
 
-/// The value of the series `series` (name and labels as rendered), or 0.
-fn metric(node: &TestNode, series: &str) -> f64 {
-    node.gateway
-        .metrics()
-        .render()
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn closed(reason: &str) -> String {
     format!("meridian_connections_closed_total{{listener=\"proxy\",reason=\"{reason}\"}}")
 }
@@ -101,7 +91,7 @@ async fn slowloris_dribbling_a_head_is_closed_and_others_are_served() {
     assert!(answer.is_some(), "the dribbling client is still connected");
     dribble.abort();
     others_are_served(&node).await;
-    assert!(metric(&node, &closed("header_timeout")) >= 1.0);
+    assert!(node.metric(&closed("header_timeout")) >= 1.0);
 }
 
 #[tokio::test]
@@ -185,10 +175,7 @@ async fn slow_post_gets_408_and_the_connection_closes() {
         "{answer}"
     );
     assert_eq!(
-        metric(
-            &node,
-            "meridian_slow_request_bodies_total{reason=\"too_slow\"}"
-        ),
+        node.metric("meridian_slow_request_bodies_total{reason=\"too_slow\"}"),
         1.0
     );
     others_are_served(&node).await;
@@ -220,7 +207,7 @@ async fn a_client_that_stops_reading_is_closed_and_others_are_served() {
         .unwrap();
     // Never read: the gateway's writes stall.
     let cut = eventually(Duration::from_secs(20), || async {
-        metric(&node, &closed("write_idle")) >= 1.0
+        node.metric(&closed("write_idle")) >= 1.0
     })
     .await;
     assert!(cut, "the gateway kept the non-reading client");
@@ -253,7 +240,7 @@ async fn an_h2_client_that_withholds_flow_control_window_is_closed() {
         h2.closed_or_goaway(CLOSED_WITHIN).await.is_some(),
         "the connection holding the response back stays open"
     );
-    assert!(metric(&node, &closed("write_idle")) >= 1.0);
+    assert!(node.metric(&closed("write_idle")) >= 1.0);
     others_are_served(&node).await;
 }
 
@@ -327,7 +314,7 @@ async fn h2_resets_of_accepted_streams_are_counted_and_close_the_connection() {
             "the connection that cancels every request stays open"
         );
     }
-    assert_eq!(metric(&node, &closed("rapid_reset")), 1.0);
+    assert_eq!(node.metric(&closed("rapid_reset")), 1.0);
     others_are_served(&node).await;
 }
 
@@ -401,7 +388,7 @@ async fn h2_ping_and_settings_floods_from_a_non_reading_client_are_cut() {
         );
         others_are_served(&node).await;
     }
-    assert!(metric(&node, &closed("write_idle")) >= 2.0);
+    assert!(node.metric(&closed("write_idle")) >= 2.0);
 }
 
 // === overload ===
@@ -453,10 +440,7 @@ async fn overload_is_shed_with_503_and_retry_after() {
         "shed requests never reach the upstream"
     );
     assert_eq!(
-        metric(
-            &node,
-            "meridian_requests_shed_total{listener=\"proxy\",reason=\"in_flight\"}"
-        ),
+        node.metric("meridian_requests_shed_total{listener=\"proxy\",reason=\"in_flight\"}"),
         2.0
     );
     gate.add_permits(100);

@@ -313,21 +313,10 @@ async fn fetch(
         .await
 }
 
-/// The value of a series in the node's metrics, 0 when absent.
-fn metric(node: &TestNode, series: &str) -> f64 {
-    node.gateway
-        .metrics()
-        .render()
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn failures(node: &TestNode, reason: &str) -> f64 {
-    metric(
-        node,
-        &format!("meridian_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
-    )
+    node.metric(&format!(
+        "meridian_tls_handshake_failures_total{{reason=\"{reason}\"}}"
+    ))
 }
 
 // === setups ===
@@ -635,12 +624,7 @@ async fn certificates_reload_without_restart() {
     );
     // The connection opened before the change still works.
     assert_eq!(kept.get(API, "/open/2", &[]).await.unwrap().status, 200);
-    assert!(
-        metric(
-            &node,
-            "meridian_tls_reloads_total{kind=\"certificate\",result=\"ok\"}"
-        ) >= 1.0
-    );
+    assert!(node.metric("meridian_tls_reloads_total{kind=\"certificate\",result=\"ok\"}") >= 1.0);
 
     // A broken file keeps the previous certificate, and is counted.
     write(
@@ -650,10 +634,7 @@ async fn certificates_reload_without_restart() {
     );
     assert!(
         eventually(Duration::from_secs(10), || async {
-            metric(
-                &node,
-                "meridian_tls_reloads_total{kind=\"certificate\",result=\"failed\"}",
-            ) >= 1.0
+            node.metric("meridian_tls_reloads_total{kind=\"certificate\",result=\"failed\"}") >= 1.0
         })
         .await
     );
@@ -780,10 +761,7 @@ async fn mtls_revocation_by_crl_file_reloaded_while_running() {
     write(setup.path(), "clients.crl", "garbage");
     assert!(
         eventually(Duration::from_secs(10), || async {
-            metric(
-                &node,
-                "meridian_tls_reloads_total{kind=\"crl\",result=\"failed\"}",
-            ) >= 1.0
+            node.metric("meridian_tls_reloads_total{kind=\"crl\",result=\"failed\"}") >= 1.0
         })
         .await
     );
@@ -830,7 +808,7 @@ async fn mtls_revocation_by_crl_url_with_last_good_kept() {
     server.shutdown();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            metric(&node, "meridian_tls_crl_fetch_failures_total") >= 1.0
+            node.metric("meridian_tls_crl_fetch_failures_total") >= 1.0
         })
         .await
     );
@@ -865,12 +843,7 @@ async fn route_requires_a_client_certificate_on_an_optional_listener() {
     let plain = get_with(&node.url("/secure"), &[("host", API)]).await;
     assert_eq!(plain.status, StatusCode::FORBIDDEN);
     assert_eq!(upstream.count(), 1, "refusals reach nothing");
-    assert!(
-        metric(
-            &node,
-            "meridian_tls_client_cert_refusals_total{reason=\"missing\"}"
-        ) >= 2.0
-    );
+    assert!(node.metric("meridian_tls_client_cert_refusals_total{reason=\"missing\"}") >= 2.0);
 
     let good = setup.ca.client("billing", 600);
     let secure = fetch(addr, API, setup.client(Some(&good)), API, "/secure", &[])
@@ -891,12 +864,7 @@ async fn route_requires_a_client_certificate_on_an_optional_listener() {
     let public = conn.get("other.example.com", "/open", &[]).await.unwrap();
     assert_eq!(public.status, StatusCode::OK);
     assert_eq!(upstream.count(), 3);
-    assert!(
-        metric(
-            &node,
-            "meridian_tls_client_cert_refusals_total{reason=\"sni_mismatch\"}"
-        ) >= 2.0
-    );
+    assert!(node.metric("meridian_tls_client_cert_refusals_total{reason=\"sni_mismatch\"}") >= 2.0);
     node.stop().await;
 }
 
