@@ -3,7 +3,8 @@
 //! and when the response body is finished (or abandoned) it counts the
 //! request, records its duration and writes its access-log line.
 //!
-//! Access-log fields: `ts`, `request_id`, `trace_id`, `client`, `proto`,
+//! Access-log fields: `ts`, `request_id`, `trace_id`, `client` (the peer),
+//! `client_ip` (the resolved client, see `ip`), `proto`,
 //! `method`, `host`, `path` (normalised), `upstream_path`, `status`, `route`,
 //! `consumer`, `api_version`, `upstream`, `target`, `upstream_ms`, `duration_ms`,
 //! `bytes_out`, `complete` (false when the body was cut short), `error`.
@@ -64,6 +65,7 @@ pub fn finish(
                 line.str("request_id", cx.request_id.to_str().unwrap_or_default());
                 line.display("trace_id", cx.trace.trace_id());
                 line.display("client", cx.client);
+                line.display("client_ip", cx.client_ip);
                 line.str("proto", proto(version));
                 line.str("method", method.as_str());
                 line.str("host", &cx.host);

@@ -63,6 +63,7 @@ async fn access_log_lines_are_json() {
     assert_eq!(first["upstream"], "u");
     assert_eq!(first["target"], upstream.target());
     assert_eq!(first["complete"], true);
+    assert_eq!(first["client_ip"], "127.0.0.1");
     assert!(first["duration_ms"].as_f64().unwrap() > 0.0);
     assert!(first["upstream_ms"].as_f64().unwrap() > 0.0);
     assert!(first["bytes_out"].as_u64().unwrap() > 0);
