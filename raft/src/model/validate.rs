@@ -115,6 +115,25 @@ impl Checker {
             );
         }
     }
+
+    /// `low` (at `low_key`) must not exceed `high` (at `high_key`); the
+    /// error names the first key.
+    fn not_above(
+        &mut self,
+        (low_key, low): (String, std::time::Duration),
+        (high_key, high): (String, std::time::Duration),
+    ) {
+        if low > high {
+            self.fail(
+                low_key,
+                humantime::format_duration(low),
+                format!(
+                    "must not exceed {high_key} ({})",
+                    humantime::format_duration(high)
+                ),
+            );
+        }
+    }
 }
 
 pub(super) fn check(config: &GatewayConfig) -> Result<(), ConfigErrors> {
@@ -235,16 +254,10 @@ fn check_upstream(c: &mut Checker, name: &str, upstream: &Upstream) {
         }
         c.positive(format!("{hkey}.interval"), health.interval);
         c.positive(format!("{hkey}.timeout"), health.timeout);
-        if health.timeout > health.interval {
-            c.fail(
-                format!("{hkey}.timeout"),
-                humantime::format_duration(health.timeout),
-                format!(
-                    "must not exceed {hkey}.interval ({})",
-                    humantime::format_duration(health.interval)
-                ),
-            );
-        }
+        c.not_above(
+            (format!("{hkey}.timeout"), health.timeout),
+            (format!("{hkey}.interval"), health.interval),
+        );
         if health.healthy_threshold == 0 {
             c.fail(format!("{hkey}.healthy_threshold"), 0, "must be at least 1");
         }
@@ -597,16 +610,10 @@ fn check_auth(c: &mut Checker, auth: &AuthConfig) {
         let j = &jwt.jwks;
         c.positive(format!("{key}.jwks.min_refresh"), j.min_refresh);
         c.positive(format!("{key}.jwks.timeout"), j.timeout);
-        if j.min_refresh > j.max_refresh {
-            c.fail(
-                format!("{key}.jwks.min_refresh"),
-                humantime::format_duration(j.min_refresh),
-                format!(
-                    "must not exceed {key}.jwks.max_refresh ({})",
-                    humantime::format_duration(j.max_refresh)
-                ),
-            );
-        }
+        c.not_above(
+            (format!("{key}.jwks.min_refresh"), j.min_refresh),
+            (format!("{key}.jwks.max_refresh"), j.max_refresh),
+        );
         if j.max_stale < j.max_refresh {
             c.fail(
                 format!("{key}.jwks.max_stale"),
@@ -647,16 +654,10 @@ fn check_auth(c: &mut Checker, auth: &AuthConfig) {
         c.positive(format!("{key}.ttl"), endpoint.ttl);
         c.positive(format!("{key}.negative_ttl"), endpoint.negative_ttl);
         c.positive(format!("{key}.timeout"), endpoint.timeout);
-        if endpoint.negative_ttl > endpoint.ttl {
-            c.fail(
-                format!("{key}.negative_ttl"),
-                humantime::format_duration(endpoint.negative_ttl),
-                format!(
-                    "must not exceed {key}.ttl ({})",
-                    humantime::format_duration(endpoint.ttl)
-                ),
-            );
-        }
+        c.not_above(
+            (format!("{key}.negative_ttl"), endpoint.negative_ttl),
+            (format!("{key}.ttl"), endpoint.ttl),
+        );
         check_cache_entries(c, format!("{key}.cache_entries"), endpoint.cache_entries);
         check_claims(c, &format!("{key}.claims"), &endpoint.claims);
     }
