@@ -8,15 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+mod common;
 
-fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{BIN, free_tcp};
 
 fn free_udp() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
@@ -62,7 +56,7 @@ fn node(dir: &Path, id: u64) -> Node {
 }
 
 fn meridian(args: &[&str]) -> Output {
-    let output = Command::new(BIN).args(args).output().unwrap();
+    let output = meridian_with(args, &[]);
     assert!(
         output.status.success(),
         "meridian {args:?} failed:\n{}\n{}",
@@ -275,9 +269,9 @@ fn a_three_region_cluster_from_the_command_line() {
     }
 }
 
-/// Output of `meridian` with the admin client's TLS settings in the
-/// environment, whether it succeeded or not.
-fn meridian_tls(args: &[&str], env: &[(&str, &Path)]) -> Output {
+/// Output of `meridian` with `env` set (e.g. the admin client's TLS
+/// settings), whether it succeeded or not.
+fn meridian_with(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut command = Command::new(BIN);
     command.args(args);
     for (key, value) in env {
@@ -320,7 +314,7 @@ fn the_admin_api_over_mutual_tls() {
         ("MERIDIAN_CERT", cert.as_path()),
         ("MERIDIAN_KEY", key.as_path()),
     ];
-    let status = || meridian_tls(&["cluster", "status", "--admin", &admin], &with_cert);
+    let status = || meridian_with(&["cluster", "status", "--admin", &admin], &with_cert);
     let mut answered = status();
     for _ in 0..200 {
         if answered.status.success() {
@@ -335,7 +329,7 @@ fn the_admin_api_over_mutual_tls() {
         String::from_utf8_lossy(&answered.stderr)
     );
     // Plain HTTP and TLS without a client certificate are refused.
-    let plain = meridian_tls(
+    let plain = meridian_with(
         &[
             "cluster",
             "status",
@@ -345,7 +339,7 @@ fn the_admin_api_over_mutual_tls() {
         &[],
     );
     assert!(!plain.status.success());
-    let anonymous = meridian_tls(
+    let anonymous = meridian_with(
         &["cluster", "status", "--admin", &admin],
         &[("MERIDIAN_CA", ca.as_path())],
     );
@@ -362,7 +356,7 @@ fn the_admin_api_over_mutual_tls() {
         foreign.path().join("ops.pem"),
         foreign.path().join("ops.key"),
     );
-    let refused = meridian_tls(
+    let refused = meridian_with(
         &["cluster", "status", "--admin", &admin],
         &[
             ("MERIDIAN_CA", ca.as_path()),
@@ -373,7 +367,7 @@ fn the_admin_api_over_mutual_tls() {
     assert!(!refused.status.success());
     // Revoking the certificate's serial (with itself, the last thing it
     // may do) locks it out.
-    let revoked = meridian_tls(
+    let revoked = meridian_with(
         &[
             "revoke", "cert", "--serial", &serial, "--wait", "--admin", &admin,
         ],

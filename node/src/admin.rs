@@ -48,10 +48,11 @@ pub async fn handle(
         .extensions()
         .get::<Arc<crate::tls::TlsInfo>>()
         .and_then(|tls| tls.client.as_ref())
-        && app.cluster.applied().state.is_revoked(
-            &raft::model::Revocation::CertificateSerial(client.serial.clone()),
-            crate::cluster::now_ms(),
-        )
+        && app
+            .cluster
+            .applied()
+            .state
+            .is_certificate_revoked(&client.serial, crate::cluster::now_ms())
     {
         return error(
             StatusCode::FORBIDDEN,

@@ -110,10 +110,10 @@ struct ServiceRef(std::sync::Weak<Cluster>);
 impl peer::Service for ServiceRef {
     fn admit(&self, peer: &pki::PeerIdentity) -> bool {
         self.0.upgrade().is_none_or(|cluster| {
-            !cluster.applied().state.is_revoked(
-                &raft::model::Revocation::CertificateSerial(peer.serial.clone()),
-                now_ms(),
-            )
+            !cluster
+                .applied()
+                .state
+                .is_certificate_revoked(&peer.serial, now_ms())
         })
     }
 
@@ -345,6 +345,16 @@ impl Cluster {
         Some((leader, node.peer))
     }
 
+    /// The membership raft currently knows.
+    fn membership(&self) -> raft::openraft::Membership<NodeId, raft::Node> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone()
+    }
+
     /// Whether this node leads.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
@@ -528,13 +538,7 @@ impl Cluster {
             };
         }
         use raft::openraft::ChangeMembers;
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.membership();
         let ids = std::collections::BTreeSet::from([id]);
         let change = if membership.voter_ids().any(|voter| voter == id) {
             Some(ChangeMembers::RemoveVoters(ids))
@@ -572,13 +576,7 @@ impl Cluster {
 
     /// Asks every member for its applied index, at most `timeout` each.
     pub async fn applied_by_member(&self, timeout: Duration) -> BTreeMap<NodeId, Option<u64>> {
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.membership();
         let nodes: Vec<(NodeId, String)> = membership
             .nodes()
             .map(|(id, n)| (*id, n.peer.clone()))

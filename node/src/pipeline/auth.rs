@@ -528,10 +528,11 @@ impl Auth {
         let Some(cert) = cx.tls.as_ref().and_then(|tls| tls.client.as_ref()) else {
             return Outcome::Absent;
         };
-        let applied = self.cluster.applied();
-        if applied
+        if self
+            .cluster
+            .applied()
             .state
-            .is_revoked(&Revocation::CertificateSerial(cert.serial.clone()), now)
+            .is_certificate_revoked(&cert.serial, now)
         {
             return Outcome::Refused(Refusal::invalid(
                 "certificate_revoked",

@@ -242,6 +242,14 @@ impl State {
             .is_some_and(|expires| *expires > now)
     }
 
+    /// Whether the certificate with serial `serial` (lowercase hex, as
+    /// `pki::hex` writes it) is revoked at `now`: node certificates on the
+    /// peer plane, client certificates on the admin API and `mtls` routes.
+    pub fn is_certificate_revoked(&self, serial: &str, now: u64) -> bool {
+        !self.revocations.is_empty()
+            && self.is_revoked(&Revocation::CertificateSerial(serial.to_owned()), now)
+    }
+
     /// Whether a JWT for `subject` issued at `issued_at` (Unix ms; `None`
     /// when the token has no `iat`) is revoked at `now` by a
     /// [`Revocation::JwtSubject`]: one whose `not_before` is after the
