@@ -46,11 +46,16 @@ pub struct TestNode {
 pub struct Stopped {
     data: tempfile::TempDir,
     raw: RawConfig,
+    /// Holds the node's peer port while it is down: the other nodes know it
+    /// by that address, and a port-0 bind elsewhere in the test process
+    /// could otherwise take it.
+    reserved: Option<std::net::UdpSocket>,
 }
 
 impl Stopped {
     /// Starts the node again on its data directory and peer address.
     pub async fn start(self) -> TestNode {
+        drop(self.reserved);
         TestNode::launch(self.raw, self.data, Launch::Restart).await
     }
 }
@@ -151,7 +156,12 @@ impl TestNode {
         } = self;
         stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-        Stopped { data, raw }
+        let reserved = std::net::UdpSocket::bind(&raw.listen.peer).ok();
+        Stopped {
+            data,
+            raw,
+            reserved,
+        }
     }
 
     /// Stops the node and starts it again on the same data directory.
