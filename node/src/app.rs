@@ -264,13 +264,23 @@ impl App {
         let cluster = Cluster::start(&config, socket)
             .await
             .map_err(|e| Error::Cluster(Box::new(e)))?;
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let ratelimit = crate::ratelimit::Registry::new(
+            &config.ratelimit,
+            metrics.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        ratelimit.spawn_sweeper();
         let shared = Arc::new(Shared {
             config: Arc::new(config),
             metrics,
             access_log,
-            tasks: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
+            tasks,
+            shutdown,
             cluster: cluster.clone(),
+            ratelimit,
         });
         shared.tasks.spawn(
             cluster

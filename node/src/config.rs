@@ -42,6 +42,8 @@ pub struct Config {
     pub raft: Raft,
     /// TLS for the HTTPS listener; `None` when `[tls]` has no certificate.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// Rate-limit state bounds.
+    pub ratelimit: crate::ratelimit::Settings,
 }
 
 /// Raft settings.
@@ -221,6 +223,8 @@ pub struct RawConfig {
     pub raft: RawRaft,
     /// `[tls]`.
     pub tls: crate::tls::RawTls,
+    /// `[ratelimit]`.
+    pub ratelimit: crate::ratelimit::RawSettings,
 }
 
 /// `[raft]`.
@@ -370,6 +374,7 @@ impl Default for RawConfig {
             shutdown: RawShutdown::default(),
             raft: RawRaft::default(),
             tls: crate::tls::RawTls::default(),
+            ratelimit: crate::ratelimit::RawSettings::default(),
         }
     }
 }
@@ -668,6 +673,13 @@ impl RawConfig {
                 rule: rule.to_owned(),
             })
         });
+        let ratelimit = self.ratelimit.validate(&mut |key, value, rule| {
+            errors.push(ConfigError {
+                key: key.to_owned(),
+                value: value.to_string(),
+                rule: rule.to_owned(),
+            })
+        });
         if let (Some(_), Some(plain), Some(secure)) = (&tls, proxy, proxy_tls)
             && plain == secure
             && secure.port() != 0
@@ -737,6 +749,7 @@ impl RawConfig {
                     on_leader_loss,
                 },
                 tls,
+                ratelimit,
             }),
             _ => Err(ConfigErrors(errors)),
         }

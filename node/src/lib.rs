@@ -32,6 +32,7 @@ pub mod peer;
 pub mod pipeline;
 pub mod pki;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
@@ -59,4 +60,6 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// The node's cluster membership (applied state, writes).
     pub cluster: Arc<cluster::Cluster>,
+    /// Rate-limit state, kept across configuration reloads.
+    pub ratelimit: Arc<ratelimit::Registry>,
 }

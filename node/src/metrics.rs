@@ -17,6 +17,10 @@
 //! - `open_connections{listener}`, `connections_total{listener}`;
 //! - `config_version`, `config_reloads_total{result}`;
 //! - `access_log_dropped_total`;
+//! - `ratelimit_decisions_total{route,limit,outcome}`: outcome `allowed`,
+//!   `rejected` or `queued` (a leaky bucket made the request wait);
+//!   `ratelimit_keys{limit}`; `ratelimit_evictions_total{limit,reason}`:
+//!   reason `idle` or `capacity` (see `ratelimit::Store`);
 //! - `raft_term`, `raft_is_leader`, `raft_last_log_index`, `raft_applied_index`,
 //!   `raft_last_apply_age_seconds`, `raft_leader_silence_seconds`.
 
@@ -105,6 +109,21 @@ impl Metrics {
             "meridian_upstream_errors_total",
             None,
             "Failed upstream attempts, by upstream and kind.",
+        );
+        describe(
+            "meridian_ratelimit_decisions_total",
+            None,
+            "Rate-limit decisions, by route, limit and outcome.",
+        );
+        describe(
+            "meridian_ratelimit_evictions_total",
+            None,
+            "Keys a limit forgot: idle ones, or live ones at the key cap.",
+        );
+        recorder.describe_gauge(
+            "meridian_ratelimit_keys".into(),
+            None,
+            "Keys a limit tracks.".into(),
         );
         describe(
             "meridian_client_errors_total",

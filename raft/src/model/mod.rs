@@ -8,6 +8,7 @@
 //! A node compiles a validated configuration into the immutable snapshot its
 //! data plane reads.
 
+pub mod limit;
 pub mod pattern;
 pub mod policy;
 mod size;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::limit::{Limit, RateLimitSettings};
 pub use self::policy::Policies;
 pub use self::size::ByteSize;
 pub use self::state::{Command, Member, NodeId, Outcome, Request, Revocation, State};
@@ -43,6 +45,9 @@ pub struct GatewayConfig {
     /// How credentials are read and verified (API keys, JWT issuers,
     /// introspection endpoints).
     pub auth: AuthConfig,
+    /// Which rate-limit headers responses carry.
+    #[serde(skip_serializing_if = "RateLimitSettings::is_default")]
+    pub rate_limit: RateLimitSettings,
 }
 
 /// A client of the gateway.
@@ -94,13 +99,17 @@ impl AuthMethod {
     }
 }
 
-/// A plan consumers subscribe to. Rate limits per plan come with the
-/// rate-limiting stage; today a plan names a tier that is sent upstream.
+/// A plan consumers subscribe to: its name is sent upstream, and its limits
+/// and quotas apply to each of its consumers on every route.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Plan {
     /// Free text for operators.
     pub description: Option<String>,
+    /// Rate limits and quotas (see [`limit`]); keyed by consumer unless
+    /// a limit says otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<Limit>,
 }
 
 /// The `auth` section.
@@ -558,6 +567,9 @@ pub struct Route {
     /// Scopes the caller's token must all carry (403 `insufficient_scope`).
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Rate limits of this route, on top of the caller's plan (see [`limit`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<Limit>,
 }
 
 /// A route's TLS requirements.

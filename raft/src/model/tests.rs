@@ -597,3 +597,152 @@ fn unknown_auth_method_is_a_syntax_error() {
     .unwrap_err();
     assert!(error.to_string().contains("basic"), "{error}");
 }
+
+// === rate limits ===
+
+const LIMIT_ROUTE: &str = "routes:\n  - { name: r, upstream: users, match: { path_prefix: / }, limits: LIMITS }\n";
+
+#[track_caller]
+fn check_route_limits(limits: &str, expected: &[&str]) {
+    check(
+        &format!("{UPSTREAM}{}", LIMIT_ROUTE.replace("LIMITS", limits)),
+        expected,
+    );
+}
+
+#[test]
+fn limits_parse_on_plans_and_routes() {
+    let yaml = format!(
+        "{UPSTREAM}{}plans:\n  gold:\n    limits:\n      - {{ name: burst, algorithm: token_bucket, rate: 100/s, burst: 200 }}\n      - {{ name: daily, algorithm: fixed_window, limit: 100000, per: 1d }}\n      - {{ algorithm: fixed_window, limit: 2000000, per: month }}\n",
+        LIMIT_ROUTE.replace(
+            "LIMITS",
+            "[{ key: [consumer, { header: X-Tenant }], algorithm: sliding_window_counter, limit: 60, per: 1m }, { key: route, algorithm: leaky_bucket, rate: 20/s, queue: 50, max_wait: 2s }, { key: ip, algorithm: sliding_window_log, limit: 10, per: 10s }]"
+        )
+    );
+    let config = GatewayConfig::parse(&yaml).expect("valid");
+    let gold = &config.plans["gold"].limits;
+    assert_eq!(gold.len(), 3);
+    assert_eq!(
+        gold[0].rate,
+        Some(limit::Rate {
+            count: 100,
+            per: Duration::from_secs(1)
+        })
+    );
+    assert_eq!(gold[2].per, Some(limit::Period::Month));
+    let route = &config.routes[0].limits;
+    assert_eq!(
+        route[0].key.0,
+        vec![
+            limit::KeyPart::Consumer,
+            limit::KeyPart::Header("X-Tenant".into())
+        ]
+    );
+    assert_eq!(route[1].max_wait, Some(Duration::from_secs(2)));
+    // What is written out parses back to the same document.
+    let json = serde_json::to_string(&config).expect("serialises");
+    assert_eq!(GatewayConfig::parse(&json).expect("round trip"), config);
+}
+
+#[test]
+fn limit_parameters_must_fit_the_algorithm() {
+    check_route_limits(
+        "[{ algorithm: token_bucket, limit: 5, per: 1s }]",
+        &[
+            "routes[0].limits[0].rate ((missing)) is required by token_bucket",
+            "routes[0].limits[0].limit (5) does not apply to token_bucket",
+            "routes[0].limits[0].per (1s) does not apply to token_bucket",
+        ],
+    );
+    check_route_limits(
+        "[{ algorithm: fixed_window, rate: 5/s, burst: 3, queue: 4 }]",
+        &[
+            "routes[0].limits[0].limit ((missing)) is required by fixed_window",
+            "routes[0].limits[0].per ((missing)) is required by fixed_window",
+            "routes[0].limits[0].rate (5/s) does not apply to fixed_window",
+            "routes[0].limits[0].burst (3) does not apply to fixed_window",
+            "routes[0].limits[0].queue (4) does not apply to fixed_window",
+        ],
+    );
+    check_route_limits(
+        "[{ key: route, algorithm: leaky_bucket, rate: 5/s }]",
+        &["routes[0].limits[0].queue ((missing)) is required by leaky_bucket"],
+    );
+    check_route_limits(
+        "[{ algorithm: sliding_window_counter, limit: 5, per: 1s, max_wait: 1s }]",
+        &["routes[0].limits[0].max_wait (1s) does not apply to sliding_window_counter"],
+    );
+}
+
+#[test]
+fn limit_values_are_bounded() {
+    check_route_limits(
+        "[{ algorithm: token_bucket, rate: 0/s, burst: 0 }]",
+        &[
+            "routes[0].limits[0].rate (0/s) must admit at least one request per period",
+            "routes[0].limits[0].burst (0) must be between 1 and 1000000000",
+        ],
+    );
+    check_route_limits(
+        "[{ algorithm: token_bucket, rate: 2000/1ms }]",
+        &["routes[0].limits[0].rate (2000/1ms) must not exceed 1000000 requests per second"],
+    );
+    check_route_limits(
+        "[{ algorithm: sliding_window_log, limit: 10001, per: 1m }]",
+        &["routes[0].limits[0].limit (10001) must be between 1 and 10000"],
+    );
+    check_route_limits(
+        "[{ algorithm: sliding_window_counter, limit: 5, per: month }]",
+        &[
+            "routes[0].limits[0].per (month) `month` is a calendar window: only fixed_window has one",
+        ],
+    );
+    check_route_limits(
+        "[{ algorithm: fixed_window, limit: 5, per: 1500us }]",
+        &["routes[0].limits[0].per (1ms 500us) must be a whole number of milliseconds, at least 1ms"],
+    );
+    check_route_limits(
+        "[{ key: route, algorithm: leaky_bucket, rate: 5/s, queue: 0, max_wait: 0s }]",
+        &[
+            "routes[0].limits[0].queue (0) must be between 1 and 100000",
+            "routes[0].limits[0].max_wait (0s) must be greater than zero",
+        ],
+    );
+}
+
+#[test]
+fn limit_names_and_keys() {
+    check_route_limits(
+        "[{ name: a, algorithm: token_bucket, rate: 1/s }, { name: a, key: [ip, ip], algorithm: token_bucket, rate: 1/s }, { name: 'b c', key: { header: 'bad header' }, algorithm: token_bucket, rate: 1/s }, { key: [], algorithm: token_bucket, rate: 1/s }]",
+        &[
+            "routes[0].limits[1].name (a) must be unique among the limits of its plan or route",
+            "routes[0].limits[1].key (ip, ip) must not repeat a part",
+            "routes[0].limits[2].name (b c) must be a name of letters, digits, '-', '_' and '.'",
+            "routes[0].limits[2].key.header (bad header) must be a header name",
+            "routes[0].limits[3].key ([]) must name at least one part",
+        ],
+    );
+    let errors = GatewayConfig::parse(&format!(
+        "{UPSTREAM}{}",
+        LIMIT_ROUTE.replace("LIMITS", "[{ key: user, algorithm: token_bucket, rate: 1/s }]")
+    ))
+    .expect_err("unknown key part");
+    assert!(
+        errors.to_string().contains("a limit key is one of consumer"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn leaky_buckets_belong_to_routes_once() {
+    check(
+        "plans:\n  p: { limits: [{ key: route, algorithm: leaky_bucket, rate: 1/s, queue: 5 }] }\n",
+        &[
+            "plans.p.limits[0].algorithm (leaky_bucket) belongs on a route (it smooths what one backend receives), not on a plan",
+        ],
+    );
+    check_route_limits(
+        "[{ key: route, algorithm: leaky_bucket, rate: 1/s, queue: 5 }, { key: ip, algorithm: leaky_bucket, rate: 1/s, queue: 5 }]",
+        &["routes[0].limits[1].algorithm (leaky_bucket) may appear once per route (a request waits in one queue)"],
+    );
+}

@@ -16,6 +16,7 @@
 //!   the pattern has;
 //! - consumers: unique identifier names and ids, a `plan` names a declared plan;
 //! - plans: identifier names;
+//! - rate limits of plans and routes: see the `validate::limit` module;
 //! - auth: the API key header is a header name, the query parameter is not
 //!   empty; JWT issuers and introspection endpoints have unique identifier
 //!   names and `http(s)://` URLs; issuers are unique, name at least one
@@ -41,7 +42,10 @@ use regex::Regex;
 use super::pattern::{self, HostPattern, PathPattern};
 use super::*;
 
+mod limit;
 mod policy;
+
+pub use self::limit::MAX_LOG_LIMIT;
 
 /// One violated rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +196,7 @@ pub(super) fn check(config: &GatewayConfig) -> Result<(), ConfigErrors> {
             );
         }
     }
-    for name in config.plans.keys() {
+    for (name, plan) in &config.plans {
         if !is_identifier(name) {
             c.fail(
                 format!("plans.{name}"),
@@ -200,6 +204,7 @@ pub(super) fn check(config: &GatewayConfig) -> Result<(), ConfigErrors> {
                 "must be a name of letters, digits, '-', '_' and '.'",
             );
         }
+        limit::check(&mut c, &format!("plans.{name}"), &plan.limits, limit::Owner::Plan);
     }
     check_auth(&mut c, &config.auth);
     if c.errors.is_empty() {
@@ -450,6 +455,7 @@ fn check_route(c: &mut Checker, key: &str, route: &Route, config: &GatewayConfig
             "needs `auth` to list jwt or introspection (only tokens carry scopes)",
         );
     }
+    limit::check(c, key, &route.limits, limit::Owner::Route);
 }
 
 /// RFC 6749 §3.3 scope-token characters.

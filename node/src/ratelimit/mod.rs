@@ -1,0 +1,440 @@
+//! The rate-limiting engine: five algorithms behind one clock, per-key
+//! state with a hard cap, and the registry that keeps counts across
+//! configuration reloads.
+//!
+//! - [`token_bucket`]: `rate` + `burst` (GCRA, 8 bytes per key);
+//! - [`sliding_log`]: exact, one timestamp per admitted request;
+//! - [`sliding_counter`]: `previous × overlap + current`, 16 bytes per key;
+//! - [`fixed_window`]: calendar-aligned windows (second … month), 16 bytes;
+//! - [`leaky_bucket`]: a bounded queue drained at a fixed rate.
+//!
+//! Every algorithm is a pure function of its state and the time it is
+//! given ([`clock`]); a [`Store`] holds the state per key; the [`Registry`]
+//! hands each configured limit its store, keeping the same store while a
+//! reload leaves the limit's identity and parameters unchanged. The
+//! `limit` pipeline stage (`pipeline::limit`) builds keys from requests,
+//! checks every limit that applies, and writes the headers.
+
+pub mod clock;
+pub mod fixed_window;
+pub mod leaky_bucket;
+pub mod sliding_counter;
+pub mod sliding_log;
+mod store;
+pub mod token_bucket;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use raft::model::limit::{self as model, Algorithm as Kind, Period};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use self::clock::{Clock, Nanos};
+use self::fixed_window::{FixedWindow, Window};
+use self::leaky_bucket::{Admission, LeakyBucket};
+use self::sliding_counter::SlidingCounter;
+use self::sliding_log::SlidingLog;
+pub use self::store::{SHARDS, Stats, Store};
+use self::token_bucket::TokenBucket;
+use crate::metrics::Metrics;
+
+/// An algorithm's per-key state and when it can be forgotten.
+pub trait Algorithm: Send + Sync + 'static {
+    /// What is kept per key.
+    type State: Send + 'static;
+    /// The state of a key never seen.
+    fn fresh(&self) -> Self::State;
+    /// Whether `state` decides like a fresh one from `now` on (it can be
+    /// dropped without changing any decision).
+    fn is_idle(&self, state: &Self::State, now: Nanos) -> bool;
+}
+
+/// An algorithm that answers at once: the four counting ones.
+pub trait Counting: Algorithm {
+    /// Decides on one request at `now`, charging it when admitted.
+    fn acquire(&self, state: &mut Self::State, now: Nanos) -> Decision;
+    /// Takes back the charge of an admitted request (another limit refused it).
+    fn refund(&self, state: &mut Self::State, charged: Nanos);
+    /// What the `RateLimit-Policy` header announces.
+    fn policy(&self) -> Policy;
+}
+
+/// One limit's answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request is admitted (and was charged).
+    pub allowed: bool,
+    /// Requests admitted from now on before this limit refuses.
+    pub remaining: u64,
+    /// Nanoseconds until the allowance is whole again (window end, bucket full).
+    pub reset: Nanos,
+    /// When refused: nanoseconds until a request would be admitted.
+    pub retry_after: Nanos,
+    /// The time the request was counted at (for a refund).
+    pub charged: Nanos,
+}
+
+/// A limit's quota (`q`) over a window (`w`), as `RateLimit-Policy` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Requests.
+    pub quota: u64,
+    /// Nanoseconds.
+    pub window: Nanos,
+}
+
+// === spec ===
+
+/// A limit's algorithm with its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spec {
+    /// See [`token_bucket`].
+    TokenBucket(TokenBucket),
+    /// See [`sliding_log`].
+    SlidingLog(SlidingLog),
+    /// See [`sliding_counter`].
+    SlidingCounter(SlidingCounter),
+    /// See [`fixed_window`].
+    FixedWindow(FixedWindow),
+    /// See [`leaky_bucket`].
+    LeakyBucket(LeakyBucket),
+}
+
+fn nanos(d: Duration) -> Nanos {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Spec {
+    /// The parameters of a validated limit (`None` if it is not valid).
+    pub fn compile(limit: &model::Limit) -> Option<Self> {
+        let window = || match limit.per? {
+            Period::Fixed(d) => Some(nanos(d)),
+            Period::Month => None,
+        };
+        Some(match limit.algorithm {
+            Kind::TokenBucket => {
+                let rate = limit.rate?;
+                Spec::TokenBucket(TokenBucket::new(
+                    nanos(rate.interval()),
+                    limit.burst.unwrap_or(rate.count),
+                ))
+            }
+            Kind::SlidingWindowLog => Spec::SlidingLog(SlidingLog::new(limit.limit?, window()?)),
+            Kind::SlidingWindowCounter => {
+                Spec::SlidingCounter(SlidingCounter::new(limit.limit?, window()?))
+            }
+            Kind::FixedWindow => Spec::FixedWindow(FixedWindow::new(
+                limit.limit?,
+                match limit.per? {
+                    Period::Fixed(d) => Window::Fixed(nanos(d)),
+                    Period::Month => Window::Month,
+                },
+            )),
+            Kind::LeakyBucket => {
+                let interval = nanos(limit.rate?.interval()).max(1);
+                let depth = limit.queue?;
+                Spec::LeakyBucket(LeakyBucket {
+                    interval,
+                    depth,
+                    max_wait: limit
+                        .max_wait
+                        .map_or(interval.saturating_mul(u64::from(depth)), nanos),
+                })
+            }
+        })
+    }
+}
+
+// === limiter ===
+
+/// One limit's algorithm and per-key state.
+pub enum Limiter {
+    /// See [`token_bucket`].
+    TokenBucket(Store<TokenBucket>),
+    /// See [`sliding_log`].
+    SlidingLog(Store<SlidingLog>),
+    /// See [`sliding_counter`].
+    SlidingCounter(Store<SlidingCounter>),
+    /// See [`fixed_window`].
+    FixedWindow(Store<FixedWindow>),
+    /// See [`leaky_bucket`].
+    LeakyBucket(Store<LeakyBucket>, leaky_bucket::Runtime),
+}
+
+/// What [`Limiter::check`] found.
+pub enum Check {
+    /// A counting algorithm decided.
+    Decided(Decision),
+    /// The leaky bucket admitted, queued or refused.
+    Leaky(Admission),
+}
+
+macro_rules! each_counting {
+    ($self:expr, $store:ident => $body:expr, leaky => $leaky:expr) => {
+        match $self {
+            Limiter::TokenBucket($store) => $body,
+            Limiter::SlidingLog($store) => $body,
+            Limiter::SlidingCounter($store) => $body,
+            Limiter::FixedWindow($store) => $body,
+            Limiter::LeakyBucket(..) => $leaky,
+        }
+    };
+}
+
+impl Limiter {
+    /// A limiter for `spec` with room for `max_keys` keys.
+    pub fn new(spec: Spec, max_keys: usize, runtime: leaky_bucket::Runtime) -> Self {
+        match spec {
+            Spec::TokenBucket(a) => Limiter::TokenBucket(Store::new(a, max_keys)),
+            Spec::SlidingLog(a) => Limiter::SlidingLog(Store::new(a, max_keys)),
+            Spec::SlidingCounter(a) => Limiter::SlidingCounter(Store::new(a, max_keys)),
+            Spec::FixedWindow(a) => Limiter::FixedWindow(Store::new(a, max_keys)),
+            Spec::LeakyBucket(a) => Limiter::LeakyBucket(Store::new(a, max_keys), runtime),
+        }
+    }
+
+    /// Checks one request under `key` at `now`.
+    #[inline]
+    pub fn check(&self, key: &[u8], now: Nanos) -> Check {
+        each_counting!(self, store => Check::Decided(store.with(key, now, |a, s| a.acquire(s, now))),
+            leaky => match self {
+                Limiter::LeakyBucket(store, runtime) => {
+                    let queue = store.with(key, now, |_, queue| queue.clone());
+                    Check::Leaky(store.algorithm().admit(&queue, now, runtime))
+                }
+                _ => unreachable!("matched above"),
+            })
+    }
+
+    /// Takes back an admitted request's charge.
+    pub fn refund(&self, key: &[u8], decision: &Decision) {
+        each_counting!(self, store => {
+            store.with_existing(key, |a, s| a.refund(s, decision.charged));
+        }, leaky => {})
+    }
+
+    /// What `RateLimit-Policy` announces for this limit.
+    pub fn policy(&self) -> Policy {
+        each_counting!(self, store => store.algorithm().policy(),
+            leaky => match self {
+                Limiter::LeakyBucket(store, _) => store.algorithm().policy(),
+                _ => unreachable!("matched above"),
+            })
+    }
+
+    /// Counts of what the store did.
+    pub fn stats(&self) -> &Stats {
+        each_counting!(self, store => store.stats(),
+            leaky => match self {
+                Limiter::LeakyBucket(store, _) => store.stats(),
+                _ => unreachable!("matched above"),
+            })
+    }
+
+    /// Forgets idle keys.
+    pub fn sweep(&self, now: Nanos) -> u64 {
+        match self {
+            Limiter::TokenBucket(store) => store.sweep(now),
+            Limiter::SlidingLog(store) => store.sweep(now),
+            Limiter::SlidingCounter(store) => store.sweep(now),
+            Limiter::FixedWindow(store) => store.sweep(now),
+            Limiter::LeakyBucket(store, _) => store.sweep(now),
+        }
+    }
+}
+
+// === settings ===
+
+/// `[ratelimit]` in node.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Keys each limit tracks at most.
+    pub max_keys: usize,
+    /// How often idle keys are removed and the key gauges refreshed.
+    pub sweep_interval: Duration,
+}
+
+/// The serde shape of `[ratelimit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawSettings {
+    /// `max-keys`.
+    pub max_keys: usize,
+    /// `sweep-interval`.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for RawSettings {
+    fn default() -> Self {
+        Self {
+            max_keys: 1_000_000,
+            sweep_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RawSettings {
+    /// Checks the section, reporting each broken rule through `fail(key, value, rule)`.
+    pub fn validate(self, fail: &mut dyn FnMut(&str, &dyn std::fmt::Display, &str)) -> Settings {
+        if !(SHARDS * 2..=100_000_000).contains(&self.max_keys) {
+            fail(
+                "ratelimit.max-keys",
+                &self.max_keys,
+                &format!("must be between {} and 100000000", SHARDS * 2),
+            );
+        }
+        if self.sweep_interval < Duration::from_millis(10) {
+            fail(
+                "ratelimit.sweep-interval",
+                &humantime::format_duration(self.sweep_interval),
+                "must be at least 10ms",
+            );
+        }
+        Settings {
+            max_keys: self.max_keys,
+            sweep_interval: self.sweep_interval,
+        }
+    }
+}
+
+// === registry ===
+
+struct Registered {
+    spec: Spec,
+    limiter: Weak<Limiter>,
+    keys: metrics::Gauge,
+    evicted_capacity: metrics::Counter,
+    evicted_idle: metrics::Counter,
+}
+
+/// The limiters of the node, by limit identity; kept across reloads.
+pub struct Registry {
+    settings: Settings,
+    runtime: leaky_bucket::Runtime,
+    metrics: Arc<Metrics>,
+    limiters: Mutex<HashMap<String, Registered>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            settings: settings.clone(),
+            runtime: leaky_bucket::Runtime {
+                clock: Clock::system(),
+                tasks,
+                shutdown,
+            },
+            metrics,
+            limiters: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The clock every limit reads.
+    pub fn clock(&self) -> &Clock {
+        &self.runtime.clock
+    }
+
+    /// The limiter of the limit named `id` (`plan:gold/burst`,
+    /// `route:users/0`): the existing one while its parameters are
+    /// unchanged, else a new one.
+    pub fn limiter(&self, id: &str, spec: Spec) -> Arc<Limiter> {
+        let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(registered) = limiters.get(id)
+            && registered.spec == spec
+            && let Some(limiter) = registered.limiter.upgrade()
+        {
+            return limiter;
+        }
+        let limiter = Arc::new(Limiter::new(
+            spec,
+            self.settings.max_keys,
+            self.runtime.clone(),
+        ));
+        let limit = || ("limit", id.to_owned());
+        let evictions = |reason: &str| {
+            self.metrics.counter(
+                "meridian_ratelimit_evictions_total",
+                &[limit(), ("reason", reason.to_owned())],
+            )
+        };
+        limiters.insert(
+            id.to_owned(),
+            Registered {
+                spec,
+                limiter: Arc::downgrade(&limiter),
+                keys: self.metrics.gauge("meridian_ratelimit_keys", &[limit()]),
+                evicted_capacity: evictions("capacity"),
+                evicted_idle: evictions("idle"),
+            },
+        );
+        limiter
+    }
+
+    /// Removes idle keys of every live limiter, forgets dropped limiters and
+    /// refreshes the key and eviction series.
+    pub fn sweep(&self) {
+        let now = self.runtime.clock.now();
+        let live: Vec<(Arc<Limiter>, metrics::Gauge, metrics::Counter, metrics::Counter)> = {
+            let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+            limiters.retain(|_, r| r.limiter.strong_count() > 0);
+            limiters
+                .values()
+                .filter_map(|r| {
+                    Some((
+                        r.limiter.upgrade()?,
+                        r.keys.clone(),
+                        r.evicted_capacity.clone(),
+                        r.evicted_idle.clone(),
+                    ))
+                })
+                .collect()
+        };
+        for (limiter, keys, capacity, idle) in live {
+            limiter.sweep(now);
+            let stats = limiter.stats();
+            keys.set(stats.keys.load(Ordering::Relaxed) as f64);
+            capacity.absolute(stats.evicted_capacity.load(Ordering::Relaxed));
+            idle.absolute(stats.evicted_idle.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Sweeps every `sweep-interval` until shutdown.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let registry = self.clone();
+        let every = self.settings.sweep_interval;
+        let shutdown = self.runtime.shutdown.clone();
+        self.runtime.tasks.spawn(
+            async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => registry.sweep(),
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("ratelimit-sweeper")),
+        );
+    }
+
+    /// Where leaky-bucket releasers run.
+    pub fn runtime(&self) -> &leaky_bucket::Runtime {
+        &self.runtime
+    }
+}
