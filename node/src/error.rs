@@ -114,6 +114,13 @@ pub enum Kind {
     UpstreamProtocol,
     /// Every target of the upstream is unhealthy or ejected (503).
     NoHealthyUpstream,
+    /// A rate limit refuses the request (429, with `Retry-After`).
+    RateLimited {
+        /// The limit's name.
+        limit: std::sync::Arc<str>,
+        /// Whole seconds until a request would be admitted.
+        retry_after: u64,
+    },
     /// The node has `limits.max-in-flight` requests in flight and sheds
     /// new ones (503, with `Retry-After`).
     Overloaded,
@@ -173,6 +180,7 @@ impl Error {
             Kind::UpstreamConnect | Kind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Kind::UpstreamConnectTimeout | Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::NoHealthyUpstream | Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -193,6 +201,7 @@ impl Error {
             | Kind::HeadersTooLarge { .. }
             | Kind::ClientTimeout
             | Kind::ClientTooSlow { .. }
+            | Kind::RateLimited { .. }
             | Kind::ClientAborted => Side::Client,
             Kind::UpstreamConnect
             | Kind::UpstreamConnectTimeout
@@ -242,6 +251,7 @@ impl Error {
             Kind::ClientTooSlow { .. } => "client_body_too_slow",
             Kind::ClientAborted => "client_body_aborted",
             Kind::Overloaded => "overloaded",
+            Kind::RateLimited { .. } => "rate_limited",
             Kind::UpstreamConnect => "upstream_connect_failed",
             Kind::UpstreamConnectTimeout => "upstream_connect_timeout",
             Kind::UpstreamTimeout => "upstream_timeout",
@@ -293,6 +303,9 @@ impl Error {
             }
             Kind::ClientAborted => "the request body was cut short".into(),
             Kind::Overloaded => "the gateway is overloaded; retry later".into(),
+            Kind::RateLimited { limit, retry_after } => {
+                format!("rate limit \"{limit}\" exceeded; retry in {retry_after}s").into()
+            }
             Kind::UpstreamConnect => "could not connect to the upstream".into(),
             Kind::UpstreamConnectTimeout => "connecting to the upstream timed out".into(),
             Kind::UpstreamTimeout => "the upstream did not respond in time".into(),
@@ -326,6 +339,9 @@ impl Error {
             }
             Kind::NoHealthyUpstream | Kind::Overloaded => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Kind::RateLimited { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             Kind::Unauthorized { .. } => {
                 headers.insert(

@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub policies: Policies,
     /// Consumers, API key location, JWT issuers and introspection endpoints.
     pub auth: auth::Runtime,
+    /// Rate limits by route and plan.
+    pub limits: crate::pipeline::limit::Limits,
 }
 
 impl Snapshot {
@@ -85,6 +87,11 @@ impl Snapshot {
             pools,
             unrouted: RouteMetrics::new(&shared.metrics, "none"),
             policies: Policies::compile(&config),
+            limits: crate::pipeline::limit::Limits::compile(
+                &config,
+                &shared.ratelimit,
+                &shared.metrics,
+            ),
             config,
         }
     }
@@ -99,6 +106,7 @@ impl Snapshot {
             unrouted: RouteMetrics::new(&shared.metrics, "none"),
             policies: Policies::default(),
             auth: auth::Runtime::default(),
+            limits: Default::default(),
         }
     }
 }

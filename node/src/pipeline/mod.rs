@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! headers -> admit -> ip (global) -> version -> route -> ip (route) -> tls -> cors -> waf
-//!   -> auth -> [proxy] -> on_response hooks in reverse order (headers' last) -> observe
+//!   -> auth -> limit -> [proxy] -> on_response hooks in reverse order (headers' last) -> observe
 //! ```
 //! Each stage's `on_request` runs in order until one answers the request
 //! itself (`Flow::Respond`) or fails; the proxy forwards what got through.
@@ -22,6 +22,7 @@ pub mod auth;
 pub mod cors;
 pub mod headers;
 pub mod ip;
+pub mod limit;
 pub mod observe;
 pub mod policy;
 pub mod route;
@@ -114,6 +115,8 @@ pub struct RequestCx {
     pub tls: Option<Arc<crate::tls::TlsInfo>>,
     /// The connection closes after this response (a cut-short or slow body).
     pub close: bool,
+    /// What the rate limits said, for the response headers.
+    pub rate_limit: Option<Box<limit::Report>>,
 }
 
 impl RequestCx {
@@ -140,6 +143,7 @@ impl RequestCx {
             error: None,
             tls: None,
             close: false,
+            rate_limit: None,
         }
     }
 
@@ -185,6 +189,7 @@ pub fn build(shared: &Arc<Shared>) -> Pipeline {
             shared.cluster.clone(),
             shared.metrics.clone(),
         )),
+        Box::new(limit::LimitStage::new(&shared.ratelimit)),
     ];
     Pipeline {
         stages,

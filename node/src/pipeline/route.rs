@@ -285,6 +285,11 @@ pub struct Route {
 }
 
 impl Route {
+    /// The route's position in the configuration.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// Compiles a validated route; `upstreams` holds its pool.
     pub fn compile(
         index: usize,

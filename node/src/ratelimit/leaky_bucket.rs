@@ -113,10 +113,10 @@ impl LeakyBucket {
             return Admission::Now;
         }
         let wait_for = |waiting: &Waiting| {
-            waiting.next.saturating_sub(now).saturating_add(
-                self.interval
-                    .saturating_mul(waiting.waiters.len() as u64),
-            )
+            waiting
+                .next
+                .saturating_sub(now)
+                .saturating_add(self.interval.saturating_mul(waiting.waiters.len() as u64))
         };
         let mut wait = wait_for(&waiting);
         if waiting.waiters.len() >= self.depth as usize || wait > self.max_wait {
@@ -127,7 +127,9 @@ impl LeakyBucket {
             let over = wait.saturating_sub(self.max_wait);
             let full = (waiting.waiters.len() + 1).saturating_sub(self.depth as usize) as u64;
             return Admission::Full {
-                retry_after: over.max(self.interval.saturating_mul(full)).max(self.interval),
+                retry_after: over
+                    .max(self.interval.saturating_mul(full))
+                    .max(self.interval),
                 waiting: waiting.waiters.len() as u32,
             };
         }

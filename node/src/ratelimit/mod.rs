@@ -205,13 +205,13 @@ impl Limiter {
     #[inline]
     pub fn check(&self, key: &[u8], now: Nanos) -> Check {
         each_counting!(self, store => Check::Decided(store.with(key, now, |a, s| a.acquire(s, now))),
-            leaky => match self {
-                Limiter::LeakyBucket(store, runtime) => {
-                    let queue = store.with(key, now, |_, queue| queue.clone());
-                    Check::Leaky(store.algorithm().admit(&queue, now, runtime))
-                }
-                _ => unreachable!("matched above"),
-            })
+        leaky => match self {
+            Limiter::LeakyBucket(store, runtime) => {
+                let queue = store.with(key, now, |_, queue| queue.clone());
+                Check::Leaky(store.algorithm().admit(&queue, now, runtime))
+            }
+            _ => unreachable!("matched above"),
+        })
     }
 
     /// Takes back an admitted request's charge.
@@ -224,19 +224,19 @@ impl Limiter {
     /// What `RateLimit-Policy` announces for this limit.
     pub fn policy(&self) -> Policy {
         each_counting!(self, store => store.algorithm().policy(),
-            leaky => match self {
-                Limiter::LeakyBucket(store, _) => store.algorithm().policy(),
-                _ => unreachable!("matched above"),
-            })
+        leaky => match self {
+            Limiter::LeakyBucket(store, _) => store.algorithm().policy(),
+            _ => unreachable!("matched above"),
+        })
     }
 
     /// Counts of what the store did.
     pub fn stats(&self) -> &Stats {
         each_counting!(self, store => store.stats(),
-            leaky => match self {
-                Limiter::LeakyBucket(store, _) => store.stats(),
-                _ => unreachable!("matched above"),
-            })
+        leaky => match self {
+            Limiter::LeakyBucket(store, _) => store.stats(),
+            _ => unreachable!("matched above"),
+        })
     }
 
     /// Forgets idle keys.
@@ -389,7 +389,12 @@ impl Registry {
     /// refreshes the key and eviction series.
     pub fn sweep(&self) {
         let now = self.runtime.clock.now();
-        let live: Vec<(Arc<Limiter>, metrics::Gauge, metrics::Counter, metrics::Counter)> = {
+        let live: Vec<(
+            Arc<Limiter>,
+            metrics::Gauge,
+            metrics::Counter,
+            metrics::Counter,
+        )> = {
             let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
             limiters.retain(|_, r| r.limiter.strong_count() > 0);
             limiters

@@ -130,7 +130,11 @@ impl<A: Algorithm> Store<A> {
     }
 
     /// Runs `f` on the state of `key` if the store has it.
-    pub fn with_existing<R>(&self, key: &[u8], f: impl FnOnce(&A, &mut A::State) -> R) -> Option<R> {
+    pub fn with_existing<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&A, &mut A::State) -> R,
+    ) -> Option<R> {
         let hash = self.hasher.hash_one(key);
         let mut shard = self.shard(hash);
         let shard = &mut *shard;
@@ -154,7 +158,9 @@ impl<A: Algorithm> Store<A> {
             HashTable::with_capacity(self.rotate_at.min(1024)),
         );
         self.stats.keys.fetch_sub(dropped, Ordering::Relaxed);
-        self.stats.evicted_idle.fetch_add(dropped - live, Ordering::Relaxed);
+        self.stats
+            .evicted_idle
+            .fetch_add(dropped - live, Ordering::Relaxed);
         if live > 0 {
             self.stats
                 .evicted_capacity
@@ -191,7 +197,9 @@ impl<A: Algorithm> Store<A> {
             }
         }
         self.stats.keys.fetch_sub(removed, Ordering::Relaxed);
-        self.stats.evicted_idle.fetch_add(removed, Ordering::Relaxed);
+        self.stats
+            .evicted_idle
+            .fetch_add(removed, Ordering::Relaxed);
         removed
     }
 }

@@ -323,7 +323,10 @@ async fn leaky_bucket_skips_waiters_whose_client_left() {
     };
     let queue = Arc::default();
     let now = runtime.clock.now();
-    assert!(matches!(bucket.admit(&queue, now, &runtime), Admission::Now));
+    assert!(matches!(
+        bucket.admit(&queue, now, &runtime),
+        Admission::Now
+    ));
     let wait = |admission| match admission {
         Admission::Wait { turn, .. } => turn,
         _ => panic!("expected to wait"),

@@ -600,7 +600,8 @@ fn unknown_auth_method_is_a_syntax_error() {
 
 // === rate limits ===
 
-const LIMIT_ROUTE: &str = "routes:\n  - { name: r, upstream: users, match: { path_prefix: / }, limits: LIMITS }\n";
+const LIMIT_ROUTE: &str =
+    "routes:\n  - { name: r, upstream: users, match: { path_prefix: / }, limits: LIMITS }\n";
 
 #[track_caller]
 fn check_route_limits(limits: &str, expected: &[&str]) {
@@ -699,7 +700,9 @@ fn limit_values_are_bounded() {
     );
     check_route_limits(
         "[{ algorithm: fixed_window, limit: 5, per: 1500us }]",
-        &["routes[0].limits[0].per (1ms 500us) must be a whole number of milliseconds, at least 1ms"],
+        &[
+            "routes[0].limits[0].per (1ms 500us) must be a whole number of milliseconds, at least 1ms",
+        ],
     );
     check_route_limits(
         "[{ key: route, algorithm: leaky_bucket, rate: 5/s, queue: 0, max_wait: 0s }]",
@@ -724,11 +727,16 @@ fn limit_names_and_keys() {
     );
     let errors = GatewayConfig::parse(&format!(
         "{UPSTREAM}{}",
-        LIMIT_ROUTE.replace("LIMITS", "[{ key: user, algorithm: token_bucket, rate: 1/s }]")
+        LIMIT_ROUTE.replace(
+            "LIMITS",
+            "[{ key: user, algorithm: token_bucket, rate: 1/s }]"
+        )
     ))
     .expect_err("unknown key part");
     assert!(
-        errors.to_string().contains("a limit key is one of consumer"),
+        errors
+            .to_string()
+            .contains("a limit key is one of consumer"),
         "{errors}"
     );
 }
@@ -743,6 +751,8 @@ fn leaky_buckets_belong_to_routes_once() {
     );
     check_route_limits(
         "[{ key: route, algorithm: leaky_bucket, rate: 1/s, queue: 5 }, { key: ip, algorithm: leaky_bucket, rate: 1/s, queue: 5 }]",
-        &["routes[0].limits[1].algorithm (leaky_bucket) may appear once per route (a request waits in one queue)"],
+        &[
+            "routes[0].limits[1].algorithm (leaky_bucket) may appear once per route (a request waits in one queue)",
+        ],
     );
 }

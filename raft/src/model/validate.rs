@@ -204,7 +204,12 @@ pub(super) fn check(config: &GatewayConfig) -> Result<(), ConfigErrors> {
                 "must be a name of letters, digits, '-', '_' and '.'",
             );
         }
-        limit::check(&mut c, &format!("plans.{name}"), &plan.limits, limit::Owner::Plan);
+        limit::check(
+            &mut c,
+            &format!("plans.{name}"),
+            &plan.limits,
+            limit::Owner::Plan,
+        );
     }
     check_auth(&mut c, &config.auth);
     if c.errors.is_empty() {

@@ -10,6 +10,7 @@ mod observe;
 mod policies;
 mod pools;
 mod proxy;
+mod ratelimit;
 mod reload;
 mod routing;
 mod tls;

@@ -141,9 +141,7 @@ fn check_parameters(c: &mut Checker, key: &str, limit: &Limit) {
                 show(limit.per.map(|v| v.to_string())),
             );
         }
-        Algorithm::SlidingWindowLog
-        | Algorithm::SlidingWindowCounter
-        | Algorithm::FixedWindow => {
+        Algorithm::SlidingWindowLog | Algorithm::SlidingWindowCounter | Algorithm::FixedWindow => {
             require(c, "limit", limit.limit.is_some());
             require(c, "per", limit.per.is_some());
             forbid(
@@ -175,7 +173,11 @@ fn check_parameters(c: &mut Checker, key: &str, limit: &Limit) {
             c,
             "max_wait",
             limit.max_wait.is_some(),
-            show(limit.max_wait.map(|v| humantime::format_duration(v).to_string())),
+            show(
+                limit
+                    .max_wait
+                    .map(|v| humantime::format_duration(v).to_string()),
+            ),
         );
     }
     if let Some(rate) = limit.rate {
