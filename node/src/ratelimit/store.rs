@@ -46,7 +46,11 @@ pub struct Stats {
 /// Capacity evictions are logged at most this often.
 const WARN_EVERY: Nanos = 10 * super::clock::SECOND;
 
-type Entry<S> = (Box<[u8]>, S);
+/// A key: up to 16 bytes inline (an address, a short name), longer ones
+/// on the heap.
+type Key = smallvec::SmallVec<[u8; 16]>;
+
+type Entry<S> = (Key, S);
 
 struct Shard<S> {
     young: HashTable<Entry<S>>,
@@ -119,7 +123,7 @@ impl<A: Algorithm> Store<A> {
             Ok(found) => found.remove().0,
             Err(_) => {
                 self.stats.keys.fetch_add(1, Ordering::Relaxed);
-                (Box::from(key), self.algorithm.fresh())
+                (Key::from_slice(key), self.algorithm.fresh())
             }
         };
         if shard.young.len() >= self.rotate_at {
@@ -201,5 +205,13 @@ impl<A: Algorithm> Store<A> {
             .evicted_idle
             .fetch_add(removed, Ordering::Relaxed);
         removed
+    }
+}
+
+#[cfg(test)]
+mod size {
+    #[test]
+    fn a_key_is_three_words() {
+        assert_eq!(std::mem::size_of::<super::Key>(), 24);
     }
 }
