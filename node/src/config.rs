@@ -811,6 +811,22 @@ mod tests {
     }
 
     #[test]
+    fn ratelimit_rules() {
+        check(
+            "[ratelimit]\nmax-keys = 10",
+            &["ratelimit.max-keys (10) must be between 64 and 100000000"],
+        );
+        check(
+            "[ratelimit]\nsweep-interval = \"1ms\"",
+            &["ratelimit.sweep-interval (1ms) must be at least 10ms"],
+        );
+        check(
+            "[ratelimit]\nmax-keys = 5000\nsweep-interval = \"1s\"",
+            &[],
+        );
+    }
+
+    #[test]
     fn each_rule() {
         check("id = 0", &["id (0) must be greater than zero"]);
         check(
