@@ -206,6 +206,8 @@ Try the data plane:
   curl -si http://{p}/api/v9/users                  # unknown version: served by v2
   curl -s --http2-prior-knowledge http://{p}/echo/h2
   curl -s http://{p}/nowhere                        # 404, JSON error body
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' http://{p}/limited/x; done   # 5 x 200, then 429
+  curl -si http://{p}/limited/x | grep -i ratelimit  # RateLimit-Policy, RateLimit
 
 A configuration change reaches every region:
   meridian cluster status --admin http://{a}

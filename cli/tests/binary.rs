@@ -172,6 +172,23 @@ fn dev_runs_a_three_region_cluster_and_prints_a_quick_start() {
     let (status, _, body) = get(admin, "/v1/cluster");
     assert_eq!(status, 200);
     assert!(body.contains("\"region\":\"ap-south\""), "{body}");
+    // The quick-start's rate-limited route: five, then 429.
+    for _ in 0..5 {
+        let (status, head, _) = get(proxy, "/limited/x");
+        assert_eq!(status, 200);
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("ratelimit-policy: \"per-ip\";q=5;w=10"),
+            "{head}"
+        );
+    }
+    let (status, head, body) = get(proxy, "/limited/x");
+    assert_eq!(status, 429, "{head}");
+    assert!(body.contains("rate_limited"), "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
 
     dev.signal("-TERM");
 }

@@ -21,7 +21,7 @@
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group};
 use governor::{Quota, RateLimiter};
@@ -178,7 +178,7 @@ fn two_threads(subject: &Arc<dyn Decide>, iters: u64, same_key: bool) -> Duratio
         })
         .collect();
     barrier.wait();
-    let start = Instant::now();
+    let start = tokio::time::Instant::now();
     for thread in threads {
         thread.join().expect("bench thread");
     }

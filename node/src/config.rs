@@ -820,10 +820,7 @@ mod tests {
             "[ratelimit]\nsweep-interval = \"1ms\"",
             &["ratelimit.sweep-interval (1ms) must be at least 10ms"],
         );
-        check(
-            "[ratelimit]\nmax-keys = 5000\nsweep-interval = \"1s\"",
-            &[],
-        );
+        check("[ratelimit]\nmax-keys = 5000\nsweep-interval = \"1s\"", &[]);
     }
 
     #[test]

@@ -131,11 +131,9 @@ impl SlidingCounter {
         } else {
             // Only in the next window, where `current` becomes `previous`:
             // current × (w - e') <= room × w.
-            let free_at = if current == 0 {
-                0
-            } else {
-                w.saturating_sub(room * w / current)
-            };
+            let free_at = (room * w)
+                .checked_div(current)
+                .map_or(0, |share| w.saturating_sub(share));
             (w - e) + free_at + 1
         };
         u64::try_from(wait).unwrap_or(u64::MAX)

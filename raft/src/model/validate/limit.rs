@@ -245,7 +245,7 @@ fn check_count(c: &mut Checker, key: &str, count: u64, max: u64) {
 }
 
 fn check_period(c: &mut Checker, key: &str, period: Duration) {
-    if period < Duration::from_millis(1) || period.subsec_nanos() % 1_000_000 != 0 {
+    if period < Duration::from_millis(1) || !period.subsec_nanos().is_multiple_of(1_000_000) {
         c.fail(
             key,
             humantime::format_duration(period),
