@@ -121,6 +121,11 @@ pub enum Kind {
         /// Whole seconds until a request would be admitted.
         retry_after: u64,
     },
+    /// A `scope: redis` limit that fails closed cannot reach Redis (503).
+    RateLimitUnavailable {
+        /// The limit's name.
+        limit: std::sync::Arc<str>,
+    },
     /// The node has `limits.max-in-flight` requests in flight and sheds
     /// new ones (503, with `Retry-After`).
     Overloaded,
@@ -179,7 +184,9 @@ impl Error {
             Kind::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Kind::UpstreamConnect | Kind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Kind::UpstreamConnectTimeout | Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Kind::NoHealthyUpstream | Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::NoHealthyUpstream | Kind::Overloaded | Kind::RateLimitUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Kind::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -209,7 +216,7 @@ impl Error {
             | Kind::UpstreamProtocol
             | Kind::NoHealthyUpstream
             | Kind::AuthUnavailable { .. } => Side::Upstream,
-            Kind::Overloaded | Kind::Internal => Side::Internal,
+            Kind::Overloaded | Kind::Internal | Kind::RateLimitUnavailable { .. } => Side::Internal,
         }
     }
 
@@ -252,6 +259,7 @@ impl Error {
             Kind::ClientAborted => "client_body_aborted",
             Kind::Overloaded => "overloaded",
             Kind::RateLimited { .. } => "rate_limited",
+            Kind::RateLimitUnavailable { .. } => "rate_limit_unavailable",
             Kind::UpstreamConnect => "upstream_connect_failed",
             Kind::UpstreamConnectTimeout => "upstream_connect_timeout",
             Kind::UpstreamTimeout => "upstream_timeout",
@@ -303,6 +311,10 @@ impl Error {
             }
             Kind::ClientAborted => "the request body was cut short".into(),
             Kind::Overloaded => "the gateway is overloaded; retry later".into(),
+            Kind::RateLimitUnavailable { limit } => format!(
+                "rate limit \"{limit}\" cannot be checked: its counter store is unavailable"
+            )
+            .into(),
             Kind::RateLimited { limit, retry_after } => {
                 format!("rate limit \"{limit}\" exceeded; retry in {retry_after}s").into()
             }
@@ -337,7 +349,7 @@ impl Error {
                     headers.insert("x-api-supported-versions", value);
                 }
             }
-            Kind::NoHealthyUpstream | Kind::Overloaded => {
+            Kind::NoHealthyUpstream | Kind::Overloaded | Kind::RateLimitUnavailable { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Kind::RateLimited { retry_after, .. } => {

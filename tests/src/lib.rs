@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod idp;
+pub mod redis;
 pub mod upstream;
 
 use std::net::SocketAddr;

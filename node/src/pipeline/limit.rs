@@ -68,7 +68,7 @@ impl Limit {
             None => format!("{}-{index}", owner.rsplit(':').next().unwrap_or(owner)).into(),
         };
         let id = format!("{owner}/{name}");
-        let limiter = registry.limiter(&id, spec);
+        let limiter = registry.limiter(&id, spec, config.scope);
         let policy = limiter.policy();
         Some(Self {
             policy: format!(
@@ -260,6 +260,14 @@ impl LimitStage {
     }
 }
 
+/// Why a request is refused.
+enum Refusal {
+    /// A limit is exhausted, for this long.
+    Limited(Arc<Limit>, Nanos),
+    /// A `redis` limit that fails closed could not ask Redis.
+    Unavailable(Arc<Limit>, crate::ratelimit::redis::Error),
+}
+
 /// A limit that admitted the request and may have to take it back.
 struct Charged<'a> {
     limiter: &'a Limiter,
@@ -267,6 +275,8 @@ struct Charged<'a> {
     decision: Decision,
     /// Its entry in the report.
     item: usize,
+    /// A `redis` limit decided locally (Redis could not be asked).
+    fallback: bool,
 }
 
 #[async_trait::async_trait]
@@ -303,8 +313,17 @@ impl Stage for LimitStage {
             let start = keys.len();
             write_key(&limit.key, cx, req.headers(), &mut keys);
             let key = start..keys.len();
-            match limit.limiter.check(&keys[key.clone()], now) {
-                Check::Decided(decision) => {
+            let check = match limit.limiter.decide(&keys[key.clone()], now).await {
+                Ok(check) => check,
+                Err(error) => {
+                    outcomes.rejected.increment(1);
+                    refused = Some(Refusal::Unavailable(limit.clone(), error));
+                    break;
+                }
+            };
+            let fallback = matches!(check, Check::Fallback(_));
+            match check {
+                Check::Decided(decision) | Check::Fallback(decision) => {
                     report.items.push(Item {
                         limit: limit.clone(),
                         remaining: decision.remaining,
@@ -321,10 +340,11 @@ impl Stage for LimitStage {
                             key,
                             decision,
                             item: report.items.len() - 1,
+                            fallback,
                         });
                     } else {
                         outcomes.rejected.increment(1);
-                        refused = Some((limit.clone(), decision.retry_after));
+                        refused = Some(Refusal::Limited(limit.clone(), decision.retry_after));
                         break;
                     }
                 }
@@ -352,23 +372,32 @@ impl Stage for LimitStage {
                         remaining: 0,
                         reset: retry_after,
                     });
-                    refused = Some((limit.clone(), retry_after));
+                    refused = Some(Refusal::Limited(limit.clone(), retry_after));
                     break;
                 }
             }
         }
-        if let Some((limit, retry_after)) = refused {
+        if let Some(refusal) = refused {
             for charge in &charged {
                 charge
                     .limiter
-                    .refund(&keys[charge.key.clone()], &charge.decision);
+                    .refund(&keys[charge.key.clone()], &charge.decision, charge.fallback)
+                    .await;
                 report.items[charge.item].remaining += 1;
             }
             cx.rate_limit = Some(Box::new(report));
-            return Err(Error::new(ErrorKind::RateLimited {
-                limit: limit.name.clone(),
-                retry_after: ceil_seconds(retry_after).max(1),
-            }));
+            return Err(match refusal {
+                Refusal::Limited(limit, retry_after) => Error::new(ErrorKind::RateLimited {
+                    limit: limit.name.clone(),
+                    retry_after: ceil_seconds(retry_after).max(1),
+                }),
+                Refusal::Unavailable(limit, error) => Error::with_source(
+                    ErrorKind::RateLimitUnavailable {
+                        limit: limit.name.clone(),
+                    },
+                    error,
+                ),
+            });
         }
         cx.rate_limit = Some(Box::new(report));
         if let Some((turn, outcomes)) = wait {

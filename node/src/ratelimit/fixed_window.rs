@@ -63,8 +63,8 @@ impl Window {
 /// A fixed window's parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FixedWindow {
-    limit: u64,
-    window: Window,
+    pub(super) limit: u64,
+    pub(super) window: Window,
 }
 
 /// The count of one key in its window.

@@ -18,6 +18,7 @@
 pub mod clock;
 pub mod fixed_window;
 pub mod leaky_bucket;
+pub mod redis;
 pub mod sliding_counter;
 pub mod sliding_log;
 mod store;
@@ -31,7 +32,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use raft::model::limit::{self as model, Algorithm as Kind, Period};
+use raft::model::limit::{self as model, Algorithm as Kind, Period, Scope};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -167,6 +168,8 @@ pub enum Limiter {
     FixedWindow(Store<FixedWindow>),
     /// See [`leaky_bucket`].
     LeakyBucket(Store<LeakyBucket>, leaky_bucket::Runtime),
+    /// Counts in Redis (`scope: redis`), see [`redis`].
+    Redis(Box<redis::RedisLimit>),
 }
 
 /// What [`Limiter::check`] found.
@@ -175,22 +178,12 @@ pub enum Check {
     Decided(Decision),
     /// The leaky bucket admitted, queued or refused.
     Leaky(Admission),
-}
-
-macro_rules! each_counting {
-    ($self:expr, $store:ident => $body:expr, leaky => $leaky:expr) => {
-        match $self {
-            Limiter::TokenBucket($store) => $body,
-            Limiter::SlidingLog($store) => $body,
-            Limiter::SlidingCounter($store) => $body,
-            Limiter::FixedWindow($store) => $body,
-            Limiter::LeakyBucket(..) => $leaky,
-        }
-    };
+    /// Redis could not be asked; the local emergency limiter decided.
+    Fallback(Decision),
 }
 
 impl Limiter {
-    /// A limiter for `spec` with room for `max_keys` keys.
+    /// A local limiter for `spec` with room for `max_keys` keys.
     pub fn new(spec: Spec, max_keys: usize, runtime: leaky_bucket::Runtime) -> Self {
         match spec {
             Spec::TokenBucket(a) => Limiter::TokenBucket(Store::new(a, max_keys)),
@@ -201,52 +194,106 @@ impl Limiter {
         }
     }
 
-    /// Checks one request under `key` at `now`.
+    /// The limiter that decides on this node: itself, or for a `redis`
+    /// limit its local emergency limiter.
+    fn local(&self) -> &Limiter {
+        match self {
+            Limiter::Redis(redis) => redis.emergency().local(),
+            local => local,
+        }
+    }
+
+    /// Checks one request under `key` at `now` on this node (a `redis`
+    /// limit: with its emergency limiter).
     #[inline]
     pub fn check(&self, key: &[u8], now: Nanos) -> Check {
-        each_counting!(self, store => Check::Decided(store.with(key, now, |a, s| a.acquire(s, now))),
-        leaky => match self {
+        match self.local() {
+            Limiter::TokenBucket(store) => {
+                Check::Decided(store.with(key, now, |a, s| a.acquire(s, now)))
+            }
+            Limiter::SlidingLog(store) => {
+                Check::Decided(store.with(key, now, |a, s| a.acquire(s, now)))
+            }
+            Limiter::SlidingCounter(store) => {
+                Check::Decided(store.with(key, now, |a, s| a.acquire(s, now)))
+            }
+            Limiter::FixedWindow(store) => {
+                Check::Decided(store.with(key, now, |a, s| a.acquire(s, now)))
+            }
             Limiter::LeakyBucket(store, runtime) => {
                 let queue = store.with(key, now, |_, queue| queue.clone());
                 Check::Leaky(store.algorithm().admit(&queue, now, runtime))
             }
-            _ => unreachable!("matched above"),
-        })
+            Limiter::Redis(_) => unreachable!("local() never returns a redis limiter"),
+        }
     }
 
-    /// Takes back an admitted request's charge.
-    pub fn refund(&self, key: &[u8], decision: &Decision) {
-        each_counting!(self, store => {
-            store.with_existing(key, |a, s| a.refund(s, decision.charged));
-        }, leaky => {})
+    /// Decides on one request: in Redis for a `redis` limit, else as
+    /// [`check`](Self::check). `Err` when Redis cannot be asked and the
+    /// limit fails closed.
+    pub async fn decide(&self, key: &[u8], now: Nanos) -> Result<Check, redis::Error> {
+        match self {
+            Limiter::Redis(redis) => redis.decide(key, now).await,
+            local => Ok(local.check(key, now)),
+        }
+    }
+
+    /// Takes back the charge of a request [`decide`](Self::decide) admitted
+    /// (`fallback`: the emergency limiter decided).
+    pub async fn refund(&self, key: &[u8], decision: &Decision, fallback: bool) {
+        match self {
+            Limiter::Redis(redis) if !fallback => redis.refund(key, decision).await,
+            limiter => match limiter.local() {
+                Limiter::TokenBucket(store) => {
+                    store.with_existing(key, |a, s| a.refund(s, decision.charged));
+                }
+                Limiter::SlidingLog(store) => {
+                    store.with_existing(key, |a, s| a.refund(s, decision.charged));
+                }
+                Limiter::SlidingCounter(store) => {
+                    store.with_existing(key, |a, s| a.refund(s, decision.charged));
+                }
+                Limiter::FixedWindow(store) => {
+                    store.with_existing(key, |a, s| a.refund(s, decision.charged));
+                }
+                Limiter::LeakyBucket(..) | Limiter::Redis(_) => {}
+            },
+        }
     }
 
     /// What `RateLimit-Policy` announces for this limit.
     pub fn policy(&self) -> Policy {
-        each_counting!(self, store => store.algorithm().policy(),
-        leaky => match self {
+        match self.local() {
+            Limiter::TokenBucket(store) => store.algorithm().policy(),
+            Limiter::SlidingLog(store) => store.algorithm().policy(),
+            Limiter::SlidingCounter(store) => store.algorithm().policy(),
+            Limiter::FixedWindow(store) => store.algorithm().policy(),
             Limiter::LeakyBucket(store, _) => store.algorithm().policy(),
-            _ => unreachable!("matched above"),
-        })
+            Limiter::Redis(_) => unreachable!("local() never returns a redis limiter"),
+        }
     }
 
-    /// Counts of what the store did.
+    /// Counts of what the local store did.
     pub fn stats(&self) -> &Stats {
-        each_counting!(self, store => store.stats(),
-        leaky => match self {
+        match self.local() {
+            Limiter::TokenBucket(store) => store.stats(),
+            Limiter::SlidingLog(store) => store.stats(),
+            Limiter::SlidingCounter(store) => store.stats(),
+            Limiter::FixedWindow(store) => store.stats(),
             Limiter::LeakyBucket(store, _) => store.stats(),
-            _ => unreachable!("matched above"),
-        })
+            Limiter::Redis(_) => unreachable!("local() never returns a redis limiter"),
+        }
     }
 
     /// Forgets idle keys.
     pub fn sweep(&self, now: Nanos) -> u64 {
-        match self {
+        match self.local() {
             Limiter::TokenBucket(store) => store.sweep(now),
             Limiter::SlidingLog(store) => store.sweep(now),
             Limiter::SlidingCounter(store) => store.sweep(now),
             Limiter::FixedWindow(store) => store.sweep(now),
             Limiter::LeakyBucket(store, _) => store.sweep(now),
+            Limiter::Redis(_) => unreachable!("local() never returns a redis limiter"),
         }
     }
 }
@@ -260,6 +307,8 @@ pub struct Settings {
     pub max_keys: usize,
     /// How often idle keys are removed and the key gauges refreshed.
     pub sweep_interval: Duration,
+    /// The Redis of `scope: redis` limits.
+    pub redis: Option<redis::Settings>,
 }
 
 /// The serde shape of `[ratelimit]`.
@@ -271,6 +320,8 @@ pub struct RawSettings {
     /// `sweep-interval`.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// `[ratelimit.redis]`.
+    pub redis: Option<RawRedis>,
 }
 
 impl Default for RawSettings {
@@ -278,6 +329,33 @@ impl Default for RawSettings {
         Self {
             max_keys: 1_000_000,
             sweep_interval: Duration::from_secs(10),
+            redis: None,
+        }
+    }
+}
+
+/// The serde shape of `[ratelimit.redis]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawRedis {
+    /// `url`.
+    pub url: String,
+    /// `connections`.
+    pub connections: usize,
+    /// `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// `on-failure`: `open` or `closed`.
+    pub on_failure: String,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            connections: 4,
+            timeout: Duration::from_millis(50),
+            on_failure: "open".into(),
         }
     }
 }
@@ -299,9 +377,53 @@ impl RawSettings {
                 "must be at least 10ms",
             );
         }
+        let redis = self.redis.map(|r| {
+            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://"))
+                || ::redis::Client::open(r.url.as_str()).is_err()
+            {
+                fail(
+                    "ratelimit.redis.url",
+                    &r.url,
+                    "must be a redis:// or rediss:// URL",
+                );
+            }
+            if !(1..=64).contains(&r.connections) {
+                fail(
+                    "ratelimit.redis.connections",
+                    &r.connections,
+                    "must be between 1 and 64",
+                );
+            }
+            if r.timeout.is_zero() || r.timeout > Duration::from_secs(5) {
+                fail(
+                    "ratelimit.redis.timeout",
+                    &humantime::format_duration(r.timeout),
+                    "must be greater than zero and at most 5s",
+                );
+            }
+            let on_failure = match r.on_failure.as_str() {
+                "open" => redis::OnFailure::Open,
+                "closed" => redis::OnFailure::Closed,
+                other => {
+                    fail(
+                        "ratelimit.redis.on-failure",
+                        &other,
+                        "must be open (decide locally) or closed (503)",
+                    );
+                    redis::OnFailure::Open
+                }
+            };
+            redis::Settings {
+                url: r.url,
+                connections: r.connections,
+                timeout: r.timeout,
+                on_failure,
+            }
+        });
         Settings {
             max_keys: self.max_keys,
             sweep_interval: self.sweep_interval,
+            redis,
         }
     }
 }
@@ -310,6 +432,7 @@ impl RawSettings {
 
 struct Registered {
     spec: Spec,
+    scope: Scope,
     limiter: Weak<Limiter>,
     keys: metrics::Gauge,
     evicted_capacity: metrics::Counter,
@@ -320,6 +443,7 @@ struct Registered {
 pub struct Registry {
     settings: Settings,
     runtime: leaky_bucket::Runtime,
+    redis: Arc<redis::Pool>,
     metrics: Arc<Metrics>,
     limiters: Mutex<HashMap<String, Registered>>,
 }
@@ -332,10 +456,12 @@ impl Registry {
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let clock = Clock::system();
         Arc::new(Self {
             settings: settings.clone(),
+            redis: redis::Pool::new(settings.redis.as_ref(), clock),
             runtime: leaky_bucket::Runtime {
-                clock: Clock::system(),
+                clock,
                 tasks,
                 shutdown,
             },
@@ -352,19 +478,37 @@ impl Registry {
     /// The limiter of the limit named `id` (`plan:gold/burst`,
     /// `route:users/0`): the existing one while its parameters are
     /// unchanged, else a new one.
-    pub fn limiter(&self, id: &str, spec: Spec) -> Arc<Limiter> {
+    pub fn limiter(&self, id: &str, spec: Spec, scope: Scope) -> Arc<Limiter> {
         let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(registered) = limiters.get(id)
             && registered.spec == spec
+            && registered.scope == scope
             && let Some(limiter) = registered.limiter.upgrade()
         {
             return limiter;
         }
-        let limiter = Arc::new(Limiter::new(
-            spec,
-            self.settings.max_keys,
-            self.runtime.clone(),
-        ));
+        let local = Limiter::new(spec, self.settings.max_keys, self.runtime.clone());
+        let limiter = Arc::new(match scope {
+            Scope::Local => local,
+            Scope::Redis => {
+                if self.settings.redis.is_none() {
+                    tracing::warn!(
+                        limit = id,
+                        "scope: redis, but this node has no [ratelimit.redis]: the limit decides locally"
+                    );
+                }
+                Limiter::Redis(Box::new(redis::RedisLimit::new(
+                    id,
+                    spec,
+                    self.redis.clone(),
+                    local,
+                    self.metrics.counter(
+                        "meridian_ratelimit_redis_failures_total",
+                        &[("limit", id.to_owned())],
+                    ),
+                )))
+            }
+        });
         let limit = || ("limit", id.to_owned());
         let evictions = |reason: &str| {
             self.metrics.counter(
@@ -376,6 +520,7 @@ impl Registry {
             id.to_owned(),
             Registered {
                 spec,
+                scope,
                 limiter: Arc::downgrade(&limiter),
                 keys: self.metrics.gauge("meridian_ratelimit_keys", &[limit()]),
                 evicted_capacity: evictions("capacity"),

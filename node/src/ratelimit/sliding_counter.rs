@@ -16,8 +16,8 @@ use super::{Algorithm, Counting, Decision, Policy};
 /// A sliding window counter's parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlidingCounter {
-    limit: u64,
-    window: Nanos,
+    pub(super) limit: u64,
+    pub(super) window: Nanos,
 }
 
 /// The counts of one key: 16 bytes.

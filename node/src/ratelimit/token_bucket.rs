@@ -12,10 +12,10 @@ use super::{Algorithm, Counting, Decision, Policy};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenBucket {
     /// Nanoseconds per token.
-    interval: Nanos,
+    pub(super) interval: Nanos,
     /// `burst × interval`: how far ahead of now the TAT may run.
-    capacity: Nanos,
-    burst: u64,
+    pub(super) capacity: Nanos,
+    pub(super) burst: u64,
 }
 
 impl TokenBucket {

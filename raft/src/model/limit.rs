@@ -110,6 +110,9 @@ pub enum Scope {
     /// On each node, without coordination.
     #[default]
     Local,
+    /// In one Redis shared by every node (exact; one round trip per
+    /// decision). Token bucket, sliding window counter and fixed window.
+    Redis,
 }
 
 // === keys ===

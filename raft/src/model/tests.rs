@@ -756,3 +756,13 @@ fn leaky_buckets_belong_to_routes_once() {
         ],
     );
 }
+
+#[test]
+fn redis_scope_is_for_counting_algorithms() {
+    check_route_limits(
+        "[{ algorithm: fixed_window, limit: 5, per: 1m, scope: redis }, { algorithm: sliding_window_log, limit: 5, per: 1m, scope: redis }]",
+        &[
+            "routes[0].limits[1].scope (redis) is for token_bucket, sliding_window_counter and fixed_window; sliding_window_log stays local",
+        ],
+    );
+}

@@ -385,3 +385,105 @@ routes:
     );
     node.stop().await;
 }
+
+// === scope: redis ===
+
+fn redis_yaml(upstream: &MockUpstream, algorithm: &str) -> String {
+    format!(
+        r#"
+upstreams: {{ u: {{ targets: ["{}"] }} }}
+routes:
+  - name: shared
+    match: {{ path_prefix: /shared }}
+    upstream: u
+    limits: [ {{ name: shared, key: route, scope: redis, {algorithm} }} ]
+"#,
+        upstream.target()
+    )
+}
+
+async fn redis_node(yaml: &str, redis: &crate::redis::RedisServer, on_failure: &str) -> TestNode {
+    let url = redis.url();
+    let on_failure = on_failure.to_owned();
+    TestNode::start_with(yaml, move |raw| {
+        raw.ratelimit.redis = Some(node::ratelimit::RawRedis {
+            url,
+            on_failure,
+            timeout: Duration::from_millis(200),
+            ..Default::default()
+        });
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_redis_limit_is_one_exact_count_across_nodes() {
+    let redis = crate::redis::RedisServer::start().await;
+    let upstream = MockUpstream::echo("u").await;
+    for algorithm in [
+        "algorithm: fixed_window, limit: 10, per: 1h",
+        "algorithm: sliding_window_counter, limit: 10, per: 1h",
+        "algorithm: token_bucket, rate: 1/h, burst: 10",
+    ] {
+        let yaml = redis_yaml(&upstream, algorithm);
+        // Two gateways that share nothing but the Redis.
+        let a = redis_node(&yaml, &redis, "closed").await;
+        let b = redis_node(&yaml, &redis, "closed").await;
+        let mut admitted = 0;
+        for i in 0..16 {
+            let node = if i % 2 == 0 { &a } else { &b };
+            let reply = crate::get(&node.url("/shared")).await;
+            match reply.status.as_u16() {
+                200 => admitted += 1,
+                429 => assert_eq!(reply.error_code(), "rate_limited"),
+                other => panic!("{algorithm}: status {other}"),
+            }
+        }
+        assert_eq!(admitted, 10, "{algorithm}: one count across both nodes");
+        a.stop().await;
+        b.stop().await;
+        // The next algorithm starts from a clean Redis.
+        let flush = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut flush.clone())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn when_redis_is_down_a_limit_fails_open_locally_or_closed() {
+    let mut redis = crate::redis::RedisServer::start().await;
+    let upstream = MockUpstream::echo("u").await;
+    let yaml = redis_yaml(&upstream, "algorithm: fixed_window, limit: 3, per: 1h");
+    let open = redis_node(&yaml, &redis, "open").await;
+    let closed = redis_node(&yaml, &redis, "closed").await;
+    assert_eq!(crate::get(&open.url("/shared")).await.status, 200);
+    redis.kill();
+
+    // Fail open: the node's emergency limiter (3 per hour on this node).
+    let statuses: Vec<u16> = {
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            statuses.push(crate::get(&open.url("/shared")).await.status.as_u16());
+        }
+        statuses
+    };
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert!(
+        open.metric("meridian_ratelimit_redis_failures_total{limit=\"route:shared/shared\"}")
+            >= 5.0
+    );
+
+    // Fail closed: 503 with the JSON error.
+    let reply = crate::get(&closed.url("/shared")).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.error_code(), "rate_limit_unavailable");
+    assert_eq!(reply.header("retry-after"), "1");
+    open.stop().await;
+    closed.stop().await;
+}

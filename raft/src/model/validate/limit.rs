@@ -9,6 +9,8 @@
 //!   whole milliseconds, at least 1ms; `month` only for `fixed_window`;
 //! - `sliding_window_log` keeps one timestamp per admitted request, so its
 //!   `limit` is at most 10,000;
+//! - `scope: redis` only for `token_bucket`, `sliding_window_counter` and
+//!   `fixed_window` (the others keep state per request or per waiter);
 //! - `leaky_bucket` queues at most 100,000 requests, waits a positive time,
 //!   belongs to a route (it smooths the traffic a backend sees), and a route
 //!   has at most one.
@@ -17,7 +19,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::{Checker, is_identifier};
-use crate::model::limit::{Algorithm, KeyPart, Limit, Period, Rate};
+use crate::model::limit::{Algorithm, KeyPart, Limit, Period, Rate, Scope};
 use crate::model::pattern;
 
 /// The largest rate a limit may have, per second.
@@ -58,6 +60,21 @@ pub(super) fn check(c: &mut Checker, key: &str, limits: &[Limit], owner: Owner) 
             }
         }
         check_key(c, &key, limit);
+        if limit.scope == Scope::Redis
+            && matches!(
+                limit.algorithm,
+                Algorithm::SlidingWindowLog | Algorithm::LeakyBucket
+            )
+        {
+            c.fail(
+                format!("{key}.scope"),
+                "redis",
+                format!(
+                    "is for token_bucket, sliding_window_counter and fixed_window; {} stays local",
+                    limit.algorithm.as_str()
+                ),
+            );
+        }
         check_parameters(c, &key, limit);
         if limit.algorithm == Algorithm::LeakyBucket {
             leaky += 1;
