@@ -12,6 +12,7 @@ pub mod pattern;
 pub mod policy;
 mod size;
 pub mod state;
+pub mod transform;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use self::policy::Policies;
 pub use self::size::ByteSize;
 pub use self::state::{Command, Member, NodeId, Outcome, Request, Revocation, State};
+pub use self::transform::Transform;
 pub use self::validate::{ConfigError, ConfigErrors};
 
 /// The whole gateway configuration document.
@@ -558,6 +560,9 @@ pub struct Route {
     /// Scopes the caller's token must all carry (403 `insufficient_scope`).
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Header and body transformations (see [`transform`]).
+    #[serde(default, skip_serializing_if = "Transform::is_empty")]
+    pub transform: Transform,
 }
 
 /// A route's TLS requirements.
