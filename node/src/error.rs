@@ -114,6 +114,15 @@ pub enum Kind {
     UpstreamProtocol,
     /// Every target of the upstream is unhealthy or ejected (503).
     NoHealthyUpstream,
+    /// The upstream's body cannot be transformed as the route asks (not
+    /// well-formed, too deep, a DTD) or exceeds the transform's buffering
+    /// limit (502).
+    UpstreamBody {
+        /// Why, e.g. `upstream_body_too_large`, `upstream_invalid_xml`.
+        code: &'static str,
+        /// Explanation.
+        message: Cow<'static, str>,
+    },
     /// The node has `limits.max-in-flight` requests in flight and sheds
     /// new ones (503, with `Retry-After`).
     Overloaded,
@@ -170,7 +179,9 @@ impl Error {
             Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Kind::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Kind::UpstreamConnect | Kind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            Kind::UpstreamConnect | Kind::UpstreamProtocol | Kind::UpstreamBody { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Kind::UpstreamConnectTimeout | Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::NoHealthyUpstream | Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -199,6 +210,7 @@ impl Error {
             | Kind::UpstreamTimeout
             | Kind::UpstreamProtocol
             | Kind::NoHealthyUpstream
+            | Kind::UpstreamBody { .. }
             | Kind::AuthUnavailable { .. } => Side::Upstream,
             Kind::Overloaded | Kind::Internal => Side::Internal,
         }
@@ -247,6 +259,7 @@ impl Error {
             Kind::UpstreamTimeout => "upstream_timeout",
             Kind::UpstreamProtocol => "upstream_protocol_error",
             Kind::NoHealthyUpstream => "no_healthy_upstream",
+            Kind::UpstreamBody { code, .. } => code,
             Kind::Internal => "internal_error",
         }
     }
@@ -298,6 +311,7 @@ impl Error {
             Kind::UpstreamTimeout => "the upstream did not respond in time".into(),
             Kind::UpstreamProtocol => "the upstream closed or broke the exchange".into(),
             Kind::NoHealthyUpstream => "no healthy upstream target is available".into(),
+            Kind::UpstreamBody { message, .. } => message.clone(),
             Kind::Internal => "internal gateway error".into(),
         }
     }
@@ -439,6 +453,14 @@ mod tests {
             (Error::new(Kind::UpstreamConnect), 502, Side::Upstream),
             (Error::new(Kind::UpstreamProtocol), 502, Side::Upstream),
             (Error::new(Kind::NoHealthyUpstream), 503, Side::Upstream),
+            (
+                Error::new(Kind::UpstreamBody {
+                    code: "upstream_body_too_large",
+                    message: "too large".into(),
+                }),
+                502,
+                Side::Upstream,
+            ),
             (Error::new(Kind::Overloaded), 503, Side::Internal),
             (
                 Error::new(Kind::ClientTooSlow { min_rate: 1 }),

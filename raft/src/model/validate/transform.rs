@@ -122,15 +122,14 @@ fn headers(c: &mut Checker, key: &str, ops: &HeaderOps, request: bool) {
     templates(c, &format!("{key}.add"), &ops.add, request);
 }
 
-/// Whether `name` is an XML element name (letters, digits, `_`, `-`, `.`,
-/// `:`, not starting with a digit, `-` or `.`).
+/// Whether `name` is an XML element or attribute name (letters, digits,
+/// `_`, `-`, `.`, `:`, not starting with a digit, `-` or `.`).
 pub fn is_xml_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()
         .is_some_and(|first| first.is_alphabetic() || first == '_' || first == ':')
         && chars.all(|ch| ch.is_alphanumeric() || "_-.:".contains(ch))
-        && !name.to_ascii_lowercase().starts_with("xml")
 }
 
 fn check_body(c: &mut Checker, key: &str, body: &BodyTransform) {
