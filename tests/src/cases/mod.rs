@@ -13,4 +13,5 @@ mod proxy;
 mod reload;
 mod routing;
 mod tls;
+mod transform;
 mod versioning;
