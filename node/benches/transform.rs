@@ -66,7 +66,11 @@ fn bench(c: &mut Criterion) {
     });
 
     group.throughput(Throughput::Bytes(json.len() as u64));
-    let deny = plan(None, &[], &["/users/*/ssn", "/users/*/internal_id", "/users/*/email"]);
+    let deny = plan(
+        None,
+        &[],
+        &["/users/*/ssn", "/users/*/internal_id", "/users/*/email"],
+    );
     group.bench_function(format!("json_deny_{}_bytes", json.len()), |b| {
         b.iter(|| deny.apply(black_box(json.as_bytes())).unwrap())
     });
@@ -76,7 +80,8 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function(format!("serde_json_roundtrip_{}_bytes", json.len()), |b| {
         b.iter(|| {
-            let value: serde_json::Value = serde_json::from_slice(black_box(json.as_bytes())).unwrap();
+            let value: serde_json::Value =
+                serde_json::from_slice(black_box(json.as_bytes())).unwrap();
             serde_json::to_vec(&value).unwrap()
         })
     });

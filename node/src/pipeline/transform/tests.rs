@@ -230,6 +230,10 @@ fn json_maps_to_xml() {
         to_xml(json!({"a": {"@x": {"y": 1}}}), None),
         Err(BodyError::NotConvertible(_))
     ));
+    assert!(matches!(
+        to_xml(json!({"a": "bell\u{7}"}), None),
+        Err(BodyError::NotConvertible(_))
+    ));
 }
 
 #[test]

@@ -247,6 +247,20 @@ fn name_ok(name: &str) -> Result<(), BodyError> {
     }
 }
 
+/// Appends `text` escaped, refusing characters XML 1.0 cannot carry
+/// (controls other than tab, LF and CR; U+FFFE, U+FFFF).
+fn push_text(out: &mut String, text: &str) -> Result<(), BodyError> {
+    if text.chars().any(|ch| {
+        (ch < ' ' && !matches!(ch, '\t' | '\n' | '\r')) || matches!(ch, '\u{fffe}' | '\u{ffff}')
+    }) {
+        return Err(BodyError::NotConvertible(
+            "a string holds a character XML 1.0 cannot carry".to_owned(),
+        ));
+    }
+    out.push_str(&quick_xml::escape::escape(text));
+    Ok(())
+}
+
 fn scalar(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
     match value {
         Value::String(s) => Some(s.as_str().into()),
@@ -297,7 +311,7 @@ fn element(out: &mut String, name: &str, value: &Value) -> Result<(), BodyError>
                     out.push(' ');
                     out.push_str(attribute_name);
                     out.push_str("=\"");
-                    out.push_str(&quick_xml::escape::escape(text.as_ref()));
+                    push_text(out, &text)?;
                     out.push('"');
                 }
             }
@@ -312,7 +326,7 @@ fn element(out: &mut String, name: &str, value: &Value) -> Result<(), BodyError>
                             "\"#text\" is not a scalar".to_owned(),
                         ));
                     };
-                    out.push_str(&quick_xml::escape::escape(text.as_ref()));
+                    push_text(out, &text)?;
                 } else {
                     member(out, key, child)?;
                 }
@@ -321,7 +335,7 @@ fn element(out: &mut String, name: &str, value: &Value) -> Result<(), BodyError>
         scalar_value => {
             out.push('>');
             if let Some(text) = scalar(scalar_value) {
-                out.push_str(&quick_xml::escape::escape(text.as_ref()));
+                push_text(out, &text)?;
             }
         }
     }
