@@ -490,6 +490,10 @@ impl Stage for TransformStage {
         }
         let idle = route.upstream.definition().timeouts.idle;
         let input = read_request(req, prefix, limit, idle).await?;
+        if input.is_empty() {
+            // Nothing to transform: the (empty) body goes on as it came.
+            return Ok(Flow::Continue);
+        }
         let output = plan.apply(&input).map_err(|e| e.for_request())?;
         plan.fix_headers(req.headers_mut(), output.len());
         req.extensions_mut().insert(BufferedPrefix {
@@ -533,6 +537,11 @@ impl Stage for TransformStage {
             return Err(too_large_upstream(limit));
         }
         let input = read_response(rsp.body_mut(), limit).await?;
+        if input.is_empty() {
+            // Nothing to transform: an empty body stays empty.
+            *rsp.body_mut() = Body::empty();
+            return Ok(());
+        }
         let output = plan.apply(&input).map_err(|e| e.for_response())?;
         let headers = rsp.headers_mut();
         plan.fix_headers(headers, output.len());
