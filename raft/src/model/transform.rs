@@ -414,7 +414,7 @@ impl Pointer {
 
     /// Whether the pointer uses `*`.
     pub fn has_wildcard(&self) -> bool {
-        self.0.iter().any(|s| *s == Step::Any)
+        self.0.contains(&Step::Any)
     }
 
     /// Whether `self` is `other` or lies inside it.
