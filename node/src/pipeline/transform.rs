@@ -4,8 +4,8 @@
 //! hook, before CORS and security headers). See docs/transform.md.
 //!
 //! - Headers: `remove`, `rename`, `set`, `add`, in that order, on the
-//!   request and on the response (every response of the route, gateway
-//!   errors included). `set`/`add` values are templates
+//!   request and on the response (the upstream's, or the proxy's error;
+//!   not an answer of an earlier stage, whose hooks alone run). `set`/`add` values are templates
 //!   ([`template`]); an operation whose template lacks a value is skipped,
 //!   a rendered value that is not a valid header value is dropped and
 //!   counted in `meridian_transform_headers_dropped_total{route,direction}`.

@@ -259,8 +259,8 @@ async fn header_transforms_reach_the_backend_and_the_client() {
     assert_eq!(reply.header("x-version"), "3");
     assert_eq!(reply.header("x-served-for"), "alice@t1");
 
-    // Gateway errors on the route get the response headers too, where the
-    // template has its values (here it does not: no principal).
+    // An answer of an earlier stage (auth's 401) does not pass through
+    // the transform stage.
     let refused = get(&node.url("/h/1")).await;
     assert_error(&refused, 401, "missing_credentials");
     assert!(refused.headers.get("x-served-for").is_none());
