@@ -388,12 +388,11 @@ async fn malformed_and_hostile_xml_get_json_errors() {
     );
     // Expanded, lol9 is 10^9 "lol"s: refusing it takes neither time nor memory.
     assert!(started.elapsed() < Duration::from_secs(5));
+    // Coarse (other tests share the process): expanded, the document would
+    // take about 3 GB.
     if let (Some(before), Some(after)) = (peak, peak_rss_kib()) {
-        assert!(
-            after - before < 256 * 1024,
-            "peak RSS grew {} KiB",
-            after - before
-        );
+        let grown = after.saturating_sub(before);
+        assert!(grown < 512 * 1024, "peak RSS grew {grown} KiB");
     }
 }
 
