@@ -108,6 +108,7 @@ fn yaml(upstream: &MockUpstream, jwks: &JwksServer) -> String {
         r#"
 upstreams:
   u: {{ targets: ["{}"] }}
+  dead: {{ targets: ["127.0.0.1:1"], retries: {{ attempts: 0 }} }}
 consumers:
   - {{ name: acme, id: c-1 }}
 auth:
@@ -134,6 +135,7 @@ routes:
             X-Route: "{{route.name}}"
             X-Rid: "{{request.id}}"
             X-Region-Claim: "{{jwt.claims.region}}"
+            X-Note: "{{jwt.claims.note}}"
           add: {{ X-Via: "meridian/{{route.name}}" }}
       response:
         headers:
@@ -179,6 +181,13 @@ routes:
       response:
         body: {{ filter: {{ deny: [/x] }} }}
         max_body: 1KiB
+  - name: dead
+    match: {{ path_prefix: /dead }}
+    upstream: dead
+    transform:
+      response:
+        headers: {{ set: {{ X-Served-By: "{{route.name}}" }} }}
+        body: {{ convert: xml_to_json }}
   - name: ws
     match: {{ path_prefix: /ws }}
     upstream: u
@@ -221,6 +230,7 @@ async fn header_transforms_reach_the_backend_and_the_client() {
     let (upstream, _jwks, key, node) = setup().await;
     let mut token_claims = claims(ISSUER, "alice");
     token_claims["org"] = json!("acme");
+    token_claims["note"] = json!("line\nbreak");
     let token = key.sign(&token_claims);
     let reply = get_with(
         &node.url("/h/1"),
@@ -249,6 +259,25 @@ async fn header_transforms_reach_the_backend_and_the_client() {
         !h.contains_key("x-region-claim"),
         "a template without its value skips the header"
     );
+    assert!(
+        !h.contains_key("x-note"),
+        "a rendered value that is not a header value is dropped"
+    );
+    let dropped = node
+        .gateway
+        .metrics()
+        .render()
+        .lines()
+        .find(|line| {
+            line.starts_with("meridian_transform_headers_dropped_total{")
+                && line.contains("route=\"headers\"")
+                && line.contains("direction=\"request\"")
+        })
+        .map(str::to_owned);
+    assert!(
+        dropped.as_deref().is_some_and(|line| line.ends_with(" 1")),
+        "{dropped:?}"
+    );
     let via: Vec<_> = h.get_all("x-via").iter().collect();
     assert_eq!(via, ["client-proxy", "meridian/headers"]);
     // The identity headers are still the gateway's own.
@@ -264,6 +293,11 @@ async fn header_transforms_reach_the_backend_and_the_client() {
     let refused = get(&node.url("/h/1")).await;
     assert_error(&refused, 401, "missing_credentials");
     assert!(refused.headers.get("x-served-for").is_none());
+
+    // The proxy's own errors get the response headers, never a body transform.
+    let dead = get(&node.url("/dead/xml")).await;
+    assert_error(&dead, 502, "upstream_connect_failed");
+    assert_eq!(dead.header("x-served-by"), "dead");
 }
 
 #[tokio::test]
