@@ -261,6 +261,9 @@ pub struct BufferedPrefix {
     pub data: Vec<Bytes>,
     /// Trailers, if the body ended with them.
     pub trailers: Option<http::HeaderMap>,
+    /// The data is the whole body, already held to the route's limit (a
+    /// transform replaced it): the proxy sends it without a second check.
+    pub complete: bool,
 }
 
 impl BufferedPrefix {

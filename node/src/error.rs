@@ -126,6 +126,15 @@ pub enum Kind {
         /// The limit's name.
         limit: std::sync::Arc<str>,
     },
+    /// The upstream's body cannot be transformed as the route asks (not
+    /// well-formed, too deep, a DTD) or exceeds the transform's buffering
+    /// limit (502).
+    UpstreamBody {
+        /// Why, e.g. `upstream_body_too_large`, `upstream_invalid_xml`.
+        code: &'static str,
+        /// Explanation.
+        message: Cow<'static, str>,
+    },
     /// The node has `limits.max-in-flight` requests in flight and sheds
     /// new ones (503, with `Retry-After`).
     Overloaded,
@@ -182,7 +191,9 @@ impl Error {
             Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Kind::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Kind::UpstreamConnect | Kind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            Kind::UpstreamConnect | Kind::UpstreamProtocol | Kind::UpstreamBody { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Kind::UpstreamConnectTimeout | Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::NoHealthyUpstream | Kind::Overloaded | Kind::RateLimitUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -215,6 +226,7 @@ impl Error {
             | Kind::UpstreamTimeout
             | Kind::UpstreamProtocol
             | Kind::NoHealthyUpstream
+            | Kind::UpstreamBody { .. }
             | Kind::AuthUnavailable { .. } => Side::Upstream,
             Kind::Overloaded | Kind::Internal | Kind::RateLimitUnavailable { .. } => Side::Internal,
         }
@@ -265,6 +277,7 @@ impl Error {
             Kind::UpstreamTimeout => "upstream_timeout",
             Kind::UpstreamProtocol => "upstream_protocol_error",
             Kind::NoHealthyUpstream => "no_healthy_upstream",
+            Kind::UpstreamBody { code, .. } => code,
             Kind::Internal => "internal_error",
         }
     }
@@ -323,6 +336,7 @@ impl Error {
             Kind::UpstreamTimeout => "the upstream did not respond in time".into(),
             Kind::UpstreamProtocol => "the upstream closed or broke the exchange".into(),
             Kind::NoHealthyUpstream => "no healthy upstream target is available".into(),
+            Kind::UpstreamBody { message, .. } => message.clone(),
             Kind::Internal => "internal gateway error".into(),
         }
     }
@@ -467,6 +481,14 @@ mod tests {
             (Error::new(Kind::UpstreamConnect), 502, Side::Upstream),
             (Error::new(Kind::UpstreamProtocol), 502, Side::Upstream),
             (Error::new(Kind::NoHealthyUpstream), 503, Side::Upstream),
+            (
+                Error::new(Kind::UpstreamBody {
+                    code: "upstream_body_too_large",
+                    message: "too large".into(),
+                }),
+                502,
+                Side::Upstream,
+            ),
             (Error::new(Kind::Overloaded), 503, Side::Internal),
             (
                 Error::new(Kind::ClientTooSlow { min_rate: 1 }),

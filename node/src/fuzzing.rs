@@ -124,6 +124,53 @@ fn fuzz_issuer() -> &'static crate::pipeline::auth::jwt::Issuer {
     })
 }
 
+/// XML bodies (`pipeline/transform/xml.rs`): XML → JSON as for a client's
+/// or an upstream's body. What converts must write back as XML that the
+/// gateway parses again.
+pub fn xml_body(data: &[u8]) {
+    use crate::pipeline::transform::xml;
+    let Ok(value) = xml::to_json(data, 64) else {
+        return;
+    };
+    if let Ok(text) = xml::from_json(&value, "root") {
+        let again = xml::to_json(text.as_bytes(), 128);
+        assert!(again.is_ok(), "the gateway's own XML is refused: {again:?}");
+    }
+}
+
+/// JSON bodies (`pipeline/transform/{json,xml}.rs`): a filter with `*`, a
+/// move and JSON → XML through fixed plans; XML written by the gateway must
+/// parse again.
+pub fn json_body(data: &[u8]) {
+    use raft::model::transform::{BodyTransform, Convert, Filter, Move};
+
+    use crate::pipeline::transform::{BodyPlan, xml};
+    static PLANS: std::sync::OnceLock<(BodyPlan, BodyPlan)> = std::sync::OnceLock::new();
+    let (reshape, to_xml) = PLANS.get_or_init(|| {
+        let reshape = BodyPlan::new(&BodyTransform {
+            filter: Filter {
+                allow: vec!["/a".into(), "/b/*/c".into(), "/0".into()],
+                deny: vec!["/a/x".into(), "/b/1".into()],
+            },
+            moves: vec![Move {
+                from: "/a/y".into(),
+                to: "/b/-".into(),
+            }],
+            ..BodyTransform::default()
+        });
+        let to_xml = BodyPlan::new(&BodyTransform {
+            convert: Some(Convert::JsonToXml),
+            ..BodyTransform::default()
+        });
+        (reshape, to_xml)
+    });
+    let _ = reshape.apply(data);
+    if let Ok(text) = to_xml.apply(data) {
+        let again = xml::to_json(&text, 128);
+        assert!(again.is_ok(), "the gateway's own XML is refused: {again:?}");
+    }
+}
+
 /// Every fuzz target by name, for the corpus replay.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("request_head", request_head),
@@ -131,6 +178,8 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("gateway_config", gateway_config),
     ("peer_frame", peer_frame),
     ("jwt", jwt),
+    ("xml_body", xml_body),
+    ("json_body", json_body),
 ];
 
 #[cfg(test)]

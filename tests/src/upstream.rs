@@ -36,9 +36,14 @@ pub struct Seen {
     pub headers: HeaderMap,
     /// Body bytes received.
     pub body_len: u64,
+    /// The body received (its first MiB).
+    pub body: Bytes,
     /// HTTP version.
     pub version: http::Version,
 }
+
+/// How much of a request body the mock keeps.
+const KEPT_BODY: usize = 1 << 20;
 
 type Handler =
     Arc<dyn Fn(Arc<Seen>) -> Pin<Box<dyn Future<Output = MockResponse> + Send>> + Send + Sync>;
@@ -208,9 +213,16 @@ async fn serve(
     let version = req.version();
     let (parts, mut body) = req.into_parts();
     let mut body_len = 0;
+    let mut kept = Vec::new();
     while let Some(frame) = body.frame().await {
         match frame {
-            Ok(frame) => body_len += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    body_len += data.len() as u64;
+                    let room = KEPT_BODY.saturating_sub(kept.len());
+                    kept.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
             Err(_) => break,
         }
     }
@@ -219,6 +231,7 @@ async fn serve(
         uri,
         headers: parts.headers,
         body_len,
+        body: Bytes::from(kept),
         version,
     });
     seen.lock().expect("not poisoned").push(request.clone());

@@ -120,6 +120,9 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// A consumer named by the configured consumer claim.
     pub consumer: Option<String>,
+    /// Every claim of the verified token (JWT payload or introspection
+    /// answer), for `{jwt.claims.<name>}` templates; empty for `mtls`.
+    pub claims: serde_json::Map<String, serde_json::Value>,
     /// `x-auth-*` headers, ready to send.
     headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -153,6 +156,35 @@ fn seconds_ms(value: Option<&serde_json::Value>) -> Option<u64> {
 }
 
 impl Identity {
+    /// A claim as text: strings as they are, numbers and booleans printed,
+    /// arrays of those joined with `,`; `None` for objects, `null` and
+    /// absent claims.
+    pub fn claim(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
+        match self.claims.get(name)? {
+            serde_json::Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+            serde_json::Value::Bool(b) => Some(Cow::Owned(b.to_string())),
+            serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
+            serde_json::Value::Array(items) => {
+                let mut out = String::new();
+                for item in items {
+                    let text = match item {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Bool(b) => b.to_string(),
+                        serde_json::Value::Number(n) => n.to_string(),
+                        _ => return None,
+                    };
+                    if !out.is_empty() {
+                        out.push(',');
+                    }
+                    out.push_str(&text);
+                }
+                Some(Cow::Owned(out))
+            }
+            serde_json::Value::Null | serde_json::Value::Object(_) => None,
+        }
+    }
+
     /// Reads the identity from verified claims (a JWT payload or an
     /// introspection answer). Claims that cannot be a header value refuse
     /// the token rather than being dropped silently.
@@ -213,6 +245,7 @@ impl Identity {
                 .as_ref()
                 .and_then(|claim| claims.get(claim))
                 .and_then(claim_text),
+            claims: claims.clone(),
             headers,
         })
     }
@@ -229,6 +262,28 @@ pub struct Consumer {
     pub plan: Option<String>,
     /// `x-consumer-id`, `x-consumer-name` and `x-consumer-plan`.
     headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Consumer {
+    /// The consumer `model` as sent upstream.
+    pub fn new(model: &raft::model::Consumer) -> Self {
+        let mut headers = Vec::with_capacity(3);
+        for (name, value) in [
+            (&CONSUMER_ID, Some(model.id())),
+            (&CONSUMER_NAME, Some(model.name.as_str())),
+            (&CONSUMER_PLAN, model.plan.as_deref()),
+        ] {
+            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.push((name.clone(), value));
+            }
+        }
+        Self {
+            name: model.name.clone(),
+            id: model.id().to_owned(),
+            plan: model.plan.clone(),
+            headers,
+        }
+    }
 }
 
 /// A verified caller.
@@ -314,22 +369,7 @@ impl Runtime {
             .consumers
             .iter()
             .map(|c| {
-                let mut headers = Vec::with_capacity(3);
-                for (name, value) in [
-                    (&CONSUMER_ID, Some(c.id())),
-                    (&CONSUMER_NAME, Some(c.name.as_str())),
-                    (&CONSUMER_PLAN, c.plan.as_deref()),
-                ] {
-                    if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-                        headers.push((name.clone(), value));
-                    }
-                }
-                let consumer = Consumer {
-                    name: c.name.clone(),
-                    id: c.id().to_owned(),
-                    plan: c.plan.clone(),
-                    headers,
-                };
+                let consumer = Consumer::new(c);
                 (c.name.clone(), Arc::new(consumer))
             })
             .collect();
@@ -564,6 +604,7 @@ impl Auth {
                 expires_at: None,
                 scopes: Vec::new(),
                 consumer: None,
+                claims: serde_json::Map::new(),
                 headers: vec![(AUTH_SUB.clone(), subject)],
             })),
         })

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! headers -> admit -> ip (global) -> version -> route -> ip (route) -> tls -> cors -> waf
-//!   -> auth -> limit -> [proxy] -> on_response hooks in reverse order (headers' last) -> observe
+//!   -> auth -> limit -> transform -> [proxy] -> on_response hooks in reverse order
+//!   (transform's first, headers' last) -> observe
 //! ```
 //! Each stage's `on_request` runs in order until one answers the request
 //! itself (`Flow::Respond`) or fails; the proxy forwards what got through.
@@ -26,6 +27,7 @@ pub mod limit;
 pub mod observe;
 pub mod policy;
 pub mod route;
+pub mod transform;
 pub mod version;
 pub mod waf;
 
@@ -79,6 +81,8 @@ pub struct RequestCx {
     pub started: Instant,
     /// The client's address.
     pub client: SocketAddr,
+    /// The request's method.
+    pub method: http::Method,
     /// The client's IP: the peer's, or the one `X-Forwarded-For` names when
     /// the peer is a trusted proxy (see [`ip`]). Use this, not `client`, to
     /// decide by client address.
@@ -126,6 +130,7 @@ impl RequestCx {
             snapshot,
             started: Instant::now(),
             client,
+            method: http::Method::GET,
             client_ip: client.ip().to_canonical(),
             cors: None,
             request_id: HeaderValue::from_static(""),
@@ -190,6 +195,7 @@ pub fn build(shared: &Arc<Shared>) -> Pipeline {
             shared.metrics.clone(),
         )),
         Box::new(limit::LimitStage::new(&shared.ratelimit)),
+        Box::new(transform::TransformStage::new(&shared.config)),
     ];
     Pipeline {
         stages,
@@ -209,6 +215,7 @@ impl Pipeline {
         let mut cx = RequestCx::new(snapshot, client);
         cx.tls = req.extensions().get::<Arc<crate::tls::TlsInfo>>().cloned();
         let method = req.method().clone();
+        cx.method = method.clone();
         let version = req.version();
         let mut ran = 0;
         let mut answer = None;

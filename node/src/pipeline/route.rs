@@ -280,6 +280,8 @@ pub struct Route {
     pub tls: raft::model::RouteTls,
     /// Scopes the caller's token must carry.
     pub scopes: Vec<String>,
+    /// Header and body transformations (`None`: the route has none).
+    pub transform: Option<Arc<super::transform::RouteTransform>>,
     /// The route's series.
     pub metrics: RouteMetrics,
 }
@@ -338,6 +340,12 @@ impl Route {
             auth: route.auth.clone(),
             tls: route.tls,
             scopes: route.scopes.clone(),
+            transform: super::transform::RouteTransform::compile(
+                &route.transform,
+                &route.name,
+                metrics,
+            )
+            .map(Arc::new),
             metrics: RouteMetrics::new(metrics, &route.name),
         })
     }

@@ -100,9 +100,15 @@ impl Proxy {
         let limit = route
             .max_body
             .unwrap_or(self.shared.config.limits.max_body_bytes);
-        if content_length(req.headers()).is_some_and(|len| len > limit) {
+        let replaced = req
+            .extensions()
+            .get::<BufferedPrefix>()
+            .is_some_and(|prefix| prefix.complete);
+        if !replaced && content_length(req.headers()).is_some_and(|len| len > limit) {
             return Err(Kind::PayloadTooLarge { limit }.into());
         }
+        // A body a transform replaced was held to the limit before.
+        let body_limit = if replaced { u64::MAX } else { limit };
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -148,7 +154,7 @@ impl Proxy {
             let mut request = http::Request::new(match &replay {
                 None => UpstreamBody::Empty,
                 Some(replay) => UpstreamBody::Client(
-                    ClientBody::new(replay.clone(), limit, timeouts.idle, fault.clone())
+                    ClientBody::new(replay.clone(), body_limit, timeouts.idle, fault.clone())
                         .min_rate(self.min_body_rate),
                 ),
             });

@@ -13,6 +13,7 @@ pub mod pattern;
 pub mod policy;
 mod size;
 pub mod state;
+pub mod transform;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ pub use self::limit::{Limit, RateLimitSettings};
 pub use self::policy::Policies;
 pub use self::size::ByteSize;
 pub use self::state::{Command, Member, NodeId, Outcome, Request, Revocation, State};
+pub use self::transform::Transform;
 pub use self::validate::{ConfigError, ConfigErrors};
 
 /// The whole gateway configuration document.
@@ -570,6 +572,9 @@ pub struct Route {
     /// Rate limits of this route, on top of the caller's plan (see [`limit`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<Limit>,
+    /// Header and body transformations (see [`transform`]).
+    #[serde(default, skip_serializing_if = "Transform::is_empty")]
+    pub transform: Transform,
 }
 
 /// A route's TLS requirements.

@@ -598,6 +598,206 @@ fn unknown_auth_method_is_a_syntax_error() {
     assert!(error.to_string().contains("basic"), "{error}");
 }
 
+// === transform ===
+
+fn transform_doc(block: &str) -> String {
+    format!("{UPSTREAM}routes:\n  - name: r\n    upstream: users\n    transform: {block}\n")
+}
+
+#[test]
+fn transform_example_parses_and_round_trips() {
+    let yaml = transform_doc(
+        r#"
+      request:
+        headers:
+          set: { X-Tenant: "{jwt.claims.tenant}", X-Who: "{consumer.id}/{{literal}}" }
+          add: { X-Via: "meridian {route.name}" }
+          remove: [X-Debug]
+          rename: { X-Old: X-New }
+        body: { convert: json_to_xml, xml_root: order }
+      response:
+        headers: { set: { X-Request: "{request.id}" } }
+        body:
+          convert: xml_to_json
+          filter: { allow: ["/a", "/b/*/c"], deny: ["/a/secret"] }
+          move: [ { from: /a/name, to: /name } ]
+          max_depth: 32
+        max_body: 2MiB"#,
+    );
+    let config = GatewayConfig::parse(&yaml).expect("valid");
+    let t = &config.routes[0].transform;
+    assert_eq!(t.response.max_body_bytes(), 2 << 20);
+    assert_eq!(
+        t.request.body.as_ref().unwrap().convert,
+        Some(transform::Convert::JsonToXml)
+    );
+    let json = serde_json::to_string(&config).unwrap();
+    let back: GatewayConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, config);
+    // An empty block is not written out.
+    let plain = GatewayConfig::parse(&format!(
+        "{UPSTREAM}routes:\n  - {{ name: r, upstream: users }}\n"
+    ))
+    .unwrap();
+    assert!(!serde_json::to_string(&plain).unwrap().contains("transform"));
+}
+
+#[test]
+fn templates_parse_into_pieces() {
+    use transform::{Piece, Template, TemplateError, Variable};
+    assert_eq!(
+        Template::parse("t-{jwt.claims.https://x.io/tenant}-{{x}}").unwrap(),
+        Template(vec![
+            Piece::Literal("t-".into()),
+            Piece::Var(Variable::Claim("https://x.io/tenant".into())),
+            Piece::Literal("-{x}".into()),
+        ])
+    );
+    assert_eq!(
+        Template::parse("{client.ip}").unwrap().0,
+        vec![Piece::Var(Variable::ClientIp)]
+    );
+    assert_eq!(Template::parse("a{b"), Err(TemplateError::Unbalanced));
+    assert_eq!(Template::parse("a}b"), Err(TemplateError::Unbalanced));
+    assert_eq!(
+        Template::parse("{jwt.claims.}"),
+        Err(TemplateError::UnknownVariable("jwt.claims.".into()))
+    );
+}
+
+#[test]
+fn transform_header_names_must_be_valid() {
+    check(
+        &transform_doc("{ request: { headers: { remove: [\"bad name\"] } } }"),
+        &["routes[0].transform.request.headers.remove[0] (bad name) must be a valid header name"],
+    );
+}
+
+#[test]
+fn transform_managed_headers_are_refused() {
+    check(
+        &transform_doc("{ response: { headers: { set: { Content-Length: \"1\" } } } }"),
+        &[
+            "routes[0].transform.response.headers.set.Content-Length (Content-Length) is managed by the gateway and cannot be transformed",
+        ],
+    );
+    check(
+        &transform_doc("{ request: { headers: { remove: [X-Request-Id] } } }"),
+        &[
+            "routes[0].transform.request.headers.remove[0] (X-Request-Id) is managed by the gateway and cannot be transformed",
+        ],
+    );
+}
+
+#[test]
+fn transform_identity_headers_are_refused_on_requests() {
+    check(
+        &transform_doc("{ request: { headers: { rename: { X-User: X-Auth-Sub } } } }"),
+        &[
+            "routes[0].transform.request.headers.rename.X-User (X-Auth-Sub) carries verified identity and is written only by the auth stage",
+        ],
+    );
+    check(
+        &transform_doc("{ response: { headers: { set: { X-Consumer-Id: \"{consumer.id}\" } } } }"),
+        &[],
+    );
+}
+
+#[test]
+fn transform_rename_must_change_the_name() {
+    check(
+        &transform_doc("{ response: { headers: { rename: { X-A: x-a } } } }"),
+        &[
+            "routes[0].transform.response.headers.rename.X-A (x-a) must differ from the name it renames",
+        ],
+    );
+}
+
+#[test]
+fn transform_templates_must_parse() {
+    check(
+        &transform_doc("{ request: { headers: { set: { X-T: \"{tenant}\" } } } }"),
+        &[&format!(
+            "routes[0].transform.request.headers.set.X-T ({{tenant}}) uses unknown variable {{tenant}} (known: {})",
+            transform::VARIABLES
+        )],
+    );
+    check(
+        &transform_doc("{ request: { headers: { add: { X-T: \"a{b\" } } } }"),
+        &[
+            "routes[0].transform.request.headers.add.X-T (a{b) has an unbalanced brace (write {{ or }} for a literal one)",
+        ],
+    );
+    check(
+        &transform_doc("{ request: { headers: { add: { X-T: \"a\\nb\" } } } }"),
+        &[
+            "routes[0].transform.request.headers.add.X-T (a\nb) must be a valid header value (no control characters)",
+        ],
+    );
+}
+
+#[test]
+fn transform_body_must_do_something() {
+    check(
+        &transform_doc("{ response: { body: { max_depth: 10 } } }"),
+        &[
+            "routes[0].transform.response.body ({}) must convert, filter or move something (convert, filter or move)",
+        ],
+    );
+}
+
+#[test]
+fn transform_pointers_must_parse() {
+    check(
+        &transform_doc("{ response: { body: { filter: { deny: [id, \"\", \"/a~2\"] } } } }"),
+        &[
+            "routes[0].transform.response.body.filter.deny[0] (id) must be a JSON pointer starting with '/' (RFC 6901)",
+            "routes[0].transform.response.body.filter.deny[1] () must be a JSON pointer starting with '/' (RFC 6901)",
+            "routes[0].transform.response.body.filter.deny[2] (/a~2) must escape '~' as ~0 and '/' as ~1 (RFC 6901)",
+        ],
+    );
+}
+
+#[test]
+fn transform_moves_name_one_member_outside_the_source() {
+    check(
+        &transform_doc(
+            "{ response: { body: { move: [ { from: \"/a/*\", to: /b }, { from: /a, to: /a/b } ] } } }",
+        ),
+        &[
+            "routes[0].transform.response.body.move[0].from (/a/*) must not use '*' (a move names one member)",
+            "routes[0].transform.response.body.move[1].to (/a/b) must not lie inside routes[0].transform.response.body.move[1].from (/a)",
+        ],
+    );
+}
+
+#[test]
+fn transform_xml_root_needs_json_to_xml_and_a_name() {
+    check(
+        &transform_doc("{ response: { body: { convert: xml_to_json, xml_root: doc } } }"),
+        &[
+            "routes[0].transform.response.body.xml_root (doc) only applies with convert: json_to_xml",
+        ],
+    );
+    check(
+        &transform_doc("{ request: { body: { convert: json_to_xml, xml_root: \"1doc\" } } }"),
+        &["routes[0].transform.request.body.xml_root (1doc) must be an XML element name"],
+    );
+}
+
+#[test]
+fn transform_limits_are_bounded() {
+    check(
+        &transform_doc(
+            "{ response: { body: { convert: xml_to_json, max_depth: 500 }, max_body: 1GiB } }",
+        ),
+        &[
+            "routes[0].transform.response.body.max_depth (500) must be in 1..=128",
+            "routes[0].transform.response.max_body (1GiB) must be in 1..=64MiB",
+        ],
+    );
+}
+
 // === rate limits ===
 
 const LIMIT_ROUTE: &str =

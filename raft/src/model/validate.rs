@@ -32,7 +32,10 @@
 //!   default, the fallback and every deprecated version; dates are RFC 3339;
 //! - policies (global and per route): addresses and CIDRs parse, `trusted_proxies`
 //!   only globally, WAF, CORS and header settings are well-formed (the full
-//!   list is in the `validate::policy` module and docs/policies.md).
+//!   list is in the `validate::policy` module and docs/policies.md);
+//! - transforms (per route): header names, templates, JSON pointers, XML
+//!   names and limits (the full list is in the `validate::transform`
+//!   module and docs/transform.md).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -44,6 +47,9 @@ use super::*;
 
 mod limit;
 mod policy;
+mod transform;
+
+pub use self::transform::is_xml_name;
 
 pub use self::limit::MAX_LOG_LIMIT;
 
@@ -424,6 +430,7 @@ fn check_route(c: &mut Checker, key: &str, route: &Route, config: &GatewayConfig
         c.fail(format!("{key}.max_body"), 0, "must be greater than zero");
     }
     policy::check(c, &format!("{key}.policies"), &route.policies, false);
+    transform::check(c, &format!("{key}.transform"), &route.transform);
     for (i, method) in route.auth.iter().enumerate() {
         match method {
             AuthMethod::Jwt if config.auth.jwt.is_empty() => c.fail(

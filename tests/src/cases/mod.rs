@@ -14,4 +14,5 @@ mod ratelimit;
 mod reload;
 mod routing;
 mod tls;
+mod transform;
 mod versioning;
