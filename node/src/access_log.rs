@@ -244,19 +244,12 @@ fn push_json_str(buf: &mut Vec<u8>, text: &str) {
     buf.push(b'"');
 }
 
-/// `"YYYY-MM-DDTHH:MM:SS.mmmZ"` for a Unix time (days-to-civil, Hinnant).
+/// `"YYYY-MM-DDTHH:MM:SS.mmmZ"` for a Unix time .
 fn push_rfc3339_millis(buf: &mut Vec<u8>, secs: i64, millis: u32) {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::ratelimit::fixed_window::civil_from_days(days);
+    let (month, day) = (i64::from(month), i64::from(day));
     let two = |buf: &mut Vec<u8>, v: i64| {
         buf.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8])
     };

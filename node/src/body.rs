@@ -567,3 +567,20 @@ impl HttpBody for UpstreamBody {
         }
     }
 }
+
+/// The next frame of a client's request body, waiting at most `idle` for
+/// it: `None` at the end, 408 when the client stalls, 400 when it breaks
+/// the body off. Stages that buffer a body read it with this.
+pub async fn next_request_frame(
+    body: &mut Incoming,
+    idle: Duration,
+) -> Result<Option<Frame<Bytes>>, crate::error::Error> {
+    use crate::error::{Error, Kind};
+    let next = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
+    match tokio::time::timeout(idle, next).await {
+        Err(_elapsed) => Err(Kind::ClientTimeout.into()),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(error))) => Err(Error::with_source(Kind::ClientAborted, error)),
+        Ok(Some(Ok(frame))) => Ok(Some(frame)),
+    }
+}

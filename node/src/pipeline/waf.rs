@@ -488,12 +488,8 @@ async fn read_prefix(
     let mut prefix = BufferedPrefix::default();
     let mut seen = BytesMut::new();
     while seen.len() < limit && !req.body().is_end_stream() {
-        let next = std::future::poll_fn(|cx| std::pin::Pin::new(req.body_mut()).poll_frame(cx));
-        let frame = match tokio::time::timeout(idle, next).await {
-            Err(_elapsed) => return Err(Kind::ClientTimeout.into()),
-            Ok(None) => break,
-            Ok(Some(Err(error))) => return Err(Error::with_source(Kind::ClientAborted, error)),
-            Ok(Some(Ok(frame))) => frame,
+        let Some(frame) = crate::body::next_request_frame(req.body_mut(), idle).await? else {
+            break;
         };
         match frame.into_data() {
             Ok(data) => {

@@ -144,9 +144,9 @@ impl Counting for FixedWindow {
     }
 }
 
-/// The proleptic Gregorian date of a day number (days since 1970-01-01);
-/// Howard Hinnant's `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+/// The proleptic Gregorian `(year, month, day)` of a day number (days
+/// since 1970-01-01); Howard Hinnant's `civil_from_days`.
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -160,7 +160,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// The day number of a proleptic Gregorian date; `days_from_civil`.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let year = year - i64::from(month <= 2);
     let era = year.div_euclid(400);
     let yoe = year.rem_euclid(400);
