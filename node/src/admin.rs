@@ -5,7 +5,7 @@
 //! | GET | `/healthz` | 200 while the process runs |
 //! | GET | `/readyz` | 200 once a gateway configuration is in force, the node is not draining and (with `raft.on-leader-loss = "not-ready"`) it heard from a raft leader within `raft.leader-loss`; else 503 |
 //! | GET | `/metrics` | Prometheus text |
-//! | GET | `/v1/config` | `{"version": n, "config": {…}}` |
+//! | GET | `/v1/config` | `{"version": n, "config": {…}}`, secrets shown as `<redacted>` |
 //! | PUT | `/v1/config[?wait=all]` | body: gateway.yaml (YAML or JSON); committed through raft: 200 `{"version", "index"[, "applied"]}`, 400 with every violated rule, 503 without a leader |
 //! | GET | `/v1/config/history` | the last 50 versions: version, author, time, log index |
 //! | GET | `/v1/config/versions/{n}` | one version of the history |
@@ -115,7 +115,7 @@ pub async fn handle(
             let snapshot = app.snapshots.load();
             json_response(
                 StatusCode::OK,
-                &json!({"version": snapshot.version, "config": &*snapshot.config}),
+                &json!({"version": snapshot.version, "config": snapshot.config.redacted()}),
             )
         }
         (&Method::GET, "/v1/config/history") => {
@@ -141,8 +141,9 @@ pub async fn handle(
             let applied = app.cluster.applied();
             match applied.state.configs.iter().find(|c| c.version == wanted) {
                 Some(record) => {
-                    let config: serde_json::Value =
-                        serde_json::from_str(&record.text).unwrap_or_default();
+                    let config = raft::model::GatewayConfig::parse(&record.text)
+                        .map(|c| serde_json::to_value(c.redacted()).unwrap_or_default())
+                        .unwrap_or_default();
                     json_response(
                         StatusCode::OK,
                         &json!({"version": record.version, "author": record.author, "at": record.at, "config": config}),
@@ -521,7 +522,7 @@ async fn put_config(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Bo
             "the configuration is not UTF-8",
         );
     };
-    let config = match raft::model::GatewayConfig::parse(text) {
+    let mut config = match raft::model::GatewayConfig::parse(text) {
         Ok(config) => config,
         Err(errors) => {
             app.shared.metrics.config_reloads_failed.increment(1);
@@ -540,6 +541,9 @@ async fn put_config(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Bo
             );
         }
     };
+    // A configuration read back from GET /v1/config says `<redacted>` for
+    // secrets: written again, it keeps the ones in force.
+    config.restore_secrets(&app.snapshots.load().config);
     let written = app.commit_config(&config, "admin api").await;
     let version = match &written {
         Ok(crate::cluster::Written {

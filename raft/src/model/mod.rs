@@ -290,6 +290,41 @@ pub struct Introspection {
     pub claims: ClaimNames,
 }
 
+/// What the admin API shows instead of a secret. A configuration written
+/// back with it keeps the secret in force (see [`GatewayConfig::restore_secrets`]).
+pub const REDACTED: &str = "<redacted>";
+
+impl GatewayConfig {
+    /// A copy without secrets (introspection client secrets become
+    /// [`REDACTED`]), for reading the configuration back.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        for endpoint in &mut copy.auth.introspection {
+            endpoint.client_secret = REDACTED.to_owned();
+        }
+        copy
+    }
+
+    /// Puts back the secrets of `current` where this configuration says
+    /// [`REDACTED`] for an endpoint of the same name, so a configuration
+    /// read back, edited and written again keeps its secrets. A redacted
+    /// secret with no endpoint of that name in `current` stays as written
+    /// (and is then an ordinary, wrong, secret).
+    pub fn restore_secrets(&mut self, current: &GatewayConfig) {
+        for endpoint in &mut self.auth.introspection {
+            if endpoint.client_secret == REDACTED
+                && let Some(previous) = current
+                    .auth
+                    .introspection
+                    .iter()
+                    .find(|p| p.name == endpoint.name)
+            {
+                endpoint.client_secret = previous.client_secret.clone();
+            }
+        }
+    }
+}
+
 impl Introspection {
     fn default_ttl() -> Duration {
         Duration::from_secs(60)

@@ -198,3 +198,41 @@ async fn an_unreachable_endpoint_is_a_503_not_a_500() {
     assert_eq!(slow.error_code(), "auth_unavailable");
     assert_eq!(upstream.count(), 0);
 }
+
+#[tokio::test]
+async fn the_client_secret_is_never_read_back_and_survives_a_round_trip() {
+    let endpoint = Introspector::start(("gateway", "s3cr3t&="), Duration::ZERO, answers()).await;
+    let upstream = MockUpstream::echo("u").await;
+    let node = TestNode::start(&yaml(&upstream, &endpoint)).await;
+
+    let read = crate::get(&node.admin_url("/v1/config")).await;
+    assert_eq!(read.status, 200);
+    let text = String::from_utf8_lossy(&read.body).into_owned();
+    assert!(!text.contains("s3cr3t"), "{text}");
+    let config = read.json()["config"].clone();
+    assert_eq!(
+        config["auth"]["introspection"][0]["client_secret"],
+        "<redacted>"
+    );
+    let history = crate::get(&node.admin_url("/v1/config/versions/1")).await;
+    assert!(!String::from_utf8_lossy(&history.body).contains("s3cr3t"));
+
+    // Written back as read (with a new route), the secret stays in force.
+    let mut edited = config;
+    edited["routes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "more", "match": {"path_prefix": "/more"}, "upstream": "u"}));
+    let applied = node.apply(&edited.to_string()).await;
+    assert_eq!(applied.status, 200, "{:?}", applied.body);
+    let reply = bearer(&node, "/api/b", "good-2").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(
+        endpoint
+            .unauthorised
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the gateway still authenticates with the real secret"
+    );
+    node.stop().await;
+}
