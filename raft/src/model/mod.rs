@@ -270,6 +270,10 @@ pub struct Introspection {
     pub client_id: String,
     /// The gateway's client secret (HTTP Basic password).
     pub client_secret: String,
+    /// When set, an active answer's `aud` (a string or a list) must name
+    /// one of these; otherwise the token is refused like an inactive one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
     /// How long an active answer is reused (never past the token's `exp`).
     #[serde(with = "humantime_serde", default = "Introspection::default_ttl")]
     pub ttl: Duration,

@@ -966,3 +966,11 @@ fn redis_scope_is_for_counting_algorithms() {
         ],
     );
 }
+
+#[test]
+fn introspection_audiences_are_not_empty() {
+    check(
+        "auth:\n  introspection:\n    - { name: o, endpoint: \"https://idp/introspect\", client_id: gw, client_secret: s, audiences: [api, \"\"] }\n",
+        &["auth.introspection[0].audiences[1] () must not be empty"],
+    );
+}

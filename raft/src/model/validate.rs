@@ -24,7 +24,7 @@
 //!   the leeway is at most 5 minutes; JWKS refresh bounds are positive and
 //!   ordered (`min_refresh <= max_refresh <= max_stale`); token and cache
 //!   sizes are bounded; claim names are not empty; an introspection
-//!   endpoint has a client id, `0 < negative_ttl <= ttl` and a timeout;
+//!   endpoint has a client id, non-empty `audiences` entries, `0 < negative_ttl <= ttl` and a timeout;
 //! - routes: `jwt` / `introspection` need a configured issuer / endpoint;
 //!   `scopes` are scope tokens and need a token method (`jwt` or
 //!   `introspection`);
@@ -668,6 +668,11 @@ fn check_auth(c: &mut Checker, auth: &AuthConfig) {
                 &endpoint.client_id,
                 "must be a non-empty client id without ':'",
             );
+        }
+        for (i, audience) in endpoint.audiences.iter().enumerate() {
+            if audience.is_empty() {
+                c.fail(format!("{key}.audiences[{i}]"), "", "must not be empty");
+            }
         }
         c.positive(format!("{key}.ttl"), endpoint.ttl);
         c.positive(format!("{key}.negative_ttl"), endpoint.negative_ttl);

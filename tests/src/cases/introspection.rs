@@ -236,3 +236,31 @@ async fn the_client_secret_is_never_read_back_and_survives_a_round_trip() {
     );
     node.stop().await;
 }
+
+#[tokio::test]
+async fn an_active_token_for_another_audience_is_refused() {
+    let answers: crate::idp::Answer = Arc::new(move |token: &str| {
+        let aud = match token {
+            "ours" => json!("gateway-api"),
+            "listed" => json!(["billing", "gateway-api"]),
+            "none" => serde_json::Value::Null,
+            _ => json!("billing"),
+        };
+        Some(json!({"active": true, "sub": "s", "exp": now() + 3600, "aud": aud}))
+    });
+    let endpoint = Introspector::start(("gateway", "s3cr3t&="), Duration::ZERO, answers).await;
+    let upstream = MockUpstream::echo("u").await;
+    let yaml = yaml(&upstream, &endpoint)
+        .replace("timeout: 1s }", "timeout: 1s, audiences: [gateway-api] }");
+    let node = TestNode::start(&yaml).await;
+    for (token, status) in [
+        ("ours", 200),
+        ("listed", 200),
+        ("theirs", 401),
+        ("none", 401),
+    ] {
+        let reply = bearer(&node, "/api/x", token).await;
+        assert_eq!(reply.status, status, "token {token}: {:?}", reply.body);
+    }
+    node.stop().await;
+}

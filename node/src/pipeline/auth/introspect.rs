@@ -4,7 +4,9 @@
 //!   and the form body `token=…&token_type_hint=access_token`, bounded by
 //!   `timeout`. A 200 JSON answer with `"active": true` admits; `scope`,
 //!   `client_id`, `sub`, `exp`, `iat`, `jti` and the configured claims are
-//!   used. Anything else (`active` false or absent) refuses.
+//!   used. Anything else (`active` false or absent) refuses, and so does an
+//!   active answer whose `aud` names none of the endpoint's `audiences`
+//!   (when it lists any).
 //! - **Caches.** Active answers are reused for `ttl`, never past the
 //!   token's `exp`; inactive ones for `negative_ttl`. Both live in one
 //!   bounded map keyed by SHA-256 of the token (the token is never kept).
@@ -167,6 +169,10 @@ impl Endpoint {
         if claims.get("active") != Some(&serde_json::Value::Bool(true)) {
             return Ok(None);
         }
+        if !self.config.audiences.is_empty() && !names_audience(&claims, &self.config.audiences) {
+            tracing::debug!(endpoint = %self.config.name, "active token for another audience");
+            return Ok(None);
+        }
         let identity = Identity::from_claims(
             AuthMethod::Introspection,
             &claims,
@@ -178,6 +184,23 @@ impl Endpoint {
             return Ok(None);
         }
         Ok(Some(Arc::new(identity)))
+    }
+}
+
+/// Whether the answer's `aud` (a string or a list of strings) names one of
+/// `audiences`.
+fn names_audience(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    audiences: &[String],
+) -> bool {
+    let wanted = |aud: &serde_json::Value| {
+        aud.as_str()
+            .is_some_and(|a| audiences.iter().any(|w| w == a))
+    };
+    match claims.get("aud") {
+        Some(serde_json::Value::Array(list)) => list.iter().any(wanted),
+        Some(single) => wanted(single),
+        None => false,
     }
 }
 
