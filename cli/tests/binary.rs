@@ -499,3 +499,84 @@ fn serve_bulk(stream: TcpStream, received: mpsc::Sender<u64>) {
         }
     }
 }
+
+/// The certificate the HTTPS listener at `address` presents for `localhost`,
+/// verified against `ca`.
+fn served_certificate(address: SocketAddr, ca: &rcgen::Certificate) -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut socket = TcpStream::connect(address).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut socket).expect("TLS handshake");
+    }
+    tls.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[test]
+fn sighup_reloads_the_tls_certificates() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = || {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert, key)
+    };
+    let (first, first_key) = leaf();
+    let (second, second_key) = leaf();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_file, first.pem()).unwrap();
+    std::fs::write(&key_file, first_key.serialize_pem()).unwrap();
+    let (proxy, admin, https) = (free_port(), free_port(), free_port());
+    let node = write_node(dir.path(), proxy, admin);
+    let mut text = std::fs::read_to_string(&node).unwrap();
+    text = text.replace(
+        "[listen]\n",
+        &format!("[listen]\nproxy-tls = \"127.0.0.1:{https}\"\n"),
+    );
+    // Files are also polled, but not within this test: only SIGHUP reloads.
+    text.push_str(&format!(
+        "[tls]\nreload-interval = \"1h\"\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert_file.display(),
+        key_file.display()
+    ));
+    std::fs::write(&node, text).unwrap();
+    let running = Running::spawn(&["node", "run", "--config", node.to_str().unwrap()]);
+    running.wait_for("node running");
+    let https: SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
+    assert_eq!(served_certificate(https, ca.as_ref()), first.der().to_vec());
+
+    std::fs::write(&cert_file, second.pem()).unwrap();
+    std::fs::write(&key_file, second_key.serialize_pem()).unwrap();
+    assert_eq!(
+        served_certificate(https, ca.as_ref()),
+        first.der().to_vec(),
+        "nothing changes before the signal"
+    );
+    running.signal("-HUP");
+    running.wait_for("SIGHUP: re-reading TLS certificates");
+    let mut attempts = 0;
+    while served_certificate(https, ca.as_ref()) != second.der().to_vec() {
+        attempts += 1;
+        assert!(attempts < 200, "the new certificate is served after SIGHUP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    running.signal("-TERM");
+}
