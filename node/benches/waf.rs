@@ -65,7 +65,7 @@ fn bench(c: &mut Criterion) {
     let query = long_query();
     let body = json_body();
     assert!(waf.inspect_head("/", Some(&query), &headers).is_none());
-    assert!(waf.inspect_body(BodyKind::Json, &body).is_none());
+    assert!(waf.inspect_body(&BodyKind::Json, &body).is_none());
     let mut group = c.benchmark_group("waf");
     group.bench_function("clean_request", |b| {
         b.iter(|| {
@@ -80,7 +80,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| waf.inspect_head(black_box("/api/search"), black_box(Some(&query)), &headers))
     });
     group.bench_function(format!("json_body_{}_bytes", body.len()), |b| {
-        b.iter(|| waf.inspect_body(BodyKind::Json, black_box(&body)))
+        b.iter(|| waf.inspect_body(&BodyKind::Json, black_box(&body)))
     });
     group.bench_function("attack_in_query", |b| {
         b.iter(|| {

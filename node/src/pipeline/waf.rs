@@ -136,7 +136,7 @@ pub struct Finding {
 }
 
 /// The kind of body the WAF reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyKind {
     /// `application/x-www-form-urlencoded`.
     Form,
@@ -144,19 +144,39 @@ pub enum BodyKind {
     Json,
     /// `text/plain`.
     Text,
+    /// `application/xml`, `text/xml`, `*+xml`: text and attribute values.
+    Xml,
+    /// `multipart/form-data` with this boundary: each part's name, file
+    /// name and, unless it is a file of another type, its content.
+    Multipart(Vec<u8>),
 }
 
 impl BodyKind {
     /// The kind for a `Content-Type`, if the WAF reads such bodies.
     pub fn of(headers: &HeaderMap) -> Option<Self> {
         let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-        let essence = value.split(';').next()?.trim().to_ascii_lowercase();
+        Self::of_type(value)
+    }
+
+    /// The kind for a content type such as `multipart/form-data; boundary=x`.
+    fn of_type(value: &str) -> Option<Self> {
+        let mut params = value.split(';');
+        let essence = params.next()?.trim().to_ascii_lowercase();
         match essence.as_str() {
             "application/x-www-form-urlencoded" => Some(Self::Form),
             "application/json" => Some(Self::Json),
             "text/plain" => Some(Self::Text),
+            "application/xml" | "text/xml" => Some(Self::Xml),
+            "multipart/form-data" => params.find_map(|p| {
+                let (name, value) = p.split_once('=')?;
+                (name.trim().eq_ignore_ascii_case("boundary"))
+                    .then(|| Self::Multipart(value.trim().trim_matches('"').as_bytes().to_vec()))
+            }),
             other if other.starts_with("application/") && other.ends_with("+json") => {
                 Some(Self::Json)
+            }
+            other if other.starts_with("application/") && other.ends_with("+xml") => {
+                Some(Self::Xml)
             }
             _ => None,
         }
@@ -254,29 +274,79 @@ impl Waf {
     }
 
     /// Inspects (a prefix of) a body of `kind`.
-    pub fn inspect_body(&self, kind: BodyKind, body: &[u8]) -> Option<Finding> {
+    pub fn inspect_body(&self, kind: &BodyKind, body: &[u8]) -> Option<Finding> {
         let mut scratch = Scratch::default();
         let mut budget = MAX_VALUES;
-        let rule = match kind {
-            BodyKind::Form => self.scan_pairs(&mut scratch, body, b'&', &mut budget),
+        self.scan_body(kind, body, &mut scratch, &mut budget)
+            .map(|rule| Finding {
+                rule,
+                location: "body",
+            })
+    }
+
+    fn scan_body(
+        &self,
+        kind: &BodyKind,
+        body: &[u8],
+        scratch: &mut Scratch,
+        budget: &mut usize,
+    ) -> Option<&'static str> {
+        match kind {
+            BodyKind::Form => self.scan_pairs(scratch, body, b'&', budget),
             BodyKind::Text => self.scan(body),
             BodyKind::Json => {
                 let mut rule = None;
-                for_each_json_string(body, &mut scratch.json, |text| {
-                    if budget == 0 {
+                let Scratch { json, decoded } = scratch;
+                for_each_json_string(body, json, |text| {
+                    if *budget == 0 {
                         return false;
                     }
-                    budget -= 1;
+                    *budget -= 1;
+                    rule = self.scan(decode(text, false, decoded));
+                    rule.is_none()
+                });
+                rule
+            }
+            BodyKind::Xml => {
+                let mut rule = None;
+                for_each_xml_text(body, |text| {
+                    if *budget == 0 {
+                        return false;
+                    }
+                    *budget -= 1;
                     rule = self.scan(decode(text, false, &mut scratch.decoded));
                     rule.is_none()
                 });
                 rule
             }
-        };
-        rule.map(|rule| Finding {
-            rule,
-            location: "body",
-        })
+            BodyKind::Multipart(boundary) => {
+                for part in multipart_parts(body, boundary) {
+                    if *budget == 0 {
+                        return None;
+                    }
+                    *budget -= 1;
+                    for value in [part.name, part.filename].into_iter().flatten() {
+                        if let Some(rule) = self.scan(scratch.decode(value, false)) {
+                            return Some(rule);
+                        }
+                    }
+                    // A field, or a file of a kind the WAF reads; other
+                    // files (images, archives) are not inspected.
+                    let kind = match (part.filename, part.content_type) {
+                        (_, Some(content_type)) => BodyKind::of_type(content_type),
+                        (None, None) => Some(BodyKind::Text),
+                        (Some(_), None) => None,
+                    };
+                    if let Some(kind) = kind
+                        && !matches!(kind, BodyKind::Multipart(_))
+                        && let Some(rule) = self.scan_body(&kind, part.body, scratch, budget)
+                    {
+                        return Some(rule);
+                    }
+                }
+                None
+            }
+        }
     }
 
     /// Each `key=value` pair split on `separator`: key and value decoded
@@ -306,6 +376,135 @@ impl Waf {
         }
         None
     }
+}
+
+/// Each text (its references resolved) and attribute value of an XML
+/// prefix, until `f` says stop; a malformed or cut-off construct ends the
+/// walk (what came before it was inspected).
+fn for_each_xml_text(body: &[u8], mut f: impl FnMut(&[u8]) -> bool) {
+    use quick_xml::XmlVersion;
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::reader::Reader::from_reader(body);
+    let mut text = String::new();
+    let flush = |text: &mut String, f: &mut dyn FnMut(&[u8]) -> bool| {
+        let go = text.trim().is_empty() || f(text.as_bytes());
+        text.clear();
+        go
+    };
+    loop {
+        let go = match reader.read_event() {
+            Ok(Event::Start(element) | Event::Empty(element)) => {
+                flush(&mut text, &mut f)
+                    && element.attributes().flatten().all(|attribute| {
+                        attribute
+                            .normalized_value(XmlVersion::Implicit1_0)
+                            .map_or(true, |value| f(value.as_bytes()))
+                    })
+            }
+            Ok(Event::End(_)) => flush(&mut text, &mut f),
+            Ok(Event::Text(content)) => {
+                text.push_str(&content.xml10_content());
+                true
+            }
+            Ok(Event::CData(data)) => {
+                text.push_str(&data.xml10_content());
+                true
+            }
+            Ok(Event::GeneralRef(reference)) => {
+                let resolved = match reference.resolve_char_ref() {
+                    Ok(Some(ch)) => Some(ch),
+                    _ => super::transform::xml::predefined(&reference),
+                };
+                if let Some(ch) = resolved {
+                    text.push(ch);
+                }
+                true
+            }
+            Ok(Event::Eof) | Err(_) => {
+                flush(&mut text, &mut f);
+                return;
+            }
+            Ok(_) => true,
+        };
+        if !go {
+            return;
+        }
+    }
+}
+
+/// One part of a `multipart/form-data` body.
+struct Part<'a> {
+    name: Option<&'a [u8]>,
+    filename: Option<&'a [u8]>,
+    content_type: Option<&'a str>,
+    body: &'a [u8],
+}
+
+/// The parts of (a prefix of) a multipart body; a cut-off last part is
+/// returned with what arrived.
+fn multipart_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<Part<'a>> {
+    let mut delimiter = b"--".to_vec();
+    delimiter.extend_from_slice(boundary);
+    let mut parts = Vec::new();
+    let mut rest = match memchr::memmem::find(body, &delimiter) {
+        Some(at) => &body[at + delimiter.len()..],
+        None => return parts,
+    };
+    let mut next_delimiter = b"\r\n".to_vec();
+    next_delimiter.extend_from_slice(&delimiter);
+    while !rest.starts_with(b"--") {
+        let Some(head_end) = memchr::memmem::find(rest, b"\r\n\r\n") else {
+            break;
+        };
+        let head = &rest[..head_end];
+        let after = &rest[head_end + 4..];
+        let (content, next) = match memchr::memmem::find(after, &next_delimiter) {
+            Some(at) => (&after[..at], Some(&after[at + next_delimiter.len()..])),
+            None => (after, None),
+        };
+        let mut part = Part {
+            name: None,
+            filename: None,
+            content_type: None,
+            body: content,
+        };
+        for line in head.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], &line[colon + 1..]);
+            if name.eq_ignore_ascii_case(b"content-disposition") {
+                part.name = disposition_parameter(value, b"name");
+                part.filename = disposition_parameter(value, b"filename");
+            } else if name.eq_ignore_ascii_case(b"content-type") {
+                part.content_type = std::str::from_utf8(value).ok().map(str::trim);
+            }
+        }
+        parts.push(part);
+        match next {
+            Some(next) => rest = next,
+            None => break,
+        }
+    }
+    parts
+}
+
+/// The value of `parameter` (`name="x"`) in a `Content-Disposition` value.
+fn disposition_parameter<'a>(value: &'a [u8], parameter: &[u8]) -> Option<&'a [u8]> {
+    value.split(|b| *b == b';').skip(1).find_map(|p| {
+        let p = p.trim_ascii();
+        let eq = p.iter().position(|b| *b == b'=')?;
+        if !p[..eq].trim_ascii().eq_ignore_ascii_case(parameter) {
+            return None;
+        }
+        let v = p[eq + 1..].trim_ascii();
+        Some(
+            v.strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(v),
+        )
+    })
 }
 
 /// Reusable buffers for decoding.
@@ -581,7 +780,7 @@ impl Stage for WafStage {
         });
         let (prefix, seen) = read_prefix(req, waf.body_limit, idle).await?;
         req.extensions_mut().insert(prefix);
-        if let Some(finding) = waf.inspect_body(kind, &seen) {
+        if let Some(finding) = waf.inspect_body(&kind, &seen) {
             return self.found(cx, waf, finding);
         }
         Ok(Flow::Continue)

@@ -663,3 +663,54 @@ async fn cors_headers_on_actual_requests_and_security_headers() {
     );
     assert_eq!(upstream.count(), 4);
 }
+
+#[tokio::test]
+async fn the_waf_reads_xml_and_multipart_bodies() {
+    let upstream = MockUpstream::echo("u").await;
+    let yaml = format!(
+        r#"
+upstreams: {{ u: {{ targets: ["{}"] }} }}
+policies: {{ waf: {{ mode: block }} }}
+routes:
+  - {{ name: api, match: {{ path_prefix: /api }}, upstream: u }}
+"#,
+        upstream.target()
+    );
+    let node = TestNode::start(&yaml).await;
+    let url = node.url("/api/upload");
+    let xml = [("content-type", "application/xml")];
+    let attack = call(
+        Method::POST,
+        &url,
+        &xml,
+        "<a><b>&lt;script&gt;alert(1)&lt;/script&gt;</b></a>",
+    )
+    .await;
+    assert_eq!(attack.status, 403);
+    assert_eq!(attack.error_code(), "waf_blocked");
+    let fine = call(
+        Method::POST,
+        &url,
+        &xml,
+        "<select><option>Tom &amp; Jerry</option></select>",
+    )
+    .await;
+    assert_eq!(fine.status, 200);
+
+    let multipart = [("content-type", "multipart/form-data; boundary=B")];
+    let form = |content: &str| {
+        format!(
+            "--B\r\nContent-Disposition: form-data; name=\"comment\"\r\n\r\n{content}\r\n--B--\r\n"
+        )
+    };
+    let attack = call(Method::POST, &url, &multipart, form("x' OR '1'='1")).await;
+    assert_eq!(attack.status, 403);
+    let fine = call(Method::POST, &url, &multipart, form("a kind word")).await;
+    assert_eq!(fine.status, 200);
+    assert_eq!(
+        upstream.count(),
+        2,
+        "only the clean requests reached the backend"
+    );
+    node.stop().await;
+}

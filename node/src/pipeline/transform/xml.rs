@@ -103,7 +103,7 @@ impl Open {
 }
 
 /// The five entities XML predefines.
-fn predefined(name: &str) -> Option<char> {
+pub(crate) fn predefined(name: &str) -> Option<char> {
     Some(match name {
         "lt" => '<',
         "gt" => '>',

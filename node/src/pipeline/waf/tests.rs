@@ -174,24 +174,24 @@ fn every_location_is_inspected() {
     let w = waf();
     assert_eq!(
         w.inspect_body(
-            BodyKind::Json,
+            &BodyKind::Json,
             br#"{"name":"x","bio":"<script>alert(1)</script>"}"#
         )
         .map(|f| (f.rule, f.location)),
         Some(("xss-script", "body"))
     );
     assert_eq!(
-        w.inspect_body(BodyKind::Json, br#"{"q":"\u003cscript\u003e"}"#)
+        w.inspect_body(&BodyKind::Json, br#"{"q":"\u003cscript\u003e"}"#)
             .map(|f| f.rule),
         Some("xss-script")
     );
     assert_eq!(
-        w.inspect_body(BodyKind::Form, b"user=admin&pass=x'+or+'a'='a")
+        w.inspect_body(&BodyKind::Form, b"user=admin&pass=x'+or+'a'='a")
             .map(|f| f.rule),
         Some("sqli-tautology")
     );
     assert_eq!(
-        w.inspect_body(BodyKind::Text, b"ping 1.1.1.1; rm -rf /")
+        w.inspect_body(&BodyKind::Text, b"ping 1.1.1.1; rm -rf /")
             .map(|f| f.rule),
         Some("cmdi-chain")
     );
@@ -313,10 +313,10 @@ fn ordinary_requests_pass() {
         ),
     ];
     for (kind, body) in bodies {
-        assert_eq!(w.inspect_body(*kind, body.as_bytes()), None, "{body}");
+        assert_eq!(w.inspect_body(kind, body.as_bytes()), None, "{body}");
     }
     let json = large_json(8 << 10);
-    assert_eq!(w.inspect_body(BodyKind::Json, &json), None);
+    assert_eq!(w.inspect_body(&BodyKind::Json, &json), None);
 }
 
 /// An ordinary JSON document of about `size` bytes.
@@ -354,10 +354,84 @@ proptest! {
         let w = waf();
         let query = String::from_utf8_lossy(&query).into_owned();
         let _ = w.inspect_head(&path, Some(&query), &HeaderMap::new());
-        for kind in [BodyKind::Form, BodyKind::Json, BodyKind::Text] {
-            let _ = w.inspect_body(kind, &body);
+        for kind in [BodyKind::Form, BodyKind::Json, BodyKind::Text, BodyKind::Xml, BodyKind::Multipart(b"b".to_vec())] {
+            let _ = w.inspect_body(&kind, &body);
         }
         let mut out = Vec::new();
         let _ = decode(&body, true, &mut out);
+    }
+}
+
+#[test]
+fn xml_bodies_are_read_as_text_and_attributes() {
+    let w = waf();
+    let xml = BodyKind::of_type("application/soap+xml; charset=utf-8").unwrap();
+    assert_eq!(xml, BodyKind::Xml);
+    for (body, rule) in [
+        // Escaped markup inside a text node is the attack, not the XML.
+        (
+            &b"<order><note>&lt;script&gt;alert(1)&lt;/script&gt;</note></order>"[..],
+            Some("xss-script"),
+        ),
+        (
+            b"<order id=\"1' OR '1'='1\"><item/></order>",
+            Some("sqli-tautology"),
+        ),
+        (b"<q><![CDATA[; rm -rf /]]></q>", Some("cmdi-chain")),
+        // Ordinary documents, including element names that are SQL words.
+        (
+            b"<select><option value=\"a\">Tom &amp; Jerry</option></select>",
+            None,
+        ),
+        // A cut-off prefix: what arrived is inspected.
+        (b"<a><b>fine</b><c>&lt;script&gt;al", Some("xss-script")),
+    ] {
+        assert_eq!(
+            w.inspect_body(&xml, body).map(|f| f.rule),
+            rule,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
+
+#[test]
+fn multipart_fields_and_text_files_are_inspected() {
+    let w = waf();
+    let kind = BodyKind::of_type("multipart/form-data; boundary=\"XyZ\"").unwrap();
+    assert_eq!(kind, BodyKind::Multipart(b"XyZ".to_vec()));
+    let body = |parts: &[(&str, &str)]| {
+        let mut out = String::new();
+        for (head, content) in parts {
+            out.push_str(&format!("--XyZ\r\n{head}\r\n\r\n{content}\r\n"));
+        }
+        out.push_str("--XyZ--\r\n");
+        out
+    };
+    let field = "Content-Disposition: form-data; name=\"comment\"";
+    let json = "Content-Disposition: form-data; name=\"meta\"\r\nContent-Type: application/json";
+    let image =
+        "Content-Disposition: form-data; name=\"f\"; filename=\"a.png\"\r\nContent-Type: image/png";
+    let bad_name = "Content-Disposition: form-data; name=\"f\"; filename=\"../../etc/passwd\"";
+    for (parts, rule) in [
+        (vec![(field, "hello there")], None),
+        (
+            vec![(field, "fine"), (field, "x' OR '1'='1")],
+            Some("sqli-tautology"),
+        ),
+        (
+            vec![(json, r#"{"bio":"<script>alert(1)</script>"}"#)],
+            Some("xss-script"),
+        ),
+        // Binary files are not read as text.
+        (vec![(image, "<script> ' OR 1=1 -- ; rm -rf /")], None),
+        (vec![(bad_name, "data")], Some("traversal-dotdot")),
+    ] {
+        let text = body(&parts);
+        assert_eq!(
+            w.inspect_body(&kind, text.as_bytes()).map(|f| f.rule),
+            rule,
+            "{text}"
+        );
     }
 }
