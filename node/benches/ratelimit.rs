@@ -13,6 +13,11 @@
 //!   (the bench re-runs itself with `RATELIMIT_MEMORY=<subject>`), with and
 //!   without the key's own allocation.
 //!
+//! - `scope/{local,redis}`: one token-bucket decision through
+//!   `Limiter::decide`, on this node or in a real `redis-server` the bench
+//!   starts on a free loopback port (skipped when none is installed): the
+//!   per-decision cost of each scope (redis is reported, not targeted).
+//!
 //! Every decision includes reading the clock (ours: `Clock::now`; governor:
 //! its default quanta clock).
 //!
@@ -279,7 +284,84 @@ fn memory() {
     }
 }
 
-criterion_group!(benches, single, contended);
+/// A redis-server on a free port, killed when dropped.
+struct RedisServer(std::process::Child, String);
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_server() -> Option<RedisServer> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .ok()?
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let server = RedisServer(child, format!("redis://127.0.0.1:{port}"));
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(server);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    None
+}
+
+fn scopes(c: &mut Criterion) {
+    use node::ratelimit::redis::{OnFailure, Pool, RedisLimit, Settings};
+    use node::ratelimit::{Limiter, Spec};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let leaky = leaky_bucket::Runtime {
+        clock: Clock::system(),
+        tasks: tokio_util::task::TaskTracker::new(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    };
+    let spec = Spec::TokenBucket(token_bucket());
+    let clock = Clock::system();
+    let mut group = c.benchmark_group("scope");
+    let local = Limiter::new(spec, 10_000_000, leaky.clone());
+    group.bench_function("local", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { black_box(local.decide(b"k", clock.now()).await.is_ok()) })
+    });
+    match redis_server() {
+        Some(server) => {
+            let settings = Settings {
+                url: server.1.clone(),
+                connections: 4,
+                timeout: Duration::from_secs(1),
+                on_failure: OnFailure::Closed,
+            };
+            let pool = Pool::new(Some(&settings), clock);
+            let redis = Limiter::Redis(Box::new(RedisLimit::new(
+                "bench",
+                spec,
+                pool,
+                Limiter::new(spec, 1_000, leaky),
+                metrics::Counter::noop(),
+            )));
+            group.bench_function("redis", |b| {
+                b.to_async(&runtime)
+                    .iter(|| async { black_box(redis.decide(b"k", clock.now()).await.is_ok()) })
+            });
+        }
+        None => println!("scope/redis: skipped (no redis-server)"),
+    }
+    group.finish();
+}
+
+criterion_group!(benches, single, contended, scopes);
 
 fn main() {
     if let Ok(subject) = std::env::var("RATELIMIT_MEMORY") {
