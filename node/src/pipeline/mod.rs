@@ -3,11 +3,13 @@
 //!
 //! ```text
 //! headers -> admit -> ip (global) -> version -> route -> ip (route) -> tls -> cors -> waf
-//!   -> auth -> limit -> transform -> [proxy] -> on_response hooks in reverse order
-//!   (transform's first, headers' last) -> observe
+//!   -> auth -> limit -> transform -> aggregate -> [proxy] -> on_response hooks
+//!   in reverse order (transform's first, headers' last) -> observe
 //! ```
 //! Each stage's `on_request` runs in order until one answers the request
 //! itself (`Flow::Respond`) or fails; the proxy forwards what got through.
+//! `aggregate` is terminal on routes that compose their answer from several
+//! upstream calls: it always answers, so the proxy never runs for them.
 //! Then the `on_response` hooks of the stages that ran are called in reverse
 //! order, and `observe` stamps the request id and trace context, counts the
 //! request and schedules its access-log line. The order is written once, in
@@ -19,6 +21,7 @@
 //! control plane.
 
 pub mod admit;
+pub mod aggregate;
 pub mod auth;
 pub mod cors;
 pub mod headers;
@@ -196,6 +199,7 @@ pub fn build(shared: &Arc<Shared>) -> Pipeline {
         )),
         Box::new(limit::LimitStage::new(&shared.ratelimit)),
         Box::new(transform::TransformStage::new(&shared.config)),
+        Box::new(aggregate::AggregateStage),
     ];
     Pipeline {
         stages,

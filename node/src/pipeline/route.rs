@@ -282,6 +282,8 @@ pub struct Route {
     pub scopes: Vec<String>,
     /// Header and body transformations (`None`: the route has none).
     pub transform: Option<Arc<super::transform::RouteTransform>>,
+    /// Response composition (`None`: the route is proxied).
+    pub aggregate: Option<Arc<super::aggregate::RouteAggregate>>,
     /// The route's series.
     pub metrics: RouteMetrics,
 }
@@ -346,6 +348,12 @@ impl Route {
                 metrics,
             )
             .map(Arc::new),
+            aggregate: match &route.aggregate {
+                None => None,
+                Some(aggregate) => Some(Arc::new(super::aggregate::RouteAggregate::compile(
+                    aggregate, route, upstreams, metrics,
+                )?)),
+            },
             metrics: RouteMetrics::new(metrics, &route.name),
         })
     }

@@ -378,7 +378,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// The headers sent upstream, built in one pass over the client's: hop-by-hop
 /// fields, `Expect`, `Host` and the fields the gateway sets are skipped, then
 /// the gateway's own are added.
-fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> HeaderMap {
+pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(client.len() + 8);
     let listed = if client.contains_key(header::CONNECTION) {
         connection_listed(client)

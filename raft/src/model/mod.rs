@@ -8,6 +8,7 @@
 //! A node compiles a validated configuration into the immutable snapshot its
 //! data plane reads.
 
+pub mod aggregate;
 pub mod limit;
 pub mod pattern;
 pub mod policy;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::aggregate::Aggregate;
 pub use self::limit::{Limit, RateLimitSettings};
 pub use self::policy::Policies;
 pub use self::size::ByteSize;
@@ -588,7 +590,10 @@ pub struct Route {
     /// How the path is rewritten before it is sent upstream.
     #[serde(default)]
     pub rewrite: Option<Rewrite>,
-    /// The upstream that serves the route.
+    /// The upstream that serves the route. On a route with `aggregate` it
+    /// is not called (each part names its own upstream); it must still be
+    /// declared, and its idle timeout bounds reading a request body that a
+    /// `transform` buffers.
     pub upstream: String,
     /// Send the client's `Host` upstream instead of the target's address.
     #[serde(default)]
@@ -614,6 +619,10 @@ pub struct Route {
     /// Header and body transformations (see [`transform`]).
     #[serde(default, skip_serializing_if = "Transform::is_empty")]
     pub transform: Transform,
+    /// Response composition (see [`aggregate`]): the gateway answers from
+    /// several upstream calls instead of proxying to `upstream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Aggregate>,
 }
 
 /// A route's TLS requirements.

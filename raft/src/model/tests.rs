@@ -974,3 +974,143 @@ fn introspection_audiences_are_not_empty() {
         &["auth.introspection[0].audiences[1] () must not be empty"],
     );
 }
+
+// === aggregate ===
+
+const TWO_UPSTREAMS: &str = "upstreams:\n  users: { targets: [\"127.0.0.1:9001\"] }\n  orders: { targets: [\"127.0.0.1:9002\"] }\n";
+
+fn aggregate_doc(path: &str, block: &str) -> String {
+    format!(
+        "{TWO_UPSTREAMS}routes:\n  - name: dashboard\n    match: {{ path: \"{path}\" }}\n    upstream: users\n    aggregate: {block}\n"
+    )
+}
+
+#[test]
+fn aggregate_example_parses_and_round_trips() {
+    let yaml = aggregate_doc(
+        "/dashboard/{id}",
+        r#"
+      parts:
+        user:   { upstream: users,  path: "/v1/users/{id}", timeout: 1s }
+        orders: { upstream: orders, path: "/v1/orders?user={id}&x={{y}}", timeout: 500ms, on_error: omit, max_body: 64KiB }
+        extra:  { upstream: orders, path: /v1/extra, on_error: marker }
+      max_body: 2MiB"#,
+    );
+    let config = GatewayConfig::parse(&yaml).expect("valid");
+    let a = config.routes[0].aggregate.as_ref().unwrap();
+    assert_eq!(a.parts.len(), 3);
+    let orders = &a.parts["orders"];
+    assert_eq!(orders.on_error, aggregate::OnError::Omit);
+    assert_eq!(orders.timeout, Some(std::time::Duration::from_millis(500)));
+    assert_eq!(a.max_body_bytes(orders), 64 << 10);
+    assert_eq!(a.max_body_bytes(&a.parts["user"]), 2 << 20);
+    assert_eq!(a.parts["user"].on_error, aggregate::OnError::Fail);
+    use aggregate::{PathPiece, PathTemplate};
+    assert_eq!(
+        PathTemplate::parse(&orders.path).unwrap(),
+        PathTemplate(vec![
+            PathPiece::Literal("/v1/orders?user=".into()),
+            PathPiece::Param("id".into()),
+            PathPiece::Literal("&x={y}".into()),
+        ])
+    );
+    let json = serde_json::to_string(&config).unwrap();
+    let back: GatewayConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, config);
+    let plain = GatewayConfig::parse(&format!(
+        "{UPSTREAM}routes:\n  - {{ name: r, upstream: users }}\n"
+    ))
+    .unwrap();
+    assert!(!serde_json::to_string(&plain).unwrap().contains("aggregate"));
+}
+
+#[test]
+fn aggregate_needs_parts() {
+    check(
+        &aggregate_doc("/d", "{ parts: {} }"),
+        &["routes[0].aggregate.parts (0) must hold 1..=16 parts"],
+    );
+}
+
+#[test]
+fn aggregate_part_names_are_identifiers() {
+    check(
+        &aggregate_doc(
+            "/d",
+            "{ parts: { \"a b\": { upstream: users, path: /x } } }",
+        ),
+        &["routes[0].aggregate.parts (a b) must be a name of letters, digits, '-', '_' and '.'"],
+    );
+}
+
+#[test]
+fn aggregate_part_upstream_must_be_declared() {
+    check(
+        &aggregate_doc("/d", "{ parts: { a: { upstream: nope, path: /x } } }"),
+        &["routes[0].aggregate.parts.a.upstream (nope) must name a declared upstream"],
+    );
+}
+
+#[test]
+fn aggregate_part_path_is_a_template() {
+    check(
+        &aggregate_doc(
+            "/d/{id}",
+            "{ parts: { a: { upstream: users, path: x }, b: { upstream: users, path: \"/x/{id\" }, c: { upstream: users, path: \"/x/}\" }, d: { upstream: users, path: \"/x y\" } } }",
+        ),
+        &[
+            "routes[0].aggregate.parts.a.path (x) must start with '/'",
+            "routes[0].aggregate.parts.b.path (/x/{id) '{' at byte 3 is not closed",
+            "routes[0].aggregate.parts.c.path (/x/}) '}' at byte 3 closes nothing",
+            "routes[0].aggregate.parts.d.path (/x y) character ' ' is not allowed in a URI",
+        ],
+    );
+}
+
+#[test]
+fn aggregate_part_params_come_from_the_route_path() {
+    check(
+        &aggregate_doc(
+            "/d/{id}",
+            "{ parts: { a: { upstream: users, path: \"/u/{user}\" } } }",
+        ),
+        &[
+            "routes[0].aggregate.parts.a.path (/u/{user}) uses {user}, which is not a parameter of the route's match.path or match.path_prefix",
+        ],
+    );
+    // Prefix parameters count too.
+    check(
+        &format!(
+            "{TWO_UPSTREAMS}routes:\n  - name: r\n    match: {{ path_prefix: \"/t/{{tenant}}\" }}\n    upstream: users\n    aggregate: {{ parts: {{ a: {{ upstream: users, path: \"/v1/{{tenant}}\" }} }} }}\n"
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn aggregate_part_timeout_is_bounded() {
+    check(
+        &aggregate_doc(
+            "/d",
+            "{ parts: { a: { upstream: users, path: /x, timeout: 0s }, b: { upstream: users, path: /x, timeout: 2m } } }",
+        ),
+        &[
+            "routes[0].aggregate.parts.a.timeout (0s) must be in (0, 1m]",
+            "routes[0].aggregate.parts.b.timeout (2m) must be in (0, 1m]",
+        ],
+    );
+}
+
+#[test]
+fn aggregate_max_body_is_bounded() {
+    check(
+        &aggregate_doc(
+            "/d",
+            "{ max_body: 0, parts: { a: { upstream: users, path: /x, max_body: 1GiB } } }",
+        ),
+        &[
+            "routes[0].aggregate.max_body (0) must be in 1..=16MiB",
+            "routes[0].aggregate.parts.a.max_body (1GiB) must be in 1..=16MiB",
+        ],
+    );
+}

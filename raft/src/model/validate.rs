@@ -35,7 +35,10 @@
 //!   list is in the `validate::policy` module and docs/policies.md);
 //! - transforms (per route): header names, templates, JSON pointers, XML
 //!   names and limits (the full list is in the `validate::transform`
-//!   module and docs/transform.md).
+//!   module and docs/transform.md);
+//! - aggregations (per route): parts, their upstreams, path templates and
+//!   their parameters, timeouts and limits (the full list is in the
+//!   `validate::aggregate` module and docs/aggregate.md).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -45,6 +48,7 @@ use regex::Regex;
 use super::pattern::{self, HostPattern, PathPattern};
 use super::*;
 
+mod aggregate;
 mod limit;
 mod policy;
 mod transform;
@@ -431,6 +435,7 @@ fn check_route(c: &mut Checker, key: &str, route: &Route, config: &GatewayConfig
     }
     policy::check(c, &format!("{key}.policies"), &route.policies, false);
     transform::check(c, &format!("{key}.transform"), &route.transform);
+    aggregate::check(c, key, route, config);
     for (i, method) in route.auth.iter().enumerate() {
         match method {
             AuthMethod::Jwt if config.auth.jwt.is_empty() => c.fail(

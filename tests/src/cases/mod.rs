@@ -1,5 +1,6 @@
 //! Integration cases, one file per area of the data plane.
 
+mod aggregate;
 mod cluster;
 mod edge;
 mod flood;
