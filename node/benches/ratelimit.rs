@@ -81,9 +81,7 @@ impl<A: Counting> Decide for Ours<A> {
     #[inline]
     fn decide(&self, key: u64) -> bool {
         let now = self.clock.now();
-        self.store
-            .with(&key.to_le_bytes(), now, |a, s| a.acquire(s, now))
-            .allowed
+        self.store.acquire(&key.to_le_bytes(), now).allowed
     }
 }
 
@@ -244,7 +242,7 @@ fn measure_in_this_process(subject: &str) {
                     let store = Store::new($algorithm, 10_000_000);
                     for k in 0..memory_keys() {
                         let now = clock.now();
-                        store.with(&k.to_le_bytes(), now, |a, s| a.acquire(s, now));
+                        store.acquire(&k.to_le_bytes(), now);
                     }
                     Box::new(store) as Box<dyn std::any::Any>
                 }};

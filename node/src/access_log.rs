@@ -248,7 +248,7 @@ fn push_json_str(buf: &mut Vec<u8>, text: &str) {
 fn push_rfc3339_millis(buf: &mut Vec<u8>, secs: i64, millis: u32) {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    let (year, month, day) = crate::ratelimit::fixed_window::civil_from_days(days);
+    let (year, month, day) = crate::calendar::civil_from_days(days);
     let (month, day) = (i64::from(month), i64::from(day));
     let two = |buf: &mut Vec<u8>, v: i64| {
         buf.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8])

@@ -20,6 +20,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod calendar;
 pub mod cluster;
 pub mod config;
 pub mod error;

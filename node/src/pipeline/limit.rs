@@ -69,8 +69,14 @@ impl Limit {
         };
         let id = format!("{owner}/{name}");
         let limiter = registry.limiter(&id, spec, config.scope);
+        Some(Self::new(name, id, config.key.0.clone(), limiter))
+    }
+
+    /// A limit named `name` (identity `id`) counting by `key` in `limiter`,
+    /// with its `RateLimit-Policy` item rendered once.
+    fn new(name: Arc<str>, id: String, key: Vec<KeyPart>, limiter: Arc<Limiter>) -> Self {
         let policy = limiter.policy();
-        Some(Self {
+        Self {
             policy: format!(
                 "\"{name}\";q={};w={}",
                 policy.quota,
@@ -79,9 +85,9 @@ impl Limit {
             quota: policy.quota,
             name,
             id,
-            key: config.key.0.clone(),
+            key,
             limiter,
-        })
+        }
     }
 }
 

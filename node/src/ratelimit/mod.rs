@@ -182,6 +182,21 @@ pub enum Check {
     Fallback(Decision),
 }
 
+/// Runs `$body` with `$store` bound to the store of `$limiter`'s local
+/// limiter, whatever its algorithm.
+macro_rules! on_local_store {
+    ($limiter:expr, $store:ident => $body:expr) => {
+        match $limiter.local() {
+            Limiter::TokenBucket($store) => $body,
+            Limiter::SlidingLog($store) => $body,
+            Limiter::SlidingCounter($store) => $body,
+            Limiter::FixedWindow($store) => $body,
+            Limiter::LeakyBucket($store, _) => $body,
+            Limiter::Redis(_) => unreachable!("local() never returns a redis limiter"),
+        }
+    };
+}
+
 impl Limiter {
     /// A local limiter for `spec` with room for `max_keys` keys.
     pub fn new(spec: Spec, max_keys: usize, runtime: leaky_bucket::Runtime) -> Self {
@@ -208,18 +223,10 @@ impl Limiter {
     #[inline]
     pub fn check(&self, key: &[u8], now: Nanos) -> Check {
         match self.local() {
-            Limiter::TokenBucket(store) => {
-                Check::Decided(store.with(key, now, |a, s| a.acquire(s, now)))
-            }
-            Limiter::SlidingLog(store) => {
-                Check::Decided(store.with(key, now, |a, s| a.acquire(s, now)))
-            }
-            Limiter::SlidingCounter(store) => {
-                Check::Decided(store.with(key, now, |a, s| a.acquire(s, now)))
-            }
-            Limiter::FixedWindow(store) => {
-                Check::Decided(store.with(key, now, |a, s| a.acquire(s, now)))
-            }
+            Limiter::TokenBucket(store) => Check::Decided(store.acquire(key, now)),
+            Limiter::SlidingLog(store) => Check::Decided(store.acquire(key, now)),
+            Limiter::SlidingCounter(store) => Check::Decided(store.acquire(key, now)),
+            Limiter::FixedWindow(store) => Check::Decided(store.acquire(key, now)),
             Limiter::LeakyBucket(store, runtime) => {
                 let queue = store.with(key, now, |_, queue| queue.clone());
                 Check::Leaky(store.algorithm().admit(&queue, now, runtime))
@@ -244,18 +251,10 @@ impl Limiter {
         match self {
             Limiter::Redis(redis) if !fallback => redis.refund(key, decision).await,
             limiter => match limiter.local() {
-                Limiter::TokenBucket(store) => {
-                    store.with_existing(key, |a, s| a.refund(s, decision.charged));
-                }
-                Limiter::SlidingLog(store) => {
-                    store.with_existing(key, |a, s| a.refund(s, decision.charged));
-                }
-                Limiter::SlidingCounter(store) => {
-                    store.with_existing(key, |a, s| a.refund(s, decision.charged));
-                }
-                Limiter::FixedWindow(store) => {
-                    store.with_existing(key, |a, s| a.refund(s, decision.charged));
-                }
+                Limiter::TokenBucket(store) => store.refund(key, decision.charged),
+                Limiter::SlidingLog(store) => store.refund(key, decision.charged),
+                Limiter::SlidingCounter(store) => store.refund(key, decision.charged),
+                Limiter::FixedWindow(store) => store.refund(key, decision.charged),
                 Limiter::LeakyBucket(..) | Limiter::Redis(_) => {}
             },
         }
@@ -263,38 +262,17 @@ impl Limiter {
 
     /// What `RateLimit-Policy` announces for this limit.
     pub fn policy(&self) -> Policy {
-        match self.local() {
-            Limiter::TokenBucket(store) => store.algorithm().policy(),
-            Limiter::SlidingLog(store) => store.algorithm().policy(),
-            Limiter::SlidingCounter(store) => store.algorithm().policy(),
-            Limiter::FixedWindow(store) => store.algorithm().policy(),
-            Limiter::LeakyBucket(store, _) => store.algorithm().policy(),
-            Limiter::Redis(_) => unreachable!("local() never returns a redis limiter"),
-        }
+        on_local_store!(self, store => store.algorithm().policy())
     }
 
     /// Counts of what the local store did.
     pub fn stats(&self) -> &Stats {
-        match self.local() {
-            Limiter::TokenBucket(store) => store.stats(),
-            Limiter::SlidingLog(store) => store.stats(),
-            Limiter::SlidingCounter(store) => store.stats(),
-            Limiter::FixedWindow(store) => store.stats(),
-            Limiter::LeakyBucket(store, _) => store.stats(),
-            Limiter::Redis(_) => unreachable!("local() never returns a redis limiter"),
-        }
+        on_local_store!(self, store => store.stats())
     }
 
     /// Forgets idle keys.
     pub fn sweep(&self, now: Nanos) -> u64 {
-        match self.local() {
-            Limiter::TokenBucket(store) => store.sweep(now),
-            Limiter::SlidingLog(store) => store.sweep(now),
-            Limiter::SlidingCounter(store) => store.sweep(now),
-            Limiter::FixedWindow(store) => store.sweep(now),
-            Limiter::LeakyBucket(store, _) => store.sweep(now),
-            Limiter::Redis(_) => unreachable!("local() never returns a redis limiter"),
-        }
+        on_local_store!(self, store => store.sweep(now))
     }
 }
 

@@ -216,7 +216,7 @@ pub struct RedisLimit {
     failures: metrics::Counter,
 }
 
-/// What a Redis decision needs to be taken back.
+/// The Redis key of `base`'s counter in window `window`.
 fn window_key(base: &[u8], window: u64) -> Vec<u8> {
     let mut key = base.to_vec();
     key.push(b':');

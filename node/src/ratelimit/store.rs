@@ -24,8 +24,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use super::Algorithm;
 use super::clock::Nanos;
+use super::{Algorithm, Counting, Decision};
 
 /// Shards per store: enough that two to sixteen cores rarely meet on one.
 pub const SHARDS: usize = 32;
@@ -205,6 +205,20 @@ impl<A: Algorithm> Store<A> {
             .evicted_idle
             .fetch_add(removed, Ordering::Relaxed);
         removed
+    }
+}
+
+impl<A: Counting> Store<A> {
+    /// Decides on one request under `key` at `now`, charging it when admitted.
+    #[inline]
+    pub fn acquire(&self, key: &[u8], now: Nanos) -> Decision {
+        self.with(key, now, |a, s| a.acquire(s, now))
+    }
+
+    /// Takes back the charge made at `charged` under `key`, if the key is
+    /// still tracked.
+    pub fn refund(&self, key: &[u8], charged: Nanos) {
+        self.with_existing(key, |a, s| a.refund(s, charged));
     }
 }
 

@@ -212,7 +212,7 @@ fn a_flood_of_keys_stays_under_the_cap_and_is_counted() {
     let store = Store::new(TokenBucket::new(SECOND, 10), cap);
     let now = t0();
     for i in 0u32..100_000 {
-        store.with(&i.to_be_bytes(), now, |a, s| a.acquire(s, now));
+        store.acquire(&i.to_be_bytes(), now);
         assert!(store.stats().keys.load(Ordering::Relaxed) <= cap as u64);
     }
     let stats = store.stats();
@@ -223,7 +223,7 @@ fn a_flood_of_keys_stays_under_the_cap_and_is_counted() {
         "every key dropped at the cap is counted"
     );
     // Recently used keys are still known: the last one has 9 tokens left.
-    let last = store.with(&99_999u32.to_be_bytes(), now, |a, s| a.acquire(s, now));
+    let last = store.acquire(&99_999u32.to_be_bytes(), now);
     assert_eq!(last.remaining, 8);
 }
 
@@ -232,12 +232,12 @@ fn a_key_in_steady_use_survives_a_flood() {
     let store = Store::new(TokenBucket::new(SECOND, 5), 6_400);
     let now = t0();
     for _ in 0..5 {
-        store.with(b"steady", now, |a, s| a.acquire(s, now));
+        store.acquire(b"steady", now);
     }
     for i in 0u32..50_000 {
-        store.with(&i.to_be_bytes(), now, |a, s| a.acquire(s, now));
+        store.acquire(&i.to_be_bytes(), now);
         if i % 50 == 0 {
-            let d = store.with(b"steady", now, |a, s| a.acquire(s, now));
+            let d = store.acquire(b"steady", now);
             assert!(!d.allowed, "the steady key kept its empty bucket at {i}");
         }
     }
@@ -248,7 +248,7 @@ fn idle_keys_are_swept() {
     let store = Store::new(SlidingCounter::new(5, SECOND), 1_000);
     let now = t0();
     for i in 0u32..100 {
-        store.with(&i.to_be_bytes(), now, |a, s| a.acquire(s, now));
+        store.acquire(&i.to_be_bytes(), now);
     }
     assert_eq!(store.sweep(now), 0, "nothing is idle yet");
     assert_eq!(store.sweep(now + 2 * SECOND), 100);
@@ -263,6 +263,15 @@ fn runtime() -> Runtime {
         clock: Clock::starting_at(t0()),
         tasks: tokio_util::task::TaskTracker::new(),
         shutdown: tokio_util::sync::CancellationToken::new(),
+    }
+}
+
+/// The turn of an admission that has to wait.
+#[track_caller]
+fn turn(admission: Admission) -> tokio::sync::oneshot::Receiver<()> {
+    match admission {
+        Admission::Wait { turn, .. } => turn,
+        _ => panic!("expected to wait"),
     }
 }
 
@@ -327,12 +336,8 @@ async fn leaky_bucket_skips_waiters_whose_client_left() {
         bucket.admit(&queue, now, &runtime),
         Admission::Now
     ));
-    let wait = |admission| match admission {
-        Admission::Wait { turn, .. } => turn,
-        _ => panic!("expected to wait"),
-    };
-    let gone = wait(bucket.admit(&queue, now, &runtime));
-    let second = wait(bucket.admit(&queue, now, &runtime));
+    let gone = turn(bucket.admit(&queue, now, &runtime));
+    let second = turn(bucket.admit(&queue, now, &runtime));
     // The queue is full; once the first waiter's client goes away there is
     // room again, and the second waiter takes the first slot.
     assert!(matches!(
@@ -340,7 +345,7 @@ async fn leaky_bucket_skips_waiters_whose_client_left() {
         Admission::Full { .. }
     ));
     drop(gone);
-    let third = wait(bucket.admit(&queue, now, &runtime));
+    let third = turn(bucket.admit(&queue, now, &runtime));
     let start = tokio::time::Instant::now();
     second.await.expect("released");
     assert_eq!(start.elapsed(), Duration::from_millis(100));

@@ -46,19 +46,12 @@ fn limit(name: &str, burst: u64) -> Arc<Limit> {
         64,
         runtime,
     ));
-    let policy = limiter.policy();
-    Arc::new(Limit {
-        name: name.into(),
-        id: format!("plan:gold/{name}"),
-        key: vec![KeyPart::Consumer],
-        policy: format!(
-            "\"{name}\";q={};w={}",
-            policy.quota,
-            ceil_seconds(policy.window)
-        ),
-        quota: policy.quota,
+    Arc::new(Limit::new(
+        name.into(),
+        format!("plan:gold/{name}"),
+        vec![KeyPart::Consumer],
         limiter,
-    })
+    ))
 }
 
 #[test]
