@@ -40,7 +40,8 @@ pub(crate) enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Members, regions, leader, term, commit and applied index, lag.
+    /// Members, regions, leader, term, commit and applied index, lag, and
+    /// the overshoot bound of each global rate limit.
     Status {
         /// Print the raw JSON.
         #[arg(long)]
@@ -245,5 +246,23 @@ fn print_status(status: &Value) {
             applied,
             lag,
         );
+    }
+    let limits = status["global_limits"].as_array().cloned().unwrap_or_default();
+    if !limits.is_empty() {
+        println!();
+        println!(
+            "{:<32} {:>12} {:>10} {:>10} {:>12}",
+            "GLOBAL LIMIT", "RATE (/s)", "DELAY", "BOUND", "UNREACHABLE"
+        );
+        for limit in limits {
+            println!(
+                "{:<32} {:>12.1} {:>8.1}ms {:>10.1} {:>12}",
+                limit["limit"].as_str().unwrap_or(""),
+                limit["rate"].as_f64().unwrap_or(0.0),
+                limit["delay"].as_f64().unwrap_or(0.0) * 1000.0,
+                limit["bound"].as_f64().unwrap_or(0.0),
+                limit["unreachable"].as_u64().unwrap_or(0),
+            );
+        }
     }
 }

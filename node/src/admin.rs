@@ -10,7 +10,7 @@
 //! | GET | `/v1/config/history` | the last 50 versions: version, author, time, log index |
 //! | GET | `/v1/config/versions/{n}` | one version of the history |
 //! | POST | `/v1/config/rollback[?wait=all]` | `{"version": n}`: that configuration becomes current again, as a new version |
-//! | GET | `/v1/cluster` | leader, term, indexes, and every member with its role, region, addresses, applied index and lag |
+//! | GET | `/v1/cluster` | leader, term, indexes, every member with its role, region, addresses, applied index and lag, and each global rate limit's overshoot bound |
 //! | POST | `/v1/cluster/tokens[?ttl=1h]` | a one-time join token |
 //! | DELETE | `/v1/cluster/members/{id}` | remove a node; its certificate is revoked |
 //! | POST | `/v1/consumers/{name}/keys[?wait=all]` | body `{"ttl": "30d"}` optional; a new API key, shown once |
@@ -496,6 +496,7 @@ async fn cluster_status(app: &Gateway) -> Response<Body> {
             "purged": metrics.purged.map(|p| p.index),
             "config_version": applied.state.config_version(),
             "members": members,
+            "global_limits": app.shared.ratelimit.bounds(),
         }),
     )
 }

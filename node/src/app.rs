@@ -92,6 +92,11 @@ impl Gateway {
         self.pipeline.handle(snapshot, peer, req).await
     }
 
+    /// The node's rate limiters.
+    pub fn ratelimit(&self) -> &Arc<crate::ratelimit::Registry> {
+        &self.shared.ratelimit
+    }
+
     /// The snapshot handle (to apply configurations).
     pub fn snapshots(&self) -> &snapshot::Handle {
         &self.snapshots
@@ -273,6 +278,13 @@ impl App {
             shutdown.clone(),
         );
         ratelimit.spawn_sweeper();
+        cluster.set_counters(ratelimit.clone());
+        crate::ratelimit::sync::spawn(
+            ratelimit.clone(),
+            cluster.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        );
         let shared = Arc::new(Shared {
             config: Arc::new(config),
             metrics,

@@ -100,6 +100,8 @@ pub struct Cluster {
     /// heartbeats; for the leader itself, a quorum acknowledgement).
     leader_contact: AtomicU64,
     handle: tokio::sync::Mutex<Option<raft::cluster::Handle>>,
+    /// Where peers' global rate-limit counters go.
+    counters: std::sync::OnceLock<Arc<crate::ratelimit::Registry>>,
 }
 
 /// Answers the peer plane on behalf of a cluster (weakly, so the plane
@@ -145,6 +147,12 @@ impl peer::Service for ServiceRef {
                 Ok(()) => Response::Done,
                 Err(error) => Response::Refused(error.to_string()),
             },
+            (Some(peer), Request::Counters(batch)) => {
+                if let Some(registry) = cluster.counters.get() {
+                    registry.merge(peer.id, &batch);
+                }
+                Response::Done
+            }
         }
     }
 }
@@ -225,6 +233,7 @@ impl Cluster {
             last_apply: AtomicU64::new(0),
             leader_contact: AtomicU64::new(now_ms()),
             handle: tokio::sync::Mutex::new(Some(handle)),
+            counters: std::sync::OnceLock::new(),
         });
         cluster
             .plane
@@ -353,6 +362,20 @@ impl Cluster {
             .membership_config
             .membership()
             .clone()
+    }
+
+    /// The other members: id and peer address.
+    pub fn peers(&self) -> Vec<(NodeId, String)> {
+        self.membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, node)| (*id, node.peer.clone()))
+            .collect()
+    }
+
+    /// Sends peers' global rate-limit counters to `registry`.
+    pub fn set_counters(&self, registry: Arc<crate::ratelimit::Registry>) {
+        let _ = self.counters.set(registry);
     }
 
     /// Whether this node leads.

@@ -12,8 +12,8 @@
 //!   a malformed or oversized frame gets an error answer and closes that
 //!   stream only.
 //! - **Uses.** Raft RPC today ([`raft::network::Transport`] is implemented
-//!   here); rate-limit counters, health gossip and cross-region forwarding
-//!   will share the same connections.
+//!   here) and global rate-limit counters (`ratelimit::sync`); health
+//!   gossip and cross-region forwarding will share the same connections.
 
 pub mod codec;
 
@@ -60,6 +60,8 @@ pub enum Request {
     Promote(NodeId),
     /// Remove a node from the cluster (sent to the leader).
     Remove(NodeId),
+    /// Global rate-limit counters that changed (answered with `Done`).
+    Counters(crate::ratelimit::sync::Batch),
 }
 
 /// The answer.
@@ -434,6 +436,16 @@ impl PeerPlane {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| TransportError::Timeout(timeout))?
+    }
+
+    /// The current round-trip time estimate to `peer`, if connected.
+    pub fn rtt(&self, peer: NodeId) -> Option<Duration> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .filter(|c| c.close_reason().is_none())
+            .map(quinn::Connection::rtt)
     }
 
     /// This node's id (from its certificate).

@@ -75,6 +75,14 @@ pub struct Count {
     count: u64,
 }
 
+impl Count {
+    /// `count` requests in window `window` (a global limit's total over
+    /// every node).
+    pub(super) fn total(window: u64, count: u64) -> Self {
+        Self { window, count }
+    }
+}
+
 impl FixedWindow {
     /// `limit` requests per `window`.
     pub fn new(limit: u64, window: Window) -> Self {

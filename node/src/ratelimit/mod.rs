@@ -17,11 +17,13 @@
 
 pub mod clock;
 pub mod fixed_window;
+pub mod global;
 pub mod leaky_bucket;
 pub mod redis;
 pub mod sliding_counter;
 pub mod sliding_log;
 mod store;
+pub mod sync;
 pub mod token_bucket;
 
 #[cfg(test)]
@@ -32,6 +34,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use raft::model::NodeId;
 use raft::model::limit::{self as model, Algorithm as Kind, Period, Scope};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +43,7 @@ use tracing::Instrument;
 
 use self::clock::{Clock, Nanos};
 use self::fixed_window::{FixedWindow, Window};
+use self::global::Global;
 use self::leaky_bucket::{Admission, LeakyBucket};
 use self::sliding_counter::SlidingCounter;
 use self::sliding_log::SlidingLog;
@@ -168,6 +172,9 @@ pub enum Limiter {
     FixedWindow(Store<FixedWindow>),
     /// See [`leaky_bucket`].
     LeakyBucket(Store<LeakyBucket>, leaky_bucket::Runtime),
+    /// Counts on every node, shared over the peer plane (`scope: global`),
+    /// see [`global`].
+    Global(Store<Global>),
     /// Counts in Redis (`scope: redis`), see [`redis`].
     Redis(Box<redis::RedisLimit>),
 }
@@ -192,6 +199,7 @@ macro_rules! on_local_store {
             Limiter::SlidingCounter($store) => $body,
             Limiter::FixedWindow($store) => $body,
             Limiter::LeakyBucket($store, _) => $body,
+            Limiter::Global($store) => $body,
             Limiter::Redis(_) => unreachable!("local() never returns a redis limiter"),
         }
     };
@@ -227,6 +235,7 @@ impl Limiter {
             Limiter::SlidingLog(store) => Check::Decided(store.acquire(key, now)),
             Limiter::SlidingCounter(store) => Check::Decided(store.acquire(key, now)),
             Limiter::FixedWindow(store) => Check::Decided(store.acquire(key, now)),
+            Limiter::Global(store) => Check::Decided(store.acquire(key, now)),
             Limiter::LeakyBucket(store, runtime) => {
                 let queue = store.with(key, now, |_, queue| queue.clone());
                 Check::Leaky(store.algorithm().admit(&queue, now, runtime))
@@ -255,6 +264,7 @@ impl Limiter {
                 Limiter::SlidingLog(store) => store.refund(key, decision.charged),
                 Limiter::SlidingCounter(store) => store.refund(key, decision.charged),
                 Limiter::FixedWindow(store) => store.refund(key, decision.charged),
+                Limiter::Global(store) => store.refund(key, decision.charged),
                 Limiter::LeakyBucket(..) | Limiter::Redis(_) => {}
             },
         }
@@ -287,6 +297,8 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// The Redis of `scope: redis` limits.
     pub redis: Option<redis::Settings>,
+    /// How `scope: global` counters are shared.
+    pub global: sync::Settings,
 }
 
 /// The serde shape of `[ratelimit]`.
@@ -300,6 +312,8 @@ pub struct RawSettings {
     pub sweep_interval: Duration,
     /// `[ratelimit.redis]`.
     pub redis: Option<RawRedis>,
+    /// `[ratelimit.global]`.
+    pub global: sync::Settings,
 }
 
 impl Default for RawSettings {
@@ -308,6 +322,7 @@ impl Default for RawSettings {
             max_keys: 1_000_000,
             sweep_interval: Duration::from_secs(10),
             redis: None,
+            global: sync::Settings::default(),
         }
     }
 }
@@ -355,6 +370,7 @@ impl RawSettings {
                 "must be at least 10ms",
             );
         }
+        self.global.validate(fail);
         let redis = self.redis.map(|r| {
             if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://"))
                 || ::redis::Client::open(r.url.as_str()).is_err()
@@ -402,6 +418,7 @@ impl RawSettings {
             max_keys: self.max_keys,
             sweep_interval: self.sweep_interval,
             redis,
+            global: self.global,
         }
     }
 }
@@ -424,6 +441,12 @@ pub struct Registry {
     redis: Arc<redis::Pool>,
     metrics: Arc<Metrics>,
     limiters: Mutex<HashMap<String, Registered>>,
+    /// The peers of `scope: global` limits.
+    peers: Arc<global::Peers>,
+    /// Test and chaos seam: share of counter batches not sent.
+    loss: sync::Loss,
+    /// The global limits' overshoot bounds, as last computed.
+    bounds: Mutex<Vec<sync::Bound>>,
 }
 
 impl Registry {
@@ -445,6 +468,9 @@ impl Registry {
             },
             metrics,
             limiters: Mutex::new(HashMap::new()),
+            peers: Arc::default(),
+            loss: sync::Loss::default(),
+            bounds: Mutex::new(Vec::new()),
         })
     }
 
@@ -468,6 +494,10 @@ impl Registry {
         let local = Limiter::new(spec, self.settings.max_keys, self.runtime.clone());
         let limiter = Arc::new(match scope {
             Scope::Local => local,
+            Scope::Global => match Global::new(spec, self.peers.clone()) {
+                Some(global) => Limiter::Global(Store::new(global, self.settings.max_keys)),
+                None => local,
+            },
             Scope::Redis => {
                 if self.settings.redis.is_none() {
                     tracing::warn!(
@@ -564,5 +594,164 @@ impl Registry {
     /// Where leaky-bucket releasers run.
     pub fn runtime(&self) -> &leaky_bucket::Runtime {
         &self.runtime
+    }
+
+    // --- scope: global ---
+
+    /// The live global limits, by identity.
+    fn globals(&self) -> Vec<(String, Arc<Limiter>)> {
+        let limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut globals: Vec<(String, Arc<Limiter>)> = limiters
+            .iter()
+            .filter(|(_, r)| r.scope == Scope::Global)
+            .filter_map(|(id, r)| Some((id.clone(), r.limiter.upgrade()?)))
+            .filter(|(_, l)| matches!(**l, Limiter::Global(_)))
+            .collect();
+        globals.sort_by(|a, b| a.0.cmp(&b.0));
+        globals
+    }
+
+    /// The global limits' counters that changed since the last call (all
+    /// that still count, when `full`).
+    pub fn collect(&self, full: bool, now: Nanos) -> sync::Batch {
+        let mut batch = sync::Batch::default();
+        for (id, limiter) in self.globals() {
+            let Limiter::Global(store) = &*limiter else {
+                continue;
+            };
+            let mut entries = Vec::new();
+            store.scan(|key, counts| {
+                if let Some(entry) = store.algorithm().collect(key, counts, full, now) {
+                    entries.push(entry);
+                }
+            });
+            if !entries.is_empty() {
+                batch.limits.push(sync::LimitCounts { limit: id, entries });
+            }
+        }
+        batch
+    }
+
+    /// Merges the counters `peer` sent. Counters of limits this node does
+    /// not have (a configuration still being applied) are skipped.
+    pub fn merge(&self, peer: NodeId, batch: &sync::Batch) {
+        let now = self.runtime.clock.now();
+        let Some(slot) = self.peers.slot(peer, now) else {
+            tracing::warn!(peer, "more peers than global limits track: counters ignored");
+            return;
+        };
+        self.peers.heard(slot, now);
+        let peer_label = [("peer", peer.to_string())];
+        self.metrics
+            .counter("meridian_ratelimit_counters_received_total", &peer_label)
+            .increment(batch.entries() as u64);
+        let limiters: HashMap<String, Arc<Limiter>> = self.globals().into_iter().collect();
+        for counts in &batch.limits {
+            let Some(limiter) = limiters.get(&counts.limit) else {
+                continue;
+            };
+            let Limiter::Global(store) = &**limiter else {
+                continue;
+            };
+            for entry in &counts.entries {
+                store.with(&entry.key, now, |global, state| {
+                    global.merge(state, slot, entry, now)
+                });
+            }
+        }
+    }
+
+    /// Requests admitted by every node so far, per global limit (for the
+    /// rates behind the bound).
+    fn totals(&self) -> HashMap<String, u64> {
+        self.globals()
+            .into_iter()
+            .filter_map(|(id, limiter)| match &*limiter {
+                Limiter::Global(store) => {
+                    let global = store.algorithm();
+                    Some((
+                        id,
+                        global.admitted.load(Ordering::Relaxed)
+                            + global.learned.load(Ordering::Relaxed),
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Recomputes each global limit's overshoot bound from the admissions
+    /// between `before` and `after` (`seconds` apart) and the delay.
+    fn update_bounds(
+        &self,
+        before: &HashMap<String, u64>,
+        after: &HashMap<String, u64>,
+        seconds: f64,
+        delay: f64,
+        unreachable: u32,
+    ) {
+        let mut bounds: Vec<sync::Bound> = after
+            .iter()
+            .map(|(limit, total)| {
+                let rate = total.saturating_sub(before.get(limit).copied().unwrap_or(*total)) as f64
+                    / seconds.max(1e-3);
+                sync::Bound {
+                    limit: limit.clone(),
+                    rate,
+                    delay,
+                    bound: rate * delay,
+                    unreachable,
+                }
+            })
+            .collect();
+        bounds.sort_by(|a, b| a.limit.cmp(&b.limit));
+        for (id, limiter) in self.globals() {
+            if let Limiter::Global(store) = &*limiter {
+                self.metrics
+                    .counter(
+                        "meridian_ratelimit_partition_decisions_total",
+                        &[("limit", id.clone())],
+                    )
+                    .absolute(store.algorithm().partitioned.load(Ordering::Relaxed));
+            }
+        }
+        for bound in &bounds {
+            self.metrics
+                .gauge(
+                    "meridian_ratelimit_global_bound",
+                    &[("limit", bound.limit.clone())],
+                )
+                .set(bound.bound);
+        }
+        *self.bounds.lock().unwrap_or_else(|p| p.into_inner()) = bounds;
+    }
+
+    /// What this node knows of a global limit's count for `key` in the
+    /// current window, over every node (`None`: no such global limit).
+    pub fn global_count(&self, limit: &str, key: &[u8]) -> Option<u64> {
+        let limiter = self.globals().into_iter().find(|(id, _)| id == limit)?.1;
+        let Limiter::Global(store) = &*limiter else {
+            return None;
+        };
+        let now = self.runtime.clock.now();
+        Some(
+            store
+                .with_existing(key, |global, counts| global.count(counts, now))
+                .unwrap_or(0),
+        )
+    }
+
+    /// The global limits' overshoot bounds, as last computed.
+    pub fn bounds(&self) -> Vec<sync::Bound> {
+        self.bounds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Test and chaos seam: drops `share` (0 to 1) of the counter batches
+    /// this node sends.
+    pub fn set_counter_loss(&self, share: f64) {
+        self.loss.set(share);
     }
 }

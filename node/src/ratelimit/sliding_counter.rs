@@ -29,6 +29,18 @@ pub struct Counts {
     current: u32,
 }
 
+impl Counts {
+    /// The counts `previous` and `current` with the current window `window`
+    /// (a global limit's totals over every node).
+    pub(super) fn totals(window: u64, previous: u32, current: u32) -> Self {
+        Self {
+            window,
+            previous,
+            current,
+        }
+    }
+}
+
 impl SlidingCounter {
     /// About `limit` requests in any `window` (`limit` fits in `u32`).
     pub fn new(limit: u64, window: Nanos) -> Self {

@@ -149,6 +149,17 @@ impl<A: Algorithm> Store<A> {
         found.map(|(_, state)| f(&self.algorithm, state))
     }
 
+    /// Runs `f` on every key's state.
+    pub fn scan(&self, mut f: impl FnMut(&[u8], &mut A::State)) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.0.lock().unwrap_or_else(|p| p.into_inner());
+            let shard = &mut *shard;
+            for (key, state) in shard.young.iter_mut().chain(shard.old.iter_mut()) {
+                f(key, state);
+            }
+        }
+    }
+
     /// Drops the old generation and ages the young one.
     fn rotate(&self, shard: &mut Shard<A::State>, now: Nanos) {
         let dropped = shard.old.len() as u64;

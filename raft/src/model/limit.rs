@@ -110,9 +110,24 @@ pub enum Scope {
     /// On each node, without coordination.
     #[default]
     Local,
+    /// Counted on every node and shared with the others over the peer
+    /// plane: each decision is local, the global count is within a stated
+    /// bound. Token bucket, sliding window counter and fixed window.
+    Global,
     /// In one Redis shared by every node (exact; one round trip per
     /// decision). Token bucket, sliding window counter and fixed window.
     Redis,
+}
+
+impl Scope {
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Local => "local",
+            Scope::Global => "global",
+            Scope::Redis => "redis",
+        }
+    }
 }
 
 // === keys ===

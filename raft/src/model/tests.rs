@@ -958,11 +958,17 @@ fn leaky_buckets_belong_to_routes_once() {
 }
 
 #[test]
-fn redis_scope_is_for_counting_algorithms() {
+fn shared_scopes_are_for_counting_algorithms() {
     check_route_limits(
         "[{ algorithm: fixed_window, limit: 5, per: 1m, scope: redis }, { algorithm: sliding_window_log, limit: 5, per: 1m, scope: redis }]",
         &[
             "routes[0].limits[1].scope (redis) is for token_bucket, sliding_window_counter and fixed_window; sliding_window_log stays local",
+        ],
+    );
+    check_route_limits(
+        "[{ algorithm: token_bucket, rate: 5/s, scope: global }, { algorithm: sliding_window_counter, limit: 5, per: 1m, scope: global }, { name: quota, algorithm: fixed_window, limit: 5, per: month, scope: global }, { name: smooth, algorithm: leaky_bucket, rate: 5/s, queue: 5, scope: global }]",
+        &[
+            "routes[0].limits[3].scope (global) is for token_bucket, sliding_window_counter and fixed_window; leaky_bucket stays local",
         ],
     );
 }

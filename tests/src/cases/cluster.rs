@@ -17,16 +17,16 @@ fn config(upstream: &MockUpstream, tag: &str) -> String {
     )
 }
 
-struct Cluster {
-    nodes: BTreeMap<u64, TestNode>,
+pub(crate) struct Cluster {
+    pub(crate) nodes: BTreeMap<u64, TestNode>,
 }
 
 impl Cluster {
-    async fn start(n: u64, yaml: &str) -> Self {
+    pub(crate) async fn start(n: u64, yaml: &str) -> Self {
         Self::start_with(n, yaml, |_| {}).await
     }
 
-    async fn start_with(n: u64, yaml: &str, tweak: fn(&mut RawConfig)) -> Self {
+    pub(crate) async fn start_with(n: u64, yaml: &str, tweak: fn(&mut RawConfig)) -> Self {
         let first = TestNode::start_with(yaml, |raw| {
             raw.region = "region-1".into();
             tweak(raw);
@@ -42,7 +42,7 @@ impl Cluster {
         cluster
     }
 
-    async fn add(&mut self, id: u64, tweak: fn(&mut RawConfig)) {
+    pub(crate) async fn add(&mut self, id: u64, tweak: fn(&mut RawConfig)) {
         let token = self
             .any()
             .gateway
@@ -53,18 +53,18 @@ impl Cluster {
         self.nodes.insert(id, node);
     }
 
-    fn any(&self) -> &TestNode {
+    pub(crate) fn any(&self) -> &TestNode {
         self.nodes.values().next().expect("a node")
     }
 
-    fn leader(&self) -> Option<u64> {
+    pub(crate) fn leader(&self) -> Option<u64> {
         self.nodes
             .values()
             .find(|n| n.gateway.cluster().is_leader())
             .map(TestNode::id)
     }
 
-    async fn wait_leader(&self) -> u64 {
+    pub(crate) async fn wait_leader(&self) -> u64 {
         let mut found = None;
         assert!(
             eventually(Duration::from_secs(15), || {
@@ -77,7 +77,7 @@ impl Cluster {
         found.unwrap()
     }
 
-    async fn wait_voters(&self, n: usize) {
+    pub(crate) async fn wait_voters(&self, n: usize) {
         let done = eventually(Duration::from_secs(20), || {
             let voters = self.nodes.values().all(|node| {
                 let metrics = node.gateway.cluster().raft.metrics().borrow().clone();
@@ -90,7 +90,7 @@ impl Cluster {
     }
 
     /// Cuts node `isolated` off from every other node, both ways.
-    fn isolate(&self, isolated: u64) {
+    pub(crate) fn isolate(&self, isolated: u64) {
         for (id, node) in &self.nodes {
             if *id == isolated {
                 for other in self.nodes.keys().filter(|o| **o != isolated) {
@@ -103,7 +103,7 @@ impl Cluster {
     }
 
     /// Undoes every cut.
-    fn heal(&self) {
+    pub(crate) fn heal(&self) {
         for (id, node) in &self.nodes {
             for other in self.nodes.keys().filter(|o| *o != id) {
                 node.gateway.cluster().plane.unblock(*other);
@@ -112,7 +112,7 @@ impl Cluster {
     }
 
     /// Waits until every node serves route `tag` on its own data plane.
-    async fn serves_everywhere(&self, tag: &str) {
+    pub(crate) async fn serves_everywhere(&self, tag: &str) {
         for node in self.nodes.values() {
             let url = node.url("/x");
             let served = eventually(Duration::from_secs(15), || async {

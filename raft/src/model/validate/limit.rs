@@ -60,7 +60,7 @@ pub(super) fn check(c: &mut Checker, key: &str, limits: &[Limit], owner: Owner) 
             }
         }
         check_key(c, &key, limit);
-        if limit.scope == Scope::Redis
+        if limit.scope != Scope::Local
             && matches!(
                 limit.algorithm,
                 Algorithm::SlidingWindowLog | Algorithm::LeakyBucket
@@ -68,7 +68,7 @@ pub(super) fn check(c: &mut Checker, key: &str, limits: &[Limit], owner: Owner) 
         {
             c.fail(
                 format!("{key}.scope"),
-                "redis",
+                limit.scope.as_str(),
                 format!(
                     "is for token_bucket, sliding_window_counter and fixed_window; {} stays local",
                     limit.algorithm.as_str()
