@@ -247,7 +247,10 @@ fn print_status(status: &Value) {
             lag,
         );
     }
-    let limits = status["global_limits"].as_array().cloned().unwrap_or_default();
+    let limits = status["global_limits"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if !limits.is_empty() {
         println!();
         println!(

@@ -408,9 +408,16 @@ fn admitted_by_scope() {
         .map(|_| Store::new(FixedWindow::new(LIMIT, Window::Fixed(WINDOW)), 1_000))
         .collect();
     let admitted = (0..(WINDOW / GAP))
-        .filter(|i| locals[(*i % 3) as usize].acquire(b"k", start + i * GAP).allowed)
+        .filter(|i| {
+            locals[(*i % 3) as usize]
+                .acquire(b"k", start + i * GAP)
+                .allowed
+        })
         .count();
-    println!("  local                     {admitted:>5}  ({:.2}× ideal)", admitted as f64 / LIMIT as f64);
+    println!(
+        "  local                     {admitted:>5}  ({:.2}× ideal)",
+        admitted as f64 / LIMIT as f64
+    );
     for sync in [10 * MS, 25 * MS, 50 * MS, 100 * MS] {
         let nodes: Vec<(Store<Global>, Arc<Peers>)> = (0..3)
             .map(|_| {
@@ -456,8 +463,8 @@ fn admitted_by_scope() {
         );
     }
     if let Some(server) = redis_server() {
-        use node::ratelimit::redis::{OnFailure, Pool, RedisLimit, Settings};
         use node::ratelimit::Limiter;
+        use node::ratelimit::redis::{OnFailure, Pool, RedisLimit, Settings};
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -496,7 +503,10 @@ fn admitted_by_scope() {
             }
             admitted
         });
-        println!("  redis                     {admitted:>5}  ({:.2}× ideal)", admitted as f64 / LIMIT as f64);
+        println!(
+            "  redis                     {admitted:>5}  ({:.2}× ideal)",
+            admitted as f64 / LIMIT as f64
+        );
     } else {
         println!("  redis: skipped (no redis-server)");
     }

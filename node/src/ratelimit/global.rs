@@ -395,7 +395,13 @@ impl Global {
 
     /// The key's counters if they changed since last collected (or
     /// always, for a full sync, while they still count).
-    pub fn collect(&self, key: &[u8], counts: &mut Counts, full: bool, now: Nanos) -> Option<Entry> {
+    pub fn collect(
+        &self,
+        key: &[u8],
+        counts: &mut Counts,
+        full: bool,
+        now: Nanos,
+    ) -> Option<Entry> {
         let current = (counts.window, counts.own);
         let changed = current != counts.collected;
         let counting = counts.own != [0, 0] && counts.window + 1 >= self.index(now);
@@ -458,10 +464,7 @@ impl Counting for Global {
                     // Each request costs more: the bucket refills at the
                     // reachable nodes' share of the rate.
                     let interval = bucket.interval.saturating_mul(view.nodes) / reachable.max(1);
-                    TokenBucket {
-                        interval,
-                        ..bucket
-                    }
+                    TokenBucket { interval, ..bucket }
                 } else {
                     bucket
                 };

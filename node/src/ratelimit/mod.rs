@@ -637,7 +637,10 @@ impl Registry {
     pub fn merge(&self, peer: NodeId, batch: &sync::Batch) {
         let now = self.runtime.clock.now();
         let Some(slot) = self.peers.slot(peer, now) else {
-            tracing::warn!(peer, "more peers than global limits track: counters ignored");
+            tracing::warn!(
+                peer,
+                "more peers than global limits track: counters ignored"
+            );
             return;
         };
         self.peers.heard(slot, now);
@@ -693,7 +696,8 @@ impl Registry {
         let mut bounds: Vec<sync::Bound> = after
             .iter()
             .map(|(limit, total)| {
-                let rate = total.saturating_sub(before.get(limit).copied().unwrap_or(*total)) as f64
+                let rate = total.saturating_sub(before.get(limit).copied().unwrap_or(*total))
+                    as f64
                     / seconds.max(1e-3);
                 sync::Bound {
                     limit: limit.clone(),
@@ -726,19 +730,18 @@ impl Registry {
         *self.bounds.lock().unwrap_or_else(|p| p.into_inner()) = bounds;
     }
 
-    /// What this node knows of a global limit's count for `key` in the
-    /// current window, over every node (`None`: no such global limit).
-    pub fn global_count(&self, limit: &str, key: &[u8]) -> Option<u64> {
+    /// What this node knows of a global limit's counts in the current
+    /// window, over every node, per key (`None`: no such global limit).
+    pub fn global_counts(&self, limit: &str) -> Option<Vec<(Vec<u8>, u64)>> {
         let limiter = self.globals().into_iter().find(|(id, _)| id == limit)?.1;
         let Limiter::Global(store) = &*limiter else {
             return None;
         };
         let now = self.runtime.clock.now();
-        Some(
-            store
-                .with_existing(key, |global, counts| global.count(counts, now))
-                .unwrap_or(0),
-        )
+        let mut counts = Vec::new();
+        store.scan(|key, state| counts.push((key.to_vec(), store.algorithm().count(state, now))));
+        counts.sort();
+        Some(counts)
     }
 
     /// The global limits' overshoot bounds, as last computed.

@@ -56,7 +56,13 @@ fn fixed(limit: u64, window: Nanos) -> Spec {
 
 /// Three nodes syncing every `sync`; requests arrive round robin every
 /// `gap`. Returns how many were admitted in `[T0, T0 + span)`.
-fn three_nodes(spec: Spec, gap: Nanos, sync: Nanos, span: Nanos, lose: impl Fn(usize) -> bool) -> u64 {
+fn three_nodes(
+    spec: Spec,
+    gap: Nanos,
+    sync: Nanos,
+    span: Nanos,
+    lose: impl Fn(usize) -> bool,
+) -> u64 {
     let nodes: Vec<Node> = (0..3).map(|_| Node::new(spec, 3)).collect();
     let mut admitted = 0;
     let mut next_sync = T0 + sync;
@@ -102,7 +108,13 @@ fn a_fixed_window_over_three_nodes_overshoots_by_at_most_rate_times_delay() {
 #[test]
 fn without_sync_each_node_admits_the_whole_limit() {
     // The control: no batches at all, so the limit triples.
-    let admitted = three_nodes(fixed(100, 10 * SECOND), SECOND / 3_000, 10 * MS, 5 * SECOND, |_| true);
+    let admitted = three_nodes(
+        fixed(100, 10 * SECOND),
+        SECOND / 3_000,
+        10 * MS,
+        5 * SECOND,
+        |_| true,
+    );
     assert_eq!(admitted, 300);
 }
 
@@ -111,7 +123,9 @@ fn lost_batches_delay_but_do_not_break_the_count() {
     // Every batch lost except every third: the later ones carry the
     // cumulative counts, so nothing is counted wrong, only later.
     let gap = SECOND / 3_000;
-    let admitted = three_nodes(fixed(100, 10 * SECOND), gap, 10 * MS, 5 * SECOND, |n| n % 3 != 0);
+    let admitted = three_nodes(fixed(100, 10 * SECOND), gap, 10 * MS, 5 * SECOND, |n| {
+        n % 3 != 0
+    });
     assert!((100..=100 + 3 * 30 * 3).contains(&admitted), "{admitted}");
 }
 
@@ -158,7 +172,9 @@ fn a_counter_from_the_previous_window_counts_for_the_sliding_weight() {
         }],
         T0 + SECOND / 2,
     );
-    let admitted = (0..10).filter(|_| node.admit(b"k", T0 + SECOND / 2)).count();
+    let admitted = (0..10)
+        .filter(|_| node.admit(b"k", T0 + SECOND / 2))
+        .count();
     assert_eq!(admitted, 5);
 }
 
@@ -172,7 +188,10 @@ fn a_partitioned_side_keeps_to_its_share() {
     node.peers.set_view(3, 0b11);
     let admitted = (0..100).filter(|_| node.admit(b"k", T0)).count();
     assert_eq!(admitted, 30);
-    assert_eq!(node.store.algorithm().partitioned.load(Ordering::Relaxed), 100);
+    assert_eq!(
+        node.store.algorithm().partitioned.load(Ordering::Relaxed),
+        100
+    );
 }
 
 #[test]
