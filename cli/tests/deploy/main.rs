@@ -10,8 +10,11 @@
 //! `.ci/run`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -19,7 +22,7 @@ use serde_json::Value;
 mod common;
 mod prometheus;
 
-use common::BIN;
+use common::{BIN, free_tcp};
 
 /// The regions of the three-region examples.
 const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
@@ -143,9 +146,15 @@ fn every_example_configuration_passes_config_check() {
         "compose/ap-south.toml",
         "compose/gateway.yaml",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
     }
-    assert_eq!(embedded, 4, "three node.toml and one gateway.yaml in Secrets");
+    assert_eq!(
+        embedded, 4,
+        "three node.toml and one gateway.yaml in Secrets"
+    );
 }
 
 #[test]
@@ -156,13 +165,19 @@ fn the_three_region_examples_describe_one_cluster() {
         let config = node_config(&read(&path), &path.display().to_string());
         assert_eq!(config.region, region);
         assert!(ids.insert(config.id), "node ids are unique");
-        assert_eq!(config.listen.advertise, format!("meridian-{region}.internal"));
+        assert_eq!(
+            config.listen.advertise,
+            format!("meridian-{region}.internal")
+        );
         assert_eq!(config.data_dir, Path::new("/var/lib/meridian"));
         assert!(
             !config.listen.admin.ip().is_loopback(),
             "Prometheus scrapes the admin listener from another host"
         );
-        assert!(config.admin.token.is_some(), "a reachable admin API needs a token");
+        assert!(
+            config.admin.token.is_some(),
+            "a reachable admin API needs a token"
+        );
         assert!(
             config.gateway.is_none(),
             "with `meridian apply` managing the configuration, a gateway file would revert it at restart"
@@ -210,9 +225,8 @@ fn kubernetes_manifests_hold_together() {
             assert_eq!(str_at(document, "/metadata/namespace"), "meridian");
         }
     }
-    let of_kind = |kind: &str| -> Vec<&Value> {
-        documents.iter().filter(|d| d["kind"] == kind).collect()
-    };
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { documents.iter().filter(|d| d["kind"] == kind).collect() };
     let matches = |selector: &Value, labels: &Value| {
         selector
             .as_object()
@@ -317,7 +331,10 @@ fn kubernetes_manifests_hold_together() {
         assert_eq!(config.listen.admin.port(), 9080);
         assert_eq!(config.listen.proxy.port(), 8080);
         assert_eq!(config.listen.peer.port(), 9443);
-        assert!(config.listen.admin.ip().is_unspecified(), "kubelet probes the pod IP");
+        assert!(
+            config.listen.admin.ip().is_unspecified(),
+            "kubelet probes the pod IP"
+        );
         assert_eq!(
             config.listen.advertise,
             format!("{name}-0.{service}.meridian.svc.cluster.local"),
@@ -328,7 +345,9 @@ fn kubernetes_manifests_hold_together() {
             let file = gateway.file_name().unwrap().to_str().unwrap();
             assert!(secret["stringData"][file].is_string(), "{name}: {file}");
         }
-        let terminate = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap();
+        let terminate = pod["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap();
         assert!(
             terminate > config.shutdown.grace_period.as_secs(),
             "{name}: the kubelet must wait for the drain"
@@ -353,7 +372,10 @@ fn kubernetes_manifests_hold_together() {
     }
     assert_eq!(founders.len(), 1, "one region founds the cluster");
     let (founder, has_gateway) = &founders[0];
-    assert!(has_gateway, "the founding node commits a gateway configuration");
+    assert!(
+        has_gateway,
+        "the founding node commits a gateway configuration"
+    );
     assert_eq!(
         join_from,
         BTreeSet::from([format!("http://{founder}:9080")]),
@@ -425,6 +447,115 @@ fn the_compose_cluster_holds_together() {
     );
 }
 
+/// `deploy/container/start.sh`, the image's entry point, outside a
+/// container: the founding node runs, a fresh node fetches a join token
+/// from it and joins, and the joined node, restarted, runs from its
+/// identity without a token.
+#[test]
+fn the_container_start_script_founds_joins_and_restarts() {
+    let script = deploy().join("container/start.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = std::env::join_paths(std::iter::once(bin_dir.to_owned()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let gateway = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &gateway,
+        "upstreams:\n  u: { targets: [\"127.0.0.1:9\"] }\nroutes:\n  - { name: r, upstream: u }\n",
+    )
+    .unwrap();
+    let node = |id: u64, region: &str| {
+        let (proxy, admin) = (free_tcp(), free_tcp());
+        let data = dir.path().join(region);
+        let config = dir.path().join(format!("{region}.toml"));
+        let gateway_line = if id == 1 {
+            format!("gateway = {:?}\n", gateway.display().to_string())
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "id = {id}\nregion = \"{region}\"\ndata-dir = {:?}\n{gateway_line}\
+                 [listen]\nproxy = \"127.0.0.1:{proxy}\"\nadmin = \"127.0.0.1:{admin}\"\n\
+                 peer = \"127.0.0.1:0\"\n[admin]\ntoken = \"secret\"\n[log]\naccess-log = \"off\"\n\
+                 [raft]\nheartbeat = \"100ms\"\nelection-timeout-min = \"500ms\"\n\
+                 election-timeout-max = \"1s\"\n",
+                data.display().to_string()
+            ),
+        )
+        .unwrap();
+        (config, data, SocketAddr::from(([127, 0, 0, 1], admin)))
+    };
+    let start = |config: &Path, data: &Path, join_from: Option<SocketAddr>| {
+        let mut command = Command::new("sh");
+        command
+            .arg(&script)
+            .env("PATH", &path)
+            .env("MERIDIAN_CONFIG", config)
+            .env("MERIDIAN_DATA_DIR", data)
+            .env("MERIDIAN_TOKEN", "secret")
+            .env_remove("MERIDIAN_JOIN_FROM")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(from) = join_from {
+            command.env("MERIDIAN_JOIN_FROM", format!("http://{from}"));
+        }
+        Running(command.spawn().unwrap())
+    };
+    let ready = |admin: SocketAddr| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while get(admin, "/readyz").0 != 200 {
+            assert!(Instant::now() < deadline, "{admin} never became ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let members = |admin: SocketAddr| -> Vec<String> {
+        let output = Command::new(BIN)
+            .args(["cluster", "status", "--json", "--admin"])
+            .arg(format!("http://{admin}"))
+            .env("MERIDIAN_TOKEN", "secret")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+        status["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["region"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let (founder_config, founder_data, founder) = node(1, "eu-west");
+    let (joiner_config, joiner_data, joiner) = node(2, "us-east");
+    // The joiner starts first: it waits for the founder's token.
+    let joining = start(&joiner_config, &joiner_data, Some(founder));
+    std::thread::sleep(Duration::from_millis(500));
+    let _founding = start(&founder_config, &founder_data, None);
+    ready(founder);
+    ready(joiner);
+    assert!(joiner_data.join("pki").is_dir());
+    let mut regions = members(founder);
+    regions.sort();
+    assert_eq!(regions, ["eu-west", "us-east"]);
+
+    // Restarted with the founder's admin API unreachable, the joined node
+    // runs from its identity: no token is needed any more.
+    drop(joining);
+    let _restarted = start(
+        &joiner_config,
+        &joiner_data,
+        Some("127.0.0.1:9".parse().unwrap()),
+    );
+    ready(joiner);
+    let mut regions = members(joiner);
+    regions.sort();
+    assert_eq!(regions, ["eu-west", "us-east"]);
+}
+
 /// `systemd-analyze verify` needs the unit's executables to exist, so the
 /// unit is verified as a copy whose `/usr/local/bin/meridian` is the binary
 /// under test; nothing else changes. Warnings (unknown keys, bad values)
@@ -435,11 +566,19 @@ fn the_systemd_unit_verifies() {
         return;
     };
     let unit = read(&deploy().join("systemd/meridian.service"));
-    assert!(unit.contains("ExecStart=/usr/local/bin/meridian node run --config /etc/meridian/node.toml"));
+    assert!(
+        unit.contains(
+            "ExecStart=/usr/local/bin/meridian node run --config /etc/meridian/node.toml"
+        )
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("meridian.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/meridian", BIN)).unwrap();
-    let output = Command::new(analyze).arg("verify").arg(&path).output().unwrap();
+    let output = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     let about_the_unit: Vec<&str> = stderr
         .lines()
@@ -467,4 +606,38 @@ fn tool(name: &str) -> Option<PathBuf> {
         eprintln!("skipped: {name} is not installed (CI installs it)");
     }
     found
+}
+
+/// A child process killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One HTTP/1.0 GET (so the answer is neither chunked nor kept alive);
+/// (status, body).
+fn get(address: SocketAddr, target: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(address) else {
+        return (0, String::new());
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!("GET {target} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
 }

@@ -3,9 +3,9 @@
 //! of `deploy/prometheus` load and evaluate without error, and every query
 //! of the Grafana dashboard returns data.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{BIN, deploy, read, tool};
+use super::{BIN, Running, deploy, get, read, tool};
 use crate::common::free_tcp;
 
 /// Dashboard queries on series of features that are not merged yet; each
@@ -22,7 +22,10 @@ use crate::common::free_tcp;
 /// fails and asks for the entry to be removed, so the list only shrinks.
 const NOT_YET_EXPORTED: &[(&str, &str)] = &[
     // `scope: global` rate limits (issue 9, global counters over QUIC).
-    ("meridian_ratelimit_sync_lag_seconds", "global rate-limit sync"),
+    (
+        "meridian_ratelimit_sync_lag_seconds",
+        "global rate-limit sync",
+    ),
     // Region health from health gossip (issue 7).
     ("meridian_region_healthy", "region health reporting"),
 ];
@@ -47,16 +50,6 @@ fn panel_queries(dashboard: &Value) -> Vec<(String, String)> {
         found.extend(panel_queries(panel));
     }
     found
-}
-
-/// A child process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `meridian dev` on free loopback ports; (proxy, admin, region) per node.
@@ -92,9 +85,14 @@ fn dev() -> (Running, Vec<(SocketAddr, SocketAddr, String)>) {
         .filter(|l| l.contains(" node ") && l.contains("proxy http://"))
         .map(|l| {
             let field = |name: &str| -> SocketAddr {
-                l.split(&format!("{name} http://")).nth(1).unwrap()
-                    .split_whitespace().next().unwrap()
-                    .parse().unwrap()
+                l.split(&format!("{name} http://"))
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
             };
             let region = l.split_whitespace().next().unwrap().to_owned();
             (field("proxy"), field("admin"), region)
@@ -102,28 +100,6 @@ fn dev() -> (Running, Vec<(SocketAddr, SocketAddr, String)>) {
         .collect();
     assert_eq!(nodes.len(), 3, "{banner}");
     (running, nodes)
-}
-
-/// One HTTP/1.0 GET (so the answer is neither chunked nor kept alive);
-/// (status, body).
-fn get(address: SocketAddr, target: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(address) else {
-        return (0, String::new());
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let request = format!("GET {target} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
 }
 
 fn url_encode(text: &str) -> String {
@@ -139,7 +115,10 @@ fn url_encode(text: &str) -> String {
 
 /// Prometheus's answer to an instant query: the result vector.
 fn query(prometheus: SocketAddr, expr: &str) -> Vec<Value> {
-    let (status, body) = get(prometheus, &format!("/api/v1/query?query={}", url_encode(expr)));
+    let (status, body) = get(
+        prometheus,
+        &format!("/api/v1/query?query={}", url_encode(expr)),
+    );
     assert_eq!(status, 200, "{expr}: {body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["status"], "success", "{expr}: {body}");
@@ -208,7 +187,12 @@ fn prometheus_scrapes_dev_and_every_dashboard_query_has_data() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         let output = check.wait_with_output().unwrap();
         assert!(
             output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
@@ -218,7 +202,10 @@ fn prometheus_scrapes_dev_and_every_dashboard_query_has_data() {
 
     // Prometheus with the shipped alert rules, scraping every second.
     let dir = tempfile::tempdir().unwrap();
-    let rules = deploy().join("prometheus/meridian.rules.yml").canonicalize().unwrap();
+    let rules = deploy()
+        .join("prometheus/meridian.rules.yml")
+        .canonicalize()
+        .unwrap();
     let mut config = format!(
         "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
          rule_files: [\"{}\"]\n\
@@ -236,7 +223,10 @@ fn prometheus_scrapes_dev_and_every_dashboard_query_has_data() {
     let _prometheus = Running(
         Command::new(prometheus_bin)
             .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={web}"))
             .arg("--log.level=warn")
             .stdout(Stdio::null())
@@ -274,7 +264,9 @@ fn prometheus_scrapes_dev_and_every_dashboard_query_has_data() {
         let missing: Vec<&(String, String)> = queries
             .iter()
             .filter(|(_, expr)| exempt(expr).is_none())
-            .filter(|(_, expr)| get(web, "/-/ready").0 != 200 || !has_data(&query(web, &substitute(expr))))
+            .filter(|(_, expr)| {
+                get(web, "/-/ready").0 != 200 || !has_data(&query(web, &substitute(expr)))
+            })
             .collect();
         if missing.is_empty() || Instant::now() > deadline {
             break missing;
@@ -290,11 +282,18 @@ fn prometheus_scrapes_dev_and_every_dashboard_query_has_data() {
     );
 
     // The region variable offers the three regions.
-    let (_, body) = get(web, "/api/v1/label/region/values?match[]=meridian_raft_term");
+    let (_, body) = get(
+        web,
+        "/api/v1/label/region/values?match[]=meridian_raft_term",
+    );
     let regions: Value = serde_json::from_str(&body).unwrap();
     for (_, _, region) in &nodes {
         assert!(
-            regions["data"].as_array().unwrap().iter().any(|r| r == region.as_str()),
+            regions["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == region.as_str()),
             "{body}"
         );
     }
