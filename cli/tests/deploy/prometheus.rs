@@ -322,6 +322,11 @@ fn prometheus_scrapes_dev_and_every_dashboard_query_has_data() {
     for rule in &evaluated {
         assert_eq!(rule["health"], "ok", "{rule}");
     }
+    // Followers hear the leader's heartbeats (every 100 ms in dev).
+    let silence = query(web, "max(meridian_raft_leader_silence_seconds)");
+    let silence: f64 = silence[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(silence < 2.0, "a node heard no leader for {silence} s");
+
     // A healthy dev cluster has none of the raft alerts firing, nor pending
     // (waiting out their `for:`).
     let (_, body) = get(web, "/api/v1/alerts");
