@@ -103,7 +103,7 @@ fn every_example_configuration_passes_config_check() {
     // Plain files: every node.toml-shaped .toml and every gateway*.yaml.
     let plain = files(&deploy, &|p| {
         let name = p.file_name().unwrap().to_string_lossy();
-        name.ends_with(".toml") || name.starts_with("gateway") && name.ends_with(".yaml")
+        name.ends_with(".toml") || (name.starts_with("gateway") && name.ends_with(".yaml"))
     });
     for path in &plain {
         config_check(path);
