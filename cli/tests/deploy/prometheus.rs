@@ -65,11 +65,10 @@ fn dev() -> (Running, Vec<(SocketAddr, SocketAddr, String)>) {
     let stderr = child.stderr.take().unwrap();
     let running = Running(child);
     let (tx, rx) = mpsc::channel();
+    // Reads stderr to its end, so the node never writes into a closed pipe.
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let mut banner = String::new();
