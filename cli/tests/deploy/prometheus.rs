@@ -175,6 +175,8 @@ fn prometheus_scrapes_dev_and_every_dashboard_query_has_data() {
     let limited: Vec<u16> = (0..6).map(|_| get(proxy, "/limited/x").0).collect();
     assert_eq!(limited.last(), Some(&429), "{limited:?}");
 
+    traffic(&proxies);
+
     // promtool check metrics: format and naming lint of each node's output.
     for (_, admin, region) in &nodes {
         let (status, text) = get(*admin, "/metrics");
