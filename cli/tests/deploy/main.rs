@@ -209,7 +209,8 @@ fn kubernetes_manifests_hold_together() {
     let dir = deploy().join("kubernetes");
     let documents: Vec<Value> = files(&dir, &|p| p.extension().is_some_and(|e| e == "yaml"))
         .iter()
-        .flat_map(|p| yaml_documents(p))
+        .map(PathBuf::as_path)
+        .flat_map(yaml_documents)
         .collect();
     let known: BTreeSet<(&str, &str)> = [
         ("v1", "Namespace"),
@@ -228,7 +229,7 @@ fn kubernetes_manifests_hold_together() {
     }
     let of_kind =
         |kind: &str| -> Vec<&Value> { documents.iter().filter(|d| d["kind"] == kind).collect() };
-    let matches = |selector: &Value, labels: &Value| {
+    let selects = |selector: &Value, labels: &Value| {
         selector
             .as_object()
             .unwrap()
@@ -269,10 +270,10 @@ fn kubernetes_manifests_hold_together() {
         assert!(REGIONS.contains(&region), "{name}: region {region}");
         assert_eq!(name, format!("meridian-{region}"));
         assert_eq!(str_at(spec, "/serviceName"), service, "{name}");
-        assert!(matches(&spec["selector"]["matchLabels"], labels), "{name}");
-        assert!(matches(&headless["spec"]["selector"], labels), "{name}");
+        assert!(selects(&spec["selector"]["matchLabels"], labels), "{name}");
+        assert!(selects(&headless["spec"]["selector"], labels), "{name}");
         assert!(
-            matches(&pdbs[0]["spec"]["selector"]["matchLabels"], labels),
+            selects(&pdbs[0]["spec"]["selector"]["matchLabels"], labels),
             "{name}: the disruption budget covers every region"
         );
         assert_eq!(spec["replicas"], 1, "{name}: one voter per region");
