@@ -595,7 +595,8 @@ mod tests {
                     let end = rest
                         .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
                         .unwrap_or(rest.len());
-                    if rest[end..].starts_with('"') {
+                    // A whole name (not this test's own search pattern).
+                    if end > "meridian_".len() && rest[end..].starts_with('"') {
                         found.push((rest[..end].to_owned(), path.display().to_string()));
                     }
                 }
