@@ -508,7 +508,7 @@ fn the_container_start_script_founds_joins_and_restarts() {
         Running(command.spawn().unwrap())
     };
     let ready = |admin: SocketAddr| {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while get(admin, "/readyz").0 != 200 {
             assert!(Instant::now() < deadline, "{admin} never became ready");
             std::thread::sleep(Duration::from_millis(100));

@@ -328,23 +328,4 @@ fn prometheus_scrapes_dev_and_every_dashboard_query_has_data() {
     let silence = query(web, "max(meridian_raft_leader_silence_seconds)");
     let silence: f64 = silence[0]["value"][1].as_str().unwrap().parse().unwrap();
     assert!(silence < 2.0, "a node heard no leader for {silence} s");
-
-    // A healthy dev cluster has none of the raft alerts firing, nor pending
-    // (waiting out their `for:`).
-    let (_, body) = get(web, "/api/v1/alerts");
-    let alerts: Value = serde_json::from_str(&body).unwrap();
-    for alert in alerts["data"]["alerts"].as_array().unwrap() {
-        let name = alert["labels"]["alertname"].as_str().unwrap_or("");
-        assert!(
-            ![
-                "MeridianNodeDown",
-                "MeridianLeaderLost",
-                "MeridianNodeLeaderSilent",
-                "MeridianRaftLag",
-                "MeridianRevocationPropagationSlow",
-            ]
-            .contains(&name),
-            "{alert}"
-        );
-    }
 }
