@@ -1,8 +1,10 @@
-//! `meridian config check FILE`.
+//! `meridian config check FILE`: a gateway configuration (`.yaml`, `.json`)
+//! or, for a `.toml` file, a node's own settings (node.toml).
 
 use std::path::Path;
 use std::process::ExitCode;
 
+use node::config::RawConfig;
 use raft::model::GatewayConfig;
 
 /// Prints every violated rule, one per line; exit code 1 when there is any.
@@ -14,6 +16,9 @@ pub(crate) fn main(file: &Path) -> ExitCode {
             return ExitCode::from(66);
         }
     };
+    if file.extension().is_some_and(|e| e == "toml") {
+        return node_config(file, &text);
+    }
     match GatewayConfig::parse(&text) {
         Ok(config) => {
             println!(
@@ -22,6 +27,36 @@ pub(crate) fn main(file: &Path) -> ExitCode {
                 config.upstreams.len(),
                 config.routes.len(),
                 config.versioning.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("{}: {error}", file.display());
+            }
+            eprintln!("{}: {} error(s)", file.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Checks a node.toml the way `meridian node run` does before it starts.
+fn node_config(file: &Path, text: &str) -> ExitCode {
+    let raw = match RawConfig::parse(text) {
+        Ok(raw) => raw,
+        Err(message) => {
+            eprintln!("{}: {message}", file.display());
+            eprintln!("{}: 1 error(s)", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match raw.validate() {
+        Ok(config) => {
+            println!(
+                "{}: ok (node {} in region {})",
+                file.display(),
+                config.id,
+                config.region
             );
             ExitCode::SUCCESS
         }

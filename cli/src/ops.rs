@@ -26,9 +26,9 @@ pub(crate) struct Apply {
 
 #[derive(clap::Subcommand)]
 pub(crate) enum Config {
-    /// Validate a gateway configuration offline; prints every error.
+    /// Validate a gateway configuration (or a node.toml) offline; prints every error.
     Check {
-        /// The gateway.yaml (or .json) file.
+        /// The gateway.yaml (or .json) file, or a node.toml (by its .toml extension).
         file: PathBuf,
     },
     /// Print the configuration in force.

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use raft::model::{Command, NodeId, Outcome, Request};
 use raft::openraft::error::{ClientWriteError, RaftError};
+use raft::openraft::raft::AppendEntriesResponse;
 use raft::store::Applied;
 use raft::typ::Raft;
 use serde::Serialize;
@@ -132,7 +133,20 @@ impl peer::Service for ServiceRef {
             (_, Request::Join(request)) => cluster.handle_join(request).await,
             (None, _) => Response::Refused("a member certificate is required".into()),
             (Some(_), Request::Raft(rpc)) => {
-                Response::Raft(raft::network::serve(&cluster.raft, rpc).await)
+                let append = matches!(rpc, raft::network::RaftRequest::AppendEntries(_));
+                let response = raft::network::serve(&cluster.raft, rpc).await;
+                // Entries or a heartbeat that this node accepted as coming
+                // from the leader of its term: contact with a leader.
+                if append
+                    && matches!(
+                        &response,
+                        raft::network::RaftResponse::AppendEntries(Ok(answer))
+                            if !matches!(answer, AppendEntriesResponse::HigherVote(_))
+                    )
+                {
+                    cluster.leader_contact.store(now_ms(), Ordering::Relaxed);
+                }
+                Response::Raft(response)
             }
             (Some(_), Request::Write(request)) => match cluster.raft.client_write(request).await {
                 Ok(response) => Response::Written {

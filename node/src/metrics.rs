@@ -35,6 +35,240 @@ const BUCKETS: &[f64] = &[
 
 static METADATA: Metadata<'static> = Metadata::new("meridian", Level::INFO, Some(module_path!()));
 
+/// What a series is, for its description.
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every series a node exports, with the help text `/metrics` shows for it
+/// (`promtool check metrics` wants one for each). A `meridian_…` name used in
+/// the code without an entry here fails the `every_series_is_described` test.
+const SERIES: &[(&str, Kind, &str)] = &[
+    (
+        "meridian_requests_total",
+        Kind::Counter,
+        "Requests answered, by route, method and status class.",
+    ),
+    (
+        "meridian_request_duration_seconds",
+        Kind::Histogram,
+        "Time from request head to the end of the response, by route.",
+    ),
+    (
+        "meridian_client_errors_total",
+        Kind::Counter,
+        "Requests refused before routing, by code.",
+    ),
+    (
+        "meridian_auth_failures_total",
+        Kind::Counter,
+        "Refused credentials, by reason.",
+    ),
+    (
+        "meridian_auth_cache_total",
+        Kind::Counter,
+        "Authentication cache lookups and evictions, by cache and result.",
+    ),
+    (
+        "meridian_auth_cache_entries",
+        Kind::Gauge,
+        "Entries in an authentication cache.",
+    ),
+    (
+        "meridian_introspection_calls_total",
+        Kind::Counter,
+        "Token introspection calls, by endpoint and result.",
+    ),
+    (
+        "meridian_jwks_fetches_total",
+        Kind::Counter,
+        "JWKS fetches, by issuer and result.",
+    ),
+    (
+        "meridian_jwks_keys",
+        Kind::Gauge,
+        "Keys in an issuer's JWKS.",
+    ),
+    (
+        "meridian_jwks_consecutive_failures",
+        Kind::Gauge,
+        "Failed JWKS fetches in a row, by issuer.",
+    ),
+    (
+        "meridian_upstream_request_duration_seconds",
+        Kind::Histogram,
+        "Time from sending a request upstream to its response head, by upstream.",
+    ),
+    (
+        "meridian_upstream_errors_total",
+        Kind::Counter,
+        "Failed upstream attempts, by upstream and kind.",
+    ),
+    (
+        "meridian_upstream_retries_total",
+        Kind::Counter,
+        "Retried upstream attempts, by upstream.",
+    ),
+    (
+        "meridian_upstream_retry_budget_exhausted_total",
+        Kind::Counter,
+        "Retries refused because the upstream's retry budget was spent.",
+    ),
+    (
+        "meridian_upstream_target_healthy",
+        Kind::Gauge,
+        "1 while an upstream target is in service, 0 while unhealthy or ejected.",
+    ),
+    (
+        "meridian_upstream_ejections_total",
+        Kind::Counter,
+        "Outlier ejections of an upstream target.",
+    ),
+    (
+        "meridian_aggregate_part_failures_total",
+        Kind::Counter,
+        "Failed parts of aggregate routes, by route and part.",
+    ),
+    (
+        "meridian_ratelimit_decisions_total",
+        Kind::Counter,
+        "Rate-limit decisions, by route, limit and outcome.",
+    ),
+    (
+        "meridian_ratelimit_keys",
+        Kind::Gauge,
+        "Keys a limit tracks.",
+    ),
+    (
+        "meridian_ratelimit_evictions_total",
+        Kind::Counter,
+        "Keys a limit forgot: idle ones, or live ones at the key cap.",
+    ),
+    (
+        "meridian_ratelimit_redis_failures_total",
+        Kind::Counter,
+        "Rate-limit decisions the Redis store could not make, by limit.",
+    ),
+    (
+        "meridian_ip_denied_total",
+        Kind::Counter,
+        "Requests refused by IP allow and deny lists, by scope and rule.",
+    ),
+    (
+        "meridian_waf_matches_total",
+        Kind::Counter,
+        "WAF rule matches, by rule and mode.",
+    ),
+    (
+        "meridian_cors_requests_total",
+        Kind::Counter,
+        "CORS requests, by kind and result.",
+    ),
+    (
+        "meridian_transform_headers_dropped_total",
+        Kind::Counter,
+        "Rendered header values dropped as invalid by a transformation, by route and direction.",
+    ),
+    (
+        "meridian_slow_request_bodies_total",
+        Kind::Counter,
+        "Request bodies the client sent too slowly, by reason.",
+    ),
+    (
+        "meridian_open_connections",
+        Kind::Gauge,
+        "Open client connections, by listener.",
+    ),
+    (
+        "meridian_connections_total",
+        Kind::Counter,
+        "Accepted client connections, by listener.",
+    ),
+    (
+        "meridian_connections_closed_total",
+        Kind::Counter,
+        "Client connections the node closed, by listener and reason.",
+    ),
+    (
+        "meridian_requests_shed_total",
+        Kind::Counter,
+        "Requests refused with 503 at the in-flight cap, by listener.",
+    ),
+    (
+        "meridian_in_flight_requests",
+        Kind::Gauge,
+        "Requests in flight, by listener.",
+    ),
+    (
+        "meridian_tls_handshakes_total",
+        Kind::Counter,
+        "Completed TLS handshakes on the proxy listener.",
+    ),
+    (
+        "meridian_tls_handshake_failures_total",
+        Kind::Counter,
+        "Failed TLS handshakes, by reason.",
+    ),
+    (
+        "meridian_tls_client_cert_refusals_total",
+        Kind::Counter,
+        "Refused client certificates, by reason.",
+    ),
+    (
+        "meridian_tls_crl_fetch_failures_total",
+        Kind::Counter,
+        "Failed CRL downloads.",
+    ),
+    (
+        "meridian_tls_reloads_total",
+        Kind::Counter,
+        "Reloads of certificate, key and CRL files, by kind and result.",
+    ),
+    (
+        "meridian_config_version",
+        Kind::Gauge,
+        "Version of the gateway configuration in force.",
+    ),
+    (
+        "meridian_config_reloads_total",
+        Kind::Counter,
+        "Gateway configuration loads, by result.",
+    ),
+    (
+        "meridian_access_log_dropped_total",
+        Kind::Counter,
+        "Access-log lines dropped because the writer fell behind.",
+    ),
+    ("meridian_raft_term", Kind::Gauge, "Current raft term."),
+    (
+        "meridian_raft_is_leader",
+        Kind::Gauge,
+        "1 on the raft leader, 0 elsewhere.",
+    ),
+    (
+        "meridian_raft_last_log_index",
+        Kind::Gauge,
+        "Index of the last entry in this node's raft log.",
+    ),
+    (
+        "meridian_raft_applied_index",
+        Kind::Gauge,
+        "Index of the last raft entry applied on this node.",
+    ),
+    (
+        "meridian_raft_last_apply_age_seconds",
+        Kind::Gauge,
+        "Seconds since this node last applied a raft entry.",
+    ),
+    (
+        "meridian_raft_leader_silence_seconds",
+        Kind::Gauge,
+        "Seconds since this node last heard from a raft leader.",
+    ),
+];
+
 /// The node's metric registry and its always-present series.
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -97,49 +331,14 @@ impl Metrics {
             .expect("the bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
-        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
-            recorder.describe_counter(name.into(), unit, help.into());
-        };
-        describe(
-            "meridian_requests_total",
-            None,
-            "Requests answered, by route, method and status class.",
-        );
-        describe(
-            "meridian_upstream_errors_total",
-            None,
-            "Failed upstream attempts, by upstream and kind.",
-        );
-        describe(
-            "meridian_ratelimit_decisions_total",
-            None,
-            "Rate-limit decisions, by route, limit and outcome.",
-        );
-        describe(
-            "meridian_ratelimit_evictions_total",
-            None,
-            "Keys a limit forgot: idle ones, or live ones at the key cap.",
-        );
-        recorder.describe_gauge(
-            "meridian_ratelimit_keys".into(),
-            None,
-            "Keys a limit tracks.".into(),
-        );
-        describe(
-            "meridian_client_errors_total",
-            None,
-            "Requests refused before routing, by code.",
-        );
-        recorder.describe_histogram(
-            "meridian_request_duration_seconds".into(),
-            Some(Unit::Seconds),
-            "Time from request head to the end of the response, by route.".into(),
-        );
-        recorder.describe_histogram(
-            "meridian_upstream_request_duration_seconds".into(),
-            Some(Unit::Seconds),
-            "Time from sending a request upstream to its response head, by upstream.".into(),
-        );
+        for (name, kind, help) in SERIES {
+            let (name, help) = ((*name).into(), (*help).into());
+            match kind {
+                Kind::Counter => recorder.describe_counter(name, None, help),
+                Kind::Gauge => recorder.describe_gauge(name, None, help),
+                Kind::Histogram => recorder.describe_histogram(name, Some(Unit::Seconds), help),
+            }
+        }
         let listener = || vec![Label::new("listener", "proxy")];
         let metrics = Self {
             open_connections: recorder.register_gauge(
@@ -373,6 +572,52 @@ mod tests {
         assert!(
             !b.render()
                 .contains("meridian_connections_total{listener=\"proxy\"} 3")
+        );
+    }
+
+    /// Every `"meridian_…"` name in the node's code has an entry in
+    /// [`SERIES`], so `/metrics` has a help line for every series.
+    #[test]
+    fn every_series_is_described() {
+        fn names(dir: &std::path::Path, found: &mut Vec<(String, String)>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    names(&path, found);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (at, _) in text.match_indices("\"meridian_") {
+                    let rest = &text[at + 1..];
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                        .unwrap_or(rest.len());
+                    // A whole name (not this test's own search pattern).
+                    if end > "meridian_".len() && rest[end..].starts_with('"') {
+                        found.push((rest[..end].to_owned(), path.display().to_string()));
+                    }
+                }
+            }
+        }
+        let mut found = Vec::new();
+        names(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut found,
+        );
+        assert!(found.len() > SERIES.len(), "{found:?}");
+        for (name, file) in found {
+            assert!(
+                SERIES.iter().any(|(described, _, _)| *described == name),
+                "{name} ({file}) has no entry in metrics::SERIES"
+            );
+        }
+        let text = Metrics::new().render();
+        assert!(
+            text.contains("# HELP meridian_raft_term Current raft term."),
+            "{text}"
         );
     }
 }

@@ -532,3 +532,24 @@ async fn a_node_cut_off_from_the_leader_reports_not_ready() {
         "the healed node is not ready again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_of_a_healthy_cluster_stay_ready_past_the_leader_loss_timeout() {
+    let upstream = MockUpstream::echo("u").await;
+    let cluster = Cluster::start(3, &config(&upstream, "v1")).await;
+    let leader = cluster.wait_leader().await;
+    // raft.leader-loss is 2s in tests: heartbeats must keep the followers'
+    // contact with the leader fresh well beyond it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (id, node) in &cluster.nodes {
+        let answer = get(&node.admin_url("/readyz")).await;
+        assert_eq!(
+            answer.status,
+            200,
+            "node {id} (leader {leader}): {}",
+            answer.json()
+        );
+        let silence = answer.json()["leader_silence_ms"].as_u64().unwrap();
+        assert!(silence < 2000, "node {id}: {silence} ms without a leader");
+    }
+}
