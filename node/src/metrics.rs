@@ -152,6 +152,46 @@ const SERIES: &[(&str, Kind, &str)] = &[
         "Rate-limit decisions the Redis store could not make, by limit.",
     ),
     (
+        "meridian_ratelimit_sync_lag_seconds",
+        Kind::Gauge,
+        "Age of the latest global rate-limit counter batch from each peer.",
+    ),
+    (
+        "meridian_ratelimit_counters_sent_total",
+        Kind::Counter,
+        "Global rate-limit counters delivered to each peer.",
+    ),
+    (
+        "meridian_ratelimit_counters_received_total",
+        Kind::Counter,
+        "Global rate-limit counters received from each peer.",
+    ),
+    (
+        "meridian_ratelimit_sync_bytes_total",
+        Kind::Counter,
+        "Bytes of global rate-limit counter batches, by direction.",
+    ),
+    (
+        "meridian_ratelimit_sync_failures_total",
+        Kind::Counter,
+        "Counter batches a peer did not take, by peer.",
+    ),
+    (
+        "meridian_ratelimit_sync_batches_dropped_total",
+        Kind::Counter,
+        "Counter batches dropped on purpose (fault injection).",
+    ),
+    (
+        "meridian_ratelimit_global_bound",
+        Kind::Gauge,
+        "Computed worst-case overshoot of each global limit, in requests.",
+    ),
+    (
+        "meridian_ratelimit_partition_decisions_total",
+        Kind::Counter,
+        "Global limit decisions made while a peer was presumed partitioned away.",
+    ),
+    (
         "meridian_ip_denied_total",
         Kind::Counter,
         "Requests refused by IP allow and deny lists, by scope and rule.",

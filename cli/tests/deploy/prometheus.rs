@@ -22,11 +22,6 @@ use crate::common::free_tcp;
 /// mentions one of them may return nothing; once it returns data, the test
 /// fails and asks for the entry to be removed, so the list only shrinks.
 const NOT_YET_EXPORTED: &[(&str, &str)] = &[
-    // `scope: global` rate limits (counters shared over QUIC).
-    (
-        "meridian_ratelimit_sync_lag_seconds",
-        "global rate-limit sync",
-    ),
     // Region health from health gossip.
     ("meridian_region_healthy", "region health reporting"),
 ];
