@@ -20,6 +20,7 @@ use crate::pipeline::auth;
 use crate::pipeline::policy::Policies;
 use crate::pipeline::route::{Route, Router};
 use crate::pipeline::version::Apis;
+use crate::dns::discovery;
 use crate::proxy::health;
 use crate::proxy::pool::Pool;
 
@@ -57,15 +58,23 @@ impl Snapshot {
         for (name, definition) in &config.upstreams {
             let pool = match previous.pools.get(name) {
                 Some(pool) if pool.definition() == definition => pool.clone(),
-                _ => {
+                previous_pool => {
                     let pool = Pool::new(
                         name,
                         definition,
                         &shared.metrics,
                         &shared.tasks,
                         &shared.shutdown,
+                        previous_pool.map(|p| &**p),
                     );
                     health::spawn(&pool, &shared.tasks, &shared.shutdown);
+                    discovery::spawn(
+                        &pool,
+                        &shared.resolver,
+                        &shared.metrics,
+                        &shared.tasks,
+                        &shared.shutdown,
+                    );
                     pool
                 }
             };
