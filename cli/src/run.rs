@@ -91,7 +91,11 @@ async fn drain(
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + timeout;
-    while target.call(http::Method::GET, "/healthz", None).await.is_ok() {
+    while target
+        .call(http::Method::GET, "/healthz", None)
+        .await
+        .is_ok()
+    {
         if tokio::time::Instant::now() >= deadline {
             anyhow::bail!("the node is still running after {timeout:?}");
         }

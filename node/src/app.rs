@@ -302,14 +302,12 @@ impl App {
         };
         let admin = bind("admin", config.listen.admin)?;
         let dns = match &config.dns {
-            Some(settings) => Some(
-                crate::dns::responder::Bound::bind(settings.listen).map_err(|source| {
-                    Error::BindDns {
-                        address: settings.listen,
-                        source,
-                    }
-                })?,
-            ),
+            Some(settings) => Some(crate::dns::responder::Bound::bind(settings.listen).map_err(
+                |source| Error::BindDns {
+                    address: settings.listen,
+                    source,
+                },
+            )?),
             None => None,
         };
         let socket = crate::peer::PeerPlane::socket(config.listen.peer)?;
@@ -542,9 +540,9 @@ impl App {
         shared
             .tasks
             .spawn(upkeep(shared.clone()).instrument(tracing::info_span!("upkeep")));
-        shared.tasks.spawn(
-            crate::regions::run(gateway.clone()).instrument(tracing::info_span!("gslb")),
-        );
+        shared
+            .tasks
+            .spawn(crate::regions::run(gateway.clone()).instrument(tracing::info_span!("gslb")));
         if let Some(settings) = config.anycast.clone() {
             shared.tasks.spawn(
                 crate::regions::anycast::run(gateway.clone(), settings)

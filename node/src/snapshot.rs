@@ -15,12 +15,12 @@ use arc_swap::ArcSwap;
 use raft::model::GatewayConfig;
 
 use crate::Shared;
+use crate::dns::discovery;
 use crate::metrics::RouteMetrics;
 use crate::pipeline::auth;
 use crate::pipeline::policy::Policies;
 use crate::pipeline::route::{Route, Router};
 use crate::pipeline::version::Apis;
-use crate::dns::discovery;
 use crate::proxy::health;
 use crate::proxy::pool::Pool;
 

@@ -175,7 +175,10 @@ pub async fn resolve(resolver: &Resolver, entry: &Entry) -> Result<Answer, Resol
     }
 }
 
-async fn lookup_ip(resolver: &Resolver, host: &str) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
+async fn lookup_ip(
+    resolver: &Resolver,
+    host: &str,
+) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
     let lookup = resolver
         .inner()
         .lookup_ip(host)
@@ -326,7 +329,12 @@ struct Schedule {
     errors: metrics::Counter,
 }
 
-async fn run(pool: Weak<Pool>, resolver: Resolver, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+async fn run(
+    pool: Weak<Pool>,
+    resolver: Resolver,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let (min, max) = {
         let settings = resolver.settings();
         (settings.min_refresh, settings.max_refresh)
@@ -401,14 +409,23 @@ mod tests {
             Entry::parse("[::1]:8080"),
             Some(Entry::Addr { addr, .. }) if addr == "[::1]:8080".parse().unwrap()
         ));
-        let Some(Entry::Name { host, port, authority }) = Entry::parse("users.internal:8080")
+        let Some(Entry::Name {
+            host,
+            port,
+            authority,
+        }) = Entry::parse("users.internal:8080")
         else {
             panic!("a name");
         };
-        assert_eq!((host.as_str(), port, authority.as_str()), ("users.internal", 8080, "users.internal:8080"));
+        assert_eq!(
+            (host.as_str(), port, authority.as_str()),
+            ("users.internal", 8080, "users.internal:8080")
+        );
         assert_eq!(
             Entry::parse("srv:_http._tcp.users.internal"),
-            Some(Entry::Srv { name: "_http._tcp.users.internal".into() })
+            Some(Entry::Srv {
+                name: "_http._tcp.users.internal".into()
+            })
         );
         assert_eq!(Entry::parse("srv:"), None);
         assert_eq!(Entry::parse("no-port"), None);

@@ -184,7 +184,10 @@ impl Resolver {
                 Ok(system) => system,
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the system resolver configuration; set [resolver] servers");
-                    (ResolverConfig::from_name_servers(Vec::new()), ResolverOpts::default())
+                    (
+                        ResolverConfig::from_name_servers(Vec::new()),
+                        ResolverOpts::default(),
+                    )
                 }
             }
         } else {
@@ -282,8 +285,15 @@ mod tests {
             ..RawResolver::default()
         });
         assert_eq!(
-            errors.iter().map(|e| e.split(':').next().unwrap()).collect::<Vec<_>>(),
-            ["resolver.servers[0]", "resolver.attempts", "resolver.max-refresh"],
+            errors
+                .iter()
+                .map(|e| e.split(':').next().unwrap())
+                .collect::<Vec<_>>(),
+            [
+                "resolver.servers[0]",
+                "resolver.attempts",
+                "resolver.max-refresh"
+            ],
             "{errors:?}"
         );
         assert!(check(RawResolver::default()).is_empty());

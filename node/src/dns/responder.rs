@@ -27,7 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Metadata, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
@@ -156,7 +156,11 @@ impl RawDns {
             names.insert(name, regions.clone());
         }
         if names.is_empty() {
-            fail("dns.names", &"{}", "must name at least one name to answer for");
+            fail(
+                "dns.names",
+                &"{}",
+                "must name at least one name to answer for",
+            );
         }
         let mut nameservers = Vec::new();
         for (i, server) in self.nameservers.iter().enumerate() {
@@ -170,11 +174,19 @@ impl RawDns {
             }
         }
         if nameservers.is_empty() {
-            nameservers.extend(Name::from_ascii("ns").ok().and_then(|ns| ns.append_domain(&origin).ok()));
+            nameservers.extend(
+                Name::from_ascii("ns")
+                    .ok()
+                    .and_then(|ns| ns.append_domain(&origin).ok()),
+            );
         }
         let hostmaster = match &self.hostmaster {
             Some(text) => fqdn(text).or_else(|| {
-                fail("dns.hostmaster", text, "must be a domain name (the @ written as a dot)");
+                fail(
+                    "dns.hostmaster",
+                    text,
+                    "must be a domain name (the @ written as a dot)",
+                );
                 None
             }),
             None => Name::from_ascii("hostmaster")
@@ -307,7 +319,9 @@ impl Zone {
             reply.answers = self
                 .nameservers
                 .iter()
-                .map(|ns| Record::from_rdata(self.origin.clone(), self.ttl, RData::NS(NS(ns.clone()))))
+                .map(|ns| {
+                    Record::from_rdata(self.origin.clone(), self.ttl, RData::NS(NS(ns.clone())))
+                })
                 .collect();
             return reply;
         }
@@ -407,9 +421,7 @@ impl RequestHandler for Handler {
                 Ok(info) => {
                     let question = info.query;
                     let name: Name = question.name().clone().into();
-                    let serial = self
-                        .serial_base
-                        .wrapping_add(self.view.version() as u32);
+                    let serial = self.serial_base.wrapping_add(self.view.version() as u32);
                     let reply = self.zone.answer(
                         &name,
                         question.query_class(),
@@ -552,14 +564,28 @@ mod tests {
     fn view() -> BTreeMap<String, RegionState> {
         BTreeMap::from([
             ("ap-south".to_owned(), state(true, &["192.0.2.30"])),
-            ("eu-west".to_owned(), state(true, &["192.0.2.10", "2001:db8::10"])),
+            (
+                "eu-west".to_owned(),
+                state(true, &["192.0.2.10", "2001:db8::10"]),
+            ),
             ("us-east".to_owned(), state(true, &["192.0.2.20"])),
             ("sa-east".to_owned(), state(false, &["192.0.2.40"])),
         ])
     }
 
-    fn ask(zone: &Zone, name: &str, kind: RecordType, view: &BTreeMap<String, RegionState>) -> Reply {
-        zone.answer(&Name::from_ascii(name).unwrap(), DNSClass::IN, kind, view, 7)
+    fn ask(
+        zone: &Zone,
+        name: &str,
+        kind: RecordType,
+        view: &BTreeMap<String, RegionState>,
+    ) -> Reply {
+        zone.answer(
+            &Name::from_ascii(name).unwrap(),
+            DNSClass::IN,
+            kind,
+            view,
+            7,
+        )
     }
 
     fn ips(reply: &Reply) -> Vec<String> {
@@ -623,7 +649,10 @@ mod tests {
         let reply = ask(&zone, "gw.example.com.", RecordType::NS, &view());
         assert_eq!(reply.answers.len(), 1);
         let reply = ask(&zone, "api.gw.example.com.", RecordType::MX, &view());
-        assert_eq!((reply.code, reply.answers.len(), reply.soa.len()), (ResponseCode::NoError, 0, 1));
+        assert_eq!(
+            (reply.code, reply.answers.len(), reply.soa.len()),
+            (ResponseCode::NoError, 0, 1)
+        );
         let reply = zone.answer(
             &Name::from_ascii("api.gw.example.com.").unwrap(),
             DNSClass::CH,
@@ -644,11 +673,19 @@ mod tests {
             names: BTreeMap::from([("bad name".to_owned(), vec!["eu west".to_owned()])]),
             ..RawDns::default()
         };
-        assert!(raw.validate(&mut |key, _, _| errors.push(key.to_owned())).is_none());
+        assert!(
+            raw.validate(&mut |key, _, _| errors.push(key.to_owned()))
+                .is_none()
+        );
         assert_eq!(
             errors,
             ["dns.listen", "dns.ttl", "dns.names.bad name", "dns.names"]
         );
-        assert!(RawDns::default().validate(&mut |_, _, _| panic!()).is_none(), "off without a zone");
+        assert!(
+            RawDns::default()
+                .validate(&mut |_, _, _| panic!())
+                .is_none(),
+            "off without a zone"
+        );
     }
 }

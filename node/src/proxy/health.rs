@@ -52,9 +52,7 @@ async fn run(pool: Weak<Pool>, check: HealthCheck, shutdown: CancellationToken) 
         }
         let Some(pool) = pool.upgrade() else { return };
         let set = pool.targets();
-        let probes = set
-            .iter()
-            .map(|target| probe(&pool.client, target, &check));
+        let probes = set.iter().map(|target| probe(&pool.client, target, &check));
         let results = futures_util::future::join_all(probes).await;
         for (target, ok) in set.iter().zip(results) {
             let (successes, failures) = &target.streaks;

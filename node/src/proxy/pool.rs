@@ -376,7 +376,10 @@ impl Pool {
             _ => Vec::new(),
         };
         let changed = list.len() != current.list.len()
-            || list.iter().zip(&current.list).any(|(a, b)| !Arc::ptr_eq(a, b));
+            || list
+                .iter()
+                .zip(&current.list)
+                .any(|(a, b)| !Arc::ptr_eq(a, b));
         if changed && !current.list.is_empty() {
             let addresses: Vec<&str> = list.iter().map(|t| &*t.address).collect();
             tracing::info!(upstream = %self.name, targets = ?addresses, "target set changed");
@@ -703,7 +706,9 @@ mod tests {
     #[tokio::test]
     async fn round_robin_cycles_and_skips_unavailable_targets() {
         let pool = pool("{ targets: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"] }");
-        let picks: Vec<usize> = (0..6).map(|_| pool.pick(&pool.targets(), None, &[]).unwrap()).collect();
+        let picks: Vec<usize> = (0..6)
+            .map(|_| pool.pick(&pool.targets(), None, &[]).unwrap())
+            .collect();
         for i in 0..3 {
             assert_eq!(picks.iter().filter(|&&p| p == i).count(), 2, "{picks:?}");
         }
@@ -743,11 +748,16 @@ mod tests {
         }
         // Taking a target out moves only its keys.
         let before: Vec<usize> = (0..300u32)
-            .map(|u| pool.pick(&pool.targets(), Some(hash(&u.to_be_bytes())), &[]).unwrap())
+            .map(|u| {
+                pool.pick(&pool.targets(), Some(hash(&u.to_be_bytes())), &[])
+                    .unwrap()
+            })
             .collect();
         pool.targets()[0].set_healthy(false);
         for (u, old) in (0..300u32).zip(before) {
-            let new = pool.pick(&pool.targets(), Some(hash(&u.to_be_bytes())), &[]).unwrap();
+            let new = pool
+                .pick(&pool.targets(), Some(hash(&u.to_be_bytes())), &[])
+                .unwrap();
             if old != 0 {
                 assert_eq!(new, old);
             } else {
@@ -766,13 +776,19 @@ mod tests {
         pool.record(&pool.targets(), 0, true);
         pool.record(&pool.targets(), 0, false);
         pool.record(&pool.targets(), 0, false);
-        assert!(!pool.ejected(&pool.targets()[0]), "a success resets the count");
+        assert!(
+            !pool.ejected(&pool.targets()[0]),
+            "a success resets the count"
+        );
         pool.record(&pool.targets(), 0, false);
         assert!(pool.ejected(&pool.targets()[0]));
         for _ in 0..3 {
             pool.record(&pool.targets(), 1, false);
         }
-        assert!(!pool.ejected(&pool.targets()[1]), "at most 50% of the targets are ejected");
+        assert!(
+            !pool.ejected(&pool.targets()[1]),
+            "at most 50% of the targets are ejected"
+        );
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(!pool.ejected(&pool.targets()[0]), "ejection ends");
         for _ in 0..3 {
@@ -780,7 +796,10 @@ mod tests {
         }
         assert!(pool.ejected(&pool.targets()[0]));
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(pool.ejected(&pool.targets()[0]), "a second ejection lasts twice as long");
+        assert!(
+            pool.ejected(&pool.targets()[0]),
+            "a second ejection lasts twice as long"
+        );
     }
 
     #[test]
@@ -788,7 +807,11 @@ mod tests {
         assert_eq!(schedule(&[1, 1, 1]), vec![0, 1, 2]);
         assert_eq!(schedule(&[]), Vec::<usize>::new());
         let order = schedule(&[30, 10]);
-        assert_eq!(order, vec![0, 0, 1, 0], "reduced by the common divisor, interleaved");
+        assert_eq!(
+            order,
+            vec![0, 0, 1, 0],
+            "reduced by the common divisor, interleaved"
+        );
         let order = schedule(&[5000, 1]);
         assert!(order.len() <= MAX_SLOTS as usize + 1, "{}", order.len());
         assert_eq!(order.iter().filter(|&&i| i == 1).count(), 1);
@@ -805,14 +828,27 @@ mod tests {
     #[tokio::test]
     async fn a_new_target_set_keeps_the_state_of_targets_that_remain() {
         let pool = pool("{ targets: [\"127.0.0.1:1\", \"svc.test:80\"] }");
-        assert_eq!(addresses(&pool.targets()), vec!["127.0.0.1:1".parse().unwrap()]);
-        pool.set_resolved(1, vec![resolved("10.0.0.1:80", 1), resolved("10.0.0.2:80", 1)]);
+        assert_eq!(
+            addresses(&pool.targets()),
+            vec!["127.0.0.1:1".parse().unwrap()]
+        );
+        pool.set_resolved(
+            1,
+            vec![resolved("10.0.0.1:80", 1), resolved("10.0.0.2:80", 1)],
+        );
         let before = pool.targets();
         assert_eq!(before.len(), 3);
         assert_eq!(&*before[1].address, "10.0.0.1:80");
-        assert_eq!(before[1].authority.as_str(), "svc.test:80", "Host stays the name");
+        assert_eq!(
+            before[1].authority.as_str(),
+            "svc.test:80",
+            "Host stays the name"
+        );
         before[2].set_healthy(false);
-        pool.set_resolved(1, vec![resolved("10.0.0.2:80", 1), resolved("10.0.0.3:80", 1)]);
+        pool.set_resolved(
+            1,
+            vec![resolved("10.0.0.2:80", 1), resolved("10.0.0.3:80", 1)],
+        );
         let after = pool.targets();
         assert_eq!(
             addresses(&after),
@@ -832,7 +868,10 @@ mod tests {
     #[tokio::test]
     async fn a_replacement_pool_keeps_the_previous_resolution() {
         let old = pool("{ targets: [\"svc.test:80\"] }");
-        assert!(old.targets().is_empty(), "a name has no target before it resolves");
+        assert!(
+            old.targets().is_empty(),
+            "a name has no target before it resolves"
+        );
         assert_eq!(old.pick(&old.targets(), None, &[]), None);
         old.set_resolved(0, vec![resolved("10.0.0.1:80", 1)]);
         let doc = "upstreams:\n  u: { targets: [\"svc.test:80\", \"127.0.0.1:2\"] }\n";
@@ -854,9 +893,14 @@ mod tests {
     #[tokio::test]
     async fn srv_weights_shape_round_robin() {
         let pool = pool("{ targets: [\"srv:_http._tcp.svc.test\"] }");
-        pool.set_resolved(0, vec![resolved("10.0.0.1:80", 3), resolved("10.0.0.2:80", 1)]);
+        pool.set_resolved(
+            0,
+            vec![resolved("10.0.0.1:80", 3), resolved("10.0.0.2:80", 1)],
+        );
         let set = pool.targets();
-        let picks: Vec<usize> = (0..400).map(|_| pool.pick(&set, None, &[]).unwrap()).collect();
+        let picks: Vec<usize> = (0..400)
+            .map(|_| pool.pick(&set, None, &[]).unwrap())
+            .collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 300);
     }
 

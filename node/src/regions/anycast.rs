@@ -239,7 +239,11 @@ pub async fn run(gateway: Arc<Gateway>, settings: AnycastSettings) {
             state.observe(verdict.serve, Instant::now())
         };
         if let Some(action) = action {
-            let reason = if stopping { "draining" } else { &verdict.reason };
+            let reason = if stopping {
+                "draining"
+            } else {
+                &verdict.reason
+            };
             if execute(&gateway, &settings, action, reason).await {
                 state.done(action, Instant::now());
                 announced_gauge.set(if state.announced() { 1.0 } else { 0.0 });
@@ -252,7 +256,12 @@ pub async fn run(gateway: Arc<Gateway>, settings: AnycastSettings) {
 }
 
 /// Runs the command for `action`; whether it exited 0 in time.
-async fn execute(gateway: &Gateway, settings: &AnycastSettings, action: Action, reason: &str) -> bool {
+async fn execute(
+    gateway: &Gateway,
+    settings: &AnycastSettings,
+    action: Action,
+    reason: &str,
+) -> bool {
     let command = match action {
         Action::Announce => &settings.announce,
         Action::Withdraw => &settings.withdraw,
@@ -356,7 +365,11 @@ mod tests {
     async fn a_state_is_held_for_the_hold_time() {
         let mut s = state(1, 1, 30);
         let start = Instant::now();
-        assert_eq!(s.observe(true, start), Some(Action::Announce), "the first change is not held");
+        assert_eq!(
+            s.observe(true, start),
+            Some(Action::Announce),
+            "the first change is not held"
+        );
         s.done(Action::Announce, start);
         let soon = start + Duration::from_secs(10);
         assert_eq!(s.observe(false, soon), None, "held");
@@ -388,8 +401,15 @@ mod tests {
             rise: 0,
             ..RawAnycast::default()
         };
-        assert!(raw.validate(&mut |key, _, _| errors.push(key.to_owned())).is_some());
+        assert!(
+            raw.validate(&mut |key, _, _| errors.push(key.to_owned()))
+                .is_some()
+        );
         assert_eq!(errors, ["anycast.withdraw", "anycast.rise"]);
-        assert!(RawAnycast::default().validate(&mut |_, _, _| panic!()).is_none());
+        assert!(
+            RawAnycast::default()
+                .validate(&mut |_, _, _| panic!())
+                .is_none()
+        );
     }
 }

@@ -437,7 +437,11 @@ mod tests {
         let settings = raw.validate(regions, &mut |key, _, _| errors.push(key.to_owned()));
         assert_eq!(
             errors,
-            ["gslb.interval", "regions.eu west", "regions.eu west.addresses[0]"]
+            [
+                "gslb.interval",
+                "regions.eu west",
+                "regions.eu west.addresses[0]"
+            ]
         );
         assert_eq!(settings.critical, Critical::All);
     }

@@ -36,7 +36,8 @@ fn use_dns(raw: &mut RawConfig, dns: &TestDns) {
 
 async fn served_by(node: &TestNode) -> Option<String> {
     let reply = get(&node.url("/")).await;
-    (reply.status == StatusCode::OK).then(|| reply.json()["upstream"].as_str().unwrap_or("").to_owned())
+    (reply.status == StatusCode::OK)
+        .then(|| reply.json()["upstream"].as_str().unwrap_or("").to_owned())
 }
 
 #[tokio::test]
@@ -45,13 +46,27 @@ async fn srv_discovery_follows_changing_answers_and_keeps_the_last_known_good() 
     let two = MockUpstream::echo("two").await;
     let mut dns = TestDns::start().await;
     dns.set_ips("a.svc.test", &["127.0.0.1"], 1);
-    let port = |m: &MockUpstream| m.target().rsplit(':').next().unwrap().parse::<u16>().unwrap();
-    dns.set_srv("_http._tcp.svc.test", &[(10, 5, port(&one), "a.svc.test")], 1);
+    let port = |m: &MockUpstream| {
+        m.target()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap()
+    };
+    dns.set_srv(
+        "_http._tcp.svc.test",
+        &[(10, 5, port(&one), "a.svc.test")],
+        1,
+    );
     let yaml = "upstreams:\n  u: { targets: [\"srv:_http._tcp.svc.test\"] }\nroutes:\n  - { name: r, upstream: u }\n";
     let node = TestNode::start_with(yaml, |raw| use_dns(raw, &dns)).await;
 
     assert!(
-        eventually(Duration::from_secs(5), || async { served_by(&node).await.as_deref() == Some("one") }).await,
+        eventually(Duration::from_secs(5), || async {
+            served_by(&node).await.as_deref() == Some("one")
+        })
+        .await,
         "the SRV record's target serves"
     );
     assert_eq!(
@@ -64,17 +79,26 @@ async fn srv_discovery_follows_changing_answers_and_keeps_the_last_known_good() 
     // lower-priority record is not used while the best one resolves.
     dns.set_srv(
         "_http._tcp.svc.test",
-        &[(10, 5, port(&two), "a.svc.test"), (20, 5, port(&one), "a.svc.test")],
+        &[
+            (10, 5, port(&two), "a.svc.test"),
+            (20, 5, port(&one), "a.svc.test"),
+        ],
         1,
     );
     assert!(
-        eventually(Duration::from_secs(5), || async { served_by(&node).await.as_deref() == Some("two") }).await,
+        eventually(Duration::from_secs(5), || async {
+            served_by(&node).await.as_deref() == Some("two")
+        })
+        .await,
         "the pool follows the new answer"
     );
     for _ in 0..10 {
         assert_eq!(served_by(&node).await.as_deref(), Some("two"));
     }
-    assert_eq!(node.metric("meridian_upstream_targets{upstream=\"u\"}"), 1.0);
+    assert_eq!(
+        node.metric("meridian_upstream_targets{upstream=\"u\"}"),
+        1.0
+    );
 
     // DNS goes away: the last known good addresses keep serving, and the
     // failures are counted.
@@ -105,9 +129,15 @@ async fn a_records_resolve_in_the_background_and_keep_the_host() {
     );
     let node = TestNode::start_with(&yaml, |raw| use_dns(raw, &dns)).await;
     assert!(
-        eventually(Duration::from_secs(5), || async { served_by(&node).await.is_some() }).await
+        eventually(Duration::from_secs(5), || async {
+            served_by(&node).await.is_some()
+        })
+        .await
     );
-    assert_eq!(upstream.last().headers["host"], format!("users.svc.test:{port}"));
+    assert_eq!(
+        upstream.last().headers["host"],
+        format!("users.svc.test:{port}")
+    );
     // A name that never resolved gives no target: a fast 503, not a wait.
     dns.set_ips("users.svc.test", &[], 1);
     let yaml = format!(
@@ -123,7 +153,10 @@ async fn a_records_resolve_in_the_background_and_keep_the_host() {
 
 /// A node in region `local` whose upstream `u` has a health check the test
 /// switches, with `[regions]` addresses and the DNS responder.
-async fn gslb_node(healthy: Arc<AtomicBool>, tweak: impl FnOnce(&mut RawConfig)) -> (TestNode, MockUpstream) {
+async fn gslb_node(
+    healthy: Arc<AtomicBool>,
+    tweak: impl FnOnce(&mut RawConfig),
+) -> (TestNode, MockUpstream) {
     let upstream = MockUpstream::start(move |seen| {
         let ok = healthy.load(Ordering::SeqCst);
         async move {
@@ -144,17 +177,23 @@ async fn gslb_node(healthy: Arc<AtomicBool>, tweak: impl FnOnce(&mut RawConfig))
         raw.gslb.interval = Duration::from_millis(50);
         raw.regions.insert(
             "local".into(),
-            node::regions::RawRegion { addresses: vec!["192.0.2.1".into(), "2001:db8::1".into()] },
+            node::regions::RawRegion {
+                addresses: vec!["192.0.2.1".into(), "2001:db8::1".into()],
+            },
         );
         raw.regions.insert(
             "us-east".into(),
-            node::regions::RawRegion { addresses: vec!["192.0.2.2".into()] },
+            node::regions::RawRegion {
+                addresses: vec!["192.0.2.2".into()],
+            },
         );
         raw.dns.listen = "127.0.0.1:0".into();
         raw.dns.zone = Some("gw.test".into());
         raw.dns.ttl = Duration::from_secs(2);
         raw.dns.names.insert("api".into(), Vec::new());
-        raw.dns.names.insert("local.api".into(), vec!["local".into()]);
+        raw.dns
+            .names
+            .insert("local.api".into(), vec!["local".into()]);
         raw.dns.region_preference = vec!["local".into(), "us-east".into()];
         tweak(raw);
     })
@@ -164,7 +203,11 @@ async fn gslb_node(healthy: Arc<AtomicBool>, tweak: impl FnOnce(&mut RawConfig))
 
 async fn a_records(resolver: &hickory_resolver::TokioResolver, name: &str) -> Vec<String> {
     match resolver.lookup_ip(name).await {
-        Ok(lookup) => lookup.iter().filter(|ip| ip.is_ipv4()).map(|ip| ip.to_string()).collect(),
+        Ok(lookup) => lookup
+            .iter()
+            .filter(|ip| ip.is_ipv4())
+            .map(|ip| ip.to_string())
+            .collect(),
         Err(error) if error.is_no_records_found() && !error.is_nx_domain() => Vec::new(),
         Err(error) => panic!("{name}: {error}"),
     }
@@ -184,7 +227,10 @@ async fn the_dns_responder_answers_with_healthy_regions_only() {
         "both regions, the preferred first"
     );
     let lookup = resolver.ipv4_lookup("api.gw.test.").await.unwrap();
-    assert!(lookup.answers().iter().all(|r| r.ttl == 2), "the configured TTL");
+    assert!(
+        lookup.answers().iter().all(|r| r.ttl == 2),
+        "the configured TTL"
+    );
     let v6 = resolver.ipv6_lookup("api.gw.test.").await.unwrap();
     assert_eq!(v6.answers().len(), 1);
     let gslb = get(&node.admin_url("/healthz/gslb")).await;
@@ -200,7 +246,10 @@ async fn the_dns_responder_answers_with_healthy_regions_only() {
         .await,
         "only the healthy region is answered"
     );
-    assert_eq!(a_records(&resolver, "local.api.gw.test.").await, Vec::<String>::new());
+    assert_eq!(
+        a_records(&resolver, "local.api.gw.test.").await,
+        Vec::<String>::new()
+    );
     let gslb = get(&node.admin_url("/healthz/gslb")).await;
     assert_eq!(gslb.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(gslb.json()["status"], "drain");
@@ -283,7 +332,10 @@ async fn anycast_hooks_follow_health_with_hysteresis_and_hold() {
     .await;
 
     assert!(
-        eventually(Duration::from_secs(5), || async { actions(&log) == ["announce"] }).await,
+        eventually(Duration::from_secs(5), || async {
+            actions(&log) == ["announce"]
+        })
+        .await,
         "{:?}",
         calls(&log)
     );
@@ -291,13 +343,19 @@ async fn anycast_hooks_follow_health_with_hysteresis_and_hold() {
     // Unhealthy right away: the withdraw waits for the hold time.
     healthy.store(false, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(6), || async { actions(&log) == ["announce", "withdraw"] }).await,
+        eventually(Duration::from_secs(6), || async {
+            actions(&log) == ["announce", "withdraw"]
+        })
+        .await,
         "{:?}",
         calls(&log)
     );
     let recorded = calls(&log);
     let held = Duration::from_nanos((recorded[1].1 - recorded[0].1) as u64);
-    assert!(held >= hold, "withdrew after {held:?}, before the hold time");
+    assert!(
+        held >= hold,
+        "withdrew after {held:?}, before the hold time"
+    );
     assert_eq!(recorded[1].2, "upstream u has no available target");
     // Healthy again: announced again, once, after the hold time.
     healthy.store(true, Ordering::SeqCst);
@@ -311,12 +369,18 @@ async fn anycast_hooks_follow_health_with_hysteresis_and_hold() {
     );
     let recorded = calls(&log);
     assert!(Duration::from_nanos((recorded[2].1 - recorded[1].1) as u64) >= hold);
-    assert!(node.metric("meridian_anycast_commands_total{action=\"announce\",result=\"ok\"}") >= 2.0);
+    assert!(
+        node.metric("meridian_anycast_commands_total{action=\"announce\",result=\"ok\"}") >= 2.0
+    );
 
     // Shutdown withdraws at once, whatever the hold time.
     node.stop().await;
     let recorded = calls(&log);
-    assert_eq!(recorded.last().map(|c| c.0.as_str()), Some("withdraw"), "{recorded:?}");
+    assert_eq!(
+        recorded.last().map(|c| c.0.as_str()),
+        Some("withdraw"),
+        "{recorded:?}"
+    );
     assert_eq!(recorded.last().map(|c| c.2.as_str()), Some("draining"));
 }
 
@@ -349,8 +413,16 @@ async fn drain_reports_unhealthy_first_finishes_in_flight_requests_then_stops() 
         raw.shutdown.drain_delay = Duration::from_millis(500);
     })
     .await;
-    assert!(eventually(Duration::from_secs(5), || async { actions(&log) == ["announce"] }).await);
-    assert_eq!(get(&node.admin_url("/healthz/gslb")).await.status, StatusCode::OK);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            actions(&log) == ["announce"]
+        })
+        .await
+    );
+    assert_eq!(
+        get(&node.admin_url("/healthz/gslb")).await.status,
+        StatusCode::OK
+    );
 
     let slow = tokio::spawn(get_owned(node.url("/slow")));
     assert!(eventually(Duration::from_secs(5), || async { upstream.count() >= 1 }).await);
@@ -367,9 +439,15 @@ async fn drain_reports_unhealthy_first_finishes_in_flight_requests_then_stops() 
     let gslb = get(&node.admin_url("/healthz/gslb")).await;
     assert_eq!(gslb.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(gslb.json()["reason"], "draining");
-    assert_eq!(get(&node.admin_url("/readyz")).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        get(&node.admin_url("/readyz")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert!(
-        eventually(Duration::from_secs(3), || async { actions(&log) == ["announce", "withdraw"] }).await,
+        eventually(Duration::from_secs(3), || async {
+            actions(&log) == ["announce", "withdraw"]
+        })
+        .await,
         "{:?}",
         calls(&log)
     );
