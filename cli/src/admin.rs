@@ -72,7 +72,7 @@ impl Target {
         let bytes = response.into_body().collect().await?.to_bytes();
         let value: Value = serde_json::from_slice(&bytes)
             .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-        if status != StatusCode::OK {
+        if !status.is_success() {
             let message = value["error"]["message"]
                 .as_str()
                 .map(str::to_owned)

@@ -1,5 +1,6 @@
-//! `meridian node run --config node.toml [--gateway FILE]`, and the runtime
-//! and logging set-up every long-running command shares.
+//! `meridian node run --config node.toml [--gateway FILE]`, `meridian node
+//! drain [--wait]`, and the runtime and logging set-up every long-running
+//! command shares.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,19 @@ use node::config::{Config, RawConfig};
 pub(crate) enum Command {
     /// Run one node from its node.toml.
     Run(Args),
+    /// Drain a running node (for rolling restarts): it reports unhealthy to
+    /// DNS GSLB and anycast at once, keeps serving for
+    /// `shutdown.drain-delay`, finishes its in-flight requests, then exits.
+    Drain {
+        /// Return only once the node has stopped (its admin API is gone).
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits.
+        #[arg(long, default_value = "2m")]
+        timeout: humantime::Duration,
+        #[command(flatten)]
+        target: crate::admin::Target,
+    },
 }
 
 #[derive(clap::Args)]
@@ -27,7 +41,23 @@ pub(crate) struct Args {
 /// Exit code for a configuration that cannot be used (EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
 
-pub(crate) fn main(Command::Run(args): Command) -> ExitCode {
+pub(crate) fn main(command: Command) -> ExitCode {
+    let args = match command {
+        Command::Run(args) => args,
+        Command::Drain {
+            wait,
+            timeout,
+            target,
+        } => {
+            return match block_on(drain(target, wait, timeout.into())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("meridian: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     match load(&args.config, args.gateway) {
         Ok(config) => match serve(config, None) {
             Ok(()) => ExitCode::SUCCESS,
@@ -41,6 +71,38 @@ pub(crate) fn main(Command::Run(args): Command) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// `meridian node drain`: asks the node to drain; with `wait`, polls its
+/// `/healthz` until it no longer answers.
+async fn drain(
+    target: crate::admin::Target,
+    wait: bool,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let answer = target
+        .call(http::Method::POST, "/v1/node/drain", None)
+        .await?;
+    println!(
+        "node {} draining: reporting unhealthy now, closing its listeners in {} ms, then giving in-flight requests up to {} ms",
+        answer["node"], answer["drain_delay_ms"], answer["grace_period_ms"]
+    );
+    if !wait {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    while target
+        .call(http::Method::GET, "/healthz", None)
+        .await
+        .is_ok()
+    {
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("the node is still running after {timeout:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    println!("node stopped");
+    Ok(())
 }
 
 /// Reads and validates a node.toml; the error lists every broken rule.

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | GET | `/healthz` | 200 while the process runs |
 //! | GET | `/readyz` | 200 once a gateway configuration is in force, the node is not draining and (with `raft.on-leader-loss = "not-ready"`) it heard from a raft leader within `raft.leader-loss`; else 503 |
+//! | GET | `/healthz/gslb` | 200 `{"status": "serve", …}` when this region should receive traffic, 503 `{"status": "drain", "reason": …}` when not (rules in [`crate::regions`]); for DNS GSLB health checkers |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/v1/config` | `{"version": n, "config": {…}}`, secrets shown as `<redacted>` |
 //! | PUT | `/v1/config[?wait=all]` | body: gateway.yaml (YAML or JSON); committed through raft: 200 `{"version", "index"[, "applied"]}`, 400 with every violated rule, 503 without a leader |
@@ -16,6 +17,8 @@
 //! | POST | `/v1/consumers/{name}/keys[?wait=all]` | body `{"ttl": "30d"}` optional; a new API key, shown once |
 //! | DELETE | `/v1/keys/{id}[?wait=all]` | revoke an API key |
 //! | POST | `/v1/revocations[?wait=all]` | `{"jti"}`, `{"sub", "not_before"}` or `{"serial"}`, optional `ttl` |
+//! | GET | `/v1/health/regions` | the regions' health view: per region `healthy`, `reason`, `addresses`, `updated_at_ms`, `source` |
+//! | POST | `/v1/node/drain` | 202: the node reports unhealthy to GSLB / anycast / `/readyz`, serves for `shutdown.drain-delay`, then shuts down gracefully |
 //!
 //! When `admin.token` is set, `/v1/*` requires `Authorization: Bearer <token>`.
 //! Failures use the JSON error body of the data plane.
@@ -79,28 +82,50 @@ pub async fn handle(
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
             let version = app.snapshots.load().version;
-            let draining = app.shared.shutdown.is_cancelled();
             let silence = app.cluster.leader_silence_ms();
-            let raft = &app.shared.config.raft;
-            let stale = raft.on_leader_loss == crate::config::LeaderLoss::NotReady
-                && silence > raft.leader_loss.as_millis() as u64;
-            let (status, state) = match (version, draining, stale) {
-                (_, true, _) => (StatusCode::SERVICE_UNAVAILABLE, "draining".to_owned()),
-                (_, _, true) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "no contact with a raft leader for {silence} ms; revocations may be stale"
-                    ),
-                ),
-                (0, false, false) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no gateway configuration".to_owned(),
-                ),
-                _ => (StatusCode::OK, "ready".to_owned()),
+            let (status, state) = match app.readiness() {
+                Ok(()) => (StatusCode::OK, "ready".to_owned()),
+                Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
             };
             json_response(
                 status,
                 &json!({"status": state, "config_version": version, "leader_silence_ms": silence}),
+            )
+        }
+        (&Method::GET, "/healthz/gslb") => {
+            let verdict = crate::regions::evaluate(&app);
+            let status = if verdict.serve {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(
+                status,
+                &json!({
+                    "status": if verdict.serve { "serve" } else { "drain" },
+                    "reason": verdict.reason,
+                    "region": app.shared.config.region,
+                    "node": app.shared.config.id,
+                }),
+            )
+        }
+        (&Method::GET, "/v1/health/regions") => {
+            let regions = app.regions.all();
+            json_response(
+                StatusCode::OK,
+                &json!({"local": app.regions.local_region(), "regions": &*regions}),
+            )
+        }
+        (&Method::POST, "/v1/node/drain") => {
+            app.drain();
+            json_response(
+                StatusCode::ACCEPTED,
+                &json!({
+                    "status": "draining",
+                    "node": app.shared.config.id,
+                    "drain_delay_ms": app.shared.config.shutdown.drain_delay.as_millis() as u64,
+                    "grace_period_ms": app.shared.config.shutdown.grace_period.as_millis() as u64,
+                }),
             )
         }
         (&Method::GET, "/metrics") => {

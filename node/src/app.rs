@@ -20,6 +20,7 @@ use crate::cluster::{self, Cluster, Written};
 use crate::config::{AdminTls, Config};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Pipeline};
+use crate::regions::RegionHealth;
 use crate::snapshot;
 use crate::{Shared, admin, server};
 
@@ -70,6 +71,14 @@ pub enum Error {
     /// The TLS certificates or CAs could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The DNS responder's address is unavailable.
+    #[error("cannot listen on {address} (dns): {source}")]
+    BindDns {
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// What the request handlers share: the node's services, the snapshot in
@@ -78,6 +87,7 @@ pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
     pub(crate) snapshots: snapshot::Handle,
     pub(crate) cluster: Arc<Cluster>,
+    pub(crate) regions: Arc<RegionHealth>,
     pipeline: Pipeline,
 }
 
@@ -110,6 +120,46 @@ impl Gateway {
     /// The node's cluster membership.
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
+    }
+
+    /// The regions' health view.
+    pub fn regions(&self) -> &Arc<RegionHealth> {
+        &self.regions
+    }
+
+    /// Asks the node to drain: it reports unhealthy to GSLB and anycast at
+    /// once, keeps serving for `shutdown.drain-delay`, then shuts down
+    /// gracefully ([`App::run`] returns). Idempotent.
+    pub fn drain(&self) {
+        if !self.shared.drain.is_cancelled() {
+            tracing::info!(delay = ?self.shared.config.shutdown.drain_delay, "drain requested");
+            self.shared.drain.cancel();
+        }
+    }
+
+    /// Whether the node is draining or shutting down.
+    pub fn draining(&self) -> bool {
+        self.shared.drain.is_cancelled() || self.shared.shutdown.is_cancelled()
+    }
+
+    /// `Ok` when the node is ready to take traffic (`/readyz`), else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.draining() {
+            return Err("draining".into());
+        }
+        let raft = &self.shared.config.raft;
+        let silence = self.cluster.leader_silence_ms();
+        if raft.on_leader_loss == crate::config::LeaderLoss::NotReady
+            && silence > raft.leader_loss.as_millis() as u64
+        {
+            return Err(format!(
+                "no contact with a raft leader for {silence} ms; revocations may be stale"
+            ));
+        }
+        if self.snapshots.load().version == 0 {
+            return Err("no gateway configuration".into());
+        }
+        Ok(())
     }
 
     /// Brings the data plane up to the latest applied state: records it for
@@ -200,6 +250,8 @@ impl Gateway {
 /// A node with its listeners bound, ready to run.
 pub struct App {
     gateway: Arc<Gateway>,
+    /// The DNS responder's sockets, when `[dns]` has a zone.
+    dns: Option<crate::dns::responder::Bound>,
     proxy: TcpListener,
     /// The HTTPS listener and its TLS, when `[tls]` has certificates.
     proxy_tls: Option<(TcpListener, Arc<crate::tls::Tls>)>,
@@ -254,6 +306,15 @@ impl App {
             None => None,
         };
         let admin = bind("admin", config.listen.admin)?;
+        let dns = match &config.dns {
+            Some(settings) => Some(crate::dns::responder::Bound::bind(settings.listen).map_err(
+                |source| Error::BindDns {
+                    address: settings.listen,
+                    source,
+                },
+            )?),
+            None => None,
+        };
         let socket = crate::peer::PeerPlane::socket(config.listen.peer)?;
         if let Some(token) = join
             && !crate::pki::Identity::exists(&config.data_dir)
@@ -285,6 +346,8 @@ impl App {
             tasks.clone(),
             shutdown.clone(),
         );
+        let resolver = crate::dns::resolver::Resolver::new(&config.resolver);
+        let regions = Arc::new(RegionHealth::new(&config.region, &config.gslb));
         let shared = Arc::new(Shared {
             config: Arc::new(config),
             metrics,
@@ -293,6 +356,8 @@ impl App {
             shutdown,
             cluster: cluster.clone(),
             ratelimit,
+            resolver,
+            drain: CancellationToken::new(),
         });
         shared.tasks.spawn(
             cluster
@@ -323,6 +388,7 @@ impl App {
             snapshots: snapshot::Handle::new(shared.clone()),
             pipeline: pipeline::build(&shared),
             cluster,
+            regions,
             shared,
         });
         gateway.sync();
@@ -359,6 +425,7 @@ impl App {
             .await;
         Ok(Self {
             gateway,
+            dns,
             proxy,
             proxy_tls,
             admin,
@@ -388,6 +455,11 @@ impl App {
             .expect("a bound listener has an address")
     }
 
+    /// The bound DNS responder address (UDP and TCP), when `[dns]` has a zone.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().and_then(|bound| bound.local_addr().ok())
+    }
+
     /// The request handlers' shared state.
     pub fn gateway(&self) -> Arc<Gateway> {
         self.gateway.clone()
@@ -397,6 +469,7 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             gateway,
+            dns,
             proxy,
             proxy_tls,
             admin,
@@ -479,6 +552,27 @@ impl App {
         shared
             .tasks
             .spawn(upkeep(shared.clone()).instrument(tracing::info_span!("upkeep")));
+        shared
+            .tasks
+            .spawn(crate::regions::run(gateway.clone()).instrument(tracing::info_span!("gslb")));
+        if let Some(settings) = config.anycast.clone() {
+            shared.tasks.spawn(
+                crate::regions::anycast::run(gateway.clone(), settings)
+                    .instrument(tracing::info_span!("anycast")),
+            );
+        }
+        if let (Some(bound), Some(settings)) = (dns, &config.dns) {
+            shared.tasks.spawn(
+                crate::dns::responder::serve(
+                    bound,
+                    settings.zone.clone(),
+                    gateway.regions.clone(),
+                    shared.metrics.clone(),
+                    shared.shutdown.clone(),
+                )
+                .instrument(tracing::info_span!("dns")),
+            );
+        }
         if config.gateway.is_some() {
             shared
                 .tasks
@@ -492,7 +586,21 @@ impl App {
             "node running"
         );
 
-        shutdown.await;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let drained = tokio::select! {
+            () = shutdown.as_mut() => false,
+            () = shared.drain.cancelled() => true,
+        };
+        if drained {
+            // GSLB and anycast already see the node as unhealthy (they
+            // watch the same token); keep serving while traffic moves away,
+            // unless the node is told to stop meanwhile.
+            tracing::info!(delay = ?config.shutdown.drain_delay, "draining: reporting unhealthy before closing the listeners");
+            tokio::select! {
+                () = shutdown.as_mut() => {}
+                () = tokio::time::sleep(config.shutdown.drain_delay) => {}
+            }
+        }
         tracing::info!("shutting down");
         shared.shutdown.cancel();
         servers.close();

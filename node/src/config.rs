@@ -44,6 +44,14 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsSettings>,
     /// Rate-limit state bounds.
     pub ratelimit: crate::ratelimit::Settings,
+    /// The DNS resolver for upstream discovery (`[resolver]`).
+    pub resolver: crate::dns::resolver::ResolverSettings,
+    /// When this region serves, and the regions' addresses (`[gslb]`, `[regions]`).
+    pub gslb: crate::regions::GslbSettings,
+    /// Anycast announce / withdraw commands, when configured (`[anycast]`).
+    pub anycast: Option<crate::regions::anycast::AnycastSettings>,
+    /// The authoritative DNS responder, when `dns.zone` is set (`[dns]`).
+    pub dns: Option<crate::dns::responder::DnsSettings>,
 }
 
 /// Raft settings.
@@ -191,6 +199,10 @@ pub enum AccessLogTarget {
 pub struct Shutdown {
     /// In-flight requests get this long to finish before connections are closed.
     pub grace_period: Duration,
+    /// After `meridian node drain`, the node keeps serving this long while
+    /// it reports unhealthy (GSLB, anycast, `/readyz`), so traffic moves
+    /// away before the listeners close.
+    pub drain_delay: Duration,
 }
 
 /// The serde shape of `node.toml`.
@@ -225,6 +237,16 @@ pub struct RawConfig {
     pub tls: crate::tls::RawTls,
     /// `[ratelimit]`.
     pub ratelimit: crate::ratelimit::RawSettings,
+    /// `[resolver]`.
+    pub resolver: crate::dns::resolver::RawResolver,
+    /// `[gslb]`.
+    pub gslb: crate::regions::RawGslb,
+    /// `[regions.NAME]`.
+    pub regions: std::collections::BTreeMap<String, crate::regions::RawRegion>,
+    /// `[anycast]`.
+    pub anycast: crate::regions::anycast::RawAnycast,
+    /// `[dns]`.
+    pub dns: crate::dns::responder::RawDns,
 }
 
 /// `[raft]`.
@@ -356,6 +378,9 @@ pub struct RawShutdown {
     /// `grace-period`.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
+    /// `drain-delay`.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
 }
 
 impl Default for RawConfig {
@@ -375,6 +400,11 @@ impl Default for RawConfig {
             raft: RawRaft::default(),
             tls: crate::tls::RawTls::default(),
             ratelimit: crate::ratelimit::RawSettings::default(),
+            resolver: Default::default(),
+            gslb: Default::default(),
+            regions: Default::default(),
+            anycast: Default::default(),
+            dns: Default::default(),
         }
     }
 }
@@ -431,6 +461,7 @@ impl Default for RawShutdown {
     fn default() -> Self {
         Self {
             grace_period: Duration::from_secs(30),
+            drain_delay: Duration::from_secs(10),
         }
     }
 }
@@ -680,6 +711,17 @@ impl RawConfig {
                 rule: rule.to_owned(),
             })
         });
+        let mut report = |key: &str, value: &dyn std::fmt::Display, rule: &str| {
+            errors.push(ConfigError {
+                key: key.to_owned(),
+                value: value.to_string(),
+                rule: rule.to_owned(),
+            })
+        };
+        let resolver = self.resolver.validate(&mut report);
+        let gslb = self.gslb.validate(self.regions, &mut report);
+        let anycast = self.anycast.validate(&mut report);
+        let dns = self.dns.validate(&mut report);
         if let (Some(_), Some(plain), Some(secure)) = (&tls, proxy, proxy_tls)
             && plain == secure
             && secure.port() != 0
@@ -740,6 +782,7 @@ impl RawConfig {
                 },
                 shutdown: Shutdown {
                     grace_period: self.shutdown.grace_period,
+                    drain_delay: self.shutdown.drain_delay,
                 },
                 raft: Raft {
                     heartbeat: r.heartbeat,
@@ -750,6 +793,10 @@ impl RawConfig {
                 },
                 tls,
                 ratelimit,
+                resolver,
+                gslb,
+                anycast,
+                dns,
             }),
             _ => Err(ConfigErrors(errors)),
         }

@@ -7,6 +7,8 @@
 //! - [`server`]: listeners, connection limits, timeouts, graceful drain.
 //! - [`pipeline`]: the request path: [`pipeline::Stage`]s in one order, per-request [`pipeline::RequestCx`].
 //! - [`proxy`]: forwarding, upstream pools, load balancing, health checks, retries.
+//! - [`dns`]: upstream discovery through DNS, the authoritative DNS responder.
+//! - [`regions`]: the regions' health view, `/healthz/gslb`, anycast hooks.
 //! - [`snapshot`]: the compiled gateway configuration, swapped atomically.
 //! - [`normalize`]: the one path normalisation every stage relies on.
 //! - [`body`]: streamed bodies with limits and idle timeouts.
@@ -23,6 +25,7 @@ pub mod body;
 pub mod calendar;
 pub mod cluster;
 pub mod config;
+pub mod dns;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -34,6 +37,7 @@ pub mod pipeline;
 pub mod pki;
 pub mod proxy;
 pub mod ratelimit;
+pub mod regions;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
@@ -63,4 +67,9 @@ pub struct Shared {
     pub cluster: Arc<cluster::Cluster>,
     /// Rate-limit state, kept across configuration reloads.
     pub ratelimit: Arc<ratelimit::Registry>,
+    /// The resolver for upstream discovery.
+    pub resolver: dns::resolver::Resolver,
+    /// Cancelled when the node is asked to drain (`POST /v1/node/drain`):
+    /// it reports unhealthy to GSLB and anycast, then shuts down.
+    pub drain: CancellationToken,
 }

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use raft::model::GatewayConfig;
 
 use crate::Shared;
+use crate::dns::discovery;
 use crate::metrics::RouteMetrics;
 use crate::pipeline::auth;
 use crate::pipeline::policy::Policies;
@@ -57,15 +58,23 @@ impl Snapshot {
         for (name, definition) in &config.upstreams {
             let pool = match previous.pools.get(name) {
                 Some(pool) if pool.definition() == definition => pool.clone(),
-                _ => {
+                previous_pool => {
                     let pool = Pool::new(
                         name,
                         definition,
                         &shared.metrics,
                         &shared.tasks,
                         &shared.shutdown,
+                        previous_pool.map(|p| &**p),
                     );
                     health::spawn(&pool, &shared.tasks, &shared.shutdown);
+                    discovery::spawn(
+                        &pool,
+                        &shared.resolver,
+                        &shared.metrics,
+                        &shared.tasks,
+                        &shared.shutdown,
+                    );
                     pool
                 }
             };

@@ -6,10 +6,13 @@
 //! - [`TestNode`]: a node started from YAML, stopped at the end of a test.
 //! - [`MockUpstream`]: an HTTP/1.1 + h2c server that records what it received.
 //! - [`client`]: small HTTP helpers, including raw TCP for malformed input.
+//! - [`dns`]: a DNS server whose records the test changes, and a resolver
+//!   pointed at any server.
 //! - [`idp`]: a test identity provider: signing keys, a JWKS server, an
 //!   RFC 7662 introspection server.
 
 pub mod client;
+pub mod dns;
 pub mod idp;
 pub mod redis;
 pub mod upstream;
@@ -34,6 +37,8 @@ pub struct TestNode {
     pub proxy_tls: Option<SocketAddr>,
     /// Admin listener.
     pub admin: SocketAddr,
+    /// The DNS responder (UDP and TCP), when `[dns]` has a zone.
+    pub dns: Option<SocketAddr>,
     /// The node's request handlers (snapshots, metrics).
     pub gateway: std::sync::Arc<Gateway>,
     stop: CancellationToken,
@@ -138,6 +143,7 @@ impl TestNode {
             proxy: app.proxy_addr(),
             proxy_tls: app.proxy_tls_addr(),
             admin: app.admin_addr(),
+            dns: app.dns_addr(),
             gateway: app.gateway(),
             stop: stop.clone(),
             task: tokio::spawn(app.run(stop.cancelled_owned())),
@@ -210,6 +216,11 @@ impl TestNode {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+
+    /// Whether the node has stopped by itself (after a drain).
+    pub fn is_stopped(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Cancels the node's shutdown token without waiting.

@@ -206,14 +206,15 @@ fn part_headers(cx: &RequestCx, client: &HeaderMap) -> HeaderMap {
 /// Calls one part and parses its JSON, within its timeout.
 async fn call(part: &Part, path: PathAndQuery, mut headers: HeaderMap) -> Result<Value, PartError> {
     let pool = &part.pool;
-    let Some(index) = pool.pick(None, &[]) else {
+    let set = pool.targets();
+    let Some(index) = pool.pick(&set, None, &[]) else {
         pool.metrics.error("no_healthy_upstream");
         return Err(PartError::new(
             "no_healthy_upstream",
             StatusCode::BAD_GATEWAY,
         ));
     };
-    let target = &pool.targets[index];
+    let target = &set[index];
     if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
         headers.insert(header::HOST, host);
     }
@@ -221,7 +222,7 @@ async fn call(part: &Part, path: PathAndQuery, mut headers: HeaderMap) -> Result
     *request.method_mut() = Method::GET;
     *request.uri_mut() = Uri::from(path);
     *request.headers_mut() = headers;
-    let mut in_flight = pool.begin(index);
+    let mut in_flight = pool.begin(&set, index);
     let started = Instant::now();
     let exchange = async {
         let (response, conn) =
@@ -238,7 +239,7 @@ async fn call(part: &Part, path: PathAndQuery, mut headers: HeaderMap) -> Result
         if status.is_server_error() {
             pool.metrics.error("status_5xx");
         }
-        pool.record(index, !status.is_server_error());
+        pool.record(&set, index, !status.is_server_error());
         if !status.is_success() {
             return Err(PartError::new("upstream_status", status));
         }
@@ -273,14 +274,14 @@ async fn call(part: &Part, path: PathAndQuery, mut headers: HeaderMap) -> Result
                 pool.metrics.error(error.code);
             }
             if !matches!(error.code, "upstream_status" | "upstream_body_too_large") {
-                pool.record(index, false);
+                pool.record(&set, index, false);
             }
             return Err(error);
         }
         Err(_elapsed) => {
             in_flight.discard();
             pool.metrics.error("upstream_timeout");
-            pool.record(index, false);
+            pool.record(&set, index, false);
             return Err(PartError::new(
                 "upstream_timeout",
                 StatusCode::GATEWAY_TIMEOUT,

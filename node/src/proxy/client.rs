@@ -16,10 +16,11 @@
 //! - **HTTP/2** (`protocol: h2`): one multiplexed connection per target,
 //!   shared by every request, replaced when it closes. Concurrent requests
 //!   that find none wait for one connect rather than each opening their own.
-//! - **Connecting**: IP-literal targets are parsed once; names are resolved
-//!   with `tokio::net::lookup_host` on each connect. The TCP connect is
-//!   bounded by `timeouts.connect` (split across the resolved addresses);
-//!   sockets get `TCP_NODELAY` and keep-alive probes after 60 s.
+//! - **Connecting**: every endpoint has one socket address; names were
+//!   resolved before, in the background ([`crate::dns::discovery`]), so a
+//!   request never waits for DNS. The TCP connect is bounded by
+//!   `timeouts.connect`; sockets get `TCP_NODELAY` and keep-alive probes
+//!   after 60 s.
 //! - **Stale connections**: a pooled connection may have been closed by the
 //!   target while it sat idle. Closed ones are skipped at checkout. When the
 //!   close races the request and hyper hands the request back unsent, it is
@@ -75,21 +76,6 @@ const MIN_REAP_PERIOD: Duration = Duration::from_secs(1);
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The target's name could not be resolved.
-    #[error("cannot resolve {authority}: {source}")]
-    Resolve {
-        /// The target.
-        authority: Authority,
-        /// The resolver's error.
-        #[source]
-        source: io::Error,
-    },
-    /// The target's name resolved to no address.
-    #[error("{authority} resolves to no address")]
-    NoAddress {
-        /// The target.
-        authority: Authority,
-    },
     /// The TCP connect failed.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
@@ -124,7 +110,6 @@ impl Error {
     /// `UpstreamProtocol` (502); all three are retryable.
     pub fn kind(&self) -> Kind {
         match self {
-            Error::Resolve { .. } | Error::NoAddress { .. } => Kind::UpstreamConnect,
             Error::Connect { source, .. } if source.kind() == io::ErrorKind::TimedOut => {
                 Kind::UpstreamConnectTimeout
             }
@@ -141,8 +126,8 @@ impl Error {
 /// The connections to one target.
 pub struct Endpoint {
     authority: Authority,
-    /// The target's address when it is an IP literal: no resolution.
-    addr: Option<SocketAddr>,
+    /// The address connected to.
+    addr: SocketAddr,
     /// HTTP/1.1: idle connections, the most recently used on top.
     idle: Mutex<Vec<Idle>>,
     /// HTTP/2: the shared connection.
@@ -157,15 +142,21 @@ struct Idle {
 }
 
 impl Endpoint {
-    /// The connections to the target at `authority` (none open yet).
-    pub fn new(authority: &Authority) -> Self {
+    /// The connections to the target at `addr`, known as `authority` (none
+    /// open yet).
+    pub fn new(authority: &Authority, addr: SocketAddr) -> Self {
         Self {
             authority: authority.clone(),
-            addr: authority.as_str().parse().ok(),
+            addr,
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The socket address connected to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Idle HTTP/1.1 connections kept for this target.
@@ -430,37 +421,7 @@ impl Client {
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<TcpStream, Error> {
-        if let Some(addr) = endpoint.addr {
-            return connect(addr, self.connect_timeout).await;
-        }
-        let authority = &endpoint.authority;
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let port = authority.port_u16().unwrap_or(80);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|source| Error::Resolve {
-                authority: authority.clone(),
-                source,
-            })?
-            .collect();
-        // The connect timeout is shared by the addresses, as in
-        // hyper-util's connector.
-        let deadline = Instant::now() + self.connect_timeout;
-        let mut last = Error::NoAddress {
-            authority: authority.clone(),
-        };
-        for (i, addr) in addrs.iter().enumerate() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
-            match connect(*addr, share).await {
-                Ok(stream) => return Ok(stream),
-                Err(error) => last = error,
-            }
-        }
-        Err(last)
+        connect(endpoint.addr, self.connect_timeout).await
     }
 
     /// Closes every idle connection and keeps none from now on (shutdown).
@@ -533,7 +494,8 @@ pub(super) async fn reap(pool: Weak<Pool>, period: Duration, shutdown: Cancellat
             _ = interval.tick() => false,
         };
         let Some(pool) = pool.upgrade() else { return };
-        let endpoints: Vec<&Endpoint> = pool.targets.iter().map(|t| &t.endpoint).collect();
+        let set = pool.targets();
+        let endpoints: Vec<&Endpoint> = set.iter().map(|t| &t.endpoint).collect();
         if closing {
             pool.client.close(&endpoints);
             return;
@@ -682,7 +644,7 @@ mod tests {
         let doc = format!("upstreams:\n  u: {{ targets: [\"{addr}\"]{extra} }}\n");
         let upstream = model::GatewayConfig::parse(&doc).expect("valid").upstreams["u"].clone();
         let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
-        let pool = Pool::new("u", &upstream, &Metrics::new(), &tasks, &shutdown);
+        let pool = Pool::new("u", &upstream, &Metrics::new(), &tasks, &shutdown, None);
         (pool, tasks, shutdown)
     }
 
@@ -695,7 +657,8 @@ mod tests {
 
     /// One request, its body read to the end, its connection given back.
     async fn exchange(pool: &Pool) -> Result<Bytes, Error> {
-        let endpoint = &pool.targets[0].endpoint;
+        let set = pool.targets();
+        let endpoint = &set[0].endpoint;
         let (response, conn) = pool.client.send(endpoint, get()).await?;
         assert_eq!(response.status(), StatusCode::OK);
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -723,7 +686,7 @@ mod tests {
             assert_eq!(exchange(&pool).await.unwrap(), "ok");
         }
         assert_eq!(upstream.connections(), 1);
-        assert_eq!(pool.targets[0].endpoint.idle(), 1);
+        assert_eq!(pool.targets()[0].endpoint.idle(), 1);
         assert!(
             upstream
                 .requests()
@@ -736,7 +699,8 @@ mod tests {
     async fn a_connection_closed_under_a_queued_request_is_replaced_transparently() {
         let upstream = Upstream::start(Behaviour::default()).await;
         let (pool, _tasks, _shutdown) = pool(upstream.addr, "");
-        let endpoint = &pool.targets[0].endpoint;
+        let set = pool.targets();
+        let endpoint = &set[0].endpoint;
         // A pooled connection whose task has not run since the upstream
         // closed it: the request is queued on it before it notices.
         let stream = TcpStream::connect(upstream.addr).await.unwrap();
@@ -796,7 +760,7 @@ mod tests {
             assert_eq!(body.unwrap(), "ok");
         }
         assert_eq!(upstream.connections(), 5);
-        assert_eq!(pool.targets[0].endpoint.idle(), 2);
+        assert_eq!(pool.targets()[0].endpoint.idle(), 2);
         assert!(
             eventually(|| upstream.closed() == 3).await,
             "the surplus is closed"
@@ -820,14 +784,15 @@ mod tests {
         assert!(eventually(|| upstream.closed() == 1).await);
         // With no more traffic, the reaper closes the last one.
         assert!(eventually(|| upstream.closed() == 2).await);
-        assert_eq!(pool.targets[0].endpoint.idle(), 0);
+        assert_eq!(pool.targets()[0].endpoint.idle(), 0);
     }
 
     #[tokio::test]
     async fn shutdown_closes_idle_connections_and_lets_the_tasks_end() {
         let upstream = Upstream::start(Behaviour::default()).await;
         let (pool, tasks, shutdown) = pool(upstream.addr, "");
-        let endpoint = &pool.targets[0].endpoint;
+        let set = pool.targets();
+        let endpoint = &set[0].endpoint;
         exchange(&pool).await.unwrap();
         let (response, conn) = pool.client.send(endpoint, get()).await.unwrap();
         let _ = response.into_body().collect().await.unwrap();
@@ -909,7 +874,8 @@ mod tests {
         let closer = Arc::new(Mutex::new(CancellationToken::new()));
         let addr = h2_upstream(connections.clone(), closer.clone()).await;
         let (pool, _tasks, _shutdown) = pool(addr, ", protocol: h2");
-        let endpoint = &pool.targets[0].endpoint;
+        let set = pool.targets();
+        let endpoint = &set[0].endpoint;
         let send = || async {
             let (response, conn) = pool.client.send(endpoint, get()).await.unwrap();
             assert!(conn.is_none(), "nothing to give back");

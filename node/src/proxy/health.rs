@@ -4,13 +4,16 @@
 //! `interval` with `GET <path>`; a 2xx or 3xx answer within `timeout` is a
 //! success. `unhealthy_threshold` failures in a row mark a target
 //! unhealthy, `healthy_threshold` successes in a row mark it healthy again.
-//! Targets start healthy. The task holds only a weak reference, so it ends
-//! when the last snapshot using the pool is gone, or at shutdown.
+//! Targets start healthy (also those discovery adds later); the streaks
+//! live on the targets, so a target that stays in a new target set keeps
+//! its count. The task holds only a weak reference, so it ends when the
+//! last snapshot using the pool is gone, or at shutdown.
 //!
 //! Probes go through the pool's own client, so they use (and keep warm) the
 //! same pooled connections as requests: a probe reads the answer's body (up
 //! to 64 KiB, within `timeout`) so that its connection can be reused.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use http::{Request, header};
@@ -40,7 +43,6 @@ pub fn spawn(pool: &Arc<Pool>, tasks: &TaskTracker, shutdown: &CancellationToken
 }
 
 async fn run(pool: Weak<Pool>, check: HealthCheck, shutdown: CancellationToken) {
-    let mut streaks: Vec<(u32, u32)> = Vec::new();
     let mut interval = tokio::time::interval(check.interval);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -49,25 +51,21 @@ async fn run(pool: Weak<Pool>, check: HealthCheck, shutdown: CancellationToken) 
             _ = interval.tick() => {}
         }
         let Some(pool) = pool.upgrade() else { return };
-        streaks.resize(pool.targets.len(), (0, 0));
-        let probes = pool
-            .targets
-            .iter()
-            .map(|target| probe(&pool.client, target, &check));
+        let set = pool.targets();
+        let probes = set.iter().map(|target| probe(&pool.client, target, &check));
         let results = futures_util::future::join_all(probes).await;
-        for ((target, ok), (successes, failures)) in
-            pool.targets.iter().zip(results).zip(&mut streaks)
-        {
+        for (target, ok) in set.iter().zip(results) {
+            let (successes, failures) = &target.streaks;
             if ok {
-                *successes += 1;
-                *failures = 0;
-                if !target.healthy() && *successes >= check.healthy_threshold {
+                let successes = successes.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+                failures.store(0, Ordering::Relaxed);
+                if !target.healthy() && successes >= check.healthy_threshold {
                     target.set_healthy(true);
                 }
             } else {
-                *failures += 1;
-                *successes = 0;
-                if target.healthy() && *failures >= check.unhealthy_threshold {
+                let failures = failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+                successes.store(0, Ordering::Relaxed);
+                if target.healthy() && failures >= check.unhealthy_threshold {
                     target.set_healthy(false);
                 }
             }

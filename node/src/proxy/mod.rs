@@ -131,16 +131,17 @@ impl Proxy {
         } else {
             1
         };
+        let set = pool.targets();
         let mut tried: Vec<usize> = Vec::with_capacity(attempts as usize);
         let mut last_error = None;
         for attempt in 0..attempts {
             if attempt > 0 && (replay.as_ref().is_some_and(Replay::consumed) || !pool.try_retry()) {
                 break;
             }
-            let index = match pool.pick(hash, &tried) {
+            let index = match pool.pick(&set, hash, &tried) {
                 Some(index) => index,
                 // Every healthy target was tried: try them again in turn.
-                None if !tried.is_empty() => match pool.pick(hash, &[]) {
+                None if !tried.is_empty() => match pool.pick(&set, hash, &[]) {
                     Some(index) => index,
                     None => break,
                 },
@@ -150,7 +151,7 @@ impl Proxy {
                 }
             };
             tried.push(index);
-            let target = &pool.targets[index];
+            let target = &set[index];
             let mut request = http::Request::new(match &replay {
                 None => UpstreamBody::Empty,
                 Some(replay) => UpstreamBody::Client(
@@ -172,7 +173,7 @@ impl Proxy {
             }
             *request.headers_mut() = headers;
 
-            let mut in_flight = pool.begin(index);
+            let mut in_flight = pool.begin(&set, index);
             let started = Instant::now();
             let result = tokio::time::timeout(
                 timeouts.request,
@@ -190,7 +191,7 @@ impl Proxy {
                     if failed {
                         pool.metrics.error("status_5xx");
                     }
-                    pool.record(index, !failed);
+                    pool.record(&set, index, !failed);
                     return Ok(self.respond(response, client_upgrade, in_flight, timeouts.idle));
                 }
                 Ok(Err(error)) => match fault.get() {
@@ -212,7 +213,7 @@ impl Proxy {
                 Err(_elapsed) => Error::new(Kind::UpstreamTimeout),
             };
             pool.metrics.error(error.code());
-            pool.record(index, false);
+            pool.record(&set, index, false);
             cx.target = Some(target.address.clone());
             let retryable = error.retryable();
             last_error = Some(error);

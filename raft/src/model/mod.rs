@@ -371,7 +371,8 @@ impl GatewayConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// `host:port` of each target.
+    /// Each target: `ip:port`, `host:port` (A/AAAA records) or `srv:NAME`
+    /// (SRV records).
     pub targets: Vec<String>,
     /// The protocol spoken to the targets.
     #[serde(default)]

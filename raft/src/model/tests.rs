@@ -119,6 +119,14 @@ fn upstream_rules() {
         ],
     );
     check(
+        "upstreams:\n  u: { targets: [\"srv:_http._tcp.users.internal\", \"srv:\", \"srv:a..b\", \"srv:a b\"] }\n",
+        &[
+            "upstreams.u.targets[1] (srv:) must be srv: followed by a DNS name of at most 253 characters",
+            "upstreams.u.targets[2] (srv:a..b) must be srv: followed by a DNS name (labels of letters, digits, '-', '_')",
+            "upstreams.u.targets[3] (srv:a b) must be srv: followed by a DNS name (labels of letters, digits, '-', '_')",
+        ],
+    );
+    check(
         "upstreams:\n  u:\n    targets: [\"a:1\"]\n    timeouts: { connect: 0s }\n    health: { path: health, interval: 1s, timeout: 2s, healthy_threshold: 0 }\n    outlier: { max_ejection_percent: 101 }\n    retries: { attempts: 11 }\n",
         &[
             "upstreams.u.timeouts.connect (0s) must be greater than zero",

@@ -256,7 +256,11 @@ fn check_upstream(c: &mut Checker, name: &str, upstream: &Upstream) {
     let mut seen = BTreeSet::new();
     for (i, target) in upstream.targets.iter().enumerate() {
         let target_key = format!("{key}.targets[{i}]");
-        if let Err(rule) = parse_target(target) {
+        if let Some(name) = target.strip_prefix("srv:") {
+            if let Err(rule) = check_srv_name(name) {
+                c.fail(&target_key, target, rule);
+            }
+        } else if let Err(rule) = parse_target(target) {
             c.fail(&target_key, target, rule);
         }
         if !seen.insert(target.to_ascii_lowercase()) {
@@ -313,6 +317,27 @@ fn check_upstream(c: &mut Checker, name: &str, upstream: &Upstream) {
         format!("{key}.pool.idle_timeout"),
         upstream.pool.idle_timeout,
     );
+}
+
+/// Checks the name of an `srv:` target, e.g. `_http._tcp.users.internal`:
+/// dot-separated labels of 1 to 63 letters, digits, `-` and `_`, at most 253
+/// characters, an optional final dot.
+pub fn check_srv_name(name: &str) -> Result<(), &'static str> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() || bare.len() > 253 {
+        return Err("must be srv: followed by a DNS name of at most 253 characters");
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !bare.split('.').all(label_ok) {
+        return Err("must be srv: followed by a DNS name (labels of letters, digits, '-', '_')");
+    }
+    Ok(())
 }
 
 /// Splits `host:port`, accepting `[v6]:port`.

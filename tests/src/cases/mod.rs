@@ -2,6 +2,7 @@
 
 mod aggregate;
 mod cluster;
+mod dns;
 mod edge;
 mod flood;
 mod global;
