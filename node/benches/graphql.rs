@@ -52,7 +52,12 @@ fn bench(c: &mut Criterion) {
         let upstreams: HashMap<_, _> = config
             .upstreams
             .iter()
-            .map(|(name, u)| (name.clone(), Pool::new(name, u, &metrics, &tasks, &shutdown)))
+            .map(|(name, u)| {
+                (
+                    name.clone(),
+                    Pool::new(name, u, &metrics, &tasks, &shutdown),
+                )
+            })
             .collect();
         RouteGraphql::compile(route.graphql.as_ref().unwrap(), route, &upstreams, &metrics)
             .expect("schema builds")

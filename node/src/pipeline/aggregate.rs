@@ -27,8 +27,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::header::{self, HeaderName, HeaderValue};
 use http::StatusCode;
+use http::header::{self, HeaderName, HeaderValue};
 use metrics::Counter;
 use raft::model;
 use raft::model::aggregate::{Aggregate, OnError, PathTemplate};

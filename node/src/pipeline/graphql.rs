@@ -151,7 +151,11 @@ impl RouteGraphql {
 
     /// Checks the document's nesting, parses it and attaches the
     /// per-request state: everything before validation.
-    fn prepare(&self, input: Input, state: Arc<CallState>) -> Result<async_graphql::Request, Error> {
+    fn prepare(
+        &self,
+        input: Input,
+        state: Arc<CallState>,
+    ) -> Result<async_graphql::Request, Error> {
         if nesting(&input.query) > self.max_nesting {
             return Err(bad_request(
                 "graphql_depth_limit",
@@ -529,19 +533,20 @@ impl Resolver {
                         "the request reached its limit of upstream calls".into(),
                     ));
                 }
-                let answer = fetch
-                    .get_json(path, state.headers.clone())
-                    .await
-                    .map_err(|error| {
-                        async_graphql::Error::new(format!(
-                            "upstream {upstream:?} failed: {} (status {})",
-                            error.code, error.status
-                        ))
-                        .extend_with(|_, e| {
-                            e.set("code", error.code);
-                            e.set("status", i32::from(error.status));
-                        })
-                    })?;
+                let answer =
+                    fetch
+                        .get_json(path, state.headers.clone())
+                        .await
+                        .map_err(|error| {
+                            async_graphql::Error::new(format!(
+                                "upstream {upstream:?} failed: {} (status {})",
+                                error.code, error.status
+                            ))
+                            .extend_with(|_, e| {
+                                e.set("code", error.code);
+                                e.set("status", i32::from(error.status));
+                            })
+                        })?;
                 match select {
                     None => answer,
                     Some(pointer) => answer.pointer(pointer).cloned().unwrap_or(Value::Null),
@@ -600,10 +605,7 @@ fn render_path(
 
 /// Maps a JSON value to the field's type: scalars are coerced, objects
 /// become the parent of their own fields, lists map item by item.
-fn to_field_value<'a>(
-    value: Value,
-    ty: &TypeRef,
-) -> async_graphql::Result<Option<FieldValue<'a>>> {
+fn to_field_value<'a>(value: Value, ty: &TypeRef) -> async_graphql::Result<Option<FieldValue<'a>>> {
     if value.is_null() {
         return Ok(None);
     }
@@ -720,8 +722,7 @@ impl Stage for GraphqlStage {
                 }
                 let prefix = req.extensions_mut().remove::<BufferedPrefix>();
                 let idle = route.upstream.definition().timeouts.idle;
-                let body: Bytes =
-                    super::transform::read_request(req, prefix, limit, idle).await?;
+                let body: Bytes = super::transform::read_request(req, prefix, limit, idle).await?;
                 Input::from_json(&body)?
             }
             _ => {

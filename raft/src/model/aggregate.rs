@@ -155,7 +155,10 @@ impl PathTemplate {
                             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                     };
                     if scoped {
-                        if !name.split_once('.').is_some_and(|(s, n)| plain(s) && plain(n)) {
+                        if !name
+                            .split_once('.')
+                            .is_some_and(|(s, n)| plain(s) && plain(n))
+                        {
                             return Err(format!(
                                 "parameter {{{name}}} must be a scoped name such as {{args.id}} or {{parent.id}}"
                             ));

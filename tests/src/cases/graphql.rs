@@ -250,7 +250,10 @@ async fn get_and_post_with_variables_and_operation_names() {
     );
     let reply = get_with(&s.node.url(&url), &[("x-api-key", &s.key)]).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
-    assert_eq!(reply.json(), json!({ "data": { "user": { "name": "Ann" } } }));
+    assert_eq!(
+        reply.json(),
+        json!({ "data": { "user": { "name": "Ann" } } })
+    );
     // An argument cannot add path segments or query parameters.
     assert_eq!(s.users.last().uri, "/users/a%20b%2Fc%3Fd");
 }
@@ -283,15 +286,25 @@ async fn a_failing_backend_field_is_a_graphql_error() {
     let reply = s.query(r#"{ user(id: "bad") { id name } }"#).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let body = reply.json();
-    assert_eq!(body["data"], json!({ "user": { "id": "bad", "name": null } }));
+    assert_eq!(
+        body["data"],
+        json!({ "user": { "id": "bad", "name": null } })
+    );
     assert_eq!(body["errors"][0]["path"], json!(["user", "name"]));
-    assert_eq!(body["errors"][0]["extensions"]["code"], "graphql_invalid_value");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "graphql_invalid_value"
+    );
 }
 
 #[tokio::test]
 async fn malformed_and_oversized_queries_are_refused() {
     let s = setup().await;
-    assert_refused(&s.query("{ user(id: \"1\") { id ").await, 400, "graphql_syntax_error");
+    assert_refused(
+        &s.query("{ user(id: \"1\") { id ").await,
+        400,
+        "graphql_syntax_error",
+    );
     assert_refused(
         &s.query("{ user(id: \"1\") { id email } }").await,
         400,

@@ -36,7 +36,12 @@ fn compiled() -> RouteGraphql {
     let upstreams = config
         .upstreams
         .iter()
-        .map(|(name, u)| (name.clone(), Pool::new(name, u, &metrics, &tasks, &shutdown)))
+        .map(|(name, u)| {
+            (
+                name.clone(),
+                Pool::new(name, u, &metrics, &tasks, &shutdown),
+            )
+        })
         .collect();
     let route = &config.routes[0];
     RouteGraphql::compile(route.graphql.as_ref().unwrap(), route, &upstreams, &metrics)
@@ -53,7 +58,10 @@ async fn refusal(query: &str) -> Option<&'static str> {
 
 #[tokio::test]
 async fn valid_queries_pass_the_checks() {
-    assert_eq!(refusal("{ user(id: 1) { id name } order(id: 2) { total } }").await, None);
+    assert_eq!(
+        refusal("{ user(id: 1) { id name } order(id: 2) { total } }").await,
+        None
+    );
     assert_eq!(
         refusal("query Q($id: ID!) { user(id: $id) { orders { id } } }").await,
         None
@@ -101,7 +109,8 @@ async fn depth_is_bounded_before_and_after_parsing() {
     let five = "{ user(id: 1) { orders { user { orders { id } } } } }";
     assert_eq!(code(five.into()).await, Some("graphql_depth_limit"));
     // Fragments hide depth from the bracket count; validation sees it.
-    let hidden = "{ user(id: 1) { ...U } } fragment U on User { orders { user { orders { id } } } }";
+    let hidden =
+        "{ user(id: 1) { ...U } } fragment U on User { orders { user { orders { id } } } }";
     assert_eq!(code(hidden.into()).await, Some("graphql_depth_limit"));
     // Brackets nested far beyond the limit never reach the parser.
     let brackets = format!("{}{}", "{ a ".repeat(50_000), "}".repeat(50_000));
@@ -123,12 +132,18 @@ fn requests_are_read_from_json_and_query_strings() {
     let parsed = Input::from_json(body.to_string().as_bytes()).unwrap();
     assert_eq!(parsed.query, "{ a }");
     assert_eq!(parsed.operation_name.as_deref(), Some("Q"));
-    assert_eq!(parsed.variables.into_value().into_json().unwrap(), json!({ "id": 1 }));
+    assert_eq!(
+        parsed.variables.into_value().into_json().unwrap(),
+        json!({ "id": 1 })
+    );
 
     let parsed =
         Input::from_query_string("query=%7B%20a%20%7D&variables=%7B%22id%22%3A2%7D").unwrap();
     assert_eq!(parsed.query, "{ a }");
-    assert_eq!(parsed.variables.into_value().into_json().unwrap(), json!({ "id": 2 }));
+    assert_eq!(
+        parsed.variables.into_value().into_json().unwrap(),
+        json!({ "id": 2 })
+    );
 
     for bad in [
         &b"not json"[..],
@@ -165,11 +180,23 @@ fn upstream_values_are_coerced_to_the_field_type() {
     assert_eq!(coerce(json!(1.5), "Float"), Ok(Some(G::from(1.5))));
     assert_eq!(coerce(json!(true), "Boolean!"), Ok(Some(G::from(true))));
     assert_eq!(coerce(json!(null), "Int!"), Ok(None));
-    assert!(coerce(json!(1u64 << 40), "Int").unwrap_err().contains("Int"));
+    assert!(
+        coerce(json!(1u64 << 40), "Int")
+            .unwrap_err()
+            .contains("Int")
+    );
     assert!(coerce(json!("7"), "Int").unwrap_err().contains("a string"));
     assert!(coerce(json!([1]), "String").is_err());
-    assert!(coerce(json!({ "a": 1 }), "[Int]").unwrap_err().contains("list"));
-    assert!(coerce(json!(1), "User").unwrap_err().contains("User object"));
+    assert!(
+        coerce(json!({ "a": 1 }), "[Int]")
+            .unwrap_err()
+            .contains("list")
+    );
+    assert!(
+        coerce(json!(1), "User")
+            .unwrap_err()
+            .contains("User object")
+    );
     let list = TypeRef::parse("[Int]").unwrap();
     let value = to_field_value(json!([1, null, 3]), &list).unwrap().unwrap();
     assert_eq!(value.as_list().map(<[_]>::len), Some(3));

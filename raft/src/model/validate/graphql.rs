@@ -78,7 +78,11 @@ fn limits(c: &mut Checker, key: &str, gql: &Graphql) {
         if let Some(value) = value
             && (value == 0 || value > max)
         {
-            c.fail(format!("{key}.{name}"), value, format!("must be in 1..={max}"));
+            c.fail(
+                format!("{key}.{name}"),
+                value,
+                format!("must be in 1..={max}"),
+            );
         }
     };
     bounded(c, "max_depth", gql.max_depth, MAX_DEPTH);
@@ -261,9 +265,9 @@ fn check_path(c: &mut Checker, key: &str, path: &str, field: &Field, root: bool)
         };
         let rule = match name.split_once('.') {
             Some(("args", arg)) if field.args.contains_key(arg) => continue,
-            Some(("args", arg)) => format!(
-                "uses {{{name}}}, but the field declares no argument {arg:?} under `args`"
-            ),
+            Some(("args", arg)) => {
+                format!("uses {{{name}}}, but the field declares no argument {arg:?} under `args`")
+            }
             Some(("parent", _)) if !root => continue,
             Some(("parent", _)) => format!(
                 "uses {{{name}}}, but a query field has no parent object; use {{args.NAME}}"
