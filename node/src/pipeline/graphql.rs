@@ -485,10 +485,26 @@ fn compile_field(
         _ => Source::Member(field.from.clone().unwrap_or_else(|| name.to_owned())),
     };
     let gql_ty = gql_type(&ty);
+    let nullable = !matches!(
+        ty,
+        TypeRef::Named { required: true, .. } | TypeRef::List { required: true, .. }
+    );
     let resolver = Arc::new(Resolver { ty, source });
     let mut out = GqlField::new(name, gql_ty, move |ctx| {
         let resolver = resolver.clone();
-        FieldFuture::new(async move { resolver.resolve(ctx).await })
+        FieldFuture::new(async move {
+            let gctx = ctx.ctx;
+            match resolver.resolve(ctx).await {
+                // A nullable field that fails is `null` in `data` (async-graphql
+                // would leave the key out), with its error in `errors`.
+                Err(error) if nullable => {
+                    let error = error.into_server_error(gctx.item.pos);
+                    gctx.add_error(gctx.set_error_path(error));
+                    Ok(None)
+                }
+                outcome => outcome,
+            }
+        })
     });
     for (arg, ty) in &field.args {
         out = out.argument(InputValue::new(
