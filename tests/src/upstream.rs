@@ -40,6 +40,8 @@ pub struct Seen {
     pub body: Bytes,
     /// HTTP version.
     pub version: http::Version,
+    /// When the request head arrived.
+    pub received: tokio::time::Instant,
 }
 
 /// How much of a request body the mock keeps.
@@ -204,6 +206,7 @@ async fn serve(
         );
         return response;
     }
+    let received = tokio::time::Instant::now();
     let method = req.method().clone();
     let uri = req
         .uri()
@@ -233,6 +236,7 @@ async fn serve(
         body_len,
         body: Bytes::from(kept),
         version,
+        received,
     });
     seen.lock().expect("not poisoned").push(request.clone());
     handler(request).await

@@ -26,78 +26,31 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::BytesMut;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
-use http::{Method, StatusCode, Uri};
-use http_body_util::BodyExt;
+use http::StatusCode;
+use http::header::{self, HeaderName, HeaderValue};
 use metrics::Counter;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use raft::model;
-use raft::model::aggregate::{Aggregate, OnError, PathPiece, PathTemplate};
+use raft::model::aggregate::{Aggregate, OnError, PathTemplate};
 use raft::model::pattern::{PathPattern, Segment};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::{Flow, Request, RequestCx, Stage};
-use crate::body::{Body, UpstreamBody};
+use crate::body::Body;
 use crate::error::{Error, Kind};
 use crate::metrics::Metrics;
-use crate::proxy::{self, pool::Pool};
+use crate::proxy::fetch::{self, Fetch};
+use crate::proxy::pool::Pool;
+
+pub use crate::proxy::fetch::{FetchError as PartError, render};
 
 /// The header naming the parts that failed and were omitted or marked.
 pub static X_AGGREGATE_PARTIAL: HeaderName = HeaderName::from_static("x-aggregate-partial");
 
-/// Characters of a captured value that are escaped in a part's path.
-const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~')
-    .remove(b'%');
-
-/// Client fields not sent with a part: the part has no body and its answer
-/// must be plain JSON.
-const NOT_FORWARDED: &[HeaderName] = &[
-    header::CONTENT_LENGTH,
-    header::CONTENT_TYPE,
-    header::CONTENT_ENCODING,
-    header::ACCEPT_ENCODING,
-    header::ACCEPT,
-    header::RANGE,
-    header::IF_MATCH,
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_UNMODIFIED_SINCE,
-    header::IF_RANGE,
-];
-
-// === impl PartError ===
-
-/// Why one part failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartError {
-    /// Machine-readable reason, e.g. `upstream_status`.
-    pub code: &'static str,
-    /// The upstream's status when it answered one, otherwise the status the
-    /// gateway uses for the failure (502, or 504 for a timeout).
-    pub status: u16,
-}
-
-impl PartError {
-    fn new(code: &'static str, status: StatusCode) -> Self {
-        Self {
-            code,
-            status: status.as_u16(),
-        }
-    }
-
-    /// The value a `marker` part takes in the merged object.
-    pub fn marker(&self) -> Value {
-        serde_json::json!({ "error": { "code": self.code, "status": self.status } })
-    }
+/// The value a `marker` part takes in the merged object.
+pub fn marker(error: &PartError) -> Value {
+    serde_json::json!({ "error": { "code": error.code, "status": error.status } })
 }
 
 // === impl RouteAggregate ===
@@ -105,11 +58,9 @@ impl PartError {
 /// One compiled part.
 struct Part {
     name: String,
-    pool: Arc<Pool>,
+    fetch: Fetch,
     path: PathTemplate,
-    timeout: Duration,
     on_error: OnError,
-    max_body: u64,
     failures: Counter,
 }
 
@@ -143,11 +94,9 @@ impl RouteAggregate {
             let pool = upstreams.get(&part.upstream)?.clone();
             parts.push(Part {
                 name: name.clone(),
-                timeout: part.timeout.unwrap_or(pool.definition().timeouts.request),
-                pool,
+                fetch: Fetch::new(pool, part.timeout, aggregate.max_body_bytes(part)),
                 path: PathTemplate::parse(&part.path).ok()?,
                 on_error: part.on_error,
-                max_body: aggregate.max_body_bytes(part),
                 failures: metrics.counter(
                     "meridian_aggregate_part_failures_total",
                     &[("route", route.name.clone()), ("part", name.clone())],
@@ -176,134 +125,6 @@ impl RouteAggregate {
     }
 }
 
-/// Renders a part's path with the captured values.
-pub fn render(template: &PathTemplate, values: &[(&str, &str)]) -> Option<PathAndQuery> {
-    let mut out = String::with_capacity(64);
-    for piece in &template.0 {
-        match piece {
-            PathPiece::Literal(text) => out.push_str(text),
-            PathPiece::Param(name) => {
-                let (_, value) = values.iter().find(|(n, _)| n == name)?;
-                out.extend(utf8_percent_encode(value, ESCAPED));
-            }
-        }
-    }
-    PathAndQuery::from_maybe_shared(bytes::Bytes::from(out)).ok()
-}
-
-// === calling a part ===
-
-/// The headers every part is sent with.
-fn part_headers(cx: &RequestCx, client: &HeaderMap) -> HeaderMap {
-    let mut headers = proxy::upstream_headers(cx, client, false);
-    for name in NOT_FORWARDED {
-        headers.remove(name);
-    }
-    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-    headers
-}
-
-/// Calls one part and parses its JSON, within its timeout.
-async fn call(part: &Part, path: PathAndQuery, mut headers: HeaderMap) -> Result<Value, PartError> {
-    let pool = &part.pool;
-    let set = pool.targets();
-    let Some(index) = pool.pick(&set, None, &[]) else {
-        pool.metrics.error("no_healthy_upstream");
-        return Err(PartError::new(
-            "no_healthy_upstream",
-            StatusCode::BAD_GATEWAY,
-        ));
-    };
-    let target = &set[index];
-    if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
-        headers.insert(header::HOST, host);
-    }
-    let mut request = http::Request::new(UpstreamBody::Empty);
-    *request.method_mut() = Method::GET;
-    *request.uri_mut() = Uri::from(path);
-    *request.headers_mut() = headers;
-    let mut in_flight = pool.begin(&set, index);
-    let started = Instant::now();
-    let exchange = async {
-        let (response, conn) =
-            pool.client
-                .send(&target.endpoint, request)
-                .await
-                .map_err(|error| {
-                    let code = Error::new(error.kind()).code();
-                    PartError::new(code, StatusCode::BAD_GATEWAY)
-                })?;
-        in_flight.keep(conn);
-        pool.metrics.latency.record(started.elapsed().as_secs_f64());
-        let status = response.status();
-        if status.is_server_error() {
-            pool.metrics.error("status_5xx");
-        }
-        pool.record(&set, index, !status.is_server_error());
-        if !status.is_success() {
-            return Err(PartError::new("upstream_status", status));
-        }
-        let (parts, mut body) = response.into_parts();
-        if content_length(&parts.headers).is_some_and(|len| len > part.max_body) {
-            return Err(PartError::new(
-                "upstream_body_too_large",
-                StatusCode::BAD_GATEWAY,
-            ));
-        }
-        let mut data = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|_| PartError::new("upstream_protocol_error", StatusCode::BAD_GATEWAY))?;
-            if let Ok(chunk) = frame.into_data() {
-                if (data.len() + chunk.len()) as u64 > part.max_body {
-                    return Err(PartError::new(
-                        "upstream_body_too_large",
-                        StatusCode::BAD_GATEWAY,
-                    ));
-                }
-                data.extend_from_slice(&chunk);
-            }
-        }
-        Ok(data)
-    };
-    let data = match tokio::time::timeout(part.timeout, exchange).await {
-        Ok(Ok(data)) => data,
-        Ok(Err(error)) => {
-            in_flight.discard();
-            if error.code != "upstream_status" {
-                pool.metrics.error(error.code);
-            }
-            if !matches!(error.code, "upstream_status" | "upstream_body_too_large") {
-                pool.record(&set, index, false);
-            }
-            return Err(error);
-        }
-        Err(_elapsed) => {
-            in_flight.discard();
-            pool.metrics.error("upstream_timeout");
-            pool.record(&set, index, false);
-            return Err(PartError::new(
-                "upstream_timeout",
-                StatusCode::GATEWAY_TIMEOUT,
-            ));
-        }
-    };
-    // The body ended cleanly: the connection can serve another request.
-    in_flight.release();
-    serde_json::from_slice(&data)
-        .map_err(|_| PartError::new("upstream_invalid_json", StatusCode::BAD_GATEWAY))
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// Merges the parts' outcomes, in the block's order: the answer, or the
 /// error of the first failed part whose policy is `fail`.
 pub fn merge<'a>(
@@ -319,7 +140,7 @@ pub fn merge<'a>(
             (Err(error), OnError::Fail) => return Err((name, error)),
             (Err(_), OnError::Omit) => partial.push(name),
             (Err(error), OnError::Marker) => {
-                object.insert(name.to_owned(), error.marker());
+                object.insert(name.to_owned(), marker(&error));
                 partial.push(name);
             }
         }
@@ -345,7 +166,7 @@ impl Stage for AggregateStage {
         let Some(aggregate) = route.aggregate.as_deref() else {
             return Ok(Flow::Continue);
         };
-        let headers = part_headers(cx, req.headers());
+        let headers = fetch::headers(cx, req.headers());
         let values = aggregate.capture(&cx.path);
         let started = Instant::now();
         let calls = aggregate.parts.iter().map(|part| {
@@ -353,7 +174,7 @@ impl Stage for AggregateStage {
             let headers = headers.clone();
             async move {
                 match path {
-                    Some(path) => call(part, path, headers).await,
+                    Some(path) => part.fetch.get_json(path, headers).await,
                     None => Err(PartError::new("invalid_part_path", StatusCode::BAD_GATEWAY)),
                 }
             }

@@ -284,6 +284,8 @@ pub struct Route {
     pub transform: Option<Arc<super::transform::RouteTransform>>,
     /// Response composition (`None`: the route is proxied).
     pub aggregate: Option<Arc<super::aggregate::RouteAggregate>>,
+    /// GraphQL endpoint (`None`: the route is proxied).
+    pub graphql: Option<Arc<super::graphql::RouteGraphql>>,
     /// The route's series.
     pub metrics: RouteMetrics,
 }
@@ -352,6 +354,12 @@ impl Route {
                 None => None,
                 Some(aggregate) => Some(Arc::new(super::aggregate::RouteAggregate::compile(
                     aggregate, route, upstreams, metrics,
+                )?)),
+            },
+            graphql: match &route.graphql {
+                None => None,
+                Some(graphql) => Some(Arc::new(super::graphql::RouteGraphql::compile(
+                    graphql, route, upstreams, metrics,
                 )?)),
             },
             metrics: RouteMetrics::new(metrics, &route.name),

@@ -28,6 +28,7 @@
 //!   [`pool::InFlight`] guard and is reused only if that body ends cleanly.
 
 pub mod client;
+pub mod fetch;
 pub mod health;
 pub mod pool;
 

@@ -117,6 +117,17 @@ pub struct PathTemplate(pub Vec<PathPiece>);
 impl PathTemplate {
     /// Parses a template, naming the rule a bad one breaks.
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::parse_with(text, false)
+    }
+
+    /// Parses a template whose placeholders are scoped names such as
+    /// `{args.id}` or `{parent.id}` (see [`graphql`](super::graphql)): a
+    /// name of letters, digits and `_`, a `.`, then another.
+    pub fn parse_scoped(text: &str) -> Result<Self, String> {
+        Self::parse_with(text, true)
+    }
+
+    fn parse_with(text: &str, scoped: bool) -> Result<Self, String> {
         if !text.starts_with('/') {
             return Err("must start with '/'".into());
         }
@@ -139,9 +150,20 @@ impl PathTemplate {
                         return Err(format!("'{{' at byte {at} is not closed"));
                     };
                     let name = &rest[..end];
-                    if name.is_empty()
-                        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    {
+                    let plain = |name: &str| {
+                        !name.is_empty()
+                            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    };
+                    if scoped {
+                        if !name
+                            .split_once('.')
+                            .is_some_and(|(s, n)| plain(s) && plain(n))
+                        {
+                            return Err(format!(
+                                "parameter {{{name}}} must be a scoped name such as {{args.id}} or {{parent.id}}"
+                            ));
+                        }
+                    } else if !plain(name) {
                         return Err(format!(
                             "parameter {{{name}}} must be a name of letters, digits and '_'"
                         ));

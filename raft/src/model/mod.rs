@@ -9,6 +9,7 @@
 //! data plane reads.
 
 pub mod aggregate;
+pub mod graphql;
 pub mod limit;
 pub mod pattern;
 pub mod policy;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use self::aggregate::Aggregate;
+pub use self::graphql::Graphql;
 pub use self::limit::{Limit, RateLimitSettings};
 pub use self::policy::Policies;
 pub use self::size::ByteSize;
@@ -591,8 +593,8 @@ pub struct Route {
     /// How the path is rewritten before it is sent upstream.
     #[serde(default)]
     pub rewrite: Option<Rewrite>,
-    /// The upstream that serves the route. On a route with `aggregate` it
-    /// is not called (each part names its own upstream); it must still be
+    /// The upstream that serves the route. On a route with `aggregate` or
+    /// `graphql` it is not called (each part names its own upstream); it must still be
     /// declared, and its idle timeout bounds reading a request body that a
     /// `transform` buffers.
     pub upstream: String,
@@ -624,6 +626,10 @@ pub struct Route {
     /// several upstream calls instead of proxying to `upstream`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<Aggregate>,
+    /// A GraphQL endpoint (see [`graphql`]): the gateway answers GraphQL
+    /// queries by calling upstreams instead of proxying to `upstream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphql: Option<Graphql>,
 }
 
 /// A route's TLS requirements.

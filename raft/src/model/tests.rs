@@ -1128,3 +1128,180 @@ fn aggregate_max_body_is_bounded() {
         ],
     );
 }
+
+// === graphql ===
+
+fn graphql_doc(block: &str) -> String {
+    format!(
+        "{TWO_UPSTREAMS}routes:\n  - name: graph\n    match: {{ path: /graphql }}\n    upstream: users\n    graphql:\n{block}"
+    )
+}
+
+const GRAPHQL_EXAMPLE: &str = r#"      max_depth: 6
+      max_complexity: 100
+      max_calls: 10
+      max_query: 16KiB
+      max_body: 2MiB
+      types:
+        User:
+          id: ID!
+          name: { type: String, from: full_name }
+          orders: { type: "[Order!]!", upstream: orders, path: "/users/{parent.id}/orders", timeout: 500ms, select: /items }
+        Order: { id: ID!, total: Float, buyer: { type: User, upstream: users, path: "/users/{parent.user_id}" } }
+      query:
+        user: { type: User, args: { id: ID! }, upstream: users, path: "/users/{args.id}" }
+        orders: { type: "[Order]", args: { status: String, limit: Int }, upstream: orders, path: "/orders?status={args.status}&limit={args.limit}" }
+"#;
+
+#[test]
+fn graphql_example_parses_and_round_trips() {
+    let yaml = graphql_doc(GRAPHQL_EXAMPLE);
+    let config = GatewayConfig::parse(&yaml).expect("valid");
+    let g = config.routes[0].graphql.as_ref().unwrap();
+    assert_eq!(g.depth_limit(), 6);
+    assert_eq!(g.query_limit(), 16 << 10);
+    assert_eq!(g.types["User"]["id"], graphql::Field::plain("ID!"));
+    let orders = &g.types["User"]["orders"];
+    assert_eq!(orders.upstream.as_deref(), Some("orders"));
+    assert_eq!(orders.timeout, Some(std::time::Duration::from_millis(500)));
+    assert_eq!(g.types["User"]["name"].from.as_deref(), Some("full_name"));
+    assert_eq!(g.query["user"].args["id"], "ID!");
+    let json = serde_json::to_string(&config).unwrap();
+    let back: GatewayConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, config);
+    // Defaults.
+    let plain = GatewayConfig::parse(&graphql_doc(
+        "      query: { u: { type: String, upstream: users, path: /u } }\n",
+    ))
+    .unwrap();
+    let g = plain.routes[0].graphql.as_ref().unwrap();
+    assert_eq!(
+        (g.depth_limit(), g.complexity_limit(), g.calls_limit()),
+        (8, 200, 32)
+    );
+    assert_eq!((g.query_limit(), g.body_limit()), (64 << 10, 1 << 20));
+    assert!(!g.introspection);
+}
+
+#[test]
+fn graphql_type_refs_parse() {
+    use graphql::TypeRef;
+    let named = |name: &str, required| TypeRef::Named {
+        name: name.into(),
+        required,
+    };
+    assert_eq!(TypeRef::parse("ID!"), Ok(named("ID", true)));
+    assert_eq!(
+        TypeRef::parse("[Order!]!"),
+        Ok(TypeRef::List {
+            of: Box::new(named("Order", true)),
+            required: true
+        })
+    );
+    assert_eq!(TypeRef::parse("[[Int]]").unwrap().base(), "Int");
+    for bad in ["", "[Int", "Int!!", "1x", "Us-er", "[[[[[[Int]]]]]]"] {
+        assert!(TypeRef::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn graphql_type_references_must_exist() {
+    check(
+        &graphql_doc(
+            "      types: { User: { id: ID!, best: Friend, tags: \"[Tag]\", bad: \"[Int\" } }\n      query: { u: { type: User, upstream: users, path: /u } }\n",
+        ),
+        &[
+            "routes[0].graphql.types.User.bad.type ([Int) must close its list with ']'",
+            "routes[0].graphql.types.User.best.type (Friend) names Friend, which is neither a built-in scalar (String, Int, Float, Boolean, ID) nor a type declared under graphql.types",
+            "routes[0].graphql.types.User.tags.type ([Tag]) names Tag, which is neither a built-in scalar (String, Int, Float, Boolean, ID) nor a type declared under graphql.types",
+        ],
+    );
+}
+
+#[test]
+fn graphql_cycles_between_types_are_fine() {
+    check(
+        &graphql_doc(
+            "      types:\n        A: { b: { type: B, upstream: users, path: \"/b/{parent.id}\" } }\n        B: { a: { type: A, upstream: users, path: \"/a/{parent.id}\" } }\n      query: { a: { type: A, upstream: users, path: /a } }\n",
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn graphql_names_follow_the_graphql_grammar() {
+    check(
+        &graphql_doc(
+            "      types: { Query: { x: Int }, String: { x: Int }, \"__T\": { x: Int }, \"B-c\": { \"a-b\": Int } }\n      query: { u: { type: Int, upstream: users, path: /u, args: { \"__x\": Int } } }\n",
+        ),
+        &[
+            "routes[0].graphql.types (B-c) must be a GraphQL name (letters, digits, '_'), not a built-in scalar, `Query`, nor starting with '__'",
+            "routes[0].graphql.types.B-c (a-b) must be a GraphQL field name (letters, digits, '_'), not starting with '__'",
+            "routes[0].graphql.types (Query) must be a GraphQL name (letters, digits, '_'), not a built-in scalar, `Query`, nor starting with '__'",
+            "routes[0].graphql.types (String) must be a GraphQL name (letters, digits, '_'), not a built-in scalar, `Query`, nor starting with '__'",
+            "routes[0].graphql.types (__T) must be a GraphQL name (letters, digits, '_'), not a built-in scalar, `Query`, nor starting with '__'",
+            "routes[0].graphql.query.u.args (__x) must be a GraphQL argument name (letters, digits, '_'), not starting with '__'",
+        ],
+    );
+}
+
+#[test]
+fn graphql_upstreams_and_paths_are_checked() {
+    check(
+        &graphql_doc(
+            "      types: { U: { a: { type: Int, upstream: users }, b: { type: Int, path: /b }, c: { type: Int, upstream: users, path: \"/c/{args.x}\" }, d: { type: Int, args: { x: Int } } } }\n      query:\n        u: { type: U, upstream: nope, path: \"/u/{args.id}/{parent.id}/{id}\", args: { id: \"[ID]\" } }\n        v: { type: U }\n",
+        ),
+        &[
+            "routes[0].graphql.types.U.a.upstream (users) needs `path`, the path and query of the GET sent",
+            "routes[0].graphql.types.U.b.path (/b) needs `upstream`, the upstream called",
+            "routes[0].graphql.types.U.c.path (/c/{args.x}) uses {args.x}, but the field declares no argument \"x\" under `args`",
+            "routes[0].graphql.types.U.d.args (args) only applies to a field that calls an upstream (`upstream` and `path`)",
+            "routes[0].graphql.query.u.args.id ([ID]) must be a built-in scalar type (String, Int, Float, Boolean, ID), optionally with '!'",
+            "routes[0].graphql.query.u.upstream (nope) must name a declared upstream",
+            "routes[0].graphql.query.u.path (/u/{args.id}/{parent.id}/{id}) parameter {id} must be a scoped name such as {args.id} or {parent.id}",
+            "routes[0].graphql.query.v (U) a query field must call an upstream: set `upstream` and `path`",
+        ],
+    );
+    check(
+        &graphql_doc(
+            "      query: { u: { type: Int, upstream: users, path: \"/u/{parent.id}/{route.x}\" } }\n",
+        ),
+        &[
+            "routes[0].graphql.query.u.path (/u/{parent.id}/{route.x}) uses {parent.id}, but a query field has no parent object; use {args.NAME}",
+            "routes[0].graphql.query.u.path (/u/{parent.id}/{route.x}) uses {route.x}: placeholders are {args.NAME} (a declared argument) or {parent.KEY} (a member of the parent object)",
+        ],
+    );
+}
+
+#[test]
+fn graphql_limits_are_bounded() {
+    check(
+        &graphql_doc(
+            "      max_depth: 0\n      max_complexity: 20000\n      max_calls: 257\n      max_query: 2MiB\n      max_body: 0\n      query: { u: { type: Int, upstream: users, path: /u, timeout: 2m, select: items } }\n",
+        ),
+        &[
+            "routes[0].graphql.max_depth (0) must be in 1..=64",
+            "routes[0].graphql.max_complexity (20000) must be in 1..=10000",
+            "routes[0].graphql.max_calls (257) must be in 1..=256",
+            "routes[0].graphql.max_query (2MiB) must be in 1..=1MiB",
+            "routes[0].graphql.max_body (0) must be in 1..=16MiB",
+            "routes[0].graphql.query.u.select (items) must be a JSON pointer: empty or starting with '/'",
+            "routes[0].graphql.query.u.timeout (2m) must be in (0, 1m]",
+        ],
+    );
+}
+
+#[test]
+fn graphql_needs_query_fields_and_excludes_aggregate() {
+    check(
+        &graphql_doc("      query: {}\n"),
+        &["routes[0].graphql.query (0) must hold 1..=64 fields"],
+    );
+    let yaml = format!(
+        "{TWO_UPSTREAMS}routes:\n  - name: r\n    match: {{ path: /g }}\n    upstream: users\n    aggregate: {{ parts: {{ a: {{ upstream: users, path: /a }} }} }}\n    graphql: {{ query: {{ u: {{ type: Int, upstream: users, path: /u }} }} }}\n"
+    );
+    check(
+        &yaml,
+        &["routes[0].graphql (graphql) cannot be combined with `aggregate` on one route"],
+    );
+}

@@ -38,7 +38,10 @@
 //!   module and docs/transform.md);
 //! - aggregations (per route): parts, their upstreams, path templates and
 //!   their parameters, timeouts and limits (the full list is in the
-//!   `validate::aggregate` module and docs/aggregate.md).
+//!   `validate::aggregate` module and docs/aggregate.md);
+//! - GraphQL endpoints (per route): types and their references, upstreams,
+//!   path templates and their placeholders, limits (the full list is in
+//!   the `validate::graphql` module and docs/graphql.md).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -49,6 +52,7 @@ use super::pattern::{self, HostPattern, PathPattern};
 use super::*;
 
 mod aggregate;
+mod graphql;
 mod limit;
 mod policy;
 mod transform;
@@ -461,6 +465,7 @@ fn check_route(c: &mut Checker, key: &str, route: &Route, config: &GatewayConfig
     policy::check(c, &format!("{key}.policies"), &route.policies, false);
     transform::check(c, &format!("{key}.transform"), &route.transform);
     aggregate::check(c, key, route, config);
+    graphql::check(c, key, route, config);
     for (i, method) in route.auth.iter().enumerate() {
         match method {
             AuthMethod::Jwt if config.auth.jwt.is_empty() => c.fail(

@@ -6,6 +6,7 @@ mod dns;
 mod edge;
 mod flood;
 mod global;
+mod graphql;
 mod introspection;
 mod jwt;
 mod keys;
