@@ -152,6 +152,36 @@ const SERIES: &[(&str, Kind, &str)] = &[
         "Rate-limit decisions the Redis store could not make, by limit.",
     ),
     (
+        "meridian_anycast_announced",
+        Kind::Gauge,
+        "1 while this node announces its anycast prefix, 0 while withdrawn.",
+    ),
+    (
+        "meridian_anycast_commands_total",
+        Kind::Counter,
+        "Anycast announce and withdraw commands run, by action and result.",
+    ),
+    (
+        "meridian_dns_queries_total",
+        Kind::Counter,
+        "Queries the built-in DNS responder answered, by response code.",
+    ),
+    (
+        "meridian_dns_resolve_errors_total",
+        Kind::Counter,
+        "Failed resolutions of upstream target names, by upstream and name.",
+    ),
+    (
+        "meridian_graphql_field_failures_total",
+        Kind::Counter,
+        "GraphQL fields whose upstream call failed, by route.",
+    ),
+    (
+        "meridian_upstream_targets",
+        Kind::Gauge,
+        "Targets an upstream's pool holds (after DNS resolution).",
+    ),
+    (
         "meridian_ratelimit_sync_lag_seconds",
         Kind::Gauge,
         "Age of the latest global rate-limit counter batch from each peer.",
