@@ -39,7 +39,7 @@ fn compiled() -> RouteGraphql {
         .map(|(name, u)| {
             (
                 name.clone(),
-                Pool::new(name, u, &metrics, &tasks, &shutdown),
+                Pool::new(name, u, &metrics, &tasks, &shutdown, None),
             )
         })
         .collect();
