@@ -28,6 +28,7 @@
 //!   them), so independent upstream calls overlap; a nested field waits
 //!   for its parent's answer.
 
+use crate::proxy::content_length;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -761,16 +762,6 @@ impl Stage for GraphqlStage {
         );
         Ok(Flow::Respond(Box::new(response)))
     }
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]

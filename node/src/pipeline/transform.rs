@@ -28,6 +28,7 @@ pub mod json;
 pub mod template;
 pub mod xml;
 
+use crate::proxy::content_length;
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -419,16 +420,6 @@ fn too_large_upstream(limit: u64) -> Error {
         .into(),
     }
     .into()
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {

@@ -17,6 +17,7 @@
 //!   upstream's own series, and a 5xx, timeout or connection failure counts
 //!   against the target for outlier ejection.
 
+use super::content_length;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -224,14 +225,4 @@ pub fn render(template: &PathTemplate, values: &[(&str, &str)]) -> Option<PathAn
         }
     }
     PathAndQuery::from_maybe_shared(bytes::Bytes::from(out)).ok()
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }

@@ -285,11 +285,13 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+/// The `Content-Length` a message declares, if any and valid.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
+        .trim()
         .parse()
         .ok()
 }
