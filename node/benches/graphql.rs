@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
             .map(|(name, u)| {
                 (
                     name.clone(),
-                    Pool::new(name, u, &metrics, &tasks, &shutdown),
+                    Pool::new(name, u, &metrics, &tasks, &shutdown, None),
                 )
             })
             .collect();
