@@ -88,9 +88,20 @@ impl TestCluster {
     }
 
     async fn boot(&mut self, id: NodeId) {
-        let handle = cluster::start(&fast(id, self.dirs[&id].path()), self.router.clone())
-            .await
-            .unwrap();
+        // After an in-process `kill`, tasks of the old instance that were
+        // mid-RPC may hold the sled database (and its file lock) a moment
+        // longer; a restarted process would not see that, so wait it out.
+        let mut attempts = 0;
+        let handle = loop {
+            match cluster::start(&fast(id, self.dirs[&id].path()), self.router.clone()).await {
+                Ok(handle) => break handle,
+                Err(error) if format!("{error:?}").contains("WouldBlock") && attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("node {id} did not start: {error:?}"),
+            }
+        };
         self.router
             .nodes
             .lock()
