@@ -2,7 +2,7 @@
 //! `graphql` block this terminal stage answers GraphQL queries itself,
 //! after `auth`, `limit` and `transform` ran: each field that names an
 //! upstream is one `GET` through that upstream's pool (see
-//! [`fetch`](crate::proxy::fetch)), the others read the parent object's
+//! [`crate::proxy::fetch`]), the others read the parent object's
 //! JSON. See docs/graphql.md.
 //!
 //! - The schema (async-graphql's dynamic schema) is built once, when the
