@@ -30,13 +30,7 @@ pub(crate) fn main(file: &Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            for error in &errors.0 {
-                eprintln!("{}: {error}", file.display());
-            }
-            eprintln!("{}: {} error(s)", file.display(), errors.0.len());
-            ExitCode::FAILURE
-        }
+        Err(errors) => report(file, &errors.0),
     }
 }
 
@@ -44,11 +38,7 @@ pub(crate) fn main(file: &Path) -> ExitCode {
 fn node_config(file: &Path, text: &str) -> ExitCode {
     let raw = match RawConfig::parse(text) {
         Ok(raw) => raw,
-        Err(message) => {
-            eprintln!("{}: {message}", file.display());
-            eprintln!("{}: 1 error(s)", file.display());
-            return ExitCode::FAILURE;
-        }
+        Err(message) => return report(file, &[message]),
     };
     match raw.validate() {
         Ok(config) => {
@@ -60,12 +50,15 @@ fn node_config(file: &Path, text: &str) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            for error in &errors.0 {
-                eprintln!("{}: {error}", file.display());
-            }
-            eprintln!("{}: {} error(s)", file.display(), errors.0.len());
-            ExitCode::FAILURE
-        }
+        Err(errors) => report(file, &errors.0),
     }
+}
+
+/// Prints each error under the file's name, then how many; a failure.
+fn report(file: &Path, errors: &[impl std::fmt::Display]) -> ExitCode {
+    for error in errors {
+        eprintln!("{}: {error}", file.display());
+    }
+    eprintln!("{}: {} error(s)", file.display(), errors.len());
+    ExitCode::FAILURE
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{BIN, free_tcp as free_port};
+use common::{BIN, dev_nodes, free_tcp as free_port, split_answer};
 
 /// A child process killed when dropped.
 struct Running {
@@ -85,12 +85,7 @@ fn http(address: SocketAddr, request: &str) -> (u16, String, String) {
     stream.write_all(request.as_bytes()).unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let (status, head, body) = split_answer(&answer);
     (status, head.to_owned(), body.to_owned())
 }
 
@@ -123,23 +118,9 @@ fn dev_runs_a_three_region_cluster_and_prints_a_quick_start() {
         "off",
     ]);
     let banner = dev.wait_for("Ctrl-C drains and stops.");
-    // "  eu-west    node 1   proxy http://127.0.0.1:P   admin http://127.0.0.1:A"
-    let regions: Vec<(SocketAddr, SocketAddr)> = banner
-        .lines()
-        .filter(|l| l.contains(" node ") && l.contains("proxy http://"))
-        .map(|l| {
-            let field = |name: &str| -> SocketAddr {
-                l.split(&format!("{name} http://"))
-                    .nth(1)
-                    .unwrap()
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            };
-            (field("proxy"), field("admin"))
-        })
+    let regions: Vec<(SocketAddr, SocketAddr)> = dev_nodes(&banner)
+        .into_iter()
+        .map(|(proxy, admin, _)| (proxy, admin))
         .collect();
     assert_eq!(regions.len(), 3, "{banner}");
     assert!(banner.contains("meridian key revoke"), "{banner}");

@@ -125,6 +125,23 @@ fn ours<A: Counting>(algorithm: A) -> Arc<dyn Decide> {
     })
 }
 
+/// Where leaky-bucket releasers would run (the system clock).
+fn leaky_runtime() -> leaky_bucket::Runtime {
+    leaky_bucket::Runtime {
+        clock: Clock::system(),
+        tasks: tokio_util::task::TaskTracker::new(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    }
+}
+
+/// A single-threaded tokio runtime for the async decisions.
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn leaky() -> Arc<dyn Decide> {
     Arc::new(Leaky {
         // One a nanosecond: every decision finds the key free.
@@ -136,11 +153,7 @@ fn leaky() -> Arc<dyn Decide> {
             },
             10_000_000,
         ),
-        runtime: leaky_bucket::Runtime {
-            clock: Clock::system(),
-            tasks: tokio_util::task::TaskTracker::new(),
-            shutdown: tokio_util::sync::CancellationToken::new(),
-        },
+        runtime: leaky_runtime(),
     })
 }
 
@@ -327,15 +340,8 @@ fn scopes(c: &mut Criterion) {
     use node::ratelimit::global::{Entry, Global, Peers};
     use node::ratelimit::redis::{OnFailure, Pool, RedisLimit, Settings};
     use node::ratelimit::{Limiter, Spec};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let leaky = leaky_bucket::Runtime {
-        clock: Clock::system(),
-        tasks: tokio_util::task::TaskTracker::new(),
-        shutdown: tokio_util::sync::CancellationToken::new(),
-    };
+    let runtime = tokio_runtime();
+    let leaky = leaky_runtime();
     let spec = Spec::TokenBucket(token_bucket());
     let clock = Clock::system();
     let mut group = c.benchmark_group("scope");
@@ -465,15 +471,8 @@ fn admitted_by_scope() {
     if let Some(server) = redis_server() {
         use node::ratelimit::Limiter;
         use node::ratelimit::redis::{OnFailure, Pool, RedisLimit, Settings};
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let leaky = leaky_bucket::Runtime {
-            clock: Clock::system(),
-            tasks: tokio_util::task::TaskTracker::new(),
-            shutdown: tokio_util::sync::CancellationToken::new(),
-        };
+        let runtime = tokio_runtime();
+        let leaky = leaky_runtime();
         let settings = Settings {
             url: server.1.clone(),
             connections: 1,

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 mod common;
 mod prometheus;
 
-use common::{BIN, free_tcp};
+use common::{BIN, free_tcp, split_answer};
 
 /// The regions of the three-region examples.
 const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
@@ -635,11 +635,6 @@ fn get(address: SocketAddr, target: &str) -> (u16, String) {
     }
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let (status, _, body) = split_answer(&answer);
     (status, body.to_owned())
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{BIN, Running, deploy, get, read, tool};
-use crate::common::free_tcp;
+use crate::common::{dev_nodes, free_tcp};
 
 /// Dashboard queries on series of features that are not merged yet; each
 /// entry is a metric name and the feature that will export it. A query that
@@ -74,25 +74,7 @@ fn dev() -> (Running, Vec<(SocketAddr, SocketAddr, String)>) {
             break;
         }
     }
-    // "  eu-west    node 1   proxy http://127.0.0.1:P   admin http://127.0.0.1:A"
-    let nodes: Vec<(SocketAddr, SocketAddr, String)> = banner
-        .lines()
-        .filter(|l| l.contains(" node ") && l.contains("proxy http://"))
-        .map(|l| {
-            let field = |name: &str| -> SocketAddr {
-                l.split(&format!("{name} http://"))
-                    .nth(1)
-                    .unwrap()
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            };
-            let region = l.split_whitespace().next().unwrap().to_owned();
-            (field("proxy"), field("admin"), region)
-        })
-        .collect();
+    let nodes = dev_nodes(&banner);
     assert_eq!(nodes.len(), 3, "{banner}");
     (running, nodes)
 }

@@ -120,7 +120,7 @@ impl Peers {
         mask
     }
 
-    /// Presumes every peer reachable (tests).
+    /// Sets the node count and the unreachable mask directly (tests).
     #[cfg(test)]
     pub fn set_view(&self, nodes: u64, unreachable: u64) {
         self.nodes.store(nodes, Ordering::Relaxed);
@@ -166,6 +166,24 @@ struct Remote {
     counts: [u32; 2],
 }
 
+/// How much counts kept for windows `[w - 1, w]` grew from `before` to
+/// `after`, each a `(w, [previous, current])`: a count that rolled from
+/// current to previous grows by its difference; a window that fell out of
+/// the pair is not a decrease.
+fn growth(before: (u64, [u32; 2]), after: (u64, [u32; 2])) -> u64 {
+    let (w0, [_, current0]) = before;
+    let (w1, [previous1, current1]) = after;
+    let (previous1, current1) = (u64::from(previous1), u64::from(current1));
+    if w1 == w0 {
+        let [previous0, current0] = before.1.map(u64::from);
+        previous1.saturating_sub(previous0) + current1.saturating_sub(current0)
+    } else if w0.checked_add(1) == Some(w1) {
+        previous1.saturating_sub(u64::from(current0)) + current1
+    } else {
+        previous1 + current1
+    }
+}
+
 impl Remote {
     /// The peer's count in window `w`.
     fn count_at(&self, w: u64) -> u64 {
@@ -181,35 +199,23 @@ impl Remote {
     /// Merges a report of `counts` for windows `w - 1` and `w`: the highest
     /// count per window wins. Returns how much the counts grew.
     fn merge(&mut self, w: u64, counts: [u32; 2]) -> u64 {
-        let before = self.total();
+        let before = (self.window, self.counts);
         if w > self.window {
             let previous = if w == self.window + 1 {
                 self.counts[1].max(counts[0])
             } else {
                 counts[0]
             };
-            let carried = if w == self.window + 1 {
-                u64::from(self.counts[1])
-            } else {
-                0
-            };
             self.counts = [previous, counts[1]];
             self.window = w;
-            return (u64::from(previous) + u64::from(counts[1])).saturating_sub(carried);
-        }
-        if w == self.window {
+        } else if w == self.window {
             self.counts = [self.counts[0].max(counts[0]), self.counts[1].max(counts[1])];
         } else if w.checked_add(1) == Some(self.window) {
             self.counts[0] = self.counts[0].max(counts[1]);
         }
-        self.total() - before
-    }
-
-    fn total(&self) -> u64 {
-        u64::from(self.counts[0]) + u64::from(self.counts[1])
+        growth(before, (self.window, self.counts))
     }
 }
-
 /// A key's state under a global limit.
 #[derive(Debug, Clone, Default)]
 pub struct Counts {
@@ -304,7 +310,8 @@ pub struct Global {
     /// bounds the counters).
     epoch: Nanos,
     peers: std::sync::Arc<Peers>,
-    /// Requests this node admitted.
+    /// Requests this node admitted, as counted when collected (so the
+    /// request path does not touch a shared counter).
     pub(super) admitted: AtomicU64,
     /// Admissions peers reported (growth of their counters).
     pub(super) learned: AtomicU64,
@@ -408,6 +415,8 @@ impl Global {
         if !(changed || full && counting) {
             return None;
         }
+        self.admitted
+            .fetch_add(growth(counts.collected, current), Ordering::Relaxed);
         counts.collected = current;
         Some(Entry {
             key: key.to_vec(),
@@ -473,14 +482,12 @@ impl Counting for Global {
         };
         if decision.allowed {
             counts.charge();
-            self.admitted.fetch_add(1, Ordering::Relaxed);
         }
         decision
     }
 
     fn refund(&self, counts: &mut Counts, charged: Nanos) {
         counts.uncharge(self.index(charged));
-        self.admitted.fetch_sub(1, Ordering::Relaxed);
         if let Kind::Token(bucket) = self.kind {
             counts.tat = counts.tat.saturating_sub(bucket.interval);
         }

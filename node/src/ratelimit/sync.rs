@@ -184,26 +184,23 @@ async fn run(
         let members = cluster.peers();
         let ids: Vec<NodeId> = members.iter().map(|(id, _)| *id).collect();
         let slots = registry.peers.set_members(&ids, now);
-        links.retain(|l| ids.contains(&l.id));
-        for (id, slot) in slots.iter().copied() {
-            let address = members
-                .iter()
-                .find(|(m, _)| *m == id)
-                .map(|(_, a)| a.clone())
-                .unwrap_or_default();
-            match links.iter_mut().find(|l| l.id == id) {
-                Some(link) => {
-                    link.address = address;
-                    link.slot = slot;
-                }
-                None => links.push(PeerLink {
+        // A link per member with a slot, keeping each one's in-flight flag.
+        links = members
+            .into_iter()
+            .filter_map(|(id, address)| {
+                let slot = slots.iter().find(|(s, _)| *s == id)?.1;
+                let busy = links
+                    .iter()
+                    .find(|l| l.id == id)
+                    .map_or_else(Arc::default, |l| l.busy.clone());
+                Some(PeerLink {
                     id,
                     address,
                     slot,
-                    busy: Arc::default(),
-                }),
-            }
-        }
+                    busy,
+                })
+            })
+            .collect();
         let unreachable = registry.peers.refresh(&slots, now, timeout);
         for link in &links {
             registry
