@@ -179,6 +179,20 @@ async fn a_global_limit_over_three_nodes_admits_the_limit_plus_at_most_the_bound
     // The bound is computed and exposed per limit.
     let bounds = cluster.any().gateway.ratelimit().bounds();
     assert!(bounds.iter().any(|b| b.limit == LIMIT), "{bounds:?}");
+    // …and in `GET /v1/cluster`, which `meridian cluster status` prints.
+    let status = crate::get(&cluster.any().admin_url("/v1/cluster"))
+        .await
+        .json();
+    let listed = status["global_limits"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        listed
+            .iter()
+            .any(|b| b["limit"] == LIMIT && b["delay"].as_f64() > Some(0.0)),
+        "{status}"
+    );
     for (id, node) in &cluster.nodes {
         let from = if *id == 1 { 2 } else { 1 };
         let received = format!("meridian_ratelimit_counters_received_total{{peer=\"{from}\"}}");
