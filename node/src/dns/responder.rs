@@ -485,12 +485,24 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// Binds UDP at `address`, then TCP on the same port.
+    /// Binds UDP at `address`, then TCP on the same port. With port 0 the
+    /// port the kernel picks for UDP may be taken for TCP, so a few more
+    /// ports are tried before giving up.
     pub fn bind(address: SocketAddr) -> std::io::Result<Self> {
-        let udp = std::net::UdpSocket::bind(address)?;
+        let attempts = if address.port() == 0 { 32 } else { 1 };
+        let mut attempt = 0;
+        let (udp, tcp) = loop {
+            attempt += 1;
+            let udp = std::net::UdpSocket::bind(address)?;
+            let port = udp.local_addr()?.port();
+            match std::net::TcpListener::bind(SocketAddr::new(address.ip(), port)) {
+                Ok(tcp) => break (udp, tcp),
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::AddrInUse && attempt < attempts => {}
+                Err(error) => return Err(error),
+            }
+        };
         udp.set_nonblocking(true)?;
-        let port = udp.local_addr()?.port();
-        let tcp = std::net::TcpListener::bind(SocketAddr::new(address.ip(), port))?;
         tcp.set_nonblocking(true)?;
         Ok(Self {
             udp: tokio::net::UdpSocket::from_std(udp)?,
