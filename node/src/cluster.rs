@@ -175,6 +175,9 @@ impl peer::Service for ServiceRef {
 /// answers 503 rather than hang).
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long a membership change waits for the one before it to commit.
+const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(10);
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -512,8 +515,8 @@ impl Cluster {
         }
         let change =
             raft::openraft::ChangeMembers::AddVoterIds(std::collections::BTreeSet::from([id]));
-        match self.raft.change_membership(change, false).await {
-            Ok(_) => {
+        match self.change_membership(change).await {
+            Ok(()) => {
                 tracing::info!(node = id, "promoted to voter");
                 Response::Done
             }
@@ -546,6 +549,29 @@ impl Cluster {
                 {
                     tracing::info!("promoted to voter");
                 }
+            }
+        }
+    }
+
+    /// Applies a membership change. Raft takes one change at a time, so a
+    /// change asked for while the previous one (a promotion, a removal) is
+    /// still being committed waits for it, up to
+    /// [`MEMBERSHIP_SETTLE`], instead of failing the caller.
+    async fn change_membership(
+        &self,
+        change: raft::openraft::ChangeMembers<NodeId, raft::Node>,
+    ) -> Result<(), String> {
+        use raft::openraft::error::ChangeMembershipError;
+        let deadline = tokio::time::Instant::now() + MEMBERSHIP_SETTLE;
+        loop {
+            match self.raft.change_membership(change.clone(), false).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => return Err(error.to_string()),
             }
         }
     }
@@ -585,10 +611,9 @@ impl Cluster {
             None
         };
         if let Some(change) = change {
-            self.raft
-                .change_membership(change, false)
+            self.change_membership(change)
                 .await
-                .map_err(|e| WriteError::Failed(e.to_string()))?;
+                .map_err(WriteError::Failed)?;
         }
         let serial = self
             .applied()

@@ -339,7 +339,13 @@ async fn anycast_hooks_follow_health_with_hysteresis_and_hold() {
         "{:?}",
         calls(&log)
     );
-    assert_eq!(node.metric("meridian_anycast_announced"), 1.0);
+    // The gauge moves once the hook has exited, just after it logged.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            node.metric("meridian_anycast_announced") == 1.0
+        })
+        .await
+    );
     // Unhealthy right away: the withdraw waits for the hold time.
     healthy.store(false, Ordering::SeqCst);
     assert!(
