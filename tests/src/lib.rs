@@ -163,7 +163,17 @@ impl TestNode {
         } = self;
         stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-        let reserved = std::net::UdpSocket::bind(&raw.listen.peer).ok();
+        // Hold the peer port until the restart. The stopped endpoint may
+        // take a moment to release it (its last connections close), so
+        // wait for it rather than let another socket take the port.
+        let mut reserved = None;
+        for _ in 0..100 {
+            reserved = std::net::UdpSocket::bind(&raw.listen.peer).ok();
+            if reserved.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Stopped {
             data,
             raw,

@@ -140,16 +140,21 @@ fn count(node: &TestNode, tenant: &str) -> u64 {
         .sum()
 }
 
-/// Every node's view of `tenant`'s count, once all agree, or the views.
-async fn converged(cluster: &Cluster, tenant: &str, within: Duration) -> Result<u64, Vec<u64>> {
+/// Waits until every node counts `truth` for `tenant`; the views when
+/// they did not. (Waiting for the views merely to agree is not enough: two
+/// partial views can add up to the same number for a moment.)
+async fn converged(
+    cluster: &Cluster,
+    tenant: &str,
+    truth: u64,
+    within: Duration,
+) -> Result<(), Vec<u64>> {
     let views = || -> Vec<u64> { cluster.nodes.values().map(|n| count(n, tenant)).collect() };
-    let agreed = eventually(within, || {
-        let v = views();
-        std::future::ready(v.windows(2).all(|w| w[0] == w[1]))
+    let reached = eventually(within, || {
+        std::future::ready(views().iter().all(|&v| v == truth))
     })
     .await;
-    let v = views();
-    if agreed { Ok(v[0]) } else { Err(v) }
+    if reached { Ok(()) } else { Err(views()) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,8 +179,13 @@ async fn a_global_limit_over_three_nodes_admits_the_limit_plus_at_most_the_bound
         load.admitted
     );
     // Every node converges on the true count.
-    let total = converged(&cluster, "spread", Duration::from_secs(3)).await;
-    assert_eq!(total, Ok(load.admitted));
+    let views = converged(&cluster, "spread", load.admitted, Duration::from_secs(3)).await;
+    assert_eq!(
+        views,
+        Ok(()),
+        "every node counts the {} admitted",
+        load.admitted
+    );
     // The bound is computed and exposed per limit.
     let bounds = cluster.any().gateway.ratelimit().bounds();
     assert!(bounds.iter().any(|b| b.limit == LIMIT), "{bounds:?}");
@@ -255,8 +265,8 @@ async fn a_partitioned_node_keeps_to_its_share_and_counts_converge_after_healing
         .await
     );
     cluster.heal();
-    let total = converged(&cluster, "cut", Duration::from_secs(5)).await;
-    assert_eq!(total, Ok(admitted));
+    let views = converged(&cluster, "cut", admitted, Duration::from_secs(5)).await;
+    assert_eq!(views, Ok(()), "every node counts the {admitted} admitted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,8 +284,13 @@ async fn counts_converge_when_30_percent_of_batches_are_lost() {
     assert!(load.refused > 0);
     assert!(load.admitted >= 300);
     assert!(load.admitted as f64 <= 300.0 + bound);
-    let total = converged(&cluster, "lossy", Duration::from_secs(3)).await;
-    assert_eq!(total, Ok(load.admitted));
+    let views = converged(&cluster, "lossy", load.admitted, Duration::from_secs(3)).await;
+    assert_eq!(
+        views,
+        Ok(()),
+        "every node counts the {} admitted",
+        load.admitted
+    );
     assert!(
         nodes[0].metric("meridian_ratelimit_sync_batches_dropped_total") > 0.0,
         "no batch was dropped"
