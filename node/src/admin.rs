@@ -17,7 +17,7 @@
 //! | POST | `/v1/consumers/{name}/keys[?wait=all]` | body `{"ttl": "30d"}` optional; a new API key, shown once |
 //! | DELETE | `/v1/keys/{id}[?wait=all]` | revoke an API key |
 //! | POST | `/v1/revocations[?wait=all]` | `{"jti"}`, `{"sub", "not_before"}` or `{"serial"}`, optional `ttl` |
-//! | GET | `/v1/health/regions` | the regions' health view: per region `healthy`, `reason`, `addresses`, `updated_at_ms`, `source` |
+//! | GET | `/v1/health/regions` | the regions' health view: per region `healthy`, `reason`, `addresses`, `updated_at_ms`, `source`, and each node's last report (`nodes`) |
 //! | POST | `/v1/node/drain` | 202: the node reports unhealthy to GSLB / anycast / `/readyz`, serves for `shutdown.drain-delay`, then shuts down gracefully |
 //!
 //! When `admin.token` is set, `/v1/*` requires `Authorization: Bearer <token>`.

@@ -347,7 +347,8 @@ impl App {
             shutdown.clone(),
         );
         let resolver = crate::dns::resolver::Resolver::new(&config.resolver);
-        let regions = Arc::new(RegionHealth::new(&config.region, &config.gslb));
+        let regions = Arc::new(RegionHealth::new(&config.region, config.id, &config.gslb));
+        cluster.set_regions(regions.clone());
         let shared = Arc::new(Shared {
             config: Arc::new(config),
             metrics,
@@ -552,9 +553,9 @@ impl App {
         shared
             .tasks
             .spawn(upkeep(shared.clone()).instrument(tracing::info_span!("upkeep")));
-        shared
-            .tasks
-            .spawn(crate::regions::run(gateway.clone()).instrument(tracing::info_span!("gslb")));
+        shared.tasks.spawn(
+            crate::regions::gossip::run(gateway.clone()).instrument(tracing::info_span!("gslb")),
+        );
         if let Some(settings) = config.anycast.clone() {
             shared.tasks.spawn(
                 crate::regions::anycast::run(gateway.clone(), settings)

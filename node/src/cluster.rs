@@ -103,6 +103,8 @@ pub struct Cluster {
     handle: tokio::sync::Mutex<Option<raft::cluster::Handle>>,
     /// Where peers' global rate-limit counters go.
     counters: std::sync::OnceLock<Arc<crate::ratelimit::Registry>>,
+    /// Where peers' health reports go.
+    regions: std::sync::OnceLock<Arc<crate::regions::RegionHealth>>,
 }
 
 /// Answers the peer plane on behalf of a cluster (weakly, so the plane
@@ -164,6 +166,16 @@ impl peer::Service for ServiceRef {
             (Some(peer), Request::Counters(batch)) => {
                 if let Some(registry) = cluster.counters.get() {
                     registry.merge(peer.id, &batch);
+                }
+                Response::Done
+            }
+            (Some(peer), Request::Health(report)) => {
+                // Filed under the region the membership gives the sender.
+                let Some(node) = cluster.membership().get_node(&peer.id).cloned() else {
+                    return Response::Refused(format!("node {} is not a member", peer.id));
+                };
+                if let Some(view) = cluster.regions.get() {
+                    view.heard_from(peer.id, &node.region, report);
                 }
                 Response::Done
             }
@@ -251,6 +263,7 @@ impl Cluster {
             leader_contact: AtomicU64::new(now_ms()),
             handle: tokio::sync::Mutex::new(Some(handle)),
             counters: std::sync::OnceLock::new(),
+            regions: std::sync::OnceLock::new(),
         });
         cluster
             .plane
@@ -393,6 +406,11 @@ impl Cluster {
     /// Sends peers' global rate-limit counters to `registry`.
     pub fn set_counters(&self, registry: Arc<crate::ratelimit::Registry>) {
         let _ = self.counters.set(registry);
+    }
+
+    /// Sends peers' health reports to `view`.
+    pub fn set_regions(&self, view: Arc<crate::regions::RegionHealth>) {
+        let _ = self.regions.set(view);
     }
 
     /// Whether this node leads.

@@ -152,6 +152,16 @@ const SERIES: &[(&str, Kind, &str)] = &[
         "Rate-limit decisions the Redis store could not make, by limit.",
     ),
     (
+        "meridian_region_healthy",
+        Kind::Gauge,
+        "This node's view of each region: 1 while one of its nodes reports that it serves.",
+    ),
+    (
+        "meridian_region_report_age_seconds",
+        Kind::Gauge,
+        "Age of the freshest health report from each region.",
+    ),
+    (
         "meridian_anycast_announced",
         Kind::Gauge,
         "1 while this node announces its anycast prefix, 0 while withdrawn.",

@@ -570,6 +570,7 @@ mod tests {
             addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
             updated_at_ms: 0,
             source: Source::Static,
+            nodes: BTreeMap::new(),
         }
     }
 

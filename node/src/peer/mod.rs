@@ -62,6 +62,8 @@ pub enum Request {
     Remove(NodeId),
     /// Global rate-limit counters that changed (answered with `Done`).
     Counters(crate::ratelimit::sync::Batch),
+    /// Health gossip: the sender's report (answered with `Done`).
+    Health(crate::regions::gossip::Report),
 }
 
 /// The answer.

@@ -1,11 +1,12 @@
 //! Which regions are fit to serve, and telling DNS GSLB and anycast.
 //!
 //! - [`RegionHealth`] is the node's view of every region: healthy or not,
-//!   why, the addresses clients reach it on, and when that was last
-//!   learned. Today it holds this node's own region, re-evaluated every
-//!   `gslb.interval`, and the other regions listed under `[regions.NAME]`
-//!   with their static addresses, taken as healthy; health gossip between
-//!   nodes will fill in the others through [`RegionHealth::update`].
+//!   why, the addresses clients reach it on, what each of its nodes last
+//!   reported, and when. This node's own region is re-evaluated every
+//!   `gslb.interval`; every other node's report arrives by health gossip
+//!   over the peer plane ([`gossip`]) and is fresh for `gslb.peer-timeout`.
+//!   Regions listed under `[regions.NAME]` that no node has reported from
+//!   yet are taken as healthy with their static addresses.
 //! - [`evaluate`] decides whether this region should receive traffic
 //!   ("serve") or not ("drain"); `/healthz/gslb` answers it (200 / 503 with
 //!   the reason), the DNS responder ([`crate::dns::responder`]) answers with
@@ -25,6 +26,7 @@
 //! Otherwise it serves.
 
 pub mod anycast;
+pub mod gossip;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -32,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use raft::model::NodeId;
 use serde::{Deserialize, Serialize};
 
 use crate::Gateway;
@@ -47,6 +50,9 @@ pub struct RawGslb {
     /// the view (and so for the DNS responder).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// `peer-timeout`: how long another node's health report stays fresh.
+    #[serde(with = "humantime_serde")]
+    pub peer_timeout: Duration,
 }
 
 impl Default for RawGslb {
@@ -54,6 +60,7 @@ impl Default for RawGslb {
         Self {
             critical_upstreams: Vec::new(),
             interval: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -71,8 +78,10 @@ pub struct RawRegion {
 pub struct GslbSettings {
     /// Upstreams without which the region drains.
     pub critical: Critical,
-    /// Re-evaluation period of the local state.
+    /// Re-evaluation and gossip period.
     pub interval: Duration,
+    /// How long a peer's report stays fresh.
+    pub peer_timeout: Duration,
     /// Addresses of each region, this one included.
     pub regions: BTreeMap<String, Vec<IpAddr>>,
 }
@@ -82,6 +91,7 @@ impl Default for GslbSettings {
         Self {
             critical: Critical::Listed(Vec::new()),
             interval: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(3),
             regions: BTreeMap::new(),
         }
     }
@@ -105,6 +115,13 @@ impl RawGslb {
     ) -> GslbSettings {
         if self.interval.is_zero() {
             fail("gslb.interval", &"0s", "must be greater than zero");
+        }
+        if self.peer_timeout < self.interval * 2 {
+            fail(
+                "gslb.peer-timeout",
+                &humantime::format_duration(self.peer_timeout),
+                "must be at least two gslb intervals (a report is sent every interval)",
+            );
         }
         let critical = if self.critical_upstreams.iter().any(|u| u == "*") {
             Critical::All
@@ -136,6 +153,7 @@ impl RawGslb {
         GslbSettings {
             critical,
             interval: self.interval,
+            peer_timeout: self.peer_timeout,
             regions: addresses,
         }
     }
@@ -153,20 +171,23 @@ pub fn is_region_name(name: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
-    /// This node evaluated its own region.
+    /// This node's own region (its own evaluation, with its region peers'
+    /// reports).
     Local,
     /// Configured addresses, no health information: taken as healthy.
     Static,
-    /// Learned from another node.
+    /// Learned from the region's nodes by health gossip.
     Peer,
 }
 
 /// One region's state in the view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RegionState {
-    /// Whether the region should receive traffic.
+    /// Whether the region should receive traffic: one of its nodes with a
+    /// fresh report serves.
     pub healthy: bool,
-    /// Why (`serving`, `draining`, `upstream users has no available target`, …).
+    /// Why (`serving`, `draining`, `upstream users has no available target`,
+    /// `no health report for 3s`, …).
     pub reason: String,
     /// The addresses clients reach the region on.
     pub addresses: Vec<IpAddr>,
@@ -174,11 +195,40 @@ pub struct RegionState {
     pub updated_at_ms: u64,
     /// Where it came from.
     pub source: Source,
+    /// What each node of the region last reported.
+    pub nodes: BTreeMap<NodeId, NodeState>,
 }
 
-/// The node's view of every region's health.
+/// One node's last report, as the view holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeState {
+    /// What it said.
+    #[serde(flatten)]
+    pub report: gossip::Report,
+    /// When it was heard (this node's clock), in ms since the Unix epoch.
+    pub heard_at_ms: u64,
+    /// Whether it was heard within `gslb.peer-timeout`; a stale report
+    /// counts for nothing.
+    pub fresh: bool,
+}
+
+/// A report and when it arrived.
+struct Heard {
+    region: String,
+    report: gossip::Report,
+    at: tokio::time::Instant,
+    at_ms: u64,
+}
+
+/// The node's view of every region's health: its own evaluation, the
+/// reports of every other node (health gossip, [`gossip`]), and the
+/// configured addresses of regions no node has reported from.
 pub struct RegionHealth {
     local: String,
+    node: NodeId,
+    statics: BTreeMap<String, Vec<IpAddr>>,
+    timeout: Duration,
+    heard: std::sync::Mutex<BTreeMap<NodeId, Heard>>,
     states: ArcSwap<BTreeMap<String, RegionState>>,
     changed: tokio::sync::watch::Sender<u64>,
 }
@@ -186,43 +236,18 @@ pub struct RegionHealth {
 impl RegionHealth {
     /// The view at start: this region not evaluated yet (unhealthy, `starting`),
     /// the other configured regions healthy with their static addresses.
-    pub fn new(local: &str, settings: &GslbSettings) -> Self {
-        let now = crate::cluster::now_ms();
-        let mut states = BTreeMap::new();
-        for (region, addresses) in &settings.regions {
-            states.insert(
-                region.clone(),
-                RegionState {
-                    healthy: region != local,
-                    reason: if region == local {
-                        "starting".into()
-                    } else {
-                        "static: configured addresses, no health information".into()
-                    },
-                    addresses: addresses.clone(),
-                    updated_at_ms: now,
-                    source: if region == local {
-                        Source::Local
-                    } else {
-                        Source::Static
-                    },
-                },
-            );
-        }
-        states
-            .entry(local.to_owned())
-            .or_insert_with(|| RegionState {
-                healthy: false,
-                reason: "starting".into(),
-                addresses: Vec::new(),
-                updated_at_ms: now,
-                source: Source::Local,
-            });
-        Self {
+    pub fn new(local: &str, node: NodeId, settings: &GslbSettings) -> Self {
+        let view = Self {
             local: local.to_owned(),
-            states: ArcSwap::from_pointee(states),
+            node,
+            statics: settings.regions.clone(),
+            timeout: settings.peer_timeout,
+            heard: std::sync::Mutex::default(),
+            states: ArcSwap::from_pointee(BTreeMap::new()),
             changed: tokio::sync::watch::Sender::new(0),
-        }
+        };
+        view.recompute(&BTreeMap::new());
+        view
     }
 
     /// This node's region.
@@ -240,43 +265,136 @@ impl RegionHealth {
         self.states.load().get(region).cloned()
     }
 
-    /// Sets one region's health and reason (keeping its addresses unless
-    /// `addresses` is given). Notifies watchers when something other than
-    /// the time changed.
-    pub fn update(
-        &self,
-        region: &str,
-        healthy: bool,
-        reason: &str,
-        addresses: Option<Vec<IpAddr>>,
-        source: Source,
-    ) {
-        let mut changed = false;
-        self.states.rcu(|states| {
-            let mut states = BTreeMap::clone(states);
-            let entry = states
-                .entry(region.to_owned())
-                .or_insert_with(|| RegionState {
-                    healthy: !healthy,
-                    reason: String::new(),
-                    addresses: Vec::new(),
-                    updated_at_ms: 0,
-                    source,
-                });
-            changed = entry.healthy != healthy
-                || entry.reason != reason
-                || addresses.as_ref().is_some_and(|a| *a != entry.addresses);
-            entry.healthy = healthy;
-            entry.reason = reason.to_owned();
-            if let Some(addresses) = &addresses {
-                entry.addresses = addresses.clone();
-            }
-            entry.updated_at_ms = crate::cluster::now_ms();
-            entry.source = source;
-            states
-        });
+    /// Records this node's own report.
+    pub fn set_local(&self, report: gossip::Report) {
+        self.heard_from(self.node, &self.local.clone(), report);
+    }
+
+    /// Records node `node`'s report; `region` is the node's region as the
+    /// membership knows it (not as the report claims).
+    pub fn heard_from(&self, node: NodeId, region: &str, report: gossip::Report) {
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.insert(
+            node,
+            Heard {
+                region: region.to_owned(),
+                report,
+                at: tokio::time::Instant::now(),
+                at_ms: crate::cluster::now_ms(),
+            },
+        );
+        self.recompute(&heard);
+    }
+
+    /// Forgets nodes that left the cluster, and lets reports age: a region
+    /// whose reports all went stale turns unhealthy.
+    pub fn refresh(&self, members: &[NodeId]) {
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.retain(|id, _| *id == self.node || members.contains(id));
+        self.recompute(&heard);
+    }
+
+    /// Rebuilds the states from the reports and the configured regions,
+    /// and notifies watchers when a region's health, reason or addresses
+    /// changed.
+    fn recompute(&self, heard: &BTreeMap<NodeId, Heard>) {
+        let now = tokio::time::Instant::now();
+        let now_ms = crate::cluster::now_ms();
+        let mut regions: std::collections::BTreeSet<&str> =
+            self.statics.keys().map(String::as_str).collect();
+        regions.insert(&self.local);
+        regions.extend(heard.values().map(|h| h.region.as_str()));
+        let mut states = BTreeMap::new();
+        for region in regions {
+            let nodes: BTreeMap<NodeId, NodeState> = heard
+                .iter()
+                .filter(|(_, h)| h.region == region)
+                .map(|(id, h)| {
+                    let state = NodeState {
+                        report: h.report.clone(),
+                        heard_at_ms: h.at_ms,
+                        fresh: *id == self.node
+                            || now.saturating_duration_since(h.at) <= self.timeout,
+                    };
+                    (*id, state)
+                })
+                .collect();
+            let state = self.region_state(region, nodes, now_ms);
+            states.insert(region.to_owned(), state);
+        }
+        let old = self.states.swap(Arc::new(states));
+        let new = self.states.load();
+        let same = |a: &RegionState, b: &RegionState| {
+            (a.healthy, &a.reason, &a.addresses) == (b.healthy, &b.reason, &b.addresses)
+        };
+        let changed = old.len() != new.len()
+            || old
+                .iter()
+                .zip(new.iter())
+                .any(|((ra, a), (rb, b))| ra != rb || !same(a, b));
         if changed {
             self.changed.send_modify(|version| *version += 1);
+        }
+    }
+
+    fn region_state(
+        &self,
+        region: &str,
+        nodes: BTreeMap<NodeId, NodeState>,
+        now_ms: u64,
+    ) -> RegionState {
+        let local = region == self.local;
+        let statics = self.statics.get(region).cloned().unwrap_or_default();
+        let source = if local { Source::Local } else { Source::Peer };
+        if nodes.is_empty() {
+            return RegionState {
+                healthy: !local,
+                reason: if local {
+                    "starting".into()
+                } else {
+                    "static: configured addresses, no health information".into()
+                },
+                addresses: statics,
+                updated_at_ms: now_ms,
+                source: if local { Source::Local } else { Source::Static },
+                nodes,
+            };
+        }
+        let updated_at_ms = nodes
+            .values()
+            .map(|n| n.heard_at_ms)
+            .max()
+            .unwrap_or(now_ms);
+        let fresh: Vec<(&NodeId, &NodeState)> = nodes.iter().filter(|(_, n)| n.fresh).collect();
+        let mut addresses: Vec<IpAddr> = fresh
+            .iter()
+            .flat_map(|(_, n)| n.report.addresses.iter().copied())
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        if addresses.is_empty() {
+            addresses = statics;
+        }
+        let (healthy, reason) = if fresh.iter().any(|(_, n)| n.report.serve) {
+            (true, "serving".to_owned())
+        } else if let Some((id, node)) = fresh.first() {
+            let reason = if nodes.len() == 1 {
+                node.report.reason.clone()
+            } else {
+                format!("node {id}: {}", node.report.reason)
+            };
+            (false, reason)
+        } else {
+            let timeout = humantime::format_duration(self.timeout);
+            (false, format!("no health report for {timeout}"))
+        };
+        RegionState {
+            healthy,
+            reason,
+            addresses,
+            updated_at_ms,
+            source,
+            nodes,
         }
     }
 
@@ -338,39 +456,6 @@ pub fn evaluate(gateway: &Gateway) -> Verdict {
     }
 }
 
-/// Keeps the local region's entry of the view current: every
-/// `gslb.interval`, and at once when the node starts draining.
-pub async fn run(gateway: Arc<Gateway>) {
-    let shared = gateway.shared.clone();
-    let view = gateway.regions().clone();
-    let addresses = shared
-        .config
-        .gslb
-        .regions
-        .get(&shared.config.region)
-        .cloned();
-    let mut interval = tokio::time::interval(shared.config.gslb.interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let verdict = evaluate(&gateway);
-        view.update(
-            &shared.config.region,
-            verdict.serve,
-            &verdict.reason,
-            addresses.clone(),
-            Source::Local,
-        );
-        tokio::select! {
-            () = shared.shutdown.cancelled() => {
-                view.update(&shared.config.region, false, "draining", None, Source::Local);
-                return;
-            }
-            () = shared.drain.cancelled(), if !shared.drain.is_cancelled() => {}
-            _ = interval.tick() => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,7 +479,7 @@ mod tests {
 
     #[test]
     fn the_view_starts_with_static_regions_healthy_and_this_one_not_yet() {
-        let view = RegionHealth::new("eu-west", &settings());
+        let view = RegionHealth::new("eu-west", 1, &settings());
         let local = view.get("eu-west").unwrap();
         assert!(!local.healthy);
         assert_eq!(local.source, Source::Local);
@@ -402,22 +487,6 @@ mod tests {
         assert!(other.healthy);
         assert_eq!(other.source, Source::Static);
         assert_eq!(other.addresses.len(), 2);
-    }
-
-    #[test]
-    fn updates_notify_only_on_change() {
-        let view = RegionHealth::new("eu-west", &settings());
-        let mut changes = view.subscribe();
-        view.update("eu-west", true, "serving", None, Source::Local);
-        assert!(changes.has_changed().unwrap());
-        changes.mark_unchanged();
-        view.update("eu-west", true, "serving", None, Source::Local);
-        assert!(!changes.has_changed().unwrap(), "same state, no news");
-        view.update("us-east", false, "gossip says so", None, Source::Peer);
-        assert!(changes.has_changed().unwrap());
-        let us = view.get("us-east").unwrap();
-        assert_eq!((us.healthy, us.source), (false, Source::Peer));
-        assert_eq!(us.addresses.len(), 2, "addresses kept");
     }
 
     #[test]
@@ -433,6 +502,7 @@ mod tests {
         let raw = RawGslb {
             critical_upstreams: vec!["*".into()],
             interval: Duration::ZERO,
+            peer_timeout: Duration::from_secs(3),
         };
         let settings = raw.validate(regions, &mut |key, _, _| errors.push(key.to_owned()));
         assert_eq!(

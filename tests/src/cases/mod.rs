@@ -15,6 +15,7 @@ mod policies;
 mod pools;
 mod proxy;
 mod ratelimit;
+mod regions;
 mod reload;
 mod routing;
 mod tls;
