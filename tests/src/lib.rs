@@ -8,8 +8,11 @@
 //! - [`client`]: small HTTP helpers, including raw TCP for malformed input.
 //! - [`idp`]: a test identity provider: signing keys, a JWKS server, an
 //!   RFC 7662 introspection server.
+//! - [`grpc`]: a tonic gRPC server (the library service) for the
+//!   transcoding and passthrough cases.
 
 pub mod client;
+pub mod grpc;
 pub mod idp;
 pub mod redis;
 pub mod upstream;

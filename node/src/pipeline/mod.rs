@@ -3,13 +3,14 @@
 //!
 //! ```text
 //! headers -> admit -> ip (global) -> version -> route -> ip (route) -> tls -> cors -> waf
-//!   -> auth -> limit -> transform -> aggregate -> [proxy] -> on_response hooks
+//!   -> auth -> limit -> transform -> aggregate -> grpc -> [proxy] -> on_response hooks
 //!   in reverse order (transform's first, headers' last) -> observe
 //! ```
 //! Each stage's `on_request` runs in order until one answers the request
 //! itself (`Flow::Respond`) or fails; the proxy forwards what got through.
 //! `aggregate` is terminal on routes that compose their answer from several
-//! upstream calls: it always answers, so the proxy never runs for them.
+//! upstream calls: it always answers, so the proxy never runs for them;
+//! so is `grpc` on routes that transcode REST calls to a gRPC service.
 //! Then the `on_response` hooks of the stages that ran are called in reverse
 //! order, and `observe` stamps the request id and trace context, counts the
 //! request and schedules its access-log line. The order is written once, in
@@ -24,6 +25,7 @@ pub mod admit;
 pub mod aggregate;
 pub mod auth;
 pub mod cors;
+pub mod grpc;
 pub mod headers;
 pub mod ip;
 pub mod limit;
@@ -200,6 +202,7 @@ pub fn build(shared: &Arc<Shared>) -> Pipeline {
         Box::new(limit::LimitStage::new(&shared.ratelimit)),
         Box::new(transform::TransformStage::new(&shared.config)),
         Box::new(aggregate::AggregateStage),
+        Box::new(grpc::GrpcStage::new(&shared.config)),
     ];
     Pipeline {
         stages,

@@ -284,6 +284,8 @@ pub struct Route {
     pub transform: Option<Arc<super::transform::RouteTransform>>,
     /// Response composition (`None`: the route is proxied).
     pub aggregate: Option<Arc<super::aggregate::RouteAggregate>>,
+    /// gRPC-JSON transcoding (`None`: the route is proxied).
+    pub grpc: Option<Arc<super::grpc::RouteGrpc>>,
     /// The route's series.
     pub metrics: RouteMetrics,
 }
@@ -353,6 +355,10 @@ impl Route {
                 Some(aggregate) => Some(Arc::new(super::aggregate::RouteAggregate::compile(
                     aggregate, route, upstreams, metrics,
                 )?)),
+            },
+            grpc: match &route.grpc {
+                None => None,
+                Some(grpc) => Some(Arc::new(super::grpc::RouteGrpc::compile(grpc)?)),
             },
             metrics: RouteMetrics::new(metrics, &route.name),
         })

@@ -354,7 +354,7 @@ impl RouteTransform {
 
 /// Reads the rest of a request body (after what an earlier stage already
 /// read into `prefix`), within `limit` bytes.
-async fn read_request(
+pub(crate) async fn read_request(
     req: &mut Request,
     prefix: Option<BufferedPrefix>,
     limit: u64,

@@ -9,6 +9,7 @@
 //! data plane reads.
 
 pub mod aggregate;
+pub mod grpc;
 pub mod limit;
 pub mod pattern;
 pub mod policy;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use self::aggregate::Aggregate;
+pub use self::grpc::Grpc;
 pub use self::limit::{Limit, RateLimitSettings};
 pub use self::policy::Policies;
 pub use self::size::ByteSize;
@@ -623,6 +625,10 @@ pub struct Route {
     /// several upstream calls instead of proxying to `upstream`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<Aggregate>,
+    /// gRPC-JSON transcoding (see [`grpc`]): REST calls become calls of a
+    /// gRPC service on `upstream`, which must speak h2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<Grpc>,
 }
 
 /// A route's TLS requirements.

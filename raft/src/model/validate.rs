@@ -38,7 +38,10 @@
 //!   module and docs/transform.md);
 //! - aggregations (per route): parts, their upstreams, path templates and
 //!   their parameters, timeouts and limits (the full list is in the
-//!   `validate::aggregate` module and docs/aggregate.md).
+//!   `validate::aggregate` module and docs/aggregate.md);
+//! - gRPC transcoding (per route): the descriptor set, the service, its
+//!   methods' `google.api.http` rules and an h2 upstream (the full list is
+//!   in the `validate::grpc` module and docs/grpc.md).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -49,6 +52,7 @@ use super::pattern::{self, HostPattern, PathPattern};
 use super::*;
 
 mod aggregate;
+mod grpc;
 mod limit;
 mod policy;
 mod transform;
@@ -436,6 +440,7 @@ fn check_route(c: &mut Checker, key: &str, route: &Route, config: &GatewayConfig
     policy::check(c, &format!("{key}.policies"), &route.policies, false);
     transform::check(c, &format!("{key}.transform"), &route.transform);
     aggregate::check(c, key, route, config);
+    grpc::check(c, key, route, config);
     for (i, method) in route.auth.iter().enumerate() {
         match method {
             AuthMethod::Jwt if config.auth.jwt.is_empty() => c.fail(

@@ -4,6 +4,7 @@ mod aggregate;
 mod cluster;
 mod edge;
 mod flood;
+mod grpc;
 mod introspection;
 mod jwt;
 mod keys;
