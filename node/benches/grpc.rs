@@ -44,7 +44,9 @@ fn bench(c: &mut Criterion) {
     let request_len = framed.len();
     let reply = {
         let update = grpc.find(&Method::PUT, "/v1/books/42").expect("UpdateBook");
-        grpc.request(&update, None, BOOK.as_bytes()).unwrap().slice(5..)
+        grpc.request(&update, None, BOOK.as_bytes())
+            .unwrap()
+            .slice(5..)
     };
     let json = grpc.reply(&matched, reply.clone()).unwrap();
     assert_eq!(
@@ -68,7 +70,10 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.bench_function("grpc_to_json", |b| {
-        b.iter(|| grpc.reply(&matched, black_box(Bytes::clone(&reply))).unwrap())
+        b.iter(|| {
+            grpc.reply(&matched, black_box(Bytes::clone(&reply)))
+                .unwrap()
+        })
     });
     group.bench_function("transcode_roundtrip", |b| {
         b.iter(|| {
@@ -76,7 +81,9 @@ fn bench(c: &mut Criterion) {
             let framed = grpc
                 .request(&matched, None, black_box(BOOK.as_bytes()))
                 .unwrap();
-            let json = grpc.reply(&matched, black_box(Bytes::clone(&reply))).unwrap();
+            let json = grpc
+                .reply(&matched, black_box(Bytes::clone(&reply)))
+                .unwrap();
             (framed, json)
         })
     });

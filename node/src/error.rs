@@ -433,12 +433,12 @@ pub fn grpc_http_status(code: u32) -> StatusCode {
         3 | 9 | 11 => StatusCode::BAD_REQUEST, // INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE
         4 => StatusCode::GATEWAY_TIMEOUT,      // DEADLINE_EXCEEDED
         5 => StatusCode::NOT_FOUND,
-        6 | 10 => StatusCode::CONFLICT, // ALREADY_EXISTS, ABORTED
-        7 => StatusCode::FORBIDDEN,     // PERMISSION_DENIED
+        6 | 10 => StatusCode::CONFLICT,     // ALREADY_EXISTS, ABORTED
+        7 => StatusCode::FORBIDDEN,         // PERMISSION_DENIED
         8 => StatusCode::TOO_MANY_REQUESTS, // RESOURCE_EXHAUSTED
         12 => StatusCode::NOT_IMPLEMENTED,
         14 => StatusCode::SERVICE_UNAVAILABLE,
-        16 => StatusCode::UNAUTHORIZED, // UNAUTHENTICATED
+        16 => StatusCode::UNAUTHORIZED,         // UNAUTHENTICATED
         _ => StatusCode::INTERNAL_SERVER_ERROR, // UNKNOWN, INTERNAL, DATA_LOSS, others
     }
 }

@@ -113,7 +113,11 @@ impl Books {
                 .to_owned()
         };
         // The HTTP/2 content-type is checked by tonic before this runs.
-        let entry = (method.to_owned(), text("x-request-id"), text("x-forwarded-for"));
+        let entry = (
+            method.to_owned(),
+            text("x-request-id"),
+            text("x-forwarded-for"),
+        );
         if let Ok(mut calls) = self.state.calls.lock() {
             calls.push(entry);
         }

@@ -232,7 +232,10 @@ fn request_message(
         }
     }
     DynamicMessage::deserialize(input, Value::Object(root)).map_err(|error| {
-        Error::bad_request("invalid_message", format!("the request does not fit the message: {error}"))
+        Error::bad_request(
+            "invalid_message",
+            format!("the request does not fit the message: {error}"),
+        )
     })
 }
 
@@ -318,12 +321,14 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, Error> {
         | FieldKind::Sfixed32
         | FieldKind::Int64
         | FieldKind::Sint64
-        | FieldKind::Sfixed64 => Value::from(
-            text.parse::<i64>()
-                .map_err(|_| invalid("an integer"))?,
-        ),
+        | FieldKind::Sfixed64 => {
+            Value::from(text.parse::<i64>().map_err(|_| invalid("an integer"))?)
+        }
         FieldKind::Uint32 | FieldKind::Fixed32 | FieldKind::Uint64 | FieldKind::Fixed64 => {
-            Value::from(text.parse::<u64>().map_err(|_| invalid("an unsigned integer"))?)
+            Value::from(
+                text.parse::<u64>()
+                    .map_err(|_| invalid("an unsigned integer"))?,
+            )
         }
         FieldKind::Float | FieldKind::Double => match text.parse::<f64>() {
             Ok(number) if number.is_finite() => Value::from(number),
@@ -359,10 +364,15 @@ fn frame(message: &DynamicMessage) -> Bytes {
 
 /// The JSON of one reply payload.
 fn reply_json(output: &MessageDescriptor, payload: Bytes) -> Result<Vec<u8>, Error> {
-    let message = DynamicMessage::decode(output.clone(), payload).map_err(|error| Kind::UpstreamBody {
-        code: "upstream_invalid_grpc",
-        message: format!("the upstream's reply is not a valid {}: {error}", output.full_name()).into(),
-    })?;
+    let message =
+        DynamicMessage::decode(output.clone(), payload).map_err(|error| Kind::UpstreamBody {
+            code: "upstream_invalid_grpc",
+            message: format!(
+                "the upstream's reply is not a valid {}: {error}",
+                output.full_name()
+            )
+            .into(),
+        })?;
     serde_json::to_vec(&message).map_err(|_| Error::new(Kind::Internal))
 }
 
@@ -433,7 +443,13 @@ impl Decoder {
 
 /// The gRPC status in `headers` (trailers, or a trailers-only head).
 fn status(headers: &HeaderMap) -> Option<Result<(), Error>> {
-    let code: u32 = headers.get(&GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()?;
+    let code: u32 = headers
+        .get(&GRPC_STATUS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     if code == 0 {
         return Some(Ok(()));
     }
@@ -658,8 +674,11 @@ impl Stage for GrpcStage {
 
         let mut in_flight = pool.begin(index);
         let started = Instant::now();
-        let sent = tokio::time::timeout(timeouts.request, pool.client.send(&target.endpoint, request))
-            .await;
+        let sent = tokio::time::timeout(
+            timeouts.request,
+            pool.client.send(&target.endpoint, request),
+        )
+        .await;
         let response = match sent {
             Ok(Ok((response, conn))) => {
                 in_flight.keep(conn);

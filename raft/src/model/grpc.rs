@@ -428,14 +428,9 @@ impl Service {
 
 /// Decodes the base64 descriptor set.
 fn decode(text: &str) -> Result<DescriptorPool, String> {
-    let compact: Vec<u8> = text
-        .bytes()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
+    let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     if compact.len() / 4 * 3 > MAX_DESCRIPTOR_SET {
-        return Err(format!(
-            "must decode to at most {MAX_DESCRIPTOR_SET} bytes"
-        ));
+        return Err(format!("must decode to at most {MAX_DESCRIPTOR_SET} bytes"));
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&compact)
@@ -452,7 +447,10 @@ fn shorten(text: &str) -> String {
 }
 
 /// One `HttpRule` of `method` as a binding.
-fn binding(rule: &prost_reflect::DynamicMessage, method: &MethodDescriptor) -> Result<Binding, String> {
+fn binding(
+    rule: &prost_reflect::DynamicMessage,
+    method: &MethodDescriptor,
+) -> Result<Binding, String> {
     let text = |name: &str| {
         rule.get_field_by_name(name)
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -476,7 +474,9 @@ fn binding(rule: &prost_reflect::DynamicMessage, method: &MethodDescriptor) -> R
         };
         let kind = field("kind");
         if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(format!("custom method kind {kind:?} must be an uppercase token"));
+            return Err(format!(
+                "custom method kind {kind:?} must be an uppercase token"
+            ));
         }
         pattern = Some((kind, field("path")));
     }

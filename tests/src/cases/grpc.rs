@@ -128,7 +128,10 @@ async fn unary_calls_are_transcoded() {
         r#"{"id": "6", "title": "Emma", "tags": ["x"]}"#,
     )
     .await;
-    assert_eq!(reply.json(), json!({ "id": "5", "title": "Emma", "tags": ["x"] }));
+    assert_eq!(
+        reply.json(),
+        json!({ "id": "5", "title": "Emma", "tags": ["x"] })
+    );
 
     // `{path=**}` takes the rest of the path.
     let reply = get(&node.url("/v1/files/docs/a%20b.txt")).await;
@@ -155,7 +158,13 @@ async fn grpc_statuses_become_http_statuses_with_a_json_error() {
         assert_eq!(reply.header("grpc-status"), grpc);
         assert_eq!(error(&reply), (code.to_owned(), message.to_owned()));
     }
-    let reply = call(&node, Method::POST, "/v1/shelves/s/books", r#"{"title":"dup"}"#).await;
+    let reply = call(
+        &node,
+        Method::POST,
+        "/v1/shelves/s/books",
+        r#"{"title":"dup"}"#,
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::CONFLICT);
     assert_eq!(error(&reply).0, "grpc_already_exists");
 
@@ -184,7 +193,10 @@ async fn server_streams_are_written_as_messages_arrive() {
     assert_eq!(books.len(), 3);
     assert_eq!(books[2]["error"]["code"], "grpc_unavailable");
     assert_eq!(books[2]["error"]["message"], "the stream broke");
-    assert_eq!(books[2]["error"]["request_id"], reply.header("x-request-id"));
+    assert_eq!(
+        books[2]["error"]["request_id"],
+        reply.header("x-request-id")
+    );
 
     // An error before any message is the answer's status.
     let reply = get(&node.url("/v1/shelves/s1/books?limit=-1")).await;
@@ -246,21 +258,39 @@ async fn malformed_input_is_refused_without_harm() {
         (r#"{"pages": 1.5}"#.to_owned(), 400, "invalid_message"),
         (r#"{"genre": "POETRY"}"#.to_owned(), 400, "invalid_message"),
         (r#"{"unknown": 1}"#.to_owned(), 400, "invalid_message"),
-        (format!(r#"{{"title": "{}"}}"#, "x".repeat(5000)), 413, "payload_too_large"),
+        (
+            format!(r#"{{"title": "{}"}}"#, "x".repeat(5000)),
+            413,
+            "payload_too_large",
+        ),
     ] {
         let reply = post(body.clone()).await;
-        assert_eq!(reply.status.as_u16(), status, "{body:.40}: {:?}", reply.body);
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{body:.40}: {:?}",
+            reply.body
+        );
         assert_eq!(error(&reply).0, code, "{body:.40}");
     }
     let put = call(&node, Method::PUT, "/v1/books/5", "[1, 2]").await;
-    assert_eq!((put.status, error(&put).0.as_str()), (StatusCode::BAD_REQUEST, "invalid_message"));
+    assert_eq!(
+        (put.status, error(&put).0.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_message")
+    );
     let reply = get(&node.url("/v1/books/seven")).await;
-    assert_eq!((reply.status, error(&reply).0.as_str()), (StatusCode::BAD_REQUEST, "invalid_message"));
+    assert_eq!(
+        (reply.status, error(&reply).0.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_message")
+    );
     let reply = get(&node.url("/v1/shelves/s/books?limit=lots")).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     // No binding for the method or path.
     let reply = call(&node, Method::DELETE, "/v1/books/5", "").await;
-    assert_eq!((reply.status, error(&reply).0.as_str()), (StatusCode::NOT_FOUND, "no_route"));
+    assert_eq!(
+        (reply.status, error(&reply).0.as_str()),
+        (StatusCode::NOT_FOUND, "no_route")
+    );
     let reply = get(&node.url("/v1/nothing/here")).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 
@@ -357,7 +387,11 @@ async fn plain_grpc_passes_through_with_trailers() {
         title: format!("t{i}"),
         ..Default::default()
     }));
-    let reply = client.add_books(books).await.expect("client stream").into_inner();
+    let reply = client
+        .add_books(books)
+        .await
+        .expect("client stream")
+        .into_inner();
     assert_eq!(reply.count, 5);
     node.stop().await;
 }

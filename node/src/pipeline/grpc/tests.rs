@@ -44,11 +44,23 @@ fn code(result: Result<Value, Error>) -> (StatusCode, &'static str) {
 fn bindings_are_found_by_method_and_path() {
     let grpc = library(Streaming::Ndjson);
     let name = |m: Method, p: &str| grpc.find(&m, p).map(|m| m.method().name().to_owned());
-    assert_eq!(name(Method::GET, "/v1/shelves/s1/books/7").as_deref(), Some("GetBook"));
+    assert_eq!(
+        name(Method::GET, "/v1/shelves/s1/books/7").as_deref(),
+        Some("GetBook")
+    );
     assert_eq!(name(Method::GET, "/v1/books/7").as_deref(), Some("GetBook"));
-    assert_eq!(name(Method::POST, "/v1/shelves/s1/books").as_deref(), Some("CreateBook"));
-    assert_eq!(name(Method::GET, "/v1/shelves/s1/books").as_deref(), Some("ListBooks"));
-    assert_eq!(name(Method::GET, "/v1/files/a/b.txt").as_deref(), Some("GetFile"));
+    assert_eq!(
+        name(Method::POST, "/v1/shelves/s1/books").as_deref(),
+        Some("CreateBook")
+    );
+    assert_eq!(
+        name(Method::GET, "/v1/shelves/s1/books").as_deref(),
+        Some("ListBooks")
+    );
+    assert_eq!(
+        name(Method::GET, "/v1/files/a/b.txt").as_deref(),
+        Some("GetFile")
+    );
     assert_eq!(name(Method::DELETE, "/v1/books/7"), None);
     assert_eq!(name(Method::GET, "/v1/nothing"), None);
 }
@@ -73,8 +85,13 @@ fn messages_are_built_from_body_path_and_query() {
     );
     // `body: "*"`: the whole message; the path's value wins.
     assert_eq!(
-        request(&grpc, Method::PUT, "/v1/books/5", r#"{"id":"9","title":"x","available":true}"#)
-            .unwrap(),
+        request(
+            &grpc,
+            Method::PUT,
+            "/v1/books/5",
+            r#"{"id":"9","title":"x","available":true}"#
+        )
+        .unwrap(),
         json!({ "id": "5", "title": "x", "available": true })
     );
     // The fast path: no variables, no query.
@@ -101,8 +118,14 @@ fn malformed_input_is_refused_with_400() {
     let grpc = library(Streaming::Ndjson);
     let post = |body: &str| request(&grpc, Method::POST, "/v1/shelves/s1/books", body);
     let bad = (StatusCode::BAD_REQUEST, "invalid_message");
-    assert_eq!(code(post("{\"title\":")), (StatusCode::BAD_REQUEST, "invalid_json"));
-    assert_eq!(code(post("not json")), (StatusCode::BAD_REQUEST, "invalid_json"));
+    assert_eq!(
+        code(post("{\"title\":")),
+        (StatusCode::BAD_REQUEST, "invalid_json")
+    );
+    assert_eq!(
+        code(post("not json")),
+        (StatusCode::BAD_REQUEST, "invalid_json")
+    );
     assert_eq!(code(post(r#"{"pages":"many"}"#)), bad);
     assert_eq!(code(post(r#"{"pages":3000000000}"#)), bad);
     assert_eq!(code(post(r#"{"nope":1}"#)), bad);
@@ -111,12 +134,21 @@ fn malformed_input_is_refused_with_400() {
     let put = |body: &str| request(&grpc, Method::PUT, "/v1/books/5", body);
     assert_eq!(code(put("[1,2]")), bad);
     assert_eq!(code(put(r#"{"title":1}"#)), bad);
-    assert_eq!(code(put(r#"{"title":"a"} trailing"#)), (StatusCode::BAD_REQUEST, "invalid_json"));
+    assert_eq!(
+        code(put(r#"{"title":"a"} trailing"#)),
+        (StatusCode::BAD_REQUEST, "invalid_json")
+    );
     let deep = "[".repeat(200) + &"]".repeat(200);
-    assert_eq!(code(put(&format!(r#"{{"tags":{deep}}}"#))).0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        code(put(&format!(r#"{{"tags":{deep}}}"#))).0,
+        StatusCode::BAD_REQUEST
+    );
     let get = |target: &str| request(&grpc, Method::GET, target, "");
     assert_eq!(code(get("/v1/books/seven")), bad);
-    assert_eq!(code(get("/v1/books/%ff")), (StatusCode::BAD_REQUEST, "invalid_path"));
+    assert_eq!(
+        code(get("/v1/books/%ff")),
+        (StatusCode::BAD_REQUEST, "invalid_path")
+    );
     assert_eq!(code(get("/v1/shelves/s1/books?limit=abc")), bad);
     assert_eq!(code(get("/v1/shelves/s1/books?hold=yes")), bad);
     assert_eq!(code(get("/v1/shelves/s1/books?limit=99999999999")), bad);
@@ -156,7 +188,10 @@ fn the_decoder_splits_frames_within_the_limit() {
     decoder.push(&[0, 3, b'a', b'b']);
     assert_eq!(decoder.next_message().unwrap(), None);
     decoder.push(&[b'c', 0, 0, 0, 0, 0]);
-    assert_eq!(decoder.next_message().unwrap().as_deref(), Some(&b"abc"[..]));
+    assert_eq!(
+        decoder.next_message().unwrap().as_deref(),
+        Some(&b"abc"[..])
+    );
     // An empty message is a message.
     assert_eq!(decoder.next_message().unwrap().as_deref(), Some(&b""[..]));
     assert!(decoder.is_empty());
@@ -166,7 +201,10 @@ fn the_decoder_splits_frames_within_the_limit() {
     assert_eq!(error.code(), "upstream_grpc_message_too_large");
     let mut decoder = Decoder::new(8);
     decoder.push(&[1, 0, 0, 0, 1, b'x']);
-    assert_eq!(decoder.next_message().unwrap_err().code(), "upstream_invalid_grpc");
+    assert_eq!(
+        decoder.next_message().unwrap_err().code(),
+        "upstream_invalid_grpc"
+    );
 }
 
 #[test]

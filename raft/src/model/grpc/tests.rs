@@ -1,5 +1,7 @@
 use base64::Engine as _;
-use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver};
+use protox::file::{
+    ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
+};
 
 use super::*;
 
@@ -35,7 +37,9 @@ fn descriptor_set(source: &'static str) -> String {
 fn library() -> Grpc {
     let mut compiler = protox::Compiler::new([proto_dir()]).unwrap();
     compiler.include_imports(true);
-    compiler.open_file("meridian/test/v1/library.proto").unwrap();
+    compiler
+        .open_file("meridian/test/v1/library.proto")
+        .unwrap();
     Grpc {
         descriptor_set: base64::engine::general_purpose::STANDARD
             .encode(compiler.encode_file_descriptor_set()),
@@ -164,11 +168,15 @@ fn every_rule_is_checked() {
     // A method without an annotation.
     assert_eq!(
         problems(concat_header!("service S { rpc Get(R) returns (R); }")),
-        ["service (t.S/Get) has no google.api.http annotation (every unary and server-streaming method needs one)"]
+        [
+            "service (t.S/Get) has no google.api.http annotation (every unary and server-streaming method needs one)"
+        ]
     );
     // Client streaming is left out, so nothing is transcodable.
     assert_eq!(
-        problems(concat_header!("service S { rpc Up(stream R) returns (R); }")),
+        problems(concat_header!(
+            "service S { rpc Up(stream R) returns (R); }"
+        )),
         ["service (t.S) has no method that can be transcoded"]
     );
     // Variables name singular scalar fields.
@@ -182,13 +190,17 @@ fn every_rule_is_checked() {
         problems(concat_header!(
             "service S { rpc Get(R) returns (R) { option (google.api.http) = { get: \"/v1/{inner}\" }; } }"
         )),
-        ["service (t.S/Get) path template \"/v1/{inner}\": \"inner\" is a message or map, which a path value cannot set"]
+        [
+            "service (t.S/Get) path template \"/v1/{inner}\": \"inner\" is a message or map, which a path value cannot set"
+        ]
     );
     assert_eq!(
         problems(concat_header!(
             "service S { rpc Get(R) returns (R) { option (google.api.http) = { get: \"/v1/{tags}\" }; } }"
         )),
-        ["service (t.S/Get) path template \"/v1/{tags}\": \"tags\" is repeated, which a path value cannot set"]
+        [
+            "service (t.S/Get) path template \"/v1/{tags}\": \"tags\" is repeated, which a path value cannot set"
+        ]
     );
     // Nested fields are fine.
     assert!(
@@ -238,12 +250,18 @@ fn the_descriptor_set_and_service_are_checked() {
     grpc.descriptor_set = "not base64!".into();
     let errors = Service::compile(&grpc).unwrap_err();
     assert_eq!(errors[0].key, "descriptor_set");
-    assert!(errors[0].rule.starts_with("must be base64"), "{}", errors[0]);
+    assert!(
+        errors[0].rule.starts_with("must be base64"),
+        "{}",
+        errors[0]
+    );
 
     grpc.descriptor_set = base64::engine::general_purpose::STANDARD.encode(b"\x0a\x05junk!");
     let errors = Service::compile(&grpc).unwrap_err();
     assert!(
-        errors[0].rule.starts_with("must be a serialized FileDescriptorSet"),
+        errors[0]
+            .rule
+            .starts_with("must be a serialized FileDescriptorSet"),
         "{}",
         errors[0]
     );
@@ -260,5 +278,11 @@ fn the_descriptor_set_and_service_are_checked() {
         streaming: Streaming::Ndjson,
     };
     let errors = Service::compile(&grpc).unwrap_err();
-    assert!(errors[0].rule.contains("lacks google/api/annotations.proto"), "{}", errors[0]);
+    assert!(
+        errors[0]
+            .rule
+            .contains("lacks google/api/annotations.proto"),
+        "{}",
+        errors[0]
+    );
 }

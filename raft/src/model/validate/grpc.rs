@@ -38,7 +38,11 @@ pub(super) fn check(c: &mut Checker, key: &str, route: &Route, config: &GatewayC
     }
     if let Err(problems) = Service::compile(grpc) {
         for problem in problems {
-            c.fail(format!("{gkey}.{}", problem.key), problem.value, problem.rule);
+            c.fail(
+                format!("{gkey}.{}", problem.key),
+                problem.value,
+                problem.rule,
+            );
         }
     }
 }
