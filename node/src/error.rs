@@ -207,7 +207,7 @@ impl Error {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Kind::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Kind::GrpcStatus { code, .. } => grpc_http_status(*code),
+            Kind::GrpcStatus { code, .. } => grpc_http_status(code),
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -239,7 +239,7 @@ impl Error {
             | Kind::AuthUnavailable { .. } => Side::Upstream,
             Kind::Overloaded | Kind::Internal | Kind::RateLimitUnavailable { .. } => Side::Internal,
             // The upstream judged the request: a 4xx is the client's doing.
-            Kind::GrpcStatus { code, .. } if grpc_http_status(*code).is_client_error() => {
+            Kind::GrpcStatus { code, .. } if grpc_http_status(code).is_client_error() => {
                 Side::Client
             }
             Kind::GrpcStatus { .. } => Side::Upstream,
