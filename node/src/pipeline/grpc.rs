@@ -658,11 +658,12 @@ impl Stage for GrpcStage {
         );
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
 
-        let Some(index) = pool.pick(None, &[]) else {
+        let set = pool.targets();
+        let Some(index) = pool.pick(&set, None, &[]) else {
             pool.metrics.error("no_healthy_upstream");
             return Err(Kind::NoHealthyUpstream.into());
         };
-        let target = &pool.targets[index];
+        let target = &set[index];
         cx.target = Some(target.address.clone());
         if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
             headers.insert(header::HOST, host);
@@ -672,7 +673,7 @@ impl Stage for GrpcStage {
         *request.uri_mut() = Uri::from(matched.call.path.clone());
         *request.headers_mut() = headers;
 
-        let mut in_flight = pool.begin(index);
+        let mut in_flight = pool.begin(&set, index);
         let started = Instant::now();
         let sent = tokio::time::timeout(
             timeouts.request,
@@ -687,12 +688,12 @@ impl Stage for GrpcStage {
             Ok(Err(error)) => {
                 let error = Error::with_source(error.kind(), error);
                 pool.metrics.error(error.code());
-                pool.record(index, false);
+                pool.record(&set, index, false);
                 return Err(error);
             }
             Err(_elapsed) => {
                 pool.metrics.error("upstream_timeout");
-                pool.record(index, false);
+                pool.record(&set, index, false);
                 return Err(Kind::UpstreamTimeout.into());
             }
         };
@@ -700,7 +701,7 @@ impl Stage for GrpcStage {
         pool.metrics.latency.record(latency.as_secs_f64());
         cx.upstream_latency = Some(latency);
         let (parts, body) = response.into_parts();
-        pool.record(index, parts.status.is_success());
+        pool.record(&set, index, parts.status.is_success());
         if parts.status != StatusCode::OK {
             pool.metrics.error("status_5xx");
             return Err(Kind::UpstreamBody {
