@@ -6,7 +6,9 @@
 //!   latency metrics), whether it completed or was abandoned. A streamed
 //!   body holds the upstream request's [`InFlight`] guard: when the upstream
 //!   body ends cleanly the guard gives its connection back to the pool; when
-//!   it fails or is abandoned the connection is closed.
+//!   it fails or is abandoned the connection is closed. A body can also be
+//!   produced by the gateway as it goes ([`Body::produced`]: the JSON of a
+//!   transcoded gRPC stream).
 //! - [`UpstreamBody`] is what upstreams receive: nothing, or the client's
 //!   body streamed through under the route's size limit and idle timeout.
 //!   The client's body sits in a [`Replay`] slot until the first attempt
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
@@ -92,6 +95,8 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Stream(Incoming, IdleTimer),
+    /// A body the gateway produces as it goes (transcoded gRPC streams).
+    Produced(UnsyncBoxBody<Bytes, BodyError>),
 }
 
 /// A response body sent to a client.
@@ -117,6 +122,11 @@ impl Body {
     /// An upstream's body, aborted when it stalls for `idle`.
     pub fn stream(incoming: Incoming, idle: Duration) -> Self {
         Self::from_kind(Kind::Stream(incoming, IdleTimer::new(idle)))
+    }
+
+    /// A body the gateway writes as it goes; it enforces its own timeouts.
+    pub fn produced(body: impl HttpBody<Data = Bytes, Error = BodyError> + Send + 'static) -> Self {
+        Self::from_kind(Kind::Produced(UnsyncBoxBody::new(body)))
     }
 
     fn from_kind(kind: Kind) -> Self {
@@ -167,6 +177,7 @@ impl Drop for Body {
         // stream whose upstream side reached its end counts as complete.
         let clean = match &self.kind {
             Kind::Stream(incoming, _) => incoming.is_end_stream(),
+            Kind::Produced(body) => body.is_end_stream(),
             _ => true,
         };
         if clean && let Some(held) = self.held.take() {
@@ -198,6 +209,7 @@ impl HttpBody for Body {
                     Some(Err(BodyError::Idle(idle.limit)))
                 }
             },
+            Kind::Produced(body) => ready!(Pin::new(body).poll_frame(cx)),
         };
         match &polled {
             Some(Ok(frame)) => {
@@ -227,6 +239,7 @@ impl HttpBody for Body {
             Kind::Empty => true,
             Kind::Full(data) => data.is_none(),
             Kind::Stream(incoming, _) => incoming.is_end_stream(),
+            Kind::Produced(body) => body.is_end_stream(),
         }
     }
 
@@ -235,6 +248,7 @@ impl HttpBody for Body {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Stream(incoming, _) => incoming.size_hint(),
+            Kind::Produced(body) => body.size_hint(),
         }
     }
 }

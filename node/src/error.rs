@@ -135,6 +135,14 @@ pub enum Kind {
         /// Explanation.
         message: Cow<'static, str>,
     },
+    /// A gRPC upstream answered a transcoded call with a status other than
+    /// `OK`; the HTTP status follows the usual gRPC → HTTP table.
+    GrpcStatus {
+        /// The gRPC status code (1..=16; others are treated as `UNKNOWN`).
+        code: u32,
+        /// The status message (`grpc-message`, percent-decoded).
+        message: String,
+    },
     /// The node has `limits.max-in-flight` requests in flight and sheds
     /// new ones (503, with `Retry-After`).
     Overloaded,
@@ -199,6 +207,7 @@ impl Error {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Kind::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Kind::GrpcStatus { code, .. } => grpc_http_status(code),
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -229,6 +238,11 @@ impl Error {
             | Kind::UpstreamBody { .. }
             | Kind::AuthUnavailable { .. } => Side::Upstream,
             Kind::Overloaded | Kind::Internal | Kind::RateLimitUnavailable { .. } => Side::Internal,
+            // The upstream judged the request: a 4xx is the client's doing.
+            Kind::GrpcStatus { code, .. } if grpc_http_status(code).is_client_error() => {
+                Side::Client
+            }
+            Kind::GrpcStatus { .. } => Side::Upstream,
         }
     }
 
@@ -278,6 +292,7 @@ impl Error {
             Kind::UpstreamProtocol => "upstream_protocol_error",
             Kind::NoHealthyUpstream => "no_healthy_upstream",
             Kind::UpstreamBody { code, .. } => code,
+            Kind::GrpcStatus { code, .. } => grpc_code_name(*code),
             Kind::Internal => "internal_error",
         }
     }
@@ -337,20 +352,29 @@ impl Error {
             Kind::UpstreamProtocol => "the upstream closed or broke the exchange".into(),
             Kind::NoHealthyUpstream => "no healthy upstream target is available".into(),
             Kind::UpstreamBody { message, .. } => message.clone(),
+            Kind::GrpcStatus { message, .. } if message.is_empty() => {
+                "the gRPC upstream answered with an error status".into()
+            }
+            Kind::GrpcStatus { message, .. } => message.clone().into(),
             Kind::Internal => "internal gateway error".into(),
         }
     }
 
-    /// Builds the response: status, JSON body and the headers the kind calls for.
-    pub fn to_response(&self, request_id: &str) -> http::Response<crate::body::Body> {
-        let body = serde_json::json!({
+    /// The JSON error body, `{"error":{"code","message","request_id"}}`.
+    pub fn to_json(&self, request_id: &str) -> String {
+        serde_json::json!({
             "error": {
                 "code": self.code(),
                 "message": self.message(),
                 "request_id": request_id,
             }
-        });
-        let mut response = http::Response::new(crate::body::Body::full(body.to_string()));
+        })
+        .to_string()
+    }
+
+    /// Builds the response: status, JSON body and the headers the kind calls for.
+    pub fn to_response(&self, request_id: &str) -> http::Response<crate::body::Body> {
+        let mut response = http::Response::new(crate::body::Body::full(self.to_json(request_id)));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(
@@ -391,9 +415,55 @@ impl Error {
             Kind::AuthUnavailable { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
+            Kind::GrpcStatus { code, .. } => {
+                headers.insert("grpc-status", HeaderValue::from(*code));
+            }
             _ => {}
         }
         response
+    }
+}
+
+/// The HTTP status of a gRPC status code (the table grpc-gateway and
+/// Envoy use; codes outside 1..=16 are `UNKNOWN`, 500).
+pub fn grpc_http_status(code: u32) -> StatusCode {
+    match code {
+        0 => StatusCode::OK,
+        1 => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST), // CANCELLED
+        3 | 9 | 11 => StatusCode::BAD_REQUEST, // INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE
+        4 => StatusCode::GATEWAY_TIMEOUT,      // DEADLINE_EXCEEDED
+        5 => StatusCode::NOT_FOUND,
+        6 | 10 => StatusCode::CONFLICT,     // ALREADY_EXISTS, ABORTED
+        7 => StatusCode::FORBIDDEN,         // PERMISSION_DENIED
+        8 => StatusCode::TOO_MANY_REQUESTS, // RESOURCE_EXHAUSTED
+        12 => StatusCode::NOT_IMPLEMENTED,
+        14 => StatusCode::SERVICE_UNAVAILABLE,
+        16 => StatusCode::UNAUTHORIZED,         // UNAUTHENTICATED
+        _ => StatusCode::INTERNAL_SERVER_ERROR, // UNKNOWN, INTERNAL, DATA_LOSS, others
+    }
+}
+
+/// The error code of a gRPC status in the JSON body: `grpc_` and the
+/// status name in lower case, e.g. `grpc_not_found`.
+pub fn grpc_code_name(code: u32) -> &'static str {
+    match code {
+        0 => "grpc_ok",
+        1 => "grpc_cancelled",
+        3 => "grpc_invalid_argument",
+        4 => "grpc_deadline_exceeded",
+        5 => "grpc_not_found",
+        6 => "grpc_already_exists",
+        7 => "grpc_permission_denied",
+        8 => "grpc_resource_exhausted",
+        9 => "grpc_failed_precondition",
+        10 => "grpc_aborted",
+        11 => "grpc_out_of_range",
+        12 => "grpc_unimplemented",
+        13 => "grpc_internal",
+        14 => "grpc_unavailable",
+        15 => "grpc_data_loss",
+        16 => "grpc_unauthenticated",
+        _ => "grpc_unknown",
     }
 }
 

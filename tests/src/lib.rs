@@ -10,9 +10,12 @@
 //!   pointed at any server.
 //! - [`idp`]: a test identity provider: signing keys, a JWKS server, an
 //!   RFC 7662 introspection server.
+//! - [`grpc`]: a tonic gRPC server (the library service) for the
+//!   transcoding and passthrough cases.
 
 pub mod client;
 pub mod dns;
+pub mod grpc;
 pub mod idp;
 pub mod redis;
 pub mod upstream;

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! headers -> admit -> ip (global) -> version -> route -> ip (route) -> tls -> cors -> waf
-//!   -> auth -> limit -> transform -> aggregate -> graphql -> [proxy] -> on_response hooks
+//!   -> auth -> limit -> transform -> aggregate -> graphql -> grpc -> [proxy]
+//!   -> on_response hooks
 //!   in reverse order (transform's first, headers' last) -> observe
 //! ```
 //! Each stage's `on_request` runs in order until one answers the request
@@ -11,7 +12,7 @@
 //! `aggregate` is terminal on routes that compose their answer from several
 //! upstream calls: it always answers, so the proxy never runs for them;
 //! `graphql` likewise on routes that answer GraphQL queries from upstream
-//! calls.
+//! calls, and so is `grpc` on routes that transcode REST calls to a gRPC service.
 //! Then the `on_response` hooks of the stages that ran are called in reverse
 //! order, and `observe` stamps the request id and trace context, counts the
 //! request and schedules its access-log line. The order is written once, in
@@ -27,6 +28,7 @@ pub mod aggregate;
 pub mod auth;
 pub mod cors;
 pub mod graphql;
+pub mod grpc;
 pub mod headers;
 pub mod ip;
 pub mod limit;
@@ -204,6 +206,7 @@ pub fn build(shared: &Arc<Shared>) -> Pipeline {
         Box::new(transform::TransformStage::new(&shared.config)),
         Box::new(aggregate::AggregateStage),
         Box::new(graphql::GraphqlStage),
+        Box::new(grpc::GrpcStage::new(&shared.config)),
     ];
     Pipeline {
         stages,

@@ -286,6 +286,8 @@ pub struct Route {
     pub aggregate: Option<Arc<super::aggregate::RouteAggregate>>,
     /// GraphQL endpoint (`None`: the route is proxied).
     pub graphql: Option<Arc<super::graphql::RouteGraphql>>,
+    /// gRPC-JSON transcoding (`None`: the route is proxied).
+    pub grpc: Option<Arc<super::grpc::RouteGrpc>>,
     /// The route's series.
     pub metrics: RouteMetrics,
 }
@@ -361,6 +363,10 @@ impl Route {
                 Some(graphql) => Some(Arc::new(super::graphql::RouteGraphql::compile(
                     graphql, route, upstreams, metrics,
                 )?)),
+            },
+            grpc: match &route.grpc {
+                None => None,
+                Some(grpc) => Some(Arc::new(super::grpc::RouteGrpc::compile(grpc)?)),
             },
             metrics: RouteMetrics::new(metrics, &route.name),
         })

@@ -10,6 +10,7 @@
 
 pub mod aggregate;
 pub mod graphql;
+pub mod grpc;
 pub mod limit;
 pub mod pattern;
 pub mod policy;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::aggregate::Aggregate;
 pub use self::graphql::Graphql;
+pub use self::grpc::Grpc;
 pub use self::limit::{Limit, RateLimitSettings};
 pub use self::policy::Policies;
 pub use self::size::ByteSize;
@@ -630,6 +632,10 @@ pub struct Route {
     /// queries by calling upstreams instead of proxying to `upstream`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graphql: Option<Graphql>,
+    /// gRPC-JSON transcoding (see [`grpc`]): REST calls become calls of a
+    /// gRPC service on `upstream`, which must speak h2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<Grpc>,
 }
 
 /// A route's TLS requirements.

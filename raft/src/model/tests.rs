@@ -1305,3 +1305,71 @@ fn graphql_needs_query_fields_and_excludes_aggregate() {
         &["routes[0].graphql (graphql) cannot be combined with `aggregate` on one route"],
     );
 }
+
+// === grpc ===
+
+/// The test library's descriptor set, base64, compiled from tests/proto.
+fn library_set() -> String {
+    use base64::Engine as _;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/proto");
+    let mut compiler = protox::Compiler::new([dir]).unwrap();
+    compiler.include_imports(true);
+    compiler
+        .open_file("meridian/test/v1/library.proto")
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(compiler.encode_file_descriptor_set())
+}
+
+fn grpc_doc(protocol: &str, extra: &str) -> String {
+    format!(
+        "upstreams:\n  lib: {{ targets: [\"127.0.0.1:9001\"]{protocol} }}\nroutes:\n  - name: rest\n    match: {{ path_prefix: /v1 }}\n    upstream: lib\n{extra}    grpc: {{ descriptor_set: \"{}\", service: meridian.test.v1.Library, streaming: array }}\n",
+        library_set()
+    )
+}
+
+#[test]
+fn grpc_block_parses_and_round_trips() {
+    let config = GatewayConfig::parse(&grpc_doc(", protocol: h2", "")).expect("valid");
+    let grpc = config.routes[0].grpc.as_ref().unwrap();
+    assert_eq!(grpc.service, "meridian.test.v1.Library");
+    assert_eq!(grpc.streaming, grpc::Streaming::Array);
+    let json = serde_json::to_string(&config).unwrap();
+    assert_eq!(GatewayConfig::parse(&json).unwrap(), config);
+}
+
+#[test]
+fn grpc_rules() {
+    check(
+        &grpc_doc("", ""),
+        &[
+            "routes[0].upstream (lib) must name an upstream with `protocol: h2` on a route with `grpc`",
+        ],
+    );
+    check(
+        &grpc_doc(
+            ", protocol: h2",
+            "    aggregate: { parts: { a: { upstream: lib, path: /a } } }\n",
+        ),
+        &[
+            "routes[0].grpc (meridian.test.v1.Library) cannot be combined with `aggregate` or `graphql` on one route",
+        ],
+    );
+    check(
+        &grpc_doc(", protocol: h2", "")
+            .replace("service: meridian.test.v1.Library", "service: x.Y"),
+        &["routes[0].grpc.service (x.Y) must name a service of the descriptor set"],
+    );
+    let yaml = grpc_doc(", protocol: h2", "");
+    let set = library_set();
+    let rendered = match GatewayConfig::parse(&yaml.replace(&set, "AAAA")) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+    };
+    assert_eq!(rendered.len(), 1);
+    assert!(
+        rendered[0].starts_with(
+            "routes[0].grpc.descriptor_set (AAAA) must be a serialized FileDescriptorSet"
+        ),
+        "{rendered:?}"
+    );
+}

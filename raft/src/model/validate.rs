@@ -42,6 +42,9 @@
 //! - GraphQL endpoints (per route): types and their references, upstreams,
 //!   path templates and their placeholders, limits (the full list is in
 //!   the `validate::graphql` module and docs/graphql.md).
+//! - gRPC transcoding (per route): the descriptor set, the service, its
+//!   methods' `google.api.http` rules and an h2 upstream (the full list is
+//!   in the `validate::grpc` module and docs/grpc.md).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -53,6 +56,7 @@ use super::*;
 
 mod aggregate;
 mod graphql;
+mod grpc;
 mod limit;
 mod policy;
 mod transform;
@@ -466,6 +470,7 @@ fn check_route(c: &mut Checker, key: &str, route: &Route, config: &GatewayConfig
     transform::check(c, &format!("{key}.transform"), &route.transform);
     aggregate::check(c, key, route, config);
     graphql::check(c, key, route, config);
+    grpc::check(c, key, route, config);
     for (i, method) in route.auth.iter().enumerate() {
         match method {
             AuthMethod::Jwt if config.auth.jwt.is_empty() => c.fail(

@@ -7,6 +7,7 @@ mod edge;
 mod flood;
 mod global;
 mod graphql;
+mod grpc;
 mod introspection;
 mod jwt;
 mod keys;
