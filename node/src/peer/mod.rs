@@ -129,6 +129,9 @@ pub struct PeerPlane {
     service: OnceLock<Arc<dyn Service>>,
     /// Test and chaos seam: peers this node neither calls nor answers.
     blocked: Mutex<std::collections::HashSet<NodeId>>,
+    /// `[peers]` in node.toml: where to dial a node instead of the address
+    /// it advertises.
+    dial: Mutex<HashMap<NodeId, String>>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -211,6 +214,7 @@ impl PeerPlane {
             connections: Mutex::new(HashMap::new()),
             service: OnceLock::new(),
             blocked: Mutex::new(std::collections::HashSet::new()),
+            dial: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -224,6 +228,12 @@ impl PeerPlane {
     /// Installs what answers incoming requests.
     pub fn set_service(&self, service: Arc<dyn Service>) {
         let _ = self.service.set(service);
+    }
+
+    /// Dials each listed node at the given address instead of the one it
+    /// advertises (`[peers]` in node.toml).
+    pub fn set_dial_addresses(&self, addresses: impl IntoIterator<Item = (NodeId, String)>) {
+        *self.dial.lock().unwrap_or_else(|e| e.into_inner()) = addresses.into_iter().collect();
     }
 
     /// Stops talking to `peer` in both directions (tests and chaos: a
@@ -368,6 +378,13 @@ impl PeerPlane {
         {
             return Ok(connection.clone());
         }
+        let dial = self
+            .dial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&target)
+            .cloned();
+        let address = dial.as_deref().unwrap_or(address);
         let address: SocketAddr = match address.parse() {
             Ok(address) => address,
             Err(_) => tokio::net::lookup_host(address)

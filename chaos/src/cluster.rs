@@ -1,0 +1,497 @@
+//! A loopback cluster of real `meridian` processes, one per region.
+//!
+//! [`Cluster::start`] does what an operator does (docs/operations.md):
+//! writes a `node.toml` per node, `meridian cluster init` on the first,
+//! `meridian node run` it, commits the gateway configuration through the
+//! admin API, then `meridian cluster join` the others with one-time tokens,
+//! and waits until every node is a voter and ready.
+//!
+//! Every ordered pair of nodes `(a, b)` gets its own UDP [`relay`](crate::relay)
+//! link, and node `a`'s `[peers]` table sends its traffic for `b` through
+//! it: a partition or added latency is a change on the links, per direction.
+//! (Joining dials the founder directly, before any fault.)
+//!
+//! Each region has a demo [`Backend`]; the gateway's `echo` upstream lists
+//! all of them, with active health checks and retries, and a `private`
+//! route needs an API key of consumer `chaos`.
+//!
+//! Processes are started with `kill_on_drop`: dropping the [`Cluster`] (on
+//! any exit path, a panic included) sends SIGKILL to every node it started,
+//! by PID. [`Cluster::shutdown`] also waits for them.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use http::Method;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::backend::Backend;
+use crate::client::Client;
+use crate::relay::{Direction, LinkHandle, LinkParams, Relay};
+use crate::scenario::Cut;
+
+/// Region names, in node order.
+pub const REGIONS: [&str; 5] = ["eu-west", "us-east", "ap-south", "sa-east", "af-south"];
+
+/// The consumer whose keys the run creates and revokes.
+pub const CONSUMER: &str = "chaos";
+
+/// Raft timings of the nodes (TESTING-NOTES.md §1 suggests 1–2 s elections).
+const HEARTBEAT: &str = "150ms";
+const ELECTION_MIN: &str = "1s";
+const ELECTION_MAX: &str = "2s";
+
+/// How long cluster formation may take.
+const FORM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Admin call deadline during set-up.
+const SETUP_CALL: Duration = Duration::from_secs(15);
+
+/// One node of the cluster.
+#[derive(Debug)]
+pub struct Node {
+    /// Node id (1-based).
+    pub id: u64,
+    /// Its region.
+    pub region: String,
+    /// Proxy listener.
+    pub proxy: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Peer (QUIC) listener.
+    pub peer: SocketAddr,
+    /// Its node.toml.
+    pub config: PathBuf,
+    /// Its stderr, appended across restarts.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running loopback cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    bin: PathBuf,
+    nodes: Vec<Node>,
+    links: BTreeMap<(u64, u64), LinkHandle>,
+    backends: Vec<Backend>,
+    relay: Relay,
+    client: Client,
+}
+
+// === impl Node ===
+
+impl Node {
+    /// Whether the harness believes the process runs.
+    pub fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+}
+
+// === impl Cluster ===
+
+impl Cluster {
+    /// Starts `nodes` nodes of `bin` with state and logs under `dir`; relay
+    /// decisions come from `seed`.
+    pub async fn start(bin: &Path, dir: &Path, nodes: u64, seed: u64) -> anyhow::Result<Self> {
+        if !bin.is_file() {
+            bail!(
+                "the meridian binary {} does not exist (build it with `cargo build --bin meridian`, or pass --meridian PATH)",
+                bin.display()
+            );
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let relay = Relay::new(seed);
+        let mut backends = Vec::new();
+        for i in 0..nodes {
+            let region = REGIONS[i as usize];
+            backends.push(
+                Backend::start(SocketAddr::from(([127, 0, 0, 1], 0)), region)
+                    .await
+                    .with_context(|| format!("starting the {region} backend"))?,
+            );
+        }
+        let mut specs = Vec::new();
+        for i in 0..nodes {
+            let id = i + 1;
+            specs.push(Node {
+                id,
+                region: REGIONS[i as usize].into(),
+                proxy: free_tcp()?,
+                admin: free_tcp()?,
+                peer: free_udp()?,
+                config: dir.join(format!("node{id}.toml")),
+                log: dir.join(format!("node{id}.log")),
+                child: None,
+            });
+        }
+        let mut links = BTreeMap::new();
+        for from in &specs {
+            for to in &specs {
+                if from.id != to.id {
+                    let link = relay
+                        .udp(SocketAddr::from(([127, 0, 0, 1], 0)), to.peer)
+                        .await
+                        .with_context(|| format!("relay link {}→{}", from.id, to.id))?;
+                    links.insert((from.id, to.id), link);
+                }
+            }
+        }
+        for node in &specs {
+            let peers: BTreeMap<u64, SocketAddr> = links
+                .iter()
+                .filter(|((from, _), _)| *from == node.id)
+                .map(|((_, to), link)| (*to, link.local_addr()))
+                .collect();
+            let text = node_toml(node, &dir.join(format!("data{}", node.id)), &peers);
+            std::fs::write(&node.config, text)
+                .with_context(|| format!("writing {}", node.config.display()))?;
+        }
+        let mut cluster = Self {
+            bin: bin.to_owned(),
+            nodes: specs,
+            links,
+            backends,
+            relay,
+            client: Client::new(),
+        };
+        tokio::time::timeout(FORM_TIMEOUT, cluster.form())
+            .await
+            .context("the cluster did not form within 60s")??;
+        Ok(cluster)
+    }
+
+    /// `cluster init`, run the founder, commit the gateway, join the others.
+    async fn form(&mut self) -> anyhow::Result<()> {
+        let founder = self.nodes[0].config.clone();
+        let init = Command::new(&self.bin)
+            .args(["cluster", "init", "--config"])
+            .arg(&founder)
+            .output()
+            .await
+            .context("running meridian cluster init")?;
+        if !init.status.success() {
+            bail!(
+                "meridian cluster init failed: {}",
+                String::from_utf8_lossy(&init.stderr).trim()
+            );
+        }
+        let stdout = String::from_utf8_lossy(&init.stdout);
+        let mut token = stdout
+            .lines()
+            .find(|l| l.contains("cluster join"))
+            .and_then(|l| l.split_whitespace().last())
+            .context("meridian cluster init printed no join command")?
+            .to_owned();
+        self.spawn(1, &["node", "run"], None)?;
+        let gateway = gateway(&self.backend_addrs(), None);
+        self.retry_admin(1, Method::PUT, "/v1/config?wait=all", Some(&gateway))
+            .await
+            .context("committing the gateway configuration on node 1")?;
+        for id in 2..=self.nodes.len() as u64 {
+            if id > 2 {
+                let answer = self
+                    .retry_admin(1, Method::POST, "/v1/cluster/tokens?ttl=10m", None)
+                    .await?;
+                token = answer["token"]
+                    .as_str()
+                    .context("POST /v1/cluster/tokens answered without a token")?
+                    .to_owned();
+            }
+            self.spawn(id, &["cluster", "join"], Some(&token))?;
+            self.wait_ready(id).await?;
+        }
+        // Joined nodes are promoted to voters once caught up.
+        loop {
+            let (status, view) = self
+                .client
+                .get_json(self.node(1).admin, "/v1/cluster", SETUP_CALL)
+                .await?;
+            let members = view["members"].as_array().cloned().unwrap_or_default();
+            if status == 200
+                && members.len() == self.nodes.len()
+                && members.iter().all(|m| m["role"] == "voter")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for id in 1..=self.nodes.len() as u64 {
+            self.wait_ready(id).await?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, id: u64, command: &[&str], token: Option<&str>) -> anyhow::Result<()> {
+        let bin = self.bin.clone();
+        let node = self.node_mut(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .with_context(|| format!("opening {}", node.log.display()))?;
+        let mut cmd = Command::new(&bin);
+        cmd.args(command)
+            .arg("--config")
+            .arg(&node.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(token) = token {
+            cmd.env("MERIDIAN_JOIN_TOKEN", token);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting node {id}: {}", bin.display()))?;
+        tracing::info!(node = id, pid = child.id(), "node started");
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Polls `/readyz` until 200.
+    pub async fn wait_ready(&mut self, id: u64) -> anyhow::Result<()> {
+        let admin = self.node(id).admin;
+        loop {
+            if let Ok(answer) = self
+                .client
+                .call(Method::GET, admin, "/readyz", &[], None, SETUP_CALL)
+                .await
+                && answer.status == 200
+            {
+                return Ok(());
+            }
+            if !self.node_mut(id).running() {
+                bail!(
+                    "node {id} exited during start; see {}",
+                    self.node(id).log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn retry_admin(
+        &mut self,
+        id: u64,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let admin = self.node(id).admin;
+        let body = body.map(|b| b.to_string().into_bytes());
+        loop {
+            match self
+                .client
+                .call(method.clone(), admin, path, &[], body.clone(), SETUP_CALL)
+                .await
+            {
+                Ok(answer) if answer.status == 200 => return Ok(answer.json()),
+                Ok(answer) if answer.status != 503 => bail!(
+                    "{method} {path} on node {id}: {} {}",
+                    answer.status,
+                    answer.message()
+                ),
+                _ => {}
+            }
+            if !self.node_mut(id).running() {
+                bail!(
+                    "node {id} exited during start; see {}",
+                    self.node(id).log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Node `id`.
+    ///
+    /// # Panics
+    ///
+    /// When `id` is not a node of this cluster (ids come from the cluster).
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Whether node `id`'s process runs.
+    pub fn running(&mut self, id: u64) -> bool {
+        self.node_mut(id).running()
+    }
+
+    /// The demo backends' addresses, in node order.
+    pub fn backend_addrs(&self) -> Vec<SocketAddr> {
+        self.backends.iter().map(Backend::addr).collect()
+    }
+
+    /// Node `id`'s region's backend.
+    pub fn backend(&self, id: u64) -> &Backend {
+        &self.backends[(id - 1) as usize]
+    }
+
+    /// `kill -9` node `id` (its own process, by PID) and reaps it.
+    pub async fn kill(&mut self, id: u64) -> anyhow::Result<u32> {
+        let node = self.node_mut(id);
+        let Some(mut child) = node.child.take() else {
+            bail!("node {id} is not running");
+        };
+        let pid = child.id().unwrap_or(0);
+        child
+            .start_kill()
+            .with_context(|| format!("kill -9 node {id} (pid {pid})"))?;
+        let _ = child.wait().await;
+        tracing::info!(node = id, pid, "node killed");
+        Ok(pid)
+    }
+
+    /// Restarts node `id` on its data dir (`meridian node run`).
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<u32> {
+        if self.node_mut(id).running() {
+            bail!("node {id} is already running");
+        }
+        self.spawn(id, &["node", "run"], None)?;
+        Ok(self.node(id).pid().unwrap_or(0))
+    }
+
+    /// Cuts node `id`'s peer traffic: `Both`, only what it sends
+    /// (`Outbound`), or only what it receives (`Inbound`).
+    pub fn partition(&self, id: u64, cut: Cut) {
+        for ((from, to), link) in &self.links {
+            // On link a→b, forward is a's datagrams, backward is b's.
+            let direction = match (cut, *from == id, *to == id) {
+                (Cut::Both, true, _) | (Cut::Both, _, true) => Some(Direction::Both),
+                (Cut::Outbound, true, _) => Some(Direction::Forward),
+                (Cut::Outbound, _, true) => Some(Direction::Backward),
+                (Cut::Inbound, true, _) => Some(Direction::Backward),
+                (Cut::Inbound, _, true) => Some(Direction::Forward),
+                _ => None,
+            };
+            if let Some(direction) = direction {
+                link.partition(direction);
+            }
+        }
+    }
+
+    /// Reconnects node `id`'s peer links.
+    pub fn heal(&self, id: u64) {
+        for ((from, to), link) in &self.links {
+            if *from == id || *to == id {
+                link.heal();
+            }
+        }
+    }
+
+    /// Sets the parameters of every peer link, both directions.
+    pub fn shape(&self, params: &LinkParams) {
+        for link in self.links.values() {
+            link.set(params.clone());
+        }
+    }
+
+    /// Datagrams the relay dropped (loss, cuts, full queues), over all links.
+    pub fn relay_drops(&self) -> u64 {
+        self.links
+            .values()
+            .map(|l| {
+                let c = l.counters();
+                c.forward.dropped + c.backward.dropped
+            })
+            .sum()
+    }
+
+    /// Kills every node (SIGKILL by PID), waits for them, stops the relay
+    /// and the backends.
+    pub async fn shutdown(mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+        let links = std::mem::take(&mut self.links);
+        drop(links);
+        for backend in std::mem::take(&mut self.backends) {
+            backend.shutdown().await;
+        }
+        let Self { relay, .. } = self;
+        relay.shutdown().await;
+    }
+}
+
+/// The gateway configuration of a run: the `echo` upstream over every
+/// region's backend, the `echo` route, the key-protected `private` route,
+/// consumer `chaos`, and optionally one marker route `chaos-…` whose path
+/// is `/chaos/<name>`.
+pub fn gateway(backends: &[SocketAddr], marker: Option<&str>) -> Value {
+    let targets: Vec<String> = backends.iter().map(ToString::to_string).collect();
+    let mut routes = vec![
+        json!({"name": "echo", "match": {"path_prefix": "/echo"}, "rewrite": {"strip_prefix": "/echo"}, "upstream": "echo"}),
+        json!({"name": "private", "match": {"path_prefix": "/private"}, "rewrite": {"strip_prefix": "/private"}, "auth": ["api_key"], "upstream": "echo"}),
+    ];
+    if let Some(name) = marker {
+        routes.push(json!({"name": name, "match": {"path": format!("/chaos/{name}")}, "upstream": "echo"}));
+    }
+    json!({
+        "upstreams": {
+            "echo": {
+                "targets": targets,
+                "health": {"path": "/health", "interval": "1s", "timeout": "500ms"},
+                "retries": {"attempts": 2},
+            }
+        },
+        "routes": routes,
+        "consumers": [{"name": CONSUMER}],
+    })
+}
+
+/// The node.toml of `node`.
+fn node_toml(node: &Node, data: &Path, peers: &BTreeMap<u64, SocketAddr>) -> String {
+    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let mut text = format!(
+        "# Written by the chaos harness.\nid = {}\nregion = {}\ndata-dir = {}\n\n[listen]\nproxy = \"{}\"\nadmin = \"{}\"\npeer = \"{}\"\n\n[log]\naccess-log = \"off\"\nlevel = \"warn\"\n\n[raft]\nheartbeat = \"{HEARTBEAT}\"\nelection-timeout-min = \"{ELECTION_MIN}\"\nelection-timeout-max = \"{ELECTION_MAX}\"\n\n[shutdown]\ngrace-period = \"1s\"\ndrain-delay = \"0s\"\n\n# Every peer is dialled through its chaos relay link.\n[peers]\n",
+        node.id,
+        quote(&node.region),
+        quote(&data.display().to_string()),
+        node.proxy,
+        node.admin,
+        node.peer,
+    );
+    for (id, link) in peers {
+        text.push_str(&format!("{id} = \"{link}\"\n"));
+    }
+    text
+}
+
+/// A loopback TCP port that was free a moment ago.
+fn free_tcp() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .context("binding a free TCP port")?
+        .local_addr()?)
+}
+
+/// A loopback UDP port that was free a moment ago.
+fn free_udp() -> anyhow::Result<SocketAddr> {
+    Ok(UdpSocket::bind("127.0.0.1:0")
+        .context("binding a free UDP port")?
+        .local_addr()?)
+}

@@ -1,0 +1,172 @@
+//! The load generator: a fixed rate of `GET`s to every node's proxy,
+//! bounded in time and in requests in flight, counted per node and second.
+//!
+//! Each node gets its own ticking task; a tick sends one request (the
+//! scenario's routes in turn) on a task of its own, so a slow node does not
+//! slow the rate. A request has [`REQUEST_TIMEOUT`]; at most
+//! [`MAX_IN_FLIGHT`] per node are outstanding, and a tick that finds none
+//! free counts as a failed request (`failed: harness overloaded`), so the
+//! numbers never hide it. Each failure is also itemised (time, node, what)
+//! up to [`MAX_ERRORS`] for the checkers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use http::Method;
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{CallError, Client};
+use crate::history::{LoadError, Second};
+
+/// Deadline of one data-plane request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Requests in flight per node.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// Failed requests itemised per run.
+pub const MAX_ERRORS: usize = 20_000;
+
+/// What the load recorded.
+#[derive(Debug, Default)]
+pub struct Stats {
+    seconds: BTreeMap<(u64, u64), Second>,
+    errors: Vec<LoadError>,
+    dropped: u64,
+}
+
+/// Shared between the load tasks and the run.
+pub type Shared = Arc<Mutex<Stats>>;
+
+// === impl Stats ===
+
+impl Stats {
+    fn bucket(&mut self, node: u64, t_ms: u64) -> &mut Second {
+        let second = t_ms / 1000;
+        self.seconds
+            .entry((node, second))
+            .or_insert_with(|| Second {
+                node,
+                second,
+                ..Second::default()
+            })
+    }
+
+    /// Counts one request to `node` sent at `t_ms`: a status, or a failure.
+    pub fn record(&mut self, node: u64, t_ms: u64, result: Result<u16, String>) {
+        let bucket = self.bucket(node, t_ms);
+        bucket.sent += 1;
+        let what = match result {
+            Ok(status) if status < 400 => {
+                bucket.ok += 1;
+                return;
+            }
+            Ok(status) if status < 500 => {
+                bucket.client_errors += 1;
+                return;
+            }
+            Ok(status) => {
+                bucket.server_errors += 1;
+                status.to_string()
+            }
+            Err(why) => {
+                bucket.failed += 1;
+                format!("failed: {why}")
+            }
+        };
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(LoadError {
+                t_ms,
+                node,
+                what,
+            });
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// The per-second counts, by node then second; the itemised failures;
+    /// how many failures were not itemised.
+    pub fn take(&mut self) -> (Vec<Second>, Vec<LoadError>, u64) {
+        let seconds = std::mem::take(&mut self.seconds).into_values().collect();
+        let mut errors = std::mem::take(&mut self.errors);
+        errors.sort_by_key(|e| (e.t_ms, e.node));
+        (seconds, errors, std::mem::take(&mut self.dropped))
+    }
+}
+
+/// Runs the load against `targets` (node id, proxy address) at `rate` per
+/// second per node, from now until `until` or `stop`; times are ms since
+/// `origin`. Returns once every request has finished.
+pub async fn run(
+    client: Client,
+    targets: Vec<(u64, SocketAddr)>,
+    rate: u32,
+    routes: Vec<String>,
+    origin: Instant,
+    until: Instant,
+    stop: CancellationToken,
+    stats: Shared,
+) {
+    if rate == 0 || routes.is_empty() {
+        return;
+    }
+    let tracker = TaskTracker::new();
+    let routes: Arc<[String]> = routes.into();
+    for (node, proxy) in targets {
+        let (client, routes, stats, stop) = (
+            client.clone(),
+            routes.clone(),
+            stats.clone(),
+            stop.clone(),
+        );
+        let requests = tracker.clone();
+        tracker.spawn(async move {
+            let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            let mut n = 0usize;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep_until(until) => break,
+                    _ = tick.tick() => {}
+                }
+                let t_ms = origin.elapsed().as_millis() as u64;
+                let route = routes[n % routes.len()].clone();
+                n += 1;
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    lock(&stats).record(node, t_ms, Err("harness overloaded".into()));
+                    continue;
+                };
+                let (client, stats) = (client.clone(), stats.clone());
+                requests.spawn(async move {
+                    let result = client
+                        .call(Method::GET, proxy, &route, &[], None, REQUEST_TIMEOUT)
+                        .await
+                        .map(|a| a.status)
+                        .map_err(|e| match e {
+                            CallError::Timeout(_) => "timeout".to_owned(),
+                            other => other.to_string(),
+                        });
+                    lock(&stats).record(node, t_ms, result);
+                    drop(permit);
+                });
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+fn lock(stats: &Shared) -> std::sync::MutexGuard<'_, Stats> {
+    stats.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;
