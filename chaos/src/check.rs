@@ -429,14 +429,15 @@ pub fn errors_only_in_failover_windows(record: &Record) -> Verdict {
     let mut b = Builder::new(
         "errors-only-in-failover-windows",
         format!(
-            "5xx answers and failed requests to a running node only within W = {} after a fault starts or heals",
+            "5xx answers and failed requests to a running node only within W = {} after a fault starts or heals (a request failing on a node killed while it was in flight, up to 2s, is not held against the cluster)",
             secs(w)
         ),
     );
     let windows = record.windows();
     let (mut inside, mut to_dead) = (0u64, 0u64);
     for e in &record.errors {
-        if Record::within(&record.down(e.node), e.t_ms) {
+        let failed = e.what.starts_with("failed");
+        if failed && Record::within(&record.killed_under(e.node), e.t_ms) {
             to_dead += 1;
         } else if Record::within(&windows, e.t_ms) {
             inside += 1;

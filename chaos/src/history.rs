@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The longest a data-plane request is in flight (the load's deadline).
+pub const IN_FLIGHT_MS: u64 = 2_000;
+
 /// Everything a run recorded.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -231,6 +234,16 @@ impl Record {
     /// The intervals `[start, heal)` during which `node` was killed.
     pub fn down(&self, node: u64) -> Vec<(u64, u64)> {
         self.intervals(node, |f| f.fault == "kill")
+    }
+
+    /// The intervals during which a request sent to `node` may fail because
+    /// the node was killed: from [`IN_FLIGHT_MS`] before the kill (requests
+    /// in flight are reset) until its restart.
+    pub fn killed_under(&self, node: u64) -> Vec<(u64, u64)> {
+        self.down(node)
+            .into_iter()
+            .map(|(a, b)| (a.saturating_sub(IN_FLIGHT_MS), b))
+            .collect()
     }
 
     /// The intervals during which `node`'s peer links were cut (any way).

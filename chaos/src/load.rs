@@ -24,7 +24,7 @@ use crate::client::{CallError, Client};
 use crate::history::{LoadError, Second};
 
 /// Deadline of one data-plane request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(crate::history::IN_FLIGHT_MS);
 
 /// Requests in flight per node.
 pub const MAX_IN_FLIGHT: usize = 256;

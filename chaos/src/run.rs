@@ -324,6 +324,7 @@ async fn timeline(
                 followers[rng.usize(..followers.len())]
             }
         };
+        let start_ms = elapsed(origin);
         let detail = inject(&step.fault, node, cluster).await?;
         let cut = match &step.fault {
             Fault::Partition { cut, .. } => Some(
@@ -343,7 +344,7 @@ async fn timeline(
             node: step.fault.target().map(|_| node),
             was_leader: leader == Some(node) && step.fault.target().is_some(),
             cut,
-            start_ms: elapsed(origin),
+            start_ms,
             heal_ms: None,
             detail,
         });

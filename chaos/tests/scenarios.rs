@@ -1,0 +1,139 @@
+//! Whole scenarios, end to end: real `meridian` processes on loopback, real
+//! faults, the report's verdicts.
+//!
+//! The `meridian` binary is taken from `MERIDIAN_BIN`, or from the target
+//! directory these tests were built in (`cargo test --workspace` builds it;
+//! with `cargo test -p chaos`, run `cargo build --bin meridian` first).
+//! The scenarios run one at a time: each starts three nodes, and the
+//! machine may have two cores.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chaos::report::Report;
+use chaos::run::Options;
+use chaos::scenario::{self, Scenario};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn meridian() -> PathBuf {
+    if let Some(path) = std::env::var_os("MERIDIAN_BIN") {
+        return path.into();
+    }
+    // target/debug/deps/scenarios-<hash> -> target/debug/meridian
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("a target directory")
+        .join("meridian");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --bin meridian` (or set MERIDIAN_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+fn run(name: &str, duration: Option<Duration>) -> Report {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let text = scenario::builtin(name).expect("a built-in scenario");
+    let scenario = Scenario::load(text, None, duration).expect("valid");
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let options = Options {
+        meridian: meridian(),
+        out: out.path().to_owned(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime
+        .block_on(chaos::run_and_judge(&scenario, &options))
+        .unwrap_or_else(|e| {
+            let logs: String = (1..=3)
+                .map(|n| {
+                    let log = out.path().join("work").join(format!("node{n}.log"));
+                    format!("--- node {n}\n{}", std::fs::read_to_string(log).unwrap_or_default())
+                })
+                .collect();
+            panic!("{name} could not run: {e:#}\n{logs}")
+        });
+    report.write(out.path()).expect("the report is written");
+    assert!(out.path().join("report.md").is_file());
+    assert!(out.path().join("report.json").is_file());
+    assert!(
+        report.pass,
+        "{name} (seed {}) broke an invariant:\n{}",
+        report.seed,
+        report.markdown()
+    );
+    report
+}
+
+fn acked(report: &Report, kind: &str) -> usize {
+    report
+        .record
+        .ops
+        .iter()
+        .filter(|op| {
+            let json = serde_json::to_value(op).unwrap();
+            json["kind"] == kind && json["outcome"] == "ok"
+        })
+        .count()
+}
+
+#[test]
+fn leader_loss() {
+    let report = run("leader-loss", None);
+    let r = &report.record;
+    let kill = &r.faults[0];
+    assert_eq!(kill.fault, "kill");
+    assert!(kill.was_leader, "the leader was the one killed: {kill:?}");
+    assert!(kill.heal_ms.is_some(), "and it was restarted");
+    assert!(acked(&report, "config-write") >= 3, "{:?}", r.ops);
+    assert!(acked(&report, "revoke") >= 3, "{:?}", r.ops);
+    let failover = report
+        .verdicts
+        .iter()
+        .find(|v| v.name == "new-leader-after-leader-loss")
+        .unwrap();
+    assert!(failover.measured.contains("leads after"), "{failover:?}");
+    // Load reached every node, the killed one before and after its death.
+    for node in 1..=3 {
+        let ok: u64 = r.load.iter().filter(|s| s.node == node).map(|s| s.ok).sum();
+        assert!(ok > 100, "node {node}: {ok} answered");
+    }
+}
+
+#[test]
+fn region_partition() {
+    let report = run("region-partition", None);
+    let r = &report.record;
+    let cut = &r.faults[0];
+    assert_eq!((cut.fault.as_str(), cut.cut.as_deref()), ("partition", Some("both")));
+    assert!(!cut.was_leader, "a follower was cut off: {cut:?}");
+    let node = cut.node.unwrap();
+    // The cut-off node served throughout its cut.
+    let served: u64 = r
+        .load
+        .iter()
+        .filter(|s| s.node == node && s.second * 1000 >= cut.start_ms && (s.second + 1) * 1000 <= cut.heal_ms.unwrap())
+        .map(|s| s.ok)
+        .sum();
+    assert!(served > 100, "node {node} served {served} during its cut");
+    // Writes were acknowledged during the cut, and the cut-off node
+    // enforced the revocations acknowledged meanwhile after the heal.
+    let during = r
+        .ops
+        .iter()
+        .filter(|op| {
+            op.invoke_ms > cut.start_ms
+                && op.return_ms < cut.heal_ms.unwrap()
+                && matches!(op.outcome, chaos::history::Outcome::Ok { .. })
+        })
+        .count();
+    assert!(during >= 2, "{:?}", r.ops);
+    assert!(acked(&report, "revoke") >= 3, "{:?}", r.ops);
+}
