@@ -240,7 +240,7 @@ pub fn revocations_enforced(record: &Record) -> Verdict {
     }
     let worst = worst.map_or("-".into(), |(lag, what)| format!("{} ({what})", secs(lag)));
     b.finish(format!(
-        "{acked} acknowledged revocation(s); slowest enforcement after ack or heal: {worst}"
+        "{acked} acknowledged revocation(s); slowest enforcement after the later of ack and heal: {worst}"
     ))
 }
 
@@ -371,7 +371,7 @@ pub fn new_leader_after_leader_loss(record: &Record) -> Verdict {
         b.note("no leader was killed or cut off: nothing to check".into());
     }
     b.finish(if measured.is_empty() {
-        "-".into()
+        "no leader lost".into()
     } else {
         measured.join("; ")
     })

@@ -26,11 +26,13 @@ pub enum CallError {
     Invalid(String),
 }
 
-/// An answer: status and body.
+/// An answer: status, headers and body.
 #[derive(Clone, Debug)]
 pub struct Answer {
     /// HTTP status.
     pub status: u16,
+    /// Response headers.
+    pub headers: http::HeaderMap,
     /// The body, whole.
     pub body: Bytes,
 }
@@ -90,13 +92,18 @@ impl Client {
                 .await
                 .map_err(|e| CallError::Connect(error_chain(&e)))?;
             let status = response.status().as_u16();
+            let headers = response.headers().clone();
             let body = response
                 .into_body()
                 .collect()
                 .await
                 .map_err(|e| CallError::Connect(error_chain(&e)))?
                 .to_bytes();
-            Ok(Answer { status, body })
+            Ok(Answer {
+                status,
+                headers,
+                body,
+            })
         };
         tokio::time::timeout(timeout, exchange)
             .await

@@ -81,7 +81,11 @@ pub struct Cluster {
     backends: Vec<Backend>,
     relay: Relay,
     client: Client,
+    faketime: Option<PathBuf>,
 }
+
+/// Where Debian's `faketime` package puts the multi-threaded libfaketime.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 // === impl Node ===
 
@@ -104,8 +108,16 @@ impl Node {
 
 impl Cluster {
     /// Starts `nodes` nodes of `bin` with state and logs under `dir`; relay
-    /// decisions come from `seed`.
-    pub async fn start(bin: &Path, dir: &Path, nodes: u64, seed: u64) -> anyhow::Result<Self> {
+    /// decisions come from `seed`. With `faketime` (the path of
+    /// `libfaketimeMT.so.1`), every node runs under libfaketime with its own
+    /// offset file, `+0` until [`Cluster::skew`] changes it.
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        nodes: u64,
+        seed: u64,
+        faketime: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         if !bin.is_file() {
             bail!(
                 "the meridian binary {} does not exist (build it with `cargo build --bin meridian`, or pass --meridian PATH)",
@@ -166,7 +178,13 @@ impl Cluster {
             backends,
             relay,
             client: Client::new(),
+            faketime: faketime.map(Path::to_owned),
         };
+        if cluster.faketime.is_some() {
+            for id in 1..=nodes {
+                cluster.skew(id, 0)?;
+            }
+        }
         tokio::time::timeout(FORM_TIMEOUT, cluster.form())
             .await
             .context("the cluster did not form within 60s")??;
@@ -236,6 +254,7 @@ impl Cluster {
 
     fn spawn(&mut self, id: u64, command: &[&str], token: Option<&str>) -> anyhow::Result<()> {
         let bin = self.bin.clone();
+        let faketime = self.faketime.clone();
         let node = self.node_mut(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -252,6 +271,14 @@ impl Cluster {
             .kill_on_drop(true);
         if let Some(token) = token {
             cmd.env("MERIDIAN_JOIN_TOKEN", token);
+        }
+        if let Some(lib) = &faketime {
+            // Wall clock only: faking the monotonic clock hangs tokio
+            // (TESTING-NOTES.md §2.5).
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", faketime_file(&node.config))
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
         let child = cmd
             .spawn()
@@ -373,6 +400,45 @@ impl Cluster {
         Ok(self.node(id).pid().unwrap_or(0))
     }
 
+    /// Sets node `id`'s wall-clock offset to `seconds` (needs a cluster
+    /// started with libfaketime).
+    pub fn skew(&self, id: u64, seconds: i64) -> anyhow::Result<()> {
+        if self.faketime.is_none() {
+            bail!("clock faults need the cluster started under libfaketime");
+        }
+        let file = faketime_file(&self.node(id).config);
+        std::fs::write(&file, format!("{seconds:+}\n"))
+            .with_context(|| format!("writing {}", file.display()))
+    }
+
+    /// How far node `id`'s wall clock is from ours, read from the `Date`
+    /// header of its admin API (whole seconds).
+    pub async fn clock_offset(&self, id: u64) -> anyhow::Result<i64> {
+        let answer = self
+            .client
+            .call(
+                Method::GET,
+                self.node(id).admin,
+                "/healthz",
+                &[],
+                None,
+                SETUP_CALL,
+            )
+            .await?;
+        let date = answer
+            .headers
+            .get(http::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .context("node answered without a Date header")?;
+        let theirs = httpdate::parse_http_date(date)
+            .with_context(|| format!("node sent an unreadable Date header {date:?}"))?;
+        let ours = std::time::SystemTime::now();
+        Ok(match theirs.duration_since(ours) {
+            Ok(ahead) => ahead.as_secs_f64().round() as i64,
+            Err(behind) => -(behind.duration().as_secs_f64().round() as i64),
+        })
+    }
+
     /// Cuts node `id`'s peer traffic: `Both`, only what it sends
     /// (`Outbound`), or only what it receives (`Inbound`).
     pub fn partition(&self, id: u64, cut: Cut) {
@@ -449,7 +515,9 @@ pub fn gateway(backends: &[SocketAddr], marker: Option<&str>) -> Value {
         json!({"name": "private", "match": {"path_prefix": "/private"}, "rewrite": {"strip_prefix": "/private"}, "auth": ["api_key"], "upstream": "echo"}),
     ];
     if let Some(name) = marker {
-        routes.push(json!({"name": name, "match": {"path": format!("/chaos/{name}")}, "upstream": "echo"}));
+        routes.push(
+            json!({"name": name, "match": {"path": format!("/chaos/{name}")}, "upstream": "echo"}),
+        );
     }
     json!({
         "upstreams": {
@@ -462,6 +530,11 @@ pub fn gateway(backends: &[SocketAddr], marker: Option<&str>) -> Value {
         "routes": routes,
         "consumers": [{"name": CONSUMER}],
     })
+}
+
+/// The libfaketime offset file of the node whose config is `config`.
+fn faketime_file(config: &Path) -> PathBuf {
+    config.with_extension("faketime")
 }
 
 /// The node.toml of `node`.

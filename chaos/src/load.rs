@@ -80,11 +80,7 @@ impl Stats {
             }
         };
         if self.errors.len() < MAX_ERRORS {
-            self.errors.push(LoadError {
-                t_ms,
-                node,
-                what,
-            });
+            self.errors.push(LoadError { t_ms, node, what });
         } else {
             self.dropped += 1;
         }
@@ -119,12 +115,8 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let routes: Arc<[String]> = routes.into();
     for (node, proxy) in targets {
-        let (client, routes, stats, stop) = (
-            client.clone(),
-            routes.clone(),
-            stats.clone(),
-            stop.clone(),
-        );
+        let (client, routes, stats, stop) =
+            (client.clone(), routes.clone(), stats.clone(), stop.clone());
         let requests = tracker.clone();
         tracker.spawn(async move {
             let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));

@@ -131,9 +131,8 @@ fn execute(
             .context("locating this executable")?
             .with_file_name("meridian"),
     };
-    let out = out.unwrap_or_else(|| {
-        PathBuf::from(format!("chaos-{}-{}", scenario.name, scenario.seed))
-    });
+    let out =
+        out.unwrap_or_else(|| PathBuf::from(format!("chaos-{}-{}", scenario.name, scenario.seed)));
     eprintln!(
         "meridian-chaos: running {} (seed {}, {:?}) with {}; report in {}",
         scenario.name,

@@ -164,7 +164,12 @@ impl Report {
         }
         events.sort_by_key(|(t, _)| *t);
         for (t, e) in events {
-            let _ = writeln!(md, "| {:.2} | {} |", t as f64 / 1000.0, e.replace('|', "\\|"));
+            let _ = writeln!(
+                md,
+                "| {:.2} | {} |",
+                t as f64 / 1000.0,
+                e.replace('|', "\\|")
+            );
         }
 
         let _ = writeln!(md, "\n## Requests per second\n");

@@ -93,7 +93,25 @@ pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Recor
         std::fs::remove_dir_all(&work)
             .with_context(|| format!("clearing {} from an earlier run", work.display()))?;
     }
-    let cluster = Cluster::start(&options.meridian, &work, scenario.nodes, scenario.seed).await?;
+    let clock = scenario
+        .steps
+        .iter()
+        .any(|s| matches!(s.fault, Fault::Clock { .. }));
+    let faketime = std::path::Path::new(cluster::LIBFAKETIME);
+    if clock && !faketime.is_file() {
+        anyhow::bail!(
+            "clock faults need libfaketime at {} (Debian: apt-get install faketime)",
+            faketime.display()
+        );
+    }
+    let cluster = Cluster::start(
+        &options.meridian,
+        &work,
+        scenario.nodes,
+        scenario.seed,
+        clock.then_some(faketime),
+    )
+    .await?;
     drive(scenario, cluster).await
 }
 
@@ -180,10 +198,8 @@ async fn drive(scenario: &Scenario, mut cluster: Cluster) -> anyhow::Result<Reco
     cluster.shutdown().await;
 
     let recorder = std::mem::take(&mut *lock(&shared));
-    let (seconds, errors, errors_dropped) = stats
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
+    let (seconds, errors, errors_dropped) =
+        stats.lock().unwrap_or_else(PoisonError::into_inner).take();
     Ok(Record {
         nodes: nodes
             .iter()
@@ -398,6 +414,17 @@ async fn inject(fault: &Fault, node: u64, cluster: &mut Cluster) -> anyhow::Resu
                 cluster.backend(node).addr()
             )
         }
+        Fault::Clock { offset, .. } => {
+            cluster.skew(node, *offset)?;
+            // libfaketime rereads the file on every clock read; give the
+            // node a moment, then read its clock back.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let seen = cluster.clock_offset(node).await.map_or_else(
+                |e| format!("its Date header could not be read: {e:#}"),
+                |s| format!("its Date header now reads {s:+} s"),
+            );
+            format!("node {node}'s wall clock set {offset:+} s; {seen}")
+        }
         Fault::BackendSlow { delay, .. } => {
             cluster.backend(node).set(Mode::Slow(*delay));
             format!(
@@ -416,7 +443,10 @@ fn heal_fault(fault: &Fault, node: u64, cluster: &mut Cluster) -> anyhow::Result
         }
         Fault::Partition { .. } => cluster.heal(node),
         Fault::Latency { .. } => cluster.shape(&LinkParams::default()),
-        Fault::BackendDown { .. } | Fault::BackendSlow { .. } => cluster.backend(node).set(Mode::Up),
+        Fault::Clock { .. } => cluster.skew(node, 0)?,
+        Fault::BackendDown { .. } | Fault::BackendSlow { .. } => {
+            cluster.backend(node).set(Mode::Up)
+        }
     }
     Ok(())
 }
@@ -464,7 +494,9 @@ async fn observe(
 }
 
 /// Runs futures concurrently and collects their outputs in order.
-async fn futures_join<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
 where
     F::Output: Send + 'static,
     F: Send + 'static,
@@ -567,8 +599,7 @@ async fn probe_enforcement(
     stop: CancellationToken,
     shared: Shared,
 ) {
-    let secrets: BTreeMap<String, String> =
-        keys.into_iter().map(|k| (k.id, k.secret)).collect();
+    let secrets: BTreeMap<String, String> = keys.into_iter().map(|k| (k.id, k.secret)).collect();
     let mut tick = tokio::time::interval(OBSERVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -617,7 +648,9 @@ async fn probe_enforcement(
         });
         for (key_id, node, status, t_ms) in futures_join(probes).await {
             if status == Ok(401) {
-                lock(&shared).enforcements.push(Enforcement { key_id, node, t_ms });
+                lock(&shared)
+                    .enforcements
+                    .push(Enforcement { key_id, node, t_ms });
             }
         }
     }
@@ -693,7 +726,11 @@ async fn final_probe(
         let mut held = BTreeMap::new();
         for version in &versions {
             let routes = match client
-                .get_json(*admin, &format!("/v1/config/versions/{version}"), PROBE_TIMEOUT)
+                .get_json(
+                    *admin,
+                    &format!("/v1/config/versions/{version}"),
+                    PROBE_TIMEOUT,
+                )
                 .await
             {
                 Ok((200, v)) => Some(

@@ -27,6 +27,9 @@
 //! heal-at = "9s"               # restart on the same data dir
 //! ```
 //!
+//! Faults: `kill`, `partition` (`cut`), `latency` (`delay`, `jitter`,
+//! `loss`), `backend-down`, `backend-slow` (`delay`), `clock` (`offset`).
+//!
 //! The built-in scenarios live in `chaos/scenarios/*.toml` and are embedded
 //! in the binary ([`builtin`], [`BUILTIN`]).
 
@@ -58,8 +61,15 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "peer-latency-loss",
         include_str!("../scenarios/peer-latency-loss.toml"),
     ),
-    ("backend-down", include_str!("../scenarios/backend-down.toml")),
-    ("backend-slow", include_str!("../scenarios/backend-slow.toml")),
+    (
+        "backend-down",
+        include_str!("../scenarios/backend-down.toml"),
+    ),
+    (
+        "backend-slow",
+        include_str!("../scenarios/backend-slow.toml"),
+    ),
+    ("clock-skew", include_str!("../scenarios/clock-skew.toml")),
 ];
 
 /// The text of the built-in scenario `name`.
@@ -202,6 +212,14 @@ pub enum Fault {
         /// The node whose region's backend goes down.
         node: Target,
     },
+    /// The node's wall clock jumps by `offset` seconds (libfaketime; the
+    /// monotonic clock is left alone); heal sets it back.
+    Clock {
+        /// The node.
+        node: Target,
+        /// Seconds added to its wall clock (negative: back in time).
+        offset: i64,
+    },
     /// The node's region's demo backend answers after `delay`.
     BackendSlow {
         /// The node whose region's backend slows down.
@@ -306,6 +324,9 @@ pub struct RawStep {
     /// `loss` (latency).
     #[serde(default)]
     pub loss: Option<f64>,
+    /// `offset` (clock): `+5m`, `-1h`, `+90s`.
+    #[serde(default)]
+    pub offset: Option<String>,
 }
 
 /// One broken rule: the key, the value and the rule.
@@ -412,7 +433,11 @@ impl RawScenario {
             fail("nodes", &nodes, "must be 3 to 5 (one node per region)");
         }
         if self.load.rate > 1000 {
-            fail("load.rate", &self.load.rate, "must be at most 1000 per node");
+            fail(
+                "load.rate",
+                &self.load.rate,
+                "must be at most 1000 per node",
+            );
         }
         for (i, route) in self.load.routes.iter().enumerate() {
             if !route.starts_with('/') || route.contains([' ', '\r', '\n']) {
@@ -424,7 +449,11 @@ impl RawScenario {
             }
         }
         if self.load.rate > 0 && self.load.routes.is_empty() {
-            fail("load.routes", &"[]", "must list a path when load.rate is above 0");
+            fail(
+                "load.routes",
+                &"[]",
+                "must list a path when load.rate is above 0",
+            );
         }
         if let Some(every) = self.writes.every
             && every < Duration::from_millis(100)
@@ -476,11 +505,12 @@ impl RawScenario {
                 "partition" => &["node", "cut"],
                 "latency" => &["delay", "jitter", "loss"],
                 "backend-slow" => &["node", "delay"],
+                "clock" => &["node", "offset"],
                 other => {
                     fail(
                         &key("fault"),
                         &other,
-                        "must be kill, partition, latency, backend-down or backend-slow",
+                        "must be kill, partition, latency, backend-down, backend-slow or clock",
                     );
                     continue;
                 }
@@ -491,6 +521,7 @@ impl RawScenario {
                 ("delay", raw.delay.is_some()),
                 ("jitter", raw.jitter.is_some()),
                 ("loss", raw.loss.is_some()),
+                ("offset", raw.offset.is_some()),
             ];
             for (field, present) in given {
                 if present && !allowed.contains(&field) {
@@ -521,6 +552,24 @@ impl RawScenario {
             if !(0.0..=1.0).contains(&loss) {
                 fail(&key("loss"), &loss, "must be between 0 and 1");
             }
+            let offset = match raw.offset.as_deref() {
+                None if raw.fault == "clock" => {
+                    fail(&key("offset"), &"(missing)", "is required by fault clock");
+                    0
+                }
+                None => 0,
+                Some(text) => match parse_offset(text) {
+                    Some(seconds) => seconds,
+                    None => {
+                        fail(
+                            &key("offset"),
+                            &text,
+                            "must be a signed duration of at most 30 days, e.g. +5m or -1h",
+                        );
+                        0
+                    }
+                },
+            };
             let cut = match raw.cut.as_deref() {
                 None | Some("both") => Cut::Both,
                 Some("outbound") => Cut::Outbound,
@@ -542,6 +591,7 @@ impl RawScenario {
                     loss,
                 },
                 "backend-down" => Fault::BackendDown { node },
+                "clock" => Fault::Clock { node, offset },
                 _ => Fault::BackendSlow { node, delay },
             };
             steps.push(Step {
@@ -599,6 +649,16 @@ impl Scenario {
     }
 }
 
+/// `+5m`, `-1h`, `90s` as signed seconds, at most 30 days either way.
+fn parse_offset(text: &str) -> Option<i64> {
+    let (sign, rest) = match text.trim().strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.trim().trim_start_matches('+')),
+    };
+    let seconds = humantime::parse_duration(rest).ok()?.as_secs();
+    (seconds <= 30 * 86_400).then(|| sign * seconds as i64)
+}
+
 // === impl Fault ===
 
 impl Fault {
@@ -610,6 +670,7 @@ impl Fault {
             Self::Latency { .. } => "latency",
             Self::BackendDown { .. } => "backend-down",
             Self::BackendSlow { .. } => "backend-slow",
+            Self::Clock { .. } => "clock",
         }
     }
 
@@ -619,7 +680,8 @@ impl Fault {
             Self::Kill { node }
             | Self::Partition { node, .. }
             | Self::BackendDown { node }
-            | Self::BackendSlow { node, .. } => Some(*node),
+            | Self::BackendSlow { node, .. }
+            | Self::Clock { node, .. } => Some(*node),
             Self::Latency { .. } => None,
         }
     }

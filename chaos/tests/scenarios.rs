@@ -55,7 +55,10 @@ fn run(name: &str, duration: Option<Duration>) -> Report {
             let logs: String = (1..=3)
                 .map(|n| {
                     let log = out.path().join("work").join(format!("node{n}.log"));
-                    format!("--- node {n}\n{}", std::fs::read_to_string(log).unwrap_or_default())
+                    format!(
+                        "--- node {n}\n{}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    )
                 })
                 .collect();
             panic!("{name} could not run: {e:#}\n{logs}")
@@ -63,12 +66,16 @@ fn run(name: &str, duration: Option<Duration>) -> Report {
     report.write(out.path()).expect("the report is written");
     assert!(out.path().join("report.md").is_file());
     assert!(out.path().join("report.json").is_file());
-    assert!(
-        report.pass,
-        "{name} (seed {}) broke an invariant:\n{}",
-        report.seed,
-        report.markdown()
-    );
+    if !report.pass {
+        // Keep the report, node configs and logs for a post-mortem.
+        let kept = out.keep();
+        panic!(
+            "{name} (seed {}) broke an invariant; report, configs and node logs kept in {}\n{}",
+            report.seed,
+            kept.display(),
+            report.markdown()
+        );
+    }
     report
 }
 
@@ -112,14 +119,21 @@ fn region_partition() {
     let report = run("region-partition", None);
     let r = &report.record;
     let cut = &r.faults[0];
-    assert_eq!((cut.fault.as_str(), cut.cut.as_deref()), ("partition", Some("both")));
+    assert_eq!(
+        (cut.fault.as_str(), cut.cut.as_deref()),
+        ("partition", Some("both"))
+    );
     assert!(!cut.was_leader, "a follower was cut off: {cut:?}");
     let node = cut.node.unwrap();
     // The cut-off node served throughout its cut.
     let served: u64 = r
         .load
         .iter()
-        .filter(|s| s.node == node && s.second * 1000 >= cut.start_ms && (s.second + 1) * 1000 <= cut.heal_ms.unwrap())
+        .filter(|s| {
+            s.node == node
+                && s.second * 1000 >= cut.start_ms
+                && (s.second + 1) * 1000 <= cut.heal_ms.unwrap()
+        })
         .map(|s| s.ok)
         .sum();
     assert!(served > 100, "node {node} served {served} during its cut");

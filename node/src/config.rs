@@ -873,11 +873,19 @@ mod tests {
 
     #[test]
     fn peer_addresses_override_what_peers_advertise() {
-        let raw = RawConfig::parse("id = 1\n[peers]\n2 = \"127.0.0.1:4000\"\n3 = \"node-3.internal:9443\"\n")
-            .expect("parses");
+        let raw = RawConfig::parse(
+            "id = 1\n[peers]\n2 = \"127.0.0.1:4000\"\n3 = \"node-3.internal:9443\"\n",
+        )
+        .expect("parses");
         let config = raw.validate().expect("valid");
-        assert_eq!(config.peers.get(&2).map(String::as_str), Some("127.0.0.1:4000"));
-        assert_eq!(config.peers.get(&3).map(String::as_str), Some("node-3.internal:9443"));
+        assert_eq!(
+            config.peers.get(&2).map(String::as_str),
+            Some("127.0.0.1:4000")
+        );
+        assert_eq!(
+            config.peers.get(&3).map(String::as_str),
+            Some("node-3.internal:9443")
+        );
         check(
             "id = 1\n[peers]\n1 = \"127.0.0.1:4000\"\nx = \"127.0.0.1:4000\"\n2 = \"127.0.0.1\"\n3 = \"127.0.0.1:0\"\n",
             &[

@@ -6,7 +6,11 @@ use http::Method;
 use super::*;
 use crate::client::{CallError, Client};
 
-async fn get(client: &Client, addr: SocketAddr, path: &str) -> Result<(u16, serde_json::Value), CallError> {
+async fn get(
+    client: &Client,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(u16, serde_json::Value), CallError> {
     client.get_json(addr, path, Duration::from_secs(2)).await
 }
 
@@ -21,14 +25,18 @@ async fn answers_goes_down_slows_down_and_comes_back_on_the_same_address() {
     assert_eq!(status, 200);
     assert_eq!(body["region"], "eu-west");
     assert_eq!(body["path"], "/hello");
-    assert_eq!(get(&client, addr, "/health").await.unwrap().1["status"], "ok");
+    assert_eq!(
+        get(&client, addr, "/health").await.unwrap().1["status"],
+        "ok"
+    );
 
     backend.set(Mode::Down);
     assert_eq!(backend.mode(), Mode::Down);
     // The listener closes promptly; pooled connections are closed too.
     let mut refused = false;
     for _ in 0..50 {
-        if get(&Client::new(), addr, "/x").await.is_err() && get(&client, addr, "/x").await.is_err() {
+        if get(&Client::new(), addr, "/x").await.is_err() && get(&client, addr, "/x").await.is_err()
+        {
             refused = true;
             break;
         }
@@ -41,7 +49,14 @@ async fn answers_goes_down_slows_down_and_comes_back_on_the_same_address() {
     for _ in 0..50 {
         let start = tokio::time::Instant::now();
         if let Ok(a) = Client::new()
-            .call(Method::GET, addr, "/slow", &[], None, Duration::from_secs(2))
+            .call(
+                Method::GET,
+                addr,
+                "/slow",
+                &[],
+                None,
+                Duration::from_secs(2),
+            )
             .await
         {
             answered = Some((a.status, start.elapsed()));

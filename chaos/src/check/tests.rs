@@ -170,9 +170,15 @@ fn a_healthy_history_passes_every_invariant() {
         assert!(v.pass, "{v:?}");
     }
     let failover = verdict(&verdicts, "new-leader-after-leader-loss");
-    assert!(failover.measured.contains("node 2 leads after 1.00s"), "{failover:?}");
+    assert!(
+        failover.measured.contains("node 2 leads after 1.00s"),
+        "{failover:?}"
+    );
     let converged = verdict(&verdicts, "converges-after-heal");
-    assert!(converged.measured.contains("kill step 0 heal: 0.50s"), "{converged:?}");
+    assert!(
+        converged.measured.contains("kill step 0 heal: 0.50s"),
+        "{converged:?}"
+    );
 }
 
 #[test]
@@ -242,7 +248,9 @@ fn a_revocation_enforced_late_or_never_fails() {
 #[test]
 fn two_leaders_in_one_term_fail() {
     let mut record = healthy();
-    record.observations.push(observe(7_000, 3, view(3, Some(3), 2)));
+    record
+        .observations
+        .push(observe(7_000, 3, view(3, Some(3), 2)));
     let v = one_leader_per_term(&record);
     assert!(!v.pass);
     assert_eq!(
@@ -266,7 +274,10 @@ fn an_ack_from_a_cut_off_node_fails() {
     // The revocation went to node 3 at 8 s, inside its cut.
     let v = cut_off_node_acks_nothing(&record);
     assert!(!v.pass);
-    assert!(v.evidence[0].starts_with("write 2 to cut-off node 3"), "{v:?}");
+    assert!(
+        v.evidence[0].starts_with("write 2 to cut-off node 3"),
+        "{v:?}"
+    );
     record.ops[1].outcome = Outcome::Fail {
         status: 503,
         message: "no leader".into(),
@@ -280,7 +291,10 @@ fn a_slow_or_missing_election_fails() {
     record.bounds.election = 500;
     let v = new_leader_after_leader_loss(&record);
     assert!(!v.pass);
-    assert_eq!(v.evidence, ["kill of leader 1 at 5.00s: a new leader only after 1.00s"]);
+    assert_eq!(
+        v.evidence,
+        ["kill of leader 1 at 5.00s: a new leader only after 1.00s"]
+    );
     let mut record = healthy();
     record
         .observations
@@ -299,7 +313,10 @@ fn errors_outside_the_windows_fail_and_errors_to_a_dead_node_do_not() {
     let v = errors_only_in_failover_windows(&record);
     assert!(!v.pass);
     assert_eq!(v.evidence, ["node 3 at 15.00s: 503"]);
-    assert!(v.measured.contains("1 inside a window, 1 to a killed node"), "{v:?}");
+    assert!(
+        v.measured.contains("1 inside a window, 1 to a killed node"),
+        "{v:?}"
+    );
 }
 
 #[test]
@@ -323,10 +340,7 @@ fn a_cut_off_node_that_stops_serving_fails() {
     });
     let v = data_plane_serves_during_partition(&record);
     assert!(!v.pass);
-    assert_eq!(
-        v.evidence,
-        ["node 3 at 12.10s (cut off since 12.00s): 502"]
-    );
+    assert_eq!(v.evidence, ["node 3 at 12.10s (cut off since 12.00s): 502"]);
 }
 
 #[test]
@@ -339,7 +353,10 @@ fn a_cluster_that_never_agrees_after_a_heal_fails() {
     }
     let v = converges_after_heal(&record);
     assert!(!v.pass);
-    assert!(v.evidence[0].starts_with("kill step 0 heal at 9.00s: never converged"), "{v:?}");
+    assert!(
+        v.evidence[0].starts_with("kill step 0 heal at 9.00s: never converged"),
+        "{v:?}"
+    );
 }
 
 #[test]

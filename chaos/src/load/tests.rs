@@ -15,16 +15,43 @@ fn requests_are_counted_by_node_second_and_class() {
     assert_eq!(
         seconds,
         [
-            Second { node: 1, second: 0, sent: 2, ok: 1, client_errors: 1, ..Second::default() },
-            Second { node: 1, second: 1, sent: 1, server_errors: 1, ..Second::default() },
-            Second { node: 2, second: 1, sent: 1, failed: 1, ..Second::default() },
+            Second {
+                node: 1,
+                second: 0,
+                sent: 2,
+                ok: 1,
+                client_errors: 1,
+                ..Second::default()
+            },
+            Second {
+                node: 1,
+                second: 1,
+                sent: 1,
+                server_errors: 1,
+                ..Second::default()
+            },
+            Second {
+                node: 2,
+                second: 1,
+                sent: 1,
+                failed: 1,
+                ..Second::default()
+            },
         ]
     );
     assert_eq!(
         errors,
         [
-            LoadError { t_ms: 1_000, node: 1, what: "503".into() },
-            LoadError { t_ms: 1_500, node: 2, what: "failed: timeout".into() },
+            LoadError {
+                t_ms: 1_000,
+                node: 1,
+                what: "503".into()
+            },
+            LoadError {
+                t_ms: 1_500,
+                node: 2,
+                what: "failed: timeout".into()
+            },
         ]
     );
     assert_eq!(dropped, 0);
@@ -51,7 +78,10 @@ async fn a_fixed_rate_for_a_bounded_time_with_failures_recorded() {
         .await
         .unwrap();
     // A port nothing listens on: every request fails.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let stats: Shared = Default::default();
     let origin = Instant::now();
     run(
@@ -65,14 +95,33 @@ async fn a_fixed_rate_for_a_bounded_time_with_failures_recorded() {
         stats.clone(),
     )
     .await;
-    assert!(origin.elapsed() < Duration::from_secs(4), "the load is bounded in time");
+    assert!(
+        origin.elapsed() < Duration::from_secs(4),
+        "the load is bounded in time"
+    );
     let (seconds, errors, _) = stats.lock().unwrap().take();
-    let sent = |node| seconds.iter().filter(|s| s.node == node).map(|s| s.sent).sum::<u64>();
-    let ok = |node| seconds.iter().filter(|s| s.node == node).map(|s| s.ok).sum::<u64>();
+    let sent = |node| {
+        seconds
+            .iter()
+            .filter(|s| s.node == node)
+            .map(|s| s.sent)
+            .sum::<u64>()
+    };
+    let ok = |node| {
+        seconds
+            .iter()
+            .filter(|s| s.node == node)
+            .map(|s| s.ok)
+            .sum::<u64>()
+    };
     assert!((40..=52).contains(&sent(1)), "{seconds:?}");
     assert_eq!(ok(1), sent(1));
     assert_eq!(ok(2), 0);
-    assert!(errors.iter().all(|e| e.node == 2 && e.what.starts_with("failed")));
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.node == 2 && e.what.starts_with("failed"))
+    );
     backend.set(Mode::Down);
     backend.shutdown().await;
 }

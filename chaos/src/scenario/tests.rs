@@ -19,7 +19,10 @@ fn every_builtin_scenario_is_valid_and_named_after_itself() {
             .unwrap_or_else(|e| panic!("built-in scenario {name}: {e}"));
         assert_eq!(scenario.name, *name);
         assert!(!scenario.steps.is_empty(), "{name} injects a fault");
-        assert!(scenario.duration <= Duration::from_secs(30), "{name} stays short");
+        assert!(
+            scenario.duration <= Duration::from_secs(30),
+            "{name} stays short"
+        );
     }
     assert!(builtin("leader-loss").is_some());
     assert!(builtin("nope").is_none());
@@ -43,7 +46,10 @@ fn a_step_is_typed_by_its_fault() {
             cut: Cut::Inbound
         }
     );
-    assert_eq!(scenario.heal_of(&scenario.steps[0]), Duration::from_secs(10));
+    assert_eq!(
+        scenario.heal_of(&scenario.steps[0]),
+        Duration::from_secs(10)
+    );
     assert_eq!(
         scenario.steps[1].fault,
         Fault::Latency {
@@ -93,7 +99,7 @@ fn mistakes_name_the_key_the_value_and_the_rule() {
         "name = \"s\"\nduration = \"10s\"\n[[step]]\nat = \"12s\"\nfault = \"explode\"\n[[step]]\nat = \"1s\"\nheal-at = \"1s\"\nfault = \"kill\"\nnode = 7\nloss = 0.5\n[[step]]\nat = \"1s\"\nfault = \"latency\"\ndelay = \"10ms\"\njitter = \"20ms\"\nloss = 1.5\n[[step]]\nat = \"1s\"\nfault = \"partition\"\n",
         &[
             "step[0].at (12s) must be before duration",
-            "step[0].fault (explode) must be kill, partition, latency, backend-down or backend-slow",
+            "step[0].fault (explode) must be kill, partition, latency, backend-down, backend-slow or clock",
             "step[1].heal-at (1s) must be after at and at most duration",
             "step[1].node (7) must be \"leader\", \"follower\" or a node id from 1 to 3",
             "step[1].loss ((set)) is not a parameter of fault kill",
@@ -112,4 +118,32 @@ fn unknown_keys_and_bad_syntax_are_refused_without_panicking() {
     for text in ["", "name = ", "[[step]]\nat = 5", "duration = \"forever\""] {
         assert!(Scenario::load(text, None, None).is_err(), "{text:?}");
     }
+}
+
+#[test]
+fn a_clock_step_takes_a_signed_offset() {
+    let text = |offset: &str| {
+        format!(
+            "name = \"c\"\nduration = \"10s\"\n[[step]]\nat = \"1s\"\nfault = \"clock\"\nnode = \"leader\"\n{offset}"
+        )
+    };
+    for (offset, seconds) in [("+5m", 300), ("-1h", -3600), ("90s", 90)] {
+        let scenario =
+            Scenario::load(&text(&format!("offset = \"{offset}\"\n")), None, None).unwrap();
+        assert_eq!(
+            scenario.steps[0].fault,
+            Fault::Clock {
+                node: Target::Leader,
+                offset: seconds
+            }
+        );
+    }
+    check(
+        &text("offset = \"+31d\"\n"),
+        &["step[0].offset (+31d) must be a signed duration of at most 30 days, e.g. +5m or -1h"],
+    );
+    check(
+        &text(""),
+        &["step[0].offset ((missing)) is required by fault clock"],
+    );
 }
