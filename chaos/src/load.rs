@@ -96,19 +96,34 @@ impl Stats {
     }
 }
 
+/// When a task of the run may work: times are ms since `origin`; it stops
+/// at `until` or when `stop` is cancelled, whichever comes first.
+#[derive(Clone, Debug)]
+pub struct Window {
+    /// Time zero of the run.
+    pub origin: Instant,
+    /// The deadline.
+    pub until: Instant,
+    /// Stops it early.
+    pub stop: CancellationToken,
+}
+
 /// Runs the load against `targets` (node id, proxy address) at `rate` per
-/// second per node, from now until `until` or `stop`; times are ms since
-/// `origin`. Returns once every request has finished.
+/// second per node, within `window`. Returns once every request has
+/// finished.
 pub async fn run(
     client: Client,
     targets: Vec<(u64, SocketAddr)>,
     rate: u32,
     routes: Vec<String>,
-    origin: Instant,
-    until: Instant,
-    stop: CancellationToken,
+    window: Window,
     stats: Shared,
 ) {
+    let Window {
+        origin,
+        until,
+        stop,
+    } = window;
     if rate == 0 || routes.is_empty() {
         return;
     }

@@ -42,7 +42,7 @@ use crate::history::{
     BoundsMs, Enforcement, FaultEvent, FinalProbe, NodeInfo, Observation, Op, OpKind, Outcome,
     Record, View,
 };
-use crate::load;
+use crate::load::{self, Window};
 use crate::relay::{Jitter, LinkParams};
 use crate::scenario::{Cut, Fault, Scenario, Target};
 
@@ -144,9 +144,11 @@ async fn drive(scenario: &Scenario, mut cluster: Cluster) -> anyhow::Result<Reco
         nodes.iter().map(|(id, proxy, _)| (*id, *proxy)).collect(),
         scenario.load.rate,
         scenario.load.routes.clone(),
-        origin,
-        end,
-        stop.clone(),
+        Window {
+            origin,
+            until: end,
+            stop: stop.clone(),
+        },
         stats.clone(),
     ));
     tasks.spawn(observe(
@@ -167,18 +169,19 @@ async fn drive(scenario: &Scenario, mut cluster: Cluster) -> anyhow::Result<Reco
         shared.clone(),
     ));
     if let Some(every) = scenario.writes.every {
-        tasks.spawn(write(
-            client.clone(),
-            nodes.iter().map(|(id, _, admin)| (*id, *admin)).collect(),
-            cluster.backend_addrs(),
-            keys.clone(),
+        let writer = Writer {
+            admins: nodes.iter().map(|(id, _, admin)| (*id, *admin)).collect(),
+            backends: cluster.backend_addrs(),
+            keys: keys.clone(),
             every,
-            fastrand::Rng::with_seed(scenario.seed ^ 0x5752_4954_4553),
+            rng: fastrand::Rng::with_seed(scenario.seed ^ 0x5752_4954_4553),
+        };
+        let window = Window {
             origin,
-            end,
-            stop.clone(),
-            shared.clone(),
-        ));
+            until: end,
+            stop: stop.clone(),
+        };
+        tasks.spawn(write(client.clone(), writer, window, shared.clone()));
     }
     tasks.close();
 
@@ -494,12 +497,10 @@ async fn observe(
 }
 
 /// Runs futures concurrently and collects their outputs in order.
-async fn futures_join<F: std::future::Future>(
-    futures: impl IntoIterator<Item = F>,
-) -> Vec<F::Output>
+async fn futures_join<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
-    F: Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
     let mut out = Vec::with_capacity(handles.len());
@@ -511,20 +512,35 @@ where
     out
 }
 
-/// Config writes and revocations, alternating, to nodes drawn from `rng`.
-#[allow(clippy::too_many_arguments)]
-async fn write(
-    client: Client,
+/// What the writer writes, where, and how often.
+struct Writer {
+    /// Node id and admin address of every node.
     admins: Vec<(u64, std::net::SocketAddr)>,
+    /// The backends, for the gateway configuration.
     backends: Vec<std::net::SocketAddr>,
+    /// Keys to revoke, in order.
     keys: Vec<Key>,
+    /// One write this often.
     every: Duration,
-    mut rng: fastrand::Rng,
-    origin: Instant,
-    until: Instant,
-    stop: CancellationToken,
-    shared: Shared,
-) {
+    /// Picks the node of each write.
+    rng: fastrand::Rng,
+}
+
+/// Config writes and revocations, alternating, to nodes drawn from the
+/// writer's seeded RNG.
+async fn write(client: Client, writer: Writer, window: Window, shared: Shared) {
+    let Writer {
+        admins,
+        backends,
+        keys,
+        every,
+        mut rng,
+    } = writer;
+    let Window {
+        origin,
+        until,
+        stop,
+    } = window;
     let mut keys = keys.into_iter();
     let mut tick = tokio::time::interval_at(origin + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -89,9 +89,11 @@ async fn a_fixed_rate_for_a_bounded_time_with_failures_recorded() {
         vec![(1, backend.addr()), (2, dead)],
         50,
         vec!["/a".into(), "/b".into()],
-        origin,
-        origin + Duration::from_millis(1_000),
-        CancellationToken::new(),
+        Window {
+            origin,
+            until: origin + Duration::from_millis(1_000),
+            stop: CancellationToken::new(),
+        },
         stats.clone(),
     )
     .await;
