@@ -4,6 +4,7 @@
 //! The `meridian` binary is taken from `MERIDIAN_BIN`, or from the target
 //! directory these tests were built in (`cargo test --workspace` builds it;
 //! with `cargo test -p chaos`, run `cargo build --bin meridian` first).
+//! `clock_skew` needs libfaketime (Debian `faketime`).
 //! The scenarios run one at a time: each starts three nodes, and the
 //! machine may have two cores.
 
@@ -149,5 +150,24 @@ fn region_partition() {
         })
         .count();
     assert!(during >= 2, "{:?}", r.ops);
+    assert!(acked(&report, "revoke") >= 3, "{:?}", r.ops);
+}
+
+/// Needs libfaketime (Debian `faketime`, which `.ci/run` installs).
+#[test]
+fn clock_skew() {
+    let report = run("clock-skew", None);
+    let r = &report.record;
+    assert_eq!(r.faults.len(), 2);
+    // The forward jump is visible in the node's Date header.
+    assert!(
+        r.faults[0].detail.contains("Date header now reads +600 s")
+            || r.faults[0].detail.contains("Date header now reads +599 s")
+            || r.faults[0].detail.contains("Date header now reads +601 s"),
+        "{:?}",
+        r.faults[0]
+    );
+    assert!(r.faults[1].was_leader, "{:?}", r.faults[1]);
+    assert!(acked(&report, "config-write") >= 3, "{:?}", r.ops);
     assert!(acked(&report, "revoke") >= 3, "{:?}", r.ops);
 }
