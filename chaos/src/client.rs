@@ -41,6 +41,7 @@ pub struct Answer {
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Hyper<HttpConnector, Full<Bytes>>,
+    bearer: Option<std::sync::Arc<str>>,
 }
 
 // === impl Client ===
@@ -61,7 +62,17 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(32)
             .build(connector);
-        Self { inner }
+        Self {
+            inner,
+            bearer: None,
+        }
+    }
+
+    /// The same client, sending `Authorization: Bearer <token>` on every
+    /// call (for admin APIs with `admin.token`; never for the data plane).
+    pub fn with_bearer(mut self, token: Option<String>) -> Self {
+        self.bearer = token.map(Into::into);
+        self
     }
 
     /// Sends `method path` to `addr` with `headers` and `body`, within `timeout`.
@@ -78,6 +89,9 @@ impl Client {
         let mut builder = Request::builder().method(method).uri(&url);
         for (name, value) in headers {
             builder = builder.header(*name, *value);
+        }
+        if let Some(token) = &self.bearer {
+            builder = builder.header("authorization", format!("Bearer {token}"));
         }
         if body.is_some() {
             builder = builder.header("content-type", "application/json");

@@ -27,6 +27,8 @@
 //! - [`run`]: drives a scenario: set-up, timeline, writes, observation,
 //!   final probes.
 //! - [`report`]: the Markdown and JSON report.
+//! - [`target`]: an existing deployment as the target (`--target`), its
+//!   faults carried out by operator hooks.
 //! - [`relay`]: the userspace network fault relay.
 //!   - `relay/link.rs`: one direction of a link: [`LinkParams`](relay::LinkParams),
 //!     the seeded per-datagram decisions, the token bucket and the counters. No I/O.
@@ -49,9 +51,11 @@ pub mod relay;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod target;
 
-/// Runs `scenario` on a fresh loopback cluster, judges every invariant and
-/// returns the report (not yet written).
+/// Runs `scenario` on a fresh loopback cluster (or the deployment of
+/// `options.target`), judges every invariant and returns the report (not
+/// yet written).
 pub async fn run_and_judge(
     scenario: &scenario::Scenario,
     options: &run::Options,
@@ -67,7 +71,10 @@ pub async fn run_and_judge(
         seed: scenario.seed,
         definition: serde_json::to_value(scenario).unwrap_or_default(),
         started_at,
-        meridian: options.meridian.display().to_string(),
+        meridian: match &options.target {
+            Some(target) => format!("the deployment at {}", target.admin),
+            None => options.meridian.display().to_string(),
+        },
         pass: verdicts.iter().all(|v| v.pass),
         verdicts,
         record,

@@ -4,6 +4,8 @@
 //! ```text
 //! meridian-chaos list
 //! meridian-chaos run <NAME|FILE> [--seed N] [--duration D] [--out DIR] [--meridian PATH]
+//! meridian-chaos run <NAME|FILE> --target HOST:PORT --hook FAULT=CMD --hook FAULT.heal=CMD
+//!     [--consumer NAME --probe-path PATH] [--route PATH]…
 //! ```
 //!
 //! Exit status: 0 when every invariant held, 1 when one failed, 2 when the
@@ -18,6 +20,7 @@ use clap::{Parser, Subcommand};
 use chaos::report::Report;
 use chaos::run::Options;
 use chaos::scenario::{self, Scenario};
+use chaos::target;
 
 #[derive(Parser)]
 #[command(
@@ -51,7 +54,36 @@ enum Command {
         /// The meridian binary (default: `meridian` next to this one).
         #[arg(long, env = "MERIDIAN_BIN")]
         meridian: Option<PathBuf>,
+        #[command(flatten)]
+        target: TargetArgs,
     },
+}
+
+/// Running against an existing deployment instead of a loopback cluster.
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// The admin address (host:port) of any node of an existing deployment
+    /// to run against; its faults need --hook. Admin calls carry
+    /// MERIDIAN_TOKEN. Config writes add marker routes, and the
+    /// configuration in force is put back at the end.
+    #[arg(long)]
+    target: Option<String>,
+    /// FAULT=COMMAND or FAULT.heal=COMMAND: how to inject or heal a fault on
+    /// the target (`sh -c`; {id}, {region}, {admin}, {proxy}, {cut},
+    /// {delay}, {jitter}, {loss}, {offset} are filled in). Repeatable.
+    #[arg(long = "hook", requires = "target")]
+    hooks: Vec<String>,
+    /// On the target: the consumer to create and revoke keys for.
+    #[arg(long, requires = "target")]
+    consumer: Option<String>,
+    /// On the target: a proxy path whose route requires an API key, where
+    /// revoked keys are tried.
+    #[arg(long, requires = "target")]
+    probe_path: Option<String>,
+    /// On the target: a path for the load instead of the scenario's routes.
+    /// Repeatable.
+    #[arg(long = "route", requires = "target")]
+    routes: Vec<String>,
 }
 
 /// Exit code for an invalid scenario (EX_USAGE).
@@ -80,6 +112,7 @@ fn main() -> ExitCode {
             duration,
             out,
             meridian,
+            target,
         } => {
             let text = match scenario::builtin(&scenario) {
                 Some(text) => text.to_owned(),
@@ -102,7 +135,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            match execute(&scenario, out, meridian) {
+            let target = match target.settings() {
+                Ok(target) => target,
+                Err(error) => {
+                    eprintln!("meridian-chaos: {error}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            match execute(&scenario, out, meridian, target) {
                 Ok(report) => {
                     print!("{}", report.summary());
                     if report.pass {
@@ -120,10 +160,26 @@ fn main() -> ExitCode {
     }
 }
 
+impl TargetArgs {
+    fn settings(self) -> Result<Option<target::Settings>, String> {
+        let Some(admin) = self.target else {
+            return Ok(None);
+        };
+        Ok(Some(target::Settings {
+            admin,
+            hooks: target::parse_hooks(&self.hooks)?,
+            consumer: self.consumer,
+            probe_path: self.probe_path,
+            routes: self.routes,
+        }))
+    }
+}
+
 fn execute(
     scenario: &Scenario,
     out: Option<PathBuf>,
     meridian: Option<PathBuf>,
+    target: Option<target::Settings>,
 ) -> anyhow::Result<Report> {
     let meridian = match meridian {
         Some(path) => path,
@@ -133,12 +189,15 @@ fn execute(
     };
     let out =
         out.unwrap_or_else(|| PathBuf::from(format!("chaos-{}-{}", scenario.name, scenario.seed)));
+    let against = match &target {
+        Some(t) => format!("against the deployment at {}", t.admin),
+        None => format!("on loopback with {}", meridian.display()),
+    };
     eprintln!(
-        "meridian-chaos: running {} (seed {}, {:?}) with {}; report in {}",
+        "meridian-chaos: running {} (seed {}, {:?}) {against}; report in {}",
         scenario.name,
         scenario.seed,
         scenario.duration,
-        meridian.display(),
         out.display()
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -148,6 +207,7 @@ fn execute(
     let options = Options {
         meridian: meridian.clone(),
         out: out.clone(),
+        target,
     };
     let report = runtime.block_on(chaos::run_and_judge(scenario, &options))?;
     let (md, json) = report.write(&out)?;

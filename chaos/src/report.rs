@@ -26,7 +26,7 @@ pub struct Report {
     pub definition: serde_json::Value,
     /// Unix time the run started, in seconds.
     pub started_at: u64,
-    /// The `meridian` binary that ran.
+    /// The `meridian` binary that ran, or the deployment run against.
     pub meridian: String,
     /// Whether every invariant held.
     pub pass: bool,
@@ -83,7 +83,7 @@ impl Report {
             self.seed, self.scenario, self.seed
         );
         let _ = writeln!(md, "- started: unix {}", self.started_at);
-        let _ = writeln!(md, "- binary: `{}`", self.meridian);
+        let _ = writeln!(md, "- ran: `{}`", self.meridian);
         let _ = writeln!(
             md,
             "- duration {} s; bounds: failover W = {} ms, heal X = {} ms, election = {} ms",

@@ -25,6 +25,7 @@
 //! path (its processes are `kill_on_drop`).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -45,6 +46,7 @@ use crate::history::{
 use crate::load::{self, Window};
 use crate::relay::{Jitter, LinkParams};
 use crate::scenario::{Cut, Fault, Scenario, Target};
+use crate::target::{self, Remote};
 
 /// How often the observer and the enforcement prober poll.
 pub const OBSERVE_EVERY: Duration = Duration::from_millis(250);
@@ -62,6 +64,96 @@ pub struct Options {
     pub meridian: PathBuf,
     /// The run's directory: node configs, data dirs and logs go in `work/`.
     pub out: PathBuf,
+    /// An existing deployment to run against instead of a loopback cluster.
+    pub target: Option<target::Settings>,
+}
+
+/// What the scenario runs against.
+enum Deployment {
+    /// A loopback cluster the harness started.
+    Local(Cluster),
+    /// An existing deployment, disturbed through hooks.
+    Remote(Remote),
+}
+
+/// The path revoked keys are tried on in a loopback cluster.
+const PROBE_PATH: &str = "/private/chaos-probe";
+
+// === impl Deployment ===
+
+impl Deployment {
+    /// (id, region, proxy, admin) of every node.
+    fn nodes(&self) -> Vec<(u64, String, SocketAddr, SocketAddr)> {
+        match self {
+            Self::Local(c) => c
+                .nodes()
+                .iter()
+                .map(|n| (n.id, n.region.clone(), n.proxy, n.admin))
+                .collect(),
+            Self::Remote(r) => r
+                .members
+                .iter()
+                .map(|m| (m.id, m.region.clone(), m.proxy, m.admin))
+                .collect(),
+        }
+    }
+
+    /// The consumer keys are made for, and the path they are tried on.
+    fn keys(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::Local(_) => Some((CONSUMER, PROBE_PATH)),
+            Self::Remote(r) => r.consumer().zip(r.probe_path()),
+        }
+    }
+
+    /// The configuration config writes add their marker route to, and the
+    /// upstream the marker routes use.
+    fn base(&self) -> (serde_json::Value, String) {
+        match self {
+            Self::Local(c) => (cluster::gateway(&c.backend_addrs(), None), "echo".into()),
+            Self::Remote(r) => (r.original.clone(), r.upstream.clone()),
+        }
+    }
+
+    /// Whether node `id` runs, as far as the harness knows.
+    fn running(&mut self, id: u64) -> bool {
+        match self {
+            Self::Local(c) => c.running(id),
+            Self::Remote(_) => true,
+        }
+    }
+
+    async fn inject(&mut self, fault: &Fault, node: u64) -> anyhow::Result<String> {
+        match self {
+            Self::Local(c) => inject(fault, node, c).await,
+            Self::Remote(r) => r.hook(fault.name(), fault, node).await,
+        }
+    }
+
+    async fn heal(&mut self, fault: &Fault, node: u64) -> anyhow::Result<()> {
+        match self {
+            Self::Local(c) => heal_fault(fault, node, c),
+            Self::Remote(r) => {
+                let done = r
+                    .hook(&format!("{}.heal", fault.name()), fault, node)
+                    .await?;
+                tracing::info!(%done, "healed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops what the harness started, or restores what it changed.
+    async fn finish(self, admin: &Client) -> anyhow::Result<()> {
+        match self {
+            Self::Local(c) => {
+                tracing::info!(relay_drops = c.relay_drops(), "run finished");
+                c.shutdown().await;
+                Ok(())
+            }
+            Self::Remote(r) => r.restore(admin).await,
+        }
+    }
 }
 
 /// What the run's tasks share.
@@ -86,8 +178,25 @@ struct Key {
     secret: String,
 }
 
-/// Runs `scenario` on a fresh loopback cluster.
+/// Runs `scenario` on a fresh loopback cluster, or on the deployment of
+/// `options.target`.
 pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Record> {
+    let admin = Client::new().with_bearer(std::env::var("MERIDIAN_TOKEN").ok());
+    if let Some(settings) = &options.target {
+        let missing = target::missing_hooks(scenario, &settings.hooks);
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "against an existing deployment every fault needs a hook; missing: {}",
+                missing
+                    .iter()
+                    .map(|h| format!("--hook {h}=COMMAND"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let remote = Remote::connect(&admin, settings.clone()).await?;
+        return drive(scenario, Deployment::Remote(remote), admin).await;
+    }
     let work = options.out.join("work");
     if work.exists() {
         std::fs::remove_dir_all(&work)
@@ -112,25 +221,40 @@ pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Recor
         clock.then_some(faketime),
     )
     .await?;
-    drive(scenario, cluster).await
+    drive(scenario, Deployment::Local(cluster), admin).await
 }
 
-async fn drive(scenario: &Scenario, mut cluster: Cluster) -> anyhow::Result<Record> {
+async fn drive(
+    scenario: &Scenario,
+    mut deployment: Deployment,
+    admin: Client,
+) -> anyhow::Result<Record> {
     let client = Client::new();
-    let nodes: Vec<(u64, std::net::SocketAddr, std::net::SocketAddr)> = cluster
-        .nodes()
+    let described = deployment.nodes();
+    let nodes: Vec<(u64, SocketAddr, SocketAddr)> = described
         .iter()
-        .map(|n| (n.id, n.proxy, n.admin))
+        .map(|(id, _, proxy, admin)| (*id, *proxy, *admin))
         .collect();
     // Keys: one per planned revocation, and a control key.
     let planned = scenario.writes.every.map_or(0, |every| {
         (scenario.duration.as_millis() / every.as_millis().max(1)) as usize / 2 + 2
     });
     let mut keys = Vec::new();
-    for _ in 0..=planned {
-        keys.push(create_key(&client, nodes[0].2).await?);
+    let probe_path = deployment.keys().map(|(_, path)| path.to_owned());
+    if let Some((consumer, _)) = deployment.keys() {
+        for _ in 0..=planned {
+            keys.push(create_key(&admin, nodes[0].2, consumer).await?);
+        }
     }
-    let control = keys.remove(0);
+    let control = if keys.is_empty() {
+        None
+    } else {
+        Some(keys.remove(0))
+    };
+    let routes = match &deployment {
+        Deployment::Remote(r) if !r.routes().is_empty() => r.routes().to_vec(),
+        _ => scenario.load.routes.clone(),
+    };
 
     let shared: Shared = Arc::default();
     let stats: load::Shared = Arc::default();
@@ -143,7 +267,7 @@ async fn drive(scenario: &Scenario, mut cluster: Cluster) -> anyhow::Result<Reco
         client.clone(),
         nodes.iter().map(|(id, proxy, _)| (*id, *proxy)).collect(),
         scenario.load.rate,
-        scenario.load.routes.clone(),
+        routes,
         Window {
             origin,
             until: end,
@@ -152,26 +276,30 @@ async fn drive(scenario: &Scenario, mut cluster: Cluster) -> anyhow::Result<Reco
         stats.clone(),
     ));
     tasks.spawn(observe(
-        client.clone(),
+        admin.clone(),
         nodes.iter().map(|(id, _, admin)| (*id, *admin)).collect(),
         origin,
         settle_by,
         stop.clone(),
         shared.clone(),
     ));
-    tasks.spawn(probe_enforcement(
-        client.clone(),
-        nodes.iter().map(|(id, proxy, _)| (*id, *proxy)).collect(),
-        keys.clone(),
-        origin,
-        settle_by,
-        stop.clone(),
-        shared.clone(),
-    ));
+    if let Some(path) = probe_path.clone() {
+        tasks.spawn(probe_enforcement(
+            client.clone(),
+            nodes.iter().map(|(id, proxy, _)| (*id, *proxy)).collect(),
+            (keys.clone(), path),
+            origin,
+            settle_by,
+            stop.clone(),
+            shared.clone(),
+        ));
+    }
     if let Some(every) = scenario.writes.every {
+        let (base, upstream) = deployment.base();
         let writer = Writer {
             admins: nodes.iter().map(|(id, _, admin)| (*id, *admin)).collect(),
-            backends: cluster.backend_addrs(),
+            base,
+            upstream,
             keys: keys.clone(),
             every,
             rng: fastrand::Rng::with_seed(scenario.seed ^ 0x5752_4954_4553),
@@ -181,11 +309,11 @@ async fn drive(scenario: &Scenario, mut cluster: Cluster) -> anyhow::Result<Reco
             until: end,
             stop: stop.clone(),
         };
-        tasks.spawn(write(client.clone(), writer, window, shared.clone()));
+        tasks.spawn(write(admin.clone(), writer, window, shared.clone()));
     }
     tasks.close();
 
-    let timeline = timeline(scenario, &mut cluster, origin, &shared).await;
+    let timeline = timeline(scenario, &mut deployment, origin, &shared).await;
     if let Err(error) = &timeline {
         tracing::error!(%error, "the timeline failed; stopping the run");
         stop.cancel();
@@ -193,22 +321,26 @@ async fn drive(scenario: &Scenario, mut cluster: Cluster) -> anyhow::Result<Reco
     settle(&shared, &nodes, origin, end, settle_by, &stop).await;
     stop.cancel();
     tasks.wait().await;
-    timeline?;
+    if let Err(error) = timeline {
+        if let Err(finish) = deployment.finish(&admin).await {
+            tracing::error!(error = %finish, "cleaning up after the failed timeline");
+        }
+        return Err(error);
+    }
 
-    let final_probe = final_probe(&client, &nodes, &control, origin, &shared).await;
-    let relay_drops = cluster.relay_drops();
-    tracing::info!(relay_drops, "run finished");
-    cluster.shutdown().await;
+    let control = control.zip(probe_path);
+    let final_probe = final_probe(&admin, &client, &nodes, control.as_ref(), origin, &shared).await;
+    deployment.finish(&admin).await?;
 
     let recorder = std::mem::take(&mut *lock(&shared));
     let (seconds, errors, errors_dropped) =
         stats.lock().unwrap_or_else(PoisonError::into_inner).take();
     Ok(Record {
-        nodes: nodes
-            .iter()
-            .map(|(id, proxy, admin)| NodeInfo {
-                id: *id,
-                region: cluster::REGIONS[(*id - 1) as usize].into(),
+        nodes: described
+            .into_iter()
+            .map(|(id, region, proxy, admin)| NodeInfo {
+                id,
+                region,
                 proxy: proxy.to_string(),
                 admin: admin.to_string(),
             })
@@ -239,8 +371,8 @@ fn elapsed(origin: Instant) -> u64 {
     origin.elapsed().as_millis() as u64
 }
 
-async fn create_key(client: &Client, admin: std::net::SocketAddr) -> anyhow::Result<Key> {
-    let path = format!("/v1/consumers/{CONSUMER}/keys?wait=all");
+async fn create_key(client: &Client, admin: SocketAddr, consumer: &str) -> anyhow::Result<Key> {
+    let path = format!("/v1/consumers/{consumer}/keys?wait=all");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let answer = client
@@ -301,7 +433,7 @@ fn current_leader(shared: &Shared) -> Option<u64> {
 /// Executes the steps at their times.
 async fn timeline(
     scenario: &Scenario,
-    cluster: &mut Cluster,
+    deployment: &mut Deployment,
     origin: Instant,
     shared: &Shared,
 ) -> anyhow::Result<()> {
@@ -321,7 +453,7 @@ async fn timeline(
             let Some((node, event)) = resolved.remove(&i) else {
                 continue;
             };
-            heal_fault(&step.fault, node, cluster)?;
+            deployment.heal(&step.fault, node).await?;
             lock(shared).faults[event].heal_ms = Some(elapsed(origin));
             continue;
         }
@@ -336,7 +468,7 @@ async fn timeline(
                 let mut followers: Vec<u64> = (1..=scenario.nodes)
                     .filter(|n| Some(*n) != leader)
                     .collect();
-                followers.retain(|n| cluster.running(*n));
+                followers.retain(|n| deployment.running(*n));
                 if followers.is_empty() {
                     anyhow::bail!("step {i}: no running follower to hit");
                 }
@@ -344,7 +476,7 @@ async fn timeline(
             }
         };
         let start_ms = elapsed(origin);
-        let detail = inject(&step.fault, node, cluster).await?;
+        let detail = deployment.inject(&step.fault, node).await?;
         let cut = match &step.fault {
             Fault::Partition { cut, .. } => Some(
                 match cut {
@@ -516,8 +648,10 @@ where
 struct Writer {
     /// Node id and admin address of every node.
     admins: Vec<(u64, std::net::SocketAddr)>,
-    /// The backends, for the gateway configuration.
-    backends: Vec<std::net::SocketAddr>,
+    /// The configuration each config write adds its marker route to.
+    base: serde_json::Value,
+    /// The upstream of the marker routes.
+    upstream: String,
     /// Keys to revoke, in order.
     keys: Vec<Key>,
     /// One write this often.
@@ -531,7 +665,8 @@ struct Writer {
 async fn write(client: Client, writer: Writer, window: Window, shared: Shared) {
     let Writer {
         admins,
-        backends,
+        base,
+        upstream,
         keys,
         every,
         mut rng,
@@ -553,7 +688,7 @@ async fn write(client: Client, writer: Writer, window: Window, shared: Shared) {
         let (node, admin) = admins[rng.usize(..admins.len())];
         let (kind, method, path, body) = if n % 2 == 0 {
             let route = format!("chaos-w{}", n / 2 + 1);
-            let body = cluster::gateway(&backends, Some(&route)).to_string();
+            let body = target::with_marker(&base, &route, &upstream).to_string();
             (
                 OpKind::ConfigWrite { route },
                 Method::PUT,
@@ -609,13 +744,14 @@ async fn write(client: Client, writer: Writer, window: Window, shared: Shared) {
 async fn probe_enforcement(
     client: Client,
     proxies: Vec<(u64, std::net::SocketAddr)>,
-    keys: Vec<Key>,
+    (keys, path): (Vec<Key>, String),
     origin: Instant,
     until: Instant,
     stop: CancellationToken,
     shared: Shared,
 ) {
     let secrets: BTreeMap<String, String> = keys.into_iter().map(|k| (k.id, k.secret)).collect();
+    let path: Arc<str> = path.into();
     let mut tick = tokio::time::interval(OBSERVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -646,13 +782,13 @@ async fn probe_enforcement(
         };
         let probes = pending.into_iter().filter_map(|(key_id, node, proxy)| {
             let secret = secrets.get(&key_id)?.clone();
-            let client = client.clone();
+            let (client, path) = (client.clone(), path.clone());
             Some(async move {
                 let status = client
                     .call(
                         Method::GET,
                         proxy,
-                        "/private/chaos-probe",
+                        &path,
                         &[("x-api-key", &secret)],
                         None,
                         PROBE_TIMEOUT,
@@ -717,11 +853,13 @@ async fn settle(
     }
 }
 
-/// Asks every node for every acknowledged config version and the control key.
+/// Asks every node (through `admin`) for every acknowledged config version,
+/// and (through `client`) for the control key on the probe path.
 async fn final_probe(
+    admin: &Client,
     client: &Client,
     nodes: &[(u64, std::net::SocketAddr, std::net::SocketAddr)],
-    control: &Key,
+    control: Option<&(Key, String)>,
     origin: Instant,
     shared: &Shared,
 ) -> FinalProbe {
@@ -738,12 +876,12 @@ async fn final_probe(
         start_ms,
         ..FinalProbe::default()
     };
-    for (id, proxy, admin) in nodes {
+    for (id, proxy, address) in nodes {
         let mut held = BTreeMap::new();
         for version in &versions {
-            let routes = match client
+            let routes = match admin
                 .get_json(
-                    *admin,
+                    *address,
                     &format!("/v1/config/versions/{version}"),
                     PROBE_TIMEOUT,
                 )
@@ -764,11 +902,14 @@ async fn final_probe(
             held.insert(*version, routes);
         }
         probe.versions.insert(*id, held);
+        let Some((control, path)) = control else {
+            continue;
+        };
         let status = client
             .call(
                 Method::GET,
                 *proxy,
-                "/private/chaos-probe",
+                path,
                 &[("x-api-key", &control.secret)],
                 None,
                 PROBE_TIMEOUT,

@@ -45,6 +45,7 @@ fn run(name: &str, duration: Option<Duration>) -> Report {
     let options = Options {
         meridian: meridian(),
         out: out.path().to_owned(),
+        target: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -170,4 +171,59 @@ fn clock_skew() {
     assert!(r.faults[1].was_leader, "{:?}", r.faults[1]);
     assert!(acked(&report, "config-write") >= 3, "{:?}", r.ops);
     assert!(acked(&report, "revoke") >= 3, "{:?}", r.ops);
+}
+
+/// `--target`: a cluster the run did not start, its fault carried out by a
+/// hook; the configuration in force is put back afterwards.
+#[test]
+fn against_an_existing_deployment_through_hooks() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let cluster = chaos::cluster::Cluster::start(&meridian(), &dir.path().join("deployment"), 3, 1, None)
+            .await
+            .expect("a deployment to run against");
+        let admin = cluster.node(1).admin;
+        let marker = dir.path().join("hooked");
+        let text = "name = \"hooked\"\nduration = \"8s\"\n[writes]\nevery = \"500ms\"\n[[step]]\nat = \"2s\"\nheal-at = \"5s\"\nfault = \"backend-slow\"\nnode = \"follower\"\ndelay = \"100ms\"\n";
+        let scenario = Scenario::load(text, None, None).unwrap();
+        let settings = chaos::target::Settings {
+            admin: admin.to_string(),
+            hooks: chaos::target::parse_hooks(&[
+                format!("backend-slow=echo slow {{id}} {{delay}} >> {}", marker.display()),
+                format!("backend-slow.heal=echo healed {{id}} >> {}", marker.display()),
+            ])
+            .unwrap(),
+            consumer: Some("chaos".into()),
+            probe_path: Some("/private/x".into()),
+            routes: vec!["/echo/target".into()],
+        };
+        let options = Options {
+            meridian: PathBuf::from("unused"),
+            out: dir.path().join("out"),
+            target: Some(settings),
+        };
+        let report = chaos::run_and_judge(&scenario, &options).await.unwrap();
+        assert!(report.pass, "{}", report.markdown());
+        assert!(report.meridian.contains(&admin.to_string()));
+        assert_eq!(report.record.nodes.len(), 3);
+        assert!(acked(&report, "config-write") >= 3, "{:?}", report.record.ops);
+        assert!(acked(&report, "revoke") >= 3, "{:?}", report.record.ops);
+        assert!(report.record.faults[0].detail.contains("exited 0"));
+        let hooked = std::fs::read_to_string(&marker).unwrap();
+        let node = report.record.faults[0].node.unwrap();
+        assert_eq!(hooked, format!("slow {node} 100\nhealed {node}\n"));
+        // The configuration in force has no marker route any more.
+        let (_, config) = chaos::client::Client::new()
+            .get_json(admin, "/v1/config", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let routes = config["config"]["routes"].as_array().unwrap();
+        assert!(routes.iter().all(|r| !r["name"].as_str().unwrap().starts_with("chaos-")), "{config}");
+        cluster.shutdown().await;
+    });
 }
