@@ -71,7 +71,7 @@ pub struct Options {
 /// What the scenario runs against.
 enum Deployment {
     /// A loopback cluster the harness started.
-    Local(Cluster),
+    Local(Box<Cluster>),
     /// An existing deployment, disturbed through hooks.
     Remote(Remote),
 }
@@ -148,7 +148,7 @@ impl Deployment {
         match self {
             Self::Local(c) => {
                 tracing::info!(relay_drops = c.relay_drops(), "run finished");
-                c.shutdown().await;
+                (*c).shutdown().await;
                 Ok(())
             }
             Self::Remote(r) => r.restore(admin).await,
@@ -221,7 +221,7 @@ pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Recor
         clock.then_some(faketime),
     )
     .await?;
-    drive(scenario, Deployment::Local(cluster), admin).await
+    drive(scenario, Deployment::Local(Box::new(cluster)), admin).await
 }
 
 async fn drive(
