@@ -38,25 +38,28 @@ enum Command {
     /// List the built-in scenarios.
     List,
     /// Run a scenario (a built-in name or a TOML file) and write its report.
-    Run {
-        /// A built-in scenario name (see `list`) or a scenario file.
-        scenario: String,
-        /// Override the scenario's seed.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Override the scenario's duration (e.g. 30s).
-        #[arg(long)]
-        duration: Option<humantime::Duration>,
-        /// Where the report, node configs, data dirs and logs go
-        /// (default: ./chaos-<scenario>-<seed>).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// The meridian binary (default: `meridian` next to this one).
-        #[arg(long, env = "MERIDIAN_BIN")]
-        meridian: Option<PathBuf>,
-        #[command(flatten)]
-        target: TargetArgs,
-    },
+    Run(Box<RunArgs>),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A built-in scenario name (see `list`) or a scenario file.
+    scenario: String,
+    /// Override the scenario's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Override the scenario's duration (e.g. 30s).
+    #[arg(long)]
+    duration: Option<humantime::Duration>,
+    /// Where the report, node configs, data dirs and logs go
+    /// (default: ./chaos-<scenario>-<seed>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The meridian binary (default: `meridian` next to this one).
+    #[arg(long, env = "MERIDIAN_BIN")]
+    meridian: Option<PathBuf>,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 /// Running against an existing deployment instead of a loopback cluster.
@@ -106,14 +109,15 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Run {
-            scenario,
-            seed,
-            duration,
-            out,
-            meridian,
-            target,
-        } => {
+        Command::Run(args) => {
+            let RunArgs {
+                scenario,
+                seed,
+                duration,
+                out,
+                meridian,
+                target,
+            } = *args;
             let text = match scenario::builtin(&scenario) {
                 Some(text) => text.to_owned(),
                 None => match std::fs::read_to_string(&scenario) {

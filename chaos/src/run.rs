@@ -73,7 +73,7 @@ enum Deployment {
     /// A loopback cluster the harness started.
     Local(Box<Cluster>),
     /// An existing deployment, disturbed through hooks.
-    Remote(Remote),
+    Remote(Box<Remote>),
 }
 
 /// The path revoked keys are tried on in a loopback cluster.
@@ -195,7 +195,7 @@ pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Recor
             );
         }
         let remote = Remote::connect(&admin, settings.clone()).await?;
-        return drive(scenario, Deployment::Remote(remote), admin).await;
+        return drive(scenario, Deployment::Remote(Box::new(remote)), admin).await;
     }
     let work = options.out.join("work");
     if work.exists() {
