@@ -67,9 +67,14 @@ pub struct Node {
     pub peer: SocketAddr,
     /// Its node.toml.
     pub config: PathBuf,
+    /// Its data dir.
+    pub data: PathBuf,
     /// Its stderr, appended across restarts.
     pub log: PathBuf,
     child: Option<Child>,
+    /// With tmpfs data dirs: the process holding the node's mount namespace
+    /// (and so its tmpfs) across restarts of the node.
+    holder: Option<Child>,
 }
 
 /// A running loopback cluster.
@@ -81,8 +86,37 @@ pub struct Cluster {
     backends: Vec<Backend>,
     relay: Relay,
     client: Client,
-    faketime: Option<PathBuf>,
+    wrap: Wrap,
 }
+
+/// What every node process of a cluster runs under.
+#[derive(Clone, Debug, Default)]
+pub struct Wrap {
+    /// libfaketime (the path of `libfaketimeMT.so.1`): each node gets its
+    /// own offset file, `+0` until [`Cluster::skew`] changes it.
+    pub faketime: Option<PathBuf>,
+    /// A tmpfs of this size (`64m`) as the data dir, mounted in a mount
+    /// namespace of the node's own (`unshare -m`, root only) that a holder
+    /// process keeps for the whole run, so the node restarts on it
+    /// (`nsenter`) and [`Cluster::fill`] can fill it up. Whatever the data
+    /// dir held is copied in first.
+    pub tmpfs: Option<String>,
+}
+
+/// Mounts the tmpfs over the data dir, keeping what it held, then holds the
+/// mount namespace until killed.
+const TMPFS_SCRIPT: &str = r#"set -e
+seed=$(mktemp -d)
+mkdir -p "$CHAOS_DATA"
+cp -a "$CHAOS_DATA/." "$seed/"
+mount -t tmpfs -o size="$CHAOS_TMPFS" chaos-data "$CHAOS_DATA"
+cp -a "$seed/." "$CHAOS_DATA/"
+rm -rf "$seed"
+touch "$CHAOS_DATA/.chaos-mounted"
+exec sleep infinity"#;
+
+/// The file that fills a node's data dir.
+const FILLER: &str = "chaos-filler";
 
 /// Where Debian's `faketime` package puts the multi-threaded libfaketime.
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
@@ -108,16 +142,19 @@ impl Node {
 
 impl Cluster {
     /// Starts `nodes` nodes of `bin` with state and logs under `dir`; relay
-    /// decisions come from `seed`. With `faketime` (the path of
-    /// `libfaketimeMT.so.1`), every node runs under libfaketime with its own
-    /// offset file, `+0` until [`Cluster::skew`] changes it.
+    /// decisions come from `seed`; `wrap` says what each process runs under.
     pub async fn start(
         bin: &Path,
         dir: &Path,
         nodes: u64,
         seed: u64,
-        faketime: Option<&Path>,
+        wrap: &Wrap,
     ) -> anyhow::Result<Self> {
+        if wrap.tmpfs.is_some() && !is_root() {
+            bail!(
+                "disk-full faults need root: each node's data dir is a tmpfs mounted in its own mount namespace"
+            );
+        }
         if !bin.is_file() {
             bail!(
                 "the meridian binary {} does not exist (build it with `cargo build --bin meridian`, or pass --meridian PATH)",
@@ -145,8 +182,10 @@ impl Cluster {
                 admin: free_tcp()?,
                 peer: free_udp()?,
                 config: dir.join(format!("node{id}.toml")),
+                data: dir.join(format!("data{id}")),
                 log: dir.join(format!("node{id}.log")),
                 child: None,
+                holder: None,
             });
         }
         let mut links = BTreeMap::new();
@@ -167,7 +206,7 @@ impl Cluster {
                 .filter(|((from, _), _)| *from == node.id)
                 .map(|((_, to), link)| (*to, link.local_addr()))
                 .collect();
-            let text = node_toml(node, &dir.join(format!("data{}", node.id)), &peers);
+            let text = node_toml(node, &node.data, &peers);
             std::fs::write(&node.config, text)
                 .with_context(|| format!("writing {}", node.config.display()))?;
         }
@@ -178,9 +217,9 @@ impl Cluster {
             backends,
             relay,
             client: Client::new(),
-            faketime: faketime.map(Path::to_owned),
+            wrap: wrap.clone(),
         };
-        if cluster.faketime.is_some() {
+        if cluster.wrap.faketime.is_some() {
             for id in 1..=nodes {
                 cluster.skew(id, 0)?;
             }
@@ -213,6 +252,7 @@ impl Cluster {
             .and_then(|l| l.split_whitespace().last())
             .context("meridian cluster init printed no join command")?
             .to_owned();
+        self.hold(1).await?;
         self.spawn(1, &["node", "run"], None)?;
         let gateway = gateway(&self.backend_addrs(), None);
         self.retry_admin(1, Method::PUT, "/v1/config?wait=all", Some(&gateway))
@@ -228,6 +268,7 @@ impl Cluster {
                     .context("POST /v1/cluster/tokens answered without a token")?
                     .to_owned();
             }
+            self.hold(id).await?;
             self.spawn(id, &["cluster", "join"], Some(&token))?;
             self.wait_ready(id).await?;
         }
@@ -252,16 +293,64 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts the process that mounts node `id`'s tmpfs and holds its mount
+    /// namespace, and waits until the tmpfs is mounted.
+    async fn hold(&mut self, id: u64) -> anyhow::Result<()> {
+        let Some(size) = self.wrap.tmpfs.clone() else {
+            return Ok(());
+        };
+        let node = self.node_mut(id);
+        if node.holder.is_some() {
+            return Ok(());
+        }
+        let mut holder = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", TMPFS_SCRIPT])
+            .env("CHAOS_DATA", &node.data)
+            .env("CHAOS_TMPFS", &size)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting unshare -m for a tmpfs data dir")?;
+        let pid = holder.id().context("the namespace holder exited at once")?;
+        let mounted = PathBuf::from(format!("/proc/{pid}/root"))
+            .join(node.data.strip_prefix("/").unwrap_or(&node.data))
+            .join(".chaos-mounted");
+        for _ in 0..100 {
+            if mounted.exists() {
+                node.holder = Some(holder);
+                return Ok(());
+            }
+            if let Ok(Some(status)) = holder.try_wait() {
+                bail!("mounting node {id}'s tmpfs data dir failed ({status})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("node {id}'s tmpfs data dir was not mounted within 5s")
+    }
+
     fn spawn(&mut self, id: u64, command: &[&str], token: Option<&str>) -> anyhow::Result<()> {
         let bin = self.bin.clone();
-        let faketime = self.faketime.clone();
+        let wrap = self.wrap.clone();
         let node = self.node_mut(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&node.log)
             .with_context(|| format!("opening {}", node.log.display()))?;
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match (&wrap.tmpfs, node.holder.as_ref().and_then(Child::id)) {
+            (None, _) => Command::new(&bin),
+            (Some(_), Some(holder)) => {
+                // nsenter execs, so the PID is the node's.
+                let mut cmd = Command::new("nsenter");
+                cmd.arg("-t")
+                    .arg(holder.to_string())
+                    .args(["-m", "--"])
+                    .arg(&bin);
+                cmd
+            }
+            (Some(_), None) => bail!("node {id}'s mount namespace holder is gone"),
+        };
         cmd.args(command)
             .arg("--config")
             .arg(&node.config)
@@ -272,7 +361,7 @@ impl Cluster {
         if let Some(token) = token {
             cmd.env("MERIDIAN_JOIN_TOKEN", token);
         }
-        if let Some(lib) = &faketime {
+        if let Some(lib) = &wrap.faketime {
             // Wall clock only: faking the monotonic clock hangs tokio
             // (TESTING-NOTES.md §2.5).
             cmd.env("LD_PRELOAD", lib)
@@ -403,7 +492,7 @@ impl Cluster {
     /// Sets node `id`'s wall-clock offset to `seconds` (needs a cluster
     /// started with libfaketime).
     pub fn skew(&self, id: u64, seconds: i64) -> anyhow::Result<()> {
-        if self.faketime.is_none() {
+        if self.wrap.faketime.is_none() {
             bail!("clock faults need the cluster started under libfaketime");
         }
         let file = faketime_file(&self.node(id).config);
@@ -437,6 +526,56 @@ impl Cluster {
             Ok(ahead) => ahead.as_secs_f64().round() as i64,
             Err(behind) => -(behind.duration().as_secs_f64().round() as i64),
         })
+    }
+
+    /// Fills node `id`'s tmpfs data dir (seen through `/proc/PID/root`)
+    /// until the kernel says ENOSPC; returns the bytes written.
+    pub async fn fill(&self, id: u64) -> anyhow::Result<u64> {
+        let file = self.filler(id)?;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            use std::io::Write;
+            let mut out = std::fs::File::create(&file)
+                .with_context(|| format!("creating {}", file.display()))?;
+            let chunk = vec![0u8; 1 << 20];
+            let mut written = 0u64;
+            // Bounded: the tmpfs is small; stop at 4 GiB whatever happens.
+            while written < 4 << 30 {
+                match out.write(&chunk) {
+                    Ok(0) => break,
+                    Ok(n) => written += n as u64,
+                    Err(e) if e.raw_os_error() == Some(28) => break,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("filling {}", file.display()));
+                    }
+                }
+            }
+            let _ = out.sync_all();
+            Ok(written)
+        })
+        .await
+        .context("the filling task panicked")?
+    }
+
+    /// Frees what [`Cluster::fill`] wrote.
+    pub fn free(&self, id: u64) -> anyhow::Result<()> {
+        let file = self.filler(id)?;
+        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))
+    }
+
+    fn filler(&self, id: u64) -> anyhow::Result<PathBuf> {
+        if self.wrap.tmpfs.is_none() {
+            bail!("disk-full faults need the cluster started with tmpfs data dirs");
+        }
+        let node = self.node(id);
+        let pid = node
+            .holder
+            .as_ref()
+            .and_then(Child::id)
+            .with_context(|| format!("node {id} has no tmpfs data dir"))?;
+        let inside = node.data.strip_prefix("/").unwrap_or(&node.data);
+        Ok(PathBuf::from(format!("/proc/{pid}/root"))
+            .join(inside)
+            .join(FILLER))
     }
 
     /// Cuts node `id`'s peer traffic: `Both`, only what it sends
@@ -489,7 +628,10 @@ impl Cluster {
     /// and the backends.
     pub async fn shutdown(mut self) {
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
+            for mut child in [node.child.take(), node.holder.take()]
+                .into_iter()
+                .flatten()
+            {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
             }
@@ -553,6 +695,17 @@ fn node_toml(node: &Node, data: &Path, peers: &BTreeMap<u64, SocketAddr>) -> Str
         text.push_str(&format!("{id} = \"{link}\"\n"));
     }
     text
+}
+
+/// Whether this process runs as root (uid 0, from /proc/self/status).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|uids| uids.split_whitespace().nth(1))
+            == Some("0")
+    })
 }
 
 /// A loopback TCP port that was free a moment ago.

@@ -130,16 +130,14 @@ impl Deployment {
         }
     }
 
-    async fn heal(&mut self, fault: &Fault, node: u64) -> anyhow::Result<()> {
+    /// Heals `fault`; returns what was done beyond the obvious, if anything.
+    async fn heal(&mut self, fault: &Fault, node: u64) -> anyhow::Result<Option<String>> {
         match self {
-            Self::Local(c) => heal_fault(fault, node, c),
-            Self::Remote(r) => {
-                let done = r
-                    .hook(&format!("{}.heal", fault.name()), fault, node)
-                    .await?;
-                tracing::info!(%done, "healed");
-                Ok(())
-            }
+            Self::Local(c) => heal_fault(fault, node, c).await,
+            Self::Remote(r) => r
+                .hook(&format!("{}.heal", fault.name()), fault, node)
+                .await
+                .map(Some),
         }
     }
 
@@ -213,12 +211,20 @@ pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Recor
             faketime.display()
         );
     }
+    let disk = scenario
+        .steps
+        .iter()
+        .any(|s| matches!(s.fault, Fault::DiskFull { .. }));
+    let wrap = cluster::Wrap {
+        faketime: clock.then(|| faketime.to_owned()),
+        tmpfs: disk.then(|| "64m".to_owned()),
+    };
     let cluster = Cluster::start(
         &options.meridian,
         &work,
         scenario.nodes,
         scenario.seed,
-        clock.then_some(faketime),
+        &wrap,
     )
     .await?;
     drive(scenario, Deployment::Local(Box::new(cluster)), admin).await
@@ -453,8 +459,14 @@ async fn timeline(
             let Some((node, event)) = resolved.remove(&i) else {
                 continue;
             };
-            deployment.heal(&step.fault, node).await?;
-            lock(shared).faults[event].heal_ms = Some(elapsed(origin));
+            let healed = deployment.heal(&step.fault, node).await?;
+            let mut recorder = lock(shared);
+            let fault = &mut recorder.faults[event];
+            fault.heal_ms = Some(elapsed(origin));
+            if let Some(healed) = healed {
+                fault.detail.push_str("; heal: ");
+                fault.detail.push_str(&healed);
+            }
             continue;
         }
         let leader = match current_leader(shared) {
@@ -560,6 +572,13 @@ async fn inject(fault: &Fault, node: u64, cluster: &mut Cluster) -> anyhow::Resu
             );
             format!("node {node}'s wall clock set {offset:+} s; {seen}")
         }
+        Fault::DiskFull { .. } => {
+            let written = cluster.fill(node).await?;
+            format!(
+                "node {node}'s data dir filled: {} MiB written until ENOSPC",
+                written >> 20
+            )
+        }
         Fault::BackendSlow { delay, .. } => {
             cluster.backend(node).set(Mode::Slow(*delay));
             format!(
@@ -570,20 +589,47 @@ async fn inject(fault: &Fault, node: u64, cluster: &mut Cluster) -> anyhow::Resu
     })
 }
 
-fn heal_fault(fault: &Fault, node: u64, cluster: &mut Cluster) -> anyhow::Result<()> {
+async fn heal_fault(
+    fault: &Fault,
+    node: u64,
+    cluster: &mut Cluster,
+) -> anyhow::Result<Option<String>> {
     match fault {
         Fault::Kill { .. } => {
             let pid = cluster.restart(node)?;
             tracing::info!(node, pid, "node restarted on its data dir");
+            return Ok(Some(format!("restarted on its data dir (pid {pid})")));
         }
         Fault::Partition { .. } => cluster.heal(node),
         Fault::Latency { .. } => cluster.shape(&LinkParams::default()),
         Fault::Clock { .. } => cluster.skew(node, 0)?,
+        Fault::DiskFull { .. } => {
+            cluster.free(node)?;
+            // A raft that stopped on ENOSPC stays stopped (TESTING-NOTES.md
+            // §1 #9 expects a restart); do what a supervisor would.
+            let state = Client::new()
+                .get_json(cluster.node(node).admin, "/v1/cluster", PROBE_TIMEOUT)
+                .await
+                .ok()
+                .and_then(|(_, v)| v["state"].as_str().map(str::to_owned));
+            if state.as_deref() == Some("Shutdown") {
+                tracing::warn!(node, "raft stopped on the full disk; restarting the node");
+                cluster.kill(node).await?;
+                let pid = cluster.restart(node)?;
+                return Ok(Some(format!(
+                    "space freed; its raft had stopped (state Shutdown) and stayed stopped, so the node was restarted on its data dir (pid {pid})"
+                )));
+            }
+            return Ok(Some(format!(
+                "space freed; raft state {}",
+                state.as_deref().unwrap_or("unknown")
+            )));
+        }
         Fault::BackendDown { .. } | Fault::BackendSlow { .. } => {
             cluster.backend(node).set(Mode::Up)
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Polls `GET /v1/cluster` on every node.

@@ -28,7 +28,8 @@
 //! ```
 //!
 //! Faults: `kill`, `partition` (`cut`), `latency` (`delay`, `jitter`,
-//! `loss`), `backend-down`, `backend-slow` (`delay`), `clock` (`offset`).
+//! `loss`), `backend-down`, `backend-slow` (`delay`), `clock` (`offset`),
+//! `disk-full`.
 //!
 //! The built-in scenarios live in `chaos/scenarios/*.toml` and are embedded
 //! in the binary ([`builtin`], [`BUILTIN`]).
@@ -70,6 +71,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../scenarios/backend-slow.toml"),
     ),
     ("clock-skew", include_str!("../scenarios/clock-skew.toml")),
+    ("disk-full", include_str!("../scenarios/disk-full.toml")),
 ];
 
 /// The text of the built-in scenario `name`.
@@ -219,6 +221,12 @@ pub enum Fault {
         node: Target,
         /// Seconds added to its wall clock (negative: back in time).
         offset: i64,
+    },
+    /// The node's data dir (a small tmpfs, in a mount namespace of its own)
+    /// fills up; heal frees it, and restarts the node if its raft stopped.
+    DiskFull {
+        /// The node.
+        node: Target,
     },
     /// The node's region's demo backend answers after `delay`.
     BackendSlow {
@@ -506,11 +514,12 @@ impl RawScenario {
                 "latency" => &["delay", "jitter", "loss"],
                 "backend-slow" => &["node", "delay"],
                 "clock" => &["node", "offset"],
+                "disk-full" => &["node"],
                 other => {
                     fail(
                         &key("fault"),
                         &other,
-                        "must be kill, partition, latency, backend-down, backend-slow or clock",
+                        "must be kill, partition, latency, backend-down, backend-slow, clock or disk-full",
                     );
                     continue;
                 }
@@ -592,6 +601,7 @@ impl RawScenario {
                 },
                 "backend-down" => Fault::BackendDown { node },
                 "clock" => Fault::Clock { node, offset },
+                "disk-full" => Fault::DiskFull { node },
                 _ => Fault::BackendSlow { node, delay },
             };
             steps.push(Step {
@@ -671,6 +681,7 @@ impl Fault {
             Self::BackendDown { .. } => "backend-down",
             Self::BackendSlow { .. } => "backend-slow",
             Self::Clock { .. } => "clock",
+            Self::DiskFull { .. } => "disk-full",
         }
     }
 
@@ -681,7 +692,8 @@ impl Fault {
             | Self::Partition { node, .. }
             | Self::BackendDown { node }
             | Self::BackendSlow { node, .. }
-            | Self::Clock { node, .. } => Some(*node),
+            | Self::Clock { node, .. }
+            | Self::DiskFull { node } => Some(*node),
             Self::Latency { .. } => None,
         }
     }

@@ -81,13 +81,14 @@ pub struct Remote {
 
 /// Parses `NAME=COMMAND` hook arguments.
 pub fn parse_hooks(specs: &[String]) -> Result<BTreeMap<String, String>, String> {
-    const FAULTS: [&str; 6] = [
+    const FAULTS: [&str; 7] = [
         "kill",
         "partition",
         "latency",
         "backend-down",
         "backend-slow",
         "clock",
+        "disk-full",
     ];
     let mut hooks = BTreeMap::new();
     for spec in specs {
@@ -156,7 +157,7 @@ pub fn render(command: &str, fault: &Fault, member: &Member) -> String {
         }
         Fault::BackendSlow { delay: d, .. } => delay = d.as_millis(),
         Fault::Clock { offset: o, .. } => offset = *o,
-        Fault::Kill { .. } | Fault::BackendDown { .. } => {}
+        Fault::Kill { .. } | Fault::BackendDown { .. } | Fault::DiskFull { .. } => {}
     }
     command
         .replace("{id}", &member.id.to_string())

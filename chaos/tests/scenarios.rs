@@ -184,7 +184,13 @@ fn against_an_existing_deployment_through_hooks() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let cluster = chaos::cluster::Cluster::start(&meridian(), &dir.path().join("deployment"), 3, 1, None)
+        let cluster = chaos::cluster::Cluster::start(
+            &meridian(),
+            &dir.path().join("deployment"),
+            3,
+            1,
+            &chaos::cluster::Wrap::default(),
+        )
             .await
             .expect("a deployment to run against");
         let admin = cluster.node(1).admin;
