@@ -16,12 +16,17 @@
 //! | `data-plane-serves-during-partition` | a cut-off node's proxy answers every request without a 5xx or a failure |
 //! | `errors-only-in-failover-windows` | 5xx and failed requests to a running node only within W after a fault starts or heals |
 //! | `converges-after-heal` | within X after every heal, every node answers and names the same leader, term and config version |
+//! | `global-limit-overshoot` | in every whole calendar window, the requests the global limit admitted over all nodes stay within `limit + 2 × bound + 1`: `bound` is the largest overshoot bound a node reported in that window or, while peer datagrams are lost, `peak admission rate × (full-sync interval + one-way delay)` |
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::history::{OpKind, Outcome, Record, View};
+
+/// `ratelimit.global.full-sync-interval`, which the harness leaves at its
+/// default: under loss, a count waits at most this long for a full sync.
+pub const FULL_SYNC_MS: u64 = 1_000;
 
 /// Most evidence lines per verdict.
 pub const MAX_EVIDENCE: usize = 12;
@@ -52,6 +57,7 @@ pub fn all(record: &Record) -> Vec<Verdict> {
         data_plane_serves_during_partition(record),
         errors_only_in_failover_windows(record),
         converges_after_heal(record),
+        global_limit_overshoot(record),
     ]
 }
 
@@ -528,6 +534,85 @@ pub fn converges_after_heal(record: &Record) -> Verdict {
         }
     }
     b.finish(measured.join("; "))
+}
+
+/// The global rate limit's admissions stay within its documented bound.
+pub fn global_limit_overshoot(record: &Record) -> Verdict {
+    let mut b = Builder::new(
+        "global-limit-overshoot",
+        "in every whole calendar window, the requests the global limit admitted over all nodes ≤ limit + 2 × bound + 1, where bound = Σ rₙ × D is the largest a node reported in that window (D = sync + RTT/2) or, while peer datagrams are lost, the peak admission rate × (full-sync interval 1 s + one-way delay) (docs/rate-limiting.md; 2× for timer and scheduling delay, as its tests assert; +1 for the batch in flight)".into(),
+    );
+    let Some(limit) = record.global_limit.filter(|l| l.window_ms > 0) else {
+        b.note("no global limit in this run: nothing to check".into());
+        return b.finish("-".into());
+    };
+    if record.global_admitted.is_empty() {
+        b.note("the load did not reach the global limit's route: nothing to check".into());
+        return b.finish("-".into());
+    }
+    let unix = |t: u64| record.origin_unix_ms + t;
+    let first = unix(0).div_ceil(limit.window_ms);
+    let last = unix(record.duration_ms) / limit.window_ms; // exclusive
+    let mut measured = Vec::new();
+    for window in first..last {
+        let (start, end) = (window * limit.window_ms, (window + 1) * limit.window_ms);
+        let admitted = record
+            .global_admitted
+            .iter()
+            .filter(|(t, _)| (start..end).contains(&unix(*t)))
+            .count() as u64;
+        let bound = record
+            .observations
+            .iter()
+            .filter(|o| (start..end).contains(&unix(o.t_ms)))
+            .filter_map(|o| o.view.as_ref().and_then(|v| v.global_bound))
+            .fold(0.0, f64::max);
+        // Under loss a count may wait for the next full sync.
+        let lossy = record
+            .faults
+            .iter()
+            .filter(|f| f.loss > 0.0)
+            .filter(|f| {
+                let heal = f.heal_ms.unwrap_or(record.duration_ms);
+                unix(f.start_ms) < end && unix(heal) > start
+            })
+            .map(|f| f.one_way_ms)
+            .max();
+        let reported = bound;
+        let bound = match lossy {
+            None => reported,
+            Some(one_way) => {
+                let mut per_second: BTreeMap<u64, u64> = BTreeMap::new();
+                for (t, _) in &record.global_admitted {
+                    if (start..end).contains(&unix(*t)) {
+                        *per_second.entry(unix(*t) / 1000).or_default() += 1;
+                    }
+                }
+                let peak = per_second.values().copied().max().unwrap_or(0) as f64;
+                reported.max(peak * (FULL_SYNC_MS + one_way) as f64 / 1000.0)
+            }
+        };
+        let allowed = limit.limit as f64 + 2.0 * bound + 1.0;
+        let at = secs(start.saturating_sub(record.origin_unix_ms));
+        if admitted as f64 > allowed {
+            b.violation(format!(
+                "window from {at}: {admitted} admitted, above {} + 2 × {bound:.1} + 1",
+                limit.limit
+            ));
+        } else {
+            measured.push(match lossy {
+                None => format!("from {at}: {admitted}/{} (bound {bound:.1})", limit.limit),
+                Some(_) => format!(
+                    "from {at}: {admitted}/{} (under loss: bound {bound:.1}; the nodes reported {reported:.1})",
+                    limit.limit
+                ),
+            });
+        }
+    }
+    if measured.is_empty() && b.violations == 0 {
+        b.note("the run held no whole window: nothing to check".into());
+    }
+    b.finish(format!("admitted per window: {}", measured.join("; ")))
 }
 
 fn agree<'a>(mut views: impl Iterator<Item = Option<&'a View>>) -> bool {

@@ -41,6 +41,16 @@ pub const REGIONS: [&str; 5] = ["eu-west", "us-east", "ap-south", "sa-east", "af
 /// The consumer whose keys the run creates and revokes.
 pub const CONSUMER: &str = "chaos";
 
+/// The global rate limit on `/global/…`: this many requests per calendar
+/// window of [`GLOBAL_WINDOW_MS`], counted over every node.
+pub const GLOBAL_LIMIT: u64 = 100;
+
+/// The window of [`GLOBAL_LIMIT`].
+pub const GLOBAL_WINDOW_MS: u64 = 10_000;
+
+/// Load paths under this prefix meet the global limit.
+pub const GLOBAL_PREFIX: &str = "/global";
+
 /// Raft timings of the nodes (TESTING-NOTES.md §1 suggests 1–2 s elections).
 const HEARTBEAT: &str = "150ms";
 const ELECTION_MIN: &str = "1s";
@@ -648,13 +658,16 @@ impl Cluster {
 
 /// The gateway configuration of a run: the `echo` upstream over every
 /// region's backend, the `echo` route, the key-protected `private` route,
-/// consumer `chaos`, and optionally one marker route `chaos-…` whose path
-/// is `/chaos/<name>`.
+/// the `global` route with a global fixed-window limit of [`GLOBAL_LIMIT`]
+/// per 10 s, consumer `chaos`, and optionally one marker route `chaos-…`
+/// whose path is `/chaos/<name>`.
 pub fn gateway(backends: &[SocketAddr], marker: Option<&str>) -> Value {
     let targets: Vec<String> = backends.iter().map(ToString::to_string).collect();
     let mut routes = vec![
         json!({"name": "echo", "match": {"path_prefix": "/echo"}, "rewrite": {"strip_prefix": "/echo"}, "upstream": "echo"}),
         json!({"name": "private", "match": {"path_prefix": "/private"}, "rewrite": {"strip_prefix": "/private"}, "auth": ["api_key"], "upstream": "echo"}),
+        json!({"name": "global", "match": {"path_prefix": GLOBAL_PREFIX}, "rewrite": {"strip_prefix": GLOBAL_PREFIX}, "upstream": "echo",
+               "limits": [{"name": "chaos-global", "key": "route", "algorithm": "fixed_window", "limit": GLOBAL_LIMIT, "per": format!("{}s", GLOBAL_WINDOW_MS / 1000), "scope": "global"}]}),
     ];
     if let Some(name) = marker {
         routes.push(

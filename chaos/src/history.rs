@@ -39,6 +39,25 @@ pub struct Record {
     pub enforcements: Vec<Enforcement>,
     /// What every node holds after the run.
     pub final_probe: FinalProbe,
+    /// Unix time of the run's start, in ms (global-limit windows are
+    /// calendar windows).
+    #[serde(default)]
+    pub origin_unix_ms: u64,
+    /// The global rate limit the load met, if any.
+    #[serde(default)]
+    pub global_limit: Option<GlobalLimit>,
+    /// Requests the global limit admitted: (time, node).
+    #[serde(default)]
+    pub global_admitted: Vec<(u64, u64)>,
+}
+
+/// A global rate limit: `limit` per calendar window of `window_ms`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalLimit {
+    /// Requests per window over every node.
+    pub limit: u64,
+    /// The window.
+    pub window_ms: u64,
 }
 
 /// One node.
@@ -84,6 +103,12 @@ pub struct FaultEvent {
     pub heal_ms: Option<u64>,
     /// Parameters and what was done, for the timeline.
     pub detail: String,
+    /// For latency faults: datagram loss probability.
+    #[serde(default)]
+    pub loss: f64,
+    /// For latency faults: the longest one-way delay (delay + jitter), ms.
+    #[serde(default)]
+    pub one_way_ms: u64,
 }
 
 /// What an admin write was.
@@ -150,7 +175,7 @@ pub struct Op {
 }
 
 /// One `GET /v1/cluster` on one node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     /// When the answer came.
     pub t_ms: u64,
@@ -161,7 +186,7 @@ pub struct Observation {
 }
 
 /// A node's view of the cluster.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct View {
     /// Raft term.
     pub term: u64,
@@ -173,6 +198,10 @@ pub struct View {
     pub config_version: u64,
     /// Its applied log index.
     pub applied: u64,
+    /// The largest overshoot bound (requests) it reports for a global
+    /// rate limit (`global_limits[].bound` in `/v1/cluster`).
+    #[serde(default)]
+    pub global_bound: Option<f64>,
 }
 
 /// Data-plane requests to one node in one second.

@@ -38,6 +38,7 @@ pub struct Stats {
     seconds: BTreeMap<(u64, u64), Second>,
     errors: Vec<LoadError>,
     dropped: u64,
+    admitted: Vec<(u64, u64)>,
 }
 
 /// Shared between the load tasks and the run.
@@ -84,6 +85,21 @@ impl Stats {
         } else {
             self.dropped += 1;
         }
+    }
+
+    /// Notes that `node` admitted a request under the global limit at `t_ms`
+    /// (bounded like the itemised errors).
+    pub fn admitted(&mut self, node: u64, t_ms: u64) {
+        if self.admitted.len() < MAX_ERRORS * 5 {
+            self.admitted.push((t_ms, node));
+        }
+    }
+
+    /// The admissions under the global limit, by time.
+    pub fn take_admitted(&mut self) -> Vec<(u64, u64)> {
+        let mut admitted = std::mem::take(&mut self.admitted);
+        admitted.sort_unstable();
+        admitted
     }
 
     /// The per-second counts, by node then second; the itemised failures;
@@ -161,7 +177,13 @@ pub async fn run(
                             CallError::Timeout(_) => "timeout".to_owned(),
                             other => other.to_string(),
                         });
-                    lock(&stats).record(node, t_ms, result);
+                    let mut stats = lock(&stats);
+                    if route.starts_with(crate::cluster::GLOBAL_PREFIX)
+                        && result.as_ref().is_ok_and(|s| *s < 400)
+                    {
+                        stats.admitted(node, t_ms);
+                    }
+                    stats.record(node, t_ms, result);
                     drop(permit);
                 });
             }

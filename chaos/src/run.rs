@@ -40,8 +40,8 @@ use crate::backend::Mode;
 use crate::client::{CallError, Client};
 use crate::cluster::{self, CONSUMER, Cluster};
 use crate::history::{
-    BoundsMs, Enforcement, FaultEvent, FinalProbe, NodeInfo, Observation, Op, OpKind, Outcome,
-    Record, View,
+    BoundsMs, Enforcement, FaultEvent, FinalProbe, GlobalLimit, NodeInfo, Observation, Op, OpKind,
+    Outcome, Record, View,
 };
 use crate::load::{self, Window};
 use crate::relay::{Jitter, LinkParams};
@@ -265,6 +265,16 @@ async fn drive(
     let shared: Shared = Arc::default();
     let stats: load::Shared = Arc::default();
     let origin = Instant::now();
+    let origin_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let global_limit = match &deployment {
+        Deployment::Local(_) => Some(GlobalLimit {
+            limit: cluster::GLOBAL_LIMIT,
+            window_ms: cluster::GLOBAL_WINDOW_MS,
+        }),
+        Deployment::Remote(_) => None,
+    };
     let end = origin + scenario.duration;
     let settle_by = end + settle_grace(scenario);
     let stop = CancellationToken::new();
@@ -339,8 +349,11 @@ async fn drive(
     deployment.finish(&admin).await?;
 
     let recorder = std::mem::take(&mut *lock(&shared));
-    let (seconds, errors, errors_dropped) =
-        stats.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let (seconds, errors, errors_dropped, global_admitted) = {
+        let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+        let (seconds, errors, dropped) = stats.take();
+        (seconds, errors, dropped, stats.take_admitted())
+    };
     Ok(Record {
         nodes: described
             .into_iter()
@@ -365,6 +378,9 @@ async fn drive(
         errors_dropped,
         enforcements: recorder.enforcements,
         final_probe,
+        origin_unix_ms,
+        global_limit,
+        global_admitted,
     })
 }
 
@@ -510,6 +526,14 @@ async fn timeline(
             start_ms,
             heal_ms: None,
             detail,
+            loss: match &step.fault {
+                Fault::Latency { loss, .. } => *loss,
+                _ => 0.0,
+            },
+            one_way_ms: match &step.fault {
+                Fault::Latency { delay, jitter, .. } => (*delay + *jitter).as_millis() as u64,
+                _ => 0,
+            },
         });
         resolved.insert(i, (node, recorder.faults.len() - 1));
     }
@@ -659,6 +683,12 @@ async fn observe(
                         state: v["state"].as_str().unwrap_or("").to_owned(),
                         config_version: v["config_version"].as_u64().unwrap_or(0),
                         applied: v["applied"].as_u64().unwrap_or(0),
+                        global_bound: v["global_limits"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|l| l["bound"].as_f64())
+                            .reduce(f64::max),
                     }),
                     _ => None,
                 };

@@ -12,6 +12,7 @@ fn view(term: u64, leader: Option<u64>, version: u64) -> Option<View> {
         state: "Follower".into(),
         config_version: version,
         applied: 0,
+        global_bound: Some(2.0),
     })
 }
 
@@ -65,6 +66,7 @@ fn healthy() -> Record {
             start_ms: 5_000,
             heal_ms: Some(9_000),
             detail: "kill -9 node 1".into(),
+            ..FaultEvent::default()
         }],
         ops: vec![
             Op {
@@ -152,6 +154,14 @@ fn healthy() -> Record {
             versions,
             control_key: (1..=3).map(|n| (n, 200)).collect(),
         },
+        // Starts 5 s into a 10 s window: the only whole window of the
+        // 20 s run is from 5 s to 15 s.
+        origin_unix_ms: 1_000_005_000,
+        global_limit: Some(crate::history::GlobalLimit {
+            limit: 100,
+            window_ms: 10_000,
+        }),
+        global_admitted: (0..104).map(|i| (5_000 + i * 10, 1 + i % 3)).collect(),
     }
 }
 
@@ -366,4 +376,60 @@ fn a_record_survives_json() {
     let back: Record = serde_json::from_str(&text).unwrap();
     assert_eq!(back, record);
     assert_eq!(all(&back), all(&record));
+}
+
+#[test]
+fn a_global_limit_overshooting_its_bound_fails() {
+    let record = healthy();
+    let v = global_limit_overshoot(&record);
+    assert!(v.pass, "{v:?}");
+    assert_eq!(
+        v.measured,
+        "admitted per window: from 5.00s: 104/100 (bound 2.0)"
+    );
+    // 100 + 2 × 2 + 1 = 105 is the most a window may admit.
+    let mut record = healthy();
+    record.global_admitted.extend([(6_000, 1), (6_001, 2)]);
+    let v = global_limit_overshoot(&record);
+    assert!(!v.pass);
+    assert_eq!(
+        v.evidence,
+        ["window from 5.00s: 106 admitted, above 100 + 2 × 2.0 + 1"]
+    );
+    // Admissions outside whole windows are not judged.
+    let mut record = healthy();
+    record.global_admitted.extend(
+        (0..500)
+            .map(|i| (1_000 + i, 1))
+            .chain((0..500).map(|i| (16_000 + i, 2))),
+    );
+    assert!(global_limit_overshoot(&record).pass);
+    // Under 20 % loss with 150 ms one way, a count may wait for the full
+    // sync: 50 a second × 1.15 s = 57.5, so 100 + 115 + 1 may pass.
+    let mut record = healthy();
+    record.faults.push(FaultEvent {
+        step: 1,
+        fault: "latency".into(),
+        start_ms: 4_000,
+        heal_ms: Some(12_000),
+        loss: 0.2,
+        one_way_ms: 150,
+        ..FaultEvent::default()
+    });
+    record.global_admitted = (0..150).map(|i| (5_000 + i * 20, 1 + i % 3)).collect();
+    let v = global_limit_overshoot(&record);
+    assert!(v.pass, "{v:?}");
+    assert!(
+        v.measured
+            .contains("150/100 (under loss: bound 57.5; the nodes reported 2.0)"),
+        "{v:?}"
+    );
+    record
+        .global_admitted
+        .extend((0..70).map(|i| (12_000 + i * 40, 2)));
+    assert!(!global_limit_overshoot(&record).pass);
+    // No limit, nothing to judge.
+    let mut record = healthy();
+    record.global_limit = None;
+    assert!(global_limit_overshoot(&record).pass);
 }
