@@ -28,6 +28,10 @@ use crate::history::{OpKind, Outcome, Record, View};
 /// default: under loss, a count waits at most this long for a full sync.
 pub const FULL_SYNC_MS: u64 = 1_000;
 
+/// `ratelimit.global.peer-timeout`, left at its default: a side of a new
+/// partition counts the other's last known admissions until then.
+pub const PEER_TIMEOUT_MS: u64 = 2_000;
+
 /// Most evidence lines per verdict.
 pub const MAX_EVIDENCE: usize = 12;
 
@@ -540,7 +544,7 @@ pub fn converges_after_heal(record: &Record) -> Verdict {
 pub fn global_limit_overshoot(record: &Record) -> Verdict {
     let mut b = Builder::new(
         "global-limit-overshoot",
-        "in every whole calendar window, the requests the global limit admitted over all nodes ≤ limit + 2 × bound + 1, where bound = Σ rₙ × D is the largest a node reported in that window (D = sync + RTT/2) or, while peer datagrams are lost, the peak admission rate × (full-sync interval 1 s + one-way delay) (docs/rate-limiting.md; 2× for timer and scheduling delay, as its tests assert; +1 for the batch in flight)".into(),
+        "in every whole calendar window, the requests the global limit admitted over all nodes ≤ limit + 2 × bound + 1, where bound = Σ rₙ × D is the largest a node reported in that window (D = sync + RTT/2) or, while peer datagrams are lost, the peak admission rate × (full-sync interval 1 s + one-way delay), or in a window where a partition starts, the peak admission rate × the peer timeout 2 s (docs/rate-limiting.md; 2× for timer and scheduling delay, as its tests assert; +1 for the batch in flight)".into(),
     );
     let Some(limit) = record.global_limit.filter(|l| l.window_ms > 0) else {
         b.note("no global limit in this run: nothing to check".into());
@@ -567,7 +571,13 @@ pub fn global_limit_overshoot(record: &Record) -> Verdict {
             .filter(|o| (start..end).contains(&unix(o.t_ms)))
             .filter_map(|o| o.view.as_ref().and_then(|v| v.global_bound))
             .fold(0.0, f64::max);
-        // Under loss a count may wait for the next full sync.
+        // Under loss a count may wait for the next full sync; when a
+        // partition starts, each side trusts the other's last counts until
+        // the peer timeout presumes it away.
+        let cut_starts = record
+            .faults
+            .iter()
+            .any(|f| f.fault == "partition" && (start..end).contains(&unix(f.start_ms)));
         let lossy = record
             .faults
             .iter()
@@ -578,10 +588,19 @@ pub fn global_limit_overshoot(record: &Record) -> Verdict {
             })
             .map(|f| f.one_way_ms)
             .max();
+        // How long a count may stay unknown to the other nodes, beyond what
+        // the nodes report.
+        let unknown_ms = [
+            lossy.map(|one_way| FULL_SYNC_MS + one_way),
+            cut_starts.then_some(PEER_TIMEOUT_MS),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
         let reported = bound;
-        let bound = match lossy {
+        let bound = match unknown_ms {
             None => reported,
-            Some(one_way) => {
+            Some(unknown_ms) => {
                 let mut per_second: BTreeMap<u64, u64> = BTreeMap::new();
                 for (t, _) in &record.global_admitted {
                     if (start..end).contains(&unix(*t)) {
@@ -589,7 +608,7 @@ pub fn global_limit_overshoot(record: &Record) -> Verdict {
                     }
                 }
                 let peak = per_second.values().copied().max().unwrap_or(0) as f64;
-                reported.max(peak * (FULL_SYNC_MS + one_way) as f64 / 1000.0)
+                reported.max(peak * unknown_ms as f64 / 1000.0)
             }
         };
         let allowed = limit.limit as f64 + 2.0 * bound + 1.0;
@@ -600,10 +619,10 @@ pub fn global_limit_overshoot(record: &Record) -> Verdict {
                 limit.limit
             ));
         } else {
-            measured.push(match lossy {
+            measured.push(match unknown_ms {
                 None => format!("from {at}: {admitted}/{} (bound {bound:.1})", limit.limit),
                 Some(_) => format!(
-                    "from {at}: {admitted}/{} (under loss: bound {bound:.1}; the nodes reported {reported:.1})",
+                    "from {at}: {admitted}/{} (under loss or a new partition: bound {bound:.1}; the nodes reported {reported:.1})",
                     limit.limit
                 ),
             });

@@ -420,14 +420,33 @@ fn a_global_limit_overshooting_its_bound_fails() {
     let v = global_limit_overshoot(&record);
     assert!(v.pass, "{v:?}");
     assert!(
-        v.measured
-            .contains("150/100 (under loss: bound 57.5; the nodes reported 2.0)"),
+        v.measured.contains(
+            "150/100 (under loss or a new partition: bound 57.5; the nodes reported 2.0)"
+        ),
         "{v:?}"
     );
     record
         .global_admitted
         .extend((0..70).map(|i| (12_000 + i * 40, 2)));
     assert!(!global_limit_overshoot(&record).pass);
+    // A partition starting in the window: each side trusts the other's
+    // last counts for the 2 s peer timeout: 50 × 2 = 100.
+    let mut record = healthy();
+    record.faults.push(FaultEvent {
+        step: 1,
+        fault: "partition".into(),
+        node: Some(3),
+        start_ms: 6_000,
+        heal_ms: Some(9_000),
+        ..FaultEvent::default()
+    });
+    record.global_admitted = (0..150).map(|i| (5_000 + i * 20, 1 + i % 3)).collect();
+    let v = global_limit_overshoot(&record);
+    assert!(
+        v.measured
+            .contains("150/100 (under loss or a new partition: bound 100.0"),
+        "{v:?}"
+    );
     // No limit, nothing to judge.
     let mut record = healthy();
     record.global_limit = None;
