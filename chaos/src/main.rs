@@ -52,7 +52,7 @@ struct RunArgs {
     #[arg(long)]
     duration: Option<humantime::Duration>,
     /// Where the report, node configs, data dirs and logs go
-    /// (default: ./chaos-<scenario>-<seed>).
+    /// (default: `./chaos-SCENARIO-SEED`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// The meridian binary (default: `meridian` next to this one).

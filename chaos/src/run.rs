@@ -1,9 +1,12 @@
-//! Drives one scenario on a loopback cluster and records what happened.
+//! Drives one scenario and records what happened, on a loopback
+//! [`Cluster`] it starts or on an existing deployment ([`crate::target`],
+//! faults through hooks).
 //!
-//! 1. **Set-up.** Start the [`Cluster`]; create one API key per planned
-//!    revocation, and one control key that is never revoked.
+//! 1. **Set-up.** Start the [`Cluster`] (or read the deployment's members
+//!    and configuration); create one API key per planned revocation, and
+//!    one control key that is never revoked.
 //! 2. **Run** for the scenario's duration, all at once:
-//!    - the [`load`](crate::load) on every node's proxy;
+//!    - the [`load`] on every node's proxy;
 //!    - the **observer**: `GET /v1/cluster` on every node every
 //!      [`OBSERVE_EVERY`];
 //!    - the **writer**: every `writes.every`, a config write (one marker
@@ -22,7 +25,8 @@
 //! The run returns the [`Record`]; [`crate::check`] judges it and
 //! [`crate::report`] writes it out. Every task is bounded by the run's
 //! deadline and stopped by a token; the cluster is killed on every exit
-//! path (its processes are `kill_on_drop`).
+//! path (its processes are `kill_on_drop`), and a deployment's configuration
+//! is put back even when the timeline fails.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
