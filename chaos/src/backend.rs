@@ -53,6 +53,23 @@ pub struct Backend {
 impl Backend {
     /// Starts the echo service of `region` on `listen` (port 0 picks one).
     pub async fn start(listen: SocketAddr, region: &str) -> std::io::Result<Self> {
+        Self::serve(listen, region, None).await
+    }
+
+    /// Starts a server that answers `document` on every path (a JWKS
+    /// endpoint), with the same modes.
+    pub async fn document(
+        listen: SocketAddr,
+        document: serde_json::Value,
+    ) -> std::io::Result<Self> {
+        Self::serve(listen, "-", Some(Arc::new(document))).await
+    }
+
+    async fn serve(
+        listen: SocketAddr,
+        region: &str,
+        document: Option<Arc<serde_json::Value>>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let (mode, _) = watch::channel(Mode::Up);
@@ -64,7 +81,7 @@ impl Backend {
                 listener,
                 addr,
                 mode.subscribe(),
-                region.clone(),
+                (region.clone(), document),
                 token.clone(),
                 tracker.clone(),
             )
@@ -112,7 +129,7 @@ async fn supervise(
     listener: TcpListener,
     addr: SocketAddr,
     mut mode: watch::Receiver<Mode>,
-    region: Arc<str>,
+    (region, document): (Arc<str>, Option<Arc<serde_json::Value>>),
     token: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -157,10 +174,13 @@ async fn supervise(
                 accepted = bound.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let (region, epoch, mode) = (region.clone(), epoch.clone(), mode.clone());
+                    let document = document.clone();
                     tracker.spawn(async move {
                         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                            let (region, mode) = (region.clone(), mode.clone());
-                            async move { Ok::<_, Infallible>(answer(&req, &region, &mode).await) }
+                            let (region, mode, document) = (region.clone(), mode.clone(), document.clone());
+                            async move {
+                                Ok::<_, Infallible>(answer(&req, &region, &mode, document.as_deref()).await)
+                            }
                         });
                         let connection = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service);
@@ -179,6 +199,7 @@ async fn answer<B>(
     req: &http::Request<B>,
     region: &str,
     mode: &watch::Receiver<Mode>,
+    document: Option<&serde_json::Value>,
 ) -> Response<Full<Bytes>> {
     let slow = match *mode.borrow() {
         Mode::Slow(delay) => Some(delay),
@@ -187,7 +208,9 @@ async fn answer<B>(
     if let Some(delay) = slow {
         tokio::time::sleep(delay).await;
     }
-    let body = if req.uri().path() == "/health" {
+    let body = if let Some(document) = document {
+        document.clone()
+    } else if req.uri().path() == "/health" {
         serde_json::json!({"status": "ok"})
     } else {
         serde_json::json!({"service": "echo", "region": region, "path": req.uri().path()})

@@ -16,6 +16,8 @@
 //! | `data-plane-serves-during-partition` | a cut-off node's proxy answers every request without a 5xx or a failure |
 //! | `errors-only-in-failover-windows` | 5xx and failed requests to a running node only within W after a fault starts or heals |
 //! | `converges-after-heal` | within X after every heal, every node answers and names the same leader, term and config version |
+//! | `valid-tokens-verify` | a request with a valid token of the run's issuer is never answered 4xx, the JWKS endpoint up or down (keys are cached up to `max_stale`) |
+//! | `unverifiable-tokens-refused` | a token signed by a key the JWKS never published is refused by every node, every time |
 //! | `global-limit-overshoot` | in every whole calendar window, the requests the global limit admitted over all nodes stay within `limit + 2 × bound + 1`: `bound` is the largest overshoot bound a node reported in that window or, while peer datagrams are lost, `peak admission rate × (full-sync interval + one-way delay)` |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,6 +64,8 @@ pub fn all(record: &Record) -> Vec<Verdict> {
         errors_only_in_failover_windows(record),
         converges_after_heal(record),
         global_limit_overshoot(record),
+        valid_tokens_verify(record),
+        unverifiable_tokens_refused(record),
     ]
 }
 
@@ -632,6 +636,59 @@ pub fn global_limit_overshoot(record: &Record) -> Verdict {
         b.note("the run held no whole window: nothing to check".into());
     }
     b.finish(format!("admitted per window: {}", measured.join("; ")))
+}
+
+/// Valid tokens verify, even while the JWKS endpoint is down.
+pub fn valid_tokens_verify(record: &Record) -> Verdict {
+    let mut b = Builder::new(
+        "valid-tokens-verify",
+        "a request with a valid token of the run's issuer is never answered 4xx, with its JWKS endpoint up or down (cached keys verify up to max_stale, 1h here)".into(),
+    );
+    let jwt = &record.jwt;
+    if jwt.sent == 0 {
+        b.note("no request carried a token: nothing to check".into());
+    }
+    for (t, node, status) in &jwt.refused {
+        b.violation(format!(
+            "node {node} at {}: {status} to a valid token",
+            secs(*t)
+        ));
+    }
+    let down: u64 = record
+        .faults
+        .iter()
+        .filter(|f| f.fault == "jwks-down")
+        .map(|f| f.heal_ms.unwrap_or(record.duration_ms) - f.start_ms)
+        .sum();
+    b.finish(format!(
+        "{} request(s) with a valid token, {} refused; JWKS down for {}",
+        jwt.sent,
+        jwt.refused.len(),
+        secs(down)
+    ))
+}
+
+/// Tokens signed by an unpublished key are always refused.
+pub fn unverifiable_tokens_refused(record: &Record) -> Verdict {
+    let mut b = Builder::new(
+        "unverifiable-tokens-refused",
+        "a token signed by a key the JWKS never published (unknown kid) is refused by every node, every time, with the JWKS endpoint up or down".into(),
+    );
+    let jwt = &record.jwt;
+    if jwt.rogue_probes == 0 {
+        b.note("no rogue token was sent: nothing to check".into());
+    }
+    for (t, node, status) in &jwt.rogue_accepted {
+        b.violation(format!(
+            "node {node} at {}: answered {status} to a token it cannot verify",
+            secs(*t)
+        ));
+    }
+    b.finish(format!(
+        "{} rogue request(s), {} not refused",
+        jwt.rogue_probes,
+        jwt.rogue_accepted.len()
+    ))
 }
 
 fn agree<'a>(mut views: impl Iterator<Item = Option<&'a View>>) -> bool {

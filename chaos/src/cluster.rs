@@ -32,6 +32,7 @@ use tokio::process::{Child, Command};
 
 use crate::backend::Backend;
 use crate::client::Client;
+use crate::idp::{self, Idp};
 use crate::relay::{Direction, LinkHandle, LinkParams, Relay};
 use crate::scenario::Cut;
 
@@ -50,6 +51,9 @@ pub const GLOBAL_WINDOW_MS: u64 = 10_000;
 
 /// Load paths under this prefix meet the global limit.
 pub const GLOBAL_PREFIX: &str = "/global";
+
+/// Load paths under this prefix need a JWT of the run's issuer.
+pub const JWT_PREFIX: &str = "/jwt";
 
 /// Raft timings of the nodes (TESTING-NOTES.md §1 suggests 1–2 s elections).
 const HEARTBEAT: &str = "150ms";
@@ -94,6 +98,8 @@ pub struct Cluster {
     nodes: Vec<Node>,
     links: BTreeMap<(u64, u64), LinkHandle>,
     backends: Vec<Backend>,
+    jwks: Backend,
+    idp: Idp,
     relay: Relay,
     client: Client,
     wrap: Wrap,
@@ -173,6 +179,10 @@ impl Cluster {
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let relay = Relay::new(seed);
+        let idp = Idp::new()?;
+        let jwks = Backend::document(SocketAddr::from(([127, 0, 0, 1], 0)), idp.jwks())
+            .await
+            .context("starting the JWKS endpoint")?;
         let mut backends = Vec::new();
         for i in 0..nodes {
             let region = REGIONS[i as usize];
@@ -225,6 +235,8 @@ impl Cluster {
             nodes: specs,
             links,
             backends,
+            jwks,
+            idp,
             relay,
             client: Client::new(),
             wrap: wrap.clone(),
@@ -264,7 +276,7 @@ impl Cluster {
             .to_owned();
         self.hold(1).await?;
         self.spawn(1, &["node", "run"], None)?;
-        let gateway = gateway(&self.backend_addrs(), None);
+        let gateway = gateway(&self.backend_addrs(), Some(self.jwks.addr()), None);
         self.retry_admin(1, Method::PUT, "/v1/config?wait=all", Some(&gateway))
             .await
             .context("committing the gateway configuration on node 1")?;
@@ -470,6 +482,16 @@ impl Cluster {
         self.backends.iter().map(Backend::addr).collect()
     }
 
+    /// The JWT issuer's JWKS endpoint.
+    pub fn jwks(&self) -> &Backend {
+        &self.jwks
+    }
+
+    /// The JWT issuer's keys.
+    pub fn idp(&self) -> &Idp {
+        &self.idp
+    }
+
     /// Node `id`'s region's backend.
     pub fn backend(&self, id: u64) -> &Backend {
         &self.backends[(id - 1) as usize]
@@ -651,7 +673,8 @@ impl Cluster {
         for backend in std::mem::take(&mut self.backends) {
             backend.shutdown().await;
         }
-        let Self { relay, .. } = self;
+        let Self { relay, jwks, .. } = self;
+        jwks.shutdown().await;
         relay.shutdown().await;
     }
 }
@@ -659,9 +682,10 @@ impl Cluster {
 /// The gateway configuration of a run: the `echo` upstream over every
 /// region's backend, the `echo` route, the key-protected `private` route,
 /// the `global` route with a global fixed-window limit of [`GLOBAL_LIMIT`]
-/// per 10 s, consumer `chaos`, and optionally one marker route `chaos-…`
-/// whose path is `/chaos/<name>`.
-pub fn gateway(backends: &[SocketAddr], marker: Option<&str>) -> Value {
+/// per 10 s, consumer `chaos`, with `jwks` the JWT issuer [`idp::ISSUER`]
+/// and the `jwt` route that needs its tokens, and optionally one marker
+/// route `chaos-…` whose path is `/chaos/<name>`.
+pub fn gateway(backends: &[SocketAddr], jwks: Option<SocketAddr>, marker: Option<&str>) -> Value {
     let targets: Vec<String> = backends.iter().map(ToString::to_string).collect();
     let mut routes = vec![
         json!({"name": "echo", "match": {"path_prefix": "/echo"}, "rewrite": {"strip_prefix": "/echo"}, "upstream": "echo"}),
@@ -669,6 +693,17 @@ pub fn gateway(backends: &[SocketAddr], marker: Option<&str>) -> Value {
         json!({"name": "global", "match": {"path_prefix": GLOBAL_PREFIX}, "rewrite": {"strip_prefix": GLOBAL_PREFIX}, "upstream": "echo",
                "limits": [{"name": "chaos-global", "key": "route", "algorithm": "fixed_window", "limit": GLOBAL_LIMIT, "per": format!("{}s", GLOBAL_WINDOW_MS / 1000), "scope": "global"}]}),
     ];
+    let mut auth = json!({});
+    if let Some(jwks) = jwks {
+        auth = json!({"jwt": [{
+            "name": "chaos-idp",
+            "issuer": idp::ISSUER,
+            "jwks_uri": format!("http://{jwks}/jwks"),
+            "audiences": [idp::AUDIENCE],
+            "jwks": {"min_refresh": "1s", "max_refresh": "2s", "max_stale": "1h", "unknown_kid_interval": "1s", "timeout": "500ms"},
+        }]});
+        routes.push(json!({"name": "jwt", "match": {"path_prefix": JWT_PREFIX}, "rewrite": {"strip_prefix": JWT_PREFIX}, "auth": ["jwt"], "upstream": "echo"}));
+    }
     if let Some(name) = marker {
         routes.push(
             json!({"name": name, "match": {"path": format!("/chaos/{name}")}, "upstream": "echo"}),
@@ -684,6 +719,7 @@ pub fn gateway(backends: &[SocketAddr], marker: Option<&str>) -> Value {
         },
         "routes": routes,
         "consumers": [{"name": CONSUMER}],
+        "auth": auth,
     })
 }
 

@@ -49,6 +49,22 @@ pub struct Record {
     /// Requests the global limit admitted: (time, node).
     #[serde(default)]
     pub global_admitted: Vec<(u64, u64)>,
+    /// Requests with tokens of the run's JWT issuer.
+    #[serde(default)]
+    pub jwt: JwtRecord,
+}
+
+/// What happened to tokens of the run's JWT issuer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtRecord {
+    /// Load requests that carried a valid token.
+    pub sent: u64,
+    /// Those answered 4xx: (time, node, status).
+    pub refused: Vec<(u64, u64, u16)>,
+    /// Requests with the rogue token (signed by a key never published).
+    pub rogue_probes: u64,
+    /// Those not refused: (time, node, status).
+    pub rogue_accepted: Vec<(u64, u64, u16)>,
 }
 
 /// A global rate limit: `limit` per calendar window of `window_ms`.

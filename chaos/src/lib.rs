@@ -19,7 +19,9 @@
 //!   (`chaos/scenarios/*.toml`).
 //! - [`cluster`]: starts, kills and restarts `meridian` processes on loopback,
 //!   with a relay link for every ordered pair of nodes.
-//! - [`backend`]: the demo echo backends that a fault takes down or slows.
+//! - [`backend`]: the demo echo backends that a fault takes down or slows,
+//!   and the JWKS endpoint.
+//! - [`idp`]: the signing keys of the run's JWT issuer, and a rogue one.
 //! - [`client`]: the HTTP client the load, the admin calls and the probes use.
 //! - [`load`]: the bounded load generator, counting per node and second.
 //! - [`history`]: what a run records; plain data.
@@ -46,6 +48,7 @@ pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod history;
+pub mod idp;
 pub mod load;
 pub mod relay;
 pub mod report;

@@ -39,6 +39,8 @@ pub struct Stats {
     errors: Vec<LoadError>,
     dropped: u64,
     admitted: Vec<(u64, u64)>,
+    jwt_sent: u64,
+    jwt_refused: Vec<(u64, u64, u16)>,
 }
 
 /// Shared between the load tasks and the run.
@@ -95,6 +97,25 @@ impl Stats {
         }
     }
 
+    /// Counts one request with a valid token; notes it when refused (any
+    /// 4xx: a 404 would mean the route is gone and the check proves
+    /// nothing).
+    pub fn jwt(&mut self, node: u64, t_ms: u64, status: Option<u16>) {
+        self.jwt_sent += 1;
+        if let Some(status @ 400..=499) = status
+            && self.jwt_refused.len() < MAX_ERRORS
+        {
+            self.jwt_refused.push((t_ms, node, status));
+        }
+    }
+
+    /// Requests with a valid token, and those refused.
+    pub fn take_jwt(&mut self) -> (u64, Vec<(u64, u64, u16)>) {
+        let mut refused = std::mem::take(&mut self.jwt_refused);
+        refused.sort_unstable();
+        (std::mem::take(&mut self.jwt_sent), refused)
+    }
+
     /// The admissions under the global limit, by time.
     pub fn take_admitted(&mut self) -> Vec<(u64, u64)> {
         let mut admitted = std::mem::take(&mut self.admitted);
@@ -125,16 +146,18 @@ pub struct Window {
 }
 
 /// Runs the load against `targets` (node id, proxy address) at `rate` per
-/// second per node, within `window`. Returns once every request has
-/// finished.
+/// second per node, within `window`: `routes` in turn, those under `/jwt`
+/// with `Authorization: Bearer <token>` when a token is given. Returns once
+/// every request has finished.
 pub async fn run(
     client: Client,
     targets: Vec<(u64, SocketAddr)>,
     rate: u32,
-    routes: Vec<String>,
+    (routes, token): (Vec<String>, Option<String>),
     window: Window,
     stats: Shared,
 ) {
+    let bearer: Option<Arc<str>> = token.map(|t| format!("Bearer {t}").into());
     let Window {
         origin,
         until,
@@ -146,8 +169,13 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let routes: Arc<[String]> = routes.into();
     for (node, proxy) in targets {
-        let (client, routes, stats, stop) =
-            (client.clone(), routes.clone(), stats.clone(), stop.clone());
+        let (client, routes, stats, stop, bearer) = (
+            client.clone(),
+            routes.clone(),
+            stats.clone(),
+            stop.clone(),
+            bearer.clone(),
+        );
         let requests = tracker.clone();
         tracker.spawn(async move {
             let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -168,9 +196,17 @@ pub async fn run(
                     continue;
                 };
                 let (client, stats) = (client.clone(), stats.clone());
+                let bearer = bearer
+                    .clone()
+                    .filter(|_| route.starts_with(crate::cluster::JWT_PREFIX));
                 requests.spawn(async move {
+                    let headers: Vec<(&str, &str)> = bearer
+                        .as_deref()
+                        .map(|b| ("authorization", b))
+                        .into_iter()
+                        .collect();
                     let result = client
-                        .call(Method::GET, proxy, &route, &[], None, REQUEST_TIMEOUT)
+                        .call(Method::GET, proxy, &route, &headers, None, REQUEST_TIMEOUT)
                         .await
                         .map(|a| a.status)
                         .map_err(|e| match e {
@@ -178,6 +214,9 @@ pub async fn run(
                             other => other.to_string(),
                         });
                     let mut stats = lock(&stats);
+                    if bearer.is_some() {
+                        stats.jwt(node, t_ms, result.as_ref().ok().copied());
+                    }
                     if route.starts_with(crate::cluster::GLOBAL_PREFIX)
                         && result.as_ref().is_ok_and(|s| *s < 400)
                     {

@@ -46,8 +46,8 @@ use tokio_util::task::TaskTracker;
 use crate::client::Client;
 use crate::cluster::{self, CONSUMER, Cluster};
 use crate::history::{
-    BoundsMs, Enforcement, FaultEvent, FinalProbe, GlobalLimit, NodeInfo, Observation, Op, OpKind,
-    Outcome, Record, View,
+    BoundsMs, Enforcement, FaultEvent, FinalProbe, GlobalLimit, JwtRecord, NodeInfo, Observation,
+    Op, OpKind, Outcome, Record, View,
 };
 use crate::load::{self, Window};
 use crate::scenario::{Fault, Scenario};
@@ -56,7 +56,7 @@ use crate::target::{self, Remote};
 mod tasks;
 mod timeline;
 
-use self::tasks::{Writer, observe, probe_enforcement, write};
+use self::tasks::{Writer, observe, probe_enforcement, probe_rogue, write};
 use self::timeline::{heal_fault, inject, timeline};
 
 /// How often the observer and the enforcement prober poll.
@@ -121,8 +121,19 @@ impl Deployment {
     /// upstream the marker routes use.
     fn base(&self) -> (serde_json::Value, String) {
         match self {
-            Self::Local(c) => (cluster::gateway(&c.backend_addrs(), None), "echo".into()),
+            Self::Local(c) => (
+                cluster::gateway(&c.backend_addrs(), Some(c.jwks().addr()), None),
+                "echo".into(),
+            ),
             Self::Remote(r) => (r.original.clone(), r.upstream.clone()),
+        }
+    }
+
+    /// A valid token and a rogue one, when the harness runs the issuer.
+    fn tokens(&self) -> anyhow::Result<Option<(String, String)>> {
+        match self {
+            Self::Local(c) => Ok(Some((c.idp().token("chaos")?, c.idp().rogue()?))),
+            Self::Remote(_) => Ok(None),
         }
     }
 
@@ -172,6 +183,8 @@ struct Recorder {
     ops: Vec<Op>,
     observations: Vec<Observation>,
     enforcements: Vec<Enforcement>,
+    rogue_probes: u64,
+    rogue_accepted: Vec<(u64, u64, u16)>,
 }
 
 type Shared = Arc<Mutex<Recorder>>;
@@ -268,6 +281,7 @@ async fn drive(
     } else {
         Some(keys.remove(0))
     };
+    let tokens = deployment.tokens()?;
     let routes = match &deployment {
         Deployment::Remote(r) if !r.routes().is_empty() => r.routes().to_vec(),
         _ => scenario.load.routes.clone(),
@@ -294,7 +308,10 @@ async fn drive(
         client.clone(),
         nodes.iter().map(|(id, proxy, _)| (*id, *proxy)).collect(),
         scenario.load.rate,
-        routes,
+        (
+            routes.clone(),
+            tokens.as_ref().map(|(valid, _)| valid.clone()),
+        ),
         Window {
             origin,
             until: end,
@@ -310,6 +327,21 @@ async fn drive(
         stop.clone(),
         shared.clone(),
     ));
+    if let Some((_, rogue)) = &tokens
+        && routes.iter().any(|r| r.starts_with(cluster::JWT_PREFIX))
+    {
+        tasks.spawn(probe_rogue(
+            client.clone(),
+            nodes.iter().map(|(id, proxy, _)| (*id, *proxy)).collect(),
+            rogue.clone(),
+            Window {
+                origin,
+                until: end,
+                stop: stop.clone(),
+            },
+            shared.clone(),
+        ));
+    }
     if let Some(path) = probe_path.clone() {
         tasks.spawn(probe_enforcement(
             client.clone(),
@@ -360,10 +392,16 @@ async fn drive(
     deployment.finish(&admin).await?;
 
     let recorder = std::mem::take(&mut *lock(&shared));
-    let (seconds, errors, errors_dropped, global_admitted) = {
+    let (seconds, errors, errors_dropped, global_admitted, jwt) = {
         let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
         let (seconds, errors, dropped) = stats.take();
-        (seconds, errors, dropped, stats.take_admitted())
+        (
+            seconds,
+            errors,
+            dropped,
+            stats.take_admitted(),
+            stats.take_jwt(),
+        )
     };
     Ok(Record {
         nodes: described
@@ -392,6 +430,12 @@ async fn drive(
         origin_unix_ms,
         global_limit,
         global_admitted,
+        jwt: JwtRecord {
+            sent: jwt.0,
+            refused: jwt.1,
+            rogue_probes: recorder.rogue_probes,
+            rogue_accepted: recorder.rogue_accepted,
+        },
     })
 }
 

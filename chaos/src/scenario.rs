@@ -29,7 +29,7 @@
 //!
 //! Faults: `kill`, `partition` (`cut`), `latency` (`delay`, `jitter`,
 //! `loss`), `backend-down`, `backend-slow` (`delay`), `clock` (`offset`),
-//! `disk-full`.
+//! `disk-full`, `jwks-down`.
 //!
 //! The built-in scenarios live in `chaos/scenarios/*.toml` and are embedded
 //! in the binary ([`builtin`], [`BUILTIN`]).
@@ -72,6 +72,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ),
     ("clock-skew", include_str!("../scenarios/clock-skew.toml")),
     ("disk-full", include_str!("../scenarios/disk-full.toml")),
+    ("jwks-down", include_str!("../scenarios/jwks-down.toml")),
 ];
 
 /// The text of the built-in scenario `name`.
@@ -228,6 +229,8 @@ pub enum Fault {
         /// The node.
         node: Target,
     },
+    /// The JWT issuer's JWKS endpoint refuses connections; heal restarts it.
+    JwksDown,
     /// The node's region's demo backend answers after `delay`.
     BackendSlow {
         /// The node whose region's backend slows down.
@@ -515,11 +518,12 @@ impl RawScenario {
                 "backend-slow" => &["node", "delay"],
                 "clock" => &["node", "offset"],
                 "disk-full" => &["node"],
+                "jwks-down" => &[],
                 other => {
                     fail(
                         &key("fault"),
                         &other,
-                        "must be kill, partition, latency, backend-down, backend-slow, clock or disk-full",
+                        "must be kill, partition, latency, backend-down, backend-slow, clock, disk-full or jwks-down",
                     );
                     continue;
                 }
@@ -602,6 +606,7 @@ impl RawScenario {
                 "backend-down" => Fault::BackendDown { node },
                 "clock" => Fault::Clock { node, offset },
                 "disk-full" => Fault::DiskFull { node },
+                "jwks-down" => Fault::JwksDown,
                 _ => Fault::BackendSlow { node, delay },
             };
             steps.push(Step {
@@ -682,6 +687,7 @@ impl Fault {
             Self::BackendSlow { .. } => "backend-slow",
             Self::Clock { .. } => "clock",
             Self::DiskFull { .. } => "disk-full",
+            Self::JwksDown => "jwks-down",
         }
     }
 
@@ -694,7 +700,7 @@ impl Fault {
             | Self::BackendSlow { node, .. }
             | Self::Clock { node, .. }
             | Self::DiskFull { node } => Some(*node),
-            Self::Latency { .. } => None,
+            Self::Latency { .. } | Self::JwksDown => None,
         }
     }
 }

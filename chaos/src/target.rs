@@ -81,7 +81,7 @@ pub struct Remote {
 
 /// Parses `NAME=COMMAND` hook arguments.
 pub fn parse_hooks(specs: &[String]) -> Result<BTreeMap<String, String>, String> {
-    const FAULTS: [&str; 7] = [
+    const FAULTS: [&str; 8] = [
         "kill",
         "partition",
         "latency",
@@ -89,6 +89,7 @@ pub fn parse_hooks(specs: &[String]) -> Result<BTreeMap<String, String>, String>
         "backend-slow",
         "clock",
         "disk-full",
+        "jwks-down",
     ];
     let mut hooks = BTreeMap::new();
     for spec in specs {
@@ -157,7 +158,10 @@ pub fn render(command: &str, fault: &Fault, member: &Member) -> String {
         }
         Fault::BackendSlow { delay: d, .. } => delay = d.as_millis(),
         Fault::Clock { offset: o, .. } => offset = *o,
-        Fault::Kill { .. } | Fault::BackendDown { .. } | Fault::DiskFull { .. } => {}
+        Fault::Kill { .. }
+        | Fault::BackendDown { .. }
+        | Fault::DiskFull { .. }
+        | Fault::JwksDown => {}
     }
     command
         .replace("{id}", &member.id.to_string())

@@ -162,6 +162,7 @@ fn healthy() -> Record {
             window_ms: 10_000,
         }),
         global_admitted: (0..104).map(|i| (5_000 + i * 10, 1 + i % 3)).collect(),
+        jwt: crate::history::JwtRecord::default(),
     }
 }
 
@@ -451,4 +452,41 @@ fn a_global_limit_overshooting_its_bound_fails() {
     let mut record = healthy();
     record.global_limit = None;
     assert!(global_limit_overshoot(&record).pass);
+}
+
+#[test]
+fn a_refused_valid_token_or_an_accepted_rogue_one_fails() {
+    let mut record = healthy();
+    assert!(valid_tokens_verify(&record).pass);
+    assert!(unverifiable_tokens_refused(&record).pass);
+    record.faults.push(FaultEvent {
+        step: 1,
+        fault: "jwks-down".into(),
+        start_ms: 3_000,
+        heal_ms: Some(12_000),
+        ..FaultEvent::default()
+    });
+    record.jwt = crate::history::JwtRecord {
+        sent: 300,
+        refused: vec![],
+        rogue_probes: 120,
+        rogue_accepted: vec![],
+    };
+    let v = valid_tokens_verify(&record);
+    assert!(v.pass);
+    assert_eq!(
+        v.measured,
+        "300 request(s) with a valid token, 0 refused; JWKS down for 9.00s"
+    );
+    record.jwt.refused.push((5_000, 2, 401));
+    record.jwt.rogue_accepted.push((6_000, 3, 200));
+    let v = valid_tokens_verify(&record);
+    assert!(!v.pass);
+    assert_eq!(v.evidence, ["node 2 at 5.00s: 401 to a valid token"]);
+    let v = unverifiable_tokens_refused(&record);
+    assert!(!v.pass);
+    assert_eq!(
+        v.evidence,
+        ["node 3 at 6.00s: answered 200 to a token it cannot verify"]
+    );
 }

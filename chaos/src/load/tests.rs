@@ -88,7 +88,7 @@ async fn a_fixed_rate_for_a_bounded_time_with_failures_recorded() {
         Client::new(),
         vec![(1, backend.addr()), (2, dead)],
         50,
-        vec!["/a".into(), "/b".into()],
+        (vec!["/a".into(), "/b".into()], None),
         Window {
             origin,
             until: origin + Duration::from_millis(1_000),

@@ -242,3 +242,56 @@ pub(super) async fn probe_enforcement(
         }
     }
 }
+
+/// Sends the rogue token (signed by a key the JWKS never published) to
+/// every node's `/jwt` route every [`OBSERVE_EVERY`]; any answer but a
+/// refusal is recorded.
+pub(super) async fn probe_rogue(
+    client: Client,
+    proxies: Vec<(u64, std::net::SocketAddr)>,
+    token: String,
+    window: Window,
+    shared: Shared,
+) {
+    let Window {
+        origin,
+        until,
+        stop,
+    } = window;
+    let bearer: Arc<str> = format!("Bearer {token}").into();
+    let mut tick = tokio::time::interval(OBSERVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep_until(until) => return,
+            _ = tick.tick() => {}
+        }
+        let probes = proxies.iter().map(|&(node, proxy)| {
+            let (client, bearer) = (client.clone(), bearer.clone());
+            async move {
+                let status = client
+                    .call(
+                        Method::GET,
+                        proxy,
+                        "/jwt/chaos-rogue",
+                        &[("authorization", &bearer)],
+                        None,
+                        PROBE_TIMEOUT,
+                    )
+                    .await
+                    .map(|a| a.status)
+                    .ok();
+                (node, status, elapsed(origin))
+            }
+        });
+        for (node, status, t_ms) in futures_join(probes).await {
+            let Some(status) = status else { continue };
+            let mut recorder = lock(&shared);
+            recorder.rogue_probes += 1;
+            if !matches!(status, 401 | 403) {
+                recorder.rogue_accepted.push((t_ms, node, status));
+            }
+        }
+    }
+}

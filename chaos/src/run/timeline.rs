@@ -188,6 +188,10 @@ pub(super) async fn inject(
             );
             format!("node {node}'s wall clock set {offset:+} s; {seen}")
         }
+        Fault::JwksDown => {
+            cluster.jwks().set(Mode::Down);
+            format!("the JWKS endpoint ({}) down", cluster.jwks().addr())
+        }
         Fault::DiskFull { .. } => {
             let written = cluster.fill(node).await?;
             format!(
@@ -244,6 +248,7 @@ pub(super) async fn heal_fault(
         Fault::BackendDown { .. } | Fault::BackendSlow { .. } => {
             cluster.backend(node).set(Mode::Up)
         }
+        Fault::JwksDown => cluster.jwks().set(Mode::Up),
     }
     Ok(None)
 }

@@ -99,7 +99,7 @@ fn mistakes_name_the_key_the_value_and_the_rule() {
         "name = \"s\"\nduration = \"10s\"\n[[step]]\nat = \"12s\"\nfault = \"explode\"\n[[step]]\nat = \"1s\"\nheal-at = \"1s\"\nfault = \"kill\"\nnode = 7\nloss = 0.5\n[[step]]\nat = \"1s\"\nfault = \"latency\"\ndelay = \"10ms\"\njitter = \"20ms\"\nloss = 1.5\n[[step]]\nat = \"1s\"\nfault = \"partition\"\n",
         &[
             "step[0].at (12s) must be before duration",
-            "step[0].fault (explode) must be kill, partition, latency, backend-down, backend-slow, clock or disk-full",
+            "step[0].fault (explode) must be kill, partition, latency, backend-down, backend-slow, clock, disk-full or jwks-down",
             "step[1].heal-at (1s) must be after at and at most duration",
             "step[1].node (7) must be \"leader\", \"follower\" or a node id from 1 to 3",
             "step[1].loss ((set)) is not a parameter of fault kill",

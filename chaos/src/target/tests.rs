@@ -24,7 +24,7 @@ fn hooks_are_named_after_faults() {
         ("kill", "--hook (kill) must be NAME=COMMAND"),
         (
             "explode=true",
-            "--hook (explode) must name a fault (kill, partition, latency, backend-down, backend-slow, clock, disk-full), optionally with .heal",
+            "--hook (explode) must name a fault (kill, partition, latency, backend-down, backend-slow, clock, disk-full, jwks-down), optionally with .heal",
         ),
         ("kill.heal= ", "--hook (kill.heal) has an empty command"),
     ] {
