@@ -2,6 +2,7 @@
 //! replicated configuration.
 
 mod admin;
+mod chaos;
 mod check;
 mod cluster;
 mod demo;
@@ -46,11 +47,14 @@ enum Command {
     /// Revoke credentials.
     #[command(subcommand)]
     Revoke(ops::Revoke),
+    /// Run a chaos scenario on a loopback cluster (runs `meridian-chaos`).
+    Chaos(chaos::Args),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Dev(args) => return dev::main(args),
+        Command::Chaos(args) => return chaos::main(args),
         Command::Node(command) => return run::main(command),
         Command::Config(ops::Config::Check { file }) => return check::main(&file),
         Command::Cluster(command) => cluster::main(command),

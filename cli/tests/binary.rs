@@ -249,6 +249,36 @@ fn node_run_refuses_a_bad_node_config() {
     );
 }
 
+/// `meridian chaos` runs `meridian-chaos` from beside the binary, with its
+/// arguments (help included); without it, it says what is missing.
+#[test]
+fn chaos_runs_the_harness_beside_the_binary() {
+    let harness = Path::new(BIN).with_file_name("meridian-chaos");
+    let run = |args: &[&str]| {
+        let output = Command::new(BIN).args(args).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&["chaos", "list"]);
+    if harness.is_file() {
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stdout.contains("leader-loss"), "{stdout}");
+        assert!(stdout.contains("region-partition"), "{stdout}");
+        let (code, stdout, _) = run(&["chaos", "run", "--help"]);
+        assert_eq!(code, Some(0));
+        assert!(stdout.contains("--seed"), "{stdout}");
+        let (code, _, stderr) = run(&["chaos", "run", "no-such-scenario"]);
+        assert_eq!(code, Some(64));
+        assert!(stderr.contains("neither a built-in scenario"), "{stderr}");
+    } else {
+        assert_eq!(code, Some(2));
+        assert!(stderr.contains("meridian-chaos is missing"), "{stderr}");
+    }
+}
+
 fn write_node(dir: &Path, proxy: u16, admin: u16) -> std::path::PathBuf {
     let node = dir.join("node.toml");
     std::fs::write(

@@ -227,6 +227,7 @@ impl Cluster {
             });
         }
         let plane = PeerPlane::bind(socket, &identity)?;
+        plane.set_dial_addresses(config.peers.clone());
         let mut raft_config = raft::cluster::Config::new(config.id, config.data_dir.join("raft"));
         raft_config.heartbeat = config.raft.heartbeat;
         raft_config.election = config.raft.election_timeout;

@@ -52,6 +52,9 @@ pub struct Config {
     pub anycast: Option<crate::regions::anycast::AnycastSettings>,
     /// The authoritative DNS responder, when `dns.zone` is set (`[dns]`).
     pub dns: Option<crate::dns::responder::DnsSettings>,
+    /// `[peers]`: the address to dial for a node id instead of the peer
+    /// address it advertises (NAT, a proxy, or the chaos harness's relay).
+    pub peers: std::collections::BTreeMap<u64, String>,
 }
 
 /// Raft settings.
@@ -247,6 +250,8 @@ pub struct RawConfig {
     pub anycast: crate::regions::anycast::RawAnycast,
     /// `[dns]`.
     pub dns: crate::dns::responder::RawDns,
+    /// `[peers]`: node id = "host:port" to dial instead of what it advertises.
+    pub peers: std::collections::BTreeMap<String, String>,
 }
 
 /// `[raft]`.
@@ -405,6 +410,7 @@ impl Default for RawConfig {
             regions: Default::default(),
             anycast: Default::default(),
             dns: Default::default(),
+            peers: Default::default(),
         }
     }
 }
@@ -532,6 +538,28 @@ impl RawConfig {
                 &self.region,
                 "must be a name of letters, digits, '-' and '_'",
             );
+        }
+        let mut peers = std::collections::BTreeMap::new();
+        for (id, dial) in &self.peers {
+            let key = format!("peers.{id}");
+            match id.parse::<u64>() {
+                Ok(0) | Err(_) => fail(&key, dial, "must be keyed by a node id greater than zero"),
+                Ok(n) if n == self.id => fail(&key, dial, "must not name this node's own id"),
+                Ok(n) => match dial.rsplit_once(':') {
+                    Some((host, port))
+                        if !host.is_empty()
+                            && !host.contains(['/', ' '])
+                            && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+                    {
+                        peers.insert(n, dial.clone());
+                    }
+                    _ => fail(
+                        &key,
+                        dial,
+                        "must be host:port with a port above 0, e.g. 10.0.0.2:9443",
+                    ),
+                },
+            }
         }
         let mut address = |key: &str, value: &str| match value.parse::<SocketAddr>() {
             Ok(address) => Some(address),
@@ -797,6 +825,7 @@ impl RawConfig {
                 gslb,
                 anycast,
                 dns,
+                peers,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -840,6 +869,32 @@ mod tests {
         let raw = RawConfig::parse(include_str!("../../deploy/node.toml")).expect("parses");
         let config = raw.validate().expect("valid");
         assert_eq!(config.region, "eu-west");
+    }
+
+    #[test]
+    fn peer_addresses_override_what_peers_advertise() {
+        let raw = RawConfig::parse(
+            "id = 1\n[peers]\n2 = \"127.0.0.1:4000\"\n3 = \"node-3.internal:9443\"\n",
+        )
+        .expect("parses");
+        let config = raw.validate().expect("valid");
+        assert_eq!(
+            config.peers.get(&2).map(String::as_str),
+            Some("127.0.0.1:4000")
+        );
+        assert_eq!(
+            config.peers.get(&3).map(String::as_str),
+            Some("node-3.internal:9443")
+        );
+        check(
+            "id = 1\n[peers]\n1 = \"127.0.0.1:4000\"\nx = \"127.0.0.1:4000\"\n2 = \"127.0.0.1\"\n3 = \"127.0.0.1:0\"\n",
+            &[
+                "peers.1 (127.0.0.1:4000) must not name this node's own id",
+                "peers.2 (127.0.0.1) must be host:port with a port above 0, e.g. 10.0.0.2:9443",
+                "peers.3 (127.0.0.1:0) must be host:port with a port above 0, e.g. 10.0.0.2:9443",
+                "peers.x (127.0.0.1:4000) must be keyed by a node id greater than zero",
+            ],
+        );
     }
 
     #[test]

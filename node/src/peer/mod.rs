@@ -131,7 +131,16 @@ pub struct PeerPlane {
     service: OnceLock<Arc<dyn Service>>,
     /// Test and chaos seam: peers this node neither calls nor answers.
     blocked: Mutex<std::collections::HashSet<NodeId>>,
+    /// `[peers]` in node.toml: where to dial a node instead of the address
+    /// it advertises.
+    dial: Mutex<HashMap<NodeId, String>>,
+    /// When each peer last answered (or its connection was last replaced).
+    answered: Mutex<HashMap<NodeId, tokio::time::Instant>>,
 }
+
+/// A peer connection that has answered nothing for this long is replaced
+/// at the next timeout.
+const STALE: Duration = Duration::from_secs(2);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -148,6 +157,51 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     transport.max_concurrent_bidi_streams(1024u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     Arc::new(transport)
+}
+
+/// The endpoint configuration: a stateless-reset key that is the same
+/// across restarts (derived from the node's own private key), and
+/// connection ids that are not tied to one process. A peer still holding a
+/// connection to the node's previous process then gets, at its first
+/// packet, a stateless reset it recognises, and reconnects at once. With
+/// quinn's defaults (a random reset key and connection ids keyed per start)
+/// the new process dropped those packets and the peer kept sending into the
+/// dead connection until the 10 s idle timeout, so a restarted node was not
+/// replicated to for up to 10 s after its death (seen by the chaos
+/// harness's `follower-restart` scenario).
+fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
+    let mut material = b"meridian peer v1 stateless reset ".to_vec();
+    material.extend_from_slice(identity.key.secret_der());
+    let reset = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &material);
+    let mut config = quinn::EndpointConfig::new(Arc::new(aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA256,
+        reset.as_ref(),
+    )));
+    config.cid_generator(|| Box::new(ConnectionIds));
+    config
+}
+
+/// Random 8-byte connection ids. Any id may be ours (the default
+/// `validate`), so a packet for a connection of this node's previous
+/// process is answered with a stateless reset instead of being dropped.
+struct ConnectionIds;
+
+impl quinn::ConnectionIdGenerator for ConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut bytes = [0u8; 8];
+        if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+            bytes = fastrand::u64(..).to_le_bytes();
+        }
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl PeerPlane {
@@ -198,13 +252,9 @@ impl PeerPlane {
 
         let runtime = quinn::default_runtime()
             .ok_or_else(|| Error::Tls("no async runtime for QUIC".into()))?;
-        let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server),
-            socket,
-            runtime,
-        )
-        .map_err(|source| Error::Bind { address, source })?;
+        let mut endpoint =
+            quinn::Endpoint::new(endpoint_config(identity), Some(server), socket, runtime)
+                .map_err(|source| Error::Bind { address, source })?;
         endpoint.set_default_client_config(client);
         let id = identity.own().map_or(0, |own| own.id);
         Ok(Arc::new(Self {
@@ -213,6 +263,8 @@ impl PeerPlane {
             connections: Mutex::new(HashMap::new()),
             service: OnceLock::new(),
             blocked: Mutex::new(std::collections::HashSet::new()),
+            dial: Mutex::new(HashMap::new()),
+            answered: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -226,6 +278,12 @@ impl PeerPlane {
     /// Installs what answers incoming requests.
     pub fn set_service(&self, service: Arc<dyn Service>) {
         let _ = self.service.set(service);
+    }
+
+    /// Dials each listed node at the given address instead of the one it
+    /// advertises (`[peers]` in node.toml).
+    pub fn set_dial_addresses(&self, addresses: impl IntoIterator<Item = (NodeId, String)>) {
+        *self.dial.lock().unwrap_or_else(|e| e.into_inner()) = addresses.into_iter().collect();
     }
 
     /// Stops talking to `peer` in both directions (tests and chaos: a
@@ -370,6 +428,13 @@ impl PeerPlane {
         {
             return Ok(connection.clone());
         }
+        let dial = self
+            .dial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&target)
+            .cloned();
+        let address = dial.as_deref().unwrap_or(address);
         let address: SocketAddr = match address.parse() {
             Ok(address) => address,
             Err(_) => tokio::net::lookup_host(address)
@@ -435,9 +500,39 @@ impl PeerPlane {
             send.finish().map_err(|e| failed(&e))?;
             recv.read_to_end(MAX_FRAME).await.map_err(|e| failed(&e))
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| TransportError::Timeout(timeout))?
+        let answer = tokio::time::timeout(timeout, exchange).await;
+        let now = tokio::time::Instant::now();
+        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        match answer {
+            Ok(Ok(answer)) => {
+                answered.insert(target, now);
+                Ok(answer)
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => {
+                // A connection that has answered nothing for STALE is
+                // dropped, so the next call dials afresh: after a partition
+                // heals, the old connection may sit in QUIC's exponential
+                // probe backoff for seconds (seen by the chaos harness's
+                // `region-partition` scenario), while a new handshake
+                // succeeds in one round trip.
+                let stale = answered
+                    .get(&target)
+                    .is_none_or(|at| now.duration_since(*at) >= STALE);
+                if stale {
+                    answered.insert(target, now);
+                    if let Some(connection) = self
+                        .connections
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&target)
+                    {
+                        connection.close(4u32.into(), b"stale");
+                    }
+                }
+                Err(TransportError::Timeout(timeout))
+            }
+        }
     }
 
     /// The current round-trip time estimate to `peer`, if connected.

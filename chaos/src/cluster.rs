@@ -1,0 +1,772 @@
+//! A loopback cluster of real `meridian` processes, one per region.
+//!
+//! [`Cluster::start`] does what an operator does (docs/operations.md):
+//! writes a `node.toml` per node, `meridian cluster init` on the first,
+//! `meridian node run` it, commits the gateway configuration through the
+//! admin API, then `meridian cluster join` the others with one-time tokens,
+//! and waits until every node is a voter and ready.
+//!
+//! Every ordered pair of nodes `(a, b)` gets its own UDP [`relay`](crate::relay)
+//! link, and node `a`'s `[peers]` table sends its traffic for `b` through
+//! it: a partition or added latency is a change on the links, per direction.
+//! (Joining dials the founder directly, before any fault.)
+//!
+//! Each region has a demo [`Backend`]; the gateway's `echo` upstream lists
+//! all of them, with active health checks and retries, and a `private`
+//! route needs an API key of consumer `chaos`.
+//!
+//! Processes are started with `kill_on_drop`: dropping the [`Cluster`] (on
+//! any exit path, a panic included) sends SIGKILL to every node it started,
+//! by PID. [`Cluster::shutdown`] also waits for them.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use http::Method;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::backend::Backend;
+use crate::client::Client;
+use crate::idp::{self, Idp};
+use crate::relay::{Direction, LinkHandle, LinkParams, Relay};
+use crate::scenario::Cut;
+
+/// Region names, in node order.
+pub const REGIONS: [&str; 5] = ["eu-west", "us-east", "ap-south", "sa-east", "af-south"];
+
+/// The consumer whose keys the run creates and revokes.
+pub const CONSUMER: &str = "chaos";
+
+/// The global rate limit on `/global/…`: this many requests per calendar
+/// window of [`GLOBAL_WINDOW_MS`], counted over every node.
+pub const GLOBAL_LIMIT: u64 = 100;
+
+/// The window of [`GLOBAL_LIMIT`].
+pub const GLOBAL_WINDOW_MS: u64 = 10_000;
+
+/// Load paths under this prefix meet the global limit.
+pub const GLOBAL_PREFIX: &str = "/global";
+
+/// Load paths under this prefix need a JWT of the run's issuer.
+pub const JWT_PREFIX: &str = "/jwt";
+
+/// Raft timings of the nodes (TESTING-NOTES.md §1 suggests 1–2 s elections).
+const HEARTBEAT: &str = "150ms";
+const ELECTION_MIN: &str = "1s";
+const ELECTION_MAX: &str = "2s";
+
+/// How long cluster formation may take.
+const FORM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Admin call deadline during set-up.
+const SETUP_CALL: Duration = Duration::from_secs(15);
+
+/// One node of the cluster.
+#[derive(Debug)]
+pub struct Node {
+    /// Node id (1-based).
+    pub id: u64,
+    /// Its region.
+    pub region: String,
+    /// Proxy listener.
+    pub proxy: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Peer (QUIC) listener.
+    pub peer: SocketAddr,
+    /// Its node.toml.
+    pub config: PathBuf,
+    /// Its data dir.
+    pub data: PathBuf,
+    /// Its stderr, appended across restarts.
+    pub log: PathBuf,
+    child: Option<Child>,
+    /// With tmpfs data dirs: the process holding the node's mount namespace
+    /// (and so its tmpfs) across restarts of the node.
+    holder: Option<Child>,
+}
+
+/// A running loopback cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    bin: PathBuf,
+    nodes: Vec<Node>,
+    links: BTreeMap<(u64, u64), LinkHandle>,
+    backends: Vec<Backend>,
+    jwks: Backend,
+    idp: Idp,
+    relay: Relay,
+    client: Client,
+    wrap: Wrap,
+}
+
+/// What every node process of a cluster runs under.
+#[derive(Clone, Debug, Default)]
+pub struct Wrap {
+    /// libfaketime (the path of `libfaketimeMT.so.1`): each node gets its
+    /// own offset file, `+0` until [`Cluster::skew`] changes it.
+    pub faketime: Option<PathBuf>,
+    /// A tmpfs of this size (`64m`) as the data dir, mounted in a mount
+    /// namespace of the node's own (`unshare -m`, root only) that a holder
+    /// process keeps for the whole run, so the node restarts on it
+    /// (`nsenter`) and [`Cluster::fill`] can fill it up. Whatever the data
+    /// dir held is copied in first.
+    pub tmpfs: Option<String>,
+}
+
+/// Mounts the tmpfs over the data dir, keeping what it held, then holds the
+/// mount namespace until killed.
+const TMPFS_SCRIPT: &str = r#"set -e
+seed=$(mktemp -d)
+mkdir -p "$CHAOS_DATA"
+cp -a "$CHAOS_DATA/." "$seed/"
+mount -t tmpfs -o size="$CHAOS_TMPFS" chaos-data "$CHAOS_DATA"
+cp -a "$seed/." "$CHAOS_DATA/"
+rm -rf "$seed"
+touch "$CHAOS_DATA/.chaos-mounted"
+exec sleep infinity"#;
+
+/// The file that fills a node's data dir.
+const FILLER: &str = "chaos-filler";
+
+/// Where Debian's `faketime` package puts the multi-threaded libfaketime.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+// === impl Node ===
+
+impl Node {
+    /// Whether the harness believes the process runs.
+    pub fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+}
+
+// === impl Cluster ===
+
+impl Cluster {
+    /// Starts `nodes` nodes of `bin` with state and logs under `dir`; relay
+    /// decisions come from `seed`; `wrap` says what each process runs under.
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        nodes: u64,
+        seed: u64,
+        wrap: &Wrap,
+    ) -> anyhow::Result<Self> {
+        if wrap.tmpfs.is_some() && !is_root() {
+            bail!(
+                "disk-full faults need root: each node's data dir is a tmpfs mounted in its own mount namespace"
+            );
+        }
+        if !bin.is_file() {
+            bail!(
+                "the meridian binary {} does not exist (build it with `cargo build --bin meridian`, or pass --meridian PATH)",
+                bin.display()
+            );
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let relay = Relay::new(seed);
+        let idp = Idp::new()?;
+        let jwks = Backend::document(SocketAddr::from(([127, 0, 0, 1], 0)), idp.jwks())
+            .await
+            .context("starting the JWKS endpoint")?;
+        let mut backends = Vec::new();
+        for i in 0..nodes {
+            let region = REGIONS[i as usize];
+            backends.push(
+                Backend::start(SocketAddr::from(([127, 0, 0, 1], 0)), region)
+                    .await
+                    .with_context(|| format!("starting the {region} backend"))?,
+            );
+        }
+        let mut specs = Vec::new();
+        for i in 0..nodes {
+            let id = i + 1;
+            specs.push(Node {
+                id,
+                region: REGIONS[i as usize].into(),
+                proxy: free_tcp()?,
+                admin: free_tcp()?,
+                peer: free_udp()?,
+                config: dir.join(format!("node{id}.toml")),
+                data: dir.join(format!("data{id}")),
+                log: dir.join(format!("node{id}.log")),
+                child: None,
+                holder: None,
+            });
+        }
+        let mut links = BTreeMap::new();
+        for from in &specs {
+            for to in &specs {
+                if from.id != to.id {
+                    let link = relay
+                        .udp(SocketAddr::from(([127, 0, 0, 1], 0)), to.peer)
+                        .await
+                        .with_context(|| format!("relay link {}→{}", from.id, to.id))?;
+                    links.insert((from.id, to.id), link);
+                }
+            }
+        }
+        for node in &specs {
+            let peers: BTreeMap<u64, SocketAddr> = links
+                .iter()
+                .filter(|((from, _), _)| *from == node.id)
+                .map(|((_, to), link)| (*to, link.local_addr()))
+                .collect();
+            let text = node_toml(node, &node.data, &peers);
+            std::fs::write(&node.config, text)
+                .with_context(|| format!("writing {}", node.config.display()))?;
+        }
+        let mut cluster = Self {
+            bin: bin.to_owned(),
+            nodes: specs,
+            links,
+            backends,
+            jwks,
+            idp,
+            relay,
+            client: Client::new(),
+            wrap: wrap.clone(),
+        };
+        if cluster.wrap.faketime.is_some() {
+            for id in 1..=nodes {
+                cluster.skew(id, 0)?;
+            }
+        }
+        tokio::time::timeout(FORM_TIMEOUT, cluster.form())
+            .await
+            .context("the cluster did not form within 60s")??;
+        Ok(cluster)
+    }
+
+    /// `cluster init`, run the founder, commit the gateway, join the others.
+    async fn form(&mut self) -> anyhow::Result<()> {
+        let founder = self.nodes[0].config.clone();
+        let init = Command::new(&self.bin)
+            .args(["cluster", "init", "--config"])
+            .arg(&founder)
+            .output()
+            .await
+            .context("running meridian cluster init")?;
+        if !init.status.success() {
+            bail!(
+                "meridian cluster init failed: {}",
+                String::from_utf8_lossy(&init.stderr).trim()
+            );
+        }
+        let stdout = String::from_utf8_lossy(&init.stdout);
+        let mut token = stdout
+            .lines()
+            .find(|l| l.contains("cluster join"))
+            .and_then(|l| l.split_whitespace().last())
+            .context("meridian cluster init printed no join command")?
+            .to_owned();
+        self.hold(1).await?;
+        self.spawn(1, &["node", "run"], None)?;
+        let gateway = gateway(&self.backend_addrs(), Some(self.jwks.addr()), None);
+        self.retry_admin(1, Method::PUT, "/v1/config?wait=all", Some(&gateway))
+            .await
+            .context("committing the gateway configuration on node 1")?;
+        for id in 2..=self.nodes.len() as u64 {
+            if id > 2 {
+                let answer = self
+                    .retry_admin(1, Method::POST, "/v1/cluster/tokens?ttl=10m", None)
+                    .await?;
+                token = answer["token"]
+                    .as_str()
+                    .context("POST /v1/cluster/tokens answered without a token")?
+                    .to_owned();
+            }
+            self.hold(id).await?;
+            self.spawn(id, &["cluster", "join"], Some(&token))?;
+            self.wait_ready(id).await?;
+        }
+        // Joined nodes are promoted to voters once caught up.
+        loop {
+            let (status, view) = self
+                .client
+                .get_json(self.node(1).admin, "/v1/cluster", SETUP_CALL)
+                .await?;
+            let members = view["members"].as_array().cloned().unwrap_or_default();
+            if status == 200
+                && members.len() == self.nodes.len()
+                && members.iter().all(|m| m["role"] == "voter")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for id in 1..=self.nodes.len() as u64 {
+            self.wait_ready(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the process that mounts node `id`'s tmpfs and holds its mount
+    /// namespace, and waits until the tmpfs is mounted.
+    async fn hold(&mut self, id: u64) -> anyhow::Result<()> {
+        let Some(size) = self.wrap.tmpfs.clone() else {
+            return Ok(());
+        };
+        let node = self.node_mut(id);
+        if node.holder.is_some() {
+            return Ok(());
+        }
+        let mut holder = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", TMPFS_SCRIPT])
+            .env("CHAOS_DATA", &node.data)
+            .env("CHAOS_TMPFS", &size)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting unshare -m for a tmpfs data dir")?;
+        let pid = holder.id().context("the namespace holder exited at once")?;
+        let mounted = PathBuf::from(format!("/proc/{pid}/root"))
+            .join(node.data.strip_prefix("/").unwrap_or(&node.data))
+            .join(".chaos-mounted");
+        for _ in 0..100 {
+            if mounted.exists() {
+                node.holder = Some(holder);
+                return Ok(());
+            }
+            if let Ok(Some(status)) = holder.try_wait() {
+                bail!("mounting node {id}'s tmpfs data dir failed ({status})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("node {id}'s tmpfs data dir was not mounted within 5s")
+    }
+
+    fn spawn(&mut self, id: u64, command: &[&str], token: Option<&str>) -> anyhow::Result<()> {
+        let bin = self.bin.clone();
+        let wrap = self.wrap.clone();
+        let node = self.node_mut(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .with_context(|| format!("opening {}", node.log.display()))?;
+        let mut cmd = match (&wrap.tmpfs, node.holder.as_ref().and_then(Child::id)) {
+            (None, _) => Command::new(&bin),
+            (Some(_), Some(holder)) => {
+                // nsenter execs, so the PID is the node's.
+                let mut cmd = Command::new("nsenter");
+                cmd.arg("-t")
+                    .arg(holder.to_string())
+                    .args(["-m", "--"])
+                    .arg(&bin);
+                cmd
+            }
+            (Some(_), None) => bail!("node {id}'s mount namespace holder is gone"),
+        };
+        cmd.args(command)
+            .arg("--config")
+            .arg(&node.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(token) = token {
+            cmd.env("MERIDIAN_JOIN_TOKEN", token);
+        }
+        if let Some(lib) = &wrap.faketime {
+            // Wall clock only: faking the monotonic clock hangs tokio
+            // (TESTING-NOTES.md §2.5).
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", faketime_file(&node.config))
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting node {id}: {}", bin.display()))?;
+        tracing::info!(node = id, pid = child.id(), "node started");
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Polls `/readyz` until 200.
+    pub async fn wait_ready(&mut self, id: u64) -> anyhow::Result<()> {
+        let admin = self.node(id).admin;
+        loop {
+            if let Ok(answer) = self
+                .client
+                .call(Method::GET, admin, "/readyz", &[], None, SETUP_CALL)
+                .await
+                && answer.status == 200
+            {
+                return Ok(());
+            }
+            if !self.node_mut(id).running() {
+                bail!(
+                    "node {id} exited during start; see {}",
+                    self.node(id).log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn retry_admin(
+        &mut self,
+        id: u64,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let admin = self.node(id).admin;
+        let body = body.map(|b| b.to_string().into_bytes());
+        loop {
+            match self
+                .client
+                .call(method.clone(), admin, path, &[], body.clone(), SETUP_CALL)
+                .await
+            {
+                Ok(answer) if answer.status == 200 => return Ok(answer.json()),
+                Ok(answer) if answer.status != 503 => bail!(
+                    "{method} {path} on node {id}: {} {}",
+                    answer.status,
+                    answer.message()
+                ),
+                _ => {}
+            }
+            if !self.node_mut(id).running() {
+                bail!(
+                    "node {id} exited during start; see {}",
+                    self.node(id).log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Node `id`.
+    ///
+    /// # Panics
+    ///
+    /// When `id` is not a node of this cluster (ids come from the cluster).
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Whether node `id`'s process runs.
+    pub fn running(&mut self, id: u64) -> bool {
+        self.node_mut(id).running()
+    }
+
+    /// The demo backends' addresses, in node order.
+    pub fn backend_addrs(&self) -> Vec<SocketAddr> {
+        self.backends.iter().map(Backend::addr).collect()
+    }
+
+    /// The JWT issuer's JWKS endpoint.
+    pub fn jwks(&self) -> &Backend {
+        &self.jwks
+    }
+
+    /// The JWT issuer's keys.
+    pub fn idp(&self) -> &Idp {
+        &self.idp
+    }
+
+    /// Node `id`'s region's backend.
+    pub fn backend(&self, id: u64) -> &Backend {
+        &self.backends[(id - 1) as usize]
+    }
+
+    /// `kill -9` node `id` (its own process, by PID) and reaps it.
+    pub async fn kill(&mut self, id: u64) -> anyhow::Result<u32> {
+        let node = self.node_mut(id);
+        let Some(mut child) = node.child.take() else {
+            bail!("node {id} is not running");
+        };
+        let pid = child.id().unwrap_or(0);
+        child
+            .start_kill()
+            .with_context(|| format!("kill -9 node {id} (pid {pid})"))?;
+        let _ = child.wait().await;
+        tracing::info!(node = id, pid, "node killed");
+        Ok(pid)
+    }
+
+    /// Restarts node `id` on its data dir (`meridian node run`).
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<u32> {
+        if self.node_mut(id).running() {
+            bail!("node {id} is already running");
+        }
+        self.spawn(id, &["node", "run"], None)?;
+        Ok(self.node(id).pid().unwrap_or(0))
+    }
+
+    /// Sets node `id`'s wall-clock offset to `seconds` (needs a cluster
+    /// started with libfaketime).
+    pub fn skew(&self, id: u64, seconds: i64) -> anyhow::Result<()> {
+        if self.wrap.faketime.is_none() {
+            bail!("clock faults need the cluster started under libfaketime");
+        }
+        let file = faketime_file(&self.node(id).config);
+        std::fs::write(&file, format!("{seconds:+}\n"))
+            .with_context(|| format!("writing {}", file.display()))
+    }
+
+    /// How far node `id`'s wall clock is from ours, read from the `Date`
+    /// header of its admin API (whole seconds).
+    pub async fn clock_offset(&self, id: u64) -> anyhow::Result<i64> {
+        let answer = self
+            .client
+            .call(
+                Method::GET,
+                self.node(id).admin,
+                "/healthz",
+                &[],
+                None,
+                SETUP_CALL,
+            )
+            .await?;
+        let date = answer
+            .headers
+            .get(http::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .context("node answered without a Date header")?;
+        let theirs = httpdate::parse_http_date(date)
+            .with_context(|| format!("node sent an unreadable Date header {date:?}"))?;
+        let ours = std::time::SystemTime::now();
+        Ok(match theirs.duration_since(ours) {
+            Ok(ahead) => ahead.as_secs_f64().round() as i64,
+            Err(behind) => -(behind.duration().as_secs_f64().round() as i64),
+        })
+    }
+
+    /// Fills node `id`'s tmpfs data dir (seen through `/proc/PID/root`)
+    /// until the kernel says ENOSPC; returns the bytes written.
+    pub async fn fill(&self, id: u64) -> anyhow::Result<u64> {
+        let file = self.filler(id)?;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            use std::io::Write;
+            let mut out = std::fs::File::create(&file)
+                .with_context(|| format!("creating {}", file.display()))?;
+            let chunk = vec![0u8; 1 << 20];
+            let mut written = 0u64;
+            // Bounded: the tmpfs is small; stop at 4 GiB whatever happens.
+            while written < 4 << 30 {
+                match out.write(&chunk) {
+                    Ok(0) => break,
+                    Ok(n) => written += n as u64,
+                    Err(e) if e.raw_os_error() == Some(28) => break,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("filling {}", file.display()));
+                    }
+                }
+            }
+            let _ = out.sync_all();
+            Ok(written)
+        })
+        .await
+        .context("the filling task panicked")?
+    }
+
+    /// Frees what [`Cluster::fill`] wrote.
+    pub fn free(&self, id: u64) -> anyhow::Result<()> {
+        let file = self.filler(id)?;
+        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))
+    }
+
+    fn filler(&self, id: u64) -> anyhow::Result<PathBuf> {
+        if self.wrap.tmpfs.is_none() {
+            bail!("disk-full faults need the cluster started with tmpfs data dirs");
+        }
+        let node = self.node(id);
+        let pid = node
+            .holder
+            .as_ref()
+            .and_then(Child::id)
+            .with_context(|| format!("node {id} has no tmpfs data dir"))?;
+        let inside = node.data.strip_prefix("/").unwrap_or(&node.data);
+        Ok(PathBuf::from(format!("/proc/{pid}/root"))
+            .join(inside)
+            .join(FILLER))
+    }
+
+    /// Cuts node `id`'s peer traffic: `Both`, only what it sends
+    /// (`Outbound`), or only what it receives (`Inbound`).
+    pub fn partition(&self, id: u64, cut: Cut) {
+        for ((from, to), link) in &self.links {
+            // On link a→b, forward is a's datagrams, backward is b's.
+            let direction = match (cut, *from == id, *to == id) {
+                (Cut::Both, true, _) | (Cut::Both, _, true) => Some(Direction::Both),
+                (Cut::Outbound, true, _) => Some(Direction::Forward),
+                (Cut::Outbound, _, true) => Some(Direction::Backward),
+                (Cut::Inbound, true, _) => Some(Direction::Backward),
+                (Cut::Inbound, _, true) => Some(Direction::Forward),
+                _ => None,
+            };
+            if let Some(direction) = direction {
+                link.partition(direction);
+            }
+        }
+    }
+
+    /// Reconnects node `id`'s peer links.
+    pub fn heal(&self, id: u64) {
+        for ((from, to), link) in &self.links {
+            if *from == id || *to == id {
+                link.heal();
+            }
+        }
+    }
+
+    /// Sets the parameters of every peer link, both directions.
+    pub fn shape(&self, params: &LinkParams) {
+        for link in self.links.values() {
+            link.set(params.clone());
+        }
+    }
+
+    /// Datagrams the relay dropped (loss, cuts, full queues), over all links.
+    pub fn relay_drops(&self) -> u64 {
+        self.links
+            .values()
+            .map(|l| {
+                let c = l.counters();
+                c.forward.dropped + c.backward.dropped
+            })
+            .sum()
+    }
+
+    /// Kills every node (SIGKILL by PID), waits for them, stops the relay
+    /// and the backends.
+    pub async fn shutdown(mut self) {
+        for node in &mut self.nodes {
+            for mut child in [node.child.take(), node.holder.take()]
+                .into_iter()
+                .flatten()
+            {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+        let links = std::mem::take(&mut self.links);
+        drop(links);
+        for backend in std::mem::take(&mut self.backends) {
+            backend.shutdown().await;
+        }
+        let Self { relay, jwks, .. } = self;
+        jwks.shutdown().await;
+        relay.shutdown().await;
+    }
+}
+
+/// The gateway configuration of a run: the `echo` upstream over every
+/// region's backend, the `echo` route, the key-protected `private` route,
+/// the `global` route with a global fixed-window limit of [`GLOBAL_LIMIT`]
+/// per 10 s, consumer `chaos`, with `jwks` the JWT issuer [`idp::ISSUER`]
+/// and the `jwt` route that needs its tokens, and optionally one marker
+/// route `chaos-…` whose path is `/chaos/<name>`.
+pub fn gateway(backends: &[SocketAddr], jwks: Option<SocketAddr>, marker: Option<&str>) -> Value {
+    let targets: Vec<String> = backends.iter().map(ToString::to_string).collect();
+    let mut routes = vec![
+        json!({"name": "echo", "match": {"path_prefix": "/echo"}, "rewrite": {"strip_prefix": "/echo"}, "upstream": "echo"}),
+        json!({"name": "private", "match": {"path_prefix": "/private"}, "rewrite": {"strip_prefix": "/private"}, "auth": ["api_key"], "upstream": "echo"}),
+        json!({"name": "global", "match": {"path_prefix": GLOBAL_PREFIX}, "rewrite": {"strip_prefix": GLOBAL_PREFIX}, "upstream": "echo",
+               "limits": [{"name": "chaos-global", "key": "route", "algorithm": "fixed_window", "limit": GLOBAL_LIMIT, "per": format!("{}s", GLOBAL_WINDOW_MS / 1000), "scope": "global"}]}),
+    ];
+    let mut auth = json!({});
+    if let Some(jwks) = jwks {
+        auth = json!({"jwt": [{
+            "name": "chaos-idp",
+            "issuer": idp::ISSUER,
+            "jwks_uri": format!("http://{jwks}/jwks"),
+            "audiences": [idp::AUDIENCE],
+            "jwks": {"min_refresh": "1s", "max_refresh": "2s", "max_stale": "1h", "unknown_kid_interval": "1s", "timeout": "500ms"},
+        }]});
+        routes.push(json!({"name": "jwt", "match": {"path_prefix": JWT_PREFIX}, "rewrite": {"strip_prefix": JWT_PREFIX}, "auth": ["jwt"], "upstream": "echo"}));
+    }
+    if let Some(name) = marker {
+        routes.push(
+            json!({"name": name, "match": {"path": format!("/chaos/{name}")}, "upstream": "echo"}),
+        );
+    }
+    json!({
+        "upstreams": {
+            "echo": {
+                "targets": targets,
+                "health": {"path": "/health", "interval": "1s", "timeout": "500ms"},
+                "retries": {"attempts": 2},
+            }
+        },
+        "routes": routes,
+        "consumers": [{"name": CONSUMER}],
+        "auth": auth,
+    })
+}
+
+/// The libfaketime offset file of the node whose config is `config`.
+fn faketime_file(config: &Path) -> PathBuf {
+    config.with_extension("faketime")
+}
+
+/// The node.toml of `node`.
+fn node_toml(node: &Node, data: &Path, peers: &BTreeMap<u64, SocketAddr>) -> String {
+    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let mut text = format!(
+        "# Written by the chaos harness.\nid = {}\nregion = {}\ndata-dir = {}\n\n[listen]\nproxy = \"{}\"\nadmin = \"{}\"\npeer = \"{}\"\n\n[log]\naccess-log = \"off\"\nlevel = \"warn\"\n\n[raft]\nheartbeat = \"{HEARTBEAT}\"\nelection-timeout-min = \"{ELECTION_MIN}\"\nelection-timeout-max = \"{ELECTION_MAX}\"\n\n[shutdown]\ngrace-period = \"1s\"\ndrain-delay = \"0s\"\n\n# Every peer is dialled through its chaos relay link.\n[peers]\n",
+        node.id,
+        quote(&node.region),
+        quote(&data.display().to_string()),
+        node.proxy,
+        node.admin,
+        node.peer,
+    );
+    for (id, link) in peers {
+        text.push_str(&format!("{id} = \"{link}\"\n"));
+    }
+    text
+}
+
+/// Whether this process runs as root (uid 0, from /proc/self/status).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|uids| uids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// A loopback TCP port that was free a moment ago.
+fn free_tcp() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .context("binding a free TCP port")?
+        .local_addr()?)
+}
+
+/// A loopback UDP port that was free a moment ago.
+fn free_udp() -> anyhow::Result<SocketAddr> {
+    Ok(UdpSocket::bind("127.0.0.1:0")
+        .context("binding a free UDP port")?
+        .local_addr()?)
+}

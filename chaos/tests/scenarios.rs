@@ -1,0 +1,235 @@
+//! Whole scenarios, end to end: real `meridian` processes on loopback, real
+//! faults, the report's verdicts.
+//!
+//! The `meridian` binary is taken from `MERIDIAN_BIN`, or from the target
+//! directory these tests were built in (`cargo test --workspace` builds it;
+//! with `cargo test -p chaos`, run `cargo build --bin meridian` first).
+//! `clock_skew` needs libfaketime (Debian `faketime`).
+//! The scenarios run one at a time: each starts three nodes, and the
+//! machine may have two cores.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chaos::report::Report;
+use chaos::run::Options;
+use chaos::scenario::{self, Scenario};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn meridian() -> PathBuf {
+    if let Some(path) = std::env::var_os("MERIDIAN_BIN") {
+        return path.into();
+    }
+    // target/debug/deps/scenarios-<hash> -> target/debug/meridian
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("a target directory")
+        .join("meridian");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --bin meridian` (or set MERIDIAN_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+fn run(name: &str, duration: Option<Duration>) -> Report {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let text = scenario::builtin(name).expect("a built-in scenario");
+    let scenario = Scenario::load(text, None, duration).expect("valid");
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let options = Options {
+        meridian: meridian(),
+        out: out.path().to_owned(),
+        target: None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime
+        .block_on(chaos::run_and_judge(&scenario, &options))
+        .unwrap_or_else(|e| {
+            let logs: String = (1..=3)
+                .map(|n| {
+                    let log = out.path().join("work").join(format!("node{n}.log"));
+                    format!(
+                        "--- node {n}\n{}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    )
+                })
+                .collect();
+            panic!("{name} could not run: {e:#}\n{logs}")
+        });
+    report.write(out.path()).expect("the report is written");
+    assert!(out.path().join("report.md").is_file());
+    assert!(out.path().join("report.json").is_file());
+    if !report.pass {
+        // Keep the report, node configs and logs for a post-mortem.
+        let kept = out.keep();
+        panic!(
+            "{name} (seed {}) broke an invariant; report, configs and node logs kept in {}\n{}",
+            report.seed,
+            kept.display(),
+            report.markdown()
+        );
+    }
+    report
+}
+
+fn acked(report: &Report, kind: &str) -> usize {
+    report
+        .record
+        .ops
+        .iter()
+        .filter(|op| {
+            let json = serde_json::to_value(op).unwrap();
+            json["kind"] == kind && json["outcome"] == "ok"
+        })
+        .count()
+}
+
+#[test]
+fn leader_loss() {
+    let report = run("leader-loss", None);
+    let r = &report.record;
+    let kill = &r.faults[0];
+    assert_eq!(kill.fault, "kill");
+    assert!(kill.was_leader, "the leader was the one killed: {kill:?}");
+    assert!(kill.heal_ms.is_some(), "and it was restarted");
+    assert!(acked(&report, "config-write") >= 3, "{:?}", r.ops);
+    assert!(acked(&report, "revoke") >= 3, "{:?}", r.ops);
+    let failover = report
+        .verdicts
+        .iter()
+        .find(|v| v.name == "new-leader-after-leader-loss")
+        .unwrap();
+    assert!(failover.measured.contains("leads after"), "{failover:?}");
+    // Load reached every node, the killed one before and after its death.
+    for node in 1..=3 {
+        let ok: u64 = r.load.iter().filter(|s| s.node == node).map(|s| s.ok).sum();
+        assert!(ok > 100, "node {node}: {ok} answered");
+    }
+}
+
+#[test]
+fn region_partition() {
+    let report = run("region-partition", None);
+    let r = &report.record;
+    let cut = &r.faults[0];
+    assert_eq!(
+        (cut.fault.as_str(), cut.cut.as_deref()),
+        ("partition", Some("both"))
+    );
+    assert!(!cut.was_leader, "a follower was cut off: {cut:?}");
+    let node = cut.node.unwrap();
+    // The cut-off node served throughout its cut.
+    let served: u64 = r
+        .load
+        .iter()
+        .filter(|s| {
+            s.node == node
+                && s.second * 1000 >= cut.start_ms
+                && (s.second + 1) * 1000 <= cut.heal_ms.unwrap()
+        })
+        .map(|s| s.ok)
+        .sum();
+    assert!(served > 100, "node {node} served {served} during its cut");
+    // Writes were acknowledged during the cut, and the cut-off node
+    // enforced the revocations acknowledged meanwhile after the heal.
+    let during = r
+        .ops
+        .iter()
+        .filter(|op| {
+            op.invoke_ms > cut.start_ms
+                && op.return_ms < cut.heal_ms.unwrap()
+                && matches!(op.outcome, chaos::history::Outcome::Ok { .. })
+        })
+        .count();
+    assert!(during >= 2, "{:?}", r.ops);
+    assert!(acked(&report, "revoke") >= 3, "{:?}", r.ops);
+}
+
+/// Needs libfaketime (Debian `faketime`, which `.ci/run` installs).
+#[test]
+fn clock_skew() {
+    let report = run("clock-skew", None);
+    let r = &report.record;
+    assert_eq!(r.faults.len(), 2);
+    // The forward jump is visible in the node's Date header.
+    assert!(
+        r.faults[0].detail.contains("Date header now reads +600 s")
+            || r.faults[0].detail.contains("Date header now reads +599 s")
+            || r.faults[0].detail.contains("Date header now reads +601 s"),
+        "{:?}",
+        r.faults[0]
+    );
+    assert!(r.faults[1].was_leader, "{:?}", r.faults[1]);
+    assert!(acked(&report, "config-write") >= 3, "{:?}", r.ops);
+    assert!(acked(&report, "revoke") >= 3, "{:?}", r.ops);
+}
+
+/// `--target`: a cluster the run did not start, its fault carried out by a
+/// hook; the configuration in force is put back afterwards.
+#[test]
+fn against_an_existing_deployment_through_hooks() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let cluster = chaos::cluster::Cluster::start(
+            &meridian(),
+            &dir.path().join("deployment"),
+            3,
+            1,
+            &chaos::cluster::Wrap::default(),
+        )
+            .await
+            .expect("a deployment to run against");
+        let admin = cluster.node(1).admin;
+        let marker = dir.path().join("hooked");
+        let text = "name = \"hooked\"\nduration = \"8s\"\n[writes]\nevery = \"500ms\"\n[[step]]\nat = \"2s\"\nheal-at = \"5s\"\nfault = \"backend-slow\"\nnode = \"follower\"\ndelay = \"100ms\"\n";
+        let scenario = Scenario::load(text, None, None).unwrap();
+        let settings = chaos::target::Settings {
+            admin: admin.to_string(),
+            hooks: chaos::target::parse_hooks(&[
+                format!("backend-slow=echo slow {{id}} {{delay}} >> {}", marker.display()),
+                format!("backend-slow.heal=echo healed {{id}} >> {}", marker.display()),
+            ])
+            .unwrap(),
+            consumer: Some("chaos".into()),
+            probe_path: Some("/private/x".into()),
+            routes: vec!["/echo/target".into()],
+        };
+        let options = Options {
+            meridian: PathBuf::from("unused"),
+            out: dir.path().join("out"),
+            target: Some(settings),
+        };
+        let report = chaos::run_and_judge(&scenario, &options).await.unwrap();
+        assert!(report.pass, "{}", report.markdown());
+        assert!(report.meridian.contains(&admin.to_string()));
+        assert_eq!(report.record.nodes.len(), 3);
+        assert!(acked(&report, "config-write") >= 3, "{:?}", report.record.ops);
+        assert!(acked(&report, "revoke") >= 3, "{:?}", report.record.ops);
+        assert!(report.record.faults[0].detail.contains("exited 0"));
+        let hooked = std::fs::read_to_string(&marker).unwrap();
+        let node = report.record.faults[0].node.unwrap();
+        assert_eq!(hooked, format!("slow {node} 100\nhealed {node}\n"));
+        // The configuration in force has no marker route any more.
+        let (_, config) = chaos::client::Client::new()
+            .get_json(admin, "/v1/config", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let routes = config["config"]["routes"].as_array().unwrap();
+        assert!(routes.iter().all(|r| !r["name"].as_str().unwrap().starts_with("chaos-")), "{config}");
+        cluster.shutdown().await;
+    });
+}
