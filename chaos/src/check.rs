@@ -548,7 +548,7 @@ pub fn converges_after_heal(record: &Record) -> Verdict {
 pub fn global_limit_overshoot(record: &Record) -> Verdict {
     let mut b = Builder::new(
         "global-limit-overshoot",
-        "in every whole calendar window, the requests the global limit admitted over all nodes ≤ limit + 2 × bound + 1, where bound = Σ rₙ × D is the largest a node reported in that window (D = sync + RTT/2) or, while peer datagrams are lost, the peak admission rate × (full-sync interval 1 s + one-way delay), or in a window where a partition starts, the peak admission rate × the peer timeout 2 s (docs/rate-limiting.md; 2× for timer and scheduling delay, as its tests assert; +1 for the batch in flight)".into(),
+        "in every whole calendar window, the requests the global limit admitted over all nodes ≤ limit + 2 × bound + 1, where bound = Σ rₙ × D is the largest a node reported in that window (D = the longest a peer went unheard + RTT/2) or, while peer datagrams are lost, the peak admission rate × (full-sync interval 1 s + one-way delay), or in a window where a partition starts, the peak admission rate × the peer timeout 2 s (docs/rate-limiting.md; 2× for timer and scheduling delay, as its tests assert; +1 for the batch in flight)".into(),
     );
     let Some(limit) = record.global_limit.filter(|l| l.window_ms > 0) else {
         b.note("no global limit in this run: nothing to check".into());

@@ -8,8 +8,11 @@
 //!
 //! The worst-case overshoot of a global limit (docs/rate-limiting.md) is
 //! `Σ rₙ × D`: the admission rates of the nodes times the delay `D` after
-//! which an admission is known everywhere (`sync interval + RTT / 2`). It
-//! is computed every second from the measured rates and RTTs, exported as
+//! which an admission is known everywhere. `D` is measured, not assumed:
+//! the longest a peer went unheard during the last second (at least the
+//! sync interval; lost or late batches and the start of a partition make it
+//! longer, up to the peer timeout) plus half the largest RTT. The bound is
+//! computed every second from the measured rates, exported as
 //! `meridian_ratelimit_global_bound{limit}` and shown by
 //! `meridian cluster status`.
 
@@ -175,6 +178,8 @@ async fn run(
     let mut tick = tokio::time::interval(settings.sync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_bounds = (clock.now(), registry.totals());
+    // The longest silence of a peer since the bound was last computed.
+    let mut longest_silence: Nanos = 0;
     for round in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
@@ -203,13 +208,17 @@ async fn run(
             .collect();
         let unreachable = registry.peers.refresh(&slots, now, timeout);
         for link in &links {
+            let silence = registry.peers.silence(link.slot, now);
+            // Past the peer timeout the peer is presumed away and charged
+            // its share: its silence no longer delays what this node knows.
+            longest_silence = longest_silence.max(silence.min(timeout));
             registry
                 .metrics
                 .gauge(
                     "meridian_ratelimit_sync_lag_seconds",
                     &[("peer", link.id.to_string())],
                 )
-                .set(seconds(registry.peers.silence(link.slot, now)));
+                .set(seconds(silence));
         }
         let batch = registry.collect(round % full_every == 0, now);
         let count = batch.entries() as u64;
@@ -273,7 +282,9 @@ async fn run(
                 .filter_map(|l| cluster.plane.rtt(l.id))
                 .max()
                 .unwrap_or_default();
-            let delay = settings.sync_interval.as_secs_f64() + rtt.as_secs_f64() / 2.0;
+            let unheard = seconds(longest_silence).max(settings.sync_interval.as_secs_f64());
+            let delay = unheard + rtt.as_secs_f64() / 2.0;
+            longest_silence = 0;
             registry.update_bounds(
                 &last_bounds.1,
                 &totals,
