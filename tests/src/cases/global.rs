@@ -295,6 +295,17 @@ async fn counts_converge_when_30_percent_of_batches_are_lost() {
         nodes[0].metric("meridian_ratelimit_sync_batches_dropped_total") > 0.0,
         "no batch was dropped"
     );
+    // The reported bound saw the loss: its D is the longest silence of a
+    // peer, longer than the sync interval when batches go missing.
+    let delays: Vec<f64> = nodes
+        .iter()
+        .flat_map(|node| node.gateway.ratelimit().bounds())
+        .map(|bound| bound.delay)
+        .collect();
+    assert!(
+        delays.iter().any(|d| *d > 1.5 * SYNC.as_secs_f64()),
+        "delays {delays:?} ignore the loss"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
