@@ -60,22 +60,6 @@ use crate::body::{Body, BodyError, BufferedPrefix, UpstreamBody};
 use crate::error::{Error, Kind};
 use crate::proxy::{self, pool::InFlight};
 
-/// Client fields not sent with a transcoded call: the gateway writes the
-/// body and its type, and the answer it reads is gRPC.
-const NOT_FORWARDED: &[HeaderName] = &[
-    header::CONTENT_LENGTH,
-    header::CONTENT_TYPE,
-    header::CONTENT_ENCODING,
-    header::ACCEPT_ENCODING,
-    header::ACCEPT,
-    header::RANGE,
-    header::IF_MATCH,
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_UNMODIFIED_SINCE,
-    header::IF_RANGE,
-];
-
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
@@ -649,7 +633,7 @@ impl Stage for GrpcStage {
         let message = grpc.request(&matched, req.uri().query(), &body)?;
 
         let mut headers = proxy::upstream_headers(cx, req.headers(), false);
-        for name in NOT_FORWARDED {
+        for name in proxy::fetch::NOT_FORWARDED {
             headers.remove(name);
         }
         headers.insert(

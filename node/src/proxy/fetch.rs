@@ -44,9 +44,10 @@ const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'%');
 
-/// Client fields not sent with a call: it has no body and its answer must
-/// be plain JSON.
-const NOT_FORWARDED: &[HeaderName] = &[
+/// Client fields not sent with a call the gateway makes itself (a fetch
+/// here, a transcoded gRPC call): the gateway writes the body and its type,
+/// and reads an answer it must understand, whole.
+pub(crate) const NOT_FORWARDED: &[HeaderName] = &[
     header::CONTENT_LENGTH,
     header::CONTENT_TYPE,
     header::CONTENT_ENCODING,
