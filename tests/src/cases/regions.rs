@@ -130,12 +130,14 @@ async fn every_node_holds_a_live_view_and_a_cut_region_drops_out_of_dns() {
     // Cut one region's links: the others' views turn it unhealthy once its
     // reports go stale, and their DNS answers leave it out.
     cluster.isolate(cut);
+    let cut_at = tokio::time::Instant::now();
     let gone = eventually(Duration::from_secs(5), || async {
         let state = &view(node(watcher)).await["regions"][format!("region-{cut}")];
         state["healthy"] == false && state["reason"] == "no health report for 500ms"
     })
     .await;
     assert!(gone, "{}", view(node(watcher)).await);
+    let left_view = cut_at.elapsed();
     let remaining: Vec<&str> = everyone
         .iter()
         .copied()
@@ -147,6 +149,7 @@ async fn every_node_holds_a_live_view_and_a_cut_region_drops_out_of_dns() {
     })
     .await;
     assert!(dropped, "{:?}", answers(&dns).await);
+    let left_dns = cut_at.elapsed();
     assert!(
         node(watcher).metric(&format!(
             "meridian_region_healthy{{region=\"region-{cut}\"}}"
@@ -159,6 +162,7 @@ async fn every_node_holds_a_live_view_and_a_cut_region_drops_out_of_dns() {
     })
     .await;
     assert!(draining, "the cut-off node still says serve");
+    let drained = cut_at.elapsed();
     // The majority's regions stay healthy throughout.
     assert_eq!(
         view(node(watcher)).await["regions"][format!("region-{leader}")]["healthy"],
@@ -167,6 +171,7 @@ async fn every_node_holds_a_live_view_and_a_cut_region_drops_out_of_dns() {
 
     // Heal: the region returns to every view and to DNS.
     cluster.heal();
+    let healed_at = tokio::time::Instant::now();
     let back = eventually(Duration::from_secs(10), || async {
         let state = &view(node(watcher)).await["regions"][format!("region-{cut}")];
         state["healthy"] == true
@@ -178,6 +183,11 @@ async fn every_node_holds_a_live_view_and_a_cut_region_drops_out_of_dns() {
     })
     .await;
     assert!(returned, "{:?}", answers(&dns).await);
+    eprintln!(
+        "region cut: out of the view after {left_view:?}, out of DNS after {left_dns:?}, \
+         its /healthz/gslb 503 after {drained:?}; healed: back in the view and DNS after {:?}",
+        healed_at.elapsed()
+    );
     assert_eq!(
         get(&node(cut).admin_url("/healthz/gslb")).await.status,
         200,
