@@ -37,28 +37,14 @@ fn name(text: &str) -> Name {
     name
 }
 
-/// A UDP socket and a TCP listener on the same free port. The UDP port the
-/// kernel picks may be in use for TCP (another test's connection), so a
-/// taken TCP port means trying another.
-async fn bind_pair() -> (tokio::net::UdpSocket, tokio::net::TcpListener, SocketAddr) {
-    let mut last = None;
-    for _ in 0..64 {
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind udp");
-        let addr = udp.local_addr().expect("bound");
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(tcp) => return (udp, tcp, addr),
-            Err(error) => last = Some(error),
-        }
-    }
-    panic!("no port free for both UDP and TCP: {last:?}")
-}
-
 impl TestDns {
     /// Starts the server with no records (every name is NXDOMAIN).
     pub async fn start() -> Self {
-        let (udp, tcp, addr) = bind_pair().await;
+        // UDP and TCP on one free port, as the node's responder binds them.
+        let bound = node::dns::responder::Bound::bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("bind UDP and TCP");
+        let addr = bound.local_addr().expect("bound");
+        let (udp, tcp) = bound.into_parts();
         let records: Records = Arc::default();
         let queries = Arc::new(Mutex::new(Vec::new()));
         let mut server = hickory_server::Server::new(Handler {

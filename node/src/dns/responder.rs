@@ -514,6 +514,12 @@ impl Bound {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.udp.local_addr()
     }
+
+    /// The UDP socket and the TCP listener, for a server of one's own
+    /// (the tests' DNS servers bind the same way).
+    pub fn into_parts(self) -> (tokio::net::UdpSocket, tokio::net::TcpListener) {
+        (self.udp, self.tcp)
+    }
 }
 
 /// Serves DNS on `bound` until `shutdown`.

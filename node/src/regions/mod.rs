@@ -267,7 +267,7 @@ impl RegionHealth {
 
     /// Records this node's own report.
     pub fn set_local(&self, report: gossip::Report) {
-        self.heard_from(self.node, &self.local.clone(), report);
+        self.heard_from(self.node, &self.local, report);
     }
 
     /// Records node `node`'s report; `region` is the node's region as the
