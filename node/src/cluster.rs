@@ -503,8 +503,10 @@ impl Cluster {
             peer: request.peer,
             region: request.region,
         };
-        if let Err(error) = self.raft.add_learner(request.id, node, false).await {
-            return Response::Refused(error.to_string());
+        let id = request.id;
+        let added = one_change_at_a_time(|| self.raft.add_learner(id, node.clone(), false)).await;
+        if let Err(error) = added {
+            return Response::Refused(error);
         }
         tracing::info!(node = request.id, "admitted a new node as learner");
         Response::Joined(grant)
@@ -572,27 +574,13 @@ impl Cluster {
         }
     }
 
-    /// Applies a membership change. Raft takes one change at a time, so a
-    /// change asked for while the previous one (a promotion, a removal) is
-    /// still being committed waits for it, up to
-    /// [`MEMBERSHIP_SETTLE`], instead of failing the caller.
+    /// Applies a membership change, waiting out one already in flight
+    /// (see [`one_change_at_a_time`]).
     async fn change_membership(
         &self,
         change: raft::openraft::ChangeMembers<NodeId, raft::Node>,
     ) -> Result<(), String> {
-        use raft::openraft::error::ChangeMembershipError;
-        let deadline = tokio::time::Instant::now() + MEMBERSHIP_SETTLE;
-        loop {
-            match self.raft.change_membership(change.clone(), false).await {
-                Ok(_) => return Ok(()),
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                    ChangeMembershipError::InProgress(_),
-                ))) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(error) => return Err(error.to_string()),
-            }
-        }
+        one_change_at_a_time(|| self.raft.change_membership(change.clone(), false)).await
     }
 
     /// Removes node `id` from the cluster: out of the raft membership, out
@@ -703,6 +691,32 @@ impl Cluster {
     pub async fn shutdown(&self) {
         if let Some(handle) = self.handle.lock().await.take() {
             handle.shutdown().await;
+        }
+    }
+}
+
+/// Runs a membership change (adding a learner, promoting, removing). Raft
+/// takes one change at a time, so a change asked for while the previous one
+/// (a join, a promotion, a removal) is still being committed waits for it,
+/// up to [`MEMBERSHIP_SETTLE`], instead of failing the caller.
+async fn one_change_at_a_time<F, Fut, T>(mut change: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<
+            Output = Result<T, RaftError<NodeId, ClientWriteError<NodeId, raft::Node>>>,
+        >,
+{
+    use raft::openraft::error::ChangeMembershipError;
+    let deadline = tokio::time::Instant::now() + MEMBERSHIP_SETTLE;
+    loop {
+        match change().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => return Err(error.to_string()),
         }
     }
 }
