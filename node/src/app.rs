@@ -102,6 +102,20 @@ impl Gateway {
         self.pipeline.handle(snapshot, peer, req).await
     }
 
+    /// Serves a request that `peer`, a node of another region, forwarded
+    /// ([`crate::proxy::fallback`]).
+    pub async fn serve_forwarded(
+        &self,
+        peer: &crate::pki::PeerIdentity,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> pipeline::Response {
+        let snapshot = self.snapshots.load();
+        self.pipeline
+            .proxy()
+            .serve_forwarded(&snapshot, peer, req)
+            .await
+    }
+
     /// The node's rate limiters.
     pub fn ratelimit(&self) -> &Arc<crate::ratelimit::Registry> {
         &self.shared.ratelimit
@@ -393,6 +407,12 @@ impl App {
             shared,
         });
         gateway.sync();
+        gateway
+            .cluster
+            .plane
+            .set_forwarder(Arc::new(crate::proxy::fallback::ForwardService(
+                Arc::downgrade(&gateway),
+            )));
         shared_spawn(&gateway, follow_applied(gateway.clone()), "apply");
         shared_spawn(
             &gateway,

@@ -414,6 +414,11 @@ impl Cluster {
         let _ = self.regions.set(view);
     }
 
+    /// The view of every region's health, once the node has one.
+    pub fn regions(&self) -> Option<&Arc<crate::regions::RegionHealth>> {
+        self.regions.get()
+    }
+
     /// Whether this node leads.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)

@@ -112,6 +112,21 @@ const SERIES: &[(&str, Kind, &str)] = &[
         "Retried upstream attempts, by upstream.",
     ),
     (
+        "meridian_fallback_requests_total",
+        Kind::Counter,
+        "Requests forwarded to another region's gateway, by upstream, region and outcome (served, failed).",
+    ),
+    (
+        "meridian_fallback_active",
+        Kind::Gauge,
+        "1 while an upstream's traffic goes to its fallback regions first, by upstream.",
+    ),
+    (
+        "meridian_fallback_served_total",
+        Kind::Counter,
+        "Requests other regions forwarded to this node, by upstream and the region they came from.",
+    ),
+    (
         "meridian_upstream_retry_budget_exhausted_total",
         Kind::Counter,
         "Retries refused because the upstream's retry budget was spent.",

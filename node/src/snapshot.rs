@@ -56,6 +56,8 @@ impl Snapshot {
     ) -> Self {
         let mut pools = BTreeMap::new();
         for (name, definition) in &config.upstreams {
+            // This region's targets (`region_targets`) stand in for `targets`.
+            let definition = &definition.for_region(&shared.config.region);
             let pool = match previous.pools.get(name) {
                 Some(pool) if pool.definition() == definition => pool.clone(),
                 previous_pool => {

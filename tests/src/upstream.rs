@@ -96,6 +96,17 @@ impl MockUpstream {
         .await
     }
 
+    /// An echo upstream named `name` on `addr` (an address a stopped mock
+    /// had: the backend comes back).
+    pub async fn echo_at(name: &str, addr: SocketAddr) -> Self {
+        let name = name.to_owned();
+        Self::start_at(addr, move |seen| {
+            let name = name.clone();
+            async move { json(StatusCode::OK, echo_json(&name, &seen)) }
+        })
+        .await
+    }
+
     /// An upstream answering with `handler`; requests whose `Upgrade` asks
     /// for a WebSocket are accepted and echoed.
     pub async fn start<H, F>(handler: H) -> Self
@@ -103,8 +114,17 @@ impl MockUpstream {
         H: Fn(Arc<Seen>) -> F + Send + Sync + 'static,
         F: Future<Output = MockResponse> + Send + 'static,
     {
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), handler).await
+    }
+
+    /// [`MockUpstream::start`] on `addr`.
+    pub async fn start_at<H, F>(addr: SocketAddr, handler: H) -> Self
+    where
+        H: Fn(Arc<Seen>) -> F + Send + Sync + 'static,
+        F: Future<Output = MockResponse> + Send + 'static,
+    {
         let handler: Handler = Arc::new(move |seen| Box::pin(handler(seen)));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        let listener = TcpListener::bind(addr).await.expect("bind mock");
         let addr = listener.local_addr().expect("bound");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));

@@ -11,9 +11,15 @@
 //!   without a certificate, which may only join, by [`MAX_ANONYMOUS_FRAME`]);
 //!   a malformed or oversized frame gets an error answer and closes that
 //!   stream only.
-//! - **Uses.** Raft RPC today ([`raft::network::Transport`] is implemented
-//!   here) and global rate-limit counters (`ratelimit::sync`); health
-//!   gossip and cross-region forwarding will share the same connections.
+//! - **Uses.** Raft RPC ([`raft::network::Transport`] is implemented here),
+//!   global rate-limit counters (`ratelimit::sync`), health gossip
+//!   (`regions::gossip`) and cross-region forwarding of proxied requests.
+//! - **Forwarding.** A stream that starts with [`FORWARD`] instead of a
+//!   frame carries one proxied HTTP/1.1 exchange, streamed both ways
+//!   ([`PeerPlane::open_forward`]; served by the [`Forwarder`],
+//!   `proxy::fallback`). Only a caller with a member certificate may open
+//!   one. No bincode frame starts with these bytes (a frame starts with its
+//!   variant index, a small little-endian `u32`).
 
 pub mod codec;
 
@@ -44,6 +50,12 @@ pub const MAX_ANONYMOUS_FRAME: usize = 64 << 10;
 
 /// The ALPN protocol of the peer plane.
 pub const ALPN: &[u8] = b"meridian-peer/1";
+
+/// The first bytes of a stream that forwards a proxied request.
+pub const FORWARD: [u8; 4] = [0xff, b'F', b'W', b'D'];
+
+/// A stream carrying one forwarded HTTP exchange.
+pub type ForwardStream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
 
 /// What one peer asks another.
 #[derive(Debug, Serialize, Deserialize)]
@@ -123,12 +135,20 @@ pub trait Service: Send + Sync + 'static {
     async fn handle(&self, peer: Option<&PeerIdentity>, request: Request) -> Response;
 }
 
+/// What a node does with proxied requests other nodes forward to it.
+#[async_trait::async_trait]
+pub trait Forwarder: Send + Sync + 'static {
+    /// Serves the HTTP exchange on `stream`, forwarded by `peer`.
+    async fn serve(&self, peer: PeerIdentity, stream: ForwardStream);
+}
+
 /// The node's QUIC endpoint.
 pub struct PeerPlane {
     endpoint: quinn::Endpoint,
     id: NodeId,
     connections: Mutex<HashMap<NodeId, quinn::Connection>>,
     service: OnceLock<Arc<dyn Service>>,
+    forwarder: OnceLock<Arc<dyn Forwarder>>,
     /// Test and chaos seam: peers this node neither calls nor answers.
     blocked: Mutex<std::collections::HashSet<NodeId>>,
     /// `[peers]` in node.toml: where to dial a node instead of the address
@@ -262,6 +282,7 @@ impl PeerPlane {
             id,
             connections: Mutex::new(HashMap::new()),
             service: OnceLock::new(),
+            forwarder: OnceLock::new(),
             blocked: Mutex::new(std::collections::HashSet::new()),
             dial: Mutex::new(HashMap::new()),
             answered: Mutex::new(HashMap::new()),
@@ -278,6 +299,11 @@ impl PeerPlane {
     /// Installs what answers incoming requests.
     pub fn set_service(&self, service: Arc<dyn Service>) {
         let _ = self.service.set(service);
+    }
+
+    /// Installs what serves forwarded requests.
+    pub fn set_forwarder(&self, forwarder: Arc<dyn Forwarder>) {
+        let _ = self.forwarder.set(forwarder);
     }
 
     /// Dials each listed node at the given address instead of the one it
@@ -395,7 +421,31 @@ impl PeerPlane {
         } else {
             MAX_ANONYMOUS_FRAME
         };
-        let response = match recv.read_to_end(limit).await {
+        let mut start = [0u8; 4];
+        let read = match recv.read_exact(&mut start).await {
+            Ok(()) if start == FORWARD => {
+                match (peer, self.forwarder.get()) {
+                    (Some(peer), Some(forwarder)) => {
+                        forwarder
+                            .serve(peer.clone(), tokio::io::join(recv, send))
+                            .await;
+                    }
+                    _ => {
+                        let _ = send.reset(5u32.into());
+                    }
+                }
+                return;
+            }
+            Ok(()) => recv
+                .read_to_end(limit - start.len())
+                .await
+                .map(|rest| [&start[..], &rest].concat())
+                .map_err(|e| e.to_string()),
+            // A frame shorter than the marker: decode what there is.
+            Err(quinn::ReadExactError::FinishedEarly(n)) => Ok(start[..n].to_vec()),
+            Err(error) => Err(error.to_string()),
+        };
+        let response = match read {
             Err(error) => Response::Refused(format!("unreadable request: {error}")),
             Ok(bytes) => match codec::decode::<Request>(&bytes) {
                 Err(error) => Response::Refused(format!("malformed request: {error}")),
@@ -533,6 +583,32 @@ impl PeerPlane {
                 Err(TransportError::Timeout(timeout))
             }
         }
+    }
+
+    /// Opens a stream to node `target` at `address` for one forwarded HTTP
+    /// exchange (see [`FORWARD`]).
+    pub async fn open_forward(
+        &self,
+        target: NodeId,
+        address: &str,
+    ) -> Result<ForwardStream, TransportError> {
+        if self.is_blocked(target) {
+            return Err(TransportError::Unreachable(format!(
+                "node {target} is blocked"
+            )));
+        }
+        let connection = self.connection(target, address).await?;
+        let (mut send, recv) = connection.open_bi().await.map_err(|e| {
+            self.connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&target);
+            TransportError::Unreachable(e.to_string())
+        })?;
+        send.write_all(&FORWARD)
+            .await
+            .map_err(|e| TransportError::Failed(e.to_string()))?;
+        Ok(tokio::io::join(recv, send))
     }
 
     /// The current round-trip time estimate to `peer`, if connected.

@@ -216,6 +216,12 @@ pub fn build(shared: &Arc<Shared>) -> Pipeline {
 }
 
 impl Pipeline {
+    /// The terminal step (which also serves requests forwarded by other
+    /// regions).
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
     /// Serves one request under `snapshot`.
     pub async fn handle(
         &self,

@@ -28,6 +28,7 @@
 //!   [`pool::InFlight`] guard and is reused only if that body ends cleanly.
 
 pub mod client;
+pub mod fallback;
 pub mod fetch;
 pub mod health;
 pub mod pool;
@@ -64,6 +65,8 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub struct Proxy {
     shared: Arc<Shared>,
     min_body_rate: Option<MinRate>,
+    /// This node's region, the value of `x-meridian-region`.
+    region: HeaderValue,
 }
 
 impl Proxy {
@@ -74,9 +77,12 @@ impl Proxy {
             bytes_per_second,
             grace: config.timeouts.body_rate_grace,
         });
+        let region = HeaderValue::from_str(&config.region)
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self {
             shared,
             min_body_rate,
+            region,
         }
     }
 
@@ -91,7 +97,9 @@ impl Proxy {
             .increment(1);
     }
 
-    /// Forwards `req` along the route chosen in `cx`.
+    /// Forwards `req` along the route chosen in `cx`: to a local target,
+    /// or, when the upstream has a `fallback` and no local target can take
+    /// it, to another region's gateway ([`fallback`]).
     pub async fn forward(&self, cx: &mut RequestCx, mut req: Request) -> Result<Response, Error> {
         let Some(route) = cx.route.clone() else {
             return Err(Kind::NoRoute.into());
@@ -108,41 +116,113 @@ impl Proxy {
         if !replaced && content_length(req.headers()).is_some_and(|len| len > limit) {
             return Err(Kind::PayloadTooLarge { limit }.into());
         }
-        // A body a transform replaced was held to the limit before.
-        let body_limit = if replaced { u64::MAX } else { limit };
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let prefix = parts.extensions.remove::<BufferedPrefix>();
         let hash = pool
             .hash_key()
-            .and_then(|key| request_hash(key, cx, &parts.headers));
-        let mut headers = upstream_headers(cx, &parts.headers, upgrade);
-        let path_and_query = path_and_query(&cx.upstream_path, parts.uri.query())?;
-
+            .and_then(|key| request_hash(key, Some(cx.client_ip), &parts.headers));
         let replay = match prefix {
             Some(prefix) if !prefix.is_empty() => {
                 Some(Replay::with_prefix(prefix.into_frames(), body))
             }
             _ => (!http_body::Body::is_end_stream(&body)).then(|| Replay::new(body)),
         };
-        let fault = Arc::new(ClientFault::default());
-        let attempts = if is_idempotent(&parts.method) && !upgrade {
+        let mut out = Outgoing {
+            headers: upstream_headers(cx, &parts.headers, upgrade),
+            path_and_query: path_and_query(&cx.upstream_path, parts.uri.query())?,
+            method: parts.method,
+            preserve_host: route.preserve_host && cx.authority.is_some(),
+            replay,
+            limit,
+            // A body a transform replaced was held to the limit before.
+            body_limit: if replaced { u64::MAX } else { limit },
+            fault: Arc::new(ClientFault::default()),
+            hash,
+            idle: timeouts.idle,
+        };
+        let attempts = if is_idempotent(&out.method) && !upgrade {
             1 + pool.definition().retries.attempts
         } else {
             1
         };
+        // Upgrades are not forwarded to other regions.
+        let fallback = pool
+            .definition()
+            .fallback
+            .as_ref()
+            .filter(|_| !upgrade && self.shared.cluster.regions().is_some());
+        let mut fell_back = false;
+        if let Some(fallback) = fallback
+            && pool.away.stays_away(pool, fallback.return_after)
+        {
+            fell_back = true;
+            match self.fall_back(cx, pool, fallback, &mut out).await {
+                Ok(response) => return Ok(response),
+                // The local targets are the last resort.
+                Err(_) if out.resendable() => {}
+                Err(error) => return Err(error.into_error()),
+            }
+        }
+        let mut served = Served::default();
+        let result = self
+            .send_local(pool, &mut out, attempts, fallback.is_some(), &mut served)
+            .await;
+        cx.target = served.target;
+        cx.upstream_latency = served.latency;
+        match result {
+            Ok((response, in_flight)) => {
+                let mut response =
+                    self.respond(response, client_upgrade, Some(in_flight), timeouts.idle);
+                response
+                    .headers_mut()
+                    .insert(fallback::X_MERIDIAN_REGION.clone(), self.region.clone());
+                Ok(response)
+            }
+            Err(error)
+                if fallback.is_some()
+                    && !fell_back
+                    && (error.retryable() || matches!(error.kind(), Kind::NoHealthyUpstream))
+                    && out.resendable() =>
+            {
+                let fallback = fallback.expect("checked above");
+                pool.away.leave(pool);
+                match self.fall_back(cx, pool, fallback, &mut out).await {
+                    Ok(response) => Ok(response),
+                    Err(fallback_error) if fallback_error.is_no_region() => Err(error),
+                    Err(fallback_error) => Err(fallback_error.into_error()),
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Sends `out` to a target of `pool`, retrying idempotent requests on
+    /// failures before an answer (see the module documentation). `served`
+    /// records the last target tried and the answer's latency. With
+    /// `keep_headers` the request stays complete for a fallback after the
+    /// last attempt.
+    pub(crate) async fn send_local(
+        &self,
+        pool: &Arc<pool::Pool>,
+        out: &mut Outgoing,
+        attempts: u32,
+        keep_headers: bool,
+        served: &mut Served,
+    ) -> Result<(http::Response<hyper::body::Incoming>, pool::InFlight), Error> {
+        let timeouts = pool.definition().timeouts;
         let set = pool.targets();
         let mut tried: Vec<usize> = Vec::with_capacity(attempts as usize);
         let mut last_error = None;
         for attempt in 0..attempts {
-            if attempt > 0 && (replay.as_ref().is_some_and(Replay::consumed) || !pool.try_retry()) {
+            if attempt > 0 && (!out.resendable() || !pool.try_retry()) {
                 break;
             }
-            let index = match pool.pick(&set, hash, &tried) {
+            let index = match pool.pick(&set, out.hash, &tried) {
                 Some(index) => index,
                 // Every healthy target was tried: try them again in turn.
-                None if !tried.is_empty() => match pool.pick(&set, hash, &[]) {
+                None if !tried.is_empty() => match pool.pick(&set, out.hash, &[]) {
                     Some(index) => index,
                     None => break,
                 },
@@ -153,21 +233,15 @@ impl Proxy {
             };
             tried.push(index);
             let target = &set[index];
-            let mut request = http::Request::new(match &replay {
-                None => UpstreamBody::Empty,
-                Some(replay) => UpstreamBody::Client(
-                    ClientBody::new(replay.clone(), body_limit, timeouts.idle, fault.clone())
-                        .min_rate(self.min_body_rate),
-                ),
-            });
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = Uri::from(path_and_query.clone());
-            let mut headers = if attempt + 1 < attempts {
-                headers.clone()
+            let mut request = http::Request::new(out.body(self.min_body_rate));
+            *request.method_mut() = out.method.clone();
+            *request.uri_mut() = Uri::from(out.path_and_query.clone());
+            let mut headers = if keep_headers || attempt + 1 < attempts {
+                out.headers.clone()
             } else {
-                std::mem::take(&mut headers)
+                std::mem::take(&mut out.headers)
             };
-            if (!route.preserve_host || cx.authority.is_none())
+            if !out.preserve_host
                 && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
             {
                 headers.insert(header::HOST, host);
@@ -181,41 +255,28 @@ impl Proxy {
                 pool.client.send(&target.endpoint, request),
             )
             .await;
+            served.target = Some(target.address.clone());
             let error = match result {
                 Ok(Ok((response, conn))) => {
                     in_flight.keep(conn);
                     let latency = started.elapsed();
                     pool.metrics.latency.record(latency.as_secs_f64());
-                    cx.upstream_latency = Some(latency);
-                    cx.target = Some(target.address.clone());
+                    served.latency = Some(latency);
                     let failed = response.status().is_server_error();
                     if failed {
                         pool.metrics.error("status_5xx");
                     }
                     pool.record(&set, index, !failed);
-                    return Ok(self.respond(response, client_upgrade, in_flight, timeouts.idle));
+                    return Ok((response, in_flight));
                 }
-                Ok(Err(error)) => match fault.get() {
-                    Some(Fault::TooLarge) => return Err(Kind::PayloadTooLarge { limit }.into()),
-                    Some(Fault::Stalled) => {
-                        self.slow_body("stalled");
-                        return Err(Kind::ClientTimeout.into());
-                    }
-                    Some(Fault::TooSlow) => {
-                        self.slow_body("too_slow");
-                        let min_rate = self.min_body_rate.map_or(0, |r| r.bytes_per_second);
-                        return Err(Kind::ClientTooSlow { min_rate }.into());
-                    }
-                    Some(Fault::Broken) => {
-                        return Err(Error::with_source(Kind::ClientAborted, error));
-                    }
-                    None => classify(error),
+                Ok(Err(error)) => match self.client_fault(out, error) {
+                    Ok(error) => error,
+                    Err(fault) => return Err(fault),
                 },
                 Err(_elapsed) => Error::new(Kind::UpstreamTimeout),
             };
             pool.metrics.error(error.code());
             pool.record(&set, index, false);
-            cx.target = Some(target.address.clone());
             let retryable = error.retryable();
             last_error = Some(error);
             if !retryable {
@@ -225,11 +286,34 @@ impl Proxy {
         Err(last_error.unwrap_or_else(|| Error::new(Kind::NoHealthyUpstream)))
     }
 
+    /// A failed exchange as the data plane's error: `Err` when the client's
+    /// body was at fault (too large, stalled, too slow, broken), which ends
+    /// the request whatever else could be tried.
+    fn client_fault(&self, out: &Outgoing, error: client::Error) -> Result<Error, Error> {
+        match out.fault.get() {
+            Some(Fault::TooLarge) => Err(Kind::PayloadTooLarge { limit: out.limit }.into()),
+            Some(Fault::Stalled) => {
+                self.slow_body("stalled");
+                Err(Kind::ClientTimeout.into())
+            }
+            Some(Fault::TooSlow) => {
+                self.slow_body("too_slow");
+                let min_rate = self.min_body_rate.map_or(0, |r| r.bytes_per_second);
+                Err(Kind::ClientTooSlow { min_rate }.into())
+            }
+            Some(Fault::Broken) => Err(Error::with_source(Kind::ClientAborted, error)),
+            None => Ok(classify(error)),
+        }
+    }
+
+    /// The upstream's response on its way to the client: hop-by-hop fields
+    /// removed, the body streamed (and `in_flight` held until it ends), or
+    /// the tunnel started after a 101.
     fn respond(
         &self,
         mut response: http::Response<hyper::body::Incoming>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        in_flight: pool::InFlight,
+        in_flight: Option<pool::InFlight>,
         idle: std::time::Duration,
     ) -> Response {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -247,16 +331,69 @@ impl Proxy {
         let (mut parts, incoming) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         let mut body = Body::stream(incoming, idle);
-        body.hold(in_flight);
+        if let Some(in_flight) = in_flight {
+            body.hold(in_flight);
+        }
         http::Response::from_parts(parts, body)
     }
+}
+
+/// A request made ready for upstreams: what every attempt sends, to a local
+/// target or to another region's gateway.
+pub(crate) struct Outgoing {
+    method: Method,
+    path_and_query: PathAndQuery,
+    /// Everything but `Host`, which each attempt sets.
+    headers: HeaderMap,
+    /// Keep the client's `Host` (in `headers`) instead of the target's.
+    preserve_host: bool,
+    /// The client's body, for the first attempt that takes it.
+    replay: Option<Replay>,
+    /// The route's body limit (for the 413's message).
+    limit: u64,
+    /// The limit the body is held to on the way.
+    body_limit: u64,
+    fault: Arc<ClientFault>,
+    hash: Option<u64>,
+    idle: std::time::Duration,
+}
+
+impl Outgoing {
+    /// Whether the request may still be sent (again): it has no body, or
+    /// its body was not streamed to an earlier attempt.
+    fn resendable(&self) -> bool {
+        self.replay.as_ref().is_none_or(|replay| !replay.consumed())
+    }
+
+    /// The body of one attempt.
+    fn body(&self, min_rate: Option<MinRate>) -> UpstreamBody {
+        match &self.replay {
+            None => UpstreamBody::Empty,
+            Some(replay) => UpstreamBody::Client(
+                ClientBody::new(
+                    replay.clone(),
+                    self.body_limit,
+                    self.idle,
+                    self.fault.clone(),
+                )
+                .min_rate(min_rate),
+            ),
+        }
+    }
+}
+
+/// Which target served, and how fast it answered.
+#[derive(Default)]
+pub(crate) struct Served {
+    target: Option<Arc<str>>,
+    latency: Option<std::time::Duration>,
 }
 
 /// Copies bytes both ways between an upgraded client and upstream.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    _in_flight: pool::InFlight,
+    _in_flight: Option<pool::InFlight>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -505,9 +642,13 @@ fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, Error
 }
 
 /// The consistent-hash key of a request, if present.
-fn request_hash(key: &HashKey, cx: &RequestCx, headers: &HeaderMap) -> Option<u64> {
+fn request_hash(
+    key: &HashKey,
+    client: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+) -> Option<u64> {
     match key {
-        HashKey::ClientIp => Some(pool::hash_ip(cx.client_ip)),
+        HashKey::ClientIp => client.map(pool::hash_ip),
         HashKey::Header(name) => headers.get(name.as_str()).map(|v| pool::hash(v.as_bytes())),
         HashKey::Cookie(name) => headers
             .get_all(header::COOKIE)

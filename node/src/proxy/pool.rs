@@ -211,6 +211,8 @@ pub struct Pool {
     pub client: Client,
     /// The upstream's series.
     pub metrics: UpstreamMetrics,
+    /// Whether its traffic went to other regions ([`super::fallback`]).
+    pub away: super::fallback::Away,
 }
 
 impl Pool {
@@ -270,6 +272,7 @@ impl Pool {
                 retries: AtomicU64::new(0),
             },
             registry: metrics.clone(),
+            away: super::fallback::Away::new(metrics.gauge("meridian_fallback_active", &upstream)),
             client: Client::new(definition, tasks),
             metrics: UpstreamMetrics {
                 latency: metrics.histogram("meridian_upstream_request_duration_seconds", &upstream),
@@ -424,7 +427,8 @@ impl Pool {
         target
     }
 
-    fn now_ms(&self) -> u64 {
+    /// Milliseconds since the pool was built.
+    pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 

@@ -159,13 +159,7 @@ impl RawGslb {
     }
 }
 
-/// Region names follow `region` in node.toml.
-pub fn is_region_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
+pub use raft::model::validate::is_region_name;
 
 /// Where a region's state came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -399,6 +399,84 @@ pub struct Upstream {
     /// Keep-alive connection pool settings.
     #[serde(default)]
     pub pool: PoolSettings,
+    /// Targets for the nodes of one region, used there instead of
+    /// `targets` (a region listed with `[]` has no local backends and is
+    /// served through `fallback`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub region_targets: BTreeMap<String, Vec<String>>,
+    /// Other regions whose gateways serve the upstream's requests when this
+    /// region has no available target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<RegionFallback>,
+}
+
+impl Upstream {
+    /// The targets of the nodes in `region`.
+    pub fn targets_in(&self, region: &str) -> &[String] {
+        self.region_targets.get(region).unwrap_or(&self.targets)
+    }
+
+    /// The definition as the nodes of `region` use it: their targets under
+    /// `targets`, no per-region lists.
+    pub fn for_region(&self, region: &str) -> Upstream {
+        Upstream {
+            targets: self.targets_in(region).to_vec(),
+            region_targets: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Cross-region fallback of an upstream: written as a list of regions
+/// (`fallback: [us-east, ap-south]`) or in full
+/// (`fallback: { regions: [us-east], return_after: 30s }`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RegionFallback {
+    /// The regions tried in order; this node's own region is skipped.
+    pub regions: Vec<String>,
+    /// How long the local targets must stay available before traffic
+    /// that went to another region comes back (hysteresis).
+    #[serde(with = "humantime_serde")]
+    pub return_after: Duration,
+}
+
+impl RegionFallback {
+    /// The default of `return_after`.
+    pub const RETURN_AFTER: Duration = Duration::from_secs(10);
+}
+
+impl<'de> Deserialize<'de> for RegionFallback {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            regions: Vec<String>,
+            #[serde(with = "humantime_serde", default = "return_after")]
+            return_after: Duration,
+        }
+        fn return_after() -> Duration {
+            RegionFallback::RETURN_AFTER
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape {
+            Regions(Vec<String>),
+            Full(Full),
+        }
+        match Shape::deserialize(deserializer) {
+            Ok(Shape::Regions(regions)) => Ok(Self {
+                regions,
+                return_after: Self::RETURN_AFTER,
+            }),
+            Ok(Shape::Full(full)) => Ok(Self {
+                regions: full.regions,
+                return_after: full.return_after,
+            }),
+            Err(_) => Err(serde::de::Error::custom(
+                "fallback is a list of regions, or { regions: [REGION, ...], return_after: DURATION }",
+            )),
+        }
+    }
 }
 
 /// The protocol the gateway speaks to an upstream.

@@ -107,7 +107,7 @@ fn syntax_errors_name_the_location() {
 fn upstream_rules() {
     check(
         "upstreams:\n  u: { targets: [] }\n",
-        &["upstreams.u.targets ([]) must list at least one target"],
+        &["upstreams.u.targets ([]) must list at least one target (here or under region_targets)"],
     );
     check(
         "upstreams:\n  u: { targets: [\"a:0\", \"b\", \"a:80\", \"A:80\", \"[zz]:1\"] }\n",
@@ -141,6 +141,53 @@ fn upstream_rules() {
         "upstreams:\n  \"bad name\": { targets: [\"a:1\"] }\n",
         &["upstreams.bad name (bad name) must be a name of letters, digits, '-', '_' and '.'"],
     );
+}
+
+#[test]
+fn region_targets_and_fallback() {
+    let yaml = "upstreams:\n  u:\n    targets: [\"a:1\"]\n    region_targets: { us-east: [\"b:2\"], ap-south: [] }\n    fallback: [us-east, eu-west]\n";
+    let config = GatewayConfig::parse(yaml).unwrap();
+    let u = &config.upstreams["u"];
+    assert_eq!(u.targets_in("eu-west"), ["a:1"]);
+    assert_eq!(u.targets_in("us-east"), ["b:2"]);
+    assert!(u.targets_in("ap-south").is_empty());
+    let local = u.for_region("us-east");
+    assert_eq!(local.targets, ["b:2"]);
+    assert!(local.region_targets.is_empty());
+    let fallback = u.fallback.as_ref().unwrap();
+    assert_eq!(fallback.regions, ["us-east", "eu-west"]);
+    assert_eq!(fallback.return_after, RegionFallback::RETURN_AFTER);
+    // The full form, and the JSON it is replicated as.
+    let full = GatewayConfig::parse(
+        "upstreams:\n  u: { targets: [], region_targets: { eu-west: [\"a:1\"] }, fallback: { regions: [eu-west], return_after: 2s } }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        full.upstreams["u"].fallback.as_ref().unwrap().return_after,
+        Duration::from_secs(2)
+    );
+    let again = GatewayConfig::parse(&state::config_text(&full)).unwrap();
+    assert_eq!(again.upstreams["u"], full.upstreams["u"]);
+
+    check(
+        "upstreams:\n  u: { targets: [], region_targets: { \"eu west\": [\"a:0\"], x: [] }, fallback: { regions: [x, \"y z\", x], return_after: 0s } }\n",
+        &[
+            "upstreams.u.region_targets.eu west (eu west) must be a region name of letters, digits, '-' and '_'",
+            "upstreams.u.region_targets.eu west[0] (a:0) must end with a port in 1..=65535",
+            "upstreams.u.fallback.regions[1] (y z) must be a region name of letters, digits, '-' and '_'",
+            "upstreams.u.fallback.regions[2] (x) must not be listed twice",
+            "upstreams.u.fallback.return_after (0s) must be greater than zero",
+        ],
+    );
+    check(
+        "upstreams:\n  u: { targets: [\"a:1\"], fallback: { regions: [] } }\n",
+        &["upstreams.u.fallback.regions ([]) must list at least one region"],
+    );
+    let errors =
+        GatewayConfig::parse("upstreams:\n  u: { targets: [\"a:1\"], fallback: eu-west }\n")
+            .unwrap_err()
+            .to_string();
+    assert!(errors.contains("fallback is a list of regions"), "{errors}");
 }
 
 #[test]

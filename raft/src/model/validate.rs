@@ -254,26 +254,49 @@ fn check_upstream(c: &mut Checker, name: &str, upstream: &Upstream) {
             "must be a name of letters, digits, '-', '_' and '.'",
         );
     }
-    if upstream.targets.is_empty() {
+    if upstream.targets.is_empty() && upstream.region_targets.values().all(Vec::is_empty) {
         c.fail(
             format!("{key}.targets"),
             "[]",
-            "must list at least one target",
+            "must list at least one target (here or under region_targets)",
         );
     }
-    let mut seen = BTreeSet::new();
-    for (i, target) in upstream.targets.iter().enumerate() {
-        let target_key = format!("{key}.targets[{i}]");
-        if let Some(name) = target.strip_prefix("srv:") {
-            if let Err(rule) = check_srv_name(name) {
-                c.fail(&target_key, target, rule);
+    check_targets(c, &format!("{key}.targets"), &upstream.targets);
+    for (region, targets) in &upstream.region_targets {
+        let region_key = format!("{key}.region_targets.{region}");
+        if !is_region_name(region) {
+            c.fail(
+                &region_key,
+                region,
+                "must be a region name of letters, digits, '-' and '_'",
+            );
+        }
+        check_targets(c, &region_key, targets);
+    }
+    if let Some(fallback) = &upstream.fallback {
+        let fkey = format!("{key}.fallback");
+        if fallback.regions.is_empty() {
+            c.fail(
+                format!("{fkey}.regions"),
+                "[]",
+                "must list at least one region",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, region) in fallback.regions.iter().enumerate() {
+            let region_key = format!("{fkey}.regions[{i}]");
+            if !is_region_name(region) {
+                c.fail(
+                    &region_key,
+                    region,
+                    "must be a region name of letters, digits, '-' and '_'",
+                );
             }
-        } else if let Err(rule) = parse_target(target) {
-            c.fail(&target_key, target, rule);
+            if !seen.insert(region) {
+                c.fail(&region_key, region, "must not be listed twice");
+            }
         }
-        if !seen.insert(target.to_ascii_lowercase()) {
-            c.fail(&target_key, target, "must not be listed twice");
-        }
+        c.positive(format!("{fkey}.return_after"), fallback.return_after);
     }
     let t = &upstream.timeouts;
     c.positive(format!("{key}.timeouts.connect"), t.connect);
@@ -325,6 +348,33 @@ fn check_upstream(c: &mut Checker, name: &str, upstream: &Upstream) {
         format!("{key}.pool.idle_timeout"),
         upstream.pool.idle_timeout,
     );
+}
+
+/// Checks a list of targets: each an `ip:port`, `host:port` or `srv:NAME`,
+/// none twice.
+fn check_targets(c: &mut Checker, key: &str, targets: &[String]) {
+    let mut seen = BTreeSet::new();
+    for (i, target) in targets.iter().enumerate() {
+        let target_key = format!("{key}[{i}]");
+        if let Some(name) = target.strip_prefix("srv:") {
+            if let Err(rule) = check_srv_name(name) {
+                c.fail(&target_key, target, rule);
+            }
+        } else if let Err(rule) = parse_target(target) {
+            c.fail(&target_key, target, rule);
+        }
+        if !seen.insert(target.to_ascii_lowercase()) {
+            c.fail(&target_key, target, "must not be listed twice");
+        }
+    }
+}
+
+/// Region names, as `region` in node.toml: letters, digits, '-' and '_'.
+pub fn is_region_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Checks the name of an `srv:` target, e.g. `_http._tcp.users.internal`:

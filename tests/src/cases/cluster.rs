@@ -457,8 +457,10 @@ async fn a_malformed_peer_frame_closes_only_its_stream() {
     let target = member.gateway.cluster().plane.local_addr().to_string();
     let id = member.gateway.cluster().plane.id();
     let timeout = Duration::from_secs(5);
-    let hostile: [&[u8]; 4] = [
+    let hostile: [&[u8]; 5] = [
         b"",
+        // The first bytes of the forwarding marker, cut short.
+        b"\xffFW",
         b"\xff\xff\xff\xff garbage",
         // A variant index far past the enum, then a length prefix of 2^60.
         &[7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10],

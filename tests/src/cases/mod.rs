@@ -4,6 +4,7 @@ mod aggregate;
 mod cluster;
 mod dns;
 mod edge;
+mod fallback;
 mod flood;
 mod global;
 mod graphql;
