@@ -537,15 +537,8 @@ impl PeerPlane {
             )));
         }
         let exchange = async {
-            let connection = self.connection(target, address).await?;
             let failed = |e: &dyn std::fmt::Display| TransportError::Failed(e.to_string());
-            let (mut send, mut recv) = connection.open_bi().await.map_err(|e| {
-                self.connections
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&target);
-                TransportError::Unreachable(e.to_string())
-            })?;
+            let (mut send, mut recv) = self.open_stream(target, address).await?;
             send.write_all(frame).await.map_err(|e| failed(&e))?;
             send.finish().map_err(|e| failed(&e))?;
             recv.read_to_end(MAX_FRAME).await.map_err(|e| failed(&e))
@@ -585,6 +578,23 @@ impl PeerPlane {
         }
     }
 
+    /// A new bidirectional stream to node `target` (dialled at `address`
+    /// when not connected); a connection that cannot open one is dropped.
+    async fn open_stream(
+        &self,
+        target: NodeId,
+        address: &str,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        let connection = self.connection(target, address).await?;
+        connection.open_bi().await.map_err(|e| {
+            self.connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&target);
+            TransportError::Unreachable(e.to_string())
+        })
+    }
+
     /// Opens a stream to node `target` at `address` for one forwarded HTTP
     /// exchange (see [`FORWARD`]).
     pub async fn open_forward(
@@ -597,14 +607,7 @@ impl PeerPlane {
                 "node {target} is blocked"
             )));
         }
-        let connection = self.connection(target, address).await?;
-        let (mut send, recv) = connection.open_bi().await.map_err(|e| {
-            self.connections
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&target);
-            TransportError::Unreachable(e.to_string())
-        })?;
+        let (mut send, recv) = self.open_stream(target, address).await?;
         send.write_all(&FORWARD)
             .await
             .map_err(|e| TransportError::Failed(e.to_string()))?;

@@ -53,6 +53,18 @@ impl Cluster {
         self.nodes.insert(id, node);
     }
 
+    /// A second peer endpoint holding a member's own certificate: a
+    /// verified peer that sends what no node would. With the member's id
+    /// and peer address.
+    pub(crate) fn twin(&self) -> (std::sync::Arc<node::peer::PeerPlane>, u64, String) {
+        let member = self.any();
+        let identity = node::pki::Identity::load(member.data.path()).unwrap();
+        let socket = node::peer::PeerPlane::socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let peer = node::peer::PeerPlane::bind(socket, &identity).unwrap();
+        let plane = &member.gateway.cluster().plane;
+        (peer, plane.id(), plane.local_addr().to_string())
+    }
+
     pub(crate) fn any(&self) -> &TestNode {
         self.nodes.values().next().expect("a node")
     }
@@ -448,14 +460,7 @@ async fn a_malformed_peer_frame_closes_only_its_stream() {
     use node::peer::{Request, Response, codec};
     let upstream = MockUpstream::echo("u").await;
     let cluster = Cluster::start(1, &config(&upstream, "v1")).await;
-    let member = cluster.any();
-    // A second endpoint holding the member's own certificate: a verified
-    // peer that sends frames no node would.
-    let identity = node::pki::Identity::load(member.data.path()).unwrap();
-    let socket = node::peer::PeerPlane::socket("127.0.0.1:0".parse().unwrap()).unwrap();
-    let peer = node::peer::PeerPlane::bind(socket, &identity).unwrap();
-    let target = member.gateway.cluster().plane.local_addr().to_string();
-    let id = member.gateway.cluster().plane.id();
+    let (peer, id, target) = cluster.twin();
     let timeout = Duration::from_secs(5);
     let hostile: [&[u8]; 5] = [
         b"",

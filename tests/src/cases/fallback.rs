@@ -251,24 +251,38 @@ async fn a_region_without_backends_is_served_by_the_next_and_traffic_comes_back(
     );
 }
 
+/// One forwarded `GET path` for `upstream`, sent by `peer` to node `id`.
+async fn forwarded_get(
+    peer: &node::peer::PeerPlane,
+    id: u64,
+    target: &str,
+    upstream: &str,
+    path: &str,
+) -> http::Response<hyper::body::Incoming> {
+    let stream = peer.open_forward(id, target).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header("host", upstream)
+        .header("x-meridian-forward-upstream", upstream)
+        .header("x-request-id", "req-1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    sender.send_request(request).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_exchange_is_checked_like_any_peer_input() {
     use http_body_util::BodyExt;
-    use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let b1 = MockUpstream::echo("b1").await;
     let b2 = MockUpstream::echo("b2").await;
     let b3 = MockUpstream::echo("b3").await;
     let cluster = Cluster::start(1, &config(&[&b1, &b2, &b3])).await;
-    let member = cluster.any();
-    // A second endpoint with the member's own certificate: a verified peer
-    // that sends what no node would.
-    let identity = node::pki::Identity::load(member.data.path()).unwrap();
-    let socket = node::peer::PeerPlane::socket("127.0.0.1:0".parse().unwrap()).unwrap();
-    let peer = node::peer::PeerPlane::bind(socket, &identity).unwrap();
-    let target = member.gateway.cluster().plane.local_addr().to_string();
-    let id = member.gateway.cluster().plane.id();
+    // A verified peer that sends what no node would.
+    let (peer, id, target) = cluster.twin();
 
     // Not HTTP: the exchange ends with a 400, nothing reaches a backend.
     let mut stream = peer.open_forward(id, &target).await.unwrap();
@@ -283,18 +297,7 @@ async fn a_forwarded_exchange_is_checked_like_any_peer_input() {
 
     // An upstream the configuration does not have: a JSON 503 marked as
     // the serving side's failure, so the origin would try elsewhere.
-    let stream = peer.open_forward(id, &target).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::get("/users/1")
-        .header("host", "users")
-        .header("x-meridian-forward-upstream", "nope")
-        .header("x-request-id", "req-1")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let response = forwarded_get(&peer, id, &target, "nope", "/users/1").await;
     assert_eq!(response.status(), 503);
     assert_eq!(
         response.headers()["x-meridian-forward-failed"],
@@ -305,19 +308,8 @@ async fn a_forwarded_exchange_is_checked_like_any_peer_input() {
     assert_eq!(body["error"]["code"], "no_healthy_upstream", "{body}");
     assert_eq!(served(&b1), 0);
 
-    // A well-formed one is proxied to the local target, and the node still
-    // serves its clients.
-    let stream = peer.open_forward(id, &target).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::get("/users/2")
-        .header("host", "users")
-        .header("x-meridian-forward-upstream", "users")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    // A well-formed one is proxied to the local target.
+    let response = forwarded_get(&peer, id, &target, "users", "/users/2").await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-meridian-region"], "region-1");
     assert_eq!(served(&b1), 1);
