@@ -81,17 +81,20 @@ async fn dev(args: Args) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     let stop = CancellationToken::new();
     let mut echoes = Vec::new();
+    let mut names = Vec::new();
     for i in 0..args.regions {
         let echo = demo::echo(args.backends, &region(i), &tasks, &stop)
             .await
             .context("starting an echo backend")?;
-        echoes.push(format!("\"{echo}\""));
+        echoes.push(format!("{}: [\"{echo}\"]", region(i)));
+        names.push(region(i));
     }
     let users = demo::users(args.backends, &tasks, &stop)
         .await
         .context("starting the users backend")?;
     let gateway = GATEWAY
-        .replace("{echo}", &echoes.join(", "))
+        .replace("{region_targets}", &format!("{{ {} }}", echoes.join(", ")))
+        .replace("{regions}", &names.join(", "))
         .replace("{users}", &format!("\"{users}\""));
     let gateway = GatewayConfig::parse(&gateway)
         .map_err(|e| anyhow::anyhow!("embedded configuration: {e}"))?;
@@ -196,10 +199,11 @@ fn print_quick_start(regions: &[Region], second: &std::path::Path, users: Socket
         r#"
 Meridian dev cluster: {n} region(s) on loopback, raft over QUIC between them.
 
-{table}  demo backends: one echo service per region, users at http://{users}
+{table}  demo backends: one echo service per region (each region proxies to its own,
+  falling back to the next region's), users at http://{users}
 
 Try the data plane:
-  curl -s http://{p}/echo/hello?lang=en
+  curl -si http://{p}/echo/hello?lang=en            # x-meridian-region: the region that served
   curl -s http://{p}/api/v2/users/1
   curl -si http://{p}/api/v1/users/1                # deprecated: Deprecation, Sunset, Link
   curl -s -H 'X-API-Version: 1' http://{p}/api/users

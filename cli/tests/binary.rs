@@ -126,9 +126,16 @@ fn dev_runs_a_three_region_cluster_and_prints_a_quick_start() {
     assert!(banner.contains("meridian key revoke"), "{banner}");
     let (proxy, admin) = regions[0];
 
-    let (status, _, body) = get(proxy, "/echo/hello?lang=en");
+    let (status, head, body) = get(proxy, "/echo/hello?lang=en");
     assert_eq!(status, 200);
     assert!(body.contains("\"path\":\"/hello\""), "{body}");
+    // Each region proxies to its own echo backend.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-meridian-region: eu-west"),
+        "{head}"
+    );
+    assert!(body.contains("eu-west"), "{body}");
     let (status, head, body) = get(proxy, "/api/v1/users/1");
     assert_eq!(status, 200);
     assert!(body.contains("Ada Lovelace"), "{body}");
