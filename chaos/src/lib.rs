@@ -19,6 +19,9 @@
 //!   (`chaos/scenarios/*.toml`).
 //! - [`cluster`]: starts, kills and restarts `meridian` processes on loopback,
 //!   with a relay link for every ordered pair of nodes.
+//! - [`netns`]: the namespaces of a region test (a hub with a bridge, a veth
+//!   per region, cuts at the hub) and the [`Dialer`](netns::Dialer) that
+//!   makes the harness's sockets inside them.
 //! - [`backend`]: the demo echo backends that a fault takes down or slows,
 //!   and the JWKS endpoint.
 //! - [`idp`]: the signing keys of the run's JWT issuer, and a rogue one.
@@ -50,6 +53,7 @@ pub mod cluster;
 pub mod history;
 pub mod idp;
 pub mod load;
+pub mod netns;
 pub mod relay;
 pub mod report;
 pub mod run;
