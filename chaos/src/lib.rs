@@ -22,6 +22,8 @@
 //! - [`netns`]: the namespaces of a region test (a hub with a bridge, a veth
 //!   per region, cuts at the hub) and the [`Dialer`](netns::Dialer) that
 //!   makes the harness's sockets inside them.
+//! - [`dns`]: a hickory resolver that asks one node's DNS responder from
+//!   inside a namespace.
 //! - [`backend`]: the demo echo backends that a fault takes down or slows,
 //!   and the JWKS endpoint.
 //! - [`idp`]: the signing keys of the run's JWT issuer, and a rogue one.
@@ -50,6 +52,7 @@ pub mod backend;
 pub mod check;
 pub mod client;
 pub mod cluster;
+pub mod dns;
 pub mod history;
 pub mod idp;
 pub mod load;

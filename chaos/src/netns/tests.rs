@@ -49,6 +49,14 @@ async fn the_namespaces_addresses_are_never_dialled_from_here() {
         .await
         .unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+    let error = crate::client::Client::new()
+        .get_json(addr, "/", Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, crate::client::CallError::Invalid(m) if m.contains("inside the network namespaces")),
+        "{error}"
+    );
     drop(net);
 }
 
