@@ -10,6 +10,10 @@
 //! - `Slow(d)` waits `d` before each answer;
 //! - `Up` binds the same address again.
 //!
+//! A backend listens in the test process's own network namespace, or (made
+//! with [`Backend::start_in`]) in a region's namespace, where it also binds
+//! again when it comes back up.
+//!
 //! Tasks run on the backend's own tracker and stop when it is dropped.
 
 use std::convert::Infallible;
@@ -27,6 +31,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use crate::netns::Dialer;
 
 /// What a backend does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +59,17 @@ pub struct Backend {
 impl Backend {
     /// Starts the echo service of `region` on `listen` (port 0 picks one).
     pub async fn start(listen: SocketAddr, region: &str) -> std::io::Result<Self> {
-        Self::serve(listen, region, None).await
+        Self::serve(&Dialer::Here, listen, region, None).await
+    }
+
+    /// Starts the echo service of `region` on `listen`, bound where
+    /// `dialer` makes sockets (a region's network namespace).
+    pub async fn start_in(
+        dialer: &Dialer,
+        listen: SocketAddr,
+        region: &str,
+    ) -> std::io::Result<Self> {
+        Self::serve(dialer, listen, region, None).await
     }
 
     /// Starts a server that answers `document` on every path (a JWKS
@@ -62,15 +78,25 @@ impl Backend {
         listen: SocketAddr,
         document: serde_json::Value,
     ) -> std::io::Result<Self> {
-        Self::serve(listen, "-", Some(Arc::new(document))).await
+        Self::serve(&Dialer::Here, listen, "-", Some(Arc::new(document))).await
+    }
+
+    /// [`Backend::document`], bound where `dialer` makes sockets.
+    pub async fn document_in(
+        dialer: &Dialer,
+        listen: SocketAddr,
+        document: serde_json::Value,
+    ) -> std::io::Result<Self> {
+        Self::serve(dialer, listen, "-", Some(Arc::new(document))).await
     }
 
     async fn serve(
+        dialer: &Dialer,
         listen: SocketAddr,
         region: &str,
         document: Option<Arc<serde_json::Value>>,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(listen).await?;
+        let listener = dialer.bind_tcp(listen).await?;
         let addr = listener.local_addr()?;
         let (mode, _) = watch::channel(Mode::Up);
         let token = CancellationToken::new();
@@ -79,7 +105,7 @@ impl Backend {
         tracker.spawn(
             supervise(
                 listener,
-                addr,
+                (dialer.clone(), addr),
                 mode.subscribe(),
                 (region.clone(), document),
                 token.clone(),
@@ -127,7 +153,7 @@ impl Drop for Backend {
 /// Serves while up; closes everything while down; binds again when up.
 async fn supervise(
     listener: TcpListener,
-    addr: SocketAddr,
+    (dialer, addr): (Dialer, SocketAddr),
     mut mode: watch::Receiver<Mode>,
     (region, document): (Arc<str>, Option<Arc<serde_json::Value>>),
     token: CancellationToken,
@@ -146,7 +172,7 @@ async fn supervise(
         }
         let bound = match listener.take() {
             Some(l) => l,
-            None => match TcpListener::bind(addr).await {
+            None => match dialer.bind_tcp(addr).await {
                 Ok(l) => l,
                 Err(error) => {
                     tracing::warn!(%error, %addr, "cannot bind the backend again; retrying");

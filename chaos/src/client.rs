@@ -1,16 +1,28 @@
 //! A small HTTP/1.1 client for the harness: the load generator, the admin
 //! calls and the probes all use it. Every call has a deadline.
+//!
+//! It dials from the test process's own network namespace, or, made with
+//! [`Client::with_dialer`], from a region's namespace
+//! ([`crate::netns::Dialer`]): the calls are the same either way.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request};
+use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as Hyper;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
+
+use crate::netns::Dialer;
+
+/// Connection deadline, as for loopback calls.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a call has no HTTP answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -40,8 +52,23 @@ pub struct Answer {
 /// A pooled HTTP/1.1 client.
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: Hyper<HttpConnector, Full<Bytes>>,
+    inner: Inner,
     bearer: Option<std::sync::Arc<str>>,
+}
+
+/// The pool, by where it dials from.
+#[derive(Clone, Debug)]
+enum Inner {
+    /// The test process's own namespace.
+    Here(Hyper<HttpConnector, Full<Bytes>>),
+    /// A network namespace.
+    Namespace(Hyper<NamespaceConnector, Full<Bytes>>, Dialer),
+}
+
+/// Dials every connection from a namespace ([`Dialer::connect`]).
+#[derive(Clone, Debug)]
+struct NamespaceConnector {
+    dialer: Dialer,
 }
 
 // === impl Client ===
@@ -56,15 +83,42 @@ impl Client {
     /// A client with idle connections kept for a few seconds.
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         let inner = Hyper::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(32)
             .build(connector);
         Self {
-            inner,
+            inner: Inner::Here(inner),
             bearer: None,
+        }
+    }
+
+    /// A client like [`Client::new`] that makes its connections through
+    /// `dialer`: from a region's network namespace, or (with
+    /// [`Dialer::Here`]) from this process's, which is [`Client::new`].
+    pub fn with_dialer(dialer: Dialer) -> Self {
+        if dialer == Dialer::Here {
+            return Self::new();
+        }
+        let inner = Hyper::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(32)
+            .build(NamespaceConnector {
+                dialer: dialer.clone(),
+            });
+        Self {
+            inner: Inner::Namespace(inner, dialer),
+            bearer: None,
+        }
+    }
+
+    /// Where its connections are made.
+    pub fn dialer(&self) -> Dialer {
+        match &self.inner {
+            Inner::Here(_) => Dialer::Here,
+            Inner::Namespace(_, dialer) => dialer.clone(),
         }
     }
 
@@ -85,6 +139,10 @@ impl Client {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Answer, CallError> {
+        if matches!(self.inner, Inner::Here(_)) && crate::netns::refused_here(addr.ip()) {
+            // Never out of the machine by the default route.
+            return Err(CallError::Invalid(crate::netns::outside(addr).to_string()));
+        }
         let url = format!("http://{addr}{path}");
         let mut builder = Request::builder().method(method).uri(&url);
         for (name, value) in headers {
@@ -100,11 +158,11 @@ impl Client {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| CallError::Invalid(format!("{url}: {e}")))?;
         let exchange = async {
-            let response = self
-                .inner
-                .request(request)
-                .await
-                .map_err(|e| CallError::Connect(error_chain(&e)))?;
+            let response = match &self.inner {
+                Inner::Here(hyper) => hyper.request(request).await,
+                Inner::Namespace(hyper, _) => hyper.request(request).await,
+            }
+            .map_err(|e| CallError::Connect(error_chain(&e)))?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
             let body = response
@@ -155,6 +213,38 @@ impl Answer {
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| value.to_string())
+    }
+}
+
+// === impl NamespaceConnector ===
+
+impl tower_service::Service<Uri> for NamespaceConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let dialer = self.dialer.clone();
+        Box::pin(async move {
+            // The harness always calls IP addresses.
+            let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            let addr: SocketAddr = match authority.parse() {
+                Ok(addr) => addr,
+                Err(_) => format!("{authority}:80").parse().map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("{uri} has no IP address and port to dial"),
+                    )
+                })?,
+            };
+            let stream = dialer.connect(addr, CONNECT_TIMEOUT).await?;
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        })
     }
 }
 

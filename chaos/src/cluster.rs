@@ -1,4 +1,5 @@
-//! A loopback cluster of real `meridian` processes, one per region.
+//! A cluster of real `meridian` processes, one per region, on loopback or
+//! in network namespaces.
 //!
 //! [`Cluster::start`] does what an operator does (docs/operations.md):
 //! writes a `node.toml` per node, `meridian cluster init` on the first,
@@ -11,15 +12,28 @@
 //! it: a partition or added latency is a change on the links, per direction.
 //! (Joining dials the founder directly, before any fault.)
 //!
+//! With [`Network::Namespaces`] (root only) each region gets a network
+//! namespace of its own instead ([`crate::netns`]): node `N` runs under
+//! `ip netns exec` and listens on 10.77.0.N with fixed ports ([`NS_PROXY`],
+//! [`NS_ADMIN`], [`NS_PEER`]: every namespace has its own port space),
+//! peers dial each other's advertised addresses over the hub's bridge (no
+//! relay), region `N`'s backend listens in namespace `N` on port
+//! [`NS_BACKEND`], and the JWKS endpoint in the hub at 10.77.0.254. A
+//! partition sets the region's link down at the hub. The harness reaches a
+//! node with [`Cluster::client`], which dials from inside that node's
+//! namespace.
+//!
 //! Each region has a demo [`Backend`]; the gateway's `echo` upstream lists
 //! all of them, with active health checks and retries, and a `private`
 //! route needs an API key of consumer `chaos`.
 //!
 //! Processes are started with `kill_on_drop`: dropping the [`Cluster`] (on
 //! any exit path, a panic included) sends SIGKILL to every node it started,
-//! by PID. [`Cluster::shutdown`] also waits for them.
+//! by PID, then deletes the namespaces. [`Cluster::shutdown`] also waits for
+//! the processes before deleting the namespaces.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -33,6 +47,7 @@ use tokio::process::{Child, Command};
 use crate::backend::Backend;
 use crate::client::Client;
 use crate::idp::{self, Idp};
+use crate::netns::{self, Dialer, Net};
 use crate::relay::{Direction, LinkHandle, LinkParams, Relay};
 use crate::scenario::Cut;
 
@@ -66,6 +81,20 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Admin call deadline during set-up.
 const SETUP_CALL: Duration = Duration::from_secs(15);
 
+/// How long [`Cluster::commit_gateway`] may take.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// With [`Network::Namespaces`]: node `N`'s proxy port on 10.77.0.N.
+pub const NS_PROXY: u16 = 8080;
+/// With [`Network::Namespaces`]: node `N`'s admin port on 10.77.0.N.
+pub const NS_ADMIN: u16 = 9080;
+/// With [`Network::Namespaces`]: node `N`'s peer (QUIC) port on 10.77.0.N.
+pub const NS_PEER: u16 = 9443;
+/// With [`Network::Namespaces`]: region `N`'s backend port on 10.77.0.N.
+pub const NS_BACKEND: u16 = 8000;
+/// With [`Network::Namespaces`]: the JWKS endpoint's port on the hub.
+pub const NS_JWKS: u16 = 8001;
+
 /// One node of the cluster.
 #[derive(Debug)]
 pub struct Node {
@@ -85,13 +114,16 @@ pub struct Node {
     pub data: PathBuf,
     /// Its stderr, appended across restarts.
     pub log: PathBuf,
+    /// Where sockets to it are made: here on loopback, its region's
+    /// namespace with [`Network::Namespaces`] ([`Cluster::client`] uses it).
+    pub dialer: Dialer,
     child: Option<Child>,
     /// With tmpfs data dirs: the process holding the node's mount namespace
     /// (and so its tmpfs) across restarts of the node.
     holder: Option<Child>,
 }
 
-/// A running loopback cluster.
+/// A running cluster.
 #[derive(Debug)]
 pub struct Cluster {
     bin: PathBuf,
@@ -102,7 +134,25 @@ pub struct Cluster {
     idp: Idp,
     relay: Relay,
     client: Client,
+    /// With namespaces: one client per node, dialling from its namespace.
+    clients: Vec<Client>,
     wrap: Wrap,
+    /// Last, so that it is dropped after the node processes are killed.
+    net: Option<Net>,
+}
+
+/// How the nodes are networked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Network {
+    /// Every node on 127.0.0.1 with free ports, every peer link through the
+    /// relay, so latency and loss can be shaped per direction; no root.
+    #[default]
+    Loopback,
+    /// One network namespace per region on a bridge ([`crate::netns`]);
+    /// peers dial each other directly, a partition is the region's link
+    /// down at the hub. Root only; no latency or loss shaping, and only
+    /// two-way cuts.
+    Namespaces,
 }
 
 /// What every node process of a cluster runs under.
@@ -117,6 +167,12 @@ pub struct Wrap {
     /// (`nsenter`) and [`Cluster::fill`] can fill it up. Whatever the data
     /// dir held is copied in first.
     pub tmpfs: Option<String>,
+    /// How the nodes are networked (and so where each process runs).
+    pub network: Network,
+    /// More node.toml for node `id`, merged over what the harness writes:
+    /// tables key by key, any other value replacing the harness's (e.g.
+    /// `[raft] leader-loss`, `[gslb]`, `[regions.NAME]`, `[dns]`).
+    pub node_toml: BTreeMap<u64, toml::Table>,
 }
 
 /// Mounts the tmpfs over the data dir, keeping what it held, then holds the
@@ -166,7 +222,7 @@ impl Cluster {
         seed: u64,
         wrap: &Wrap,
     ) -> anyhow::Result<Self> {
-        if wrap.tmpfs.is_some() && !is_root() {
+        if wrap.tmpfs.is_some() && !netns::is_root() {
             bail!(
                 "disk-full faults need root: each node's data dir is a tmpfs mounted in its own mount namespace"
             );
@@ -177,39 +233,69 @@ impl Cluster {
                 bin.display()
             );
         }
+        if nodes == 0 || nodes as usize > REGIONS.len() {
+            bail!("a cluster has 1 to {} nodes, not {nodes}", REGIONS.len());
+        }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let net = match wrap.network {
+            Network::Loopback => None,
+            Network::Namespaces => {
+                Some(Net::create(nodes).context("creating a network namespace per region")?)
+            }
+        };
         let relay = Relay::new(seed);
         let idp = Idp::new()?;
-        let jwks = Backend::document(SocketAddr::from(([127, 0, 0, 1], 0)), idp.jwks())
-            .await
-            .context("starting the JWKS endpoint")?;
+        let jwks = match &net {
+            None => Backend::document(SocketAddr::from(([127, 0, 0, 1], 0)), idp.jwks()).await,
+            Some(net) => {
+                let listen = SocketAddr::from((netns::HUB_ADDRESS, NS_JWKS));
+                Backend::document_in(&net.hub_dialer(), listen, idp.jwks()).await
+            }
+        }
+        .context("starting the JWKS endpoint")?;
         let mut backends = Vec::new();
         for i in 0..nodes {
             let region = REGIONS[i as usize];
-            backends.push(
-                Backend::start(SocketAddr::from(([127, 0, 0, 1], 0)), region)
-                    .await
-                    .with_context(|| format!("starting the {region} backend"))?,
-            );
+            let backend = match &net {
+                None => Backend::start(SocketAddr::from(([127, 0, 0, 1], 0)), region).await,
+                Some(net) => {
+                    let listen = SocketAddr::new(net.address(i + 1), NS_BACKEND);
+                    Backend::start_in(&net.dialer(i + 1), listen, region).await
+                }
+            };
+            backends.push(backend.with_context(|| format!("starting the {region} backend"))?);
         }
         let mut specs = Vec::new();
         for i in 0..nodes {
             let id = i + 1;
+            let (proxy, admin, peer, dialer) = match &net {
+                None => (free_tcp()?, free_tcp()?, free_udp()?, Dialer::Here),
+                Some(net) => {
+                    let ip = net.address(id);
+                    (
+                        SocketAddr::new(ip, NS_PROXY),
+                        SocketAddr::new(ip, NS_ADMIN),
+                        SocketAddr::new(ip, NS_PEER),
+                        net.dialer(id),
+                    )
+                }
+            };
             specs.push(Node {
                 id,
                 region: REGIONS[i as usize].into(),
-                proxy: free_tcp()?,
-                admin: free_tcp()?,
-                peer: free_udp()?,
+                proxy,
+                admin,
+                peer,
                 config: dir.join(format!("node{id}.toml")),
                 data: dir.join(format!("data{id}")),
                 log: dir.join(format!("node{id}.log")),
+                dialer,
                 child: None,
                 holder: None,
             });
         }
         let mut links = BTreeMap::new();
-        for from in &specs {
+        for from in specs.iter().filter(|_| net.is_none()) {
             for to in &specs {
                 if from.id != to.id {
                     let link = relay
@@ -221,15 +307,26 @@ impl Cluster {
             }
         }
         for node in &specs {
-            let peers: BTreeMap<u64, SocketAddr> = links
-                .iter()
-                .filter(|((from, _), _)| *from == node.id)
-                .map(|((_, to), link)| (*to, link.local_addr()))
-                .collect();
-            let text = node_toml(node, &node.data, &peers);
+            let peers: Option<BTreeMap<u64, SocketAddr>> = net.is_none().then(|| {
+                links
+                    .iter()
+                    .filter(|((from, _), _)| *from == node.id)
+                    .map(|((_, to), link)| (*to, link.local_addr()))
+                    .collect()
+            });
+            let text = node_toml(node, &node.data, peers.as_ref());
+            let text = with_extra(text, wrap.node_toml.get(&node.id))
+                .with_context(|| format!("node {}'s extra node.toml", node.id))?;
             std::fs::write(&node.config, text)
                 .with_context(|| format!("writing {}", node.config.display()))?;
         }
+        let clients = match &net {
+            None => Vec::new(),
+            Some(_) => specs
+                .iter()
+                .map(|node| Client::with_dialer(node.dialer.clone()))
+                .collect(),
+        };
         let mut cluster = Self {
             bin: bin.to_owned(),
             nodes: specs,
@@ -239,7 +336,9 @@ impl Cluster {
             idp,
             relay,
             client: Client::new(),
+            clients,
             wrap: wrap.clone(),
+            net,
         };
         if cluster.wrap.faketime.is_some() {
             for id in 1..=nodes {
@@ -297,7 +396,7 @@ impl Cluster {
         // Joined nodes are promoted to voters once caught up.
         loop {
             let (status, view) = self
-                .client
+                .client(1)
                 .get_json(self.node(1).admin, "/v1/cluster", SETUP_CALL)
                 .await?;
             let members = view["members"].as_array().cloned().unwrap_or_default();
@@ -360,20 +459,22 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .with_context(|| format!("opening {}", node.log.display()))?;
-        let mut cmd = match (&wrap.tmpfs, node.holder.as_ref().and_then(Child::id)) {
-            (None, _) => Command::new(&bin),
+        // `ip netns exec` and nsenter exec, so the PID is the node's.
+        let mut argv: Vec<OsString> = Vec::new();
+        if let Some(namespace) = node.dialer.namespace() {
+            argv.extend(["ip", "netns", "exec", namespace].map(OsString::from));
+        }
+        match (&wrap.tmpfs, node.holder.as_ref().and_then(Child::id)) {
+            (None, _) => {}
             (Some(_), Some(holder)) => {
-                // nsenter execs, so the PID is the node's.
-                let mut cmd = Command::new("nsenter");
-                cmd.arg("-t")
-                    .arg(holder.to_string())
-                    .args(["-m", "--"])
-                    .arg(&bin);
-                cmd
+                argv.extend(["nsenter", "-t", &holder.to_string(), "-m", "--"].map(OsString::from))
             }
             (Some(_), None) => bail!("node {id}'s mount namespace holder is gone"),
-        };
-        cmd.args(command)
+        }
+        argv.push(bin.as_os_str().to_owned());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .args(command)
             .arg("--config")
             .arg(&node.config)
             .stdin(Stdio::null())
@@ -402,9 +503,9 @@ impl Cluster {
     /// Polls `/readyz` until 200.
     pub async fn wait_ready(&mut self, id: u64) -> anyhow::Result<()> {
         let admin = self.node(id).admin;
+        let client = self.client(id).clone();
         loop {
-            if let Ok(answer) = self
-                .client
+            if let Ok(answer) = client
                 .call(Method::GET, admin, "/readyz", &[], None, SETUP_CALL)
                 .await
                 && answer.status == 200
@@ -429,10 +530,10 @@ impl Cluster {
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
         let admin = self.node(id).admin;
+        let client = self.client(id).clone();
         let body = body.map(|b| b.to_string().into_bytes());
         loop {
-            match self
-                .client
+            match client
                 .call(method.clone(), admin, path, &[], body.clone(), SETUP_CALL)
                 .await
             {
@@ -457,6 +558,40 @@ impl Cluster {
     /// The nodes.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
+    }
+
+    /// A client that reaches node `id` (admin, proxy, anything listening in
+    /// its region): on loopback, the cluster's one client; with
+    /// namespaces, one that dials from inside node `id`'s namespace, so it
+    /// works while the region is cut off.
+    ///
+    /// # Panics
+    ///
+    /// When `id` is not a node of this cluster.
+    pub fn client(&self, id: u64) -> &Client {
+        if self.clients.is_empty() {
+            return &self.client;
+        }
+        &self.clients[(id - 1) as usize]
+    }
+
+    /// The network namespaces, with [`Network::Namespaces`].
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_ref()
+    }
+
+    /// Commits `gateway` (a gateway configuration, e.g. [`gateway`] with
+    /// changes) through node 1's admin API and waits until every node
+    /// serves it (`PUT /v1/config?wait=all`); returns the API's answer.
+    pub async fn commit_gateway(&mut self, gateway: &Value) -> anyhow::Result<Value> {
+        tokio::time::timeout(
+            COMMIT_TIMEOUT,
+            self.retry_admin(1, Method::PUT, "/v1/config?wait=all", Some(gateway)),
+        )
+        .await
+        .with_context(|| {
+            format!("committing a gateway configuration took over {COMMIT_TIMEOUT:?}")
+        })?
     }
 
     /// Node `id`.
@@ -536,7 +671,7 @@ impl Cluster {
     /// header of its admin API (whole seconds).
     pub async fn clock_offset(&self, id: u64) -> anyhow::Result<i64> {
         let answer = self
-            .client
+            .client(id)
             .call(
                 Method::GET,
                 self.node(id).admin,
@@ -611,8 +746,16 @@ impl Cluster {
     }
 
     /// Cuts node `id`'s peer traffic: `Both`, only what it sends
-    /// (`Outbound`), or only what it receives (`Inbound`).
-    pub fn partition(&self, id: u64, cut: Cut) {
+    /// (`Outbound`), or only what it receives (`Inbound`). With namespaces,
+    /// only `Both`: the region's link goes down at the hub, which cuts
+    /// everything it sends and receives, not only peer traffic.
+    pub fn partition(&self, id: u64, cut: Cut) -> anyhow::Result<()> {
+        if let Some(net) = &self.net {
+            if cut != Cut::Both {
+                bail!("with network namespaces a partition cuts both ways, not {cut:?}");
+            }
+            return net.cut(id);
+        }
         for ((from, to), link) in &self.links {
             // On link a→b, forward is a's datagrams, backward is b's.
             let direction = match (cut, *from == id, *to == id) {
@@ -627,22 +770,32 @@ impl Cluster {
                 link.partition(direction);
             }
         }
+        Ok(())
     }
 
-    /// Reconnects node `id`'s peer links.
-    pub fn heal(&self, id: u64) {
+    /// Reconnects node `id`'s peer links (its region's link, with namespaces).
+    pub fn heal(&self, id: u64) -> anyhow::Result<()> {
+        if let Some(net) = &self.net {
+            return net.heal(id);
+        }
         for ((from, to), link) in &self.links {
             if *from == id || *to == id {
                 link.heal();
             }
         }
+        Ok(())
     }
 
-    /// Sets the parameters of every peer link, both directions.
-    pub fn shape(&self, params: &LinkParams) {
+    /// Sets the parameters of every peer link, both directions (loopback
+    /// only: with namespaces the peers do not go through the relay).
+    pub fn shape(&self, params: &LinkParams) -> anyhow::Result<()> {
+        if self.net.is_some() {
+            bail!("latency and loss need the relay: run the cluster on loopback");
+        }
         for link in self.links.values() {
             link.set(params.clone());
         }
+        Ok(())
     }
 
     /// Datagrams the relay dropped (loss, cuts, full queues), over all links.
@@ -657,7 +810,7 @@ impl Cluster {
     }
 
     /// Kills every node (SIGKILL by PID), waits for them, stops the relay
-    /// and the backends.
+    /// and the backends, then deletes the namespaces.
     pub async fn shutdown(mut self) {
         for node in &mut self.nodes {
             for mut child in [node.child.take(), node.holder.take()]
@@ -673,9 +826,12 @@ impl Cluster {
         for backend in std::mem::take(&mut self.backends) {
             backend.shutdown().await;
         }
-        let Self { relay, jwks, .. } = self;
+        let Self {
+            relay, jwks, net, ..
+        } = self;
         jwks.shutdown().await;
         relay.shutdown().await;
+        drop(net);
     }
 }
 
@@ -728,11 +884,12 @@ fn faketime_file(config: &Path) -> PathBuf {
     config.with_extension("faketime")
 }
 
-/// The node.toml of `node`.
-fn node_toml(node: &Node, data: &Path, peers: &BTreeMap<u64, SocketAddr>) -> String {
+/// The node.toml of `node`; `peers` are its relay links (none with
+/// namespaces, where peers are dialled at the addresses they advertise).
+fn node_toml(node: &Node, data: &Path, peers: Option<&BTreeMap<u64, SocketAddr>>) -> String {
     let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let mut text = format!(
-        "# Written by the chaos harness.\nid = {}\nregion = {}\ndata-dir = {}\n\n[listen]\nproxy = \"{}\"\nadmin = \"{}\"\npeer = \"{}\"\n\n[log]\naccess-log = \"off\"\nlevel = \"warn\"\n\n[raft]\nheartbeat = \"{HEARTBEAT}\"\nelection-timeout-min = \"{ELECTION_MIN}\"\nelection-timeout-max = \"{ELECTION_MAX}\"\n\n[shutdown]\ngrace-period = \"1s\"\ndrain-delay = \"0s\"\n\n# Every peer is dialled through its chaos relay link.\n[peers]\n",
+        "# Written by the chaos harness.\nid = {}\nregion = {}\ndata-dir = {}\n\n[listen]\nproxy = \"{}\"\nadmin = \"{}\"\npeer = \"{}\"\n\n[log]\naccess-log = \"off\"\nlevel = \"warn\"\n\n[raft]\nheartbeat = \"{HEARTBEAT}\"\nelection-timeout-min = \"{ELECTION_MIN}\"\nelection-timeout-max = \"{ELECTION_MAX}\"\n\n[shutdown]\ngrace-period = \"1s\"\ndrain-delay = \"0s\"\n",
         node.id,
         quote(&node.region),
         quote(&data.display().to_string()),
@@ -740,21 +897,44 @@ fn node_toml(node: &Node, data: &Path, peers: &BTreeMap<u64, SocketAddr>) -> Str
         node.admin,
         node.peer,
     );
-    for (id, link) in peers {
-        text.push_str(&format!("{id} = \"{link}\"\n"));
+    match peers {
+        Some(peers) => {
+            text.push_str("\n# Every peer is dialled through its chaos relay link.\n[peers]\n");
+            for (id, link) in peers {
+                text.push_str(&format!("{id} = \"{link}\"\n"));
+            }
+        }
+        None => text.push_str(
+            "\n# Peers are dialled at the addresses they advertise, over the namespaces' bridge.\n",
+        ),
     }
     text
 }
 
-/// Whether this process runs as root (uid 0, from /proc/self/status).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|uids| uids.split_whitespace().nth(1))
-            == Some("0")
-    })
+/// `text` (a node.toml) with `extra` merged over it: tables key by key,
+/// any other value replacing. Unchanged without `extra`.
+fn with_extra(text: String, extra: Option<&toml::Table>) -> anyhow::Result<String> {
+    let Some(extra) = extra.filter(|e| !e.is_empty()) else {
+        return Ok(text);
+    };
+    let mut table: toml::Table = text.parse().context("the harness's own node.toml")?;
+    merge(&mut table, extra);
+    Ok(format!(
+        "# Written by the chaos harness, with the test's additions.\n{}",
+        toml::to_string(&table).context("writing node.toml")?
+    ))
+}
+
+/// Merges `from` into `into`: tables key by key, other values replace.
+fn merge(into: &mut toml::Table, from: &toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(key), value) {
+            (Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => merge(mine, theirs),
+            _ => {
+                into.insert(key.clone(), value.clone());
+            }
+        }
+    }
 }
 
 /// A loopback TCP port that was free a moment ago.
@@ -770,3 +950,6 @@ fn free_udp() -> anyhow::Result<SocketAddr> {
         .context("binding a free UDP port")?
         .local_addr()?)
 }
+
+#[cfg(test)]
+mod tests;

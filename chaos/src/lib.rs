@@ -7,7 +7,10 @@
 //! bandwidth caps are made in userspace: a [`relay::Relay`] sits between two
 //! nodes, one listener per directed link, and each node's config points at the
 //! relay instead of its peer (`[peers]` in node.toml; TESTING-NOTES.md §3).
-//! Partitions cut relay links, so they need no root.
+//! Partitions cut relay links, so they need no root. For region tests the
+//! cluster can instead give each region a network namespace of its own,
+//! with its own address, and cut a region's link at a hub bridge (root only;
+//! [`netns`], [`cluster::Network`]).
 //!
 //! Runs are seeded: the harness's own decisions (which follower a fault hits,
 //! which node each write goes to, the relay's loss and jitter) come from the
@@ -18,7 +21,13 @@
 //! - [`scenario`]: the scenario file format and the built-in scenarios
 //!   (`chaos/scenarios/*.toml`).
 //! - [`cluster`]: starts, kills and restarts `meridian` processes on loopback,
-//!   with a relay link for every ordered pair of nodes.
+//!   with a relay link for every ordered pair of nodes, or (root only) one
+//!   network namespace per region.
+//! - [`netns`]: the namespaces of a region test (a hub with a bridge, a veth
+//!   per region, cuts at the hub) and the [`Dialer`](netns::Dialer) that
+//!   makes the harness's sockets inside them.
+//! - [`dns`]: a hickory resolver that asks one node's DNS responder from
+//!   inside a namespace.
 //! - [`backend`]: the demo echo backends that a fault takes down or slows,
 //!   and the JWKS endpoint.
 //! - [`idp`]: the signing keys of the run's JWT issuer, and a rogue one.
@@ -47,9 +56,11 @@ pub mod backend;
 pub mod check;
 pub mod client;
 pub mod cluster;
+pub mod dns;
 pub mod history;
 pub mod idp;
 pub mod load;
+pub mod netns;
 pub mod relay;
 pub mod report;
 pub mod run;

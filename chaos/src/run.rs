@@ -242,6 +242,7 @@ pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Recor
     let wrap = cluster::Wrap {
         faketime: clock.then(|| faketime.to_owned()),
         tmpfs: disk.then(|| "64m".to_owned()),
+        ..cluster::Wrap::default()
     };
     let cluster = Cluster::start(
         &options.meridian,

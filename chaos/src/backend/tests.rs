@@ -72,3 +72,53 @@ async fn answers_goes_down_slows_down_and_comes_back_on_the_same_address() {
     assert_eq!(get(&client, addr, "/fast").await.unwrap().0, 200);
     backend.shutdown().await;
 }
+
+/// Root only: a backend in a region's namespace answers clients there,
+/// goes down, and binds again inside the namespace when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_in_a_namespace_goes_down_and_comes_back_there() {
+    if let Some(reason) = crate::netns::Net::unavailable() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let net = crate::netns::Net::create(2).unwrap();
+    let listen = SocketAddr::new(net.address(2), 8000);
+    let backend = Backend::start_in(&net.dialer(2), listen, "us-east")
+        .await
+        .unwrap();
+    assert_eq!(backend.addr(), listen);
+    // From region 1 across the hub, and from inside region 2.
+    for client in [
+        Client::with_dialer(net.dialer(1)),
+        Client::with_dialer(net.dialer(2)),
+    ] {
+        let (status, body) = get(&client, listen, "/hello").await.unwrap();
+        assert_eq!((status, &body["region"]), (200, &"us-east".into()));
+    }
+
+    let client = Client::with_dialer(net.dialer(1));
+    backend.set(Mode::Down);
+    let mut refused = false;
+    for _ in 0..50 {
+        if let Err(CallError::Connect(_)) = get(&client, listen, "/x").await {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "a down backend still answered");
+    backend.set(Mode::Up);
+    let mut back = false;
+    for _ in 0..50 {
+        if get(&client, listen, "/x")
+            .await
+            .is_ok_and(|(s, _)| s == 200)
+        {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back, "the backend did not come back in its namespace");
+    backend.shutdown().await;
+}

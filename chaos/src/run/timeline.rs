@@ -150,7 +150,7 @@ pub(super) async fn inject(
             format!("kill -9 node {node} (pid {pid})")
         }
         Fault::Partition { cut, .. } => {
-            cluster.partition(node, *cut);
+            cluster.partition(node, *cut)?;
             format!("cut node {node}'s peer links ({cut:?})")
         }
         Fault::Latency {
@@ -164,7 +164,7 @@ pub(super) async fn inject(
                 jitter_dist: Jitter::Uniform,
                 loss: *loss,
                 ..LinkParams::default()
-            });
+            })?;
             format!(
                 "every peer link: {delay:?} ± {jitter:?} one way, {:.0} % loss",
                 loss * 100.0
@@ -220,8 +220,8 @@ pub(super) async fn heal_fault(
             tracing::info!(node, pid, "node restarted on its data dir");
             return Ok(Some(format!("restarted on its data dir (pid {pid})")));
         }
-        Fault::Partition { .. } => cluster.heal(node),
-        Fault::Latency { .. } => cluster.shape(&LinkParams::default()),
+        Fault::Partition { .. } => cluster.heal(node)?,
+        Fault::Latency { .. } => cluster.shape(&LinkParams::default())?,
         Fault::Clock { .. } => cluster.skew(node, 0)?,
         Fault::DiskFull { .. } => {
             cluster.free(node)?;
