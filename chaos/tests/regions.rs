@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chaos::backend;
 use chaos::cluster::{self, Cluster, Network, REGIONS, Wrap};
 use chaos::dns::{self, Provider};
 use chaos::netns::{self, Net};
@@ -336,6 +337,156 @@ async fn a_region_cut_at_the_hub_leaves_dns_and_drains_then_returns() {
          healed: back in node 1's DNS after {back_1:?}, node 2's after {back_2:?}, \
          node {CUT}'s /healthz/gslb 200 after {serving:?}",
         reason["reason"].as_str().unwrap_or_default()
+    );
+    drop(probes);
+    cluster.shutdown().await;
+}
+
+/// The run's gateway configuration with the `echo` upstream made
+/// region-local: each region's own backend (`region_targets`), checked
+/// every 200 ms, falling back to the other regions in order, back after
+/// `return_after`.
+fn fallback_gateway(cluster: &Cluster, return_after: Duration) -> Value {
+    let mut config = cluster::gateway(
+        &cluster.backend_addrs(),
+        Some(cluster.jwks().addr()),
+        Some("fallback"),
+    );
+    let local: serde_json::Map<String, Value> = (1..=NODES)
+        .map(|id| {
+            let region = REGIONS[(id - 1) as usize].to_owned();
+            (
+                region,
+                serde_json::json!([cluster.backend(id).addr().to_string()]),
+            )
+        })
+        .collect();
+    let echo = &mut config["upstreams"]["echo"];
+    echo["targets"] = serde_json::json!([]);
+    echo["region_targets"] = Value::Object(local);
+    echo["health"] = serde_json::json!({
+        "path": "/health", "interval": "200ms", "timeout": "100ms",
+        "healthy_threshold": 1, "unhealthy_threshold": 1,
+    });
+    echo["fallback"] = serde_json::json!({
+        "regions": REGIONS[..NODES as usize],
+        "return_after": format!("{}ms", return_after.as_millis()),
+    });
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_whose_backends_die_is_served_by_the_next_region() {
+    if let Some(reason) = Net::unavailable() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let wrap = Wrap {
+        network: Network::Namespaces,
+        node_toml: (1..=NODES).map(|id| (id, node_toml(id))).collect(),
+        ..Wrap::default()
+    };
+    let mut cluster = Cluster::start(&meridian(), dir.path(), NODES, 1, &wrap)
+        .await
+        .expect("the cluster starts");
+    let return_after = Duration::from_secs(1);
+    cluster
+        .commit_gateway(&fallback_gateway(&cluster, return_after))
+        .await
+        .expect("the gateway configuration is committed");
+    let client = cluster.client(1);
+    let proxy = cluster.node(1).proxy;
+    // `(status, serving region)` of one GET through node 1, asked from
+    // inside region 1.
+    let call = |path: String| {
+        let client = client.clone();
+        async move {
+            let answer = client
+                .call(Method::GET, proxy, &path, &[], None, CALL)
+                .await
+                .unwrap_or_else(|e| panic!("GET {path} through node 1: {e}"));
+            let region = answer
+                .headers
+                .get("x-meridian-region")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (answer.status, region)
+        }
+    };
+    let probes = Probes::new(&cluster);
+    // Every node hears every region, with the echo upstream available.
+    for id in 1..=NODES {
+        let heard = eventually(|| async {
+            let view = probes.view(id).await;
+            probes.hears_everyone(id).await
+                && (1..=NODES).all(|other| {
+                    let region = &view["regions"][REGIONS[(other - 1) as usize]];
+                    region["nodes"][other.to_string()]["upstreams"]["echo"]["available"] == 1
+                })
+        })
+        .await;
+        assert!(heard, "node {id}: {}", probes.view(id).await);
+    }
+    assert_eq!(
+        call("/echo/before".into()).await,
+        (200, REGIONS[0].to_owned())
+    );
+
+    // Region 1's backend dies: requests through node 1 go to region 2 at
+    // once (the refused connection falls back within the request), and
+    // region 1 leaves DNS/GSLB once its check fails.
+    cluster.backend(1).set(backend::Mode::Down);
+    let died = Instant::now();
+    let mut first_away = None;
+    let mut errors = 0;
+    let mut drained = None;
+    let mut n = 0;
+    while died.elapsed() < Duration::from_secs(3) {
+        let (status, region) = call(format!("/echo/away-{n}")).await;
+        n += 1;
+        if status != 200 {
+            errors += 1;
+        } else if region == REGIONS[1] {
+            first_away.get_or_insert_with(|| died.elapsed());
+        } else {
+            panic!("served by {region:?} after region 1's backend died");
+        }
+        if drained.is_none() && probes.gslb(1).await.0 == 503 {
+            drained = Some(died.elapsed());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let first_away = first_away.expect("served by region 2");
+    let drained = drained.expect("region 1's /healthz/gslb turned 503");
+    assert_eq!(
+        errors, 0,
+        "no request failed while region 1 fell back ({n} sent)"
+    );
+
+    // The backend returns: traffic comes home once it has been healthy
+    // for `return_after`, not before.
+    cluster.backend(1).set(backend::Mode::Up);
+    let back = Instant::now();
+    let mut home = None;
+    while back.elapsed() < WAIT {
+        let (status, region) = call(format!("/echo/back-{n}")).await;
+        n += 1;
+        assert_eq!(status, 200);
+        if region == REGIONS[0] {
+            home = Some(back.elapsed());
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let home = home.expect("traffic came back to region 1");
+    assert!(home >= return_after, "back after {home:?}");
+    eprintln!(
+        "fallback across namespaces: region 1's backend down -> first request through node 1 \
+         served by region 2 after {first_away:?}, {errors} errors in {n} requests, node 1's \
+         /healthz/gslb 503 after {drained:?}; backend back -> served by region 1 again after \
+         {home:?} (return_after {return_after:?})"
     );
     drop(probes);
     cluster.shutdown().await;
