@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::{demo, run};
 
-/// The demo gateway configuration, with `{echo}` and `{users}` placeholders.
+/// The demo gateway configuration, with `{region_targets}`, `{regions}` and `{users}` placeholders.
 const GATEWAY: &str = include_str!("dev/gateway.yaml");
 
 /// Region names for the dev cluster.

@@ -79,7 +79,8 @@ fn the_examples_are_valid() {
         ),
     ] {
         let text = text
-            .replace("{echo}", "127.0.0.1:1")
+            .replace("{region_targets}", "{ eu-west: [\"127.0.0.1:1\"] }")
+            .replace("{regions}", "eu-west, us-east")
             .replace("{users}", "127.0.0.1:2");
         if let Err(errors) = GatewayConfig::parse(&text) {
             panic!("{name}:\n{errors}");
