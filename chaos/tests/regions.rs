@@ -12,8 +12,10 @@
 //! (`cargo test -p chaos --test regions -- --nocapture`). The `meridian`
 //! binary is found as in `scenarios.rs`.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+
 use std::time::Duration;
 
 use chaos::backend;
@@ -21,6 +23,7 @@ use chaos::cluster::{self, Cluster, Network, REGIONS, Wrap};
 use chaos::dns::{self, Provider};
 use chaos::netns::{self, Net};
 use chaos::scenario::Cut;
+use common::meridian;
 use hickory_resolver::Resolver;
 use http::Method;
 use serde_json::Value;
@@ -46,25 +49,6 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// A probe's deadline.
 const CALL: Duration = Duration::from_secs(2);
-
-fn meridian() -> PathBuf {
-    if let Some(path) = std::env::var_os("MERIDIAN_BIN") {
-        return path.into();
-    }
-    // target/debug/deps/regions-<hash> -> target/debug/meridian
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("a target directory")
-        .join("meridian");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --bin meridian` (or set MERIDIAN_BIN)",
-        bin.display()
-    );
-    bin
-}
 
 /// Node `id`'s additions to node.toml, as in tests/src/cases/regions.rs:
 /// gossip every 100 ms, a report fresh for 500 ms, every upstream
@@ -172,6 +156,29 @@ impl<'a> Probes<'a> {
     }
 }
 
+/// The three-region cluster of these tests, one namespace per region, with
+/// state and logs under `dir`; the nodes' logs are shown if it fails.
+async fn in_namespaces(dir: &std::path::Path) -> Cluster {
+    let wrap = Wrap {
+        network: Network::Namespaces,
+        node_toml: (1..=NODES).map(|id| (id, node_toml(id))).collect(),
+        ..Wrap::default()
+    };
+    match Cluster::start(&meridian(), dir, NODES, 1, &wrap).await {
+        Ok(cluster) => cluster,
+        Err(error) => {
+            let logs: String = (1..=NODES)
+                .map(|n| {
+                    let log = dir.join(format!("node{n}.log"));
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    format!("--- node {n}\n{text}")
+                })
+                .collect();
+            panic!("the cluster did not start: {error:#}\n{logs}");
+        }
+    }
+}
+
 fn everyone() -> Vec<IpAddr> {
     (1..=NODES)
         .map(|id| IpAddr::V4(netns::address(id)))
@@ -185,24 +192,7 @@ async fn a_region_cut_at_the_hub_leaves_dns_and_drains_then_returns() {
         return;
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let wrap = Wrap {
-        network: Network::Namespaces,
-        node_toml: (1..=NODES).map(|id| (id, node_toml(id))).collect(),
-        ..Wrap::default()
-    };
-    let mut cluster = match Cluster::start(&meridian(), dir.path(), NODES, 1, &wrap).await {
-        Ok(cluster) => cluster,
-        Err(error) => {
-            let logs: String = (1..=NODES)
-                .map(|n| {
-                    let log = dir.path().join(format!("node{n}.log"));
-                    let text = std::fs::read_to_string(log).unwrap_or_default();
-                    format!("--- node {n}\n{text}")
-                })
-                .collect();
-            panic!("the cluster did not start: {error:#}\n{logs}");
-        }
-    };
+    let mut cluster = in_namespaces(dir.path()).await;
     assert!(cluster.net().is_some(), "namespaces");
     let probes = Probes::new(&cluster);
 
@@ -382,14 +372,7 @@ async fn a_region_whose_backends_die_is_served_by_the_next_region() {
         return;
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let wrap = Wrap {
-        network: Network::Namespaces,
-        node_toml: (1..=NODES).map(|id| (id, node_toml(id))).collect(),
-        ..Wrap::default()
-    };
-    let mut cluster = Cluster::start(&meridian(), dir.path(), NODES, 1, &wrap)
-        .await
-        .expect("the cluster starts");
+    let mut cluster = in_namespaces(dir.path()).await;
     let return_after = Duration::from_secs(1);
     cluster
         .commit_gateway(&fallback_gateway(&cluster, return_after))

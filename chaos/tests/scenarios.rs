@@ -8,6 +8,8 @@
 //! The scenarios run one at a time: each starts three nodes, and the
 //! machine may have two cores.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,27 +17,9 @@ use std::time::Duration;
 use chaos::report::Report;
 use chaos::run::Options;
 use chaos::scenario::{self, Scenario};
+use common::meridian;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn meridian() -> PathBuf {
-    if let Some(path) = std::env::var_os("MERIDIAN_BIN") {
-        return path.into();
-    }
-    // target/debug/deps/scenarios-<hash> -> target/debug/meridian
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("a target directory")
-        .join("meridian");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --bin meridian` (or set MERIDIAN_BIN)",
-        bin.display()
-    );
-    bin
-}
 
 fn run(name: &str, duration: Option<Duration>) -> Report {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
