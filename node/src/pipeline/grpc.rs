@@ -52,7 +52,6 @@ use prost_reflect::{DynamicMessage, FieldDescriptor, Kind as FieldKind, MessageD
 use raft::model;
 use raft::model::grpc::{Binding, BodyTarget, Service, Streaming, Variable, field_path};
 use serde_json::{Map, Value};
-use tokio::time::Instant;
 
 use super::version::form_urlencoded_pairs;
 use super::{Flow, Request, RequestCx, Stage};
@@ -657,32 +656,19 @@ impl Stage for GrpcStage {
         *request.uri_mut() = Uri::from(matched.call.path.clone());
         *request.headers_mut() = headers;
 
-        let mut in_flight = pool.begin(&set, index);
-        let started = Instant::now();
-        let sent = tokio::time::timeout(
-            timeouts.request,
-            pool.client.send(&target.endpoint, request),
-        )
-        .await;
-        let response = match sent {
-            Ok(Ok((response, conn))) => {
-                in_flight.keep(conn);
-                response
-            }
-            Ok(Err(error)) => {
-                let error = Error::with_source(error.kind(), error);
-                pool.metrics.error(error.code());
-                pool.record(&set, index, false);
-                return Err(error);
-            }
-            Err(_elapsed) => {
-                pool.metrics.error("upstream_timeout");
-                pool.record(&set, index, false);
-                return Err(Kind::UpstreamTimeout.into());
-            }
-        };
-        let latency = started.elapsed();
-        pool.metrics.latency.record(latency.as_secs_f64());
+        let (response, in_flight, latency) =
+            match pool.exchange(&set, index, request, timeouts.request).await {
+                Ok(answer) => answer,
+                Err(failed) => {
+                    let error = match failed {
+                        proxy::pool::Failed::Send(error) => Error::with_source(error.kind(), error),
+                        proxy::pool::Failed::Timeout => Kind::UpstreamTimeout.into(),
+                    };
+                    pool.metrics.error(error.code());
+                    pool.record(&set, index, false);
+                    return Err(error);
+                }
+            };
         cx.upstream_latency = Some(latency);
         let (parts, body) = response.into_parts();
         pool.record(&set, index, parts.status.is_success());

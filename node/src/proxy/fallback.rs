@@ -137,11 +137,6 @@ impl Away {
             );
         }
     }
-
-    /// Whether the traffic is away.
-    pub fn is_away(&self) -> bool {
-        self.since.load(Ordering::Relaxed) != 0
-    }
 }
 
 /// Why a fallback did not produce a response.

@@ -41,7 +41,6 @@ use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use raft::model::HashKey;
-use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Shared;
@@ -181,12 +180,11 @@ impl Proxy {
                 Ok(response)
             }
             Err(error)
-                if fallback.is_some()
+                if let Some(fallback) = fallback
                     && !fell_back
                     && (error.retryable() || matches!(error.kind(), Kind::NoHealthyUpstream))
                     && out.resendable() =>
             {
-                let fallback = fallback.expect("checked above");
                 pool.away.leave(pool);
                 match self.fall_back(cx, pool, fallback, &mut out).await {
                     Ok(response) => Ok(response),
@@ -248,19 +246,10 @@ impl Proxy {
             }
             *request.headers_mut() = headers;
 
-            let mut in_flight = pool.begin(&set, index);
-            let started = Instant::now();
-            let result = tokio::time::timeout(
-                timeouts.request,
-                pool.client.send(&target.endpoint, request),
-            )
-            .await;
+            let result = pool.exchange(&set, index, request, timeouts.request).await;
             served.target = Some(target.address.clone());
             let error = match result {
-                Ok(Ok((response, conn))) => {
-                    in_flight.keep(conn);
-                    let latency = started.elapsed();
-                    pool.metrics.latency.record(latency.as_secs_f64());
+                Ok((response, in_flight, latency)) => {
                     served.latency = Some(latency);
                     let failed = response.status().is_server_error();
                     if failed {
@@ -269,11 +258,11 @@ impl Proxy {
                     pool.record(&set, index, !failed);
                     return Ok((response, in_flight));
                 }
-                Ok(Err(error)) => match self.client_fault(out, error) {
+                Err(pool::Failed::Send(error)) => match self.client_fault(out, error) {
                     Ok(error) => error,
                     Err(fault) => return Err(fault),
                 },
-                Err(_elapsed) => Error::new(Kind::UpstreamTimeout),
+                Err(pool::Failed::Timeout) => Error::new(Kind::UpstreamTimeout),
             };
             pool.metrics.error(error.code());
             pool.record(&set, index, false);

@@ -44,6 +44,14 @@ use super::client::{self, Client, Conn, Endpoint};
 use crate::dns::discovery::{Entry, Resolved};
 use crate::metrics::Metrics;
 
+/// How an [`Pool::exchange`] failed.
+pub enum Failed {
+    /// The client could not send or got no answer.
+    Send(client::Error),
+    /// No response head within the timeout.
+    Timeout,
+}
+
 /// One backend target: one address to connect to.
 pub struct Target {
     /// `ip:port` connected to (for a configured IP literal, as written).
@@ -504,6 +512,42 @@ impl Pool {
             pool: self.clone(),
             target,
             conn: None,
+        }
+    }
+
+    /// Sends `request` to target `index` of `set` and waits up to
+    /// `timeout` for the response head. An answer comes with the guard that
+    /// holds the target's in-flight count and the connection (reused once
+    /// the body ends cleanly) and the latency, already recorded in the
+    /// upstream's histogram. A failure is the caller's to count and record,
+    /// since what it means (a client fault, an upstream fault) depends on
+    /// the caller.
+    pub async fn exchange(
+        self: &Arc<Self>,
+        set: &Targets,
+        index: usize,
+        request: http::Request<crate::body::UpstreamBody>,
+        timeout: std::time::Duration,
+    ) -> Result<
+        (
+            http::Response<hyper::body::Incoming>,
+            InFlight,
+            std::time::Duration,
+        ),
+        Failed,
+    > {
+        let target = &set[index];
+        let mut in_flight = self.begin(set, index);
+        let started = Instant::now();
+        match tokio::time::timeout(timeout, self.client.send(&target.endpoint, request)).await {
+            Ok(Ok((response, conn))) => {
+                in_flight.keep(conn);
+                let latency = started.elapsed();
+                self.metrics.latency.record(latency.as_secs_f64());
+                Ok((response, in_flight, latency))
+            }
+            Ok(Err(error)) => Err(Failed::Send(error)),
+            Err(_elapsed) => Err(Failed::Timeout),
         }
     }
 
