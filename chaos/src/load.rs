@@ -145,6 +145,18 @@ pub struct Window {
     pub stop: CancellationToken,
 }
 
+impl Window {
+    /// Waits for `tick`'s next tick: `false` once the window has closed
+    /// (its deadline passed or its token was cancelled) instead.
+    pub async fn next(&self, tick: &mut tokio::time::Interval) -> bool {
+        tokio::select! {
+            () = self.stop.cancelled() => false,
+            () = tokio::time::sleep_until(self.until) => false,
+            _ = tick.tick() => true,
+        }
+    }
+}
+
 /// Runs the load against `targets` (node id, proxy address) at `rate` per
 /// second per node, within `window`: `routes` in turn, those under `/jwt`
 /// with `Authorization: Bearer <token>` when a token is given. Returns once
@@ -158,22 +170,18 @@ pub async fn run(
     stats: Shared,
 ) {
     let bearer: Option<Arc<str>> = token.map(|t| format!("Bearer {t}").into());
-    let Window {
-        origin,
-        until,
-        stop,
-    } = window;
+    let origin = window.origin;
     if rate == 0 || routes.is_empty() {
         return;
     }
     let tracker = TaskTracker::new();
     let routes: Arc<[String]> = routes.into();
     for (node, proxy) in targets {
-        let (client, routes, stats, stop, bearer) = (
+        let (client, routes, stats, window, bearer) = (
             client.clone(),
             routes.clone(),
             stats.clone(),
-            stop.clone(),
+            window.clone(),
             bearer.clone(),
         );
         let requests = tracker.clone();
@@ -182,12 +190,7 @@ pub async fn run(
             let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
             tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
             let mut n = 0usize;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep_until(until) => break,
-                    _ = tick.tick() => {}
-                }
+            while window.next(&mut tick).await {
                 let t_ms = origin.elapsed().as_millis() as u64;
                 let route = routes[n % routes.len()].clone();
                 n += 1;

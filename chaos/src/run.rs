@@ -323,9 +323,11 @@ async fn drive(
     tasks.spawn(observe(
         admin.clone(),
         nodes.iter().map(|(id, _, admin)| (*id, *admin)).collect(),
-        origin,
-        settle_by,
-        stop.clone(),
+        Window {
+            origin,
+            until: settle_by,
+            stop: stop.clone(),
+        },
         shared.clone(),
     ));
     if let Some((_, rogue)) = &tokens
@@ -348,9 +350,11 @@ async fn drive(
             client.clone(),
             nodes.iter().map(|(id, proxy, _)| (*id, *proxy)).collect(),
             (keys.clone(), path),
-            origin,
-            settle_by,
-            stop.clone(),
+            Window {
+                origin,
+                until: settle_by,
+                stop: stop.clone(),
+            },
             shared.clone(),
         ));
     }

@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{Key, OBSERVE_EVERY, PROBE_TIMEOUT, Shared, WRITE_TIMEOUT, elapsed, lock};
 use crate::client::{CallError, Client};
@@ -19,19 +17,13 @@ use crate::target;
 pub(super) async fn observe(
     client: Client,
     admins: Vec<(u64, std::net::SocketAddr)>,
-    origin: Instant,
-    until: Instant,
-    stop: CancellationToken,
+    window: Window,
     shared: Shared,
 ) {
+    let origin = window.origin;
     let mut tick = tokio::time::interval(OBSERVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep_until(until) => return,
-            _ = tick.tick() => {}
-        }
+    while window.next(&mut tick).await {
         let polls = admins.iter().map(|&(id, admin)| {
             let client = client.clone();
             async move {
@@ -106,19 +98,13 @@ pub(super) async fn write(client: Client, writer: Writer, window: Window, shared
         every,
         mut rng,
     } = writer;
-    let Window {
-        origin,
-        until,
-        stop,
-    } = window;
+    let origin = window.origin;
     let mut keys = keys.into_iter();
     let mut tick = tokio::time::interval_at(origin + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for n in 0u64.. {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep_until(until) => return,
-            _ = tick.tick() => {}
+        if !window.next(&mut tick).await {
+            return;
         }
         let (node, admin) = admins[rng.usize(..admins.len())];
         let (kind, method, path, body) = if n % 2 == 0 {
@@ -180,21 +166,15 @@ pub(super) async fn probe_enforcement(
     client: Client,
     proxies: Vec<(u64, std::net::SocketAddr)>,
     (keys, path): (Vec<Key>, String),
-    origin: Instant,
-    until: Instant,
-    stop: CancellationToken,
+    window: Window,
     shared: Shared,
 ) {
+    let origin = window.origin;
     let secrets: BTreeMap<String, String> = keys.into_iter().map(|k| (k.id, k.secret)).collect();
     let path: Arc<str> = path.into();
     let mut tick = tokio::time::interval(OBSERVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep_until(until) => return,
-            _ = tick.tick() => {}
-        }
+    while window.next(&mut tick).await {
         let pending: Vec<(String, u64, std::net::SocketAddr)> = {
             let recorder = lock(&shared);
             let mut pending = Vec::new();
@@ -253,20 +233,11 @@ pub(super) async fn probe_rogue(
     window: Window,
     shared: Shared,
 ) {
-    let Window {
-        origin,
-        until,
-        stop,
-    } = window;
+    let origin = window.origin;
     let bearer: Arc<str> = format!("Bearer {token}").into();
     let mut tick = tokio::time::interval(OBSERVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep_until(until) => return,
-            _ = tick.tick() => {}
-        }
+    while window.next(&mut tick).await {
         let probes = proxies.iter().map(|&(node, proxy)| {
             let (client, bearer) = (client.clone(), bearer.clone());
             async move {
