@@ -180,7 +180,7 @@ pub fn acked_writes_survive(record: &Record) -> Verdict {
 }
 
 /// When `node` must enforce something acknowledged at `acked`: X later, or
-/// X after the end of any kill or cut that overlaps the wait.
+/// X after the end of any kill, cut or full disk that overlaps the wait.
 fn deadline(record: &Record, node: u64, acked: u64) -> u64 {
     let x = record.bounds.heal;
     let impaired = record.impaired(node);

@@ -3,11 +3,15 @@
 //!
 //! It dials from the test process's own network namespace, or, made with
 //! [`Client::with_dialer`], from a region's namespace
-//! ([`crate::netns::Dialer`]): the calls are the same either way.
+//! ([`crate::netns::Dialer`]), or, made with [`Client::routed`], from the
+//! namespace that holds the address it calls: the calls are the same
+//! either way.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -61,14 +65,16 @@ pub struct Client {
 enum Inner {
     /// The test process's own namespace.
     Here(Hyper<HttpConnector, Full<Bytes>>),
-    /// A network namespace.
-    Namespace(Hyper<NamespaceConnector, Full<Bytes>>, Dialer),
+    /// A network namespace, or one per destination.
+    Namespace(Hyper<NamespaceConnector, Full<Bytes>>),
 }
 
-/// Dials every connection from a namespace ([`Dialer::connect`]).
+/// Dials every connection through a [`Dialer`] ([`Dialer::connect`]): the
+/// one routed for the destination's IP address, or the default.
 #[derive(Clone, Debug)]
 struct NamespaceConnector {
-    dialer: Dialer,
+    default: Dialer,
+    routes: Arc<BTreeMap<IpAddr, Dialer>>,
 }
 
 // === impl Client ===
@@ -102,23 +108,30 @@ impl Client {
         if dialer == Dialer::Here {
             return Self::new();
         }
+        Self::connector(NamespaceConnector {
+            default: dialer,
+            routes: Arc::default(),
+        })
+    }
+
+    /// A client like [`Client::new`] that dials each address in `routes`
+    /// through its dialer (e.g. a region's node from inside that region),
+    /// and any other address from this process's namespace.
+    pub fn routed(routes: BTreeMap<IpAddr, Dialer>) -> Self {
+        Self::connector(NamespaceConnector {
+            default: Dialer::Here,
+            routes: Arc::new(routes),
+        })
+    }
+
+    fn connector(connector: NamespaceConnector) -> Self {
         let inner = Hyper::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(32)
-            .build(NamespaceConnector {
-                dialer: dialer.clone(),
-            });
+            .build(connector);
         Self {
-            inner: Inner::Namespace(inner, dialer),
+            inner: Inner::Namespace(inner),
             bearer: None,
-        }
-    }
-
-    /// Where its connections are made.
-    pub fn dialer(&self) -> Dialer {
-        match &self.inner {
-            Inner::Here(_) => Dialer::Here,
-            Inner::Namespace(_, dialer) => dialer.clone(),
         }
     }
 
@@ -160,7 +173,7 @@ impl Client {
         let exchange = async {
             let response = match &self.inner {
                 Inner::Here(hyper) => hyper.request(request).await,
-                Inner::Namespace(hyper, _) => hyper.request(request).await,
+                Inner::Namespace(hyper) => hyper.request(request).await,
             }
             .map_err(|e| CallError::Connect(error_chain(&e)))?;
             let status = response.status().as_u16();
@@ -228,7 +241,7 @@ impl tower_service::Service<Uri> for NamespaceConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let dialer = self.dialer.clone();
+        let this = self.clone();
         Box::pin(async move {
             // The harness always calls IP addresses.
             let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
@@ -241,6 +254,7 @@ impl tower_service::Service<Uri> for NamespaceConnector {
                     )
                 })?,
             };
+            let dialer = this.routes.get(&addr.ip()).unwrap_or(&this.default);
             let stream = dialer.connect(addr, CONNECT_TIMEOUT).await?;
             stream.set_nodelay(true)?;
             Ok(TokioIo::new(stream))

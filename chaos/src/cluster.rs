@@ -13,19 +13,22 @@
 //! (Joining dials the founder directly, before any fault.)
 //!
 //! With [`Network::Namespaces`] (root only) each region gets a network
-//! namespace of its own instead ([`crate::netns`]): node `N` runs under
-//! `ip netns exec` and listens on 10.77.0.N with fixed ports ([`NS_PROXY`],
-//! [`NS_ADMIN`], [`NS_PEER`]: every namespace has its own port space),
-//! peers dial each other's advertised addresses over the hub's bridge (no
-//! relay), region `N`'s backend listens in namespace `N` on port
-//! [`NS_BACKEND`], and the JWKS endpoint in the hub at 10.77.0.254. A
-//! partition sets the region's link down at the hub. The harness reaches a
-//! node with [`Cluster::client`], which dials from inside that node's
-//! namespace.
-//!
-//! Each region has a demo [`Backend`]; the gateway's `echo` upstream lists
-//! all of them, with active health checks and retries, and a `private`
-//! route needs an API key of consumer `chaos`.
+//! namespace of its own instead of loopback ([`crate::netns`]): node `N`
+//! runs under `ip netns exec` and listens on 10.77.0.N with fixed ports
+//! ([`NS_PROXY`], [`NS_ADMIN`], [`NS_PEER`]: every namespace has its own
+//! port space), region `N`'s backend listens in namespace `N` on port
+//! [`NS_BACKEND`], and the JWKS endpoint and the relay live in the hub at
+//! 10.77.0.254. A two-way partition sets the region's link down at the
+//! hub, which cuts all of its traffic, not only peer traffic; one-way cuts,
+//! latency and loss act on the relay links as on loopback. The harness
+//! reaches a node from inside its namespace: [`Cluster::client`] for one
+//! node, [`Cluster::harness_client`] for any.
+
+//! Each region has a demo [`Backend`]; the gateway's `echo` upstream is,
+//! in each region, that region's backend, with active health checks,
+//! retries and cross-region fallback to the others (as a multi-region
+//! deployment runs, docs/regions.md), and a `private` route needs an API
+//! key of consumer `chaos`.
 //!
 //! Processes are started with `kill_on_drop`: dropping the [`Cluster`] (on
 //! any exit path, a panic included) sends SIGKILL to every node it started,
@@ -133,6 +136,7 @@ pub struct Cluster {
     jwks: Backend,
     idp: Idp,
     relay: Relay,
+    /// Reaches every node: one pool on loopback, routed per namespace.
     client: Client,
     /// With namespaces: one client per node, dialling from its namespace.
     clients: Vec<Client>,
@@ -144,15 +148,48 @@ pub struct Cluster {
 /// How the nodes are networked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Network {
-    /// Every node on 127.0.0.1 with free ports, every peer link through the
-    /// relay, so latency and loss can be shaped per direction; no root.
+    /// Every node on 127.0.0.1 with free ports; no root.
     #[default]
     Loopback,
-    /// One network namespace per region on a bridge ([`crate::netns`]);
-    /// peers dial each other directly, a partition is the region's link
-    /// down at the hub. Root only; no latency or loss shaping, and only
-    /// two-way cuts.
+    /// One network namespace per region on a bridge ([`crate::netns`]); a
+    /// two-way partition is the region's link down at the hub. Root only.
     Namespaces,
+}
+
+// === impl Network ===
+
+impl Network {
+    /// Namespaces where they can be made (root, iproute2), else loopback.
+    pub fn best() -> Self {
+        match Net::unavailable() {
+            None => Self::Namespaces,
+            Some(_) => Self::Loopback,
+        }
+    }
+
+    /// One line for a report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Loopback => "loopback: every node on 127.0.0.1, peer traffic through the relay",
+            Self::Namespaces => {
+                "network namespaces: a region each on 10.77.0.0/24, joined at a hub bridge; peer traffic through the relay in the hub"
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "loopback" => Ok(Self::Loopback),
+            "namespaces" => Ok(Self::Namespaces),
+            other => Err(format!(
+                "network {other:?} is not one of: loopback, namespaces"
+            )),
+        }
+    }
 }
 
 /// What every node process of a cluster runs under.
@@ -294,12 +331,17 @@ impl Cluster {
                 holder: None,
             });
         }
+        // The relay listens on loopback, or in the hub between the regions.
+        let (relay_at, relay_listen) = match &net {
+            None => (Dialer::Here, SocketAddr::from(([127, 0, 0, 1], 0))),
+            Some(net) => (net.hub_dialer(), SocketAddr::from((netns::HUB_ADDRESS, 0))),
+        };
         let mut links = BTreeMap::new();
-        for from in specs.iter().filter(|_| net.is_none()) {
+        for from in &specs {
             for to in &specs {
                 if from.id != to.id {
                     let link = relay
-                        .udp(SocketAddr::from(([127, 0, 0, 1], 0)), to.peer)
+                        .udp_in(&relay_at, relay_listen, to.peer)
                         .await
                         .with_context(|| format!("relay link {}→{}", from.id, to.id))?;
                     links.insert((from.id, to.id), link);
@@ -307,25 +349,31 @@ impl Cluster {
             }
         }
         for node in &specs {
-            let peers: Option<BTreeMap<u64, SocketAddr>> = net.is_none().then(|| {
-                links
-                    .iter()
-                    .filter(|((from, _), _)| *from == node.id)
-                    .map(|((_, to), link)| (*to, link.local_addr()))
-                    .collect()
-            });
-            let text = node_toml(node, &node.data, peers.as_ref());
+            let peers: BTreeMap<u64, SocketAddr> = links
+                .iter()
+                .filter(|((from, _), _)| *from == node.id)
+                .map(|((_, to), link)| (*to, link.local_addr()))
+                .collect();
+            let text = node_toml(node, &node.data, &peers);
             let text = with_extra(text, wrap.node_toml.get(&node.id))
                 .with_context(|| format!("node {}'s extra node.toml", node.id))?;
             std::fs::write(&node.config, text)
                 .with_context(|| format!("writing {}", node.config.display()))?;
         }
-        let clients = match &net {
-            None => Vec::new(),
-            Some(_) => specs
-                .iter()
-                .map(|node| Client::with_dialer(node.dialer.clone()))
-                .collect(),
+        let (client, clients) = match &net {
+            None => (Client::new(), Vec::new()),
+            Some(net) => {
+                let mut routes: BTreeMap<_, _> = specs
+                    .iter()
+                    .map(|node| (node.proxy.ip(), node.dialer.clone()))
+                    .collect();
+                routes.insert(netns::HUB_ADDRESS.into(), net.hub_dialer());
+                let per_node = specs
+                    .iter()
+                    .map(|node| Client::with_dialer(node.dialer.clone()))
+                    .collect();
+                (Client::routed(routes), per_node)
+            }
         };
         let mut cluster = Self {
             bin: bin.to_owned(),
@@ -335,7 +383,7 @@ impl Cluster {
             jwks,
             idp,
             relay,
-            client: Client::new(),
+            client,
             clients,
             wrap: wrap.clone(),
             net,
@@ -575,6 +623,18 @@ impl Cluster {
         &self.clients[(id - 1) as usize]
     }
 
+    /// A client that reaches every node, and with namespaces also the hub:
+    /// each address is dialled from inside its own namespace, so a region
+    /// cut off at the hub is still reached, as its own users would reach it.
+    pub fn harness_client(&self) -> &Client {
+        &self.client
+    }
+
+    /// How the nodes are networked.
+    pub fn network(&self) -> Network {
+        self.wrap.network
+    }
+
     /// The network namespaces, with [`Network::Namespaces`].
     pub fn net(&self) -> Option<&Net> {
         self.net.as_ref()
@@ -747,13 +807,13 @@ impl Cluster {
 
     /// Cuts node `id`'s peer traffic: `Both`, only what it sends
     /// (`Outbound`), or only what it receives (`Inbound`). With namespaces,
-    /// only `Both`: the region's link goes down at the hub, which cuts
-    /// everything it sends and receives, not only peer traffic.
+    /// `Both` sets the region's link down at the hub, which cuts everything
+    /// it sends and receives, not only peer traffic; one-way cuts are made
+    /// on the relay links, as on loopback.
     pub fn partition(&self, id: u64, cut: Cut) -> anyhow::Result<()> {
-        if let Some(net) = &self.net {
-            if cut != Cut::Both {
-                bail!("with network namespaces a partition cuts both ways, not {cut:?}");
-            }
+        if let Some(net) = &self.net
+            && cut == Cut::Both
+        {
             return net.cut(id);
         }
         for ((from, to), link) in &self.links {
@@ -773,10 +833,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// Reconnects node `id`'s peer links (its region's link, with namespaces).
+    /// Reconnects node `id`'s peer links (and its region's link, with
+    /// namespaces).
     pub fn heal(&self, id: u64) -> anyhow::Result<()> {
         if let Some(net) = &self.net {
-            return net.heal(id);
+            net.heal(id)?;
         }
         for ((from, to), link) in &self.links {
             if *from == id || *to == id {
@@ -786,16 +847,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sets the parameters of every peer link, both directions (loopback
-    /// only: with namespaces the peers do not go through the relay).
-    pub fn shape(&self, params: &LinkParams) -> anyhow::Result<()> {
-        if self.net.is_some() {
-            bail!("latency and loss need the relay: run the cluster on loopback");
-        }
+    /// Sets the parameters of every peer link, both directions.
+    pub fn shape(&self, params: &LinkParams) {
         for link in self.links.values() {
             link.set(params.clone());
         }
-        Ok(())
     }
 
     /// Datagrams the relay dropped (loss, cuts, full queues), over all links.
@@ -835,14 +891,25 @@ impl Cluster {
     }
 }
 
-/// The gateway configuration of a run: the `echo` upstream over every
-/// region's backend, the `echo` route, the key-protected `private` route,
+/// How long a region's `echo` traffic stays with the fallback region after
+/// its own backend is healthy again.
+pub const FALLBACK_RETURN_AFTER: &str = "2s";
+
+/// The gateway configuration of a run: the `echo` upstream, which in each
+/// region is that region's own backend (`region_targets`) and falls back to
+/// the other regions in node order (back [`FALLBACK_RETURN_AFTER`] after
+/// the region's backend is healthy again), the `echo` route, the key-protected `private` route,
 /// the `global` route with a global fixed-window limit of [`GLOBAL_LIMIT`]
 /// per 10 s, consumer `chaos`, with `jwks` the JWT issuer [`idp::ISSUER`]
 /// and the `jwt` route that needs its tokens, and optionally one marker
 /// route `chaos-…` whose path is `/chaos/<name>`.
 pub fn gateway(backends: &[SocketAddr], jwks: Option<SocketAddr>, marker: Option<&str>) -> Value {
-    let targets: Vec<String> = backends.iter().map(ToString::to_string).collect();
+    let regions = &REGIONS[..backends.len().min(REGIONS.len())];
+    let local: serde_json::Map<String, Value> = regions
+        .iter()
+        .zip(backends)
+        .map(|(region, backend)| ((*region).to_owned(), json!([backend.to_string()])))
+        .collect();
     let mut routes = vec![
         json!({"name": "echo", "match": {"path_prefix": "/echo"}, "rewrite": {"strip_prefix": "/echo"}, "upstream": "echo"}),
         json!({"name": "private", "match": {"path_prefix": "/private"}, "rewrite": {"strip_prefix": "/private"}, "auth": ["api_key"], "upstream": "echo"}),
@@ -868,7 +935,9 @@ pub fn gateway(backends: &[SocketAddr], jwks: Option<SocketAddr>, marker: Option
     json!({
         "upstreams": {
             "echo": {
-                "targets": targets,
+                "targets": [],
+                "region_targets": local,
+                "fallback": {"regions": regions, "return_after": FALLBACK_RETURN_AFTER},
                 "health": {"path": "/health", "interval": "1s", "timeout": "500ms"},
                 "retries": {"attempts": 2},
             }
@@ -884,9 +953,8 @@ fn faketime_file(config: &Path) -> PathBuf {
     config.with_extension("faketime")
 }
 
-/// The node.toml of `node`; `peers` are its relay links (none with
-/// namespaces, where peers are dialled at the addresses they advertise).
-fn node_toml(node: &Node, data: &Path, peers: Option<&BTreeMap<u64, SocketAddr>>) -> String {
+/// The node.toml of `node`; `peers` are its relay links.
+fn node_toml(node: &Node, data: &Path, peers: &BTreeMap<u64, SocketAddr>) -> String {
     let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let mut text = format!(
         "# Written by the chaos harness.\nid = {}\nregion = {}\ndata-dir = {}\n\n[listen]\nproxy = \"{}\"\nadmin = \"{}\"\npeer = \"{}\"\n\n[log]\naccess-log = \"off\"\nlevel = \"warn\"\n\n[raft]\nheartbeat = \"{HEARTBEAT}\"\nelection-timeout-min = \"{ELECTION_MIN}\"\nelection-timeout-max = \"{ELECTION_MAX}\"\n\n[shutdown]\ngrace-period = \"1s\"\ndrain-delay = \"0s\"\n",
@@ -897,16 +965,9 @@ fn node_toml(node: &Node, data: &Path, peers: Option<&BTreeMap<u64, SocketAddr>>
         node.admin,
         node.peer,
     );
-    match peers {
-        Some(peers) => {
-            text.push_str("\n# Every peer is dialled through its chaos relay link.\n[peers]\n");
-            for (id, link) in peers {
-                text.push_str(&format!("{id} = \"{link}\"\n"));
-            }
-        }
-        None => text.push_str(
-            "\n# Peers are dialled at the addresses they advertise, over the namespaces' bridge.\n",
-        ),
+    text.push_str("\n# Every peer is dialled through its chaos relay link.\n[peers]\n");
+    for (id, link) in peers {
+        text.push_str(&format!("{id} = \"{link}\"\n"));
     }
     text
 }

@@ -19,6 +19,10 @@ pub const IN_FLIGHT_MS: u64 = 2_000;
 pub struct Record {
     /// The nodes of the run.
     pub nodes: Vec<NodeInfo>,
+    /// How they were networked: loopback, network namespaces, or an
+    /// existing deployment.
+    #[serde(default)]
+    pub network: String,
     /// How long faults and load ran, in ms.
     pub duration_ms: u64,
     /// The bounds, in ms.
@@ -296,9 +300,13 @@ impl Record {
         self.intervals(node, |f| f.fault == "partition")
     }
 
-    /// The intervals during which `node` was killed or cut off.
+    /// The intervals during which `node` could not take in new raft
+    /// entries: killed, cut off, or its data dir full (nothing can be
+    /// appended to its log until space is freed).
     pub fn impaired(&self, node: u64) -> Vec<(u64, u64)> {
-        self.intervals(node, |f| f.fault == "kill" || f.fault == "partition")
+        self.intervals(node, |f| {
+            matches!(f.fault.as_str(), "kill" | "partition" | "disk-full")
+        })
     }
 
     fn intervals(&self, node: u64, which: impl Fn(&FaultEvent) -> bool) -> Vec<(u64, u64)> {

@@ -20,9 +20,9 @@
 //!
 //! - [`scenario`]: the scenario file format and the built-in scenarios
 //!   (`chaos/scenarios/*.toml`).
-//! - [`cluster`]: starts, kills and restarts `meridian` processes on loopback,
-//!   with a relay link for every ordered pair of nodes, or (root only) one
-//!   network namespace per region.
+//! - [`cluster`]: starts, kills and restarts `meridian` processes, on
+//!   loopback or (root only) one network namespace per region, with a relay
+//!   link for every ordered pair of nodes.
 //! - [`netns`]: the namespaces of a region test (a hub with a bridge, a veth
 //!   per region, cuts at the hub) and the [`Dialer`](netns::Dialer) that
 //!   makes the harness's sockets inside them.
@@ -67,7 +67,7 @@ pub mod run;
 pub mod scenario;
 pub mod target;
 
-/// Runs `scenario` on a fresh loopback cluster (or the deployment of
+/// Runs `scenario` on a fresh cluster (or the deployment of
 /// `options.target`), judges every invariant and returns the report (not
 /// yet written).
 pub async fn run_and_judge(

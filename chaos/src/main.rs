@@ -1,9 +1,11 @@
 //! `meridian-chaos` (also `meridian chaos …`): runs a chaos scenario on a
-//! loopback cluster of real `meridian` processes and writes its report.
+//! cluster of real `meridian` processes (a network namespace per region
+//! when root, loopback otherwise) and writes its report.
 //!
 //! ```text
 //! meridian-chaos list
 //! meridian-chaos run <NAME|FILE> [--seed N] [--duration D] [--out DIR] [--meridian PATH]
+//!     [--network loopback|namespaces]
 //! meridian-chaos run <NAME|FILE> --target HOST:PORT --hook FAULT=CMD --hook FAULT.heal=CMD
 //!     [--consumer NAME --probe-path PATH] [--route PATH]…
 //! ```
@@ -17,6 +19,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use chaos::cluster::Network;
 use chaos::report::Report;
 use chaos::run::Options;
 use chaos::scenario::{self, Scenario};
@@ -58,11 +61,16 @@ struct RunArgs {
     /// The meridian binary (default: `meridian` next to this one).
     #[arg(long, env = "MERIDIAN_BIN")]
     meridian: Option<PathBuf>,
+    /// How the cluster's nodes are networked: `namespaces` (a network
+    /// namespace per region, root only) or `loopback` (default: namespaces
+    /// when root and iproute2 is there, else loopback).
+    #[arg(long, conflicts_with = "target")]
+    network: Option<Network>,
     #[command(flatten)]
     target: TargetArgs,
 }
 
-/// Running against an existing deployment instead of a loopback cluster.
+/// Running against an existing deployment instead of a cluster of its own.
 #[derive(clap::Args)]
 struct TargetArgs {
     /// The admin address (host:port) of any node of an existing deployment
@@ -116,6 +124,7 @@ fn main() -> ExitCode {
                 duration,
                 out,
                 meridian,
+                network,
                 target,
             } = *args;
             let text = match scenario::builtin(&scenario) {
@@ -146,7 +155,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            match execute(&scenario, out, meridian, target) {
+            match execute(&scenario, out, meridian, target, network) {
                 Ok(report) => {
                     print!("{}", report.summary());
                     if report.pass {
@@ -184,6 +193,7 @@ fn execute(
     out: Option<PathBuf>,
     meridian: Option<PathBuf>,
     target: Option<target::Settings>,
+    network: Option<Network>,
 ) -> anyhow::Result<Report> {
     let meridian = match meridian {
         Some(path) => path,
@@ -193,9 +203,17 @@ fn execute(
     };
     let out =
         out.unwrap_or_else(|| PathBuf::from(format!("chaos-{}-{}", scenario.name, scenario.seed)));
+    let network = network.unwrap_or_else(Network::best);
     let against = match &target {
         Some(t) => format!("against the deployment at {}", t.admin),
-        None => format!("on loopback with {}", meridian.display()),
+        None => format!(
+            "on {} with {}",
+            match network {
+                Network::Loopback => "loopback",
+                Network::Namespaces => "a network namespace per region",
+            },
+            meridian.display()
+        ),
     };
     eprintln!(
         "meridian-chaos: running {} (seed {}, {:?}) {against}; report in {}",
@@ -212,6 +230,7 @@ fn execute(
         meridian: meridian.clone(),
         out: out.clone(),
         target,
+        network: Some(network),
     };
     let report = runtime.block_on(chaos::run_and_judge(scenario, &options))?;
     let (md, json) = report.write(&out)?;

@@ -84,6 +84,9 @@ impl Report {
         );
         let _ = writeln!(md, "- started: unix {}", self.started_at);
         let _ = writeln!(md, "- ran: `{}`", self.meridian);
+        if !r.network.is_empty() {
+            let _ = writeln!(md, "- network: {}", r.network);
+        }
         let _ = writeln!(
             md,
             "- duration {} s; bounds: failover W = {} ms, heal X = {} ms, election = {} ms",

@@ -1,6 +1,6 @@
-//! Drives one scenario and records what happened, on a loopback
-//! [`Cluster`] it starts or on an existing deployment ([`crate::target`],
-//! faults through hooks).
+//! Drives one scenario and records what happened, on a [`Cluster`] it
+//! starts (a network namespace per region when root, else loopback) or on
+//! an existing deployment ([`crate::target`], faults through hooks).
 //!
 //! 1. **Set-up.** Start the [`Cluster`] (or read the deployment's members
 //!    and configuration); create one API key per planned revocation, and
@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::Client;
-use crate::cluster::{self, CONSUMER, Cluster};
+use crate::cluster::{self, CONSUMER, Cluster, Network};
 use crate::history::{
     BoundsMs, Enforcement, FaultEvent, FinalProbe, GlobalLimit, JwtRecord, NodeInfo, Observation,
     Op, OpKind, Outcome, Record, View,
@@ -75,19 +75,22 @@ pub struct Options {
     pub meridian: PathBuf,
     /// The run's directory: node configs, data dirs and logs go in `work/`.
     pub out: PathBuf,
-    /// An existing deployment to run against instead of a loopback cluster.
+    /// An existing deployment to run against instead of a cluster of its own.
     pub target: Option<target::Settings>,
+    /// How the cluster of its own is networked; `None` picks
+    /// [`Network::best`]: a namespace per region when root, else loopback.
+    pub network: Option<Network>,
 }
 
 /// What the scenario runs against.
 enum Deployment {
-    /// A loopback cluster the harness started.
+    /// A cluster the harness started.
     Local(Box<Cluster>),
     /// An existing deployment, disturbed through hooks.
     Remote(Box<Remote>),
 }
 
-/// The path revoked keys are tried on in a loopback cluster.
+/// The path revoked keys are tried on in the harness's own cluster.
 const PROBE_PATH: &str = "/private/chaos-probe";
 
 // === impl Deployment ===
@@ -106,6 +109,14 @@ impl Deployment {
                 .iter()
                 .map(|m| (m.id, m.region.clone(), m.proxy, m.admin))
                 .collect(),
+        }
+    }
+
+    /// How the nodes are networked, for the report.
+    fn network(&self) -> String {
+        match self {
+            Self::Local(c) => c.network().describe().to_owned(),
+            Self::Remote(_) => "an existing deployment, reached from this machine".to_owned(),
         }
     }
 
@@ -200,11 +211,12 @@ struct Key {
     secret: String,
 }
 
-/// Runs `scenario` on a fresh loopback cluster, or on the deployment of
-/// `options.target`.
+/// Runs `scenario` on a fresh cluster (a namespace per region, or
+/// loopback), or on the deployment of `options.target`.
 pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Record> {
-    let admin = Client::new().with_bearer(std::env::var("MERIDIAN_TOKEN").ok());
+    let bearer = std::env::var("MERIDIAN_TOKEN").ok();
     if let Some(settings) = &options.target {
+        let admin = Client::new().with_bearer(bearer);
         let missing = target::missing_hooks(scenario, &settings.hooks);
         if !missing.is_empty() {
             anyhow::bail!(
@@ -217,7 +229,8 @@ pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Recor
             );
         }
         let remote = Remote::connect(&admin, settings.clone()).await?;
-        return drive(scenario, Deployment::Remote(Box::new(remote)), admin).await;
+        let deployment = Deployment::Remote(Box::new(remote));
+        return drive(scenario, deployment, (Client::new(), admin)).await;
     }
     let work = options.out.join("work");
     if work.exists() {
@@ -239,9 +252,11 @@ pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Recor
         .steps
         .iter()
         .any(|s| matches!(s.fault, Fault::DiskFull { .. }));
+    let network = options.network.unwrap_or_else(Network::best);
     let wrap = cluster::Wrap {
         faketime: clock.then(|| faketime.to_owned()),
         tmpfs: disk.then(|| "64m".to_owned()),
+        network,
         ..cluster::Wrap::default()
     };
     let cluster = Cluster::start(
@@ -252,15 +267,24 @@ pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Recor
         &wrap,
     )
     .await?;
-    drive(scenario, Deployment::Local(Box::new(cluster)), admin).await
+    let client = cluster.harness_client().clone();
+    let admin = client.clone().with_bearer(bearer);
+    drive(
+        scenario,
+        Deployment::Local(Box::new(cluster)),
+        (client, admin),
+    )
+    .await
 }
 
+/// Runs the scenario; `client` sends the data-plane load and probes,
+/// `admin` the admin API calls.
 async fn drive(
     scenario: &Scenario,
     mut deployment: Deployment,
-    admin: Client,
+    (client, admin): (Client, Client),
 ) -> anyhow::Result<Record> {
-    let client = Client::new();
+    let network = deployment.network();
     let described = deployment.nodes();
     let nodes: Vec<(u64, SocketAddr, SocketAddr)> = described
         .iter()
@@ -409,6 +433,7 @@ async fn drive(
         )
     };
     Ok(Record {
+        network,
         nodes: described
             .into_iter()
             .map(|(id, region, proxy, admin)| NodeInfo {

@@ -1,5 +1,6 @@
-//! Whole scenarios, end to end: real `meridian` processes on loopback, real
-//! faults, the report's verdicts.
+//! Whole scenarios, end to end: real `meridian` processes (a network
+//! namespace per region when the tests run as root, loopback otherwise, as
+//! `meridian chaos run` picks), real faults, the report's verdicts.
 //!
 //! The `meridian` binary is taken from `MERIDIAN_BIN`, or from the target
 //! directory these tests were built in (`cargo test --workspace` builds it;
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use chaos::cluster::Network;
 use chaos::report::Report;
 use chaos::run::Options;
 use chaos::scenario::{self, Scenario};
@@ -30,6 +32,7 @@ fn run(name: &str, duration: Option<Duration>) -> Report {
         meridian: meridian(),
         out: out.path().to_owned(),
         target: None,
+        network: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -52,6 +55,14 @@ fn run(name: &str, duration: Option<Duration>) -> Report {
     report.write(out.path()).expect("the report is written");
     assert!(out.path().join("report.md").is_file());
     assert!(out.path().join("report.json").is_file());
+    let expected = match chaos::netns::Net::unavailable() {
+        None => Network::Namespaces,
+        Some(reason) => {
+            eprintln!("{name} on loopback: {reason}");
+            Network::Loopback
+        }
+    };
+    assert_eq!(report.record.network, expected.describe());
     if !report.pass {
         // Keep the report, node configs and logs for a post-mortem.
         let kept = out.keep();
@@ -196,6 +207,7 @@ fn against_an_existing_deployment_through_hooks() {
             meridian: PathBuf::from("unused"),
             out: dir.path().join("out"),
             target: Some(settings),
+            network: None,
         };
         let report = chaos::run_and_judge(&scenario, &options).await.unwrap();
         assert!(report.pass, "{}", report.markdown());

@@ -44,6 +44,7 @@ fn healthy() -> Record {
         .map(|n| (n, BTreeMap::from([(2, Some(vec!["chaos-w1".to_owned()]))])))
         .collect();
     Record {
+        network: "loopback".into(),
         nodes: (1..=3)
             .map(|id| NodeInfo {
                 id,
@@ -250,6 +251,19 @@ fn a_revocation_enforced_late_or_never_fails() {
         v.evidence,
         ["node 1 never refused key k1 (revoked through node 3, acked at 8.10s)"]
     );
+    // Node 2's disk was full from 7 s to 10 s: it could not append the
+    // revocation before 10 s, so it is due at 10 + 5 s.
+    let mut record = healthy();
+    record.enforcements[1].t_ms = 13_200;
+    record.faults.push(FaultEvent {
+        step: 1,
+        fault: "disk-full".into(),
+        node: Some(2),
+        start_ms: 7_000,
+        heal_ms: Some(10_000),
+        ..FaultEvent::default()
+    });
+    assert!(revocations_enforced(&record).pass);
     // A control key that stopped working voids the 401s.
     let mut record = healthy();
     record.final_probe.control_key.insert(2, 401);

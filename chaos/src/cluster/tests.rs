@@ -17,12 +17,12 @@ fn node(id: u64, ip: &str) -> Node {
 }
 
 #[test]
-fn a_loopback_node_dials_its_peers_through_the_relay() {
+fn a_node_dials_its_peers_through_the_relay() {
     let peers = BTreeMap::from([
         (2, "127.0.0.1:4002".parse().unwrap()),
         (3, "127.0.0.1:4003".parse().unwrap()),
     ]);
-    let text = node_toml(&node(1, "127.0.0.1"), Path::new("/w/data1"), Some(&peers));
+    let text = node_toml(&node(1, "127.0.0.1"), Path::new("/w/data1"), &peers);
     assert_eq!(
         text,
         "# Written by the chaos harness.\nid = 1\nregion = \"eu-west\"\ndata-dir = \"/w/data1\"\n\n\
@@ -41,16 +41,29 @@ fn a_loopback_node_dials_its_peers_through_the_relay() {
 }
 
 #[test]
-fn a_namespace_node_dials_what_its_peers_advertise() {
-    let text = node_toml(&node(2, "10.77.0.2"), Path::new("/w/data2"), None);
-    assert!(!text.contains("[peers]"), "{text}");
+fn a_namespace_node_listens_on_its_region_address_and_dials_the_hub() {
+    let peers = BTreeMap::from([(1, "10.77.0.254:40001".parse().unwrap())]);
+    let text = node_toml(&node(2, "10.77.0.2"), Path::new("/w/data2"), &peers);
     let table: toml::Table = text.parse().unwrap();
     assert_eq!(table["listen"]["peer"].as_str(), Some("10.77.0.2:9443"));
+    assert_eq!(table["peers"]["1"].as_str(), Some("10.77.0.254:40001"));
+}
+
+#[test]
+fn networks_parse_by_name() {
+    assert_eq!("loopback".parse(), Ok(Network::Loopback));
+    assert_eq!("namespaces".parse(), Ok(Network::Namespaces));
+    let error = "netns".parse::<Network>().unwrap_err();
+    assert!(error.contains("loopback, namespaces"), "{error}");
 }
 
 #[test]
 fn additions_merge_table_by_table() {
-    let text = node_toml(&node(1, "127.0.0.1"), Path::new("/w/data1"), None);
+    let text = node_toml(
+        &node(1, "127.0.0.1"),
+        Path::new("/w/data1"),
+        &BTreeMap::new(),
+    );
     let extra: toml::Table = "[raft]\nleader-loss = \"3s\"\n[log]\nlevel = \"info\"\n\
                               [gslb]\ninterval = \"100ms\"\n[regions.eu-west]\naddresses = [\"10.77.0.1\"]\n"
         .parse()

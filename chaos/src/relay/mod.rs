@@ -4,6 +4,8 @@
 //! upstream: `relay.udp(listen, upstream)` or `relay.tcp(listen, upstream)`.
 //! Point node A's peer address for B at the link's
 //! [`local_addr`](LinkHandle::local_addr) and traffic from A to B crosses it.
+//! `relay.udp_in(dialer, listen, upstream)` makes a UDP link's sockets in a
+//! network namespace (the hub between regions, [`crate::netns`]).
 //!
 //! Each link has two directions: **forward** (client to upstream) and
 //! **backward** (replies). Each direction is its own [`LinkParams`]: delay and
@@ -68,6 +70,7 @@ use tracing::info;
 
 use self::link::Link;
 pub use self::link::{Bandwidth, Counters, GilbertElliott, Jitter, LinkParams, MAX_DELAY};
+use crate::netns::Dialer;
 
 /// Errors from building links.
 #[derive(Debug, thiserror::Error)]
@@ -273,15 +276,32 @@ impl Relay {
 
     /// Listens for UDP on `listen` (port 0 picks one) and relays to `upstream`.
     pub async fn udp(&self, listen: SocketAddr, upstream: SocketAddr) -> Result<LinkHandle, Error> {
+        self.udp_in(&Dialer::Here, listen, upstream).await
+    }
+
+    /// [`Relay::udp`] with every socket of the link (its listener and the
+    /// per-client sockets towards `upstream`) made through `dialer`: in a
+    /// network namespace, e.g. the hub between the regions' namespaces.
+    pub async fn udp_in(
+        &self,
+        dialer: &Dialer,
+        listen: SocketAddr,
+        upstream: SocketAddr,
+    ) -> Result<LinkHandle, Error> {
         let bind = |source| Error::Bind {
             proto: Proto::Udp,
             addr: listen,
             source,
         };
-        let socket = tokio::net::UdpSocket::bind(listen).await.map_err(bind)?;
+        let socket = dialer.bind_udp(listen).await.map_err(bind)?;
         let local = socket.local_addr().map_err(bind)?;
         let state = self.link_state(Proto::Udp, local, upstream);
-        udp::spawn(&self.tracker, socket, state.clone(), &self.limits);
+        udp::spawn(
+            &self.tracker,
+            (socket, dialer.clone()),
+            state.clone(),
+            &self.limits,
+        );
         Ok(LinkHandle::new(state))
     }
 

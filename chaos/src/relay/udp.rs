@@ -41,6 +41,7 @@ use tracing::{Instrument, debug, debug_span, info_span, warn};
 use super::link::{Link, Verdict};
 use super::queue::DelayQueue;
 use super::{Limits, LinkState, Way};
+use crate::netns::Dialer;
 
 /// Large enough for any UDP payload.
 const MAX_DATAGRAM: usize = 64 * 1024;
@@ -48,10 +49,11 @@ const MAX_DATAGRAM: usize = 64 * 1024;
 /// Pause after an unexpected receive error, so a broken socket can't spin.
 const RETRY: Duration = Duration::from_millis(20);
 
-/// Starts the tasks of a UDP link on `socket`.
+/// Starts the tasks of a UDP link on `socket`; each flow's upstream socket
+/// is made through `dialer` (in the listener's namespace).
 pub(crate) fn spawn(
     tracker: &TaskTracker,
-    socket: UdpSocket,
+    (socket, dialer): (UdpSocket, Dialer),
     state: Arc<LinkState>,
     limits: &Limits,
 ) {
@@ -66,6 +68,7 @@ pub(crate) fn spawn(
     let span = info_span!("chaos.udp.listen", link = state.id, local = %state.local);
     let listener = Listener {
         socket: Arc::new(socket),
+        dialer,
         state,
         lanes,
         tracker: tracker.clone(),
@@ -80,6 +83,7 @@ pub(crate) fn spawn(
 /// The listener task's state.
 struct Listener {
     socket: Arc<UdpSocket>,
+    dialer: Dialer,
     state: Arc<LinkState>,
     lanes: Arc<Lanes>,
     tracker: TaskTracker,
@@ -176,7 +180,7 @@ impl Listener {
         } else {
             (Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let socket = UdpSocket::bind(any).await?;
+        let socket = self.dialer.bind_udp(any).await?;
         socket.connect(upstream).await?;
         let socket = Arc::new(socket);
         let flow = Flow {

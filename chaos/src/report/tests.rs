@@ -4,6 +4,7 @@ use crate::history::{FaultEvent, NodeInfo, Op, Second};
 
 fn report(pass: bool) -> Report {
     let record = Record {
+        network: "loopback".into(),
         nodes: vec![NodeInfo {
             id: 1,
             region: "eu-west".into(),

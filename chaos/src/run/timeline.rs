@@ -9,7 +9,6 @@ use tokio::time::Instant;
 
 use super::{Deployment, OBSERVE_EVERY, PROBE_TIMEOUT, Shared, elapsed, lock};
 use crate::backend::Mode;
-use crate::client::Client;
 use crate::cluster::Cluster;
 use crate::history::{FaultEvent, Observation, View};
 use crate::relay::{Jitter, LinkParams};
@@ -151,7 +150,13 @@ pub(super) async fn inject(
         }
         Fault::Partition { cut, .. } => {
             cluster.partition(node, *cut)?;
-            format!("cut node {node}'s peer links ({cut:?})")
+            match (cluster.net(), cut) {
+                (Some(net), Cut::Both) => format!(
+                    "cut region {node}'s link at the hub (ip -n {} link set v{node} down): everything it sends and receives",
+                    net.hub()
+                ),
+                _ => format!("cut node {node}'s peer links ({cut:?})"),
+            }
         }
         Fault::Latency {
             delay,
@@ -164,7 +169,7 @@ pub(super) async fn inject(
                 jitter_dist: Jitter::Uniform,
                 loss: *loss,
                 ..LinkParams::default()
-            })?;
+            });
             format!(
                 "every peer link: {delay:?} ± {jitter:?} one way, {:.0} % loss",
                 loss * 100.0
@@ -221,13 +226,14 @@ pub(super) async fn heal_fault(
             return Ok(Some(format!("restarted on its data dir (pid {pid})")));
         }
         Fault::Partition { .. } => cluster.heal(node)?,
-        Fault::Latency { .. } => cluster.shape(&LinkParams::default())?,
+        Fault::Latency { .. } => cluster.shape(&LinkParams::default()),
         Fault::Clock { .. } => cluster.skew(node, 0)?,
         Fault::DiskFull { .. } => {
             cluster.free(node)?;
             // A raft that stopped on ENOSPC stays stopped (TESTING-NOTES.md
             // §1 #9 expects a restart); do what a supervisor would.
-            let state = Client::new()
+            let state = cluster
+                .client(node)
                 .get_json(cluster.node(node).admin, "/v1/cluster", PROBE_TIMEOUT)
                 .await
                 .ok()
