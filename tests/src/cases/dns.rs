@@ -375,8 +375,12 @@ async fn anycast_hooks_follow_health_with_hysteresis_and_hold() {
     );
     let recorded = calls(&log);
     assert!(Duration::from_nanos((recorded[2].1 - recorded[1].1) as u64) >= hold);
+    // Counted once the hook has exited, just after it logged.
     assert!(
-        node.metric("meridian_anycast_commands_total{action=\"announce\",result=\"ok\"}") >= 2.0
+        eventually(Duration::from_secs(5), || async {
+            node.metric("meridian_anycast_commands_total{action=\"announce\",result=\"ok\"}") >= 2.0
+        })
+        .await
     );
 
     // Shutdown withdraws at once, whatever the hold time.
