@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Exit status: 0 when every invariant held, 1 when one failed, 2 when the
-//! run itself could not be made, 64 for an invalid scenario.
+//! run itself could not be made, 64 for an invalid scenario, 130 / 143 when
+//! SIGINT / SIGTERM stopped it (the nodes it started are killed and its
+//! namespaces deleted first).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,13 +158,17 @@ fn main() -> ExitCode {
                 }
             };
             match execute(&scenario, out, meridian, target, network) {
-                Ok(report) => {
+                Ok(Ended::Judged(report)) => {
                     print!("{}", report.summary());
                     if report.pass {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::FAILURE
                     }
+                }
+                Ok(Ended::Interrupted { signal, code }) => {
+                    eprintln!("meridian-chaos: interrupted by {signal}; no report");
+                    ExitCode::from(code)
                 }
                 Err(error) => {
                     eprintln!("meridian-chaos: {error:#}");
@@ -188,13 +194,39 @@ impl TargetArgs {
     }
 }
 
+/// How a run ended.
+enum Ended {
+    /// It ran to the end and was judged.
+    Judged(Box<Report>),
+    /// SIGINT or SIGTERM stopped it: the cluster was stopped (its
+    /// processes killed by PID, its namespaces deleted) and no report
+    /// written. `code` is the shell's 128 + signal number.
+    Interrupted { signal: &'static str, code: u8 },
+}
+
+/// Waits for SIGINT or SIGTERM; the signal's name and exit code.
+async fn interrupted() -> (&'static str, u8) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the default action (exit) stays: never resolve.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => ("SIGINT", 130),
+        _ = term.recv() => ("SIGTERM", 143),
+    }
+}
+
 fn execute(
     scenario: &Scenario,
     out: Option<PathBuf>,
     meridian: Option<PathBuf>,
     target: Option<target::Settings>,
     network: Option<Network>,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<Ended> {
     let meridian = match meridian {
         Some(path) => path,
         None => std::env::current_exe()
@@ -232,12 +264,31 @@ fn execute(
         target,
         network: Some(network),
     };
-    let report = runtime.block_on(chaos::run_and_judge(scenario, &options))?;
+    let remote = options.target.is_some();
+    // Dropping the run on a signal drops its cluster, which kills every
+    // node it started and deletes its namespaces.
+    let report = runtime.block_on(async {
+        tokio::select! {
+            report = chaos::run_and_judge(scenario, &options) => report.map(Ok),
+            (signal, code) = interrupted() => Ok(Err((signal, code))),
+        }
+    })?;
+    let report = match report {
+        Ok(report) => report,
+        Err((signal, code)) => {
+            if remote {
+                eprintln!(
+                    "meridian-chaos: the deployment's configuration was not put back: marker routes chaos-w… may remain, and a fault's heal hook may not have run"
+                );
+            }
+            return Ok(Ended::Interrupted { signal, code });
+        }
+    };
     let (md, json) = report.write(&out)?;
     eprintln!(
         "meridian-chaos: report: {} and {}",
         md.display(),
         json.display()
     );
-    Ok(report)
+    Ok(Ended::Judged(Box::new(report)))
 }

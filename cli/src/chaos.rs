@@ -13,7 +13,8 @@ const HARNESS: &str = "meridian-chaos";
 #[command(disable_help_flag = true)]
 pub(crate) struct Args {
     /// Arguments for meridian-chaos: `list`, `run NAME|FILE [--seed N]
-    /// [--duration D] [--out DIR]`, `--help`.
+    /// [--duration D] [--out DIR] [--network namespaces|loopback]
+    /// [--target HOST:PORT --hook FAULT=CMD …]`, `--help`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
     args: Vec<OsString>,
 }

@@ -47,7 +47,7 @@ enum Command {
     /// Revoke credentials.
     #[command(subcommand)]
     Revoke(ops::Revoke),
-    /// Run a chaos scenario on a loopback cluster (runs `meridian-chaos`).
+    /// Run a chaos scenario on a cluster of its own or a deployment (runs `meridian-chaos`).
     Chaos(chaos::Args),
 }
 
