@@ -229,3 +229,95 @@ fn against_an_existing_deployment_through_hooks() {
         cluster.shutdown().await;
     });
 }
+
+/// The processes whose command line mentions `dir`.
+fn processes_under(dir: &std::path::Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .collect()
+}
+
+#[test]
+fn an_interrupted_run_leaves_no_node_and_no_namespace_behind() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let mut harness = std::process::Command::new(env!("CARGO_BIN_EXE_meridian-chaos"))
+        .args(["run", "region-partition", "--out"])
+        .arg(out.path())
+        .arg("--meridian")
+        .arg(meridian())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("meridian-chaos starts");
+    let pid = harness.id();
+    // Interrupt it mid-run: once all three nodes run, and 6 s more, past
+    // the scenario's cut at 4 s.
+    let work = out.path().join("work");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while processes_under(&work).len() < 3 && std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = harness.try_wait() {
+            panic!("meridian-chaos ended before the interrupt: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        processes_under(&work).len() >= 3,
+        "three nodes did not start within 60 s"
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        harness.try_wait().expect("waiting").is_none(),
+        "meridian-chaos ended before the interrupt"
+    );
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = harness.try_wait().expect("waiting for meridian-chaos") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "meridian-chaos still runs 30 s after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut harness.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
+    // SIGKILL is delivered at once, the exits are reaped a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !processes_under(&work).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        processes_under(&work),
+        Vec::<u32>::new(),
+        "nodes left running"
+    );
+    if chaos::netns::Net::unavailable().is_none() {
+        let list = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns list");
+        let prefix = format!("mrd{pid}-");
+        let left = String::from_utf8_lossy(&list.stdout);
+        assert!(
+            !left.lines().any(|l| l.starts_with(&prefix)),
+            "namespaces left: {left}"
+        );
+    }
+}
