@@ -21,8 +21,7 @@
 //! 10.77.0.254. A two-way partition sets the region's link down at the
 //! hub, which cuts all of its traffic, not only peer traffic; one-way cuts,
 //! latency and loss act on the relay links as on loopback. The harness
-//! reaches a node from inside its namespace: [`Cluster::client`] for one
-//! node, [`Cluster::harness_client`] for any.
+//! reaches a node from inside its namespace ([`Cluster::client`]).
 
 //! Each region has a demo [`Backend`]; the gateway's `echo` upstream is,
 //! in each region, that region's backend, with active health checks,
@@ -118,7 +117,8 @@ pub struct Node {
     /// Its stderr, appended across restarts.
     pub log: PathBuf,
     /// Where sockets to it are made: here on loopback, its region's
-    /// namespace with [`Network::Namespaces`] ([`Cluster::client`] uses it).
+    /// namespace with [`Network::Namespaces`] ([`Cluster::client`] dials
+    /// its addresses through it).
     pub dialer: Dialer,
     child: Option<Child>,
     /// With tmpfs data dirs: the process holding the node's mount namespace
@@ -138,8 +138,6 @@ pub struct Cluster {
     relay: Relay,
     /// Reaches every node: one pool on loopback, routed per namespace.
     client: Client,
-    /// With namespaces: one client per node, dialling from its namespace.
-    clients: Vec<Client>,
     wrap: Wrap,
     /// Last, so that it is dropped after the node processes are killed.
     net: Option<Net>,
@@ -360,19 +358,15 @@ impl Cluster {
             std::fs::write(&node.config, text)
                 .with_context(|| format!("writing {}", node.config.display()))?;
         }
-        let (client, clients) = match &net {
-            None => (Client::new(), Vec::new()),
+        let client = match &net {
+            None => Client::new(),
             Some(net) => {
                 let mut routes: BTreeMap<_, _> = specs
                     .iter()
                     .map(|node| (node.proxy.ip(), node.dialer.clone()))
                     .collect();
                 routes.insert(netns::HUB_ADDRESS.into(), net.hub_dialer());
-                let per_node = specs
-                    .iter()
-                    .map(|node| Client::with_dialer(node.dialer.clone()))
-                    .collect();
-                (Client::routed(routes), per_node)
+                Client::routed(routes)
             }
         };
         let mut cluster = Self {
@@ -384,7 +378,6 @@ impl Cluster {
             idp,
             relay,
             client,
-            clients,
             wrap: wrap.clone(),
             net,
         };
@@ -444,7 +437,7 @@ impl Cluster {
         // Joined nodes are promoted to voters once caught up.
         loop {
             let (status, view) = self
-                .client(1)
+                .client
                 .get_json(self.node(1).admin, "/v1/cluster", SETUP_CALL)
                 .await?;
             let members = view["members"].as_array().cloned().unwrap_or_default();
@@ -551,7 +544,7 @@ impl Cluster {
     /// Polls `/readyz` until 200.
     pub async fn wait_ready(&mut self, id: u64) -> anyhow::Result<()> {
         let admin = self.node(id).admin;
-        let client = self.client(id).clone();
+        let client = self.client.clone();
         loop {
             if let Ok(answer) = client
                 .call(Method::GET, admin, "/readyz", &[], None, SETUP_CALL)
@@ -578,7 +571,7 @@ impl Cluster {
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
         let admin = self.node(id).admin;
-        let client = self.client(id).clone();
+        let client = self.client.clone();
         let body = body.map(|b| b.to_string().into_bytes());
         loop {
             match client
@@ -608,25 +601,11 @@ impl Cluster {
         &self.nodes
     }
 
-    /// A client that reaches node `id` (admin, proxy, anything listening in
-    /// its region): on loopback, the cluster's one client; with
-    /// namespaces, one that dials from inside node `id`'s namespace, so it
-    /// works while the region is cut off.
-    ///
-    /// # Panics
-    ///
-    /// When `id` is not a node of this cluster.
-    pub fn client(&self, id: u64) -> &Client {
-        if self.clients.is_empty() {
-            return &self.client;
-        }
-        &self.clients[(id - 1) as usize]
-    }
-
-    /// A client that reaches every node, and with namespaces also the hub:
-    /// each address is dialled from inside its own namespace, so a region
-    /// cut off at the hub is still reached, as its own users would reach it.
-    pub fn harness_client(&self) -> &Client {
+    /// A client that reaches every node (admin, proxy, anything listening
+    /// in its region), and with namespaces also the hub: each address is
+    /// dialled from inside its own namespace, so a region cut off at the
+    /// hub is still reached, as its own users would reach it.
+    pub fn client(&self) -> &Client {
         &self.client
     }
 
@@ -731,7 +710,7 @@ impl Cluster {
     /// header of its admin API (whole seconds).
     pub async fn clock_offset(&self, id: u64) -> anyhow::Result<i64> {
         let answer = self
-            .client(id)
+            .client
             .call(
                 Method::GET,
                 self.node(id).admin,
@@ -809,12 +788,17 @@ impl Cluster {
     /// (`Outbound`), or only what it receives (`Inbound`). With namespaces,
     /// `Both` sets the region's link down at the hub, which cuts everything
     /// it sends and receives, not only peer traffic; one-way cuts are made
-    /// on the relay links, as on loopback.
-    pub fn partition(&self, id: u64, cut: Cut) -> anyhow::Result<()> {
+    /// on the relay links, as on loopback. Returns what was cut, for a
+    /// timeline.
+    pub fn partition(&self, id: u64, cut: Cut) -> anyhow::Result<String> {
         if let Some(net) = &self.net
             && cut == Cut::Both
         {
-            return net.cut(id);
+            net.cut(id)?;
+            return Ok(format!(
+                "cut region {id}'s link at the hub (ip -n {} link set v{id} down): everything it sends and receives",
+                net.hub()
+            ));
         }
         for ((from, to), link) in &self.links {
             // On link a→b, forward is a's datagrams, backward is b's.
@@ -830,7 +814,7 @@ impl Cluster {
                 link.partition(direction);
             }
         }
-        Ok(())
+        Ok(format!("cut node {id}'s peer links ({cut:?})"))
     }
 
     /// Reconnects node `id`'s peer links (and its region's link, with

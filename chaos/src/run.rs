@@ -267,7 +267,7 @@ pub async fn run(scenario: &Scenario, options: &Options) -> anyhow::Result<Recor
         &wrap,
     )
     .await?;
-    let client = cluster.harness_client().clone();
+    let client = cluster.client().clone();
     let admin = client.clone().with_bearer(bearer);
     drive(
         scenario,

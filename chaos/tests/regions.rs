@@ -103,7 +103,7 @@ impl<'a> Probes<'a> {
     async fn gslb(&self, id: u64) -> (u16, Value) {
         let answer = self
             .cluster
-            .client(id)
+            .client()
             .call(
                 Method::GET,
                 self.cluster.node(id).admin,
@@ -120,7 +120,7 @@ impl<'a> Probes<'a> {
     /// A proxied GET through node `id`, from inside its namespace.
     async fn proxied(&self, id: u64, path: &str) -> u16 {
         self.cluster
-            .client(id)
+            .client()
             .call(
                 Method::GET,
                 self.cluster.node(id).proxy,
@@ -138,7 +138,7 @@ impl<'a> Probes<'a> {
     async fn view(&self, id: u64) -> Value {
         let (_, view) = self
             .cluster
-            .client(id)
+            .client()
             .get_json(self.cluster.node(id).admin, "/v1/health/regions", CALL)
             .await
             .unwrap_or_else(|e| panic!("node {id}'s region view: {e}"));
@@ -157,8 +157,20 @@ impl<'a> Probes<'a> {
 }
 
 /// The three-region cluster of these tests, one namespace per region, with
-/// state and logs under `dir`; the nodes' logs are shown if it fails.
-async fn in_namespaces(dir: &std::path::Path) -> Cluster {
+/// state and logs in a fresh temporary directory (dropped after the
+/// cluster); the nodes' logs are shown if it fails. `None`, with the reason
+/// printed, where namespaces cannot be made (not root, no iproute2).
+async fn in_namespaces() -> Option<(tempfile::TempDir, Cluster)> {
+    if let Some(reason) = Net::unavailable() {
+        eprintln!("skipped: {reason}");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cluster = start(dir.path()).await;
+    Some((dir, cluster))
+}
+
+async fn start(dir: &std::path::Path) -> Cluster {
     let wrap = Wrap {
         network: Network::Namespaces,
         node_toml: (1..=NODES).map(|id| (id, node_toml(id))).collect(),
@@ -187,12 +199,9 @@ fn everyone() -> Vec<IpAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_cut_at_the_hub_leaves_dns_and_drains_then_returns() {
-    if let Some(reason) = Net::unavailable() {
-        eprintln!("skipped: {reason}");
+    let Some((_dir, mut cluster)) = in_namespaces().await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut cluster = in_namespaces(dir.path()).await;
+    };
     assert!(cluster.net().is_some(), "namespaces");
     let probes = Probes::new(&cluster);
 
@@ -352,18 +361,15 @@ fn fallback_gateway(cluster: &Cluster, return_after: Duration) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_whose_backends_die_is_served_by_the_next_region() {
-    if let Some(reason) = Net::unavailable() {
-        eprintln!("skipped: {reason}");
+    let Some((_dir, mut cluster)) = in_namespaces().await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut cluster = in_namespaces(dir.path()).await;
+    };
     let return_after = Duration::from_secs(1);
     cluster
         .commit_gateway(&fallback_gateway(&cluster, return_after))
         .await
         .expect("the gateway configuration is committed");
-    let client = cluster.client(1);
+    let client = cluster.client();
     let proxy = cluster.node(1).proxy;
     // `(status, serving region)` of one GET through node 1, asked from
     // inside region 1.

@@ -298,7 +298,8 @@ impl Relay {
         let state = self.link_state(Proto::Udp, local, upstream);
         udp::spawn(
             &self.tracker,
-            (socket, dialer.clone()),
+            socket,
+            dialer.clone(),
             state.clone(),
             &self.limits,
         );

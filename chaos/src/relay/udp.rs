@@ -53,7 +53,8 @@ const RETRY: Duration = Duration::from_millis(20);
 /// is made through `dialer` (in the listener's namespace).
 pub(crate) fn spawn(
     tracker: &TaskTracker,
-    (socket, dialer): (UdpSocket, Dialer),
+    socket: UdpSocket,
+    dialer: Dialer,
     state: Arc<LinkState>,
     limits: &Limits,
 ) {

@@ -148,16 +148,7 @@ pub(super) async fn inject(
             let pid = cluster.kill(node).await?;
             format!("kill -9 node {node} (pid {pid})")
         }
-        Fault::Partition { cut, .. } => {
-            cluster.partition(node, *cut)?;
-            match (cluster.net(), cut) {
-                (Some(net), Cut::Both) => format!(
-                    "cut region {node}'s link at the hub (ip -n {} link set v{node} down): everything it sends and receives",
-                    net.hub()
-                ),
-                _ => format!("cut node {node}'s peer links ({cut:?})"),
-            }
-        }
+        Fault::Partition { cut, .. } => cluster.partition(node, *cut)?,
         Fault::Latency {
             delay,
             jitter,
@@ -233,7 +224,7 @@ pub(super) async fn heal_fault(
             // A raft that stopped on ENOSPC stays stopped (TESTING-NOTES.md
             // §1 #9 expects a restart); do what a supervisor would.
             let state = cluster
-                .client(node)
+                .client()
                 .get_json(cluster.node(node).admin, "/v1/cluster", PROBE_TIMEOUT)
                 .await
                 .ok()
