@@ -26,9 +26,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::body::Inbound;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::Gateway;
@@ -40,7 +40,7 @@ const MAX_CONFIG_BYTES: usize = 4 << 20;
 /// Serves one admin request.
 pub async fn handle(
     app: Arc<Gateway>,
-    req: hyper::Request<Incoming>,
+    req: hyper::Request<Inbound>,
     _peer: SocketAddr,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
@@ -323,9 +323,7 @@ async fn respond_written(
 }
 
 /// Reads a small JSON body (empty means `{}`).
-async fn json_body(
-    req: hyper::Request<Incoming>,
-) -> Result<serde_json::Value, Box<Response<Body>>> {
+async fn json_body(req: hyper::Request<Inbound>) -> Result<serde_json::Value, Box<Response<Body>>> {
     let body = Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await
@@ -368,7 +366,7 @@ fn duration_field(
 /// `POST /v1/consumers/{name}/keys`: a new API key, shown once.
 async fn create_key(
     app: &Gateway,
-    req: hyper::Request<Incoming>,
+    req: hyper::Request<Inbound>,
     consumer: String,
 ) -> Response<Body> {
     let wait_all = query(&req, "wait").is_some_and(|w| w == "all");
@@ -410,7 +408,7 @@ async fn create_key(
 /// `POST /v1/revocations`: `{"jti": …}`, `{"sub": …, "not_before": ms}` or
 /// `{"serial": …}`, with an optional `ttl` (how long the revoked credential
 /// could still be valid; 24h for JWTs, ten years for certificates).
-async fn revoke(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Body> {
+async fn revoke(app: &Gateway, req: hyper::Request<Inbound>) -> Response<Body> {
     use raft::model::Revocation;
     let wait_all = query(&req, "wait").is_some_and(|w| w == "all");
     let body = match json_body(req).await {
@@ -463,7 +461,7 @@ async fn revoke(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Body> 
 }
 
 /// A query parameter of the request, decoded.
-fn query(req: &hyper::Request<Incoming>, name: &str) -> Option<String> {
+fn query(req: &hyper::Request<Inbound>, name: &str) -> Option<String> {
     req.uri()
         .query()
         .and_then(|q| crate::pipeline::version::form_urlencoded_pairs(q).find(|(k, _)| k == name))
@@ -526,7 +524,7 @@ async fn cluster_status(app: &Gateway) -> Response<Body> {
     )
 }
 
-async fn put_config(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Body> {
+async fn put_config(app: &Gateway, req: hyper::Request<Inbound>) -> Response<Body> {
     let wait_all = query(&req, "wait").is_some_and(|w| w == "all");
     let body = match Limited::new(req.into_body(), MAX_CONFIG_BYTES)
         .collect()
@@ -581,7 +579,7 @@ async fn put_config(app: &Gateway, req: hyper::Request<Incoming>) -> Response<Bo
     respond_written(app, written, wait_all, json!({"version": version})).await
 }
 
-fn authorized(req: &hyper::Request<Incoming>, token: &str) -> bool {
+fn authorized(req: &hyper::Request<Inbound>, token: &str) -> bool {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return false;
     };

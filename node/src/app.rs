@@ -93,11 +93,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Serves one proxied request.
-    pub async fn serve(
-        &self,
-        req: hyper::Request<hyper::body::Incoming>,
-        peer: SocketAddr,
-    ) -> pipeline::Response {
+    pub async fn serve(&self, req: pipeline::Request, peer: SocketAddr) -> pipeline::Response {
         let snapshot = self.snapshots.load();
         self.pipeline.handle(snapshot, peer, req).await
     }
@@ -107,7 +103,7 @@ impl Gateway {
     pub async fn serve_forwarded(
         &self,
         peer: &crate::pki::PeerIdentity,
-        req: hyper::Request<hyper::body::Incoming>,
+        req: pipeline::Request,
     ) -> pipeline::Response {
         let snapshot = self.snapshots.load();
         self.pipeline

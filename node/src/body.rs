@@ -265,6 +265,62 @@ impl From<&'static str> for Body {
     }
 }
 
+// === impl Inbound ===
+
+/// A client's request body as the listener received it: streamed by hyper,
+/// or already read whole with its head by the HTTP/1.1 fast path
+/// ([`crate::server`]).
+pub enum Inbound {
+    /// Read by hyper as the stages and the proxy poll it.
+    Hyper(Incoming),
+    /// Complete (possibly empty): it arrived with the request head.
+    Buffered(Option<Bytes>),
+}
+
+impl Inbound {
+    /// No body.
+    pub fn empty() -> Self {
+        Inbound::Buffered(None)
+    }
+}
+
+impl From<Incoming> for Inbound {
+    fn from(incoming: Incoming) -> Self {
+        Inbound::Hyper(incoming)
+    }
+}
+
+impl HttpBody for Inbound {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Inbound::Hyper(incoming) => Pin::new(incoming).poll_frame(cx),
+            Inbound::Buffered(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Hyper(incoming) => incoming.is_end_stream(),
+            Inbound::Buffered(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Hyper(incoming) => incoming.size_hint(),
+            Inbound::Buffered(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
 // === impl Replay ===
 
 /// The start of a request body that a stage (the WAF) already read; stored
@@ -299,7 +355,7 @@ impl BufferedPrefix {
 /// A client body: frames already read, then the rest still to come.
 struct Source {
     prefix: VecDeque<Frame<Bytes>>,
-    incoming: Incoming,
+    incoming: Inbound,
 }
 
 /// Holds a client's request body until one upstream attempt starts reading it.
@@ -311,12 +367,12 @@ pub struct Replay {
 
 impl Replay {
     /// Parks `incoming` for the first attempt.
-    pub fn new(incoming: Incoming) -> Self {
+    pub fn new(incoming: Inbound) -> Self {
         Self::with_prefix(VecDeque::new(), incoming)
     }
 
     /// Parks `prefix`, then `incoming`, for the first attempt.
-    pub fn with_prefix(prefix: VecDeque<Frame<Bytes>>, incoming: Incoming) -> Self {
+    pub fn with_prefix(prefix: VecDeque<Frame<Bytes>>, incoming: Inbound) -> Self {
         let buffered: u64 = prefix
             .iter()
             .filter_map(|f| f.data_ref())
@@ -461,7 +517,7 @@ impl RateTimer {
 pub struct ClientBody {
     replay: Replay,
     prefix: VecDeque<Frame<Bytes>>,
-    incoming: Option<Incoming>,
+    incoming: Option<Inbound>,
     read: u64,
     limit: u64,
     fault: Arc<ClientFault>,
@@ -586,7 +642,7 @@ impl HttpBody for UpstreamBody {
 /// it: `None` at the end, 408 when the client stalls, 400 when it breaks
 /// the body off. Stages that buffer a body read it with this.
 pub async fn next_request_frame(
-    body: &mut Incoming,
+    body: &mut Inbound,
     idle: Duration,
 ) -> Result<Option<Frame<Bytes>>, crate::error::Error> {
     use crate::error::{Error, Kind};

@@ -43,17 +43,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::HeaderValue;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::Body;
+use crate::body::{Body, Inbound};
 use crate::error::Error;
 use crate::proxy::Proxy;
 use crate::snapshot::Snapshot;
 use crate::{Shared, trace};
 
 /// A client request as it enters the pipeline.
-pub type Request = http::Request<Incoming>;
+pub type Request = http::Request<Inbound>;
 /// A response on its way to the client.
 pub type Response = http::Response<Body>;
 

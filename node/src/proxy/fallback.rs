@@ -440,11 +440,13 @@ impl Forwarder for ForwardService {
             return;
         };
         let peer = Arc::new(peer);
-        let service = hyper::service::service_fn(move |req| {
-            let gateway = gateway.clone();
-            let peer = peer.clone();
-            async move { Ok::<_, Infallible>(gateway.serve_forwarded(&peer, req).await) }
-        });
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let gateway = gateway.clone();
+                let peer = peer.clone();
+                let req = req.map(crate::body::Inbound::from);
+                async move { Ok::<_, Infallible>(gateway.serve_forwarded(&peer, req).await) }
+            });
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ)

@@ -1,6 +1,11 @@
 //! Listeners: accept TCP connections and serve HTTP/1.1 and HTTP/2 (h2c,
-//! prior knowledge) on them with hyper.
+//! prior knowledge) on them.
 //!
+//! - On the proxy listeners a connection starts on the HTTP/1.1 fast path
+//!   (`fast.rs`), which serves plain requests itself and hands the
+//!   connection to hyper at the first one it does not take (HTTP/2,
+//!   upgrades, chunked or large bodies, anything malformed). The admin
+//!   listener uses hyper only.
 //! - Connections are capped by a semaphore (`limits.max-connections`):
 //!   at the cap the listener stops accepting until one closes, and accept
 //!   errors (e.g. `EMFILE`) back off instead of spinning.
@@ -38,6 +43,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -48,10 +54,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::Body;
+use crate::body::{Body, Inbound};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
+mod fast;
 mod framing;
 mod guard;
 mod stall;
@@ -87,6 +94,8 @@ pub struct Settings {
     pub max_reset_streams: u32,
     /// TLS termination, for the HTTPS listener.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Serve plain HTTP/1.1 requests on the fast path (`fast.rs`).
+    pub fast: bool,
     counters: Counters,
 }
 
@@ -111,6 +120,7 @@ impl Settings {
             max_in_flight: Some(config.limits.max_in_flight),
             max_reset_streams: config.limits.max_reset_streams,
             tls: None,
+            fast: true,
             counters: Counters::new(Some(metrics), "proxy"),
         }
     }
@@ -145,6 +155,7 @@ impl Settings {
             max_in_flight: None,
             max_reset_streams: config.limits.max_reset_streams,
             tls,
+            fast: false,
             counters: Counters::new(None, "admin"),
         }
     }
@@ -159,6 +170,9 @@ struct Activity {
 
 /// What every connection of a listener shares.
 struct Shared {
+    fast: bool,
+    /// The longest request head served (`max_buf`).
+    max_head: usize,
     idle: Duration,
     header_read: Duration,
     write_idle: Duration,
@@ -190,7 +204,7 @@ pub async fn serve<H, F>(
     shutdown: CancellationToken,
     grace: Duration,
 ) where
-    H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(hyper::Request<Inbound>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -215,6 +229,8 @@ pub async fn serve<H, F>(
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     let shared = Arc::new(Shared {
+        fast: settings.fast,
+        max_head: settings.max_buf.max(8192),
         idle: settings.idle,
         header_read: settings.header_read,
         write_idle: settings.write_idle,
@@ -313,10 +329,28 @@ async fn serve_connection<H, F, S>(
     shutdown: CancellationToken,
     force: CancellationToken,
 ) where
-    H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(hyper::Request<Inbound>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let mut io = stall::WriteIdle::new(
+        stream,
+        shared.write_idle,
+        shared.counters.write_idle.clone(),
+    );
+    let mut read = Bytes::new();
+    if shared.fast {
+        let http1 = fast::Http1::new(&mut io, peer, tls.clone(), &handler, &shared, &shutdown);
+        let end = tokio::select! {
+            end = http1.run() => end,
+            () = force.cancelled() => return,
+        };
+        match end {
+            fast::End::Closed => return,
+            fast::End::HandOver(bytes) => read = bytes,
+        }
+    }
+    let io = fast::Rewind::new(read, io);
     let activity = Arc::new(Activity::default());
     let framing = Arc::new(framing::Flag::default());
     let resets = Resets::new(shared.max_reset_streams);
@@ -325,11 +359,12 @@ async fn serve_connection<H, F, S>(
         let pace = pace.clone();
         let activity = activity.clone();
         let framing = framing.clone();
-        let load = shared.load.clone();
         let resets = resets.clone();
-        service_fn(move |mut request: hyper::Request<Incoming>| {
+        let handler = handler.clone();
+        let shared = shared.clone();
+        service_fn(move |request: hyper::Request<Incoming>| {
             activity.started.fetch_add(1, Ordering::Relaxed);
-            let permit = load.as_ref().map(|load| load.admit(request.headers()));
+            let mut request = request.map(Inbound::Hyper);
             if framing.take() {
                 request.extensions_mut().insert(AmbiguousFraming);
             }
@@ -337,31 +372,19 @@ async fn serve_connection<H, F, S>(
                 request.extensions_mut().insert(tls.clone());
             }
             let handler = handler.clone();
+            let shared = shared.clone();
             let activity = activity.clone();
             let pace = pace.clone();
             let watch = resets.watch();
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
             async move {
-                let response = match permit {
-                    Some(Err(shed)) => *shed,
-                    Some(Ok(permit)) => {
-                        let mut response = handler(request, peer).await;
-                        response.body_mut().keep(permit);
-                        response
-                    }
-                    None => handler(request, peer).await,
-                };
+                let response = respond(&handler, &shared, request, peer).await;
                 watch.done();
                 activity.in_flight.fetch_sub(1, Ordering::Relaxed);
                 Ok::<_, Infallible>(response.map(|body| stall::Paced::new(body, pace)))
             }
         })
     };
-    let io = stall::WriteIdle::new(
-        stream,
-        shared.write_idle,
-        shared.counters.write_idle.clone(),
-    );
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(framing::Watched::new(io, framing)), service);
     tokio::pin!(connection);
@@ -437,5 +460,33 @@ async fn serve_connection<H, F, S>(
             () = &mut drain, if draining => return close(Closed::DrainTimeout),
             () = force.cancelled() => return,
         }
+    }
+}
+
+/// Runs `handler` on `request` unless the listener is overloaded (then the
+/// answer is the shed response); the request counts as in flight until the
+/// response body is finished.
+async fn respond<H, F>(
+    handler: &H,
+    shared: &Shared,
+    request: hyper::Request<Inbound>,
+    peer: SocketAddr,
+) -> hyper::Response<Body>
+where
+    H: Fn(hyper::Request<Inbound>, SocketAddr) -> F,
+    F: Future<Output = hyper::Response<Body>>,
+{
+    match shared
+        .load
+        .as_ref()
+        .map(|load| load.admit(request.headers()))
+    {
+        Some(Err(shed)) => *shed,
+        Some(Ok(permit)) => {
+            let mut response = handler(request, peer).await;
+            response.body_mut().keep(permit);
+            response
+        }
+        None => handler(request, peer).await,
     }
 }

@@ -55,6 +55,99 @@ async fn http1_and_h2c_clients_and_upstream_keep_alive() {
     assert_eq!(upstream.last().version, http::Version::HTTP_11);
 }
 
+/// Reads `count` responses with `Content-Length` bodies from `stream`
+/// (5 s at most): each one's status and body.
+async fn responses(stream: &mut tokio::net::TcpStream, count: usize) -> Vec<(u16, String)> {
+    let mut bytes = Vec::new();
+    let mut parsed = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 16 * 1024];
+        while parsed.len() < count {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            }
+            loop {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+                    break;
+                };
+                let length = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .expect("a Content-Length");
+                if rest.len() < length {
+                    break;
+                }
+                parsed.push((raw_status(head), rest[..length].to_owned()));
+                bytes.drain(..head.len() + 4 + length);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    parsed
+}
+
+/// One keep-alive connection whose requests start on the fast path and
+/// move to hyper at the first chunked body, pipelined in one write: every
+/// request reaches the upstream once, whole and in order, and every
+/// response comes back in order.
+#[tokio::test]
+async fn a_connection_moves_from_the_fast_path_to_hyper_without_losing_a_byte() {
+    let upstream = MockUpstream::echo("u").await;
+    let node = TestNode::start(&one_route(&upstream, "")).await;
+    let mut stream = tokio::net::TcpStream::connect(node.proxy).await.unwrap();
+    let pipelined = concat!(
+        "GET /one?a=1 HTTP/1.1\r\nHost: x\r\nX-Seq: 1\r\n\r\n",
+        "POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        "POST /three HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nworld\r\n0\r\n\r\n",
+        "GET /four HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    stream.write_all(pipelined.as_bytes()).await.unwrap();
+    let answers = responses(&mut stream, 4).await;
+    assert_eq!(answers.len(), 4, "four responses, got {answers:?}");
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+
+    // A head split over two writes, then a body sent after a pause: the
+    // fast path waits for the head, and hands the late body to hyper.
+    stream.write_all(b"PUT /five HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream
+        .write_all(b"st: x\r\nContent-Length: 3\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b"abc").await.unwrap();
+    let answers = responses(&mut stream, 1).await;
+    assert_eq!(answers.len(), 1, "a fifth response");
+    assert_eq!(answers[0].0, 200);
+
+    let seen = upstream.seen.lock().unwrap().clone();
+    let summary: Vec<_> = seen
+        .iter()
+        .map(|s| (s.method.as_str().to_owned(), s.uri.clone(), s.body.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("GET".to_owned(), "/one?a=1".to_owned(), Bytes::new()),
+            ("POST".to_owned(), "/two".to_owned(), Bytes::from("hello")),
+            ("POST".to_owned(), "/three".to_owned(), Bytes::from("world")),
+            ("GET".to_owned(), "/four".to_owned(), Bytes::new()),
+            ("PUT".to_owned(), "/five".to_owned(), Bytes::from("abc")),
+        ]
+    );
+    assert_eq!(seen[0].headers["x-seq"], "1");
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn h2_upstreams() {
     let upstream = MockUpstream::echo("u").await;

@@ -1,0 +1,881 @@
+//! The HTTP/1.1 fast path: the common request served on the connection's
+//! own task, with the connection's reused buffers, and the connection
+//! handed to hyper at the first request it does not take.
+//!
+//! hyper's server dispatcher costs more user time per request than the
+//! whole of nginx's proxying (docs/benchmarks.md): it moves large futures
+//! and buffers around and runs a generic state machine for every request.
+//! Most proxied requests are much simpler than what it is built for: a
+//! complete HTTP/1.1 head, no body or a small one that arrived with it, and
+//! a response written once. This module serves exactly those:
+//!
+//! - the head is parsed by `httparse` (as hyper does) straight out of the
+//!   connection's read buffer; header values are slices of that buffer, not
+//!   copies;
+//! - the request goes through the same handler (the whole pipeline), with
+//!   the same load shedding, as a hyper-served one; the connection is read
+//!   meanwhile, so a client that hangs up cancels its request (as hyper
+//!   does without half-close support) and pipelined bytes wait in the
+//!   buffer;
+//! - the response head is encoded into a reused buffer and written with the
+//!   first body bytes in one write; a streamed body follows as it comes,
+//!   length-delimited or chunked, flushed whenever the body has to wait.
+//!
+//! Everything else is handed over, with the bytes already read, to hyper,
+//! which then serves the rest of the connection exactly as if it had had it
+//! from the start (its 400s, 431s and 413s included):
+//!
+//! - a head `httparse` rejects or that does not end within `max_head` bytes,
+//!   more than [`MAX_FIELDS`] fields, or the HTTP/2 preface;
+//! - HTTP/1.0, `CONNECT`, and request targets other than origin-form;
+//! - `Transfer-Encoding` (chunked bodies, and the ambiguous pair with
+//!   `Content-Length`), `Expect`, `Upgrade` or `Connection: upgrade`
+//!   (WebSocket, h2c), a repeated or malformed `Content-Length`;
+//! - a body larger than [`MAX_BODY`] or one that did not arrive with its
+//!   head (a client pausing between head and body);
+//! - a method, target or field the `http` crate refuses.
+//!
+//! Timeouts keep hyper's meaning: a head must be complete within
+//! `timeouts.header-read` of the wait for it starting (which also bounds an
+//! idle keep-alive connection, as does `timeouts.idle`); writes go through
+//! the same write-idle guard. At shutdown a connection waiting for a head
+//! closes at once, and one serving a request answers it with
+//! `Connection: close` and then closes.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+use http_body::{Body as _, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::guard::Closed;
+use crate::body::{Body, BodyError, Inbound};
+
+/// The most header fields the fast path takes; a head with more goes to
+/// hyper.
+pub(super) const MAX_FIELDS: usize = 64;
+/// The largest request body the fast path takes (it must have arrived with
+/// its head).
+pub(super) const MAX_BODY: usize = 64 * 1024;
+/// Response bytes gathered before they are written.
+const GATHER: usize = 16 * 1024;
+/// A body chunk at least this large is written from where it is, not
+/// copied after the head.
+const DIRECT: usize = 4 * 1024;
+/// Free space the read buffer has before each read.
+const READ_ROOM: usize = 8 * 1024;
+
+/// How the fast path left a connection.
+pub(super) enum End {
+    /// It is finished: closed by either side, timed out or shut down.
+    Closed,
+    /// hyper serves the rest, starting with these bytes.
+    HandOver(Bytes),
+}
+
+/// Where the parts of a parsed head lie in the read buffer.
+#[derive(Debug)]
+struct Head {
+    /// Length of the head, up to and including its empty line.
+    len: usize,
+    method: Method,
+    target: (usize, usize),
+    /// `Content-Length`, 0 without one.
+    body: usize,
+    /// The client asked to close after this request.
+    close: bool,
+}
+
+/// What the read buffer holds.
+#[derive(Debug)]
+enum Parsed {
+    /// The start of a head: read more.
+    Partial,
+    /// A head the fast path takes.
+    Fast(Head),
+    /// Something hyper has to serve.
+    Other,
+}
+
+/// Where a field's name and value lie: start and end offsets of each.
+type Span = [usize; 4];
+
+/// Parses the head at the start of `buf`; `fields` receives where its
+/// fields lie.
+fn parse(buf: &[u8], max_head: usize, fields: &mut Vec<Span>) -> Parsed {
+    let mut parsed = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut parsed);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return Parsed::Partial,
+        _ => return Parsed::Other,
+    };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    else {
+        return Parsed::Other;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Other;
+    };
+    if method == Method::CONNECT || !target.starts_with('/') {
+        return Parsed::Other;
+    }
+    let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
+    let span = |part: &[u8]| (offset(part), offset(part) + part.len());
+    let mut body = None;
+    let mut close = false;
+    fields.clear();
+    for field in request.headers.iter() {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match content_length(field.value) {
+                Some(length) if body.is_none() && length <= MAX_BODY => body = Some(length),
+                _ => return Parsed::Other,
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in field.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::Other;
+                }
+                close |= token.eq_ignore_ascii_case(b"close");
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return Parsed::Other;
+        }
+        let (name, value) = (span(name), span(field.value));
+        fields.push([name.0, name.1, value.0, value.1]);
+    }
+    Parsed::Fast(Head {
+        len,
+        method,
+        target: span(target.as_bytes()),
+        body: body.unwrap_or(0),
+        close,
+    })
+}
+
+/// A `Content-Length` value: digits only, as RFC 9110 §8.6 has it.
+fn content_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0usize, |n, &d| {
+        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+    })
+}
+
+/// The request `head` describes, its parts sliced out of `bytes`; `None`
+/// when the `http` crate refuses a part.
+fn request(
+    head: &Head,
+    fields: &[Span],
+    bytes: &Bytes,
+    body: Inbound,
+) -> Option<http::Request<Inbound>> {
+    let uri = Uri::from_maybe_shared(bytes.slice(head.target.0..head.target.1)).ok()?;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for &[name_start, name_end, value_start, value_end] in fields {
+        let name = HeaderName::from_bytes(&bytes[name_start..name_end]).ok()?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end)).ok()?;
+        headers.append(name, value);
+    }
+    let mut request = http::Request::new(body);
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body is sent (HEAD, 1xx, 204, 304).
+    None,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Encodes the head of a response into `out` (cleared first) and says how
+/// its body goes. `close` adds `Connection: close` unless the response has
+/// a `Connection` field already.
+fn encode_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+    size: &SizeHint,
+    head_request: bool,
+    close: bool,
+) -> Framing {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    headers.remove(header::TRANSFER_ENCODING);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| content_length(value.as_bytes()));
+    let framing = if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        if status != StatusCode::NOT_MODIFIED {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        Framing::None
+    } else if head_request {
+        Framing::None
+    } else if let Some(length) = declared {
+        Framing::Length(length as u64)
+    } else {
+        headers.remove(header::CONTENT_LENGTH);
+        match size.exact() {
+            Some(length) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+                out.extend_from_slice(b"\r\n");
+                Framing::Length(length)
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+        }
+    };
+    if close && !headers.contains_key(header::CONNECTION) {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers.iter() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// Appends the current time as an HTTP date, formatted once a second per
+/// thread.
+fn date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const {
+            std::cell::RefCell::new((0, String::new()))
+        };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    CACHE.with_borrow_mut(|(cached, text)| {
+        if *cached != second || text.is_empty() {
+            *cached = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// Whether a `Connection` field asks to close.
+fn asks_to_close(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+/// Why a wait for request bytes ended without any.
+enum Stop {
+    /// The client closed its side, or the read failed.
+    Gone,
+    /// The head did not come in time.
+    Timeout,
+    /// The listener is shutting down and nothing was started.
+    Shutdown,
+}
+
+/// One connection on the fast path.
+pub(super) struct Http1<'a, S, H> {
+    io: &'a mut S,
+    peer: SocketAddr,
+    tls: Option<Arc<crate::tls::TlsInfo>>,
+    handler: &'a H,
+    shared: &'a Shared,
+    shutdown: &'a CancellationToken,
+    buf: BytesMut,
+    out: Vec<u8>,
+}
+
+impl<'a, S, H, F> Http1<'a, S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Fn(http::Request<Inbound>, SocketAddr) -> F + Send + Sync,
+    F: std::future::Future<Output = http::Response<Body>> + Send,
+{
+    pub(super) fn new(
+        io: &'a mut S,
+        peer: SocketAddr,
+        tls: Option<Arc<crate::tls::TlsInfo>>,
+        handler: &'a H,
+        shared: &'a Shared,
+        shutdown: &'a CancellationToken,
+    ) -> Self {
+        Self {
+            io,
+            peer,
+            tls,
+            handler,
+            shared,
+            shutdown,
+            buf: BytesMut::with_capacity(READ_ROOM),
+            out: Vec::with_capacity(GATHER),
+        }
+    }
+
+    /// Serves requests until the connection ends or one has to go to hyper.
+    pub(super) async fn run(mut self) -> End {
+        let mut fields = Vec::with_capacity(16);
+        let deadline = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(deadline);
+        let mut first = true;
+        loop {
+            let mut waiting = None;
+            let head = loop {
+                match parse(&self.buf, self.shared.max_head, &mut fields) {
+                    Parsed::Fast(head) => break head,
+                    Parsed::Other => return End::HandOver(self.buf.freeze()),
+                    Parsed::Partial => {}
+                }
+                let timeout = if first || !self.buf.is_empty() {
+                    self.shared.header_read
+                } else {
+                    self.shared.header_read.min(self.shared.idle)
+                };
+                match self.fill(&mut waiting, timeout, deadline.as_mut()).await {
+                    Ok(()) => {}
+                    Err(Stop::Timeout) => {
+                        if first || !self.buf.is_empty() || timeout == self.shared.header_read {
+                            self.shared.counters.closed(Closed::HeaderTimeout);
+                        }
+                        return End::Closed;
+                    }
+                    Err(Stop::Gone | Stop::Shutdown) => return End::Closed,
+                }
+            };
+            first = false;
+            if self.buf.len() < head.len + head.body {
+                // The body is still on its way: hyper reads it as it comes.
+                return End::HandOver(self.buf.freeze());
+            }
+            let bytes = self.buf.split_to(head.len).freeze();
+            let body = match head.body {
+                0 => None,
+                length => Some(self.buf.split_to(length).freeze()),
+            };
+            let Some(mut request) =
+                request(&head, &fields, &bytes, Inbound::Buffered(body.clone()))
+            else {
+                return End::HandOver(rejoin(&bytes, body, &self.buf));
+            };
+            if let Some(tls) = &self.tls {
+                request.extensions_mut().insert(tls.clone());
+            }
+            let head_request = head.method == Method::HEAD;
+            let close = head.close;
+            let Some(response) = self.respond(request).await else {
+                return End::Closed;
+            };
+            let close = close || self.shutdown.is_cancelled() || asks_to_close(response.headers());
+            if self.write(response, head_request, close).await.is_err() || close {
+                let _ = self.io.shutdown().await;
+                return End::Closed;
+            }
+        }
+    }
+
+    /// Runs the handler on `request`, reading on meanwhile: a client that
+    /// hangs up cancels its request (`None`), as with hyper, and bytes it
+    /// pipelines are kept for the next head.
+    async fn respond(&mut self, request: http::Request<Inbound>) -> Option<http::Response<Body>> {
+        let (handler, shared, peer) = (self.handler, self.shared, self.peer);
+        let respond = super::respond(handler, shared, request, peer);
+        tokio::pin!(respond);
+        loop {
+            let room = self.buf.len() < shared.max_head + MAX_BODY;
+            if room && self.buf.capacity() - self.buf.len() < READ_ROOM / 2 {
+                self.buf.reserve(READ_ROOM);
+            }
+            tokio::select! {
+                biased;
+                response = &mut respond => return Some(response),
+                read = self.io.read_buf(&mut self.buf), if room => match read {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Reads more request bytes; the first wait of a head starts its
+    /// `timeout`.
+    async fn fill(
+        &mut self,
+        waiting: &mut Option<Instant>,
+        timeout: Duration,
+        mut deadline: Pin<&mut tokio::time::Sleep>,
+    ) -> Result<(), Stop> {
+        if self.buf.capacity() - self.buf.len() < READ_ROOM / 2 {
+            self.buf.reserve(READ_ROOM);
+        }
+        // Most reads find their bytes already there: only a read that has
+        // to wait arms the timer.
+        let idle = self.buf.is_empty();
+        let (io, buf) = (&mut *self.io, &mut self.buf);
+        let read = io.read_buf(buf);
+        tokio::pin!(read);
+        let ready = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+        let read = match ready {
+            Poll::Ready(read) => read,
+            Poll::Pending => {
+                let since = *waiting.get_or_insert_with(Instant::now);
+                deadline.as_mut().reset(since + timeout);
+                tokio::select! {
+                    read = read => read,
+                    () = deadline => return Err(Stop::Timeout),
+                    () = self.shutdown.cancelled(), if idle => return Err(Stop::Shutdown),
+                }
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => Err(Stop::Gone),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Writes `response`; an error means the connection cannot go on.
+    async fn write(
+        &mut self,
+        response: http::Response<Body>,
+        head_request: bool,
+        close: bool,
+    ) -> io::Result<()> {
+        let (mut parts, mut body) = response.into_parts();
+        let framing = encode_head(
+            &mut self.out,
+            parts.status,
+            &mut parts.headers,
+            &body.size_hint(),
+            head_request,
+            close,
+        );
+        drop(parts);
+        if framing == Framing::None {
+            drop(body);
+            return self.flush().await;
+        }
+        let mut sent = 0u64;
+        let mut trailers = None;
+        loop {
+            // Write what is gathered before waiting for the body.
+            let polled = std::future::poll_fn(|cx| {
+                Poll::Ready(match Pin::new(&mut body).poll_frame(cx) {
+                    Poll::Ready(frame) => Some(frame),
+                    Poll::Pending => None,
+                })
+            })
+            .await;
+            let frame = match polled {
+                Some(frame) => frame,
+                None => {
+                    self.flush().await?;
+                    std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                }
+            };
+            let frame = match frame {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => return Err(body_failed(error)),
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    trailers = frame.into_trailers().ok();
+                    continue;
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            sent += data.len() as u64;
+            if let Framing::Length(length) = framing
+                && sent > length
+            {
+                return Err(io::Error::other(
+                    "response body longer than its Content-Length",
+                ));
+            }
+            if framing == Framing::Chunked {
+                self.out
+                    .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            }
+            if data.len() >= DIRECT {
+                write_both(self.io, &self.out, &data).await?;
+                self.out.clear();
+            } else {
+                self.out.extend_from_slice(&data);
+            }
+            if framing == Framing::Chunked {
+                self.out.extend_from_slice(b"\r\n");
+            }
+            if self.out.len() >= GATHER {
+                self.io.write_all(&self.out).await?;
+                self.out.clear();
+            }
+        }
+        match framing {
+            Framing::Length(length) if sent != length => {
+                return Err(io::Error::other(
+                    "response body shorter than its Content-Length",
+                ));
+            }
+            Framing::Chunked => {
+                self.out.extend_from_slice(b"0\r\n");
+                for (name, value) in trailers.iter().flat_map(HeaderMap::iter) {
+                    self.out.extend_from_slice(name.as_str().as_bytes());
+                    self.out.extend_from_slice(b": ");
+                    self.out.extend_from_slice(value.as_bytes());
+                    self.out.extend_from_slice(b"\r\n");
+                }
+                self.out.extend_from_slice(b"\r\n");
+            }
+            _ => {}
+        }
+        self.flush().await
+    }
+
+    /// Writes out what is gathered.
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.io.flush().await
+    }
+}
+
+fn body_failed(error: BodyError) -> io::Error {
+    tracing::debug!(%error, "response body failed; closing the connection");
+    io::Error::other(error)
+}
+
+/// Writes `first` then `second`, in one system call when the socket takes
+/// both.
+async fn write_both<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    mut first: &[u8],
+    mut second: &[u8],
+) -> io::Result<()> {
+    while !first.is_empty() {
+        let written = io
+            .write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
+            .await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if written < first.len() {
+            first = &first[written..];
+        } else {
+            second = &second[written - first.len()..];
+            first = &[];
+        }
+    }
+    io.write_all(second).await
+}
+
+/// The bytes of a request the `http` crate refused, put back together for
+/// hyper.
+fn rejoin(head: &Bytes, body: Option<Bytes>, rest: &[u8]) -> Bytes {
+    let body = body.unwrap_or_default();
+    let mut bytes = BytesMut::with_capacity(head.len() + body.len() + rest.len());
+    bytes.extend_from_slice(head);
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(rest);
+    bytes.freeze()
+}
+
+pin_project_lite::pin_project! {
+    /// A connection handed to hyper: the bytes the fast path already read,
+    /// then the rest.
+    pub(super) struct Rewind<IO> {
+        prefix: Bytes,
+        #[pin]
+        io: IO,
+    }
+}
+
+impl<IO> Rewind<IO> {
+    pub(super) fn new(prefix: Bytes, io: IO) -> Self {
+        Self { prefix, io }
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for Rewind<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if this.prefix.is_empty() {
+            return this.io.poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Rewind<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast(bytes: &[u8]) -> (Head, Vec<Span>) {
+        let mut fields = Vec::new();
+        match parse(bytes, 64 * 1024, &mut fields) {
+            Parsed::Fast(head) => (head, fields),
+            other => panic!(
+                "expected the fast path for {:?}, got {other:?}",
+                String::from_utf8_lossy(bytes)
+            ),
+        }
+    }
+
+    fn other(bytes: &[u8]) {
+        let parsed = parse(bytes, 64 * 1024, &mut Vec::new());
+        assert!(
+            matches!(parsed, Parsed::Other),
+            "expected a hand-over for {:?}, got {parsed:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+
+    #[test]
+    fn a_plain_head_is_taken_with_its_fields_in_place() {
+        let bytes = b"GET /a/b?c=d HTTP/1.1\r\nHost: example.com\r\nX-One: 1\r\n\r\nrest";
+        let (head, fields) = fast(bytes);
+        assert_eq!(head.len, bytes.len() - 4);
+        assert_eq!(&bytes[head.target.0..head.target.1], b"/a/b?c=d");
+        let named: Vec<_> = fields
+            .iter()
+            .map(|f| (&bytes[f[0]..f[1]], &bytes[f[2]..f[3]]))
+            .collect();
+        assert_eq!(
+            named,
+            [(&b"Host"[..], &b"example.com"[..]), (b"X-One", b"1")]
+        );
+        assert_eq!(head.body, 0);
+        assert!(!head.close);
+        let request = request(
+            &head,
+            &fields,
+            &Bytes::copy_from_slice(bytes),
+            Inbound::empty(),
+        )
+        .unwrap();
+        assert_eq!(request.uri().path(), "/a/b");
+        assert_eq!(request.uri().query(), Some("c=d"));
+        assert_eq!(request.headers()["x-one"], "1");
+        assert_eq!(request.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more_until_the_limit() {
+        let partial = b"GET / HTTP/1.1\r\nHost: a\r\n";
+        assert!(matches!(
+            parse(partial, 1024, &mut Vec::new()),
+            Parsed::Partial
+        ));
+        assert!(matches!(
+            parse(partial, partial.len(), &mut Vec::new()),
+            Parsed::Other
+        ));
+        let whole = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(matches!(
+            parse(whole, whole.len() - 1, &mut Vec::new()),
+            Parsed::Other
+        ));
+    }
+
+    #[test]
+    fn bodies_connection_close_and_length_are_read() {
+        let (head, _) = fast(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: keep-alive, Close\r\n\r\nhello");
+        assert_eq!(head.body, 5);
+        assert!(head.close);
+    }
+
+    #[test]
+    fn what_hyper_must_serve_is_handed_over() {
+        other(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n");
+        other(b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n");
+        other(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n");
+        other(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
+        other(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+        other(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        other(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n");
+        other(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n");
+        other(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n");
+        other(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 70000\r\n\r\n");
+        other(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
+        other(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        other(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n");
+        other(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        other(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n");
+        other(b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("X-{i}: v\r\n")).collect();
+        other(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
+    }
+
+    #[test]
+    fn response_heads_choose_their_framing() {
+        let mut out = Vec::new();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let framing = encode_head(
+            &mut out,
+            StatusCode::OK,
+            &mut headers.clone(),
+            &SizeHint::with_exact(2),
+            false,
+            false,
+        );
+        assert_eq!(framing, Framing::Length(2));
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with("x-a: 1\r\n\r\n"), "{text}");
+
+        let framing = encode_head(
+            &mut out,
+            StatusCode::OK,
+            &mut headers.clone(),
+            &SizeHint::default(),
+            false,
+            true,
+        );
+        assert_eq!(framing, Framing::Chunked);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(
+            text.contains("transfer-encoding: chunked\r\nconnection: close\r\n"),
+            "{text}"
+        );
+
+        let mut declared = headers.clone();
+        declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        declared.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let framing = encode_head(
+            &mut out,
+            StatusCode::OK,
+            &mut declared,
+            &SizeHint::default(),
+            false,
+            false,
+        );
+        assert_eq!(framing, Framing::Length(10));
+        assert!(!String::from_utf8_lossy(&out).contains("transfer-encoding"));
+
+        let framing = encode_head(
+            &mut out,
+            StatusCode::OK,
+            &mut declared.clone(),
+            &SizeHint::default(),
+            true,
+            false,
+        );
+        assert_eq!(framing, Framing::None);
+        assert!(String::from_utf8_lossy(&out).contains("content-length: 10"));
+
+        let framing = encode_head(
+            &mut out,
+            StatusCode::NO_CONTENT,
+            &mut declared.clone(),
+            &SizeHint::with_exact(0),
+            false,
+            false,
+        );
+        assert_eq!(framing, Framing::None);
+        assert!(!String::from_utf8_lossy(&out).contains("content-length"));
+    }
+
+    #[test]
+    fn content_lengths_are_digits_only() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"1234"), Some(1234));
+        assert_eq!(content_length(b""), None);
+        assert_eq!(content_length(b"-1"), None);
+        assert_eq!(content_length(b"1 "), None);
+        assert_eq!(content_length(b"18446744073709551616"), None);
+    }
+}
