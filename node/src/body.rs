@@ -28,6 +28,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::proxy::client::Conn;
+use crate::proxy::h1::RawBody;
 use crate::proxy::pool::InFlight;
 
 /// Why a streamed body ended early.
@@ -48,6 +50,9 @@ pub enum BodyError {
     /// The peer reset or broke the stream.
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+    /// The upstream broke the stream or its framing (fast path).
+    #[error("upstream body failed: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Called once when a response body is finished: with the bytes sent and
@@ -94,7 +99,7 @@ impl IdleTimer {
 enum Kind {
     Empty,
     Full(Option<Bytes>),
-    Stream(Incoming, IdleTimer),
+    Stream(FromUpstream, IdleTimer),
     /// A body the gateway produces as it goes (transcoded gRPC streams).
     Produced(UnsyncBoxBody<Bytes, BodyError>),
 }
@@ -120,7 +125,7 @@ impl Body {
     }
 
     /// An upstream's body, aborted when it stalls for `idle`.
-    pub fn stream(incoming: Incoming, idle: Duration) -> Self {
+    pub fn stream(incoming: FromUpstream, idle: Duration) -> Self {
         Self::from_kind(Kind::Stream(incoming, IdleTimer::new(idle)))
     }
 
@@ -164,6 +169,21 @@ impl Body {
         }
     }
 
+    /// The body ended cleanly: the upstream request ends, and its
+    /// connection goes back to the pool (from the body itself, on the fast
+    /// path).
+    fn release(&mut self) {
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        if let Kind::Stream(upstream, _) = &mut self.kind
+            && let Some(conn) = upstream.take_reusable()
+        {
+            held.keep(Some(conn));
+        }
+        held.release();
+    }
+
     fn finish(&mut self, clean: bool) {
         if let Some(on_end) = self.on_end.take() {
             on_end(self.sent, clean);
@@ -180,8 +200,8 @@ impl Drop for Body {
             Kind::Produced(body) => body.is_end_stream(),
             _ => true,
         };
-        if clean && let Some(held) = self.held.take() {
-            held.release();
+        if clean {
+            self.release();
         }
         self.finish(clean);
     }
@@ -202,7 +222,7 @@ impl HttpBody for Body {
             Kind::Stream(incoming, idle) => match Pin::new(&mut *incoming).poll_frame(cx) {
                 Poll::Ready(frame) => {
                     idle.progress();
-                    frame.map(|frame| frame.map_err(BodyError::from))
+                    frame
                 }
                 Poll::Pending => {
                     ready!(idle.poll_expired(cx));
@@ -224,10 +244,8 @@ impl HttpBody for Body {
                 this.finish(false);
             }
             None => {
+                this.release();
                 this.kind = Kind::Empty;
-                if let Some(held) = this.held.take() {
-                    held.release();
-                }
                 this.finish(true);
             }
         }
@@ -262,6 +280,62 @@ impl From<String> for Body {
 impl From<&'static str> for Body {
     fn from(text: &'static str) -> Self {
         Body::full(text)
+    }
+}
+
+// === impl FromUpstream ===
+
+/// An upstream's response body: read by hyper's client, or by the fast
+/// path's own exchange ([`crate::proxy::h1`]), which holds the connection
+/// until the body ends.
+pub enum FromUpstream {
+    /// From hyper's client (HTTP/2, upgrades, streamed request bodies).
+    Hyper(Incoming),
+    /// From the fast path.
+    Raw(RawBody),
+}
+
+impl FromUpstream {
+    /// The connection the body was read from, once it ended cleanly and
+    /// can be reused (fast path only: hyper's stay with their sender).
+    pub fn take_reusable(&mut self) -> Option<Conn> {
+        match self {
+            FromUpstream::Hyper(_) => None,
+            FromUpstream::Raw(body) => body.take_reusable().map(Conn::Raw),
+        }
+    }
+}
+
+impl HttpBody for FromUpstream {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            FromUpstream::Hyper(incoming) => Pin::new(incoming)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(BodyError::from))),
+            FromUpstream::Raw(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(BodyError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            FromUpstream::Hyper(incoming) => incoming.is_end_stream(),
+            FromUpstream::Raw(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            FromUpstream::Hyper(incoming) => incoming.size_hint(),
+            FromUpstream::Raw(body) => body.size_hint(),
+        }
     }
 }
 

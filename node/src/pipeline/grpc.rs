@@ -39,13 +39,13 @@
 
 use std::time::Duration;
 
+use crate::body::FromUpstream;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind as FieldKind, MessageDescriptor};
@@ -466,7 +466,7 @@ enum Step {
 
 /// Reads a reply body: frames to messages, trailers to the status.
 struct Reply {
-    body: Incoming,
+    body: FromUpstream,
     decoder: Decoder,
     output: MessageDescriptor,
     idle: Duration,

@@ -52,6 +52,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -64,8 +65,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::h1;
 use super::pool::Pool;
-use crate::body::UpstreamBody;
+use crate::body::{FromUpstream, UpstreamBody};
 use crate::error::Kind;
 
 /// Keep-alive probes start after this much silence on an upstream socket.
@@ -99,6 +101,9 @@ pub enum Error {
     /// The exchange failed after the connection was established.
     #[error("upstream exchange failed: {0}")]
     Send(#[source] hyper::Error),
+    /// The fast path's exchange failed after the connection was established.
+    #[error("upstream exchange failed: {0}")]
+    Exchange(#[source] io::Error),
     /// The request URI cannot be made absolute for h2 (a bug in the caller).
     #[error("request URI cannot be made absolute: {0}")]
     Uri(#[source] http::uri::InvalidUriParts),
@@ -115,7 +120,7 @@ impl Error {
             }
             Error::Connect { .. } => Kind::UpstreamConnect,
             Error::ConnectTimeout { .. } => Kind::UpstreamConnectTimeout,
-            Error::Handshake(_) | Error::Send(_) => Kind::UpstreamProtocol,
+            Error::Handshake(_) | Error::Send(_) | Error::Exchange(_) => Kind::UpstreamProtocol,
             Error::Uri(_) => Kind::Internal,
         }
     }
@@ -130,6 +135,8 @@ pub struct Endpoint {
     addr: SocketAddr,
     /// HTTP/1.1: idle connections, the most recently used on top.
     idle: Mutex<Vec<Idle>>,
+    /// HTTP/1.1, fast path: idle connections, the most recently used on top.
+    raw: Mutex<Vec<RawIdle>>,
     /// HTTP/2: the shared connection.
     shared: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
     /// HTTP/2: held while a shared connection is being opened.
@@ -141,6 +148,11 @@ struct Idle {
     since: Instant,
 }
 
+struct RawIdle {
+    conn: h1::Connection,
+    since: Instant,
+}
+
 impl Endpoint {
     /// The connections to the target at `addr`, known as `authority` (none
     /// open yet).
@@ -149,6 +161,7 @@ impl Endpoint {
             authority: authority.clone(),
             addr,
             idle: Mutex::new(Vec::new()),
+            raw: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         }
@@ -161,7 +174,7 @@ impl Endpoint {
 
     /// Idle HTTP/1.1 connections kept for this target.
     pub fn idle(&self) -> usize {
-        lock(&self.idle).len()
+        lock(&self.idle).len() + lock(&self.raw).len()
     }
 
     /// The shared HTTP/2 connection, if one is open.
@@ -182,7 +195,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// An HTTP/1.1 connection lent to one exchange. Hand it back with
 /// [`Client::release`] once the response body has ended cleanly; dropping
 /// it closes the connection after the exchange.
-pub struct Conn(http1::SendRequest<UpstreamBody>);
+pub enum Conn {
+    /// Driven by hyper's connection task.
+    Hyper(http1::SendRequest<UpstreamBody>),
+    /// The fast path's, which the response body hands back when it ends.
+    Raw(h1::Connection),
+}
 
 /// Spawns hyper's background futures (HTTP/2 connections and streams) on
 /// the node's task tracker.
@@ -240,12 +258,16 @@ impl Client {
         &'a self,
         endpoint: &'a Endpoint,
         mut request: Request<UpstreamBody>,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Option<Conn>), Error>> + Send + 'a {
+    ) -> impl Future<Output = Result<(Response<FromUpstream>, Option<Conn>), Error>> + Send + 'a
+    {
         // Every proxied request carries this future (inside its timeout)
         // until the response head: one block, with the request stored once
         // and the cold paths (connect, resend) boxed, keeps it small.
         async move {
             match self.protocol {
+                UpstreamProtocol::Http1 if let Some(body) = whole(&request) => {
+                    Box::pin(self.send_raw(endpoint, request, body)).await
+                }
                 UpstreamProtocol::Http1 => {
                     let (mut sender, pooled) = match self.checkout(endpoint).await {
                         Some(sender) => (sender, true),
@@ -267,13 +289,64 @@ impl Client {
                         None => (Box::pin(self.connect_h2(endpoint)).await?, false),
                     };
                     let resend = match sender.try_send_request(request).await {
-                        Ok(response) => return Ok((response, None)),
+                        Ok(response) => return Ok((response.map(FromUpstream::Hyper), None)),
                         Err(error) => Box::pin(self.resend_h2(endpoint, error, shared)),
                     };
-                    Ok((resend.await?, None))
+                    Ok((resend.await?.map(FromUpstream::Hyper), None))
                 }
             }
         }
+    }
+
+    /// Sends a request with a complete body on the fast path: on an idle
+    /// connection of the target's, or a new one. A request that failed
+    /// before any answer on a pooled connection (the target closed it as
+    /// the request left) is sent once more on a new connection when that
+    /// cannot repeat anything: it was not written whole, or it is
+    /// idempotent.
+    async fn send_raw(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<UpstreamBody>,
+        body: Option<Bytes>,
+    ) -> Result<(Response<FromUpstream>, Option<Conn>), Error> {
+        let head = request.map(|_| ());
+        let (conn, pooled) = match self.pop_raw(endpoint) {
+            Some(conn) => (conn, true),
+            None => (h1::Connection::new(self.connect(endpoint).await?), false),
+        };
+        let response = match conn.exchange(&head, body.as_ref()).await {
+            Ok(response) => response,
+            Err(failed)
+                if pooled
+                    && failed.unanswered
+                    && (!failed.sent || super::is_idempotent(head.method())) =>
+            {
+                tracing::debug!(target = %endpoint.authority, error = %failed.error, "pooled connection closed; sending on a new one");
+                let conn = h1::Connection::new(self.connect(endpoint).await?);
+                conn.exchange(&head, body.as_ref())
+                    .await
+                    .map_err(|failed| Error::Exchange(failed.error))?
+            }
+            Err(failed) => return Err(Error::Exchange(failed.error)),
+        };
+        Ok((response.map(FromUpstream::Raw), None))
+    }
+
+    /// An idle fast-path connection that is still usable, if there is one.
+    fn pop_raw(&self, endpoint: &Endpoint) -> Option<h1::Connection> {
+        let now = Instant::now();
+        let mut idle = lock(&endpoint.raw);
+        while let Some(entry) = idle.pop() {
+            if now.saturating_duration_since(entry.since) >= self.idle_timeout {
+                idle.clear();
+                return None;
+            }
+            if entry.conn.usable() {
+                return Some(entry.conn);
+            }
+        }
+        None
     }
 
     /// Sends a request that a pooled connection handed back unsent on a new
@@ -328,26 +401,39 @@ impl Client {
     /// that is not is closed, or still sending a request body after an early
     /// response; a checkout must not wait for it.
     pub fn release(&self, endpoint: &Endpoint, conn: Conn) {
-        if self.max_idle == 0 || !conn.0.is_ready() {
+        if self.max_idle == 0 {
             return;
         }
         let since = Instant::now();
-        let mut idle = lock(&endpoint.idle);
+        match conn {
+            Conn::Hyper(sender) if sender.is_ready() => {
+                self.keep(&endpoint.idle, Idle { sender, since }, |entry| entry.since);
+            }
+            Conn::Hyper(_) => {}
+            Conn::Raw(conn) => {
+                self.keep(&endpoint.raw, RawIdle { conn, since }, |entry| entry.since);
+            }
+        }
+    }
+
+    /// Pushes `entry` on an idle stack unless it is full or the node is
+    /// shutting down, dropping entries idle for too long first.
+    fn keep<T>(&self, stack: &Mutex<Vec<T>>, entry: T, since: impl Fn(&T) -> Instant) {
+        let now = since(&entry);
+        let mut idle = lock(stack);
         // Read under the lock, so that a return cannot slip in after the
         // shutdown sweep emptied the stack.
         if self.closing.load(Ordering::Acquire) {
             return;
         }
-        if idle.first().is_some_and(|oldest| {
-            since.saturating_duration_since(oldest.since) >= self.idle_timeout
-        }) {
-            idle.retain(|entry| since.saturating_duration_since(entry.since) < self.idle_timeout);
+        if idle
+            .first()
+            .is_some_and(|oldest| now.saturating_duration_since(since(oldest)) >= self.idle_timeout)
+        {
+            idle.retain(|entry| now.saturating_duration_since(since(entry)) < self.idle_timeout);
         }
         if idle.len() < self.max_idle {
-            idle.push(Idle {
-                sender: conn.0,
-                since,
-            });
+            idle.push(entry);
         }
     }
 
@@ -429,8 +515,9 @@ impl Client {
         self.closing.store(true, Ordering::Release);
         for endpoint in endpoints {
             let idle = std::mem::take(&mut *lock(&endpoint.idle));
+            let raw = std::mem::take(&mut *lock(&endpoint.raw));
             let shared = lock(&endpoint.shared).take();
-            drop((idle, shared));
+            drop((idle, raw, shared));
         }
     }
 
@@ -441,6 +528,10 @@ impl Client {
             now.saturating_duration_since(entry.since) < self.idle_timeout
                 && !entry.sender.is_closed()
         });
+        drop(idle);
+        lock(&endpoint.raw).retain(|entry| {
+            now.saturating_duration_since(entry.since) < self.idle_timeout && entry.conn.usable()
+        });
     }
 }
 
@@ -449,9 +540,25 @@ impl Client {
 fn lend(
     sender: http1::SendRequest<UpstreamBody>,
     response: Response<Incoming>,
-) -> (Response<Incoming>, Option<Conn>) {
+) -> (Response<FromUpstream>, Option<Conn>) {
     let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-    (response, reusable.then_some(Conn(sender)))
+    (
+        response.map(FromUpstream::Hyper),
+        reusable.then_some(Conn::Hyper(sender)),
+    )
+}
+
+/// The complete body of a request the fast path can send (`None` inside:
+/// no body), or `None` when hyper has to: a streamed body, an upgrade.
+fn whole(request: &Request<UpstreamBody>) -> Option<Option<Bytes>> {
+    if request.headers().contains_key(http::header::UPGRADE) {
+        return None;
+    }
+    match request.body() {
+        UpstreamBody::Empty | UpstreamBody::Full(None) => Some(None),
+        UpstreamBody::Full(Some(data)) => Some(Some(data.clone())),
+        UpstreamBody::Client(_) => None,
+    }
 }
 
 /// Gives `request` the scheme and `authority` h2 needs in its URI.
@@ -655,13 +762,26 @@ mod tests {
             .unwrap()
     }
 
+    /// The body of `response`, read to its end, and the connection to give
+    /// back (the fast path's comes out of the body).
+    async fn read(response: Response<FromUpstream>, conn: Option<Conn>) -> (Bytes, Option<Conn>) {
+        let mut body = response.into_body();
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(chunk) = frame.unwrap().into_data() {
+                data.extend_from_slice(&chunk);
+            }
+        }
+        (Bytes::from(data), conn.or_else(|| body.take_reusable()))
+    }
+
     /// One request, its body read to the end, its connection given back.
     async fn exchange(pool: &Pool) -> Result<Bytes, Error> {
         let set = pool.targets();
         let endpoint = &set[0].endpoint;
         let (response, conn) = pool.client.send(endpoint, get()).await?;
         assert_eq!(response.status(), StatusCode::OK);
-        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let (body, conn) = read(response, conn).await;
         if let Some(conn) = conn {
             pool.client.release(endpoint, conn);
         }
@@ -795,11 +915,10 @@ mod tests {
         let endpoint = &set[0].endpoint;
         exchange(&pool).await.unwrap();
         let (response, conn) = pool.client.send(endpoint, get()).await.unwrap();
-        let _ = response.into_body().collect().await.unwrap();
+        let (_, conn) = read(response, conn).await;
         let other = {
             let (response, conn) = pool.client.send(endpoint, get()).await.unwrap();
-            let _ = response.into_body().collect().await.unwrap();
-            conn
+            read(response, conn).await.1
         };
         assert_eq!(upstream.connections(), 2);
         pool.client.release(endpoint, conn.unwrap());

@@ -47,7 +47,7 @@ use tokio::time::Instant;
 use super::pool::Pool;
 use super::{Outgoing, Proxy, Served, X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::app::Gateway;
-use crate::body::{ClientFault, Replay};
+use crate::body::{ClientFault, FromUpstream};
 use crate::error::{Error, Kind};
 use crate::peer::{ForwardStream, Forwarder};
 use crate::pipeline::{Request, RequestCx, Response};
@@ -293,7 +293,8 @@ impl Proxy {
         if let Some(code) = response.headers().get(&FORWARD_FAILED) {
             return Err(Error::new(remote_failure(code.as_bytes())));
         }
-        let mut response = self.respond(response, None, None, timeouts.idle);
+        let mut response =
+            self.respond(response.map(FromUpstream::Hyper), None, None, timeouts.idle);
         if !response.headers().contains_key(&X_MERIDIAN_REGION)
             && let Ok(region) = HeaderValue::from_str(region)
         {
@@ -361,7 +362,7 @@ impl Proxy {
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
             headers,
             preserve_host,
-            replay: (!http_body::Body::is_end_stream(&body)).then(|| Replay::new(body)),
+            payload: super::Payload::new(None, body),
             limit,
             body_limit: limit,
             fault: Arc::new(ClientFault::default()),

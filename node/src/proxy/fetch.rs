@@ -170,6 +170,9 @@ impl Fetch {
                     data.extend_from_slice(&chunk);
                 }
             }
+            if let Some(conn) = body.take_reusable() {
+                in_flight.keep(Some(conn));
+            }
             Ok(data)
         };
         let data = match tokio::time::timeout(self.timeout, exchange).await {

@@ -16,9 +16,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
+use crate::body::FromUpstream;
 use http::{Request, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use raft::model::HealthCheck;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +104,7 @@ async fn probe(client: &Client, target: &Target, check: &HealthCheck) -> bool {
 }
 
 /// Reads a probe's answer to its end and gives the connection back.
-async fn drain(client: &Client, target: &Target, mut body: Incoming, conn: Option<Conn>) {
+async fn drain(client: &Client, target: &Target, mut body: FromUpstream, conn: Option<Conn>) {
     let mut read = 0;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else { return };
@@ -113,7 +113,7 @@ async fn drain(client: &Client, target: &Target, mut body: Incoming, conn: Optio
             return;
         }
     }
-    if let Some(conn) = conn {
+    if let Some(conn) = conn.or_else(|| body.take_reusable()) {
         client.release(&target.endpoint, conn);
     }
 }

@@ -30,12 +30,14 @@
 pub mod client;
 pub mod fallback;
 pub mod fetch;
+pub mod h1;
 pub mod health;
 pub mod pool;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri, Version};
@@ -45,7 +47,8 @@ use tracing::Instrument;
 
 use crate::Shared;
 use crate::body::{
-    Body, BufferedPrefix, ClientBody, ClientFault, Fault, MinRate, Replay, UpstreamBody,
+    Body, BufferedPrefix, ClientBody, ClientFault, Fault, FromUpstream, Inbound, MinRate, Replay,
+    UpstreamBody,
 };
 use crate::error::{Error, Kind};
 use crate::pipeline::version::API_VERSION;
@@ -122,18 +125,13 @@ impl Proxy {
         let hash = pool
             .hash_key()
             .and_then(|key| request_hash(key, Some(cx.client_ip), &parts.headers));
-        let replay = match prefix {
-            Some(prefix) if !prefix.is_empty() => {
-                Some(Replay::with_prefix(prefix.into_frames(), body))
-            }
-            _ => (!http_body::Body::is_end_stream(&body)).then(|| Replay::new(body)),
-        };
+        let payload = Payload::new(prefix, body);
         let mut out = Outgoing {
             headers: upstream_headers(cx, &parts.headers, upgrade),
             path_and_query: path_and_query(&cx.upstream_path, parts.uri.query())?,
             method: parts.method,
             preserve_host: route.preserve_host && cx.authority.is_some(),
-            replay,
+            payload,
             limit,
             // A body a transform replaced was held to the limit before.
             body_limit: if replaced { u64::MAX } else { limit },
@@ -208,7 +206,7 @@ impl Proxy {
         attempts: u32,
         keep_headers: bool,
         served: &mut Served,
-    ) -> Result<(http::Response<hyper::body::Incoming>, pool::InFlight), Error> {
+    ) -> Result<(http::Response<FromUpstream>, pool::InFlight), Error> {
         let timeouts = pool.definition().timeouts;
         let set = pool.targets();
         let mut tried: Vec<usize> = Vec::with_capacity(attempts as usize);
@@ -300,7 +298,7 @@ impl Proxy {
     /// the tunnel started after a 101.
     fn respond(
         &self,
-        mut response: http::Response<hyper::body::Incoming>,
+        mut response: http::Response<FromUpstream>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         in_flight: Option<pool::InFlight>,
         idle: std::time::Duration,
@@ -336,8 +334,8 @@ pub(crate) struct Outgoing {
     headers: HeaderMap,
     /// Keep the client's `Host` (in `headers`) instead of the target's.
     preserve_host: bool,
-    /// The client's body, for the first attempt that takes it.
-    replay: Option<Replay>,
+    /// The client's body.
+    payload: Payload,
     /// The route's body limit (for the 413's message).
     limit: u64,
     /// The limit the body is held to on the way.
@@ -351,14 +349,18 @@ impl Outgoing {
     /// Whether the request may still be sent (again): it has no body, or
     /// its body was not streamed to an earlier attempt.
     fn resendable(&self) -> bool {
-        self.replay.as_ref().is_none_or(|replay| !replay.consumed())
+        match &self.payload {
+            Payload::Streamed(replay) => !replay.consumed(),
+            Payload::Empty | Payload::Whole(_) => true,
+        }
     }
 
     /// The body of one attempt.
     fn body(&self, min_rate: Option<MinRate>) -> UpstreamBody {
-        match &self.replay {
-            None => UpstreamBody::Empty,
-            Some(replay) => UpstreamBody::Client(
+        match &self.payload {
+            Payload::Empty => UpstreamBody::Empty,
+            Payload::Whole(data) => UpstreamBody::Full(Some(data.clone())),
+            Payload::Streamed(replay) => UpstreamBody::Client(
                 ClientBody::new(
                     replay.clone(),
                     self.body_limit,
@@ -367,6 +369,32 @@ impl Outgoing {
                 )
                 .min_rate(min_rate),
             ),
+        }
+    }
+}
+
+/// A client's request body as the attempts send it.
+pub(crate) enum Payload {
+    /// None.
+    Empty,
+    /// Complete: it came with the request head (the fast path), and every
+    /// attempt sends it whole.
+    Whole(Bytes),
+    /// Streamed from the client by the first attempt that takes it.
+    Streamed(Replay),
+}
+
+impl Payload {
+    /// The payload of `body`, after the `prefix` a stage read of it.
+    pub(crate) fn new(prefix: Option<BufferedPrefix>, body: Inbound) -> Self {
+        match (prefix, body) {
+            (Some(prefix), body) if !prefix.is_empty() => {
+                Payload::Streamed(Replay::with_prefix(prefix.into_frames(), body))
+            }
+            (_, Inbound::Buffered(None)) => Payload::Empty,
+            (_, Inbound::Buffered(Some(data))) => Payload::Whole(data),
+            (_, body) if http_body::Body::is_end_stream(&body) => Payload::Empty,
+            (_, body) => Payload::Streamed(Replay::new(body)),
         }
     }
 }

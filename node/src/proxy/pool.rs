@@ -530,7 +530,7 @@ impl Pool {
         timeout: std::time::Duration,
     ) -> Result<
         (
-            http::Response<hyper::body::Incoming>,
+            http::Response<crate::body::FromUpstream>,
             InFlight,
             std::time::Duration,
         ),

@@ -60,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::guard::Closed;
 use crate::body::{Body, BodyError, Inbound};
+use crate::proxy::h1::write_both;
 
 /// The most header fields the fast path takes; a head with more goes to
 /// hyper.
@@ -591,30 +592,6 @@ where
 fn body_failed(error: BodyError) -> io::Error {
     tracing::debug!(%error, "response body failed; closing the connection");
     io::Error::other(error)
-}
-
-/// Writes `first` then `second`, in one system call when the socket takes
-/// both.
-async fn write_both<S: AsyncWrite + Unpin>(
-    io: &mut S,
-    mut first: &[u8],
-    mut second: &[u8],
-) -> io::Result<()> {
-    while !first.is_empty() {
-        let written = io
-            .write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
-            .await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        if written < first.len() {
-            first = &first[written..];
-        } else {
-            second = &second[written - first.len()..];
-            first = &[];
-        }
-    }
-    io.write_all(second).await
 }
 
 /// The bytes of a request the `http` crate refused, put back together for

@@ -1,0 +1,713 @@
+//! The upstream side of the HTTP/1.1 fast path: one exchange on a pooled
+//! connection, run by the request's own task.
+//!
+//! hyper's client drives each connection from a task of its own and hands
+//! requests and responses over through channels, so every proxied request
+//! costs two task wake-ups and two channel hand-overs on top of the I/O
+//! (docs/benchmarks.md). Most requests a gateway forwards are simple: a
+//! head and at most a body that is already complete. [`Connection`] sends
+//! those itself: it encodes the head into the connection's buffer, writes
+//! head and body in one system call, parses the response head with
+//! `httparse` and leaves the connection inside the response body
+//! ([`RawBody`]), which reads the body as the client side polls it and
+//! gives the connection back for reuse when it ended cleanly.
+//!
+//! Response framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and
+//! 304; `Transfer-Encoding` ending in chunked is decoded; any other
+//! `Transfer-Encoding`, or neither field, reads to the end of the
+//! connection; `Content-Length` otherwise (repeated values must agree).
+//! Interim 1xx responses are skipped. A connection is reused only when the
+//! response was HTTP/1.1 without `Connection: close`, was framed by length
+//! or chunks, and was read to its end with no byte left over.
+//!
+//! Requests with a streamed body, upgrades and HTTP/2 upstreams go through
+//! hyper's client (`client.rs`).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// The most header fields a response head may have.
+const MAX_FIELDS: usize = 100;
+/// The longest response head.
+const MAX_HEAD: usize = 64 * 1024;
+/// The longest chunk-size line or trailer section.
+const MAX_LINE: usize = 4 * 1024;
+/// Free space the read buffer has before each read.
+const READ_ROOM: usize = 16 * 1024;
+
+/// A kept-alive HTTP/1.1 connection to an upstream target.
+#[derive(Debug)]
+pub struct Connection {
+    io: TcpStream,
+    /// Bytes read and not consumed yet.
+    buf: BytesMut,
+    /// The request head being written.
+    out: Vec<u8>,
+}
+
+/// What went wrong in an exchange, and whether the target saw anything of
+/// it: a request that failed before any response byte on a connection
+/// from the pool may be sent again on a new one.
+#[derive(Debug)]
+pub struct Failed {
+    /// The cause.
+    pub error: io::Error,
+    /// No byte of a response arrived.
+    pub unanswered: bool,
+    /// The whole request was written.
+    pub sent: bool,
+}
+
+impl Failed {
+    fn answered(error: io::Error) -> Self {
+        Self {
+            error,
+            unanswered: false,
+            sent: true,
+        }
+    }
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+impl Connection {
+    /// A connection over `io`, connected already.
+    pub fn new(io: TcpStream) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry another request: the target has
+    /// not closed it nor sent anything unasked. Looks at the socket's
+    /// readiness only, with no system call unless the target did something.
+    pub fn usable(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            // Readable while idle: a close, a reset or stray bytes.
+            Poll::Ready(Ok(())) => matches!(
+                self.io.try_read(&mut [0u8; 1]),
+                Err(ref error) if error.kind() == io::ErrorKind::WouldBlock
+            ),
+            Poll::Ready(Err(_)) => false,
+        }
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) with its complete
+    /// `body` and reads the response head; the response's body reads the
+    /// rest from this connection.
+    pub async fn exchange(
+        mut self,
+        request: &Request<()>,
+        body: Option<&Bytes>,
+    ) -> Result<Response<RawBody>, Failed> {
+        encode(&mut self.out, request, body.map_or(0, Bytes::len));
+        let sent = match body {
+            Some(body) if !body.is_empty() => write_both(&mut self.io, &self.out, body).await,
+            _ => self.io.write_all(&self.out).await,
+        };
+        sent.map_err(|error| Failed {
+            error,
+            unanswered: true,
+            sent: false,
+        })?;
+        let head_request = request.method() == Method::HEAD;
+        loop {
+            match parse(&self.buf, head_request).map_err(Failed::answered)? {
+                Some((len, head)) if head.status.is_informational() => {
+                    // 100 Continue, 103 Early Hints: the answer comes after.
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(Failed::answered(invalid(
+                            "101 to a request without Upgrade",
+                        )));
+                    }
+                    self.buf.advance(len);
+                }
+                Some((len, head)) => return Ok(self.respond(len, head)),
+                None => {
+                    if self.buf.len() >= MAX_HEAD {
+                        return Err(Failed::answered(invalid("response head too large")));
+                    }
+                    let unanswered = self.buf.is_empty();
+                    match self.fill().await {
+                        Ok(0) => {
+                            return Err(Failed {
+                                error: io::ErrorKind::UnexpectedEof.into(),
+                                unanswered,
+                                sent: true,
+                            });
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            return Err(Failed {
+                                error,
+                                unanswered,
+                                sent: true,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The response whose head is the first `len` bytes of the buffer.
+    fn respond(mut self, len: usize, head: Head) -> Response<RawBody> {
+        let bytes = self.buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(head.fields.len());
+        for [name_start, name_end, value_start, value_end] in head.fields {
+            // httparse checked the bytes; the `http` crate is stricter
+            // about names, and a field it refuses is dropped.
+            let Ok(name) = HeaderName::from_bytes(&bytes[name_start..name_end]) else {
+                continue;
+            };
+            if let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end)) {
+                headers.append(name, value);
+            }
+        }
+        let body = RawBody {
+            state: head.framing,
+            reusable: head.reusable,
+            conn: Some(self),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
+            self.buf.reserve(READ_ROOM);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+/// Encodes the head of `request` into `out`: the request line, its fields
+/// but framing ones, and `Content-Length` for a body (or for an empty one
+/// of a method that usually has one).
+fn encode(out: &mut Vec<u8>, request: &Request<()>, body: usize) {
+    out.clear();
+    out.extend_from_slice(request.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |target| target.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in request.headers() {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let method = request.method();
+    if body > 0 || method == Method::POST || method == Method::PUT || method == Method::PATCH {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes `first` then `second`, in one system call when the socket takes
+/// both.
+pub(crate) async fn write_both<S: tokio::io::AsyncWrite + Unpin>(
+    io: &mut S,
+    mut first: &[u8],
+    mut second: &[u8],
+) -> io::Result<()> {
+    while !first.is_empty() {
+        let written = io
+            .write_vectored(&[io::IoSlice::new(first), io::IoSlice::new(second)])
+            .await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if written < first.len() {
+            first = &first[written..];
+        } else {
+            second = &second[written - first.len()..];
+            first = &[];
+        }
+    }
+    io.write_all(second).await
+}
+
+/// A parsed response head: where its fields lie, and how its body comes.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    fields: Vec<[usize; 4]>,
+    framing: State,
+    reusable: bool,
+}
+
+/// Parses the response head at the start of `buf`: `None` until it is
+/// complete, with its length once it is.
+fn parse(buf: &[u8], head_request: bool) -> io::Result<Option<(usize, Head)>> {
+    let mut parsed = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut parsed);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(invalid("malformed response head")),
+    };
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| invalid("invalid response status"))?;
+    let version = match response.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(response.headers.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut close = version != Version::HTTP_11;
+    for field in response.headers.iter() {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let value = std::str::from_utf8(field.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| invalid("invalid Content-Length"))?;
+            if length.is_some_and(|seen| seen != value) {
+                return Err(invalid("conflicting Content-Length values"));
+            }
+            length = Some(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // The last coding decides; a later field overrides an earlier.
+            let last = field.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            close |= field
+                .value
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        let (start, value) = (offset(name), offset(field.value));
+        fields.push([start, start + name.len(), value, value + field.value.len()]);
+    }
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = match (bodiless, chunked, length) {
+        (true, _, _) => State::Length(0),
+        (false, Some(true), _) => State::Chunked(Chunk::Size),
+        (false, Some(false), _) | (false, None, None) => State::UntilClose,
+        (false, None, Some(length)) => State::Length(length),
+    };
+    // Both fields: framed by the coding, and the connection is not trusted
+    // any further (RFC 9112 §6.3).
+    close |= chunked.is_some() && length.is_some();
+    let reusable = !close && !matches!(framing, State::UntilClose);
+    Ok(Some((
+        len,
+        Head {
+            status,
+            version,
+            fields,
+            framing,
+            reusable,
+        },
+    )))
+}
+
+/// Where a body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// This many bytes to go.
+    Length(u64),
+    /// Chunked, at this point of a chunk.
+    Chunked(Chunk),
+    /// Until the target closes the connection.
+    UntilClose,
+    /// Ended.
+    Done,
+}
+
+/// The parts of a chunked body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// The chunk-size line.
+    Size,
+    /// This many data bytes to go.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Trailer fields, up to the empty line.
+    Trailers,
+}
+
+/// A response body read from its connection as it is polled.
+#[derive(Debug)]
+pub struct RawBody {
+    state: State,
+    reusable: bool,
+    conn: Option<Connection>,
+}
+
+impl RawBody {
+    /// The connection, once the body ended cleanly and it can carry
+    /// another request.
+    pub fn take_reusable(&mut self) -> Option<Connection> {
+        // A length-delimited body whose last byte was read is ended even if
+        // nobody polled it once more (hyper's server stops at the length).
+        if http_body::Body::is_end_stream(self) && self.reusable {
+            self.conn.take().filter(|conn| conn.buf.is_empty())
+        } else {
+            None
+        }
+    }
+
+    fn fail(&mut self, error: io::Error) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        self.state = State::Done;
+        self.reusable = false;
+        self.conn = None;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// Reads more; an early end of the connection is an error.
+    fn poll_more(conn: &mut Connection, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match ready!(conn.poll_fill(cx)) {
+            Ok(0) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    /// Takes a CRLF-terminated line off the buffer (without its CRLF), or
+    /// `None` until one is there.
+    fn line(conn: &mut Connection) -> io::Result<Option<Bytes>> {
+        match memchr::memchr(b'\n', &conn.buf) {
+            Some(end) if end > 0 && conn.buf[end - 1] == b'\r' => {
+                let line = conn.buf.split_to(end + 1).freeze();
+                Ok(Some(line.slice(..end - 1)))
+            }
+            Some(_) => Err(invalid("chunked body line without CRLF")),
+            None if conn.buf.len() > MAX_LINE => Err(invalid("chunked body line too long")),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The size of a chunk, from its size line (extensions ignored).
+fn chunk_size(line: &[u8]) -> io::Result<u64> {
+    let digits = line
+        .iter()
+        .position(|&b| matches!(b, b';' | b' ' | b'\t'))
+        .map_or(line, |end| &line[..end]);
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(invalid("invalid chunk size"));
+    }
+    digits.iter().try_fold(0u64, |size, &b| {
+        let digit = (b as char)
+            .to_digit(16)
+            .ok_or_else(|| invalid("invalid chunk size"))?;
+        Ok(size * 16 + u64::from(digit))
+    })
+}
+
+impl http_body::Body for RawBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        let this = self.get_mut();
+        loop {
+            let state = this.state;
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match state {
+                State::Done => return Poll::Ready(None),
+                State::Length(0) => this.state = State::Done,
+                State::Length(left) | State::Chunked(Chunk::Data(left)) => {
+                    if conn.buf.is_empty() {
+                        if let Err(error) = ready!(Self::poll_more(conn, cx)) {
+                            return this.fail(error);
+                        }
+                        continue;
+                    }
+                    let n = (conn.buf.len() as u64).min(left);
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    this.state = match state {
+                        State::Length(_) => State::Length(left - n),
+                        _ if left == n => State::Chunked(Chunk::DataEnd),
+                        _ => State::Chunked(Chunk::Data(left - n)),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(0) => this.state = State::Done,
+                        Ok(_) => {}
+                        Err(error) => return this.fail(error),
+                    }
+                }
+                State::Chunked(part) => {
+                    let line = match Self::line(conn) {
+                        Ok(Some(line)) => line,
+                        Ok(None) => {
+                            if let Err(error) = ready!(Self::poll_more(conn, cx)) {
+                                return this.fail(error);
+                            }
+                            continue;
+                        }
+                        Err(error) => return this.fail(error),
+                    };
+                    this.state = match part {
+                        Chunk::Size => match chunk_size(&line) {
+                            Ok(0) => State::Chunked(Chunk::Trailers),
+                            Ok(size) => State::Chunked(Chunk::Data(size)),
+                            Err(error) => return this.fail(error),
+                        },
+                        Chunk::DataEnd if line.is_empty() => State::Chunked(Chunk::Size),
+                        Chunk::DataEnd => {
+                            return this.fail(invalid("chunk data longer than its size"));
+                        }
+                        // Trailer fields are not passed on.
+                        Chunk::Trailers if line.is_empty() => State::Done,
+                        Chunk::Trailers => State::Chunked(Chunk::Trailers),
+                        Chunk::Data(_) => unreachable!("data is handled above"),
+                    };
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(left) => SizeHint::with_exact(left),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// Checks the socket is still open: for tests.
+#[cfg(test)]
+impl Connection {
+    fn local_addr(&self) -> std::net::SocketAddr {
+        self.io.local_addr().unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A target that answers each request with the next of `answers`,
+    /// after reading one request head; returns its address.
+    async fn target(answers: Vec<&'static [u8]>) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            for answer in answers {
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                buf.clear();
+                // In two writes, to split heads and chunks across reads.
+                let (a, b) = answer.split_at(answer.len() / 2);
+                stream.write_all(a).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                stream.write_all(b).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path).header("host", "t").body(()).unwrap()
+    }
+
+    async fn read(response: Response<RawBody>) -> (StatusCode, Bytes, Option<Connection>) {
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut data = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(chunk) = frame.unwrap().into_data() {
+                data.extend_from_slice(&chunk);
+            }
+        }
+        (status, data.freeze(), body.take_reusable())
+    }
+
+    #[tokio::test]
+    async fn length_chunked_and_interim_responses_on_one_connection() {
+        let addr = target(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nworld\r\n1\r\n!\r\n0\r\nX-Trailer: t\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n",
+        ])
+        .await;
+        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        let local = conn.local_addr();
+        let response = conn.exchange(&get("/a"), None).await.unwrap();
+        assert_eq!(response.headers()["x-a"], "1");
+        let (status, body, conn) = read(response).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+        let conn = conn.expect("reusable after a length-delimited body");
+        assert!(conn.usable());
+        let (status, body, conn) = read(conn.exchange(&get("/b"), None).await.unwrap()).await;
+        assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"world!"[..]));
+        let conn = conn.expect("reusable after a chunked body");
+        let (status, body, conn) = read(conn.exchange(&get("/c"), None).await.unwrap()).await;
+        assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
+        let conn = conn.expect("reusable after a 204");
+        assert_eq!(conn.local_addr(), local, "one connection throughout");
+        // The target is done and closes: the idle connection says so.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!conn.usable());
+    }
+
+    #[tokio::test]
+    async fn bodies_to_the_close_and_closing_responses_are_not_reused() {
+        let addr = target(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"]).await;
+        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        let (_, body, conn) = read(conn.exchange(&get("/"), None).await.unwrap()).await;
+        assert_eq!(&body[..], b"until the end");
+        assert!(conn.is_none());
+
+        let addr = target(vec![
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        ])
+        .await;
+        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        let (_, body, conn) = read(conn.exchange(&get("/"), None).await.unwrap()).await;
+        assert_eq!(&body[..], b"ok");
+        assert!(conn.is_none());
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_errors() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"[..],
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"NOT HTTP\r\n\r\n",
+        ] {
+            let addr = target(vec![answer]).await;
+            let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+            let failed = conn.exchange(&get("/"), None).await.unwrap_err();
+            assert!(!failed.unanswered, "{answer:?}");
+        }
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        ] {
+            let addr = target(vec![answer]).await;
+            let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+            let response = conn.exchange(&get("/"), None).await.unwrap();
+            let mut body = response.into_body();
+            let mut failed = false;
+            // The target closes after answering: a short body ends in error.
+            let drained = async {
+                while let Some(frame) = body.frame().await {
+                    if frame.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(2), drained)
+                .await
+                .unwrap();
+            assert!(failed, "{answer:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_fails_unanswered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            drop(stream);
+        });
+        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!conn.usable());
+        let failed = conn.exchange(&get("/"), None).await.unwrap_err();
+        assert!(failed.unanswered);
+    }
+
+    #[test]
+    fn requests_are_encoded_with_their_framing() {
+        let mut out = Vec::new();
+        let request = Request::post("/p?q=1")
+            .header("host", "t")
+            .header("content-length", "99")
+            .header("transfer-encoding", "chunked")
+            .body(())
+            .unwrap();
+        encode(&mut out, &request, 3);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\n\r\n"
+        );
+        encode(&mut out, &get("/g"), 0);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /g HTTP/1.1\r\nhost: t\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(chunk_size(b"0").unwrap(), 0);
+        assert_eq!(chunk_size(b"1aF;name=value").unwrap(), 0x1af);
+        assert!(chunk_size(b"").is_err());
+        assert!(chunk_size(b"g").is_err());
+        assert!(chunk_size(b"1000000000000000").is_err());
+    }
+}
