@@ -702,6 +702,12 @@ impl Stage for GraphqlStage {
         "graphql"
     }
 
+    fn passes(&self, cx: &RequestCx) -> bool {
+        cx.route
+            .as_ref()
+            .is_none_or(|route| route.graphql.is_none())
+    }
+
     async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let Some(route) = cx.route.clone() else {
             return Ok(Flow::Continue);

@@ -448,6 +448,12 @@ impl Stage for TransformStage {
         "transform"
     }
 
+    fn passes(&self, cx: &RequestCx) -> bool {
+        cx.route
+            .as_ref()
+            .is_none_or(|route| route.transform.is_none())
+    }
+
     async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let Some(route) = cx.route.clone() else {
             return Ok(Flow::Continue);
