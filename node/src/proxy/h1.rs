@@ -42,6 +42,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_LINE: usize = 4 * 1024;
 /// Free space the read buffer has before each read.
 const READ_ROOM: usize = 16 * 1024;
+/// The most a body read asks for at once.
+const MAX_READ: usize = 64 * 1024;
 
 /// A kept-alive HTTP/1.1 connection to an upstream target.
 #[derive(Debug)]
@@ -196,8 +198,15 @@ impl Connection {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
-            self.buf.reserve(READ_ROOM);
+        self.poll_fill_for(cx, 0)
+    }
+
+    /// Reads more, with room for up to `expected` bytes (at most
+    /// [`MAX_READ`]) so that a large body takes few reads.
+    fn poll_fill_for(&mut self, cx: &mut Context<'_>, expected: u64) -> Poll<io::Result<usize>> {
+        let room = usize::try_from(expected).map_or(MAX_READ, |n| n.clamp(READ_ROOM, MAX_READ));
+        if self.buf.capacity() - self.buf.len() < room / 4 {
+            self.buf.reserve(room);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
@@ -394,9 +403,14 @@ impl RawBody {
         Poll::Ready(Some(Err(error)))
     }
 
-    /// Reads more; an early end of the connection is an error.
-    fn poll_more(conn: &mut Connection, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match ready!(conn.poll_fill(cx)) {
+    /// Reads more, expecting `expected` bytes; an early end of the
+    /// connection is an error.
+    fn poll_more(
+        conn: &mut Connection,
+        cx: &mut Context<'_>,
+        expected: u64,
+    ) -> Poll<io::Result<()>> {
+        match ready!(conn.poll_fill_for(cx, expected)) {
             Ok(0) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => Poll::Ready(Ok(())),
             Err(error) => Poll::Ready(Err(error)),
@@ -454,7 +468,7 @@ impl http_body::Body for RawBody {
                 State::Length(0) => this.state = State::Done,
                 State::Length(left) | State::Chunked(Chunk::Data(left)) => {
                     if conn.buf.is_empty() {
-                        if let Err(error) = ready!(Self::poll_more(conn, cx)) {
+                        if let Err(error) = ready!(Self::poll_more(conn, cx, left)) {
                             return this.fail(error);
                         }
                         continue;
@@ -483,7 +497,7 @@ impl http_body::Body for RawBody {
                     let line = match Self::line(conn) {
                         Ok(Some(line)) => line,
                         Ok(None) => {
-                            if let Err(error) = ready!(Self::poll_more(conn, cx)) {
+                            if let Err(error) = ready!(Self::poll_more(conn, cx, 0)) {
                                 return this.fail(error);
                             }
                             continue;
