@@ -94,6 +94,17 @@ impl IdleTimer {
     }
 }
 
+/// The one frame of a complete body held as `Option<Bytes>` (`None` once
+/// taken).
+fn whole_frame<E>(data: &mut Option<Bytes>) -> Option<Result<Frame<Bytes>, E>> {
+    data.take().map(|data| Ok(Frame::data(data)))
+}
+
+/// The exact size of a complete body held as `Option<Bytes>`.
+fn whole_size(data: &Option<Bytes>) -> SizeHint {
+    SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+}
+
 // === impl Body ===
 
 enum Kind {
@@ -218,7 +229,7 @@ impl HttpBody for Body {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Empty => None,
-            Kind::Full(data) => data.take().map(|data| Ok(Frame::data(data))),
+            Kind::Full(data) => whole_frame(data),
             Kind::Stream(incoming, idle) => match Pin::new(&mut *incoming).poll_frame(cx) {
                 Poll::Ready(frame) => {
                     idle.progress();
@@ -264,7 +275,7 @@ impl HttpBody for Body {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
-            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Full(data) => whole_size(data),
             Kind::Stream(incoming, _) => incoming.size_hint(),
             Kind::Produced(body) => body.size_hint(),
         }
@@ -374,7 +385,7 @@ impl HttpBody for Inbound {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Inbound::Hyper(incoming) => Pin::new(incoming).poll_frame(cx),
-            Inbound::Buffered(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+            Inbound::Buffered(data) => Poll::Ready(whole_frame(data)),
         }
     }
 
@@ -388,9 +399,7 @@ impl HttpBody for Inbound {
     fn size_hint(&self) -> SizeHint {
         match self {
             Inbound::Hyper(incoming) => incoming.size_hint(),
-            Inbound::Buffered(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Inbound::Buffered(data) => whole_size(data),
         }
     }
 }
@@ -633,7 +642,7 @@ impl HttpBody for UpstreamBody {
         let body = match self.get_mut() {
             UpstreamBody::Empty => return Poll::Ready(None),
             UpstreamBody::Full(data) => {
-                return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
+                return Poll::Ready(whole_frame(data));
             }
             UpstreamBody::Client(body) => body,
         };
@@ -700,9 +709,7 @@ impl HttpBody for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Full(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            UpstreamBody::Full(data) => whole_size(data),
             UpstreamBody::Client(body) => match &body.incoming {
                 Some(incoming) if body.prefix.is_empty() => incoming.size_hint(),
                 Some(_) => SizeHint::default(),

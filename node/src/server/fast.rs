@@ -770,37 +770,46 @@ mod tests {
         other(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
     }
 
-    #[test]
-    fn response_heads_choose_their_framing() {
+    /// Encodes a response head: its framing and its text.
+    fn head(
+        status: StatusCode,
+        headers: &HeaderMap,
+        size: SizeHint,
+        head_request: bool,
+        close: bool,
+    ) -> (Framing, String) {
         let mut out = Vec::new();
-        let mut headers = HeaderMap::new();
-        headers.insert("x-a", HeaderValue::from_static("1"));
         let framing = encode_head(
             &mut out,
-            StatusCode::OK,
+            status,
             &mut headers.clone(),
-            &SizeHint::with_exact(2),
+            &size,
+            head_request,
+            close,
+        );
+        (framing, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn response_heads_choose_their_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let (framing, text) = head(
+            StatusCode::OK,
+            &headers,
+            SizeHint::with_exact(2),
             false,
             false,
         );
         assert_eq!(framing, Framing::Length(2));
-        let text = String::from_utf8(out.clone()).unwrap();
         assert!(
             text.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ndate: "),
             "{text}"
         );
         assert!(text.ends_with("x-a: 1\r\n\r\n"), "{text}");
 
-        let framing = encode_head(
-            &mut out,
-            StatusCode::OK,
-            &mut headers.clone(),
-            &SizeHint::default(),
-            false,
-            true,
-        );
+        let (framing, text) = head(StatusCode::OK, &headers, SizeHint::default(), false, true);
         assert_eq!(framing, Framing::Chunked);
-        let text = String::from_utf8(out.clone()).unwrap();
         assert!(
             text.contains("transfer-encoding: chunked\r\nconnection: close\r\n"),
             "{text}"
@@ -812,38 +821,23 @@ mod tests {
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
-        let framing = encode_head(
-            &mut out,
-            StatusCode::OK,
-            &mut declared,
-            &SizeHint::default(),
-            false,
-            false,
-        );
+        let (framing, text) = head(StatusCode::OK, &declared, SizeHint::default(), false, false);
         assert_eq!(framing, Framing::Length(10));
-        assert!(!String::from_utf8_lossy(&out).contains("transfer-encoding"));
+        assert!(!text.contains("transfer-encoding"), "{text}");
 
-        let framing = encode_head(
-            &mut out,
-            StatusCode::OK,
-            &mut declared.clone(),
-            &SizeHint::default(),
-            true,
-            false,
-        );
+        let (framing, text) = head(StatusCode::OK, &declared, SizeHint::default(), true, false);
         assert_eq!(framing, Framing::None);
-        assert!(String::from_utf8_lossy(&out).contains("content-length: 10"));
+        assert!(text.contains("content-length: 10"), "{text}");
 
-        let framing = encode_head(
-            &mut out,
+        let (framing, text) = head(
             StatusCode::NO_CONTENT,
-            &mut declared.clone(),
-            &SizeHint::with_exact(0),
+            &declared,
+            SizeHint::with_exact(0),
             false,
             false,
         );
         assert_eq!(framing, Framing::None);
-        assert!(!String::from_utf8_lossy(&out).contains("content-length"));
+        assert!(!text.contains("content-length"), "{text}");
     }
 
     #[test]
