@@ -716,6 +716,22 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any bytes as a response head or a chunk-size line: an answer or
+        /// an error, never a panic, and field spans inside the head.
+        #[test]
+        fn arbitrary_answers_never_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            head_request in proptest::bool::ANY,
+        ) {
+            if let Ok(Some((len, head))) = parse(&bytes, head_request) {
+                proptest::prop_assert!(len <= bytes.len());
+                proptest::prop_assert!(head.fields.iter().all(|f| f[1] <= len && f[3] <= len));
+            }
+            let _ = chunk_size(&bytes);
+        }
+    }
+
     #[test]
     fn chunk_sizes() {
         assert_eq!(chunk_size(b"0").unwrap(), 0);
