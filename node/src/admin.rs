@@ -26,13 +26,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::body::Inbound;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use serde_json::json;
 
 use crate::Gateway;
-use crate::body::Body;
+use crate::body::{Body, Inbound};
 
 /// Largest accepted configuration document.
 const MAX_CONFIG_BYTES: usize = 4 << 20;

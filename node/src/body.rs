@@ -326,12 +326,10 @@ impl HttpBody for FromUpstream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            FromUpstream::Hyper(incoming) => Pin::new(incoming)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|frame| frame.map_err(BodyError::from))),
-            FromUpstream::Raw(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|frame| frame.map_err(BodyError::from))),
+            FromUpstream::Hyper(incoming) => {
+                Pin::new(incoming).poll_frame(cx).map_err(BodyError::from)
+            }
+            FromUpstream::Raw(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
         }
     }
 
@@ -360,19 +358,6 @@ pub enum Inbound {
     Hyper(Incoming),
     /// Complete (possibly empty): it arrived with the request head.
     Buffered(Option<Bytes>),
-}
-
-impl Inbound {
-    /// No body.
-    pub fn empty() -> Self {
-        Inbound::Buffered(None)
-    }
-}
-
-impl From<Incoming> for Inbound {
-    fn from(incoming: Incoming) -> Self {
-        Inbound::Hyper(incoming)
-    }
 }
 
 impl HttpBody for Inbound {

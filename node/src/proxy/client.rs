@@ -52,7 +52,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -265,8 +264,8 @@ impl Client {
         // and the cold paths (connect, resend) boxed, keeps it small.
         async move {
             match self.protocol {
-                UpstreamProtocol::Http1 if let Some(body) = whole(&request) => {
-                    Box::pin(self.send_raw(endpoint, request, body)).await
+                UpstreamProtocol::Http1 if whole(&request) => {
+                    Box::pin(self.send_raw(endpoint, request)).await
                 }
                 UpstreamProtocol::Http1 => {
                     let (mut sender, pooled) = match self.checkout(endpoint).await {
@@ -308,9 +307,13 @@ impl Client {
         &self,
         endpoint: &Endpoint,
         request: Request<UpstreamBody>,
-        body: Option<Bytes>,
     ) -> Result<(Response<FromUpstream>, Option<Conn>), Error> {
-        let head = request.map(|_| ());
+        let (parts, body) = request.into_parts();
+        let head = Request::from_parts(parts, ());
+        let body = match body {
+            UpstreamBody::Full(data) => data,
+            UpstreamBody::Empty | UpstreamBody::Client(_) => None,
+        };
         let (conn, pooled) = match self.pop_raw(endpoint) {
             Some(conn) => (conn, true),
             None => (h1::Connection::new(self.connect(endpoint).await?), false),
@@ -335,15 +338,32 @@ impl Client {
 
     /// An idle fast-path connection that is still usable, if there is one.
     fn pop_raw(&self, endpoint: &Endpoint) -> Option<h1::Connection> {
+        self.take_idle(
+            &endpoint.raw,
+            |entry| entry.since,
+            |entry| entry.conn.usable(),
+        )
+        .map(|entry| entry.conn)
+    }
+
+    /// The most recently used entry of an idle stack that is still `alive`;
+    /// entries past the idle timeout (and all below them) are dropped.
+    fn take_idle<T>(
+        &self,
+        stack: &Mutex<Vec<T>>,
+        since: impl Fn(&T) -> Instant,
+        alive: impl Fn(&T) -> bool,
+    ) -> Option<T> {
         let now = Instant::now();
-        let mut idle = lock(&endpoint.raw);
+        let mut idle = lock(stack);
         while let Some(entry) = idle.pop() {
-            if now.saturating_duration_since(entry.since) >= self.idle_timeout {
+            if now.saturating_duration_since(since(&entry)) >= self.idle_timeout {
+                // Every entry below has been idle for longer still.
                 idle.clear();
                 return None;
             }
-            if entry.conn.usable() {
-                return Some(entry.conn);
+            if alive(&entry) {
+                return Some(entry);
             }
         }
         None
@@ -379,19 +399,12 @@ impl Client {
     }
 
     fn pop(&self, endpoint: &Endpoint) -> Option<http1::SendRequest<UpstreamBody>> {
-        let now = Instant::now();
-        let mut idle = lock(&endpoint.idle);
-        while let Some(entry) = idle.pop() {
-            if now.saturating_duration_since(entry.since) >= self.idle_timeout {
-                // Every connection below has been idle for longer still.
-                idle.clear();
-                return None;
-            }
-            if !entry.sender.is_closed() {
-                return Some(entry.sender);
-            }
-        }
-        None
+        self.take_idle(
+            &endpoint.idle,
+            |entry| entry.since,
+            |entry| !entry.sender.is_closed(),
+        )
+        .map(|entry| entry.sender)
     }
 
     /// Takes back a connection whose response body ended cleanly; it is
@@ -548,17 +561,11 @@ fn lend(
     )
 }
 
-/// The complete body of a request the fast path can send (`None` inside:
-/// no body), or `None` when hyper has to: a streamed body, an upgrade.
-fn whole(request: &Request<UpstreamBody>) -> Option<Option<Bytes>> {
-    if request.headers().contains_key(http::header::UPGRADE) {
-        return None;
-    }
-    match request.body() {
-        UpstreamBody::Empty | UpstreamBody::Full(None) => Some(None),
-        UpstreamBody::Full(Some(data)) => Some(Some(data.clone())),
-        UpstreamBody::Client(_) => None,
-    }
+/// Whether the fast path can send `request`: its body is complete (or
+/// absent), and it is no upgrade. Streamed bodies and upgrades go to hyper.
+fn whole(request: &Request<UpstreamBody>) -> bool {
+    !request.headers().contains_key(http::header::UPGRADE)
+        && !matches!(request.body(), UpstreamBody::Client(_))
 }
 
 /// Gives `request` the scheme and `authority` h2 needs in its URI.

@@ -445,7 +445,7 @@ impl Forwarder for ForwardService {
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let gateway = gateway.clone();
                 let peer = peer.clone();
-                let req = req.map(crate::body::Inbound::from);
+                let req = req.map(crate::body::Inbound::Hyper);
                 async move { Ok::<_, Infallible>(gateway.serve_forwarded(&peer, req).await) }
             });
         let mut http = hyper::server::conn::http1::Builder::new();

@@ -144,22 +144,12 @@ impl Connection {
                         return Err(Failed::answered(invalid("response head too large")));
                     }
                     let unanswered = self.buf.is_empty();
-                    match self.fill().await {
-                        Ok(0) => {
-                            return Err(Failed {
-                                error: io::ErrorKind::UnexpectedEof.into(),
-                                unanswered,
-                                sent: true,
-                            });
-                        }
-                        Ok(_) => {}
-                        Err(error) => {
-                            return Err(Failed {
-                                error,
-                                unanswered,
-                                sent: true,
-                            });
-                        }
+                    if let Err(error) = std::future::poll_fn(|cx| self.poll_more(cx, 0)).await {
+                        return Err(Failed {
+                            error,
+                            unanswered,
+                            sent: true,
+                        });
                     }
                 }
             }
@@ -192,15 +182,6 @@ impl Connection {
         response
     }
 
-    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
-    async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
-    }
-
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.poll_fill_for(cx, 0)
-    }
-
     /// Reads more, with room for up to `expected` bytes (at most
     /// [`MAX_READ`]) so that a large body takes few reads.
     fn poll_fill_for(&mut self, cx: &mut Context<'_>, expected: u64) -> Poll<io::Result<usize>> {
@@ -209,6 +190,16 @@ impl Connection {
             self.buf.reserve(room);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Reads more, expecting `expected` bytes; an early end of the
+    /// connection is an error.
+    fn poll_more(&mut self, cx: &mut Context<'_>, expected: u64) -> Poll<io::Result<()>> {
+        match ready!(self.poll_fill_for(cx, expected)) {
+            Ok(0) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(error) => Poll::Ready(Err(error)),
+        }
     }
 }
 
@@ -403,20 +394,6 @@ impl RawBody {
         Poll::Ready(Some(Err(error)))
     }
 
-    /// Reads more, expecting `expected` bytes; an early end of the
-    /// connection is an error.
-    fn poll_more(
-        conn: &mut Connection,
-        cx: &mut Context<'_>,
-        expected: u64,
-    ) -> Poll<io::Result<()>> {
-        match ready!(conn.poll_fill_for(cx, expected)) {
-            Ok(0) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
-            Ok(_) => Poll::Ready(Ok(())),
-            Err(error) => Poll::Ready(Err(error)),
-        }
-    }
-
     /// Takes a CRLF-terminated line off the buffer (without its CRLF), or
     /// `None` until one is there.
     fn line(conn: &mut Connection) -> io::Result<Option<Bytes>> {
@@ -468,7 +445,7 @@ impl http_body::Body for RawBody {
                 State::Length(0) => this.state = State::Done,
                 State::Length(left) | State::Chunked(Chunk::Data(left)) => {
                     if conn.buf.is_empty() {
-                        if let Err(error) = ready!(Self::poll_more(conn, cx, left)) {
+                        if let Err(error) = ready!(conn.poll_more(cx, left)) {
                             return this.fail(error);
                         }
                         continue;
@@ -487,7 +464,7 @@ impl http_body::Body for RawBody {
                         let data = conn.buf.split().freeze();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    match ready!(conn.poll_fill(cx)) {
+                    match ready!(conn.poll_fill_for(cx, 0)) {
                         Ok(0) => this.state = State::Done,
                         Ok(_) => {}
                         Err(error) => return this.fail(error),
@@ -497,7 +474,7 @@ impl http_body::Body for RawBody {
                     let line = match Self::line(conn) {
                         Ok(Some(line)) => line,
                         Ok(None) => {
-                            if let Err(error) = ready!(Self::poll_more(conn, cx, 0)) {
+                            if let Err(error) = ready!(conn.poll_more(cx, 0)) {
                                 return this.fail(error);
                             }
                             continue;
@@ -537,7 +514,7 @@ impl http_body::Body for RawBody {
     }
 }
 
-/// Checks the socket is still open: for tests.
+/// The local address, for the tests.
 #[cfg(test)]
 impl Connection {
     fn local_addr(&self) -> std::net::SocketAddr {

@@ -42,7 +42,7 @@
 //! closes at once, and one serving a request answers it with
 //! `Connection: close` and then closes.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -64,10 +64,10 @@ use crate::proxy::h1::write_both;
 
 /// The most header fields the fast path takes; a head with more goes to
 /// hyper.
-pub(super) const MAX_FIELDS: usize = 64;
+const MAX_FIELDS: usize = 64;
 /// The largest request body the fast path takes (it must have arrived with
 /// its head).
-pub(super) const MAX_BODY: usize = 64 * 1024;
+const MAX_BODY: usize = 64 * 1024;
 /// Response bytes gathered before they are written.
 const GATHER: usize = 16 * 1024;
 /// A body chunk at least this large is written from where it is, not
@@ -312,12 +312,11 @@ fn asks_to_close(headers: &HeaderMap) -> bool {
 
 /// Why a wait for request bytes ended without any.
 enum Stop {
-    /// The client closed its side, or the read failed.
-    Gone,
+    /// The client closed its side or the read failed, or the listener is
+    /// shutting down and nothing was started.
+    Closed,
     /// The head did not come in time.
     Timeout,
-    /// The listener is shutting down and nothing was started.
-    Shutdown,
 }
 
 /// One connection on the fast path.
@@ -380,29 +379,30 @@ where
                 match self.fill(&mut waiting, timeout, deadline.as_mut()).await {
                     Ok(()) => {}
                     Err(Stop::Timeout) => {
-                        if first || !self.buf.is_empty() || timeout == self.shared.header_read {
+                        // An idle keep-alive wait cut by `timeouts.idle` is
+                        // no header timeout.
+                        if timeout == self.shared.header_read {
                             self.shared.counters.closed(Closed::HeaderTimeout);
                         }
                         return End::Closed;
                     }
-                    Err(Stop::Gone | Stop::Shutdown) => return End::Closed,
+                    Err(Stop::Closed) => return End::Closed,
                 }
             };
             first = false;
-            if self.buf.len() < head.len + head.body {
+            let end = head.len + head.body;
+            if self.buf.len() < end {
                 // The body is still on its way: hyper reads it as it comes.
                 return End::HandOver(self.buf.freeze());
             }
-            let bytes = self.buf.split_to(head.len).freeze();
-            let body = match head.body {
-                0 => None,
-                length => Some(self.buf.split_to(length).freeze()),
+            // The request's parts are slices of what was read; what follows
+            // it (pipelined bytes) goes back into the buffer.
+            let read = self.buf.split().freeze();
+            let body = (head.body > 0).then(|| read.slice(head.len..end));
+            let Some(mut request) = request(&head, &fields, &read, Inbound::Buffered(body)) else {
+                return End::HandOver(read);
             };
-            let Some(mut request) =
-                request(&head, &fields, &bytes, Inbound::Buffered(body.clone()))
-            else {
-                return End::HandOver(rejoin(&bytes, body, &self.buf));
-            };
+            self.buf.extend_from_slice(&read[end..]);
             if let Some(tls) = &self.tls {
                 request.extensions_mut().insert(tls.clone());
             }
@@ -468,12 +468,12 @@ where
                 tokio::select! {
                     read = read => read,
                     () = deadline => return Err(Stop::Timeout),
-                    () = self.shutdown.cancelled(), if idle => return Err(Stop::Shutdown),
+                    () = self.shutdown.cancelled(), if idle => return Err(Stop::Closed),
                 }
             }
         };
         match read {
-            Ok(0) | Err(_) => Err(Stop::Gone),
+            Ok(0) | Err(_) => Err(Stop::Closed),
             Ok(_) => Ok(()),
         }
     }
@@ -541,8 +541,7 @@ where
                 ));
             }
             if framing == Framing::Chunked {
-                self.out
-                    .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                let _ = write!(self.out, "{:x}\r\n", data.len());
             }
             if data.len() >= DIRECT {
                 write_both(self.io, &self.out, &data).await?;
@@ -592,17 +591,6 @@ where
 fn body_failed(error: BodyError) -> io::Error {
     tracing::debug!(%error, "response body failed; closing the connection");
     io::Error::other(error)
-}
-
-/// The bytes of a request the `http` crate refused, put back together for
-/// hyper.
-fn rejoin(head: &Bytes, body: Option<Bytes>, rest: &[u8]) -> Bytes {
-    let body = body.unwrap_or_default();
-    let mut bytes = BytesMut::with_capacity(head.len() + body.len() + rest.len());
-    bytes.extend_from_slice(head);
-    bytes.extend_from_slice(&body);
-    bytes.extend_from_slice(rest);
-    bytes.freeze()
 }
 
 pin_project_lite::pin_project! {
@@ -714,7 +702,7 @@ mod tests {
             &head,
             &fields,
             &Bytes::copy_from_slice(bytes),
-            Inbound::empty(),
+            Inbound::Buffered(None),
         )
         .unwrap();
         assert_eq!(request.uri().path(), "/a/b");
@@ -849,7 +837,7 @@ mod tests {
             if let Parsed::Fast(head) = parse(&bytes, 64 * 1024, &mut fields) {
                 proptest::prop_assert!(head.len <= bytes.len());
                 proptest::prop_assert!(fields.iter().all(|f| f[1] <= head.len && f[3] <= head.len));
-                let _ = request(&head, &fields, &Bytes::copy_from_slice(&bytes[..head.len]), Inbound::empty());
+                let _ = request(&head, &fields, &Bytes::copy_from_slice(&bytes[..head.len]), Inbound::Buffered(None));
             }
         }
 
@@ -869,7 +857,7 @@ mod tests {
                 return Err(proptest::test_runner::TestCaseError::fail("not taken"));
             };
             let bytes = Bytes::from(raw.clone());
-            let request = request(&head, &fields, &bytes, Inbound::empty()).expect("a request");
+            let request = request(&head, &fields, &bytes, Inbound::Buffered(None)).expect("a request");
             proptest::prop_assert_eq!(request.uri().path(), path.as_str());
             let got: Vec<_> = request
                 .headers()

@@ -338,8 +338,7 @@ async fn serve_connection<H, F, S>(
         shared.write_idle,
         shared.counters.write_idle.clone(),
     );
-    let mut read = Bytes::new();
-    if shared.fast {
+    let read = if shared.fast {
         let http1 = fast::Http1::new(&mut io, peer, tls.clone(), &handler, &shared, &shutdown);
         let end = tokio::select! {
             end = http1.run() => end,
@@ -347,9 +346,11 @@ async fn serve_connection<H, F, S>(
         };
         match end {
             fast::End::Closed => return,
-            fast::End::HandOver(bytes) => read = bytes,
+            fast::End::HandOver(bytes) => bytes,
         }
-    }
+    } else {
+        Bytes::new()
+    };
     let io = fast::Rewind::new(read, io);
     let activity = Arc::new(Activity::default());
     let framing = Arc::new(framing::Flag::default());
