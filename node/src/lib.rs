@@ -16,7 +16,7 @@
 //! - [`cluster`]: raft membership: bootstrap, writes via the leader, applied state.
 //! - [`peer`]: the QUIC peer plane (mTLS with the cluster CA; raft RPC).
 //! - [`pki`]: the cluster CA and node identities; [`join`]: one-time join tokens.
-//! - [`admin`], [`metrics`], [`access_log`], [`trace`], [`shutdown`].
+//! - [`admin`], [`metrics`], [`access_log`], [`trace`], [`shutdown`], [`text`].
 
 pub mod access_log;
 pub mod admin;
@@ -41,6 +41,7 @@ pub mod regions;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
+pub mod text;
 pub mod tls;
 pub mod trace;
 

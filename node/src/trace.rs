@@ -7,7 +7,12 @@
 //! An invalid or missing one starts a new trace. Both go upstream and back
 //! to the client.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
+
+/// `x-request-id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `traceparent` (W3C Trace Context).
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -65,9 +70,19 @@ impl Context {
 #[derive(Debug, Clone, Copy)]
 pub struct TraceId([u8; 16]);
 
+impl TraceId {
+    /// The 32 hex digits.
+    pub fn hex(&self) -> [u8; 32] {
+        let mut out = [0; 32];
+        write_hex(&mut out, &self.0);
+        out
+    }
+}
+
 impl std::fmt::Display for TraceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}", u128::from_be_bytes(self.0))
+        let hex = self.hex();
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| std::fmt::Error)?)
     }
 }
 

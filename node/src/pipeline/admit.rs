@@ -19,7 +19,7 @@
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderValue, Version};
 
-use super::{Flow, Request, RequestCx, Stage};
+use super::{Flow, Request, RequestCx, Stage, Step, ready};
 use crate::config::Config;
 use crate::error::{Error, Kind};
 use crate::server::AmbiguousFraming;
@@ -166,18 +166,16 @@ fn parse_host(authority: &[u8]) -> Result<String, Error> {
     Ok(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
-#[async_trait::async_trait]
 impl Stage for Admit {
     fn name(&self) -> &'static str {
         "admit"
     }
 
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
-        cx.request_id = trace::request_id(req.headers().get("x-request-id"));
-        cx.trace = trace::Context::continue_or_start(req.headers().get("traceparent"));
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
+        cx.request_id = trace::request_id(req.headers().get(&trace::X_REQUEST_ID));
+        cx.trace = trace::Context::continue_or_start(req.headers().get(&trace::TRACEPARENT));
         cx.traceparent = cx.trace.traceparent();
-        self.check(cx, req)?;
-        Ok(Flow::Continue)
+        ready(self.check(cx, req).map(|()| Flow::Continue))
     }
 }
 

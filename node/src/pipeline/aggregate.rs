@@ -36,7 +36,7 @@ use raft::model::pattern::{PathPattern, Segment};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::{Flow, Request, RequestCx, Stage};
+use super::{Flow, Request, RequestCx, Stage, Step, ready, wait};
 use crate::body::Body;
 use crate::error::{Error, Kind};
 use crate::metrics::Metrics;
@@ -153,19 +153,25 @@ pub fn merge<'a>(
 /// The `aggregate` stage.
 pub struct AggregateStage;
 
-#[async_trait::async_trait]
 impl Stage for AggregateStage {
     fn name(&self) -> &'static str {
         "aggregate"
     }
 
-    fn passes(&self, cx: &RequestCx) -> bool {
-        cx.route
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
+        if cx
+            .route
             .as_ref()
             .is_none_or(|route| route.aggregate.is_none())
+        {
+            return ready(Ok(Flow::Continue));
+        }
+        wait(self.compose(cx, req))
     }
+}
 
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
+impl AggregateStage {
+    async fn compose(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let Some(route) = cx.route.clone() else {
             return Ok(Flow::Continue);
         };

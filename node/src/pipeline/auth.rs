@@ -43,7 +43,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use raft::model::{AuthMethod, ClaimNames, GatewayConfig, Revocation};
 
 pub use self::api_key::{NewKey, new_key};
-use super::{Flow, Request, RequestCx, Stage};
+use super::{Flow, Request, RequestCx, Stage, Step, ready, wait};
 use crate::Shared;
 use crate::cluster::{Cluster, now_ms};
 use crate::error::{Error, Kind};
@@ -692,43 +692,12 @@ impl Auth {
         self.metrics.auth_failure(error.code());
         Err(error)
     }
-}
 
-/// Removes identity headers a client may have sent.
-fn strip_identity(headers: &mut HeaderMap) {
-    let forged = |name: &HeaderName| {
-        let name = name.as_str();
-        name.starts_with("x-consumer-")
-            || name.starts_with("x-auth-")
-            || name.starts_with("x-client-cert-")
-    };
-    if !headers.keys().any(forged) {
-        return;
-    }
-    let forged: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| forged(name))
-        .cloned()
-        .collect();
-    for name in forged {
-        headers.remove(name);
-    }
-}
-
-#[async_trait::async_trait]
-impl Stage for Auth {
-    fn name(&self) -> &'static str {
-        "auth"
-    }
-
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
-        strip_identity(req.headers_mut());
+    /// Tries the route's methods in order until one admits the caller.
+    async fn authenticate(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let Some(route) = cx.route.clone() else {
             return Ok(Flow::Continue);
         };
-        if route.auth.is_empty() {
-            return Ok(Flow::Continue);
-        }
         let snapshot = cx.snapshot.clone();
         let runtime = &snapshot.auth;
         let now = now_ms();
@@ -859,6 +828,41 @@ impl Stage for Auth {
             None => {}
         }
         Ok(Flow::Continue)
+    }
+}
+
+/// Removes identity headers a client may have sent.
+fn strip_identity(headers: &mut HeaderMap) {
+    let forged = |name: &HeaderName| {
+        let name = name.as_str();
+        name.starts_with("x-consumer-")
+            || name.starts_with("x-auth-")
+            || name.starts_with("x-client-cert-")
+    };
+    if !headers.keys().any(forged) {
+        return;
+    }
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| forged(name))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
+}
+
+impl Stage for Auth {
+    fn name(&self) -> &'static str {
+        "auth"
+    }
+
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
+        strip_identity(req.headers_mut());
+        if cx.route.as_ref().is_none_or(|route| route.auth.is_empty()) {
+            return ready(Ok(Flow::Continue));
+        }
+        wait(self.authenticate(cx, req))
     }
 }
 

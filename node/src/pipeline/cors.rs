@@ -26,7 +26,7 @@ use http::{Method, StatusCode};
 use metrics::Counter;
 use raft::model::policy::CorsPolicy;
 
-use super::{Flow, Request, RequestCx, Response, Stage};
+use super::{Flow, Request, RequestCx, Response, Stage, Step, ready};
 use crate::body::Body;
 use crate::error::{Error, Kind};
 use crate::metrics::Metrics;
@@ -255,15 +255,9 @@ impl CorsStage {
             request_refused: counter("request", "refused"),
         }
     }
-}
 
-#[async_trait::async_trait]
-impl Stage for CorsStage {
-    fn name(&self) -> &'static str {
-        "cors"
-    }
-
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
+    /// Answers a preflight, or notes whether the request's origin is allowed.
+    fn admit(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let snapshot = cx.snapshot.clone();
         let Some(cors) = snapshot.policies.cors(cx.route.as_deref()) else {
             return Ok(Flow::Continue);
@@ -293,7 +287,8 @@ impl Stage for CorsStage {
         Ok(Flow::Continue)
     }
 
-    async fn on_response(&self, cx: &mut RequestCx, rsp: &mut Response) -> Result<(), Error> {
+    /// Sets the CORS response headers for what `admit` decided.
+    fn answer(&self, cx: &mut RequestCx, rsp: &mut Response) -> Result<(), Error> {
         let snapshot = cx.snapshot.clone();
         let Some(cors) = snapshot.policies.cors(cx.route.as_deref()) else {
             return Ok(());
@@ -319,6 +314,20 @@ impl Stage for CorsStage {
             }
         }
         Ok(())
+    }
+}
+
+impl Stage for CorsStage {
+    fn name(&self) -> &'static str {
+        "cors"
+    }
+
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
+        ready(self.admit(cx, req))
+    }
+
+    fn on_response<'a>(&'a self, cx: &'a mut RequestCx, rsp: &'a mut Response) -> Step<'a, ()> {
+        ready(self.answer(cx, rsp))
     }
 }
 

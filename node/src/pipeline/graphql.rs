@@ -54,7 +54,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{Flow, Request, RequestCx, Stage};
+use super::{Flow, Request, RequestCx, Stage, Step, ready, wait};
 use crate::body::{Body, BufferedPrefix};
 use crate::error::{Error, Kind};
 use crate::metrics::Metrics;
@@ -696,19 +696,25 @@ fn mismatch(expected: &str, value: &Value) -> async_graphql::Error {
 /// The `graphql` stage.
 pub struct GraphqlStage;
 
-#[async_trait::async_trait]
 impl Stage for GraphqlStage {
     fn name(&self) -> &'static str {
         "graphql"
     }
 
-    fn passes(&self, cx: &RequestCx) -> bool {
-        cx.route
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
+        if cx
+            .route
             .as_ref()
             .is_none_or(|route| route.graphql.is_none())
+        {
+            return ready(Ok(Flow::Continue));
+        }
+        wait(self.answer(cx, req))
     }
+}
 
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
+impl GraphqlStage {
+    async fn answer(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let Some(route) = cx.route.clone() else {
             return Ok(Flow::Continue);
         };

@@ -54,7 +54,7 @@ use raft::model::grpc::{Binding, BodyTarget, Service, Streaming, Variable, field
 use serde_json::{Map, Value};
 
 use super::version::form_urlencoded_pairs;
-use super::{Flow, Request, RequestCx, Stage};
+use super::{Flow, Request, RequestCx, Stage, ready, wait};
 use crate::body::{Body, BodyError, BufferedPrefix, UpstreamBody};
 use crate::error::{Error, Kind};
 use crate::proxy::{self, pool::InFlight};
@@ -597,19 +597,9 @@ impl GrpcStage {
             default_limit: config.limits.max_body_bytes,
         }
     }
-}
 
-#[async_trait::async_trait]
-impl Stage for GrpcStage {
-    fn name(&self) -> &'static str {
-        "grpc"
-    }
-
-    fn passes(&self, cx: &RequestCx) -> bool {
-        cx.route.as_ref().is_none_or(|route| route.grpc.is_none())
-    }
-
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
+    /// Calls the gRPC method the request maps to and answers with its JSON.
+    async fn transcode(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let Some(route) = cx.route.clone() else {
             return Ok(Flow::Continue);
         };
@@ -782,6 +772,23 @@ impl Stage for GrpcStage {
             }
         };
         Ok(Flow::Respond(Box::new(json_response(body, content_type))))
+    }
+}
+
+impl Stage for GrpcStage {
+    fn name(&self) -> &'static str {
+        "grpc"
+    }
+
+    fn on_request<'a>(
+        &'a self,
+        cx: &'a mut RequestCx,
+        req: &'a mut Request,
+    ) -> super::Step<'a, Flow> {
+        if cx.route.as_ref().is_none_or(|route| route.grpc.is_none()) {
+            return ready(Ok(Flow::Continue));
+        }
+        wait(self.transcode(cx, req))
     }
 }
 

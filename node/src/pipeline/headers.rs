@@ -16,8 +16,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use raft::model::policy::{DEFAULT_SECURITY_HEADERS, HeadersPolicy, INTERNAL_HEADERS};
 
-use super::{Flow, Request, RequestCx, Response, Stage};
-use crate::error::Error;
+use super::{Flow, Request, RequestCx, Response, Stage, Step, ready};
 
 /// A compiled `headers` block.
 #[derive(Debug, Clone)]
@@ -75,21 +74,20 @@ impl Headers {
 /// The `headers` stage.
 pub struct SecurityHeaders;
 
-#[async_trait::async_trait]
 impl Stage for SecurityHeaders {
     fn name(&self) -> &'static str {
         "headers"
     }
 
-    async fn on_request(&self, _cx: &mut RequestCx, _req: &mut Request) -> Result<Flow, Error> {
-        Ok(Flow::Continue)
+    fn on_request<'a>(&'a self, _cx: &'a mut RequestCx, _req: &'a mut Request) -> Step<'a, Flow> {
+        ready(Ok(Flow::Continue))
     }
 
-    async fn on_response(&self, cx: &mut RequestCx, rsp: &mut Response) -> Result<(), Error> {
+    fn on_response<'a>(&'a self, cx: &'a mut RequestCx, rsp: &'a mut Response) -> Step<'a, ()> {
         if let Some(headers) = cx.snapshot.policies.headers(cx.route.as_deref()) {
             headers.apply(rsp.headers_mut());
         }
-        Ok(())
+        ready(Ok(()))
     }
 }
 

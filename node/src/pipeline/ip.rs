@@ -28,7 +28,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use raft::model::policy::{Cidr, IpPolicy};
 
-use super::{Flow, Request, RequestCx, Stage};
+use super::{Flow, Request, RequestCx, Stage, Step, ready};
 use crate::error::{Error, Kind};
 use crate::metrics::Metrics;
 
@@ -210,15 +210,9 @@ impl Ip {
             metrics: metrics.clone(),
         }
     }
-}
 
-#[async_trait::async_trait]
-impl Stage for Ip {
-    fn name(&self) -> &'static str {
-        "ip"
-    }
-
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
+    /// Resolves the client's address (global scope) and applies the allow and deny lists.
+    fn check(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let snapshot = cx.snapshot.clone();
         let policies = &snapshot.policies;
         let rules = match self.scope {
@@ -254,6 +248,16 @@ impl Stage for Ip {
                 .into())
             }
         }
+    }
+}
+
+impl Stage for Ip {
+    fn name(&self) -> &'static str {
+        "ip"
+    }
+
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
+        ready(self.check(cx, req))
     }
 }
 

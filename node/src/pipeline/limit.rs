@@ -25,7 +25,7 @@ use metrics::Counter;
 use raft::model::limit::{Algorithm as Kind, KeyPart};
 use raft::model::{GatewayConfig, Limit as LimitConfig, RateLimitSettings};
 
-use super::{Flow, Request, RequestCx, Response, Stage};
+use super::{Flow, Request, RequestCx, Response, Stage, Step, ready, wait};
 use crate::error::{Error, Kind as ErrorKind};
 use crate::metrics::Metrics;
 use crate::ratelimit::clock::{Nanos, ceil_seconds};
@@ -264,34 +264,9 @@ impl LimitStage {
             registry: registry.clone(),
         }
     }
-}
 
-/// Why a request is refused.
-enum Refusal {
-    /// A limit is exhausted, for this long.
-    Limited(Arc<Limit>, Nanos),
-    /// A `redis` limit that fails closed could not ask Redis.
-    Unavailable(Arc<Limit>, crate::ratelimit::redis::Error),
-}
-
-/// A limit that admitted the request and may have to take it back.
-struct Charged<'a> {
-    limiter: &'a Limiter,
-    key: std::ops::Range<usize>,
-    decision: Decision,
-    /// Its entry in the report.
-    item: usize,
-    /// A `redis` limit decided locally (Redis could not be asked).
-    fallback: bool,
-}
-
-#[async_trait::async_trait]
-impl Stage for LimitStage {
-    fn name(&self) -> &'static str {
-        "limit"
-    }
-
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
+    /// Charges every limit that applies, queueing or refusing as they say.
+    async fn charge(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let Some(route) = cx.route.clone() else {
             return Ok(Flow::Continue);
         };
@@ -418,11 +393,52 @@ impl Stage for LimitStage {
         Ok(Flow::Continue)
     }
 
-    async fn on_response(&self, cx: &mut RequestCx, rsp: &mut Response) -> Result<(), Error> {
+    /// Adds the rate-limit headers of what `charge` decided.
+    fn report(&self, cx: &mut RequestCx, rsp: &mut Response) -> Result<(), Error> {
         if let Some(report) = &cx.rate_limit {
             report.write(&cx.snapshot.limits.settings, rsp.headers_mut());
         }
         Ok(())
+    }
+}
+
+/// Why a request is refused.
+enum Refusal {
+    /// A limit is exhausted, for this long.
+    Limited(Arc<Limit>, Nanos),
+    /// A `redis` limit that fails closed could not ask Redis.
+    Unavailable(Arc<Limit>, crate::ratelimit::redis::Error),
+}
+
+/// A limit that admitted the request and may have to take it back.
+struct Charged<'a> {
+    limiter: &'a Limiter,
+    key: std::ops::Range<usize>,
+    decision: Decision,
+    /// Its entry in the report.
+    item: usize,
+    /// A `redis` limit decided locally (Redis could not be asked).
+    fallback: bool,
+}
+
+impl Stage for LimitStage {
+    fn name(&self) -> &'static str {
+        "limit"
+    }
+
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
+        let limited = cx
+            .route
+            .as_ref()
+            .and_then(|route| cx.snapshot.limits.routes.get(route.index()));
+        if limited.is_none_or(|limits| limits.own.is_empty() && limits.plans.is_empty()) {
+            return ready(Ok(Flow::Continue));
+        }
+        wait(self.charge(cx, req))
+    }
+
+    fn on_response<'a>(&'a self, cx: &'a mut RequestCx, rsp: &'a mut Response) -> Step<'a, ()> {
+        ready(self.report(cx, rsp))
     }
 }
 

@@ -39,8 +39,11 @@ pub mod transform;
 pub mod version;
 pub mod waf;
 
+use std::future::{Future, Ready};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+use futures_util::future::{BoxFuture, Either};
 
 use http::HeaderValue;
 use tokio::time::Instant;
@@ -65,26 +68,34 @@ pub enum Flow {
     Respond(Box<Response>),
 }
 
+/// What a stage's hook returns: the outcome it reached at once, or, for work
+/// that has to wait (a request body, a token endpoint, a rate-limit queue, an
+/// upstream call), a boxed future. Most hooks on most requests decide without
+/// waiting, so the common case costs neither an allocation nor a poll of its
+/// own.
+pub type Step<'a, T> = Either<Ready<Result<T, Error>>, BoxFuture<'a, Result<T, Error>>>;
+
+/// A hook's outcome, reached without waiting.
+pub fn ready<'a, T>(result: Result<T, Error>) -> Step<'a, T> {
+    Either::Left(std::future::ready(result))
+}
+
+/// A hook's outcome, once `work` has waited for what it needs.
+pub fn wait<'a, T>(work: impl Future<Output = Result<T, Error>> + Send + 'a) -> Step<'a, T> {
+    Either::Right(Box::pin(work))
+}
+
 /// One step of the request path.
-#[async_trait::async_trait]
 pub trait Stage: Send + Sync + 'static {
     /// Name used in logs.
     fn name(&self) -> &'static str;
 
-    /// Whether the request has nothing for this stage, so that its
-    /// `on_request` would only continue: decided without awaiting, it spares
-    /// the common case the boxed future of the call. `false` (the default):
-    /// always call it.
-    fn passes(&self, _cx: &RequestCx) -> bool {
-        false
-    }
-
     /// Inspects or changes the request on its way in.
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error>;
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow>;
 
     /// Inspects or changes the response on its way out.
-    async fn on_response(&self, _cx: &mut RequestCx, _rsp: &mut Response) -> Result<(), Error> {
-        Ok(())
+    fn on_response<'a>(&'a self, _cx: &'a mut RequestCx, _rsp: &'a mut Response) -> Step<'a, ()> {
+        ready(Ok(()))
     }
 }
 
@@ -245,9 +256,6 @@ impl Pipeline {
         let mut answer = None;
         for stage in &self.stages {
             ran += 1;
-            if stage.passes(&cx) {
-                continue;
-            }
             match stage.on_request(&mut cx, &mut req).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Respond(response)) => {

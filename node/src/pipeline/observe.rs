@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use http::{Method, Version};
 
 use super::{RequestCx, Response};
-use crate::Shared;
+use crate::{Shared, trace};
 
 fn proto(version: Version) -> &'static str {
     match version {
@@ -37,8 +37,8 @@ pub fn finish(
     response: &mut Response,
 ) {
     let headers = response.headers_mut();
-    headers.insert("x-request-id", cx.request_id.clone());
-    headers.insert("traceparent", cx.traceparent.clone());
+    headers.insert(trace::X_REQUEST_ID.clone(), cx.request_id.clone());
+    headers.insert(trace::TRACEPARENT.clone(), cx.traceparent.clone());
     let status = response.status();
     if cx.route.is_none()
         && let Some(code) = cx.error
@@ -63,9 +63,13 @@ pub fn finish(
             shared.access_log.write(|line| {
                 line.timestamp("ts", SystemTime::now());
                 line.str("request_id", cx.request_id.to_str().unwrap_or_default());
-                line.display("trace_id", cx.trace.trace_id());
-                line.display("client", cx.client);
-                line.display("client_ip", cx.client_ip);
+                let trace_id = cx.trace.trace_id().hex();
+                line.str(
+                    "trace_id",
+                    std::str::from_utf8(&trace_id).unwrap_or_default(),
+                );
+                line.addr("client", cx.client);
+                line.ip("client_ip", cx.client_ip);
                 line.str("proto", proto(version));
                 line.str("method", method.as_str());
                 line.str("host", &cx.host);

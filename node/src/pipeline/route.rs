@@ -26,7 +26,7 @@ use raft::model::{self, Rewrite, ValueMatch, ValueRule};
 use regex::Regex;
 
 use super::version::form_urlencoded_pairs;
-use super::{Flow, Request, RequestCx, Stage};
+use super::{Flow, Request, RequestCx, Stage, Step, ready};
 use crate::error::{Error, Kind};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::normalize;
@@ -544,20 +544,21 @@ impl Router {
 /// The `route` stage.
 pub struct RouteStage;
 
-#[async_trait::async_trait]
 impl Stage for RouteStage {
     fn name(&self) -> &'static str {
         "route"
     }
 
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
         let snapshot = cx.snapshot.clone();
         let Some(route) = snapshot.router.find(cx, req) else {
-            return Err(Kind::NoRoute.into());
+            return ready(Err(Kind::NoRoute.into()));
         };
-        cx.upstream_path = route.upstream_path(&cx.path)?;
-        cx.route = Some(route.clone());
-        Ok(Flow::Continue)
+        ready(route.upstream_path(&cx.path).map(|path| {
+            cx.upstream_path = path;
+            cx.route = Some(route.clone());
+            Flow::Continue
+        }))
     }
 }
 

@@ -41,7 +41,7 @@ use metrics::Counter;
 use raft::model::transform::{BodyTransform, Convert, HeaderOps, Pointer, Transform};
 
 use self::template::{Compiled, Rendered, Vars};
-use super::{Flow, Request, RequestCx, Response, Stage};
+use super::{Flow, Request, RequestCx, Response, Stage, Step, ready, wait};
 use crate::body::{Body, BodyError as StreamError, BufferedPrefix};
 use crate::config::Config;
 use crate::error::{Error, Kind};
@@ -440,21 +440,9 @@ impl TransformStage {
             default_limit: config.limits.max_body_bytes,
         }
     }
-}
 
-#[async_trait::async_trait]
-impl Stage for TransformStage {
-    fn name(&self) -> &'static str {
-        "transform"
-    }
-
-    fn passes(&self, cx: &RequestCx) -> bool {
-        cx.route
-            .as_ref()
-            .is_none_or(|route| route.transform.is_none())
-    }
-
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
+    /// Applies the route's request header and body transforms.
+    async fn rewrite_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let Some(route) = cx.route.clone() else {
             return Ok(Flow::Continue);
         };
@@ -497,7 +485,8 @@ impl Stage for TransformStage {
         Ok(Flow::Continue)
     }
 
-    async fn on_response(&self, cx: &mut RequestCx, rsp: &mut Response) -> Result<(), Error> {
+    /// Applies the route's response header and body transforms.
+    async fn rewrite_response(&self, cx: &mut RequestCx, rsp: &mut Response) -> Result<(), Error> {
         let Some(route) = cx.route.clone() else {
             return Ok(());
         };
@@ -544,6 +533,34 @@ impl Stage for TransformStage {
         headers.remove(header::ACCEPT_RANGES);
         *rsp.body_mut() = Body::full(output);
         Ok(())
+    }
+}
+
+impl Stage for TransformStage {
+    fn name(&self) -> &'static str {
+        "transform"
+    }
+
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
+        if cx
+            .route
+            .as_ref()
+            .is_none_or(|route| route.transform.is_none())
+        {
+            return ready(Ok(Flow::Continue));
+        }
+        wait(self.rewrite_request(cx, req))
+    }
+
+    fn on_response<'a>(&'a self, cx: &'a mut RequestCx, rsp: &'a mut Response) -> Step<'a, ()> {
+        if cx
+            .route
+            .as_ref()
+            .is_none_or(|route| route.transform.is_none())
+        {
+            return ready(Ok(()));
+        }
+        wait(self.rewrite_response(cx, rsp))
     }
 }
 

@@ -27,7 +27,7 @@ use http::{HeaderName, HeaderValue};
 use raft::model::{self, UnknownVersion, VersionSource};
 
 use super::route::{HostSet, PrefixMatcher};
-use super::{Flow, Request, RequestCx, Response, Stage};
+use super::{Flow, Request, RequestCx, Response, Stage, Step, ready};
 use crate::error::{Error, Kind};
 
 /// `X-API-Version`, on the upstream request and the client's response.
@@ -256,13 +256,24 @@ pub fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, Strin
 /// The `version` stage.
 pub struct Version;
 
-#[async_trait::async_trait]
 impl Stage for Version {
     fn name(&self) -> &'static str {
         "version"
     }
 
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
+        ready(self.select(cx, req))
+    }
+
+    fn on_response<'a>(&'a self, cx: &'a mut RequestCx, rsp: &'a mut Response) -> Step<'a, ()> {
+        Self::announce(cx, rsp);
+        ready(Ok(()))
+    }
+}
+
+impl Version {
+    /// Chooses the API version the request asks for, or the fallback.
+    fn select(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let snapshot = cx.snapshot.clone();
         let Some((api, prefix_end)) = snapshot.apis.find(&cx.host, &cx.path) else {
             return Ok(Flow::Continue);
@@ -302,7 +313,8 @@ impl Stage for Version {
         Ok(Flow::Continue)
     }
 
-    async fn on_response(&self, cx: &mut RequestCx, rsp: &mut Response) -> Result<(), Error> {
+    /// Tells the client which version served it, and when that version goes.
+    fn announce(cx: &RequestCx, rsp: &mut Response) {
         if let Some(selected) = &cx.api {
             let headers = rsp.headers_mut();
             headers.insert(API_VERSION.clone(), selected.version.clone());
@@ -310,7 +322,6 @@ impl Stage for Version {
                 notice.apply(headers);
             }
         }
-        Ok(())
     }
 }
 

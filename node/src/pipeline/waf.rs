@@ -42,7 +42,7 @@ use http_body::Body as _;
 use raft::model::policy::{WafMode, WafPolicy};
 use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
 
-use super::{Flow, Request, RequestCx, Stage};
+use super::{Flow, Request, RequestCx, Stage, Step, ready, wait};
 use crate::body::BufferedPrefix;
 use crate::error::{Error, Kind};
 use crate::metrics::Metrics;
@@ -748,15 +748,9 @@ impl WafStage {
         }
         Ok(Flow::Continue)
     }
-}
 
-#[async_trait::async_trait]
-impl Stage for WafStage {
-    fn name(&self) -> &'static str {
-        "waf"
-    }
-
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
+    /// Inspects the head, then as much of the body as the policy asks.
+    async fn inspect(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let snapshot = cx.snapshot.clone();
         let Some(waf) = snapshot.policies.waf(cx.route.as_deref()) else {
             return Ok(Flow::Continue);
@@ -784,6 +778,20 @@ impl Stage for WafStage {
             return self.found(cx, waf, finding);
         }
         Ok(Flow::Continue)
+    }
+}
+
+impl Stage for WafStage {
+    fn name(&self) -> &'static str {
+        "waf"
+    }
+
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
+        let policy = cx.snapshot.policies.waf(cx.route.as_deref());
+        if policy.is_none_or(|waf| waf.mode == WafMode::Off) {
+            return ready(Ok(Flow::Continue));
+        }
+        wait(self.inspect(cx, req))
     }
 }
 

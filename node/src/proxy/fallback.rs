@@ -45,7 +45,7 @@ use raft::model::{NodeId, RegionFallback};
 use tokio::time::Instant;
 
 use super::pool::Pool;
-use super::{Outgoing, Proxy, Served, X_FORWARDED_FOR, X_REQUEST_ID};
+use super::{Outgoing, Proxy, Served, X_FORWARDED_FOR};
 use crate::app::Gateway;
 use crate::body::{ClientFault, FromUpstream};
 use crate::error::{Error, Kind};
@@ -53,6 +53,7 @@ use crate::peer::{ForwardStream, Forwarder};
 use crate::pipeline::{Request, RequestCx, Response};
 use crate::pki::PeerIdentity;
 use crate::snapshot::Snapshot;
+use crate::trace::X_REQUEST_ID;
 
 /// The region whose target answered (every proxied response).
 pub static X_MERIDIAN_REGION: HeaderName = HeaderName::from_static("x-meridian-region");

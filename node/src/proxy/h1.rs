@@ -159,7 +159,9 @@ impl Connection {
     /// The response whose head is the first `len` bytes of the buffer.
     fn respond(mut self, len: usize, head: Head) -> Response<RawBody> {
         let bytes = self.buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(head.fields.len());
+        // Room for the fields the gateway adds on the way out (request id,
+        // trace context, security and CORS headers) without growing.
+        let mut headers = HeaderMap::with_capacity(head.fields.len() + 8);
         for [name_start, name_end, value_start, value_end] in head.fields {
             // httparse checked the bytes; the `http` crate is stricter
             // about names, and a field it refuses is dropped.

@@ -53,6 +53,7 @@ use crate::body::{
 use crate::error::{Error, Kind};
 use crate::pipeline::version::API_VERSION;
 use crate::pipeline::{Request, RequestCx, Response};
+use crate::trace::{TRACEPARENT, X_REQUEST_ID};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -60,8 +61,6 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The proxy.
 pub struct Proxy {
@@ -583,7 +582,7 @@ pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool
         xff.push_str(", ");
     }
     let ip_start = xff.len();
-    push_ip(&mut xff, ip);
+    let _ = crate::text::push_ip(&mut xff, ip);
     if let Ok(value) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
@@ -631,23 +630,6 @@ pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool
 
 /// Appends an IP address; IPv4 without the formatting machinery, which
 /// showed in profiles.
-fn push_ip(out: &mut String, ip: std::net::IpAddr) {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                out.push_str(digits.format(octet));
-            }
-        }
-        std::net::IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
-}
-
 fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, Error> {
     let text = match query {
         Some(query) => format!("{path}?{query}"),

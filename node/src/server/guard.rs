@@ -148,9 +148,11 @@ impl Load {
         if self.current.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.current.fetch_sub(1, Ordering::AcqRel);
             self.counters.shed.increment(1);
-            let id = crate::trace::request_id(headers.get("x-request-id"));
+            let id = crate::trace::request_id(headers.get(&crate::trace::X_REQUEST_ID));
             let mut response = Error::new(Kind::Overloaded).to_response(id.to_str().unwrap_or(""));
-            response.headers_mut().insert("x-request-id", id);
+            response
+                .headers_mut()
+                .insert(crate::trace::X_REQUEST_ID.clone(), id);
             return Err(Box::new(response));
         }
         self.counters.in_flight.increment(1.0);

@@ -24,7 +24,7 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::error::{Error, Kind};
 use crate::metrics::Metrics;
-use crate::pipeline::{Flow, Request, RequestCx, Stage};
+use crate::pipeline::{Flow, Request, RequestCx, Stage, Step, ready};
 
 /// The `tls` stage.
 pub struct TlsStage {
@@ -69,24 +69,9 @@ impl TlsStage {
         response.headers_mut().insert(header::LOCATION, location);
         Some(response)
     }
-}
 
-/// Whether `host` (as in `RequestCx::host`) is an IP literal.
-fn is_ip(host: &str) -> bool {
-    host.parse::<std::net::IpAddr>().is_ok()
-        || host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
-}
-
-#[async_trait::async_trait]
-impl Stage for TlsStage {
-    fn name(&self) -> &'static str {
-        "tls"
-    }
-
-    async fn on_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
+    /// Redirects to HTTPS, or checks the client certificate and SNI the route asks for.
+    fn check(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let Some(route) = cx.route.clone() else {
             return Ok(Flow::Continue);
         };
@@ -127,6 +112,25 @@ impl Stage for TlsStage {
             }));
         }
         Ok(Flow::Continue)
+    }
+}
+
+/// Whether `host` (as in `RequestCx::host`) is an IP literal.
+fn is_ip(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok()
+        || host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
+impl Stage for TlsStage {
+    fn name(&self) -> &'static str {
+        "tls"
+    }
+
+    fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
+        ready(self.check(cx, req))
     }
 }
 
