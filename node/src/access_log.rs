@@ -241,13 +241,18 @@ fn push_json_str(buf: &mut Vec<u8>, text: &str) {
     let mut i = 0;
     while i < bytes.len() {
         // Eight bytes at a time while none of them needs escaping (the
-        // usual case: paths, hosts, ids).
-        if let Some(chunk) = bytes.get(i..i + 8) {
-            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-            if !needs_escape(word) {
-                i += 8;
-                continue;
+        // usual case: paths, hosts, ids); the last few padded with spaces.
+        let word = match bytes.get(i..i + 8) {
+            Some(chunk) => u64::from_le_bytes(chunk.try_into().expect("eight bytes")),
+            None => {
+                let mut tail = [b' '; 8];
+                tail[..bytes.len() - i].copy_from_slice(&bytes[i..]);
+                u64::from_le_bytes(tail)
             }
+        };
+        if !needs_escape(word) {
+            i += 8;
+            continue;
         }
         let b = bytes[i];
         if b == b'"' || b == b'\\' || b < 0x20 {

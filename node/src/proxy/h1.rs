@@ -128,30 +128,34 @@ impl Connection {
         })?;
         let head_request = request.method() == Method::HEAD;
         loop {
-            match parse(&self.buf, head_request).map_err(Failed::answered)? {
-                Some((len, head)) if head.status.is_informational() => {
-                    // 100 Continue, 103 Early Hints: the answer comes after.
-                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                        return Err(Failed::answered(invalid(
-                            "101 to a request without Upgrade",
-                        )));
+            // An empty buffer (the usual state after sending) has nothing
+            // to parse yet.
+            if !self.buf.is_empty() {
+                match parse(&self.buf, head_request).map_err(Failed::answered)? {
+                    Some((len, head)) if head.status.is_informational() => {
+                        // 100 Continue, 103 Early Hints: the answer comes after.
+                        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                            return Err(Failed::answered(invalid(
+                                "101 to a request without Upgrade",
+                            )));
+                        }
+                        self.buf.advance(len);
+                        continue;
                     }
-                    self.buf.advance(len);
-                }
-                Some((len, head)) => return Ok(self.respond(len, head)),
-                None => {
-                    if self.buf.len() >= MAX_HEAD {
+                    Some((len, head)) => return Ok(self.respond(len, head)),
+                    None if self.buf.len() >= MAX_HEAD => {
                         return Err(Failed::answered(invalid("response head too large")));
                     }
-                    let unanswered = self.buf.is_empty();
-                    if let Err(error) = std::future::poll_fn(|cx| self.poll_more(cx, 0)).await {
-                        return Err(Failed {
-                            error,
-                            unanswered,
-                            sent: true,
-                        });
-                    }
+                    None => {}
                 }
+            }
+            let unanswered = self.buf.is_empty();
+            if let Err(error) = std::future::poll_fn(|cx| self.poll_more(cx, 0)).await {
+                return Err(Failed {
+                    error,
+                    unanswered,
+                    sent: true,
+                });
             }
         }
     }
@@ -168,6 +172,9 @@ impl Connection {
             let Ok(name) = HeaderName::from_bytes(&bytes[name_start..name_end]) else {
                 continue;
             };
+            if head.plain_hops && super::is_hop_by_hop(&name) {
+                continue;
+            }
             if let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end)) {
                 headers.append(name, value);
             }
@@ -267,14 +274,23 @@ struct Head {
     fields: Vec<[usize; 4]>,
     framing: State,
     reusable: bool,
+    /// `Connection` names no field beyond `keep-alive` and `close`, so the
+    /// hop-by-hop fields are known and dropped as the map is built (else
+    /// the proxy's general strip removes them and the ones it lists).
+    plain_hops: bool,
 }
 
 /// Parses the response head at the start of `buf`: `None` until it is
 /// complete, with its length once it is.
 fn parse(buf: &[u8], head_request: bool) -> io::Result<Option<(usize, Head)>> {
-    let mut parsed = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut response = httparse::Response::new(&mut parsed);
-    let len = match response.parse(buf) {
+    // Uninitialised: httparse writes only the fields it finds.
+    let mut parsed = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut parsed,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(invalid("malformed response head")),
@@ -292,6 +308,7 @@ fn parse(buf: &[u8], head_request: bool) -> io::Result<Option<(usize, Head)>> {
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = version != Version::HTTP_11;
+    let mut plain_hops = true;
     for field in response.headers.iter() {
         let name = field.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -308,10 +325,13 @@ fn parse(buf: &[u8], head_request: bool) -> io::Result<Option<(usize, Head)>> {
             let last = field.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= field
-                .value
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    plain_hops = false;
+                }
+            }
         }
         let (start, value) = (offset(name), offset(field.value));
         fields.push([start, start + name.len(), value, value + field.value.len()]);
@@ -338,6 +358,7 @@ fn parse(buf: &[u8], head_request: bool) -> io::Result<Option<(usize, Head)>> {
             fields,
             framing,
             reusable,
+            plain_hops,
         },
     )))
 }
@@ -619,6 +640,29 @@ mod tests {
         let (_, body, conn) = read(conn.exchange(&get("/"), None).await.unwrap()).await;
         assert_eq!(&body[..], b"ok");
         assert!(conn.is_none());
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_fields_are_dropped_unless_connection_names_others() {
+        let addr = target(vec![
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-private\r\nX-Private: 1\r\nContent-Length: 0\r\n\r\n",
+        ])
+        .await;
+        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        let response = conn.exchange(&get("/"), None).await.unwrap();
+        let names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-a", "content-length"]);
+        let (_, _, conn) = read(response).await;
+        // `Connection` lists a field: everything stays for the proxy's
+        // general strip, which removes what it lists.
+        let response = conn.unwrap().exchange(&get("/"), None).await.unwrap();
+        assert!(response.headers().contains_key("connection"));
+        assert!(response.headers().contains_key("x-private"));
+        let mut headers = response.headers().clone();
+        super::super::strip_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
     }
 
     #[tokio::test]

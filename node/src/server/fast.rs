@@ -114,9 +114,10 @@ type Span = [usize; 4];
 /// Parses the head at the start of `buf`; `fields` receives where its
 /// fields lie.
 fn parse(buf: &[u8], max_head: usize, fields: &mut Vec<Span>) -> Parsed {
-    let mut parsed = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut request = httparse::Request::new(&mut parsed);
-    let len = match request.parse(buf) {
+    // Uninitialised: httparse writes only the fields it finds.
+    let mut parsed = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match request.parse_with_uninit_headers(buf, &mut parsed) {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(httparse::Status::Partial) if buf.len() < max_head => return Parsed::Partial,
         _ => return Parsed::Other,
