@@ -4,7 +4,6 @@
 //! has one, else the global one). The stages `ip`, `waf`, `cors` and
 //! `headers` read them from [`crate::snapshot::Snapshot::policies`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use raft::model::{self, GatewayConfig};
@@ -32,7 +31,9 @@ pub struct Policies {
     /// The global IP lists.
     pub global_ip: Option<IpRules>,
     global: Effective,
-    routes: HashMap<String, Effective>,
+    /// Each route's, by its position in the configuration
+    /// ([`Route::index`]): a lookup per stage and request costs no hash.
+    routes: Vec<Effective>,
 }
 
 impl Policies {
@@ -51,7 +52,7 @@ impl Policies {
         let routes = config
             .routes
             .iter()
-            .map(|route| (route.name.clone(), effective(&route.policies, &global)))
+            .map(|route| effective(&route.policies, &global))
             .collect();
         Self {
             trusted_proxies: IpSet::new(&global_block.trusted_proxies),
@@ -63,13 +64,13 @@ impl Policies {
 
     fn scope(&self, route: Option<&Route>) -> &Effective {
         route
-            .and_then(|r| self.routes.get(&r.name))
+            .and_then(|r| self.routes.get(r.index()))
             .unwrap_or(&self.global)
     }
 
     /// The route's own IP lists.
     pub fn route_ip(&self, route: Option<&Route>) -> Option<&IpRules> {
-        route.and_then(|r| self.routes.get(&r.name)?.ip.as_ref())
+        route.and_then(|r| self.routes.get(r.index())?.ip.as_ref())
     }
 
     /// The WAF block in force.
