@@ -650,19 +650,21 @@ impl GrpcStage {
         *request.uri_mut() = Uri::from(matched.call.path.clone());
         *request.headers_mut() = headers;
 
-        let (response, in_flight, latency) =
-            match pool.exchange(&set, index, request, timeouts.request).await {
-                Ok(answer) => answer,
-                Err(failed) => {
-                    let error = match failed {
-                        proxy::pool::Failed::Send(error) => Error::with_source(error.kind(), error),
-                        proxy::pool::Failed::Timeout => Kind::UpstreamTimeout.into(),
-                    };
-                    pool.metrics.error(error.code());
-                    pool.record(&set, index, false);
-                    return Err(error);
-                }
-            };
+        let (response, in_flight, latency) = match pool
+            .exchange(&set, index, request, &HeaderMap::new(), timeouts.request)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(failed) => {
+                let error = match failed {
+                    proxy::pool::Failed::Send(error) => Error::with_source(error.kind(), error),
+                    proxy::pool::Failed::Timeout => Kind::UpstreamTimeout.into(),
+                };
+                pool.metrics.error(error.code());
+                pool.record(&set, index, false);
+                return Err(error);
+            }
+        };
         cx.upstream_latency = Some(latency);
         let (parts, body) = response.into_parts();
         pool.record(&set, index, parts.status.is_success());

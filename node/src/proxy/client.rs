@@ -53,7 +53,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::TokioIo;
@@ -246,9 +246,13 @@ impl Client {
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) to `endpoint`. The
-    /// [`Conn`] is the HTTP/1.1 connection to hand back once the response
-    /// body has ended; there is none for h2, or after an upgrade.
+    /// Sends `request` (origin-form URI, `Host` set), with the `common`
+    /// fields after its own, to `endpoint`. `common` holds what every
+    /// attempt of a proxied request sends, borrowed so that an attempt does
+    /// not copy it: the fast path writes it straight to the connection, and
+    /// only hyper's paths merge it into the request. The [`Conn`] is the
+    /// HTTP/1.1 connection to hand back once the response body has ended;
+    /// there is none for h2, or after an upgrade.
     #[expect(
         clippy::manual_async_fn,
         reason = "an `async fn` stores the request twice (argument and local): 20% larger"
@@ -257,16 +261,20 @@ impl Client {
         &'a self,
         endpoint: &'a Endpoint,
         mut request: Request<UpstreamBody>,
+        common: &'a HeaderMap,
     ) -> impl Future<Output = Result<(Response<FromUpstream>, Option<Conn>), Error>> + Send + 'a
     {
         // Every proxied request carries this future (inside its timeout)
         // until the response head: one block, with the request stored once
         // and the cold paths (connect, resend) boxed, keeps it small.
         async move {
+            if self.protocol == UpstreamProtocol::Http1 && whole(&request, common) {
+                return Box::pin(self.send_raw(endpoint, request, common)).await;
+            }
+            for (name, value) in common {
+                request.headers_mut().append(name.clone(), value.clone());
+            }
             match self.protocol {
-                UpstreamProtocol::Http1 if whole(&request) => {
-                    Box::pin(self.send_raw(endpoint, request)).await
-                }
                 UpstreamProtocol::Http1 => {
                     let (mut sender, pooled) = match self.checkout(endpoint).await {
                         Some(sender) => (sender, true),
@@ -307,6 +315,7 @@ impl Client {
         &self,
         endpoint: &Endpoint,
         request: Request<UpstreamBody>,
+        common: &HeaderMap,
     ) -> Result<(Response<FromUpstream>, Option<Conn>), Error> {
         let (parts, body) = request.into_parts();
         let head = Request::from_parts(parts, ());
@@ -318,7 +327,7 @@ impl Client {
             Some(conn) => (conn, true),
             None => (h1::Connection::new(self.connect(endpoint).await?), false),
         };
-        let response = match conn.exchange(&head, body.as_ref()).await {
+        let response = match conn.exchange(&head, common, body.as_ref()).await {
             Ok(response) => response,
             Err(failed)
                 if pooled
@@ -327,7 +336,7 @@ impl Client {
             {
                 tracing::debug!(target = %endpoint.authority, error = %failed.error, "pooled connection closed; sending on a new one");
                 let conn = h1::Connection::new(self.connect(endpoint).await?);
-                conn.exchange(&head, body.as_ref())
+                conn.exchange(&head, common, body.as_ref())
                     .await
                     .map_err(|failed| Error::Exchange(failed.error))?
             }
@@ -563,8 +572,9 @@ fn lend(
 
 /// Whether the fast path can send `request`: its body is complete (or
 /// absent), and it is no upgrade. Streamed bodies and upgrades go to hyper.
-fn whole(request: &Request<UpstreamBody>) -> bool {
+fn whole(request: &Request<UpstreamBody>, common: &HeaderMap) -> bool {
     !request.headers().contains_key(http::header::UPGRADE)
+        && !common.contains_key(http::header::UPGRADE)
         && !matches!(request.body(), UpstreamBody::Client(_))
 }
 
@@ -786,7 +796,7 @@ mod tests {
     async fn exchange(pool: &Pool) -> Result<Bytes, Error> {
         let set = pool.targets();
         let endpoint = &set[0].endpoint;
-        let (response, conn) = pool.client.send(endpoint, get()).await?;
+        let (response, conn) = pool.client.send(endpoint, get(), &HeaderMap::new()).await?;
         assert_eq!(response.status(), StatusCode::OK);
         let (body, conn) = read(response, conn).await;
         if let Some(conn) = conn {
@@ -921,10 +931,18 @@ mod tests {
         let set = pool.targets();
         let endpoint = &set[0].endpoint;
         exchange(&pool).await.unwrap();
-        let (response, conn) = pool.client.send(endpoint, get()).await.unwrap();
+        let (response, conn) = pool
+            .client
+            .send(endpoint, get(), &HeaderMap::new())
+            .await
+            .unwrap();
         let (_, conn) = read(response, conn).await;
         let other = {
-            let (response, conn) = pool.client.send(endpoint, get()).await.unwrap();
+            let (response, conn) = pool
+                .client
+                .send(endpoint, get(), &HeaderMap::new())
+                .await
+                .unwrap();
             read(response, conn).await.1
         };
         assert_eq!(upstream.connections(), 2);
@@ -1003,7 +1021,11 @@ mod tests {
         let set = pool.targets();
         let endpoint = &set[0].endpoint;
         let send = || async {
-            let (response, conn) = pool.client.send(endpoint, get()).await.unwrap();
+            let (response, conn) = pool
+                .client
+                .send(endpoint, get(), &HeaderMap::new())
+                .await
+                .unwrap();
             assert!(conn.is_none(), "nothing to give back");
             assert_eq!(response.version(), http::Version::HTTP_2);
             response.into_body().collect().await.unwrap().to_bytes()

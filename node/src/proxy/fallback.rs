@@ -377,7 +377,7 @@ impl Proxy {
         };
         let mut served = Served::default();
         match self
-            .send_local(&pool, &mut out, attempts, false, &mut served)
+            .send_local(&pool, &mut out, attempts, &mut served)
             .await
         {
             Ok((response, in_flight)) => {

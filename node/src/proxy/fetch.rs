@@ -135,14 +135,14 @@ impl Fetch {
         let started = Instant::now();
         let max_body = self.max_body;
         let exchange = async {
-            let (response, conn) =
-                pool.client
-                    .send(&target.endpoint, request)
-                    .await
-                    .map_err(|error| {
-                        let code = Error::new(error.kind()).code();
-                        FetchError::new(code, StatusCode::BAD_GATEWAY)
-                    })?;
+            let (response, conn) = pool
+                .client
+                .send(&target.endpoint, request, &HeaderMap::new())
+                .await
+                .map_err(|error| {
+                    let code = Error::new(error.kind()).code();
+                    FetchError::new(code, StatusCode::BAD_GATEWAY)
+                })?;
             in_flight.keep(conn);
             pool.metrics.latency.record(started.elapsed().as_secs_f64());
             let status = response.status();

@@ -108,15 +108,16 @@ impl Connection {
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) with its complete
-    /// `body` and reads the response head; the response's body reads the
-    /// rest from this connection.
+    /// Sends `request` (origin-form URI, `Host` set), then the `common`
+    /// fields, with its complete `body` and reads the response head; the
+    /// response's body reads the rest from this connection.
     pub async fn exchange(
         mut self,
         request: &Request<()>,
+        common: &HeaderMap,
         body: Option<&Bytes>,
     ) -> Result<Response<RawBody>, Failed> {
-        encode(&mut self.out, request, body.map_or(0, Bytes::len));
+        encode(&mut self.out, request, common, body.map_or(0, Bytes::len));
         let sent = match body {
             Some(body) if !body.is_empty() => write_both(&mut self.io, &self.out, body).await,
             _ => self.io.write_all(&self.out).await,
@@ -213,9 +214,9 @@ impl Connection {
 }
 
 /// Encodes the head of `request` into `out`: the request line, its fields
-/// but framing ones, and `Content-Length` for a body (or for an empty one
-/// of a method that usually has one).
-fn encode(out: &mut Vec<u8>, request: &Request<()>, body: usize) {
+/// and then the `common` ones but framing ones, and `Content-Length` for a
+/// body (or for an empty one of a method that usually has one).
+fn encode(out: &mut Vec<u8>, request: &Request<()>, common: &HeaderMap, body: usize) {
     out.clear();
     out.extend_from_slice(request.method().as_str().as_bytes());
     out.push(b' ');
@@ -225,7 +226,7 @@ fn encode(out: &mut Vec<u8>, request: &Request<()>, body: usize) {
         .map_or("/", |target| target.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in request.headers() {
+    for (name, value) in request.headers().iter().chain(common) {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
@@ -606,16 +607,29 @@ mod tests {
         .await;
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
         let local = conn.local_addr();
-        let response = conn.exchange(&get("/a"), None).await.unwrap();
+        let response = conn
+            .exchange(&get("/a"), &HeaderMap::new(), None)
+            .await
+            .unwrap();
         assert_eq!(response.headers()["x-a"], "1");
         let (status, body, conn) = read(response).await;
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
         let conn = conn.expect("reusable after a length-delimited body");
         assert!(conn.usable());
-        let (status, body, conn) = read(conn.exchange(&get("/b"), None).await.unwrap()).await;
+        let (status, body, conn) = read(
+            conn.exchange(&get("/b"), &HeaderMap::new(), None)
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"world!"[..]));
         let conn = conn.expect("reusable after a chunked body");
-        let (status, body, conn) = read(conn.exchange(&get("/c"), None).await.unwrap()).await;
+        let (status, body, conn) = read(
+            conn.exchange(&get("/c"), &HeaderMap::new(), None)
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
         let conn = conn.expect("reusable after a 204");
         assert_eq!(conn.local_addr(), local, "one connection throughout");
@@ -628,7 +642,12 @@ mod tests {
     async fn bodies_to_the_close_and_closing_responses_are_not_reused() {
         let addr = target(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"]).await;
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-        let (_, body, conn) = read(conn.exchange(&get("/"), None).await.unwrap()).await;
+        let (_, body, conn) = read(
+            conn.exchange(&get("/"), &HeaderMap::new(), None)
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(&body[..], b"until the end");
         assert!(conn.is_none());
 
@@ -637,7 +656,12 @@ mod tests {
         ])
         .await;
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-        let (_, body, conn) = read(conn.exchange(&get("/"), None).await.unwrap()).await;
+        let (_, body, conn) = read(
+            conn.exchange(&get("/"), &HeaderMap::new(), None)
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(&body[..], b"ok");
         assert!(conn.is_none());
     }
@@ -650,13 +674,20 @@ mod tests {
         ])
         .await;
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-        let response = conn.exchange(&get("/"), None).await.unwrap();
+        let response = conn
+            .exchange(&get("/"), &HeaderMap::new(), None)
+            .await
+            .unwrap();
         let names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-a", "content-length"]);
         let (_, _, conn) = read(response).await;
         // `Connection` lists a field: everything stays for the proxy's
         // general strip, which removes what it lists.
-        let response = conn.unwrap().exchange(&get("/"), None).await.unwrap();
+        let response = conn
+            .unwrap()
+            .exchange(&get("/"), &HeaderMap::new(), None)
+            .await
+            .unwrap();
         assert!(response.headers().contains_key("connection"));
         assert!(response.headers().contains_key("x-private"));
         let mut headers = response.headers().clone();
@@ -674,7 +705,10 @@ mod tests {
         ] {
             let addr = target(vec![answer]).await;
             let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-            let failed = conn.exchange(&get("/"), None).await.unwrap_err();
+            let failed = conn
+                .exchange(&get("/"), &HeaderMap::new(), None)
+                .await
+                .unwrap_err();
             assert!(!failed.unanswered, "{answer:?}");
         }
         for answer in [
@@ -684,7 +718,10 @@ mod tests {
         ] {
             let addr = target(vec![answer]).await;
             let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-            let response = conn.exchange(&get("/"), None).await.unwrap();
+            let response = conn
+                .exchange(&get("/"), &HeaderMap::new(), None)
+                .await
+                .unwrap();
             let mut body = response.into_body();
             let mut failed = false;
             // The target closes after answering: a short body ends in error.
@@ -714,7 +751,10 @@ mod tests {
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!conn.usable());
-        let failed = conn.exchange(&get("/"), None).await.unwrap_err();
+        let failed = conn
+            .exchange(&get("/"), &HeaderMap::new(), None)
+            .await
+            .unwrap_err();
         assert!(failed.unanswered);
     }
 
@@ -727,12 +767,12 @@ mod tests {
             .header("transfer-encoding", "chunked")
             .body(())
             .unwrap();
-        encode(&mut out, &request, 3);
+        encode(&mut out, &request, &HeaderMap::new(), 3);
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\n\r\n"
         );
-        encode(&mut out, &get("/g"), 0);
+        encode(&mut out, &get("/g"), &HeaderMap::new(), 0);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /g HTTP/1.1\r\nhost: t\r\n\r\n"

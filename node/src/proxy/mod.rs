@@ -161,9 +161,7 @@ impl Proxy {
             }
         }
         let mut served = Served::default();
-        let result = self
-            .send_local(pool, &mut out, attempts, fallback.is_some(), &mut served)
-            .await;
+        let result = self.send_local(pool, &mut out, attempts, &mut served).await;
         cx.target = served.target;
         cx.upstream_latency = served.latency;
         match result {
@@ -194,15 +192,13 @@ impl Proxy {
 
     /// Sends `out` to a target of `pool`, retrying idempotent requests on
     /// failures before an answer (see the module documentation). `served`
-    /// records the last target tried and the answer's latency. With
-    /// `keep_headers` the request stays complete for a fallback after the
-    /// last attempt.
+    /// records the last target tried and the answer's latency. `out` stays
+    /// complete, for a fallback after the last attempt.
     pub(crate) async fn send_local(
         &self,
         pool: &Arc<pool::Pool>,
         out: &mut Outgoing,
         attempts: u32,
-        keep_headers: bool,
         served: &mut Served,
     ) -> Result<(http::Response<FromUpstream>, pool::InFlight), Error> {
         let timeouts = pool.definition().timeouts;
@@ -230,19 +226,17 @@ impl Proxy {
             let mut request = http::Request::new(out.body(self.min_body_rate));
             *request.method_mut() = out.method.clone();
             *request.uri_mut() = Uri::from(out.path_and_query.clone());
-            let mut headers = if keep_headers || attempt + 1 < attempts {
-                out.headers.clone()
-            } else {
-                std::mem::take(&mut out.headers)
-            };
+            // The attempt's own field is `Host`; the rest is shared by every
+            // attempt and borrowed, not copied.
             if !out.preserve_host
                 && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
             {
-                headers.insert(header::HOST, host);
+                request.headers_mut().insert(header::HOST, host);
             }
-            *request.headers_mut() = headers;
 
-            let result = pool.exchange(&set, index, request, timeouts.request).await;
+            let result = pool
+                .exchange(&set, index, request, &out.headers, timeouts.request)
+                .await;
             served.target = Some(target.address.clone());
             let error = match result {
                 Ok((response, in_flight, latency)) => {

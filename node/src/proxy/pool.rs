@@ -527,6 +527,7 @@ impl Pool {
         set: &Targets,
         index: usize,
         request: http::Request<crate::body::UpstreamBody>,
+        common: &http::HeaderMap,
         timeout: std::time::Duration,
     ) -> Result<
         (
@@ -539,7 +540,8 @@ impl Pool {
         let target = &set[index];
         let mut in_flight = self.begin(set, index);
         let started = Instant::now();
-        match tokio::time::timeout(timeout, self.client.send(&target.endpoint, request)).await {
+        let send = self.client.send(&target.endpoint, request, common);
+        match tokio::time::timeout(timeout, send).await {
             Ok(Ok((response, conn))) => {
                 in_flight.keep(conn);
                 let latency = started.elapsed();
