@@ -45,9 +45,9 @@ PIDS+=($!)
 
 # count LABEL PORT COMMAND...: one proxy under callgrind, one line of results.
 count() {
-    local label=$1 port=$2 url="http://127.0.0.1:$2$PATH_" out pid n ir
+    local label=$1 url="http://127.0.0.1:$2$PATH_" profile out pid n ir
     shift 2
-    local profile="$WORK_DIR/callgrind.$(basename "$label")"
+    profile="$WORK_DIR/callgrind.$(basename "$label")"
     rm -f "$profile".*
     valgrind --tool=callgrind --callgrind-out-file="$profile.%p" "$@" \
         </dev/null >"$WORK_DIR/callgrind-proxy.out" 2>&1 &
