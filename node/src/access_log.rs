@@ -291,8 +291,32 @@ fn needs_escape(word: u64) -> bool {
         != 0
 }
 
-/// `"YYYY-MM-DDTHH:MM:SS.mmmZ"` for a Unix time .
+thread_local! {
+    /// The second last written and its `"YYYY-MM-DDTHH:MM:SS.` prefix, which
+    /// the lines of one second share.
+    static SECOND: RefCell<(i64, Vec<u8>)> = const { RefCell::new((i64::MIN, Vec::new())) };
+}
+
+/// `"YYYY-MM-DDTHH:MM:SS.mmmZ"` for a Unix time.
 fn push_rfc3339_millis(buf: &mut Vec<u8>, secs: i64, millis: u32) {
+    SECOND.with_borrow_mut(|(second, prefix)| {
+        if *second != secs {
+            prefix.clear();
+            push_second(prefix, secs);
+            *second = secs;
+        }
+        buf.extend_from_slice(prefix);
+    });
+    buf.extend_from_slice(&[
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+    ]);
+    buf.extend_from_slice(b"Z\"");
+}
+
+/// `"YYYY-MM-DDTHH:MM:SS.` for a Unix time.
+fn push_second(buf: &mut Vec<u8>, secs: i64) {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (year, month, day) = crate::calendar::civil_from_days(days);
@@ -313,12 +337,6 @@ fn push_rfc3339_millis(buf: &mut Vec<u8>, secs: i64, millis: u32) {
     buf.push(b':');
     two(buf, rem % 60);
     buf.push(b'.');
-    buf.extend_from_slice(&[
-        b'0' + (millis / 100) as u8,
-        b'0' + (millis / 10 % 10) as u8,
-        b'0' + (millis % 10) as u8,
-    ]);
-    buf.extend_from_slice(b"Z\"");
 }
 
 impl Inner {
@@ -425,7 +443,15 @@ mod tests {
 
     #[test]
     fn timestamps_match_humantime() {
-        for secs in [0i64, 951_782_400, 1_700_000_000, 4_102_444_799] {
+        // Twice each, the second from the cached prefix.
+        for secs in [
+            0i64,
+            0,
+            951_782_400,
+            951_782_400,
+            1_700_000_000,
+            4_102_444_799,
+        ] {
             let mut buf = Vec::new();
             push_rfc3339_millis(&mut buf, secs, 5);
             let time =

@@ -535,14 +535,28 @@ pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool
     } else {
         Vec::new()
     };
+    // The earlier hops of `X-Forwarded-For` and `Forwarded`, collected on
+    // the way rather than looked up again.
+    let mut xff = String::with_capacity(64);
+    let mut forwarded = String::with_capacity(96);
     for (name, value) in client {
+        if name == X_FORWARDED_FOR || name == FORWARDED {
+            if let Ok(previous) = value.to_str() {
+                let list = if name == X_FORWARDED_FOR {
+                    &mut xff
+                } else {
+                    &mut forwarded
+                };
+                list.push_str(previous);
+                list.push_str(", ");
+            }
+            continue;
+        }
         let skip = is_hop_by_hop(name)
             || name == header::EXPECT
             || name == header::HOST
-            || name == X_FORWARDED_FOR
             || name == X_FORWARDED_PROTO
             || name == X_FORWARDED_HOST
-            || name == FORWARDED
             || name == X_REQUEST_ID
             || name == TRACEPARENT
             || name == API_VERSION
@@ -565,15 +579,6 @@ pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool
     }
 
     let ip = cx.client.ip().to_canonical();
-    let mut xff = String::with_capacity(64);
-    for previous in client
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
-        xff.push_str(previous);
-        xff.push_str(", ");
-    }
     let ip_start = xff.len();
     let _ = crate::text::push_ip(&mut xff, ip);
     if let Ok(value) = HeaderValue::from_str(&xff) {
@@ -582,15 +587,6 @@ pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool
     let proto = if cx.tls.is_some() { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
 
-    let mut forwarded = String::with_capacity(96);
-    for previous in client
-        .get_all(&FORWARDED)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
-        forwarded.push_str(previous);
-        forwarded.push_str(", ");
-    }
     let ip_text = &xff[ip_start..];
     // Pushed piece by piece: `write!` costs more than the header is worth.
     if ip.is_ipv6() {
