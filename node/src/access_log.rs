@@ -234,27 +234,48 @@ impl Line<'_> {
 
 /// Appends `text` as a JSON string literal.
 fn push_json_str(buf: &mut Vec<u8>, text: &str) {
-    buf.reserve(text.len() + 2);
-    buf.push(b'"');
     let bytes = text.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        // Eight bytes at a time while none of them needs escaping (the
-        // usual case: paths, hosts, ids); the last few padded with spaces.
-        let word = match bytes.get(i..i + 8) {
-            Some(chunk) => u64::from_le_bytes(chunk.try_into().expect("eight bytes")),
-            None => {
-                let mut tail = [b' '; 8];
-                tail[..bytes.len() - i].copy_from_slice(&bytes[i..]);
-                u64::from_le_bytes(tail)
-            }
-        };
-        if !needs_escape(word) {
-            i += 8;
-            continue;
+    buf.reserve(bytes.len() + 2);
+    buf.push(b'"');
+    if is_plain(bytes) {
+        buf.extend_from_slice(bytes);
+    } else {
+        push_escaped(buf, bytes);
+    }
+    buf.push(b'"');
+}
+
+/// Whether no byte of `bytes` needs escaping (the usual case: paths, hosts,
+/// ids), checked eight bytes at a time.
+fn is_plain(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    for chunk in &mut words {
+        if needs_escape(u64::from_le_bytes(chunk.try_into().expect("eight bytes"))) {
+            return false;
         }
-        let b = bytes[i];
+    }
+    let rest = words.remainder();
+    if rest.is_empty() {
+        return true;
+    }
+    // The last eight bytes once more (overlapping), or the few there are
+    // padded with spaces.
+    let last = match bytes.len().checked_sub(8) {
+        Some(start) => u64::from_le_bytes(bytes[start..].try_into().expect("eight bytes")),
+        None => rest
+            .iter()
+            .enumerate()
+            .fold(u64::from_le_bytes([b' '; 8]), |word, (k, &b)| {
+                word & !(0xff << (8 * k)) | u64::from(b) << (8 * k)
+            }),
+    };
+    !needs_escape(last)
+}
+
+/// Appends `bytes` with JSON's escapes.
+fn push_escaped(buf: &mut Vec<u8>, bytes: &[u8]) {
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
         if b == b'"' || b == b'\\' || b < 0x20 {
             buf.extend_from_slice(&bytes[start..i]);
             match b {
@@ -272,16 +293,13 @@ fn push_json_str(buf: &mut Vec<u8>, text: &str) {
             }
             start = i + 1;
         }
-        i += 1;
     }
     buf.extend_from_slice(&bytes[start..]);
-    buf.push(b'"');
 }
 
 /// Whether any of the eight bytes in `word` is a control character, `"`
 /// or `\\` (the bytes JSON strings escape). Bit tricks from "Bit Twiddling
-/// Hacks" (`hasless`, `haszero`); a false positive only sends the caller
-/// to its byte-wise check.
+/// Hacks" (`hasless`, `haszero`), exact for "any of the eight".
 fn needs_escape(word: u64) -> bool {
     const ONES: u64 = u64::MAX / 255;
     const HIGH: u64 = ONES * 0x80;
@@ -438,6 +456,13 @@ mod tests {
             push_json_str(&mut buf, &text);
             let back: String = serde_json::from_slice(&buf).unwrap();
             proptest::prop_assert_eq!(back, text);
+        }
+
+        /// The word-wise check says what a byte-wise one says.
+        #[test]
+        fn plain_means_nothing_to_escape(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            let plain = bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\');
+            proptest::prop_assert_eq!(is_plain(&bytes), plain);
         }
     }
 

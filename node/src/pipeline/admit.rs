@@ -138,32 +138,49 @@ impl Admit {
 fn parse_host(authority: &[u8]) -> Result<String, Error> {
     let invalid =
         || Error::bad_request("invalid_host", "the Host header is not a valid host[:port]");
-    let text = std::str::from_utf8(authority).map_err(|_| invalid())?;
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (v6, after) = rest.split_once(']').ok_or_else(invalid)?;
-        v6.parse::<std::net::Ipv6Addr>().map_err(|_| invalid())?;
-        (&text[..v6.len() + 2], after.strip_prefix(':'))
+    let (host, port) = if let Some(rest) = authority.strip_prefix(b"[") {
+        let end = rest.iter().position(|&b| b == b']').ok_or_else(invalid)?;
+        std::str::from_utf8(&rest[..end])
+            .ok()
+            .and_then(|v6| v6.parse::<std::net::Ipv6Addr>().ok())
+            .ok_or_else(invalid)?;
+        let after = &rest[end + 1..];
+        if !after.is_empty() && !after.starts_with(b":") {
+            return Err(invalid());
+        }
+        (&authority[..end + 2], after.get(1..))
     } else {
-        match text.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (text, None),
+        match authority.iter().position(|&b| b == b':') {
+            Some(colon) => (&authority[..colon], Some(&authority[colon + 1..])),
+            None => (authority, None),
         }
     };
     if let Some(port) = port
-        && port.parse::<u16>().is_err()
+        && std::str::from_utf8(port)
+            .ok()
+            .and_then(|p| p.parse::<u16>().ok())
+            .is_none()
     {
         return Err(invalid());
     }
-    let valid = !host.is_empty()
-        && host.len() <= 255
-        && (host.starts_with('[')
-            || host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
-    if !valid {
+    if host.is_empty() || host.len() > 255 {
         return Err(invalid());
     }
-    Ok(host.trim_end_matches('.').to_ascii_lowercase())
+    // One pass: check and lowercase (a bracketed IPv6 literal was checked above).
+    let mut out = String::with_capacity(host.len());
+    for &b in host {
+        let allowed = b.is_ascii_alphanumeric()
+            || b == b'-'
+            || b == b'.'
+            || b == b'_'
+            || (host[0] == b'[' && (b == b'[' || b == b']' || b == b':'));
+        if !allowed {
+            return Err(invalid());
+        }
+        out.push(char::from(b.to_ascii_lowercase()));
+    }
+    out.truncate(out.trim_end_matches('.').len());
+    Ok(out)
 }
 
 impl Stage for Admit {
