@@ -214,6 +214,7 @@ mod tests {
             b"a b",
             b"a:b",
             b"[zz]:1",
+            b"[::1]x",
             b"a:99999",
             b"a/b",
             b"\xff",
