@@ -208,17 +208,24 @@ impl Line<'_> {
 
     /// An IP address field.
     pub fn ip(&mut self, key: &str, ip: std::net::IpAddr) {
-        self.key(key);
-        self.buf.push(b'"');
-        let _ = crate::text::push_ip(&mut crate::text::Bytes(self.buf), ip);
-        self.buf.push(b'"');
+        self.quoted(key, |out| crate::text::push_ip(out, ip));
     }
 
     /// A socket address field (`"1.2.3.4:80"`, `"[::1]:80"`).
     pub fn addr(&mut self, key: &str, addr: std::net::SocketAddr) {
+        self.quoted(key, |out| crate::text::push_socket_addr(out, addr));
+    }
+
+    /// A string field whose text `write` produces and which needs no
+    /// escaping (addresses).
+    fn quoted(
+        &mut self,
+        key: &str,
+        write: impl FnOnce(&mut crate::text::Bytes<'_>) -> std::fmt::Result,
+    ) {
         self.key(key);
         self.buf.push(b'"');
-        let _ = crate::text::push_socket_addr(&mut crate::text::Bytes(self.buf), addr);
+        let _ = write(&mut crate::text::Bytes(self.buf));
         self.buf.push(b'"');
     }
 

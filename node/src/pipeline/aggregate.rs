@@ -159,25 +159,20 @@ impl Stage for AggregateStage {
     }
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
-        if cx
-            .route
-            .as_ref()
-            .is_none_or(|route| route.aggregate.is_none())
-        {
-            return ready(Ok(Flow::Continue));
+        match cx.route_with(|route| route.aggregate.as_ref()) {
+            Some((_, aggregate)) => wait(self.compose(aggregate, cx, req)),
+            None => ready(Ok(Flow::Continue)),
         }
-        wait(self.compose(cx, req))
     }
 }
 
 impl AggregateStage {
-    async fn compose(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
-        let Some(route) = cx.route.clone() else {
-            return Ok(Flow::Continue);
-        };
-        let Some(aggregate) = route.aggregate.as_deref() else {
-            return Ok(Flow::Continue);
-        };
+    async fn compose(
+        &self,
+        aggregate: Arc<RouteAggregate>,
+        cx: &mut RequestCx,
+        req: &mut Request,
+    ) -> Result<Flow, Error> {
         let headers = fetch::headers(cx, req.headers());
         let values = aggregate.capture(&cx.path);
         let started = Instant::now();

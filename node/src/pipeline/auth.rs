@@ -43,6 +43,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use raft::model::{AuthMethod, ClaimNames, GatewayConfig, Revocation};
 
 pub use self::api_key::{NewKey, new_key};
+use super::route::Route;
 use super::{Flow, Request, RequestCx, Stage, Step, ready, wait};
 use crate::Shared;
 use crate::cluster::{Cluster, now_ms};
@@ -694,10 +695,12 @@ impl Auth {
     }
 
     /// Tries the route's methods in order until one admits the caller.
-    async fn authenticate(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
-        let Some(route) = cx.route.clone() else {
-            return Ok(Flow::Continue);
-        };
+    async fn authenticate(
+        &self,
+        route: Arc<Route>,
+        cx: &mut RequestCx,
+        req: &mut Request,
+    ) -> Result<Flow, Error> {
         let snapshot = cx.snapshot.clone();
         let runtime = &snapshot.auth;
         let now = now_ms();
@@ -859,10 +862,10 @@ impl Stage for Auth {
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
         strip_identity(req.headers_mut());
-        if cx.route.as_ref().is_none_or(|route| route.auth.is_empty()) {
-            return ready(Ok(Flow::Continue));
+        match cx.route.clone().filter(|route| !route.auth.is_empty()) {
+            Some(route) => wait(self.authenticate(route, cx, req)),
+            None => ready(Ok(Flow::Continue)),
         }
-        wait(self.authenticate(cx, req))
     }
 }
 

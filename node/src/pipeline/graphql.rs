@@ -54,6 +54,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::route::Route;
 use super::{Flow, Request, RequestCx, Stage, Step, ready, wait};
 use crate::body::{Body, BufferedPrefix};
 use crate::error::{Error, Kind};
@@ -702,25 +703,21 @@ impl Stage for GraphqlStage {
     }
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
-        if cx
-            .route
-            .as_ref()
-            .is_none_or(|route| route.graphql.is_none())
-        {
-            return ready(Ok(Flow::Continue));
+        match cx.route_with(|route| route.graphql.as_ref()) {
+            Some((route, gql)) => wait(self.answer(route, gql, cx, req)),
+            None => ready(Ok(Flow::Continue)),
         }
-        wait(self.answer(cx, req))
     }
 }
 
 impl GraphqlStage {
-    async fn answer(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
-        let Some(route) = cx.route.clone() else {
-            return Ok(Flow::Continue);
-        };
-        let Some(gql) = route.graphql.as_deref() else {
-            return Ok(Flow::Continue);
-        };
+    async fn answer(
+        &self,
+        route: Arc<Route>,
+        gql: Arc<RouteGraphql>,
+        cx: &mut RequestCx,
+        req: &mut Request,
+    ) -> Result<Flow, Error> {
         let input = match *req.method() {
             Method::GET => {
                 let query = req.uri().query().unwrap_or_default();

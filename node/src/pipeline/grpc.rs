@@ -37,6 +37,8 @@
 //! - **Timeouts**: the upstream's `timeouts.request` until the response
 //!   head, then `timeouts.idle` between frames.
 
+use std::sync::Arc;
+
 use std::time::Duration;
 
 use crate::body::FromUpstream;
@@ -53,6 +55,7 @@ use raft::model;
 use raft::model::grpc::{Binding, BodyTarget, Service, Streaming, Variable, field_path};
 use serde_json::{Map, Value};
 
+use super::route::Route;
 use super::version::form_urlencoded_pairs;
 use super::{Flow, Request, RequestCx, Stage, ready, wait};
 use crate::body::{Body, BodyError, BufferedPrefix, UpstreamBody};
@@ -599,13 +602,13 @@ impl GrpcStage {
     }
 
     /// Calls the gRPC method the request maps to and answers with its JSON.
-    async fn transcode(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
-        let Some(route) = cx.route.clone() else {
-            return Ok(Flow::Continue);
-        };
-        let Some(grpc) = route.grpc.as_deref() else {
-            return Ok(Flow::Continue);
-        };
+    async fn transcode(
+        &self,
+        route: Arc<Route>,
+        grpc: Arc<RouteGrpc>,
+        cx: &mut RequestCx,
+        req: &mut Request,
+    ) -> Result<Flow, Error> {
         let upstream_path = cx.upstream_path.clone();
         let Some(matched) = grpc.find(req.method(), &upstream_path) else {
             return Err(Kind::NoRoute.into());
@@ -787,10 +790,10 @@ impl Stage for GrpcStage {
         cx: &'a mut RequestCx,
         req: &'a mut Request,
     ) -> super::Step<'a, Flow> {
-        if cx.route.as_ref().is_none_or(|route| route.grpc.is_none()) {
-            return ready(Ok(Flow::Continue));
+        match cx.route_with(|route| route.grpc.as_ref()) {
+            Some((route, grpc)) => wait(self.transcode(route, grpc, cx, req)),
+            None => ready(Ok(Flow::Continue)),
         }
-        wait(self.transcode(cx, req))
     }
 }
 

@@ -178,6 +178,17 @@ impl RequestCx {
         }
     }
 
+    /// The route and one of its blocks (`transform`, `aggregate`, …), when
+    /// the request has a route with that block: what a stage that acts only
+    /// on such routes hands to its work.
+    pub fn route_with<T>(
+        &self,
+        block: impl FnOnce(&route::Route) -> Option<&Arc<T>>,
+    ) -> Option<(Arc<route::Route>, Arc<T>)> {
+        let route = self.route.as_ref()?;
+        Some((route.clone(), block(route)?.clone()))
+    }
+
     /// Turns `error` into the client's response, remembering its code.
     pub fn fail(&mut self, error: Error) -> Response {
         if error.side() != crate::error::Side::Client {

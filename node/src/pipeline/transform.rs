@@ -28,6 +28,8 @@ pub mod json;
 pub mod template;
 pub mod xml;
 
+use std::sync::Arc;
+
 use crate::proxy::content_length;
 use std::borrow::Cow;
 use std::time::Duration;
@@ -41,6 +43,7 @@ use metrics::Counter;
 use raft::model::transform::{BodyTransform, Convert, HeaderOps, Pointer, Transform};
 
 use self::template::{Compiled, Rendered, Vars};
+use super::route::Route;
 use super::{Flow, Request, RequestCx, Response, Stage, Step, ready, wait};
 use crate::body::{Body, BodyError as StreamError, BufferedPrefix};
 use crate::config::Config;
@@ -442,13 +445,13 @@ impl TransformStage {
     }
 
     /// Applies the route's request header and body transforms.
-    async fn rewrite_request(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
-        let Some(route) = cx.route.clone() else {
-            return Ok(Flow::Continue);
-        };
-        let Some(transform) = route.transform.as_deref() else {
-            return Ok(Flow::Continue);
-        };
+    async fn rewrite_request(
+        &self,
+        route: Arc<Route>,
+        transform: Arc<RouteTransform>,
+        cx: &mut RequestCx,
+        req: &mut Request,
+    ) -> Result<Flow, Error> {
         if !transform.request_headers.is_empty() {
             let dropped = transform
                 .request_headers
@@ -486,13 +489,12 @@ impl TransformStage {
     }
 
     /// Applies the route's response header and body transforms.
-    async fn rewrite_response(&self, cx: &mut RequestCx, rsp: &mut Response) -> Result<(), Error> {
-        let Some(route) = cx.route.clone() else {
-            return Ok(());
-        };
-        let Some(transform) = route.transform.as_deref() else {
-            return Ok(());
-        };
+    async fn rewrite_response(
+        &self,
+        transform: Arc<RouteTransform>,
+        cx: &mut RequestCx,
+        rsp: &mut Response,
+    ) -> Result<(), Error> {
         if !transform.response_headers.is_empty() {
             let dropped = transform
                 .response_headers
@@ -542,25 +544,17 @@ impl Stage for TransformStage {
     }
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
-        if cx
-            .route
-            .as_ref()
-            .is_none_or(|route| route.transform.is_none())
-        {
-            return ready(Ok(Flow::Continue));
+        match cx.route_with(|route| route.transform.as_ref()) {
+            Some((route, transform)) => wait(self.rewrite_request(route, transform, cx, req)),
+            None => ready(Ok(Flow::Continue)),
         }
-        wait(self.rewrite_request(cx, req))
     }
 
     fn on_response<'a>(&'a self, cx: &'a mut RequestCx, rsp: &'a mut Response) -> Step<'a, ()> {
-        if cx
-            .route
-            .as_ref()
-            .is_none_or(|route| route.transform.is_none())
-        {
-            return ready(Ok(()));
+        match cx.route_with(|route| route.transform.as_ref()) {
+            Some((_, transform)) => wait(self.rewrite_response(transform, cx, rsp)),
+            None => ready(Ok(())),
         }
-        wait(self.rewrite_response(cx, rsp))
     }
 }
 

@@ -585,6 +585,11 @@ mod tests {
         Request::get(path).header("host", "t").body(()).unwrap()
     }
 
+    /// A GET of `path` on `conn`, with no other fields.
+    async fn ask(conn: Connection, path: &str) -> Result<Response<RawBody>, Failed> {
+        conn.exchange(&get(path), &HeaderMap::new(), None).await
+    }
+
     async fn read(response: Response<RawBody>) -> (StatusCode, Bytes, Option<Connection>) {
         let status = response.status();
         let mut body = response.into_body();
@@ -607,29 +612,16 @@ mod tests {
         .await;
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
         let local = conn.local_addr();
-        let response = conn
-            .exchange(&get("/a"), &HeaderMap::new(), None)
-            .await
-            .unwrap();
+        let response = ask(conn, "/a").await.unwrap();
         assert_eq!(response.headers()["x-a"], "1");
         let (status, body, conn) = read(response).await;
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
         let conn = conn.expect("reusable after a length-delimited body");
         assert!(conn.usable());
-        let (status, body, conn) = read(
-            conn.exchange(&get("/b"), &HeaderMap::new(), None)
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body, conn) = read(ask(conn, "/b").await.unwrap()).await;
         assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"world!"[..]));
         let conn = conn.expect("reusable after a chunked body");
-        let (status, body, conn) = read(
-            conn.exchange(&get("/c"), &HeaderMap::new(), None)
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body, conn) = read(ask(conn, "/c").await.unwrap()).await;
         assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
         let conn = conn.expect("reusable after a 204");
         assert_eq!(conn.local_addr(), local, "one connection throughout");
@@ -642,12 +634,7 @@ mod tests {
     async fn bodies_to_the_close_and_closing_responses_are_not_reused() {
         let addr = target(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"]).await;
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-        let (_, body, conn) = read(
-            conn.exchange(&get("/"), &HeaderMap::new(), None)
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (_, body, conn) = read(ask(conn, "/").await.unwrap()).await;
         assert_eq!(&body[..], b"until the end");
         assert!(conn.is_none());
 
@@ -656,12 +643,7 @@ mod tests {
         ])
         .await;
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-        let (_, body, conn) = read(
-            conn.exchange(&get("/"), &HeaderMap::new(), None)
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (_, body, conn) = read(ask(conn, "/").await.unwrap()).await;
         assert_eq!(&body[..], b"ok");
         assert!(conn.is_none());
     }
@@ -674,20 +656,13 @@ mod tests {
         ])
         .await;
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-        let response = conn
-            .exchange(&get("/"), &HeaderMap::new(), None)
-            .await
-            .unwrap();
+        let response = ask(conn, "/").await.unwrap();
         let names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-a", "content-length"]);
         let (_, _, conn) = read(response).await;
         // `Connection` lists a field: everything stays for the proxy's
         // general strip, which removes what it lists.
-        let response = conn
-            .unwrap()
-            .exchange(&get("/"), &HeaderMap::new(), None)
-            .await
-            .unwrap();
+        let response = ask(conn.unwrap(), "/").await.unwrap();
         assert!(response.headers().contains_key("connection"));
         assert!(response.headers().contains_key("x-private"));
         let mut headers = response.headers().clone();
@@ -705,10 +680,7 @@ mod tests {
         ] {
             let addr = target(vec![answer]).await;
             let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-            let failed = conn
-                .exchange(&get("/"), &HeaderMap::new(), None)
-                .await
-                .unwrap_err();
+            let failed = ask(conn, "/").await.unwrap_err();
             assert!(!failed.unanswered, "{answer:?}");
         }
         for answer in [
@@ -718,10 +690,7 @@ mod tests {
         ] {
             let addr = target(vec![answer]).await;
             let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
-            let response = conn
-                .exchange(&get("/"), &HeaderMap::new(), None)
-                .await
-                .unwrap();
+            let response = ask(conn, "/").await.unwrap();
             let mut body = response.into_body();
             let mut failed = false;
             // The target closes after answering: a short body ends in error.
@@ -751,10 +720,7 @@ mod tests {
         let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!conn.usable());
-        let failed = conn
-            .exchange(&get("/"), &HeaderMap::new(), None)
-            .await
-            .unwrap_err();
+        let failed = ask(conn, "/").await.unwrap_err();
         assert!(failed.unanswered);
     }
 

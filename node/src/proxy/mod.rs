@@ -540,15 +540,14 @@ pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool
     let mut xff = String::with_capacity(64);
     let mut forwarded = String::with_capacity(96);
     for (name, value) in client {
-        if name == X_FORWARDED_FOR || name == FORWARDED {
+        let earlier = match name {
+            name if name == X_FORWARDED_FOR => Some(&mut xff),
+            name if name == FORWARDED => Some(&mut forwarded),
+            _ => None,
+        };
+        if let Some(list) = earlier {
             if let Ok(previous) = value.to_str() {
-                let list = if name == X_FORWARDED_FOR {
-                    &mut xff
-                } else {
-                    &mut forwarded
-                };
-                list.push_str(previous);
-                list.push_str(", ");
+                list.extend([previous, ", "]);
             }
             continue;
         }
