@@ -836,23 +836,12 @@ impl Auth {
 
 /// Removes identity headers a client may have sent.
 fn strip_identity(headers: &mut HeaderMap) {
-    let forged = |name: &HeaderName| {
+    crate::proxy::remove_fields(headers, |name| {
         let name = name.as_str();
         name.starts_with("x-consumer-")
             || name.starts_with("x-auth-")
             || name.starts_with("x-client-cert-")
-    };
-    if !headers.keys().any(forged) {
-        return;
-    }
-    let forged: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| forged(name))
-        .cloned()
-        .collect();
-    for name in forged {
-        headers.remove(name);
-    }
+    });
 }
 
 impl Stage for Auth {

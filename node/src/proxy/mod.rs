@@ -508,20 +508,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
     }
     let upgrade_value = headers.get(header::UPGRADE).cloned();
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    for name in present {
-        headers.remove(&name);
-    }
+    remove_fields(headers, is_hop_by_hop);
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if upgrade && let Some(value) = upgrade_value {
         headers.insert(header::UPGRADE, value);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Removes every field whose name matches; allocates only when one does.
+pub(crate) fn remove_fields(headers: &mut HeaderMap, matches: impl Fn(&HeaderName) -> bool) {
+    if !headers.keys().any(&matches) {
+        return;
+    }
+    let present: Vec<HeaderName> = headers.keys().filter(|n| matches(n)).cloned().collect();
+    for name in present {
+        headers.remove(&name);
     }
 }
 
