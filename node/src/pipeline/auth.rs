@@ -851,7 +851,12 @@ impl Stage for Auth {
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
         strip_identity(req.headers_mut());
-        match cx.route.clone().filter(|route| !route.auth.is_empty()) {
+        match cx
+            .route
+            .as_ref()
+            .filter(|route| !route.auth.is_empty())
+            .cloned()
+        {
             Some(route) => wait(self.authenticate(route, cx, req)),
             None => ready(Ok(Flow::Continue)),
         }
