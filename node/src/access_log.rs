@@ -160,6 +160,7 @@ pub struct Line<'a> {
 }
 
 impl Line<'_> {
+    #[inline]
     fn key(&mut self, key: &str) {
         if !self.first {
             self.buf.push(b',');
@@ -171,12 +172,14 @@ impl Line<'_> {
     }
 
     /// A string field, escaped.
+    #[inline]
     pub fn str(&mut self, key: &str, value: &str) {
         self.key(key);
         push_json_str(self.buf, value);
     }
 
     /// An unsigned integer field.
+    #[inline]
     pub fn u64(&mut self, key: &str, value: u64) {
         self.key(key);
         self.buf
@@ -184,6 +187,7 @@ impl Line<'_> {
     }
 
     /// A duration in milliseconds with microsecond precision (`1.234`).
+    #[inline]
     pub fn millis(&mut self, key: &str, value: std::time::Duration) {
         self.key(key);
         let micros = value.as_micros();
@@ -200,6 +204,7 @@ impl Line<'_> {
     }
 
     /// A boolean field.
+    #[inline]
     pub fn bool(&mut self, key: &str, value: bool) {
         self.key(key);
         self.buf
@@ -207,17 +212,20 @@ impl Line<'_> {
     }
 
     /// An IP address field.
+    #[inline]
     pub fn ip(&mut self, key: &str, ip: std::net::IpAddr) {
         self.quoted(key, |out| crate::text::push_ip(out, ip));
     }
 
     /// A socket address field (`"1.2.3.4:80"`, `"[::1]:80"`).
+    #[inline]
     pub fn addr(&mut self, key: &str, addr: std::net::SocketAddr) {
         self.quoted(key, |out| crate::text::push_socket_addr(out, addr));
     }
 
     /// A string field whose text `write` produces and which needs no
     /// escaping (addresses).
+    #[inline]
     fn quoted(
         &mut self,
         key: &str,
@@ -230,6 +238,7 @@ impl Line<'_> {
     }
 
     /// The wall-clock time as RFC 3339 with milliseconds, UTC.
+    #[inline]
     pub fn timestamp(&mut self, key: &str, now: std::time::SystemTime) {
         self.key(key);
         let since = now
@@ -240,6 +249,7 @@ impl Line<'_> {
 }
 
 /// Appends `text` as a JSON string literal.
+#[inline]
 fn push_json_str(buf: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     buf.reserve(bytes.len() + 2);

@@ -17,7 +17,7 @@
 //! above the configured limit so that this stage gives the JSON answer.
 
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderValue, Version};
+use http::{HeaderMap, HeaderValue, Version};
 
 use super::{Flow, Request, RequestCx, Stage, Step, ready};
 use crate::config::Config;
@@ -42,7 +42,7 @@ impl Admit {
         }
     }
 
-    fn check(&self, cx: &mut RequestCx, req: &Request) -> Result<(), Error> {
+    fn check(&self, cx: &mut RequestCx, req: &Request, fields: &Fields<'_>) -> Result<(), Error> {
         let uri = req.uri();
         let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
             + uri.authority().map_or(0, |a| a.as_str().len());
@@ -52,29 +52,23 @@ impl Admit {
             }
             .into());
         }
-        let headers = req.headers();
-        let header_bytes: usize = headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
-            .sum();
-        if header_bytes > self.max_header_bytes || headers.len() > self.max_headers {
+        if fields.bytes > self.max_header_bytes || req.headers().len() > self.max_headers {
             return Err(Kind::HeadersTooLarge {
                 limit: self.max_header_bytes,
             }
             .into());
         }
         if req.extensions().get::<AmbiguousFraming>().is_some()
-            || (headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH))
+            || (fields.transfer_encoding && fields.content_length.is_some())
         {
             return Err(Error::bad_request(
                 "ambiguous_framing",
                 "Content-Length and Transfer-Encoding must not both be sent",
             ));
         }
-        let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-        if let Some(first) = lengths.next()
-            && (lengths.any(|other| other != first)
-                || first
+        if let Some(length) = fields.content_length
+            && (fields.lengths_differ
+                || length
                     .to_str()
                     .ok()
                     .and_then(|v| v.parse::<u64>().ok())
@@ -85,8 +79,14 @@ impl Admit {
                 "Content-Length must be one non-negative integer",
             ));
         }
+        if fields.hosts > 1 {
+            return Err(Error::bad_request(
+                "invalid_host",
+                "a request carries one Host header (RFC 9112 §3.2)",
+            ));
+        }
 
-        let host_header = headers.get(HOST);
+        let host_header = fields.host;
         let authority = match (uri.authority(), req.version()) {
             (Some(authority), Version::HTTP_2 | Version::HTTP_3) => {
                 HeaderValue::from_str(authority.as_str()).ok()
@@ -134,6 +134,45 @@ impl Admit {
     }
 }
 
+/// What `admit` reads of the request's fields, found in one pass over them
+/// rather than one hash lookup each.
+#[derive(Default)]
+struct Fields<'a> {
+    /// Their size as counted against `limits.max-header-bytes`.
+    bytes: usize,
+    host: Option<&'a HeaderValue>,
+    hosts: usize,
+    request_id: Option<&'a HeaderValue>,
+    traceparent: Option<&'a HeaderValue>,
+    transfer_encoding: bool,
+    content_length: Option<&'a HeaderValue>,
+    /// Several `Content-Length` fields that do not all agree.
+    lengths_differ: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn read(headers: &'a HeaderMap) -> Self {
+        let mut fields = Fields::default();
+        for (name, value) in headers {
+            fields.bytes += name.as_str().len() + value.len() + 4;
+            if name == HOST {
+                fields.host.get_or_insert(value);
+                fields.hosts += 1;
+            } else if name == CONTENT_LENGTH {
+                let first = *fields.content_length.get_or_insert(value);
+                fields.lengths_differ |= first != value;
+            } else if name == TRANSFER_ENCODING {
+                fields.transfer_encoding = true;
+            } else if name == trace::X_REQUEST_ID {
+                fields.request_id.get_or_insert(value);
+            } else if name == trace::TRACEPARENT {
+                fields.traceparent.get_or_insert(value);
+            }
+        }
+        fields
+    }
+}
+
 /// Lowercase host without port from an authority (`Host` value).
 fn parse_host(authority: &[u8]) -> Result<String, Error> {
     let invalid =
@@ -156,31 +195,35 @@ fn parse_host(authority: &[u8]) -> Result<String, Error> {
         }
     };
     if let Some(port) = port
-        && std::str::from_utf8(port)
-            .ok()
-            .and_then(|p| p.parse::<u16>().ok())
-            .is_none()
+        && !is_port(port)
     {
         return Err(invalid());
     }
     if host.is_empty() || host.len() > 255 {
         return Err(invalid());
     }
-    // One pass: check and lowercase (a bracketed IPv6 literal was checked above).
-    let mut out = String::with_capacity(host.len());
-    for &b in host {
-        let allowed = b.is_ascii_alphanumeric()
-            || b == b'-'
-            || b == b'.'
-            || b == b'_'
-            || (host[0] == b'[' && (b == b'[' || b == b']' || b == b':'));
-        if !allowed {
-            return Err(invalid());
-        }
-        out.push(char::from(b.to_ascii_lowercase()));
+    // A bracketed IPv6 literal was checked above.
+    let bracketed = host[0] == b'[';
+    let allowed = |b: &u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_')
+            || (bracketed && matches!(b, b'[' | b']' | b':'))
+    };
+    if !host.iter().all(allowed) {
+        return Err(invalid());
     }
-    out.truncate(out.trim_end_matches('.').len());
-    Ok(out)
+    let end = host
+        .iter()
+        .rposition(|&b| b != b'.')
+        .map_or(0, |last| last + 1);
+    String::from_utf8(host[..end].to_ascii_lowercase()).map_err(|_| invalid())
+}
+
+/// A port number: 1 to 5 digits, at most 65535.
+fn is_port(text: &[u8]) -> bool {
+    (1..=5).contains(&text.len())
+        && text.iter().all(u8::is_ascii_digit)
+        && text.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
 }
 
 impl Stage for Admit {
@@ -189,10 +232,11 @@ impl Stage for Admit {
     }
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
-        cx.request_id = trace::request_id(req.headers().get(&trace::X_REQUEST_ID));
-        cx.trace = trace::Context::continue_or_start(req.headers().get(&trace::TRACEPARENT));
+        let fields = Fields::read(req.headers());
+        cx.request_id = trace::request_id(fields.request_id);
+        cx.trace = trace::Context::continue_or_start(fields.traceparent);
         cx.traceparent = cx.trace.traceparent();
-        ready(self.check(cx, req).map(|()| Flow::Continue))
+        ready(self.check(cx, req, &fields).map(|()| Flow::Continue))
     }
 }
 
@@ -209,6 +253,8 @@ mod tests {
         assert_eq!(parse_host(b"example.com.").unwrap(), "example.com");
         assert_eq!(parse_host(b"[::1]:80").unwrap(), "[::1]");
         assert_eq!(parse_host(b"127.0.0.1").unwrap(), "127.0.0.1");
+        assert_eq!(parse_host(b"a:65535").unwrap(), "a");
+        assert_eq!(parse_host(b"a:0").unwrap(), "a");
         for bad in [
             &b""[..],
             b"a b",
@@ -216,6 +262,10 @@ mod tests {
             b"[zz]:1",
             b"[::1]x",
             b"a:99999",
+            b"a:65536",
+            b"a:",
+            b"a:+1",
+            b"a:1x",
             b"a/b",
             b"\xff",
         ] {

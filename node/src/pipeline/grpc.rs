@@ -654,7 +654,7 @@ impl GrpcStage {
         *request.headers_mut() = headers;
 
         let (response, in_flight, latency) = match pool
-            .exchange(&set, index, request, &HeaderMap::new(), timeouts.request)
+            .exchange(&set, index, request, None, timeouts.request)
             .await
         {
             Ok(answer) => answer,

@@ -85,6 +85,16 @@ pub fn wait<'a, T>(work: impl Future<Output = Result<T, Error>> + Send + 'a) -> 
     Either::Right(Box::pin(work))
 }
 
+/// A hook's outcome if it was reached at once, else the work to wait for:
+/// the pipeline takes a ready outcome without polling, and keeps only the
+/// boxed work across its `.await`.
+fn settled<T>(step: Step<'_, T>) -> Result<Result<T, Error>, BoxFuture<'_, Result<T, Error>>> {
+    match step {
+        Either::Left(ready) => Ok(ready.into_inner()),
+        Either::Right(work) => Err(work),
+    }
+}
+
 /// One step of the request path.
 pub trait Stage: Send + Sync + 'static {
     /// Name used in logs.
@@ -267,7 +277,11 @@ impl Pipeline {
         let mut answer = None;
         for stage in &self.stages {
             ran += 1;
-            match stage.on_request(&mut cx, &mut req).await {
+            let outcome = match settled(stage.on_request(&mut cx, &mut req)) {
+                Ok(outcome) => outcome,
+                Err(work) => work.await,
+            };
+            match outcome {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Respond(response)) => {
                     answer = Some(*response);
@@ -287,7 +301,11 @@ impl Pipeline {
             },
         };
         for stage in self.stages[..ran].iter().rev() {
-            if let Err(error) = stage.on_response(&mut cx, &mut response).await {
+            let outcome = match settled(stage.on_response(&mut cx, &mut response)) {
+                Ok(outcome) => outcome,
+                Err(work) => work.await,
+            };
+            if let Err(error) = outcome {
                 response = cx.fail(error);
             }
         }

@@ -52,8 +52,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::TokioIo;
@@ -261,7 +262,7 @@ impl Client {
         &'a self,
         endpoint: &'a Endpoint,
         mut request: Request<UpstreamBody>,
-        common: &'a HeaderMap,
+        common: Option<&'a super::UpstreamFields>,
     ) -> impl Future<Output = Result<(Response<FromUpstream>, Option<Conn>), Error>> + Send + 'a
     {
         // Every proxied request carries this future (inside its timeout)
@@ -271,8 +272,11 @@ impl Client {
             if self.protocol == UpstreamProtocol::Http1 && whole(&request, common) {
                 return Box::pin(self.send_raw(endpoint, request, common)).await;
             }
-            for (name, value) in common {
-                request.headers_mut().append(name.clone(), value.clone());
+            if let Some(fields) = common {
+                let headers = request.headers_mut();
+                fields.each(|name, value| {
+                    headers.append(name.clone(), value.clone());
+                });
             }
             match self.protocol {
                 UpstreamProtocol::Http1 => {
@@ -305,44 +309,60 @@ impl Client {
         }
     }
 
-    /// Sends a request with a complete body on the fast path: on an idle
-    /// connection of the target's, or a new one. A request that failed
-    /// before any answer on a pooled connection (the target closed it as
-    /// the request left) is sent once more on a new connection when that
-    /// cannot repeat anything: it was not written whole, or it is
-    /// idempotent.
+    /// Sends `request`, whose body is complete (or absent), on the fast
+    /// path (see [`Client::send_whole`]).
     async fn send_raw(
         &self,
         endpoint: &Endpoint,
         request: Request<UpstreamBody>,
-        common: &HeaderMap,
+        common: Option<&super::UpstreamFields>,
     ) -> Result<(Response<FromUpstream>, Option<Conn>), Error> {
-        let (parts, body) = request.into_parts();
-        let head = Request::from_parts(parts, ());
-        let body = match body {
-            UpstreamBody::Full(data) => data,
+        let body = match request.body() {
+            UpstreamBody::Full(data) => data.as_ref(),
             UpstreamBody::Empty | UpstreamBody::Client(_) => None,
         };
+        self.send_whole(endpoint, &h1::RequestHead::of(&request, common), body)
+            .await
+    }
+
+    /// Sends `head` with a complete (or no) `body` on the fast path: on an
+    /// idle connection of the target's, or a new one. A request that failed
+    /// before any answer on a pooled connection (the target closed it as
+    /// the request left) is sent once more on a new connection when that
+    /// cannot repeat anything: it was not written whole, or it is
+    /// idempotent. Only for HTTP/1.1 upstreams ([`Client::sends_whole`]).
+    pub async fn send_whole(
+        &self,
+        endpoint: &Endpoint,
+        head: &h1::RequestHead<'_>,
+        body: Option<&Bytes>,
+    ) -> Result<(Response<FromUpstream>, Option<Conn>), Error> {
         let (conn, pooled) = match self.pop_raw(endpoint) {
             Some(conn) => (conn, true),
             None => (h1::Connection::new(self.connect(endpoint).await?), false),
         };
-        let response = match conn.exchange(&head, common, body.as_ref()).await {
+        let response = match conn.exchange(head, body).await {
             Ok(response) => response,
             Err(failed)
                 if pooled
                     && failed.unanswered
-                    && (!failed.sent || super::is_idempotent(head.method())) =>
+                    && (!failed.sent || super::is_idempotent(head.method)) =>
             {
                 tracing::debug!(target = %endpoint.authority, error = %failed.error, "pooled connection closed; sending on a new one");
                 let conn = h1::Connection::new(self.connect(endpoint).await?);
-                conn.exchange(&head, common, body.as_ref())
+                conn.exchange(head, body)
                     .await
                     .map_err(|failed| Error::Exchange(failed.error))?
             }
             Err(failed) => return Err(Error::Exchange(failed.error)),
         };
         Ok((response.map(FromUpstream::Raw), None))
+    }
+
+    /// Whether requests with a complete body may go by
+    /// [`Client::send_whole`]: the upstream speaks HTTP/1.1.
+    pub fn sends_whole(&self) -> bool {
+        self.protocol == UpstreamProtocol::Http1
     }
 
     /// An idle fast-path connection that is still usable, if there is one.
@@ -572,9 +592,9 @@ fn lend(
 
 /// Whether the fast path can send `request`: its body is complete (or
 /// absent), and it is no upgrade. Streamed bodies and upgrades go to hyper.
-fn whole(request: &Request<UpstreamBody>, common: &HeaderMap) -> bool {
+fn whole(request: &Request<UpstreamBody>, common: Option<&super::UpstreamFields>) -> bool {
     !request.headers().contains_key(http::header::UPGRADE)
-        && !common.contains_key(http::header::UPGRADE)
+        && !common.is_some_and(super::UpstreamFields::upgrade)
         && !matches!(request.body(), UpstreamBody::Client(_))
 }
 
@@ -796,7 +816,7 @@ mod tests {
     async fn exchange(pool: &Pool) -> Result<Bytes, Error> {
         let set = pool.targets();
         let endpoint = &set[0].endpoint;
-        let (response, conn) = pool.client.send(endpoint, get(), &HeaderMap::new()).await?;
+        let (response, conn) = pool.client.send(endpoint, get(), None).await?;
         assert_eq!(response.status(), StatusCode::OK);
         let (body, conn) = read(response, conn).await;
         if let Some(conn) = conn {
@@ -931,18 +951,10 @@ mod tests {
         let set = pool.targets();
         let endpoint = &set[0].endpoint;
         exchange(&pool).await.unwrap();
-        let (response, conn) = pool
-            .client
-            .send(endpoint, get(), &HeaderMap::new())
-            .await
-            .unwrap();
+        let (response, conn) = pool.client.send(endpoint, get(), None).await.unwrap();
         let (_, conn) = read(response, conn).await;
         let other = {
-            let (response, conn) = pool
-                .client
-                .send(endpoint, get(), &HeaderMap::new())
-                .await
-                .unwrap();
+            let (response, conn) = pool.client.send(endpoint, get(), None).await.unwrap();
             read(response, conn).await.1
         };
         assert_eq!(upstream.connections(), 2);
@@ -1021,11 +1033,7 @@ mod tests {
         let set = pool.targets();
         let endpoint = &set[0].endpoint;
         let send = || async {
-            let (response, conn) = pool
-                .client
-                .send(endpoint, get(), &HeaderMap::new())
-                .await
-                .unwrap();
+            let (response, conn) = pool.client.send(endpoint, get(), None).await.unwrap();
             assert!(conn.is_none(), "nothing to give back");
             assert_eq!(response.version(), http::Version::HTTP_2);
             response.into_body().collect().await.unwrap().to_bytes()

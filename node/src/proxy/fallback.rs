@@ -265,7 +265,7 @@ impl Proxy {
         let mut request = http::Request::new(out.body(self.min_body_rate));
         *request.method_mut() = out.method.clone();
         *request.uri_mut() = http::Uri::from(out.path_and_query.clone());
-        let mut headers = out.headers.clone();
+        let mut headers = out.fields.to_map();
         headers.insert(
             FORWARD_UPSTREAM.clone(),
             HeaderValue::from_str(pool.name()).map_err(|_| Error::new(Kind::Internal))?,
@@ -361,7 +361,7 @@ impl Proxy {
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-            headers,
+            fields: super::UpstreamFields::verbatim(headers),
             preserve_host,
             payload: super::Payload::new(None, body),
             limit,

@@ -137,7 +137,7 @@ impl Fetch {
         let exchange = async {
             let (response, conn) = pool
                 .client
-                .send(&target.endpoint, request, &HeaderMap::new())
+                .send(&target.endpoint, request, None)
                 .await
                 .map_err(|error| {
                     let code = Error::new(error.kind()).code();

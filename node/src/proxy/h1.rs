@@ -45,6 +45,35 @@ const READ_ROOM: usize = 16 * 1024;
 /// The most a body read asks for at once.
 const MAX_READ: usize = 64 * 1024;
 
+/// A request head as the fast path writes it, every part borrowed: the
+/// proxy sends without building an `http::Request` for each attempt.
+pub struct RequestHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The request target in origin form (path and query).
+    pub target: &'a str,
+    /// `Host`, when it is not among the fields.
+    pub host: Option<&'a str>,
+    /// The request's own fields.
+    pub fields: Option<&'a HeaderMap>,
+    /// Then the fields every attempt of a proxied request sends.
+    pub common: Option<&'a super::UpstreamFields>,
+}
+
+impl<'a> RequestHead<'a> {
+    /// The head of `request` (origin-form URI, `Host` among its fields),
+    /// followed by `common`.
+    pub fn of<T>(request: &'a Request<T>, common: Option<&'a super::UpstreamFields>) -> Self {
+        Self {
+            method: request.method(),
+            target: request.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+            host: None,
+            fields: Some(request.headers()),
+            common,
+        }
+    }
+}
+
 /// A kept-alive HTTP/1.1 connection to an upstream target.
 #[derive(Debug)]
 pub struct Connection {
@@ -108,16 +137,14 @@ impl Connection {
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set), then the `common`
-    /// fields, with its complete `body` and reads the response head; the
-    /// response's body reads the rest from this connection.
+    /// Sends `head` with its complete `body` and reads the response head;
+    /// the response's body reads the rest from this connection.
     pub async fn exchange(
         mut self,
-        request: &Request<()>,
-        common: &HeaderMap,
+        head: &RequestHead<'_>,
         body: Option<&Bytes>,
     ) -> Result<Response<RawBody>, Failed> {
-        encode(&mut self.out, request, common, body.map_or(0, Bytes::len));
+        encode(&mut self.out, head, body.map_or(0, Bytes::len));
         let sent = match body {
             Some(body) if !body.is_empty() => write_both(&mut self.io, &self.out, body).await,
             _ => self.io.write_all(&self.out).await,
@@ -127,7 +154,7 @@ impl Connection {
             unanswered: true,
             sent: false,
         })?;
-        let head_request = request.method() == Method::HEAD;
+        let head_request = *head.method == Method::HEAD;
         loop {
             // An empty buffer (the usual state after sending) has nothing
             // to parse yet.
@@ -213,29 +240,36 @@ impl Connection {
     }
 }
 
-/// Encodes the head of `request` into `out`: the request line, its fields
-/// and then the `common` ones but framing ones, and `Content-Length` for a
-/// body (or for an empty one of a method that usually has one).
-fn encode(out: &mut Vec<u8>, request: &Request<()>, common: &HeaderMap, body: usize) {
+/// Encodes `head` into `out`: the request line, `Host`, the request's
+/// fields and then the `common` ones but framing ones, and `Content-Length`
+/// for a body (or for an empty one of a method that usually has one).
+fn encode(out: &mut Vec<u8>, head: &RequestHead<'_>, body: usize) {
     out.clear();
-    out.extend_from_slice(request.method().as_str().as_bytes());
+    out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
-    let target = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |target| target.as_str());
-    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in request.headers().iter().chain(common) {
+    if let Some(host) = head.host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut field = |name: &HeaderName, value: &HeaderValue| {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
+            return;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in head.fields.into_iter().flatten() {
+        field(name, value);
     }
-    let method = request.method();
+    if let Some(common) = head.common {
+        common.each(field);
+    }
+    let method = head.method;
     if body > 0 || method == Method::POST || method == Method::PUT || method == Method::PATCH {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(body).as_bytes());
@@ -587,7 +621,8 @@ mod tests {
 
     /// A GET of `path` on `conn`, with no other fields.
     async fn ask(conn: Connection, path: &str) -> Result<Response<RawBody>, Failed> {
-        conn.exchange(&get(path), &HeaderMap::new(), None).await
+        conn.exchange(&RequestHead::of(&get(path), None), None)
+            .await
     }
 
     async fn read(response: Response<RawBody>) -> (StatusCode, Bytes, Option<Connection>) {
@@ -733,12 +768,12 @@ mod tests {
             .header("transfer-encoding", "chunked")
             .body(())
             .unwrap();
-        encode(&mut out, &request, &HeaderMap::new(), 3);
+        encode(&mut out, &RequestHead::of(&request, None), 3);
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\n\r\n"
         );
-        encode(&mut out, &get("/g"), &HeaderMap::new(), 0);
+        encode(&mut out, &RequestHead::of(&get("/g"), None), 0);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /g HTTP/1.1\r\nhost: t\r\n\r\n"

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use crate::body::FromUpstream;
-use http::{HeaderMap, Request, header};
+use http::{Request, header};
 use http_body_util::BodyExt;
 use raft::model::HealthCheck;
 use tokio::time::MissedTickBehavior;
@@ -81,12 +81,7 @@ async fn probe(client: &Client, target: &Target, check: &HealthCheck) -> bool {
     else {
         return false;
     };
-    match tokio::time::timeout(
-        check.timeout,
-        client.send(&target.endpoint, request, &HeaderMap::new()),
-    )
-    .await
-    {
+    match tokio::time::timeout(check.timeout, client.send(&target.endpoint, request, None)).await {
         Ok(Ok((response, conn))) => {
             let status = response.status();
             // The status decides; the body is read only to reuse the connection.

@@ -30,6 +30,7 @@
 pub mod client;
 pub mod fallback;
 pub mod fetch;
+pub mod fields;
 pub mod h1;
 pub mod health;
 pub mod pool;
@@ -50,9 +51,9 @@ use crate::body::{
     UpstreamBody,
 };
 use crate::error::{Error, Kind};
-use crate::pipeline::version::API_VERSION;
 use crate::pipeline::{Request, RequestCx, Response};
-use crate::trace::{TRACEPARENT, X_REQUEST_ID};
+pub use fields::UpstreamFields;
+pub(crate) use fields::upstream_headers;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -125,7 +126,7 @@ impl Proxy {
             .and_then(|key| request_hash(key, Some(cx.client_ip), &parts.headers));
         let payload = Payload::new(prefix, body);
         let mut out = Outgoing {
-            headers: upstream_headers(cx, &parts.headers, upgrade),
+            fields: UpstreamFields::new(cx, parts.headers, upgrade),
             path_and_query: path_and_query(&cx.upstream_path, parts.uri.query())?,
             method: parts.method,
             preserve_host: route.preserve_host && cx.authority.is_some(),
@@ -223,20 +224,32 @@ impl Proxy {
             };
             tried.push(index);
             let target = &set[index];
-            let mut request = http::Request::new(out.body(self.min_body_rate));
-            *request.method_mut() = out.method.clone();
-            *request.uri_mut() = Uri::from(out.path_and_query.clone());
             // The attempt's own field is `Host`; the rest is shared by every
             // attempt and borrowed, not copied.
-            if !out.preserve_host
-                && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
-            {
-                request.headers_mut().insert(header::HOST, host);
-            }
-
-            let result = pool
-                .exchange(&set, index, request, &out.headers, timeouts.request)
-                .await;
+            let host = (!out.preserve_host).then(|| target.authority.as_str());
+            let result = match out.whole() {
+                Some(body) if pool.client.sends_whole() => {
+                    let head = h1::RequestHead {
+                        method: &out.method,
+                        target: out.path_and_query.as_str(),
+                        host,
+                        fields: None,
+                        common: Some(&out.fields),
+                    };
+                    pool.exchange_whole(&set, index, &head, body, timeouts.request)
+                        .await
+                }
+                _ => {
+                    let mut request = http::Request::new(out.body(self.min_body_rate));
+                    *request.method_mut() = out.method.clone();
+                    *request.uri_mut() = Uri::from(out.path_and_query.clone());
+                    if let Some(host) = host.and_then(|host| HeaderValue::from_str(host).ok()) {
+                        request.headers_mut().insert(header::HOST, host);
+                    }
+                    pool.exchange(&set, index, request, Some(&out.fields), timeouts.request)
+                        .await
+                }
+            };
             served.target = Some(target.address.clone());
             let error = match result {
                 Ok((response, in_flight, latency)) => {
@@ -323,7 +336,7 @@ pub(crate) struct Outgoing {
     method: Method,
     path_and_query: PathAndQuery,
     /// Everything but `Host`, which each attempt sets.
-    headers: HeaderMap,
+    fields: UpstreamFields,
     /// Keep the client's `Host` (in `headers`) instead of the target's.
     preserve_host: bool,
     /// The client's body.
@@ -344,6 +357,17 @@ impl Outgoing {
         match &self.payload {
             Payload::Streamed(replay) => !replay.consumed(),
             Payload::Empty | Payload::Whole(_) => true,
+        }
+    }
+
+    /// The body, when the fast path can send the request: it is complete
+    /// (or absent) and the request is no upgrade.
+    fn whole(&self) -> Option<Option<&Bytes>> {
+        match &self.payload {
+            _ if self.fields.upgrade() => None,
+            Payload::Empty => Some(None),
+            Payload::Whole(data) => Some(Some(data)),
+            Payload::Streamed(_) => None,
         }
     }
 
@@ -477,21 +501,30 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(listed_names)
         .collect()
+}
+
+/// The field names one `Connection` value lists.
+fn listed_names(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
+    value
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
 }
 
 /// Whether `TE` asks for trailers (the only TE value forwarded, for gRPC).
 fn wants_trailers(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
+    headers.get(header::TE).is_some_and(asks_for_trailers)
+}
+
+/// Whether one `TE` value lists `trailers`.
+fn asks_for_trailers(value: &HeaderValue) -> bool {
+    value.to_str().is_ok_and(|v| {
+        v.split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+    })
 }
 
 /// Removes hop-by-hop fields in place; `upgrade` keeps `Upgrade` and sets
@@ -529,100 +562,8 @@ pub(crate) fn remove_fields(headers: &mut HeaderMap, matches: impl Fn(&HeaderNam
     }
 }
 
-/// The headers sent upstream, built in one pass over the client's: hop-by-hop
-/// fields, `Expect`, `Host` and the fields the gateway sets are skipped, then
-/// the gateway's own are added.
-pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(client.len() + 8);
-    let listed = if client.contains_key(header::CONNECTION) {
-        connection_listed(client)
-    } else {
-        Vec::new()
-    };
-    // The earlier hops of `X-Forwarded-For` and `Forwarded`, collected on
-    // the way rather than looked up again.
-    let mut xff = String::with_capacity(64);
-    let mut forwarded = String::with_capacity(96);
-    for (name, value) in client {
-        let earlier = match name {
-            name if name == X_FORWARDED_FOR => Some(&mut xff),
-            name if name == FORWARDED => Some(&mut forwarded),
-            _ => None,
-        };
-        if let Some(list) = earlier {
-            if let Ok(previous) = value.to_str() {
-                list.extend([previous, ", "]);
-            }
-            continue;
-        }
-        let skip = is_hop_by_hop(name)
-            || name == header::EXPECT
-            || name == header::HOST
-            || name == X_FORWARDED_PROTO
-            || name == X_FORWARDED_HOST
-            || name == X_REQUEST_ID
-            || name == TRACEPARENT
-            || name == API_VERSION
-            || listed.contains(name);
-        if !skip {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    if wants_trailers(client) {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if upgrade && let Some(value) = client.get(header::UPGRADE) {
-        headers.insert(header::UPGRADE, value.clone());
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    if let Some(authority) = &cx.authority
-        && cx.route.as_ref().is_some_and(|r| r.preserve_host)
-    {
-        headers.insert(header::HOST, authority.clone());
-    }
-
-    let ip = cx.client.ip().to_canonical();
-    let ip_start = xff.len();
-    let _ = crate::text::push_ip(&mut xff, ip);
-    if let Ok(value) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
-    let proto = if cx.tls.is_some() { "https" } else { "http" };
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-
-    let ip_text = &xff[ip_start..];
-    // Pushed piece by piece: `write!` costs more than the header is worth.
-    if ip.is_ipv6() {
-        forwarded.extend(["for=\"[", ip_text, "]\";proto=", proto]);
-    } else {
-        forwarded.extend(["for=", ip_text, ";proto=", proto]);
-    }
-    if let Some(authority) = &cx.authority {
-        headers.insert(X_FORWARDED_HOST.clone(), authority.clone());
-        if let Ok(host) = authority.to_str() {
-            forwarded.extend([";host=\"", host, "\""]);
-        }
-    }
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
-        headers.insert(FORWARDED.clone(), value);
-    }
-    headers.insert(X_REQUEST_ID.clone(), cx.request_id.clone());
-    headers.insert(TRACEPARENT.clone(), cx.traceparent.clone());
-    if let Some(selected) = &cx.api {
-        headers.insert(API_VERSION.clone(), selected.version.clone());
-    }
-    // Identity last: nothing above (or from the client) can stand in for it.
-    if let Some(principal) = &cx.principal {
-        principal.write_headers(&mut headers);
-    }
-    if let Some(cert) = cx.tls.as_ref().and_then(|tls| tls.client.as_ref()) {
-        crate::tls::client_cert_headers(cert, &mut headers);
-    }
-    headers
-}
-
-/// Appends an IP address; IPv4 without the formatting machinery, which
-/// showed in profiles.
+/// The origin-form target sent upstream: the rewritten path and the
+/// client's query.
 fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, Error> {
     let text = match query {
         Some(query) => format!("{path}?{query}"),

@@ -27,6 +27,7 @@
 //! exchange used, which goes back to the target's idle stack only when
 //! [`InFlight::release`] says the body ended cleanly.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -41,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::client::{self, Client, Conn, Endpoint};
+use crate::body::FromUpstream;
 use crate::dns::discovery::{Entry, Resolved};
 use crate::metrics::Metrics;
 
@@ -51,6 +53,11 @@ pub enum Failed {
     /// No response head within the timeout.
     Timeout,
 }
+
+/// What an exchange answered: the response, the guard that holds the
+/// target's in-flight count and the connection until the body ends, and
+/// the time to the response head.
+pub type Exchanged = (http::Response<FromUpstream>, InFlight, std::time::Duration);
 
 /// One backend target: one address to connect to.
 pub struct Target {
@@ -527,20 +534,39 @@ impl Pool {
         set: &Targets,
         index: usize,
         request: http::Request<crate::body::UpstreamBody>,
-        common: &http::HeaderMap,
+        common: Option<&super::UpstreamFields>,
         timeout: std::time::Duration,
-    ) -> Result<
-        (
-            http::Response<crate::body::FromUpstream>,
-            InFlight,
-            std::time::Duration,
-        ),
-        Failed,
-    > {
-        let target = &set[index];
+    ) -> Result<Exchanged, Failed> {
+        let send = self.client.send(&set[index].endpoint, request, common);
+        self.timed(set, index, timeout, send).await
+    }
+
+    /// As [`Pool::exchange`], for a request with a complete (or no) body
+    /// that the fast path sends from its borrowed `head`
+    /// ([`Client::send_whole`]).
+    pub async fn exchange_whole(
+        self: &Arc<Self>,
+        set: &Targets,
+        index: usize,
+        head: &super::h1::RequestHead<'_>,
+        body: Option<&bytes::Bytes>,
+        timeout: std::time::Duration,
+    ) -> Result<Exchanged, Failed> {
+        let send = self.client.send_whole(&set[index].endpoint, head, body);
+        self.timed(set, index, timeout, send).await
+    }
+
+    /// Runs `send` against target `index` of `set` within `timeout`: the
+    /// target's in-flight count and the upstream's latency around it.
+    async fn timed(
+        self: &Arc<Self>,
+        set: &Targets,
+        index: usize,
+        timeout: std::time::Duration,
+        send: impl Future<Output = Result<(http::Response<FromUpstream>, Option<Conn>), client::Error>>,
+    ) -> Result<Exchanged, Failed> {
         let mut in_flight = self.begin(set, index);
         let started = Instant::now();
-        let send = self.client.send(&target.endpoint, request, common);
         match tokio::time::timeout(timeout, send).await {
             Ok(Ok((response, conn))) => {
                 in_flight.keep(conn);

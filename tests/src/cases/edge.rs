@@ -67,6 +67,10 @@ async fn malformed_framing_and_syntax_is_refused() {
         ("GET /api HTTP/1.1\r\n\r\n", 400),
         ("GET /api HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
         (
+            "GET /api HTTP/1.1\r\nHost: api.example.com\r\nHost: evil.example.net\r\n\r\n",
+            400,
+        ),
+        (
             "GET http://evil.example.net/api HTTP/1.1\r\nHost: evil.example.net\r\n\r\n",
             404,
         ),

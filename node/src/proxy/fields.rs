@@ -1,0 +1,242 @@
+//! The fields a proxied request carries upstream: the client's, less the
+//! hop-by-hop ones and those the gateway sets itself, then the gateway's
+//! own (`X-Forwarded-*`, `Forwarded`, the request id and trace context, the
+//! API version, the verified identity).
+//!
+//! The two parts are kept apart and written out one after the other, so
+//! the HTTP/1.1 fast path sends a request without building a merged map: it
+//! writes [`UpstreamFields::iter`] straight to the connection. hyper's
+//! paths, the cross-region fallback and the stages that call upstreams
+//! themselves get the merged map ([`UpstreamFields::to_map`],
+//! [`upstream_headers`]).
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::{FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::pipeline::RequestCx;
+use crate::pipeline::version::API_VERSION;
+use crate::trace::{TRACEPARENT, X_REQUEST_ID};
+
+static TE: HeaderName = header::TE;
+static UPGRADE: HeaderName = header::UPGRADE;
+static CONNECTION: HeaderName = header::CONNECTION;
+static HOST: HeaderName = header::HOST;
+static TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
+static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// What every attempt of a proxied request sends: the client's fields and
+/// the gateway's, unmerged.
+pub struct UpstreamFields {
+    client: HeaderMap,
+    /// `None`: `client` is sent as it is (a request another region's node
+    /// forwarded, whose fields that node prepared).
+    own: Option<Own>,
+}
+
+impl UpstreamFields {
+    /// The fields for the request in `cx`, whose own fields were `client`;
+    /// `upgrade` keeps its `Upgrade`.
+    pub(crate) fn new(cx: &RequestCx, client: HeaderMap, upgrade: bool) -> Self {
+        let own = Own::new(cx, &client, upgrade);
+        Self {
+            client,
+            own: Some(own),
+        }
+    }
+
+    /// Fields that are sent as they are.
+    pub(crate) fn verbatim(client: HeaderMap) -> Self {
+        Self { client, own: None }
+    }
+
+    /// Calls `visit` with every field to send, in order: the client's
+    /// first. (A visitor rather than an iterator: chained iterators cost
+    /// more per field than writing the field does.)
+    pub(crate) fn each(&self, visit: impl FnMut(&HeaderName, &HeaderValue)) {
+        sent(&self.client, self.own.as_ref(), visit);
+    }
+
+    /// Whether the request is an upgrade (it goes through hyper).
+    pub(crate) fn upgrade(&self) -> bool {
+        match &self.own {
+            Some(own) => own.upgrade.is_some(),
+            None => self.client.contains_key(header::UPGRADE),
+        }
+    }
+
+    /// The fields as one map.
+    pub(crate) fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.client.len() + 8);
+        self.each(|name, value| {
+            map.append(name.clone(), value.clone());
+        });
+        map
+    }
+}
+
+/// The headers sent upstream for the request in `cx`, as one map: for the
+/// stages that call upstreams themselves and keep the client's request.
+pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> HeaderMap {
+    let own = Own::new(cx, client, upgrade);
+    let mut map = HeaderMap::with_capacity(client.len() + 8);
+    sent(client, Some(&own), |name, value| {
+        map.append(name.clone(), value.clone());
+    });
+    map
+}
+
+/// The fields of `client` that `own` forwards, then `own`'s; identity
+/// last, so nothing can stand in for it.
+fn sent(client: &HeaderMap, own: Option<&Own>, mut visit: impl FnMut(&HeaderName, &HeaderValue)) {
+    for (name, value) in client {
+        if own.is_none_or(|own| own.forwards(name)) {
+            visit(name, value);
+        }
+    }
+    let Some(own) = own else { return };
+    if own.trailers {
+        visit(&TE, &TRAILERS);
+    }
+    if let Some(upgrade) = &own.upgrade {
+        visit(&UPGRADE, upgrade);
+        visit(&CONNECTION, &UPGRADE_TOKEN);
+    }
+    if let Some(host) = &own.host {
+        visit(&HOST, host);
+    }
+    if let Some(value) = &own.forwarded_for {
+        visit(&X_FORWARDED_FOR, value);
+    }
+    visit(&X_FORWARDED_PROTO, if own.https { &HTTPS } else { &HTTP });
+    if let Some(value) = &own.forwarded_host {
+        visit(&X_FORWARDED_HOST, value);
+    }
+    if let Some(value) = &own.forwarded {
+        visit(&FORWARDED, value);
+    }
+    visit(&X_REQUEST_ID, &own.request_id);
+    visit(&TRACEPARENT, &own.traceparent);
+    if let Some(value) = &own.api_version {
+        visit(&API_VERSION, value);
+    }
+    for (name, value) in &own.identity {
+        visit(name, value);
+    }
+}
+
+/// The gateway's fields, and which of the client's it leaves out.
+struct Own {
+    /// Client fields that `Connection` names: hop-by-hop as well.
+    listed: Vec<HeaderName>,
+    /// The client's `TE` asks for trailers (forwarded for gRPC).
+    trailers: bool,
+    upgrade: Option<HeaderValue>,
+    /// The client's `Host`, when the route preserves it.
+    host: Option<HeaderValue>,
+    forwarded_for: Option<HeaderValue>,
+    https: bool,
+    forwarded_host: Option<HeaderValue>,
+    forwarded: Option<HeaderValue>,
+    request_id: HeaderValue,
+    traceparent: HeaderValue,
+    api_version: Option<HeaderValue>,
+    /// The verified caller's fields; they replace any the client sent.
+    identity: HeaderMap,
+}
+
+impl Own {
+    /// Reads what it needs of `client` (earlier `X-Forwarded-For` and
+    /// `Forwarded` hops, `TE`, `Connection`, `Upgrade`) in one pass, and
+    /// appends this hop.
+    fn new(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Self {
+        let mut xff = String::with_capacity(64);
+        let mut forwarded = String::with_capacity(96);
+        let mut trailers = false;
+        let mut listed = Vec::new();
+        let mut upgrade_value = None;
+        for (name, value) in client {
+            if *name == header::TE {
+                trailers |= super::asks_for_trailers(value);
+            } else if *name == header::CONNECTION {
+                listed.extend(super::listed_names(value));
+            } else if *name == header::UPGRADE {
+                upgrade_value = upgrade_value.or_else(|| upgrade.then(|| value.clone()));
+            } else if let Some(list) = match name {
+                name if name == X_FORWARDED_FOR => Some(&mut xff),
+                name if name == FORWARDED => Some(&mut forwarded),
+                _ => None,
+            } && let Ok(previous) = value.to_str()
+            {
+                list.extend([previous, ", "]);
+            }
+        }
+
+        let ip = cx.client.ip().to_canonical();
+        let ip_start = xff.len();
+        let _ = crate::text::push_ip(&mut xff, ip);
+        let https = cx.tls.is_some();
+        let proto = if https { "https" } else { "http" };
+        let ip_text = &xff[ip_start..];
+        // Pushed piece by piece: `write!` costs more than the field is worth.
+        if ip.is_ipv6() {
+            forwarded.extend(["for=\"[", ip_text, "]\";proto=", proto]);
+        } else {
+            forwarded.extend(["for=", ip_text, ";proto=", proto]);
+        }
+        if let Some(host) = cx.authority.as_ref().and_then(|a| a.to_str().ok()) {
+            forwarded.extend([";host=\"", host, "\""]);
+        }
+
+        let mut identity = HeaderMap::new();
+        if let Some(principal) = &cx.principal {
+            principal.write_headers(&mut identity);
+        }
+        if let Some(cert) = cx.tls.as_ref().and_then(|tls| tls.client.as_ref()) {
+            crate::tls::client_cert_headers(cert, &mut identity);
+        }
+        Self {
+            listed,
+            trailers,
+            upgrade: upgrade_value,
+            host: cx
+                .authority
+                .clone()
+                .filter(|_| cx.route.as_ref().is_some_and(|r| r.preserve_host)),
+            forwarded_for: value(xff),
+            https,
+            forwarded_host: cx.authority.clone(),
+            forwarded: value(forwarded),
+            request_id: cx.request_id.clone(),
+            traceparent: cx.traceparent.clone(),
+            api_version: cx.api.as_ref().map(|selected| selected.version.clone()),
+            identity,
+        }
+    }
+
+    /// Whether a client field goes upstream: not hop-by-hop, not `Expect`
+    /// (the gateway answers it), and not one the gateway sets.
+    fn forwards(&self, name: &HeaderName) -> bool {
+        !(super::is_hop_by_hop(name)
+            || name == header::EXPECT
+            || name == header::HOST
+            || name == X_FORWARDED_FOR
+            || name == FORWARDED
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || name == X_REQUEST_ID
+            || name == TRACEPARENT
+            || name == API_VERSION
+            || self.listed.contains(name)
+            || (!self.identity.is_empty() && self.identity.contains_key(name)))
+    }
+}
+
+/// `text` as a field value, without copying it; `None` if it holds bytes
+/// a field may not (an earlier hop's value is checked when it is read, so
+/// only a broken `Host` gets here).
+fn value(text: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
+}
