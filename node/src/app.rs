@@ -92,8 +92,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Serves one proxied request.
-    pub async fn serve(&self, req: pipeline::Request, peer: SocketAddr) -> pipeline::Response {
+    /// Serves one proxied request. (It owns its handle on the gateway, so
+    /// the listener's handler is this future itself, not one around it.)
+    pub async fn serve(
+        self: Arc<Self>,
+        req: pipeline::Request,
+        peer: SocketAddr,
+    ) -> pipeline::Response {
         let snapshot = self.snapshots.load();
         self.pipeline.handle(snapshot, peer, req).await
     }
@@ -507,10 +512,7 @@ impl App {
         let proxy_settings = server::Settings::proxy(&config, &shared.metrics);
         let handler = {
             let gateway = gateway.clone();
-            move |req, peer| {
-                let gateway = gateway.clone();
-                async move { gateway.serve(req, peer).await }
-            }
+            move |req, peer| gateway.clone().serve(req, peer)
         };
         servers.spawn(
             server::serve(

@@ -93,13 +93,6 @@ fn write_hex(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0xf)]);
-    }
-}
-
 fn parse_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     if text.len() != N * 2 {
         return None;
@@ -157,16 +150,13 @@ pub fn request_id(client: Option<&HeaderValue>) -> HeaderValue {
     let mut id = fastrand::u128(..).to_be_bytes();
     id[6] = (id[6] & 0x0f) | 0x40;
     id[8] = (id[8] & 0x3f) | 0x80;
-    let mut out = Vec::with_capacity(36);
-    for (i, chunk) in [&id[0..4], &id[4..6], &id[6..8], &id[8..10], &id[10..16]]
-        .into_iter()
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(b'-');
-        }
-        push_hex(&mut out, chunk);
-    }
+    // 8-4-4-4-12 hex digits, on the stack.
+    let mut out = [b'-'; 36];
+    write_hex(&mut out[0..8], &id[0..4]);
+    write_hex(&mut out[9..13], &id[4..6]);
+    write_hex(&mut out[14..18], &id[6..8]);
+    write_hex(&mut out[19..23], &id[8..10]);
+    write_hex(&mut out[24..36], &id[10..16]);
     HeaderValue::from_bytes(&out).expect("hex digits and dashes are valid header bytes")
 }
 
@@ -231,6 +221,10 @@ mod tests {
         let text = generated.to_str().unwrap();
         assert_eq!(text.len(), 36);
         assert_eq!(&text[14..15], "4");
+        let groups: Vec<usize> = text.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert!(text.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"), "{text}");
         assert_ne!(request_id(None), request_id(None));
     }
 }

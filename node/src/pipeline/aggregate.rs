@@ -164,6 +164,10 @@ impl Stage for AggregateStage {
             None => ready(Ok(Flow::Continue)),
         }
     }
+
+    fn acts_on(&self, route: &super::route::Route, _: &crate::snapshot::Snapshot) -> bool {
+        route.aggregate.is_some()
+    }
 }
 
 impl AggregateStage {

@@ -329,6 +329,10 @@ impl Stage for CorsStage {
     fn on_response<'a>(&'a self, cx: &'a mut RequestCx, rsp: &'a mut Response) -> Step<'a, ()> {
         ready(self.answer(cx, rsp))
     }
+
+    fn acts_on(&self, route: &super::route::Route, snapshot: &crate::snapshot::Snapshot) -> bool {
+        snapshot.policies.cors(Some(route)).is_some()
+    }
 }
 
 /// Whether `req` is a CORS preflight.

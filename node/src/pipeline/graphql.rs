@@ -708,6 +708,10 @@ impl Stage for GraphqlStage {
             None => ready(Ok(Flow::Continue)),
         }
     }
+
+    fn acts_on(&self, route: &super::route::Route, _: &crate::snapshot::Snapshot) -> bool {
+        route.graphql.is_some()
+    }
 }
 
 impl GraphqlStage {

@@ -795,6 +795,10 @@ impl Stage for GrpcStage {
             None => ready(Ok(Flow::Continue)),
         }
     }
+
+    fn acts_on(&self, route: &super::route::Route, _: &crate::snapshot::Snapshot) -> bool {
+        route.grpc.is_some()
+    }
 }
 
 fn json_response(body: Body, content_type: &'static str) -> http::Response<Body> {

@@ -259,6 +259,13 @@ impl Stage for Ip {
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
         ready(self.check(cx, req))
     }
+
+    fn acts_on(&self, route: &super::route::Route, snapshot: &crate::snapshot::Snapshot) -> bool {
+        match self.scope {
+            Scope::Global => true,
+            Scope::Route => snapshot.policies.route_ip(Some(route)).is_some(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -440,6 +440,14 @@ impl Stage for LimitStage {
     fn on_response<'a>(&'a self, cx: &'a mut RequestCx, rsp: &'a mut Response) -> Step<'a, ()> {
         ready(self.report(cx, rsp))
     }
+
+    fn acts_on(&self, route: &super::route::Route, snapshot: &crate::snapshot::Snapshot) -> bool {
+        snapshot
+            .limits
+            .routes
+            .get(route.index())
+            .is_some_and(|limits| !(limits.own.is_empty() && limits.plans.is_empty()))
+    }
 }
 
 // === keys ===

@@ -107,6 +107,14 @@ pub trait Stage: Send + Sync + 'static {
     fn on_response<'a>(&'a self, _cx: &'a mut RequestCx, _rsp: &'a mut Response) -> Step<'a, ()> {
         ready(Ok(()))
     }
+
+    /// Whether the stage can do anything for requests on `route` under
+    /// `snapshot`, with either hook. The pipeline skips both hooks of a
+    /// stage that cannot, once the route is known (stages that run before
+    /// routing always run). Asked once per route.
+    fn acts_on(&self, _route: &route::Route, _snapshot: &Snapshot) -> bool {
+        true
+    }
 }
 
 /// Per-request state shared by the stages.
@@ -223,6 +231,11 @@ pub struct Pipeline {
 }
 
 /// Writes the order of the request path, once.
+///
+/// # Panics
+///
+/// If there are more stages than a route's stage mask has bits (64): a
+/// change to this list, not to any input.
 pub fn build(shared: &Arc<Shared>) -> Pipeline {
     let stages: Vec<Box<dyn Stage>> = vec![
         Box::new(headers::SecurityHeaders),
@@ -247,6 +260,7 @@ pub fn build(shared: &Arc<Shared>) -> Pipeline {
         Box::new(graphql::GraphqlStage),
         Box::new(grpc::GrpcStage::new(&shared.config)),
     ];
+    assert!(stages.len() <= 64, "a route's stage mask has 64 bits");
     Pipeline {
         stages,
         proxy: Proxy::new(shared.clone()),
@@ -255,6 +269,15 @@ pub fn build(shared: &Arc<Shared>) -> Pipeline {
 }
 
 impl Pipeline {
+    /// The stages that act on `route`, a bit each (see [`Stage::acts_on`]).
+    fn active_stages(&self, route: &route::Route, snapshot: &Snapshot) -> u64 {
+        self.stages
+            .iter()
+            .enumerate()
+            .filter(|(_, stage)| stage.acts_on(route, snapshot))
+            .fold(0, |mask, (i, _)| mask | 1 << i)
+    }
+
     /// The terminal step (which also serves requests forwarded by other
     /// regions).
     pub fn proxy(&self) -> &Proxy {
@@ -268,21 +291,35 @@ impl Pipeline {
         client: SocketAddr,
         mut req: Request,
     ) -> Response {
-        let mut cx = RequestCx::new(snapshot, client);
+        // Boxed: it goes to the response body's end, and the request's
+        // future stays small to move.
+        let mut cx = Box::new(RequestCx::new(snapshot, client));
         cx.tls = req.extensions().get::<Arc<crate::tls::TlsInfo>>().cloned();
         let method = req.method().clone();
         cx.method = method.clone();
         let version = req.version();
         let mut ran = 0;
         let mut answer = None;
-        for stage in &self.stages {
+        // Every stage runs until the route is known; then only those that
+        // act on it.
+        let mut active = u64::MAX;
+        for (i, stage) in self.stages.iter().enumerate() {
             ran += 1;
+            if active & 1 << i == 0 {
+                continue;
+            }
             let outcome = match settled(stage.on_request(&mut cx, &mut req)) {
                 Ok(outcome) => outcome,
                 Err(work) => work.await,
             };
             match outcome {
-                Ok(Flow::Continue) => {}
+                Ok(Flow::Continue) => {
+                    if active == u64::MAX
+                        && let Some(route) = &cx.route
+                    {
+                        active = route.active_stages(|| self.active_stages(route, &cx.snapshot));
+                    }
+                }
                 Ok(Flow::Respond(response)) => {
                     answer = Some(*response);
                     break;
@@ -300,7 +337,10 @@ impl Pipeline {
                 Err(error) => cx.fail(error),
             },
         };
-        for stage in self.stages[..ran].iter().rev() {
+        for (i, stage) in self.stages[..ran].iter().enumerate().rev() {
+            if active & 1 << i == 0 {
+                continue;
+            }
             let outcome = match settled(stage.on_response(&mut cx, &mut response)) {
                 Ok(outcome) => outcome,
                 Err(work) => work.await,

@@ -18,7 +18,7 @@
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::{HeaderName, Method};
 use raft::model::pattern::{HostPattern, PathPattern, Segment};
@@ -290,12 +290,22 @@ pub struct Route {
     pub grpc: Option<Arc<super::grpc::RouteGrpc>>,
     /// The route's series.
     pub metrics: RouteMetrics,
+    /// Which of the pipeline's stages act on the route, a bit each, worked
+    /// out on its first request ([`Route::active_stages`]).
+    active: OnceLock<u64>,
 }
 
 impl Route {
     /// The route's position in the configuration.
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// The stages that act on the route, a bit per stage: `work_out` the
+    /// first time, remembered after (a route belongs to one snapshot, so
+    /// what the stages decide from it and its snapshot does not change).
+    pub fn active_stages(&self, work_out: impl FnOnce() -> u64) -> u64 {
+        *self.active.get_or_init(work_out)
     }
 
     /// Compiles a validated route; `upstreams` holds its pool.
@@ -369,6 +379,7 @@ impl Route {
                 Some(grpc) => Some(Arc::new(super::grpc::RouteGrpc::compile(grpc)?)),
             },
             metrics: RouteMetrics::new(metrics, &route.name),
+            active: OnceLock::new(),
         })
     }
 

@@ -556,6 +556,10 @@ impl Stage for TransformStage {
             None => ready(Ok(())),
         }
     }
+
+    fn acts_on(&self, route: &super::route::Route, _: &crate::snapshot::Snapshot) -> bool {
+        route.transform.is_some()
+    }
 }
 
 #[cfg(test)]

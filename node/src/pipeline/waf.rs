@@ -793,6 +793,13 @@ impl Stage for WafStage {
         }
         wait(self.inspect(cx, req))
     }
+
+    fn acts_on(&self, route: &super::route::Route, snapshot: &crate::snapshot::Snapshot) -> bool {
+        snapshot
+            .policies
+            .waf(Some(route))
+            .is_some_and(|waf| waf.mode != WafMode::Off)
+    }
 }
 
 #[cfg(test)]

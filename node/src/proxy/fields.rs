@@ -152,8 +152,8 @@ impl Own {
     /// `Forwarded` hops, `TE`, `Connection`, `Upgrade`) in one pass, and
     /// appends this hop.
     fn new(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Self {
-        let mut xff = String::with_capacity(64);
-        let mut forwarded = String::with_capacity(96);
+        let mut xff = Vec::with_capacity(64);
+        let mut forwarded = Vec::with_capacity(96);
         let mut trailers = false;
         let mut listed = Vec::new();
         let mut upgrade_value = None;
@@ -170,24 +170,25 @@ impl Own {
                 _ => None,
             } && let Ok(previous) = value.to_str()
             {
-                list.extend([previous, ", "]);
+                push_all(list, &[previous.as_bytes(), b", "]);
             }
         }
 
         let ip = cx.client.ip().to_canonical();
         let ip_start = xff.len();
-        let _ = crate::text::push_ip(&mut xff, ip);
+        crate::text::push_ip(&mut xff, ip);
         let https = cx.tls.is_some();
-        let proto = if https { "https" } else { "http" };
+        let proto: &[u8] = if https { b"https" } else { b"http" };
         let ip_text = &xff[ip_start..];
         // Pushed piece by piece: `write!` costs more than the field is worth.
         if ip.is_ipv6() {
-            forwarded.extend(["for=\"[", ip_text, "]\";proto=", proto]);
+            push_all(&mut forwarded, &[b"for=\"[", ip_text, b"]\";proto=", proto]);
         } else {
-            forwarded.extend(["for=", ip_text, ";proto=", proto]);
+            push_all(&mut forwarded, &[b"for=", ip_text, b";proto=", proto]);
         }
-        if let Some(host) = cx.authority.as_ref().and_then(|a| a.to_str().ok()) {
-            forwarded.extend([";host=\"", host, "\""]);
+        // `admit` checked the host's bytes.
+        if let Some(host) = &cx.authority {
+            push_all(&mut forwarded, &[b";host=\"", host.as_bytes(), b"\""]);
         }
 
         let mut identity = HeaderMap::new();
@@ -234,9 +235,15 @@ impl Own {
     }
 }
 
+fn push_all(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
 /// `text` as a field value, without copying it; `None` if it holds bytes
-/// a field may not (an earlier hop's value is checked when it is read, so
-/// only a broken `Host` gets here).
-fn value(text: String) -> Option<HeaderValue> {
+/// a field may not (the pieces were checked as they were read, so this is
+/// only a last line of defence).
+fn value(text: Vec<u8>) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }

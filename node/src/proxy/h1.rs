@@ -74,9 +74,15 @@ impl<'a> RequestHead<'a> {
     }
 }
 
-/// A kept-alive HTTP/1.1 connection to an upstream target.
+/// A kept-alive HTTP/1.1 connection to an upstream target. Boxed: it
+/// travels inside every response body and pool entry, and a pointer moves
+/// for less than its socket and buffers would.
 #[derive(Debug)]
-pub struct Connection {
+pub struct Connection(Box<Wire>);
+
+/// What a [`Connection`] holds.
+#[derive(Debug)]
+struct Wire {
     io: TcpStream,
     /// Bytes read and not consumed yet.
     buf: BytesMut,
@@ -114,11 +120,11 @@ fn invalid(what: &'static str) -> io::Error {
 impl Connection {
     /// A connection over `io`, connected already.
     pub fn new(io: TcpStream) -> Self {
-        Self {
+        Self(Box::new(Wire {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
-        }
+        }))
     }
 
     /// Whether an idle connection can carry another request: the target has
@@ -126,11 +132,11 @@ impl Connection {
     /// readiness only, with no system call unless the target did something.
     pub fn usable(&self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
+        match self.0.io.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             // Readable while idle: a close, a reset or stray bytes.
             Poll::Ready(Ok(())) => matches!(
-                self.io.try_read(&mut [0u8; 1]),
+                self.0.io.try_read(&mut [0u8; 1]),
                 Err(ref error) if error.kind() == io::ErrorKind::WouldBlock
             ),
             Poll::Ready(Err(_)) => false,
@@ -144,10 +150,10 @@ impl Connection {
         head: &RequestHead<'_>,
         body: Option<&Bytes>,
     ) -> Result<Response<RawBody>, Failed> {
-        encode(&mut self.out, head, body.map_or(0, Bytes::len));
+        encode(&mut self.0.out, head, body.map_or(0, Bytes::len));
         let sent = match body {
-            Some(body) if !body.is_empty() => write_both(&mut self.io, &self.out, body).await,
-            _ => self.io.write_all(&self.out).await,
+            Some(body) if !body.is_empty() => write_both(&mut self.0.io, &self.0.out, body).await,
+            _ => self.0.io.write_all(&self.0.out).await,
         };
         sent.map_err(|error| Failed {
             error,
@@ -158,8 +164,8 @@ impl Connection {
         loop {
             // An empty buffer (the usual state after sending) has nothing
             // to parse yet.
-            if !self.buf.is_empty() {
-                match parse(&self.buf, head_request).map_err(Failed::answered)? {
+            if !self.0.buf.is_empty() {
+                match parse(&self.0.buf, head_request).map_err(Failed::answered)? {
                     Some((len, head)) if head.status.is_informational() => {
                         // 100 Continue, 103 Early Hints: the answer comes after.
                         if head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -167,17 +173,17 @@ impl Connection {
                                 "101 to a request without Upgrade",
                             )));
                         }
-                        self.buf.advance(len);
+                        self.0.buf.advance(len);
                         continue;
                     }
                     Some((len, head)) => return Ok(self.respond(len, head)),
-                    None if self.buf.len() >= MAX_HEAD => {
+                    None if self.0.buf.len() >= MAX_HEAD => {
                         return Err(Failed::answered(invalid("response head too large")));
                     }
                     None => {}
                 }
             }
-            let unanswered = self.buf.is_empty();
+            let unanswered = self.0.buf.is_empty();
             if let Err(error) = std::future::poll_fn(|cx| self.poll_more(cx, 0)).await {
                 return Err(Failed {
                     error,
@@ -190,7 +196,7 @@ impl Connection {
 
     /// The response whose head is the first `len` bytes of the buffer.
     fn respond(mut self, len: usize, head: Head) -> Response<RawBody> {
-        let bytes = self.buf.split_to(len).freeze();
+        let bytes = self.0.buf.split_to(len).freeze();
         // Room for the fields the gateway adds on the way out (request id,
         // trace context, security and CORS headers) without growing.
         let mut headers = HeaderMap::with_capacity(head.fields.len() + 8);
@@ -223,10 +229,10 @@ impl Connection {
     /// [`MAX_READ`]) so that a large body takes few reads.
     fn poll_fill_for(&mut self, cx: &mut Context<'_>, expected: u64) -> Poll<io::Result<usize>> {
         let room = usize::try_from(expected).map_or(MAX_READ, |n| n.clamp(READ_ROOM, MAX_READ));
-        if self.buf.capacity() - self.buf.len() < room / 4 {
-            self.buf.reserve(room);
+        if self.0.buf.capacity() - self.0.buf.len() < room / 4 {
+            self.0.buf.reserve(room);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.0.io), cx, &mut self.0.buf)
     }
 
     /// Reads more, expecting `expected` bytes; an early end of the
@@ -439,7 +445,7 @@ impl RawBody {
         // A length-delimited body whose last byte was read is ended even if
         // nobody polled it once more (hyper's server stops at the length).
         if http_body::Body::is_end_stream(self) && self.reusable {
-            self.conn.take().filter(|conn| conn.buf.is_empty())
+            self.conn.take().filter(|conn| conn.0.buf.is_empty())
         } else {
             None
         }
@@ -455,13 +461,13 @@ impl RawBody {
     /// Takes a CRLF-terminated line off the buffer (without its CRLF), or
     /// `None` until one is there.
     fn line(conn: &mut Connection) -> io::Result<Option<Bytes>> {
-        match memchr::memchr(b'\n', &conn.buf) {
-            Some(end) if end > 0 && conn.buf[end - 1] == b'\r' => {
-                let line = conn.buf.split_to(end + 1).freeze();
+        match memchr::memchr(b'\n', &conn.0.buf) {
+            Some(end) if end > 0 && conn.0.buf[end - 1] == b'\r' => {
+                let line = conn.0.buf.split_to(end + 1).freeze();
                 Ok(Some(line.slice(..end - 1)))
             }
             Some(_) => Err(invalid("chunked body line without CRLF")),
-            None if conn.buf.len() > MAX_LINE => Err(invalid("chunked body line too long")),
+            None if conn.0.buf.len() > MAX_LINE => Err(invalid("chunked body line too long")),
             None => Ok(None),
         }
     }
@@ -502,14 +508,14 @@ impl http_body::Body for RawBody {
                 State::Done => return Poll::Ready(None),
                 State::Length(0) => this.state = State::Done,
                 State::Length(left) | State::Chunked(Chunk::Data(left)) => {
-                    if conn.buf.is_empty() {
+                    if conn.0.buf.is_empty() {
                         if let Err(error) = ready!(conn.poll_more(cx, left)) {
                             return this.fail(error);
                         }
                         continue;
                     }
-                    let n = (conn.buf.len() as u64).min(left);
-                    let data = conn.buf.split_to(n as usize).freeze();
+                    let n = (conn.0.buf.len() as u64).min(left);
+                    let data = conn.0.buf.split_to(n as usize).freeze();
                     this.state = match state {
                         State::Length(_) => State::Length(left - n),
                         _ if left == n => State::Chunked(Chunk::DataEnd),
@@ -518,8 +524,8 @@ impl http_body::Body for RawBody {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 State::UntilClose => {
-                    if !conn.buf.is_empty() {
-                        let data = conn.buf.split().freeze();
+                    if !conn.0.buf.is_empty() {
+                        let data = conn.0.buf.split().freeze();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     match ready!(conn.poll_fill_for(cx, 0)) {
@@ -576,7 +582,7 @@ impl http_body::Body for RawBody {
 #[cfg(test)]
 impl Connection {
     fn local_addr(&self) -> std::net::SocketAddr {
-        self.io.local_addr().unwrap()
+        self.0.io.local_addr().unwrap()
     }
 }
 
@@ -663,6 +669,38 @@ mod tests {
         // The target is done and closes: the idle connection says so.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!conn.usable());
+    }
+
+    #[tokio::test]
+    async fn each_response_has_its_own_field_names() {
+        let addr = target(vec![
+            b"HTTP/1.1 200 OK\r\nServer: a\r\nX-One: 1\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nSERVER: b\r\nX-Two: 2\r\nX-Three: 3\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nserver: c\r\n\r\n",
+        ])
+        .await;
+        let mut conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        // Whatever their case, in the order sent.
+        let expected: [&[(&str, &str)]; 3] = [
+            &[("server", "a"), ("x-one", "1"), ("content-length", "0")],
+            &[
+                ("server", "b"),
+                ("x-two", "2"),
+                ("x-three", "3"),
+                ("content-length", "0"),
+            ],
+            &[("content-length", "0"), ("server", "c")],
+        ];
+        for fields in expected {
+            let response = ask(conn, "/").await.unwrap();
+            let seen: Vec<(&str, &str)> = response
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
+                .collect();
+            assert_eq!(seen, fields);
+            conn = read(response).await.2.expect("reusable");
+        }
     }
 
     #[tokio::test]

@@ -114,10 +114,16 @@ impl Proxy {
             .extensions()
             .get::<BufferedPrefix>()
             .is_some_and(|prefix| prefix.complete);
-        if !replaced && content_length(req.headers()).is_some_and(|len| len > limit) {
+        // A body that came with the head (the fast path) is its own length,
+        // and such a request is never an upgrade: those go to hyper.
+        let (declared, hyper) = match req.body() {
+            Inbound::Buffered(data) => (data.as_ref().map(|data| data.len() as u64), false),
+            Inbound::Hyper(_) => (content_length(req.headers()), true),
+        };
+        if !replaced && declared.is_some_and(|len| len > limit) {
             return Err(Kind::PayloadTooLarge { limit }.into());
         }
-        let upgrade = is_upgrade(&req);
+        let upgrade = hyper && is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let prefix = parts.extensions.remove::<BufferedPrefix>();

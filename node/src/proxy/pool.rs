@@ -27,6 +27,7 @@
 //! exchange used, which goes back to the target's idle stack only when
 //! [`InFlight::release`] says the body ended cleanly.
 
+use std::cell::OnceCell;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
@@ -447,16 +448,20 @@ impl Pool {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn available(&self, target: &Target, now_ms: u64) -> bool {
-        target.healthy() && target.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    /// Whether `target` may take a request: healthy and not ejected. `now`
+    /// is read from the clock only if the target was ever ejected.
+    fn available(&self, target: &Target, now: &OnceCell<u64>) -> bool {
+        let ejected_until = target.ejected_until_ms.load(Ordering::Relaxed);
+        target.healthy()
+            && (ejected_until == 0 || ejected_until <= *now.get_or_init(|| self.now_ms()))
     }
 
     /// How many targets of the current set may take a request now.
     pub fn available_targets(&self) -> usize {
-        let now = self.now_ms();
+        let now = OnceCell::new();
         self.targets()
             .iter()
-            .filter(|t| self.available(t, now))
+            .filter(|t| self.available(t, &now))
             .count()
     }
 
@@ -471,10 +476,10 @@ impl Pool {
     /// Picks an available target of `set`, avoiding those in `tried` while
     /// others remain. `hash` is the request's hash when the balancer hashes.
     pub fn pick(&self, set: &Targets, hash: Option<u64>, tried: &[usize]) -> Option<usize> {
-        let now = self.now_ms();
+        let now = OnceCell::new();
         let order = &set.order;
         let n = order.len();
-        let usable = |i: usize| self.available(&set.list[i], now) && !tried.contains(&i);
+        let usable = |i: usize| self.available(&set.list[i], &now) && !tried.contains(&i);
         let round_robin = || {
             let start = self.next.fetch_add(1, Ordering::Relaxed);
             (0..n).map(|k| order[(start + k) % n]).find(|&i| usable(i))

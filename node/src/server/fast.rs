@@ -220,7 +220,7 @@ enum Framing {
 fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
-    headers: &mut HeaderMap,
+    headers: &HeaderMap,
     size: &SizeHint,
     head_request: bool,
     close: bool,
@@ -231,29 +231,54 @@ fn encode_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    headers.remove(header::TRANSFER_ENCODING);
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| content_length(value.as_bytes()));
+    // One pass over the fields: each is written, but for the framing ones,
+    // which are decided below, and noted when the head needs it.
+    let mut length_field = None;
+    let (mut has_date, mut has_connection) = (false, false);
+    for (name, value) in headers.iter() {
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            length_field.get_or_insert(value);
+            continue;
+        }
+        has_date |= name == header::DATE;
+        has_connection |= name == header::CONNECTION;
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let declared = length_field.and_then(|value| content_length(value.as_bytes()));
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        if status != StatusCode::NOT_MODIFIED {
-            headers.remove(header::CONTENT_LENGTH);
+        // A 304 may say how long the full response would be.
+        if status == StatusCode::NOT_MODIFIED
+            && let Some(value) = length_field
+        {
+            push_field(out, b"content-length", value.as_bytes());
         }
         Framing::None
     } else if head_request {
+        if let Some(value) = length_field {
+            push_field(out, b"content-length", value.as_bytes());
+        }
         Framing::None
     } else if let Some(length) = declared {
+        push_field(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(length).as_bytes(),
+        );
         Framing::Length(length as u64)
     } else {
-        headers.remove(header::CONTENT_LENGTH);
         match size.exact() {
             Some(length) => {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
-                out.extend_from_slice(b"\r\n");
+                push_field(
+                    out,
+                    b"content-length",
+                    itoa::Buffer::new().format(length).as_bytes(),
+                );
                 Framing::Length(length)
             }
             None => {
@@ -262,22 +287,23 @@ fn encode_head(
             }
         }
     };
-    if close && !headers.contains_key(header::CONNECTION) {
+    if close && !has_connection {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !has_date {
         out.extend_from_slice(b"date: ");
         date(out);
         out.extend_from_slice(b"\r\n");
     }
-    for (name, value) in headers.iter() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
     out.extend_from_slice(b"\r\n");
     framing
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends the current time as an HTTP date, formatted once a second per
@@ -486,11 +512,11 @@ where
         head_request: bool,
         close: bool,
     ) -> io::Result<()> {
-        let (mut parts, mut body) = response.into_parts();
+        let (parts, mut body) = response.into_parts();
         let framing = encode_head(
             &mut self.out,
             parts.status,
-            &mut parts.headers,
+            &parts.headers,
             &body.size_hint(),
             head_request,
             close,
@@ -768,14 +794,7 @@ mod tests {
         close: bool,
     ) -> (Framing, String) {
         let mut out = Vec::new();
-        let framing = encode_head(
-            &mut out,
-            status,
-            &mut headers.clone(),
-            &size,
-            head_request,
-            close,
-        );
+        let framing = encode_head(&mut out, status, headers, &size, head_request, close);
         (framing, String::from_utf8(out).unwrap())
     }
 
@@ -792,10 +811,10 @@ mod tests {
         );
         assert_eq!(framing, Framing::Length(2));
         assert!(
-            text.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ndate: "),
+            text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\ndate: "),
             "{text}"
         );
-        assert!(text.ends_with("x-a: 1\r\n\r\n"), "{text}");
+        assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
 
         let (framing, text) = head(StatusCode::OK, &headers, SizeHint::default(), false, true);
         assert_eq!(framing, Framing::Chunked);
