@@ -160,7 +160,7 @@ pub struct Line<'a> {
 }
 
 impl Line<'_> {
-    #[inline]
+    #[inline(always)]
     fn key(&mut self, key: &str) {
         if !self.first {
             self.buf.push(b',');
@@ -172,7 +172,7 @@ impl Line<'_> {
     }
 
     /// A string field, escaped.
-    #[inline]
+    #[inline(always)]
     pub fn str(&mut self, key: &str, value: &str) {
         self.key(key);
         push_json_str(self.buf, value);
@@ -181,7 +181,7 @@ impl Line<'_> {
     /// A string field whose value needs no escaping by construction: a
     /// token, hex digits, a checked host or request id. (Checking would
     /// cost more than writing.)
-    #[inline]
+    #[inline(always)]
     pub fn token(&mut self, key: &str, value: &[u8]) {
         debug_assert!(is_plain(value), "{value:?} needs escaping");
         self.quoted(key, |out| out.extend_from_slice(value));
@@ -239,7 +239,7 @@ impl Line<'_> {
 
     /// A string field whose text `write` appends and which needs no
     /// escaping (addresses).
-    #[inline]
+    #[inline(always)]
     fn quoted(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) {
         self.key(key);
         self.buf.push(b'"');

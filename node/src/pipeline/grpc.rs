@@ -609,7 +609,7 @@ impl GrpcStage {
         cx: &mut RequestCx,
         req: &mut Request,
     ) -> Result<Flow, Error> {
-        let upstream_path = cx.upstream_path.clone();
+        let upstream_path = cx.upstream_path().to_owned();
         let Some(matched) = grpc.find(req.method(), &upstream_path) else {
             return Err(Kind::NoRoute.into());
         };

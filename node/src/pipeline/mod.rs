@@ -147,8 +147,9 @@ pub struct RequestCx {
     pub path: String,
     /// The route chosen by the `route` stage.
     pub route: Option<Arc<route::Route>>,
-    /// The path sent upstream (after rewrites).
-    pub upstream_path: String,
+    /// The path the route's rewrite made of `path`, to send upstream
+    /// (`None`: the route sends `path` as it is).
+    pub rewritten: Option<String>,
     /// The API and version chosen by the `version` stage.
     pub api: Option<version::Selected>,
     /// The verified caller, when the route authenticates.
@@ -184,7 +185,7 @@ impl RequestCx {
             authority: None,
             path: String::new(),
             route: None,
-            upstream_path: String::new(),
+            rewritten: None,
             api: None,
             principal: None,
             target: None,
@@ -205,6 +206,11 @@ impl RequestCx {
     ) -> Option<(Arc<route::Route>, Arc<T>)> {
         let route = self.route.as_ref()?;
         Some((route.clone(), block(route)?.clone()))
+    }
+
+    /// The path sent upstream: the rewritten one, or the normalised path.
+    pub fn upstream_path(&self) -> &str {
+        self.rewritten.as_deref().unwrap_or(&self.path)
     }
 
     /// Turns `error` into the client's response, remembering its code.

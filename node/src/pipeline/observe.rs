@@ -73,8 +73,8 @@ pub fn finish(
                 // Checked by `admit`: letters, digits, `-._[]:`.
                 line.token("host", cx.host.as_bytes());
                 line.str("path", &cx.path);
-                if !cx.upstream_path.is_empty() {
-                    line.str("upstream_path", &cx.upstream_path);
+                if cx.route.is_some() {
+                    line.str("upstream_path", cx.upstream_path());
                 }
                 line.u64("status", u64::from(status.as_u16()));
                 line.str(

@@ -447,12 +447,13 @@ impl Route {
         true
     }
 
-    /// The path to send upstream.
-    pub fn upstream_path(&self, path: &str) -> Result<String, Error> {
-        match &self.rewrite {
-            None => Ok(path.to_owned()),
-            Some(rewriter) => rewriter.apply(path),
-        }
+    /// What the route's rewrite makes of `path` (`None`: it has none, and
+    /// `path` goes upstream as it is).
+    pub fn rewrite(&self, path: &str) -> Result<Option<String>, Error> {
+        self.rewrite
+            .as_ref()
+            .map(|rewriter| rewriter.apply(path))
+            .transpose()
     }
 }
 
@@ -565,8 +566,8 @@ impl Stage for RouteStage {
         let Some(route) = snapshot.router.find(cx, req) else {
             return ready(Err(Kind::NoRoute.into()));
         };
-        ready(route.upstream_path(&cx.path).map(|path| {
-            cx.upstream_path = path;
+        ready(route.rewrite(&cx.path).map(|rewritten| {
+            cx.rewritten = rewritten;
             cx.route = Some(route.clone());
             Flow::Continue
         }))

@@ -337,9 +337,14 @@ impl Client {
         head: &h1::RequestHead<'_>,
         body: Option<&Bytes>,
     ) -> Result<(Response<FromUpstream>, Option<Conn>), Error> {
+        // Connecting is the cold path: boxed, so that this future, which
+        // every proxied request carries to its response head, stays small.
         let (conn, pooled) = match self.pop_raw(endpoint) {
             Some(conn) => (conn, true),
-            None => (h1::Connection::new(self.connect(endpoint).await?), false),
+            None => (
+                h1::Connection::new(Box::pin(self.connect(endpoint)).await?),
+                false,
+            ),
         };
         let response = match conn.exchange(head, body).await {
             Ok(response) => response,
@@ -349,7 +354,7 @@ impl Client {
                     && (!failed.sent || super::is_idempotent(head.method)) =>
             {
                 tracing::debug!(target = %endpoint.authority, error = %failed.error, "pooled connection closed; sending on a new one");
-                let conn = h1::Connection::new(self.connect(endpoint).await?);
+                let conn = h1::Connection::new(Box::pin(self.connect(endpoint)).await?);
                 conn.exchange(head, body)
                     .await
                     .map_err(|failed| Error::Exchange(failed.error))?

@@ -152,8 +152,10 @@ impl Own {
     /// `Forwarded` hops, `TE`, `Connection`, `Upgrade`) in one pass, and
     /// appends this hop.
     fn new(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Self {
-        let mut xff = Vec::with_capacity(64);
-        let mut forwarded = Vec::with_capacity(96);
+        // Both forwarding fields are written into one buffer, which their
+        // values then share: `X-Forwarded-For`, then `Forwarded`.
+        let mut text = Vec::with_capacity(160);
+        let mut earlier_forwarded = Vec::new();
         let mut trailers = false;
         let mut listed = Vec::new();
         let mut upgrade_value = None;
@@ -164,32 +166,40 @@ impl Own {
                 listed.extend(super::listed_names(value));
             } else if *name == header::UPGRADE {
                 upgrade_value = upgrade_value.or_else(|| upgrade.then(|| value.clone()));
-            } else if let Some(list) = match name {
-                name if name == X_FORWARDED_FOR => Some(&mut xff),
-                name if name == FORWARDED => Some(&mut forwarded),
-                _ => None,
-            } && let Ok(previous) = value.to_str()
+            } else if *name == X_FORWARDED_FOR {
+                if let Ok(previous) = value.to_str() {
+                    push_all(&mut text, &[previous.as_bytes(), b", "]);
+                }
+            } else if *name == FORWARDED
+                && let Ok(previous) = value.to_str()
             {
-                push_all(list, &[previous.as_bytes(), b", "]);
+                earlier_forwarded.push(previous);
             }
         }
 
         let ip = cx.client.ip().to_canonical();
-        let ip_start = xff.len();
-        crate::text::push_ip(&mut xff, ip);
+        let ip_start = text.len();
+        crate::text::push_ip(&mut text, ip);
+        let xff_end = text.len();
+        for previous in earlier_forwarded {
+            push_all(&mut text, &[previous.as_bytes(), b", "]);
+        }
         let https = cx.tls.is_some();
         let proto: &[u8] = if https { b"https" } else { b"http" };
-        let ip_text = &xff[ip_start..];
         // Pushed piece by piece: `write!` costs more than the field is worth.
-        if ip.is_ipv6() {
-            push_all(&mut forwarded, &[b"for=\"[", ip_text, b"]\";proto=", proto]);
+        let (before, after): (&[u8], &[u8]) = if ip.is_ipv6() {
+            (b"for=\"[", b"]\";proto=")
         } else {
-            push_all(&mut forwarded, &[b"for=", ip_text, b";proto=", proto]);
-        }
+            (b"for=", b";proto=")
+        };
+        text.extend_from_slice(before);
+        text.extend_from_within(ip_start..xff_end);
+        push_all(&mut text, &[after, proto]);
         // `admit` checked the host's bytes.
         if let Some(host) = &cx.authority {
-            push_all(&mut forwarded, &[b";host=\"", host.as_bytes(), b"\""]);
+            push_all(&mut text, &[b";host=\"", host.as_bytes(), b"\""]);
         }
+        let text = Bytes::from(text);
 
         let mut identity = HeaderMap::new();
         if let Some(principal) = &cx.principal {
@@ -206,10 +216,10 @@ impl Own {
                 .authority
                 .clone()
                 .filter(|_| cx.route.as_ref().is_some_and(|r| r.preserve_host)),
-            forwarded_for: value(xff),
+            forwarded_for: value(text.slice(..xff_end)),
             https,
             forwarded_host: cx.authority.clone(),
-            forwarded: value(forwarded),
+            forwarded: value(text.slice(xff_end..)),
             request_id: cx.request_id.clone(),
             traceparent: cx.traceparent.clone(),
             api_version: cx.api.as_ref().map(|selected| selected.version.clone()),
@@ -244,6 +254,6 @@ fn push_all(out: &mut Vec<u8>, parts: &[&[u8]]) {
 /// `text` as a field value, without copying it; `None` if it holds bytes
 /// a field may not (the pieces were checked as they were read, so this is
 /// only a last line of defence).
-fn value(text: Vec<u8>) -> Option<HeaderValue> {
-    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
+fn value(text: Bytes) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(text).ok()
 }

@@ -133,7 +133,14 @@ impl Proxy {
         let payload = Payload::new(prefix, body);
         let mut out = Outgoing {
             fields: UpstreamFields::new(cx, parts.headers, upgrade),
-            path_and_query: path_and_query(&cx.upstream_path, parts.uri.query())?,
+            path_and_query: match parts.uri.path_and_query() {
+                // Neither rewritten nor changed by normalising: the client's,
+                // shared rather than copied and checked again.
+                Some(original) if cx.rewritten.is_none() && original.path() == cx.path => {
+                    original.clone()
+                }
+                _ => path_and_query(cx.upstream_path(), parts.uri.query())?,
+            },
             method: parts.method,
             preserve_host: route.preserve_host && cx.authority.is_some(),
             payload,

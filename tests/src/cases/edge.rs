@@ -159,6 +159,12 @@ async fn dot_segments_cannot_reach_other_routes() {
     .await;
     assert_eq!(reply.json()["upstream"], "public");
     assert_eq!(public.last().uri, "/api/x");
+    // The query goes along, whether the path needed normalising or not.
+    for path in ["/api/./x?q=1&r=/../", "/api/x?q=1&r=/../"] {
+        let reply = crate::client::get_with(&node.url(path), &[("host", "api.example.com")]).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(public.last().uri, "/api/x?q=1&r=/../", "{path}");
+    }
 }
 
 #[tokio::test]
