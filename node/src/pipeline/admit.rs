@@ -8,7 +8,7 @@
 //!   them than `limits.max-headers` (431);
 //! - `Content-Length` together with `Transfer-Encoding`, or several
 //!   `Content-Length` values (400, RFC 9112 §6.3: ambiguous framing);
-//! - a missing or malformed `Host`, an absolute-form target whose authority
+//! - a missing, repeated or malformed `Host`, an absolute-form target whose authority
 //!   differs from `Host`, or a scheme other than http(s) (400);
 //! - a path that does not normalise (400; see [`crate::normalize`]).
 //!
