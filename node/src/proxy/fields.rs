@@ -5,10 +5,10 @@
 //!
 //! The two parts are kept apart and written out one after the other, so
 //! the HTTP/1.1 fast path sends a request without building a merged map: it
-//! writes [`UpstreamFields::iter`] straight to the connection. hyper's
-//! paths, the cross-region fallback and the stages that call upstreams
-//! themselves get the merged map ([`UpstreamFields::to_map`],
-//! [`upstream_headers`]).
+//! visits both (`UpstreamFields::each`) and writes them straight to the
+//! connection. hyper's paths, the cross-region fallback and the stages that
+//! call upstreams themselves get the merged map (`UpstreamFields::to_map`,
+//! `upstream_headers`).
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

@@ -593,9 +593,9 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
-    /// A target that answers each request with the next of `answers`,
-    /// after reading one request head; returns its address.
-    async fn target(answers: Vec<&'static [u8]>) -> std::net::SocketAddr {
+    /// A connection to a target that answers each request with the next of
+    /// `answers`, after reading one request head.
+    async fn serving(answers: Vec<&'static [u8]>) -> Connection {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -618,7 +618,7 @@ mod tests {
                 stream.write_all(b).await.unwrap();
             }
         });
-        addr
+        Connection::new(TcpStream::connect(addr).await.unwrap())
     }
 
     fn get(path: &str) -> Request<()> {
@@ -645,13 +645,11 @@ mod tests {
 
     #[tokio::test]
     async fn length_chunked_and_interim_responses_on_one_connection() {
-        let addr = target(vec![
+        let conn = serving(vec![
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nworld\r\n1\r\n!\r\n0\r\nX-Trailer: t\r\n\r\n",
             b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n",
-        ])
-        .await;
-        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        ]).await;
         let local = conn.local_addr();
         let response = ask(conn, "/a").await.unwrap();
         assert_eq!(response.headers()["x-a"], "1");
@@ -673,13 +671,12 @@ mod tests {
 
     #[tokio::test]
     async fn each_response_has_its_own_field_names() {
-        let addr = target(vec![
+        let mut conn = serving(vec![
             b"HTTP/1.1 200 OK\r\nServer: a\r\nX-One: 1\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nSERVER: b\r\nX-Two: 2\r\nX-Three: 3\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nserver: c\r\n\r\n",
         ])
         .await;
-        let mut conn = Connection::new(TcpStream::connect(addr).await.unwrap());
         // Whatever their case, in the order sent.
         let expected: [&[(&str, &str)]; 3] = [
             &[("server", "a"), ("x-one", "1"), ("content-length", "0")],
@@ -705,17 +702,15 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_to_the_close_and_closing_responses_are_not_reused() {
-        let addr = target(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"]).await;
-        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        let conn = serving(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"]).await;
         let (_, body, conn) = read(ask(conn, "/").await.unwrap()).await;
         assert_eq!(&body[..], b"until the end");
         assert!(conn.is_none());
 
-        let addr = target(vec![
+        let conn = serving(vec![
             b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
         ])
         .await;
-        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
         let (_, body, conn) = read(ask(conn, "/").await.unwrap()).await;
         assert_eq!(&body[..], b"ok");
         assert!(conn.is_none());
@@ -723,12 +718,10 @@ mod tests {
 
     #[tokio::test]
     async fn hop_by_hop_fields_are_dropped_unless_connection_names_others() {
-        let addr = target(vec![
+        let conn = serving(vec![
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-private\r\nX-Private: 1\r\nContent-Length: 0\r\n\r\n",
-        ])
-        .await;
-        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        ]).await;
         let response = ask(conn, "/").await.unwrap();
         let names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-a", "content-length"]);
@@ -751,8 +744,7 @@ mod tests {
             b"HTTP/1.1 2000 OK\r\n\r\n",
             b"NOT HTTP\r\n\r\n",
         ] {
-            let addr = target(vec![answer]).await;
-            let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+            let conn = serving(vec![answer]).await;
             let failed = ask(conn, "/").await.unwrap_err();
             assert!(!failed.unanswered, "{answer:?}");
         }
@@ -761,8 +753,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
         ] {
-            let addr = target(vec![answer]).await;
-            let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+            let conn = serving(vec![answer]).await;
             let response = ask(conn, "/").await.unwrap();
             let mut body = response.into_body();
             let mut failed = false;
