@@ -572,7 +572,7 @@ impl Pool {
     ) -> Result<Exchanged, Failed> {
         let mut in_flight = self.begin(set, index);
         let started = Instant::now();
-        match tokio::time::timeout(timeout, send).await {
+        match tokio::time::timeout_at(started + timeout, send).await {
             Ok(Ok((response, conn))) => {
                 in_flight.keep(conn);
                 let latency = started.elapsed();
