@@ -231,41 +231,10 @@ impl Line<'_> {
         self.quoted(key, |out| crate::text::push_ip(out, ip));
     }
 
-    /// A socket address field (`"1.2.3.4:80"`, `"[::1]:80"`), then an IP
-    /// address field: when the IP is
-    /// the address's own (IPv4), its text is copied from the first rather
-    /// than written again.
+    /// A socket address field (`"1.2.3.4:80"`, `"[::1]:80"`).
     #[inline]
-    pub fn addr_and_ip(
-        &mut self,
-        addr_key: &str,
-        addr: std::net::SocketAddr,
-        ip_key: &str,
-        ip: std::net::IpAddr,
-    ) {
-        self.key(addr_key);
-        self.buf.push(b'"');
-        let text = self.buf.len();
-        crate::text::push_socket_addr(self.buf, addr);
-        let end = self.buf.len();
-        self.buf.push(b'"');
-        let own_ip = match addr {
-            std::net::SocketAddr::V4(v4) if ip == std::net::IpAddr::V4(*v4.ip()) => self.buf
-                [text..end]
-                .iter()
-                .rposition(|&b| b == b':')
-                .map(|colon| text..text + colon),
-            _ => None,
-        };
-        match own_ip {
-            Some(range) => {
-                self.key(ip_key);
-                self.buf.push(b'"');
-                self.buf.extend_from_within(range);
-                self.buf.push(b'"');
-            }
-            None => self.ip(ip_key, ip),
-        }
+    pub fn addr(&mut self, key: &str, addr: std::net::SocketAddr) {
+        self.quoted(key, |out| crate::text::push_socket_addr(out, addr));
     }
 
     /// A string field whose text `write` appends and which needs no
@@ -484,16 +453,11 @@ mod tests {
         line.millis("ms", std::time::Duration::from_micros(1_234_567));
         line.millis("tiny", std::time::Duration::from_micros(7));
         line.bool("complete", true);
-        let client: std::net::SocketAddr = "127.0.0.1:80".parse().unwrap();
-        line.addr_and_ip(
+        line.addr(
             "client",
-            client,
-            "client_ip",
-            "2001:db8::1".parse().unwrap(),
+            "127.0.0.1:80".parse::<std::net::SocketAddr>().unwrap(),
         );
-        line.addr_and_ip("peer", client, "peer_ip", client.ip());
-        let v6: std::net::SocketAddr = "[::1]:443".parse().unwrap();
-        line.addr_and_ip("peer6", v6, "peer6_ip", v6.ip());
+        line.ip("client_ip", "2001:db8::1".parse().unwrap());
         line.timestamp(
             "ts",
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_767_225_600_042),
@@ -507,10 +471,6 @@ mod tests {
         assert_eq!(value["complete"], true);
         assert_eq!(value["client"], "127.0.0.1:80");
         assert_eq!(value["client_ip"], "2001:db8::1");
-        assert_eq!(value["peer"], "127.0.0.1:80");
-        assert_eq!(value["peer_ip"], "127.0.0.1");
-        assert_eq!(value["peer6"], "[::1]:443");
-        assert_eq!(value["peer6_ip"], "::1");
         assert_eq!(value["ts"], "2026-01-01T00:00:00.042Z");
     }
 

@@ -7,7 +7,6 @@
 //! An invalid or missing one starts a new trace. Both go upstream and back
 //! to the client.
 
-use bytes::BytesMut;
 use http::{HeaderName, HeaderValue};
 
 /// `x-request-id`.
@@ -51,11 +50,6 @@ impl Context {
 
     /// The `traceparent` value naming the gateway's span.
     pub fn traceparent(&self) -> HeaderValue {
-        HeaderValue::from_bytes(&self.traceparent_text())
-            .expect("hex digits and dashes are valid header bytes")
-    }
-
-    fn traceparent_text(&self) -> [u8; 55] {
         let mut out = [0u8; 55];
         out[..3].copy_from_slice(b"00-");
         write_hex(&mut out[3..35], &self.trace_id);
@@ -63,7 +57,7 @@ impl Context {
         write_hex(&mut out[36..52], &self.span_id);
         out[52] = b'-';
         write_hex(&mut out[53..55], &[self.flags]);
-        out
+        HeaderValue::from_bytes(&out).expect("hex digits and dashes are valid header bytes")
     }
 
     /// The trace id, displayed as 32 hex digits (for logs).
@@ -142,51 +136,17 @@ fn parse(value: &[u8]) -> Option<([u8; 16], u8)> {
 
 /// The request id: the client's when sane, otherwise a new UUIDv4.
 pub fn request_id(client: Option<&HeaderValue>) -> HeaderValue {
-    match sane(client) {
-        Some(kept) => kept.clone(),
-        None => HeaderValue::from_bytes(&new_request_id())
-            .expect("hex digits and dashes are valid header bytes"),
-    }
-}
-
-/// A request's id (as [`request_id`]) and `traceparent` (as
-/// [`Context::traceparent`]). The new ones share one buffer, so that the
-/// copies made of them (upstream, back to the client) count references
-/// rather than allocate.
-pub fn request_ids(client: Option<&HeaderValue>, trace: &Context) -> (HeaderValue, HeaderValue) {
-    let kept = sane(client);
-    let mut text = BytesMut::with_capacity(36 + 55);
-    if kept.is_none() {
-        text.extend_from_slice(&new_request_id());
-    }
-    text.extend_from_slice(&trace.traceparent_text());
-    let traceparent = text.split_off(text.len() - 55).freeze();
-    let valid = "hex digits and dashes are valid header bytes";
-    let id = match kept {
-        Some(kept) => kept.clone(),
-        None => HeaderValue::from_maybe_shared(text.freeze()).expect(valid),
-    };
-    (
-        id,
-        HeaderValue::from_maybe_shared(traceparent).expect(valid),
-    )
-}
-
-/// The client's request id, if it is sane: 1–128 characters from a
-/// conservative set (so it needs no escaping in logs).
-fn sane(client: Option<&HeaderValue>) -> Option<&HeaderValue> {
-    client.filter(|value| {
+    if let Some(value) = client {
         let bytes = value.as_bytes();
-        !bytes.is_empty()
+        let sane = !bytes.is_empty()
             && bytes.len() <= 128
             && bytes
                 .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
-    })
-}
-
-/// A new UUIDv4 as text.
-fn new_request_id() -> [u8; 36] {
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b));
+        if sane {
+            return value.clone();
+        }
+    }
     let mut id = fastrand::u128(..).to_be_bytes();
     id[6] = (id[6] & 0x0f) | 0x40;
     id[8] = (id[8] & 0x3f) | 0x80;
@@ -197,7 +157,7 @@ fn new_request_id() -> [u8; 36] {
     write_hex(&mut out[14..18], &id[6..8]);
     write_hex(&mut out[19..23], &id[8..10]);
     write_hex(&mut out[24..36], &id[10..16]);
-    out
+    HeaderValue::from_bytes(&out).expect("hex digits and dashes are valid header bytes")
 }
 
 #[cfg(test)]
@@ -244,20 +204,6 @@ mod tests {
     fn future_versions_may_carry_more_fields() {
         let future = format!("01{}-what", &VALID[2..]);
         assert!(parse(future.as_bytes()).is_some());
-    }
-
-    #[test]
-    fn ids_made_together_are_the_ids_made_apart() {
-        let trace = Context::continue_or_start(Some(&HeaderValue::from_static(VALID)));
-        let kept = HeaderValue::from_static("abc-123");
-        let (id, traceparent) = super::request_ids(Some(&kept), &trace);
-        assert_eq!((id, &traceparent), (kept, &trace.traceparent()));
-        let (id, traceparent) = super::request_ids(None, &trace);
-        assert_eq!(traceparent, trace.traceparent());
-        assert_eq!(id.len(), 36);
-        assert_eq!(&id.as_bytes()[14..15], b"4");
-        let bad = HeaderValue::from_static("has space");
-        assert_ne!(super::request_ids(Some(&bad), &trace).0, bad);
     }
 
     #[test]

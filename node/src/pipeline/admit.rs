@@ -233,8 +233,9 @@ impl Stage for Admit {
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
         let fields = Fields::read(req.headers());
+        cx.request_id = trace::request_id(fields.request_id);
         cx.trace = trace::Context::continue_or_start(fields.traceparent);
-        (cx.request_id, cx.traceparent) = trace::request_ids(fields.request_id, &cx.trace);
+        cx.traceparent = cx.trace.traceparent();
         ready(self.check(cx, req, &fields).map(|()| Flow::Continue))
     }
 }
