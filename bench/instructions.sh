@@ -21,7 +21,8 @@
 # processes started here are stopped by PID. Needs valgrind (Debian package).
 #
 # Environment: WORK_DIR (required), DURATION=10, CONNS=64, PATH_=/2b,
-# PORT_BASE=18380 (as bench/proxy.sh).
+# PORT_BASE=18380 (as bench/proxy.sh), CLOSE=1 for a new connection per
+# request (wrk sends `Connection: close`, as bench/proxy.sh's close16-2b).
 
 set -euo pipefail
 
@@ -30,6 +31,8 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-64}
 PATH_=${PATH_:-/2b}
 PORT_BASE=${PORT_BASE:-18380}
+WRK_ARGS=(-t1 -c"$CONNS")
+[ "${CLOSE:-0}" = 1 ] && WRK_ARGS+=(-H 'Connection: close')
 NGINX_PORT=$((PORT_BASE + 1))
 MERIDIAN_PORT=$((PORT_BASE + 2))
 [ $# -ge 1 ] || { echo "usage: WORK_DIR=... $0 MERIDIAN_BIN..." >&2; exit 1; }
@@ -57,9 +60,9 @@ count() {
         curl -sf "$url" >/dev/null && break
         sleep 0.2
     done
-    timeout 30 wrk -t1 -c"$CONNS" -d3s "$url" >/dev/null
+    timeout 30 wrk "${WRK_ARGS[@]}" -d3s "$url" >/dev/null
     callgrind_control -z "$pid" >/dev/null 2>&1
-    out=$(timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" "$url")
+    out=$(timeout $((DURATION + 30)) wrk "${WRK_ARGS[@]}" -d"${DURATION}s" "$url")
     callgrind_control -d "$pid" >/dev/null 2>&1
     kill "$pid"
     wait "$pid" 2>/dev/null || true

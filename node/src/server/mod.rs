@@ -267,7 +267,10 @@ pub async fn serve<H, F>(
         let (builder, handler, shared) = (builder.clone(), handler.clone(), shared.clone());
         let (shutdown, force) = (shutdown.clone(), force.clone());
         let tls = settings.tls.clone();
-        connections.spawn(async move {
+        // Boxed: a connection's future is several kilobytes (the request
+        // path's futures live in it), and tokio moves a task's future
+        // whole as it spawns and finishes it; a box moves as a pointer.
+        connections.spawn(Box::pin(async move {
             let _ = stream.set_nodelay(true);
             match tls {
                 None => {
@@ -276,31 +279,37 @@ pub async fn serve<H, F>(
                     )
                     .await;
                 }
+                // Boxed: the handshake and the TLS stream would otherwise
+                // size every connection's task, and a task is copied whole
+                // as it is spawned.
                 Some(tls) => {
-                    let handshake = tokio::select! {
-                        accepted = tls.accept(stream, shared.header_read) => accepted.ok(),
-                        () = shutdown.cancelled() => None,
-                    };
-                    if let Some((stream, info)) = handshake {
-                        serve_connection(
-                            builder,
-                            stream,
-                            Some(info),
-                            peer,
-                            handler,
-                            shared,
-                            shutdown,
-                            force,
-                        )
-                        .await;
-                    }
+                    Box::pin(async move {
+                        let handshake = tokio::select! {
+                            accepted = tls.accept(stream, shared.header_read) => accepted.ok(),
+                            () = shutdown.cancelled() => None,
+                        };
+                        if let Some((stream, info)) = handshake {
+                            serve_connection(
+                                builder,
+                                stream,
+                                Some(info),
+                                peer,
+                                handler,
+                                shared,
+                                shutdown,
+                                force,
+                            )
+                            .await;
+                        }
+                    })
+                    .await;
                 }
             }
             drop(permit);
             if let Some(open) = open {
                 open.decrement(1.0);
             }
-        });
+        }));
     }
     drop(listener);
     connections.close();
@@ -351,7 +360,38 @@ async fn serve_connection<H, F, S>(
     } else {
         Bytes::new()
     };
-    let io = fast::Rewind::new(read, io);
+    // hyper's connection, boxed for the same reason as TLS: most
+    // connections never get here.
+    Box::pin(serve_hyper(
+        builder,
+        fast::Rewind::new(read, io),
+        tls,
+        peer,
+        handler,
+        shared,
+        shutdown,
+        force,
+    ))
+    .await;
+}
+
+/// Serves the rest of a connection with hyper (HTTP/2, upgrades, and what
+/// the fast path handed over), starting with the bytes `io` rewinds.
+#[allow(clippy::too_many_arguments)]
+async fn serve_hyper<H, F, S>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    io: fast::Rewind<stall::WriteIdle<S>>,
+    tls: Option<Arc<crate::tls::TlsInfo>>,
+    peer: SocketAddr,
+    handler: H,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+) where
+    H: Fn(hyper::Request<Inbound>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::default());
     let framing = Arc::new(framing::Flag::default());
     let resets = Resets::new(shared.max_reset_streams);
