@@ -264,8 +264,15 @@ pub async fn serve<H, F>(
             total.increment(1);
         }
         let open = settings.metrics.as_ref().map(|(open, _)| open.clone());
-        let (builder, handler, shared) = (builder.clone(), handler.clone(), shared.clone());
-        let (shutdown, force) = (shutdown.clone(), force.clone());
+        let mut serving = Serving {
+            builder: builder.clone(),
+            tls: None,
+            peer,
+            handler: handler.clone(),
+            shared: shared.clone(),
+            shutdown: shutdown.clone(),
+            force: force.clone(),
+        };
         let tls = settings.tls.clone();
         // Boxed: a connection's future is several kilobytes (the request
         // path's futures live in it), and tokio moves a task's future
@@ -273,33 +280,19 @@ pub async fn serve<H, F>(
         connections.spawn(Box::pin(async move {
             let _ = stream.set_nodelay(true);
             match tls {
-                None => {
-                    serve_connection(
-                        builder, stream, None, peer, handler, shared, shutdown, force,
-                    )
-                    .await;
-                }
+                None => serve_connection(stream, serving).await,
                 // Boxed: the handshake and the TLS stream would otherwise
                 // size every connection's task, and a task is copied whole
                 // as it is spawned.
                 Some(tls) => {
                     Box::pin(async move {
                         let handshake = tokio::select! {
-                            accepted = tls.accept(stream, shared.header_read) => accepted.ok(),
-                            () = shutdown.cancelled() => None,
+                            accepted = tls.accept(stream, serving.shared.header_read) => accepted.ok(),
+                            () = serving.shutdown.cancelled() => None,
                         };
                         if let Some((stream, info)) = handshake {
-                            serve_connection(
-                                builder,
-                                stream,
-                                Some(info),
-                                peer,
-                                handler,
-                                shared,
-                                shutdown,
-                                force,
-                            )
-                            .await;
+                            serving.tls = Some(info);
+                            serve_connection(stream, serving).await;
                         }
                     })
                     .await;
@@ -327,31 +320,42 @@ pub async fn serve<H, F>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_connection<H, F, S>(
+/// What serving one connection needs besides its stream.
+struct Serving<H> {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    stream: S,
+    /// The TLS session, once the handshake is done.
     tls: Option<Arc<crate::tls::TlsInfo>>,
     peer: SocketAddr,
     handler: H,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     force: CancellationToken,
-) where
+}
+
+async fn serve_connection<H, F, S>(stream: S, serving: Serving<H>)
+where
     H: Fn(hyper::Request<Inbound>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let shared = &serving.shared;
     let mut io = stall::WriteIdle::new(
         stream,
         shared.write_idle,
         shared.counters.write_idle.clone(),
     );
     let read = if shared.fast {
-        let http1 = fast::Http1::new(&mut io, peer, tls.clone(), &handler, &shared, &shutdown);
+        let http1 = fast::Http1::new(
+            &mut io,
+            serving.peer,
+            serving.tls.clone(),
+            &serving.handler,
+            shared,
+            &serving.shutdown,
+        );
         let end = tokio::select! {
             end = http1.run() => end,
-            () = force.cancelled() => return,
+            () = serving.force.cancelled() => return,
         };
         match end {
             fast::End::Closed => return,
@@ -362,36 +366,26 @@ async fn serve_connection<H, F, S>(
     };
     // hyper's connection, boxed for the same reason as TLS: most
     // connections never get here.
-    Box::pin(serve_hyper(
+    Box::pin(serve_hyper(fast::Rewind::new(read, io), serving)).await;
+}
+
+/// Serves the rest of a connection with hyper (HTTP/2, upgrades, and what
+/// the fast path handed over), starting with the bytes `io` rewinds.
+async fn serve_hyper<H, F, S>(io: fast::Rewind<stall::WriteIdle<S>>, serving: Serving<H>)
+where
+    H: Fn(hyper::Request<Inbound>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Serving {
         builder,
-        fast::Rewind::new(read, io),
         tls,
         peer,
         handler,
         shared,
         shutdown,
         force,
-    ))
-    .await;
-}
-
-/// Serves the rest of a connection with hyper (HTTP/2, upgrades, and what
-/// the fast path handed over), starting with the bytes `io` rewinds.
-#[allow(clippy::too_many_arguments)]
-async fn serve_hyper<H, F, S>(
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    io: fast::Rewind<stall::WriteIdle<S>>,
-    tls: Option<Arc<crate::tls::TlsInfo>>,
-    peer: SocketAddr,
-    handler: H,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    force: CancellationToken,
-) where
-    H: Fn(hyper::Request<Inbound>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<Body>> + Send + 'static,
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+    } = serving;
     let activity = Arc::new(Activity::default());
     let framing = Arc::new(framing::Flag::default());
     let resets = Resets::new(shared.max_reset_streams);
