@@ -1,7 +1,7 @@
 //! Small text writers for the request path, where `format!` and `Display`
 //! cost more than the work they do (access-log lines, forwarding headers).
 
-use std::fmt::{self, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Appends `ip` as `Display` writes it: IPv4 from a digit table in one
@@ -10,7 +10,7 @@ pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => out.extend_from_slice(Ipv4Text::new(v4, None).as_bytes()),
         IpAddr::V6(v6) => {
-            let _ = write!(Bytes(out), "{v6}");
+            let _ = write!(out, "{v6}");
         }
     }
 }
@@ -22,7 +22,7 @@ pub fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
             out.extend_from_slice(Ipv4Text::new(*v4.ip(), Some(v4.port())).as_bytes());
         }
         SocketAddr::V6(v6) => {
-            let _ = write!(Bytes(out), "[{}]:{}", v6.ip(), v6.port());
+            let _ = write!(out, "[{}]:{}", v6.ip(), v6.port());
         }
     }
 }
@@ -93,24 +93,10 @@ impl Ipv4Text {
 
     /// Appends `n` in decimal.
     fn port(&mut self, n: u16) {
-        let n = u32::from(n);
-        let digits = [
-            n / 10_000,
-            n / 1_000 % 10,
-            n / 100 % 10,
-            n / 10 % 10,
-            n % 10,
-        ];
-        let first = match n {
-            0..=9 => 4,
-            10..=99 => 3,
-            100..=999 => 2,
-            1_000..=9_999 => 1,
-            _ => 0,
-        };
-        for digit in &digits[first..] {
-            self.push(b'0' + *digit as u8);
-        }
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n).as_bytes();
+        self.buf[self.len..self.len + digits.len()].copy_from_slice(digits);
+        self.len += digits.len();
     }
 
     fn as_bytes(&self) -> &[u8] {
@@ -118,14 +104,21 @@ impl Ipv4Text {
     }
 }
 
-/// A `fmt::Write` over a byte buffer.
-struct Bytes<'a>(&'a mut Vec<u8>);
+/// Appends an HTTP/1.1 field line, `name: value` and CRLF.
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
 
-impl Write for Bytes<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
+/// The value of `text` if it is 1 to 19 ASCII digits and nothing else (no
+/// sign, no space, unlike `str::parse`), as protocol numbers are written.
+pub fn digits(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 19 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
     }
+    Some(text.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
 #[cfg(test)]
@@ -150,6 +143,26 @@ mod tests {
             let mut out = Vec::new();
             push_ip(&mut out, addr.ip());
             assert_eq!(out, addr.ip().to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn digits_are_nothing_but_digits() {
+        assert_eq!(digits(b"0"), Some(0));
+        assert_eq!(
+            digits(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"1a",
+            b"10000000000000000000",
+        ] {
+            assert_eq!(digits(bad), None, "{bad:?}");
         }
     }
 

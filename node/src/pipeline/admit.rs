@@ -221,9 +221,7 @@ fn parse_host(authority: &[u8]) -> Result<String, Error> {
 
 /// A port number: 1 to 5 digits, at most 65535.
 fn is_port(text: &[u8]) -> bool {
-    (1..=5).contains(&text.len())
-        && text.iter().all(u8::is_ascii_digit)
-        && text.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
+    text.len() <= 5 && crate::text::digits(text).is_some_and(|n| n <= u64::from(u16::MAX))
 }
 
 impl Stage for Admit {

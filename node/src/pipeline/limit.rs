@@ -134,6 +134,13 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits that apply on `route`, unless it has none.
+    fn of(&self, route: &super::route::Route) -> Option<&RouteLimits> {
+        self.routes
+            .get(route.index())
+            .filter(|limits| !(limits.own.is_empty() && limits.plans.is_empty()))
+    }
+
     /// Compiles the limits of `config`, taking their state from `registry`.
     pub fn compile(config: &GatewayConfig, registry: &Registry, metrics: &Metrics) -> Self {
         let plans: Vec<(String, Vec<Arc<Limit>>)> = config
@@ -271,7 +278,7 @@ impl LimitStage {
             return Ok(Flow::Continue);
         };
         let snapshot = cx.snapshot.clone();
-        let Some(limits) = snapshot.limits.routes.get(route.index()) else {
+        let Some(limits) = snapshot.limits.of(&route) else {
             return Ok(Flow::Continue);
         };
         let plan = cx
@@ -427,11 +434,11 @@ impl Stage for LimitStage {
     }
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
-        let limited = cx
+        if cx
             .route
             .as_ref()
-            .and_then(|route| cx.snapshot.limits.routes.get(route.index()));
-        if limited.is_none_or(|limits| limits.own.is_empty() && limits.plans.is_empty()) {
+            .is_none_or(|route| cx.snapshot.limits.of(route).is_none())
+        {
             return ready(Ok(Flow::Continue));
         }
         wait(self.charge(cx, req))
@@ -442,11 +449,7 @@ impl Stage for LimitStage {
     }
 
     fn acts_on(&self, route: &super::route::Route, snapshot: &crate::snapshot::Snapshot) -> bool {
-        snapshot
-            .limits
-            .routes
-            .get(route.index())
-            .is_some_and(|limits| !(limits.own.is_empty() && limits.plans.is_empty()))
+        snapshot.limits.of(route).is_some()
     }
 }
 

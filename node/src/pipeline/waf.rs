@@ -752,12 +752,9 @@ impl WafStage {
     /// Inspects the head, then as much of the body as the policy asks.
     async fn inspect(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
         let snapshot = cx.snapshot.clone();
-        let Some(waf) = snapshot.policies.waf(cx.route.as_deref()) else {
+        let Some(waf) = enforced(&snapshot, cx.route.as_deref()) else {
             return Ok(Flow::Continue);
         };
-        if waf.mode == WafMode::Off {
-            return Ok(Flow::Continue);
-        }
         // The normalised path (dot segments are gone, so traversal shows
         // up in the query, headers and body), decoded further here.
         if let Some(finding) = waf.inspect_head(&cx.path, req.uri().query(), req.headers()) {
@@ -787,19 +784,26 @@ impl Stage for WafStage {
     }
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
-        let policy = cx.snapshot.policies.waf(cx.route.as_deref());
-        if policy.is_none_or(|waf| waf.mode == WafMode::Off) {
+        if enforced(&cx.snapshot, cx.route.as_deref()).is_none() {
             return ready(Ok(Flow::Continue));
         }
         wait(self.inspect(cx, req))
     }
 
     fn acts_on(&self, route: &super::route::Route, snapshot: &crate::snapshot::Snapshot) -> bool {
-        snapshot
-            .policies
-            .waf(Some(route))
-            .is_some_and(|waf| waf.mode != WafMode::Off)
+        enforced(snapshot, Some(route)).is_some()
     }
+}
+
+/// The WAF policy in force for `route`, unless there is none or it is off.
+fn enforced<'s>(
+    snapshot: &'s crate::snapshot::Snapshot,
+    route: Option<&super::route::Route>,
+) -> Option<&'s Waf> {
+    snapshot
+        .policies
+        .waf(route)
+        .filter(|waf| waf.mode != WafMode::Off)
 }
 
 #[cfg(test)]

@@ -18,10 +18,6 @@ use crate::pipeline::RequestCx;
 use crate::pipeline::version::API_VERSION;
 use crate::trace::{TRACEPARENT, X_REQUEST_ID};
 
-static TE: HeaderName = header::TE;
-static UPGRADE: HeaderName = header::UPGRADE;
-static CONNECTION: HeaderName = header::CONNECTION;
-static HOST: HeaderName = header::HOST;
 static TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -69,20 +65,20 @@ impl UpstreamFields {
 
     /// The fields as one map.
     pub(crate) fn to_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.client.len() + 8);
-        self.each(|name, value| {
-            map.append(name.clone(), value.clone());
-        });
-        map
+        merged(&self.client, self.own.as_ref())
     }
 }
 
 /// The headers sent upstream for the request in `cx`, as one map: for the
 /// stages that call upstreams themselves and keep the client's request.
 pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> HeaderMap {
-    let own = Own::new(cx, client, upgrade);
+    merged(client, Some(&Own::new(cx, client, upgrade)))
+}
+
+/// What [`sent`] visits, as one map.
+fn merged(client: &HeaderMap, own: Option<&Own>) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(client.len() + 8);
-    sent(client, Some(&own), |name, value| {
+    sent(client, own, |name, value| {
         map.append(name.clone(), value.clone());
     });
     map
@@ -98,14 +94,14 @@ fn sent(client: &HeaderMap, own: Option<&Own>, mut visit: impl FnMut(&HeaderName
     }
     let Some(own) = own else { return };
     if own.trailers {
-        visit(&TE, &TRAILERS);
+        visit(&header::TE, &TRAILERS);
     }
     if let Some(upgrade) = &own.upgrade {
-        visit(&UPGRADE, upgrade);
-        visit(&CONNECTION, &UPGRADE_TOKEN);
+        visit(&header::UPGRADE, upgrade);
+        visit(&header::CONNECTION, &UPGRADE_TOKEN);
     }
     if let Some(host) = &own.host {
-        visit(&HOST, host);
+        visit(&header::HOST, host);
     }
     if let Some(value) = &own.forwarded_for {
         visit(&X_FORWARDED_FOR, value);
@@ -245,6 +241,7 @@ impl Own {
     }
 }
 
+/// Appends each of `parts`.
 fn push_all(out: &mut Vec<u8>, parts: &[&[u8]]) {
     for part in parts {
         out.extend_from_slice(part);

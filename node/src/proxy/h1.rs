@@ -34,6 +34,8 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::text::push_field;
+
 /// The most header fields a response head may have.
 const MAX_FIELDS: usize = 100;
 /// The longest response head.
@@ -256,18 +258,13 @@ fn encode(out: &mut Vec<u8>, head: &RequestHead<'_>, body: usize) {
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = head.host {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(host.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, b"host", host.as_bytes());
     }
     let mut field = |name: &HeaderName, value: &HeaderValue| {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             return;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
     };
     for (name, value) in head.fields.into_iter().flatten() {
         field(name, value);
@@ -277,9 +274,11 @@ fn encode(out: &mut Vec<u8>, head: &RequestHead<'_>, body: usize) {
     }
     let method = head.method;
     if body > 0 || method == Method::POST || method == Method::PUT || method == Method::PATCH {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body).as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(body).as_bytes(),
+        );
     }
     out.extend_from_slice(b"\r\n");
 }

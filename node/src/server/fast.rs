@@ -61,6 +61,7 @@ use super::Shared;
 use super::guard::Closed;
 use crate::body::{Body, BodyError, Inbound};
 use crate::proxy::h1::write_both;
+use crate::text::push_field;
 
 /// The most header fields the fast path takes; a head with more goes to
 /// hyper.
@@ -172,12 +173,7 @@ fn parse(buf: &[u8], max_head: usize, fields: &mut Vec<Span>) -> Parsed {
 
 /// A `Content-Length` value: digits only, as RFC 9110 §8.6 has it.
 fn content_length(value: &[u8]) -> Option<usize> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    value.iter().try_fold(0usize, |n, &d| {
-        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
-    })
+    crate::text::digits(value).and_then(|n| usize::try_from(n).ok())
 }
 
 /// The request `head` describes, its parts sliced out of `bytes`; `None`
@@ -297,13 +293,6 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     framing
-}
-
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends the current time as an HTTP date, formatted once a second per
@@ -593,10 +582,7 @@ where
             Framing::Chunked => {
                 self.out.extend_from_slice(b"0\r\n");
                 for (name, value) in trailers.iter().flat_map(HeaderMap::iter) {
-                    self.out.extend_from_slice(name.as_str().as_bytes());
-                    self.out.extend_from_slice(b": ");
-                    self.out.extend_from_slice(value.as_bytes());
-                    self.out.extend_from_slice(b"\r\n");
+                    push_field(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
                 }
                 self.out.extend_from_slice(b"\r\n");
             }

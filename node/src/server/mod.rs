@@ -281,9 +281,8 @@ pub async fn serve<H, F>(
             let _ = stream.set_nodelay(true);
             match tls {
                 None => serve_connection(stream, serving).await,
-                // Boxed: the handshake and the TLS stream would otherwise
-                // size every connection's task, and a task is copied whole
-                // as it is spawned.
+                // Boxed too: the handshake and the TLS stream would
+                // otherwise size every connection's task.
                 Some(tls) => {
                     Box::pin(async move {
                         let handshake = tokio::select! {
@@ -364,8 +363,7 @@ where
     } else {
         Bytes::new()
     };
-    // hyper's connection, boxed for the same reason as TLS: most
-    // connections never get here.
+    // Boxed, as TLS is: most connections never get here.
     Box::pin(serve_hyper(fast::Rewind::new(read, io), serving)).await;
 }
 
