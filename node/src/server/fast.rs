@@ -55,10 +55,10 @@ use http::{Method, StatusCode, Uri, Version};
 use http_body::{Body as _, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::guard::Closed;
+use super::stopping::Watch;
 use crate::body::{Body, BodyError, Inbound};
 use crate::proxy::h1::write_both;
 use crate::text::push_field;
@@ -342,7 +342,7 @@ pub(super) struct Http1<'a, S, H> {
     tls: Option<Arc<crate::tls::TlsInfo>>,
     handler: &'a H,
     shared: &'a Shared,
-    shutdown: &'a CancellationToken,
+    stopping: &'a Watch,
     buf: BytesMut,
     out: Vec<u8>,
 }
@@ -359,7 +359,7 @@ where
         tls: Option<Arc<crate::tls::TlsInfo>>,
         handler: &'a H,
         shared: &'a Shared,
-        shutdown: &'a CancellationToken,
+        stopping: &'a Watch,
     ) -> Self {
         Self {
             io,
@@ -367,7 +367,7 @@ where
             tls,
             handler,
             shared,
-            shutdown,
+            stopping,
             buf: BytesMut::with_capacity(READ_ROOM),
             out: Vec::with_capacity(GATHER),
         }
@@ -427,7 +427,7 @@ where
             let Some(response) = self.respond(request).await else {
                 return End::Closed;
             };
-            let close = close || self.shutdown.is_cancelled() || asks_to_close(response.headers());
+            let close = close || self.stopping.is_draining() || asks_to_close(response.headers());
             if self.write(response, head_request, close).await.is_err() || close {
                 let _ = self.io.shutdown().await;
                 return End::Closed;
@@ -484,7 +484,7 @@ where
                 tokio::select! {
                     read = read => read,
                     () = deadline => return Err(Stop::Timeout),
-                    () = self.shutdown.cancelled(), if idle => return Err(Stop::Closed),
+                    () = self.stopping.draining(), if idle => return Err(Stop::Closed),
                 }
             }
         };

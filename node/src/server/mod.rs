@@ -33,8 +33,9 @@
 //!   (bounded by the header-read timeout, see `crate::tls`); its requests
 //!   then carry an `Arc<TlsInfo>` extension.
 //! - Shutdown: stop accepting, ask every connection to finish its in-flight
-//!   requests (`graceful_shutdown`), and after the grace period close what
-//!   is left.
+//!   requests (`graceful_shutdown`; an idle one closes at once), and after
+//!   the grace period close what is left. Connections learn both from the
+//!   listener's `Stopping` (`stopping.rs`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -54,6 +55,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::stopping::{Stopping, Watch};
+
 use crate::body::{Body, Inbound};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -62,6 +65,7 @@ mod fast;
 mod framing;
 mod guard;
 mod stall;
+mod stopping;
 
 use self::guard::{Closed, Counters, Load, Resets};
 
@@ -241,7 +245,7 @@ pub async fn serve<H, F>(
         counters: settings.counters.clone(),
     });
     let permits = Arc::new(Semaphore::new(settings.max_connections));
-    let force = CancellationToken::new();
+    let stopping = Arc::new(Stopping::default());
     let connections = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -270,8 +274,7 @@ pub async fn serve<H, F>(
             peer,
             handler: handler.clone(),
             shared: shared.clone(),
-            shutdown: shutdown.clone(),
-            force: force.clone(),
+            stopping: stopping.watch(),
         };
         let tls = settings.tls.clone();
         // Boxed: a connection's future is several kilobytes (the request
@@ -287,7 +290,7 @@ pub async fn serve<H, F>(
                     Box::pin(async move {
                         let handshake = tokio::select! {
                             accepted = tls.accept(stream, serving.shared.header_read) => accepted.ok(),
-                            () = serving.shutdown.cancelled() => None,
+                            () = serving.stopping.draining() => None,
                         };
                         if let Some((stream, info)) = handshake {
                             serving.tls = Some(info);
@@ -304,6 +307,7 @@ pub async fn serve<H, F>(
         }));
     }
     drop(listener);
+    stopping.drain();
     connections.close();
     if tokio::time::timeout(grace, connections.wait())
         .await
@@ -314,7 +318,7 @@ pub async fn serve<H, F>(
             remaining = connections.len(),
             "grace period over; closing connections"
         );
-        force.cancel();
+        stopping.force();
         connections.wait().await;
     }
 }
@@ -327,8 +331,8 @@ struct Serving<H> {
     peer: SocketAddr,
     handler: H,
     shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    force: CancellationToken,
+    /// The listener's shutdown, as this connection sees it.
+    stopping: Watch,
 }
 
 async fn serve_connection<H, F, S>(stream: S, serving: Serving<H>)
@@ -350,11 +354,12 @@ where
             serving.tls.clone(),
             &serving.handler,
             shared,
-            &serving.shutdown,
+            &serving.stopping,
         );
         let end = tokio::select! {
+            biased;
             end = http1.run() => end,
-            () = serving.force.cancelled() => return,
+            () = serving.stopping.forced() => return,
         };
         match end {
             fast::End::Closed => return,
@@ -381,8 +386,7 @@ where
         peer,
         handler,
         shared,
-        shutdown,
-        force,
+        stopping,
     } = serving;
     let activity = Arc::new(Activity::default());
     let framing = Arc::new(framing::Flag::default());
@@ -452,7 +456,7 @@ where
                 }
                 return;
             }
-            () = shutdown.cancelled(), if !draining => {
+            () = stopping.draining(), if !draining => {
                 connection.as_mut().graceful_shutdown();
                 draining = true;
             }
@@ -491,7 +495,7 @@ where
                 pacing.as_mut().reset(tokio::time::Instant::now() + write_idle);
             }
             () = &mut drain, if draining => return close(Closed::DrainTimeout),
-            () = force.cancelled() => return,
+            () = stopping.forced() => return,
         }
     }
 }

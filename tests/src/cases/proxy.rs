@@ -57,7 +57,10 @@ async fn http1_and_h2c_clients_and_upstream_keep_alive() {
 
 /// Reads `count` responses with `Content-Length` bodies from `stream`
 /// (5 s at most): each one's status and body.
-async fn responses(stream: &mut tokio::net::TcpStream, count: usize) -> Vec<(u16, String)> {
+pub(super) async fn responses(
+    stream: &mut tokio::net::TcpStream,
+    count: usize,
+) -> Vec<(u16, String)> {
     let mut bytes = Vec::new();
     let mut parsed = Vec::new();
     let read = async {

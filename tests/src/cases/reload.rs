@@ -194,3 +194,81 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     drop(admin);
     node.stop().await;
 }
+
+/// At shutdown a kept-alive connection waiting for its next request is
+/// closed at once, on the fast path and on hyper's; one whose request is
+/// still with the upstream is kept for the grace period, then closed.
+#[tokio::test]
+async fn shutdown_closes_idle_connections_at_once_and_stuck_ones_after_the_grace_period() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = MockUpstream::start(|seen| async move {
+        if seen.uri == "/stuck" {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        crate::upstream::json(http::StatusCode::OK, serde_json::json!({}))
+    })
+    .await;
+    let yaml = format!(
+        "upstreams:\n  u: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: r, upstream: u }}\n",
+        upstream.target()
+    );
+    let node = TestNode::start_with(&yaml, |raw| {
+        raw.shutdown.grace_period = Duration::from_secs(2);
+    })
+    .await;
+    let connect = || tokio::net::TcpStream::connect(node.proxy);
+    // Served on the fast path, then idle there.
+    let mut fast = connect().await.unwrap();
+    fast.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // A chunked body moves the connection to hyper, where it then idles.
+    let mut hyper = connect().await.unwrap();
+    hyper
+        .write_all(
+            b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    for stream in [&mut fast, &mut hyper] {
+        let answers = super::proxy::responses(stream, 1).await;
+        assert_eq!(answers.first().map(|(status, _)| *status), Some(200));
+    }
+    let mut stuck = connect().await.unwrap();
+    stuck
+        .write_all(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    node.begin_stop();
+    for (name, stream) in [("fast path", &mut fast), ("hyper", &mut hyper)] {
+        assert!(
+            matches!(closed(stream).await, Ok(0) | Err(_)),
+            "the idle {name} connection is closed"
+        );
+    }
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), stuck.read(&mut byte))
+            .await
+            .is_err(),
+        "a connection with a request in flight is kept while the others close"
+    );
+    assert!(
+        matches!(closed(&mut stuck).await, Ok(0) | Err(_)),
+        "after the grace period the stuck connection is closed, unanswered"
+    );
+    node.stop().await;
+}
+
+/// Reads from `stream` until it ends or fails (or the test's patience runs
+/// out: that panics).
+async fn closed(stream: &mut tokio::net::TcpStream) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+        .await
+        .expect("the connection is closed within 10 s")
+}
