@@ -535,8 +535,7 @@ impl App {
                     async move {
                         let mut response = gateway.serve(req, peer).await;
                         if let Some(hsts) = hsts {
-                            response
-                                .headers_mut()
+                            crate::body::fields_mut(&mut response)
                                 .entry(http::header::STRICT_TRANSPORT_SECURITY)
                                 .or_insert(hsts);
                         }

@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::proxy::client::Conn;
-use crate::proxy::h1::RawBody;
+use crate::proxy::h1::{RawBody, RawFields};
 use crate::proxy::pool::InFlight;
 
 /// Why a streamed body ended early.
@@ -172,6 +172,15 @@ impl Body {
         self.on_end = Some(on_end);
     }
 
+    /// The upstream response's fields, when the fast path left them raw
+    /// (see [`fields_mut`]).
+    pub fn raw_fields(&self) -> Option<&RawFields> {
+        match &self.kind {
+            Kind::Stream(FromUpstream::Raw(raw), _) => raw.raw_fields(),
+            _ => None,
+        }
+    }
+
     /// The bytes of a complete body (for tests and admin answers).
     pub fn as_bytes(&self) -> Option<&Bytes> {
         match &self.kind {
@@ -292,6 +301,20 @@ impl From<&'static str> for Body {
     fn from(text: &'static str) -> Self {
         Body::full(text)
     }
+}
+
+/// The response's fields, complete: those the upstream sent that the fast
+/// path left raw are parsed into the map first (a field the gateway set
+/// already replaces the upstream's of the same name). Everything but the
+/// fast path's own writer reads and changes a proxied response's fields
+/// through this, not through `headers_mut`.
+pub fn fields_mut(response: &mut http::Response<Body>) -> &mut http::HeaderMap {
+    if let Kind::Stream(FromUpstream::Raw(raw), _) = &mut response.body_mut().kind
+        && let Some(fields) = raw.take_raw_fields()
+    {
+        fields.into_map(response.headers_mut());
+    }
+    response.headers_mut()
 }
 
 // === impl FromUpstream ===

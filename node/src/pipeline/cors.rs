@@ -330,6 +330,10 @@ impl Stage for CorsStage {
         ready(self.answer(cx, rsp))
     }
 
+    fn responds(&self) -> bool {
+        true
+    }
+
     fn acts_on(&self, route: &super::route::Route, snapshot: &crate::snapshot::Snapshot) -> bool {
         snapshot.policies.cors(Some(route)).is_some()
     }

@@ -89,6 +89,14 @@ impl Stage for SecurityHeaders {
         }
         ready(Ok(()))
     }
+
+    fn responds(&self) -> bool {
+        true
+    }
+
+    fn acts_on(&self, route: &super::route::Route, snapshot: &crate::snapshot::Snapshot) -> bool {
+        snapshot.policies.headers(Some(route)).is_some()
+    }
 }
 
 #[cfg(test)]

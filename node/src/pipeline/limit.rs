@@ -448,6 +448,10 @@ impl Stage for LimitStage {
         ready(self.report(cx, rsp))
     }
 
+    fn responds(&self) -> bool {
+        true
+    }
+
     fn acts_on(&self, route: &super::route::Route, snapshot: &crate::snapshot::Snapshot) -> bool {
         snapshot.limits.of(route).is_some()
     }

@@ -103,9 +103,18 @@ pub trait Stage: Send + Sync + 'static {
     /// Inspects or changes the request on its way in.
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow>;
 
-    /// Inspects or changes the response on its way out.
+    /// Inspects or changes the response on its way out. Called only for a
+    /// stage whose [`Stage::responds`] says so; the response's fields are
+    /// complete in its map by then (see [`crate::body::fields_mut`]).
     fn on_response<'a>(&'a self, _cx: &'a mut RequestCx, _rsp: &'a mut Response) -> Step<'a, ()> {
         ready(Ok(()))
+    }
+
+    /// Whether the stage has an [`Stage::on_response`]. A proxied response
+    /// that no such stage acts on goes out with the upstream's fields as
+    /// they came, never parsed into a map.
+    fn responds(&self) -> bool {
+        false
     }
 
     /// Whether the stage can do anything for requests on `route` under
@@ -232,6 +241,8 @@ impl RequestCx {
 /// The ordered stages plus the proxy.
 pub struct Pipeline {
     stages: Vec<Box<dyn Stage>>,
+    /// The stages that have an `on_response`, a bit each.
+    responders: u64,
     proxy: Proxy,
     shared: Arc<Shared>,
 }
@@ -267,8 +278,14 @@ pub fn build(shared: &Arc<Shared>) -> Pipeline {
         Box::new(grpc::GrpcStage::new(&shared.config)),
     ];
     assert!(stages.len() <= 64, "a route's stage mask has 64 bits");
+    let responders = stages
+        .iter()
+        .enumerate()
+        .filter(|(_, stage)| stage.responds())
+        .fold(0, |mask, (i, _)| mask | 1 << i);
     Pipeline {
         stages,
+        responders,
         proxy: Proxy::new(shared.clone()),
         shared: shared.clone(),
     }
@@ -343,8 +360,12 @@ impl Pipeline {
                 Err(error) => cx.fail(error),
             },
         };
+        let responding = active & self.responders;
+        if responding != 0 {
+            crate::body::fields_mut(&mut response);
+        }
         for (i, stage) in self.stages[..ran].iter().enumerate().rev() {
-            if active & 1 << i == 0 {
+            if responding & 1 << i == 0 {
                 continue;
             }
             let outcome = match settled(stage.on_response(&mut cx, &mut response)) {

@@ -557,6 +557,10 @@ impl Stage for TransformStage {
         }
     }
 
+    fn responds(&self) -> bool {
+        true
+    }
+
     fn acts_on(&self, route: &super::route::Route, _: &crate::snapshot::Snapshot) -> bool {
         route.transform.is_some()
     }

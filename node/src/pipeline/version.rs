@@ -109,6 +109,11 @@ enum Source {
 pub struct Apis(Vec<Api>);
 
 impl Apis {
+    /// Whether no API is versioned.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Compiles the `versioning` section of a validated configuration.
     pub fn compile(config: &model::GatewayConfig) -> Self {
         let mut apis: Vec<Api> = config
@@ -268,6 +273,15 @@ impl Stage for Version {
     fn on_response<'a>(&'a self, cx: &'a mut RequestCx, rsp: &'a mut Response) -> Step<'a, ()> {
         Self::announce(cx, rsp);
         ready(Ok(()))
+    }
+
+    fn responds(&self) -> bool {
+        true
+    }
+
+    // Only the response hook can be skipped: selecting runs before routing.
+    fn acts_on(&self, _: &super::route::Route, snapshot: &crate::snapshot::Snapshot) -> bool {
+        !snapshot.apis.is_empty()
     }
 }
 

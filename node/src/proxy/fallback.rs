@@ -369,6 +369,8 @@ impl Proxy {
             fault: Arc::new(ClientFault::default()),
             hash,
             idle,
+            // Served to the other region through hyper, which needs a map.
+            raw_response: false,
         };
         let attempts = if super::is_idempotent(&out.method) {
             1 + pool.definition().retries.attempts

@@ -60,6 +60,10 @@ pub struct RequestHead<'a> {
     pub fields: Option<&'a HeaderMap>,
     /// Then the fields every attempt of a proxied request sends.
     pub common: Option<&'a super::UpstreamFields>,
+    /// Leave the response's fields as they came ([`RawFields`], in its
+    /// body) instead of parsing them into its `HeaderMap`. Only for a
+    /// caller that reads them through [`crate::body::fields_mut`].
+    pub raw_response: bool,
 }
 
 impl<'a> RequestHead<'a> {
@@ -72,6 +76,7 @@ impl<'a> RequestHead<'a> {
             host: None,
             fields: Some(request.headers()),
             common,
+            raw_response: false,
         }
     }
 }
@@ -178,7 +183,7 @@ impl Connection {
                         self.0.buf.advance(len);
                         continue;
                     }
-                    Some((len, head)) => return Ok(self.respond(len, head)),
+                    Some((len, parsed)) => return Ok(self.respond(len, parsed, head.raw_response)),
                     None if self.0.buf.len() >= MAX_HEAD => {
                         return Err(Failed::answered(invalid("response head too large")));
                     }
@@ -196,29 +201,33 @@ impl Connection {
         }
     }
 
-    /// The response whose head is the first `len` bytes of the buffer.
-    fn respond(mut self, len: usize, head: Head) -> Response<RawBody> {
+    /// The response whose head is the first `len` bytes of the buffer; its
+    /// fields stay raw when `raw` asks for it and `Connection` lists no
+    /// further hop-by-hop field.
+    fn respond(mut self, len: usize, head: Head, raw: bool) -> Response<RawBody> {
         let bytes = self.0.buf.split_to(len).freeze();
-        // Room for the fields the gateway adds on the way out (request id,
-        // trace context, security and CORS headers) without growing.
-        let mut headers = HeaderMap::with_capacity(head.fields.len() + 8);
-        for [name_start, name_end, value_start, value_end] in head.fields {
-            // httparse checked the bytes; the `http` crate is stricter
-            // about names, and a field it refuses is dropped.
-            let Ok(name) = HeaderName::from_bytes(&bytes[name_start..name_end]) else {
-                continue;
-            };
-            if head.plain_hops && super::is_hop_by_hop(&name) {
-                continue;
-            }
-            if let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end)) {
-                headers.append(name, value);
-            }
-        }
+        let mut fields = RawFields {
+            head: bytes,
+            spans: head.fields,
+        };
+        let mut headers = HeaderMap::new();
+        let raw = if raw && head.plain_hops {
+            fields
+                .spans
+                .retain(|&[start, end, ..]| !super::is_hop_by_hop_name(&fields.head[start..end]));
+            Some(fields)
+        } else {
+            // Room for the fields the gateway adds on the way out (request
+            // id, trace context, security and CORS headers) without growing.
+            headers.reserve(fields.spans.len() + 8);
+            fields.parse_into(&mut headers, head.plain_hops);
+            None
+        };
         let body = RawBody {
             state: head.framing,
             reusable: head.reusable,
             conn: Some(self),
+            raw,
         };
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
@@ -435,9 +444,85 @@ pub struct RawBody {
     state: State,
     reusable: bool,
     conn: Option<Connection>,
+    /// The response's fields, when they were left raw.
+    raw: Option<RawFields>,
+}
+
+/// A response's fields as the upstream sent them, hop-by-hop ones left
+/// out, not parsed into a `HeaderMap`: the fast path writes them to the
+/// client as they are, and whatever needs a map builds it first
+/// ([`crate::body::fields_mut`]). Every response would otherwise pay a map
+/// (two allocations, a name lookup and a hash insert per field) that most
+/// only write out again.
+#[derive(Debug)]
+pub struct RawFields {
+    /// The response head, which the spans index.
+    head: Bytes,
+    /// Name start and end, value start and end, per field.
+    spans: Vec<[usize; 4]>,
+}
+
+impl RawFields {
+    /// Each field's name and value, in the upstream's order and case.
+    pub fn each<'a>(&'a self, mut visit: impl FnMut(&'a [u8], &'a [u8])) {
+        for &[name_start, name_end, value_start, value_end] in &self.spans {
+            visit(
+                &self.head[name_start..name_end],
+                &self.head[value_start..value_end],
+            );
+        }
+    }
+
+    /// Appends the fields to `map`, but those whose name it has already:
+    /// a field the gateway set replaces the upstream's.
+    pub fn into_map(mut self, map: &mut HeaderMap) {
+        if !map.is_empty() {
+            self.spans
+                .retain(|&[start, end, ..]| !contains_name(map, &self.head[start..end]));
+        }
+        map.reserve(self.spans.len());
+        self.parse_into(map, false);
+    }
+
+    /// Parses the fields into `map`, dropping hop-by-hop ones when
+    /// `drop_hops`.
+    fn parse_into(&self, map: &mut HeaderMap, drop_hops: bool) {
+        for &[name_start, name_end, value_start, value_end] in &self.spans {
+            // httparse checked the bytes; the `http` crate is stricter
+            // about names, and a field it refuses is dropped.
+            let Ok(name) = HeaderName::from_bytes(&self.head[name_start..name_end]) else {
+                continue;
+            };
+            if drop_hops && super::is_hop_by_hop(&name) {
+                continue;
+            }
+            if let Ok(value) =
+                HeaderValue::from_maybe_shared(self.head.slice(value_start..value_end))
+            {
+                map.append(name, value);
+            }
+        }
+    }
+}
+
+/// Whether `map` has a field named `name` (any case): a scan, as the maps
+/// this is asked of hold the few fields the gateway set.
+pub fn contains_name(map: &HeaderMap, name: &[u8]) -> bool {
+    map.keys()
+        .any(|key| key.as_str().as_bytes().eq_ignore_ascii_case(name))
 }
 
 impl RawBody {
+    /// The response's fields, when they were left raw.
+    pub fn raw_fields(&self) -> Option<&RawFields> {
+        self.raw.as_ref()
+    }
+
+    /// Takes the raw fields, to parse them.
+    pub fn take_raw_fields(&mut self) -> Option<RawFields> {
+        self.raw.take()
+    }
+
     /// The connection, once the body ended cleanly and it can carry
     /// another request.
     pub fn take_reusable(&mut self) -> Option<Connection> {
@@ -734,6 +819,67 @@ mod tests {
         super::super::strip_hop_by_hop(&mut headers, false);
         let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["content-length"]);
+    }
+
+    #[tokio::test]
+    async fn raw_responses_keep_their_fields_until_a_map_is_asked_for() {
+        let conn = serving(vec![
+            b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\nSet-Cookie: a\r\nset-cookie: b\r\nX-Id: up\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nConnection: x-private\r\nX-Private: 1\r\nContent-Length: 0\r\n\r\n",
+        ])
+        .await;
+        let request = get("/");
+        let head = RequestHead {
+            raw_response: true,
+            ..RequestHead::of(&request, None)
+        };
+        let mut response = conn.exchange(&head, None).await.unwrap();
+        assert!(response.headers().is_empty(), "no map is built");
+        let mut seen = Vec::new();
+        let raw = response.body().raw_fields().expect("raw fields");
+        raw.each(|name, value| {
+            seen.push(format!(
+                "{}={}",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(value)
+            ));
+        });
+        // The upstream's order and case; `Keep-Alive` is hop-by-hop.
+        assert_eq!(
+            seen,
+            [
+                "X-A=1",
+                "Set-Cookie=a",
+                "set-cookie=b",
+                "X-Id=up",
+                "Content-Length=2"
+            ]
+        );
+        // Into a map: a field the gateway set replaces the upstream's.
+        let mut map = HeaderMap::new();
+        map.insert("x-id", HeaderValue::from_static("gateway"));
+        response
+            .body_mut()
+            .take_raw_fields()
+            .unwrap()
+            .into_map(&mut map);
+        assert_eq!(map["x-id"], "gateway");
+        assert_eq!(map.get_all("x-id").iter().count(), 1);
+        assert_eq!(
+            map.get_all("set-cookie").iter().collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(map["x-a"], "1");
+        assert_eq!(map["content-length"], "2");
+        assert!(!map.contains_key("keep-alive"));
+        let (_, body, conn) = read(response).await;
+        assert_eq!(&body[..], b"ok");
+
+        // `Connection` lists a field: the map is built, for the proxy's
+        // general strip.
+        let response = conn.unwrap().exchange(&head, None).await.unwrap();
+        assert!(response.body().raw_fields().is_none());
+        assert!(response.headers().contains_key("x-private"));
     }
 
     #[tokio::test]

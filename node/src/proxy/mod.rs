@@ -150,6 +150,7 @@ impl Proxy {
             fault: Arc::new(ClientFault::default()),
             hash,
             idle: timeouts.idle,
+            raw_response: true,
         };
         let attempts = if is_idempotent(&out.method) && !upgrade {
             1 + pool.definition().retries.attempts
@@ -248,6 +249,7 @@ impl Proxy {
                         host,
                         fields: None,
                         common: Some(&out.fields),
+                        raw_response: out.raw_response,
                     };
                     pool.exchange_whole(&set, index, &head, body, timeouts.request)
                         .await
@@ -361,6 +363,10 @@ pub(crate) struct Outgoing {
     fault: Arc<ClientFault>,
     hash: Option<u64>,
     idle: std::time::Duration,
+    /// A fast-path response may keep its fields raw (`h1::RawFields`): the
+    /// pipeline's requests, whose responses reach everything that reads
+    /// their fields through `body::fields_mut`.
+    raw_response: bool,
 }
 
 impl Outgoing {
@@ -509,6 +515,24 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
+/// [`is_hop_by_hop`] for a name as it came, in any case.
+fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    // By length first: most names have none of these lengths.
+    let hop: &[u8] = match name.len() {
+        2 => b"te",
+        7 if name[0].eq_ignore_ascii_case(&b't') => b"trailer",
+        7 => b"upgrade",
+        10 if name[0].eq_ignore_ascii_case(&b'c') => b"connection",
+        10 => b"keep-alive",
+        16 => b"proxy-connection",
+        17 => b"transfer-encoding",
+        18 => b"proxy-authenticate",
+        19 => b"proxy-authorization",
+        _ => return false,
+    };
+    name.eq_ignore_ascii_case(hop)
+}
+
 /// Field names listed in `Connection`, which are hop-by-hop too.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
@@ -610,6 +634,49 @@ fn request_hash(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_names_read_alike_as_bytes_and_as_names() {
+        let names = [
+            "connection",
+            "Connection",
+            "KEEP-ALIVE",
+            "keep-alive",
+            "te",
+            "TE",
+            "trailer",
+            "Trailer",
+            "upgrade",
+            "Upgrade",
+            "transfer-encoding",
+            "Transfer-Encoding",
+            "proxy-connection",
+            "proxy-authenticate",
+            "Proxy-Authorization",
+            // Same lengths, other names.
+            "tk",
+            "warning",
+            "trailers",
+            "content-md",
+            "x-upgrade",
+            "x-keepalive1",
+            "content-location",
+            "x-transfer-encode",
+            "x-proxy-authentica",
+            "x-proxy-authorizati",
+            "date",
+            "content-length",
+            "server",
+        ];
+        for name in names {
+            let parsed = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(
+                is_hop_by_hop_name(name.as_bytes()),
+                is_hop_by_hop(&parsed),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn hop_by_hop_fields_are_removed() {

@@ -60,7 +60,7 @@ use super::Shared;
 use super::guard::Closed;
 use super::stopping::Watch;
 use crate::body::{Body, BodyError, Inbound};
-use crate::proxy::h1::write_both;
+use crate::proxy::h1::{RawFields, contains_name, write_both};
 use crate::text::push_field;
 
 /// The most header fields the fast path takes; a head with more goes to
@@ -211,12 +211,14 @@ enum Framing {
 }
 
 /// Encodes the head of a response into `out` (cleared first) and says how
-/// its body goes. `close` adds `Connection: close` unless the response has
-/// a `Connection` field already.
+/// its body goes: the upstream's `raw` fields (those the map does not
+/// replace), then the map's. `close` adds `Connection: close` unless the
+/// response has a `Connection` field already.
 fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    raw: Option<&RawFields>,
     size: &SizeHint,
     head_request: bool,
     close: bool,
@@ -229,21 +231,23 @@ fn encode_head(
     out.extend_from_slice(b"\r\n");
     // One pass over the fields: each is written, but for the framing ones,
     // which are decided below, and noted when the head needs it.
-    let mut length_field = None;
-    let (mut has_date, mut has_connection) = (false, false);
-    for (name, value) in headers.iter() {
-        if name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        if name == header::CONTENT_LENGTH {
-            length_field.get_or_insert(value);
-            continue;
-        }
-        has_date |= name == header::DATE;
-        has_connection |= name == header::CONNECTION;
-        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    let mut noted = Noted::default();
+    if let Some(raw) = raw {
+        raw.each(|name, value| {
+            if !contains_name(headers, name) {
+                noted.push(out, name, value);
+            }
+        });
     }
-    let declared = length_field.and_then(|value| content_length(value.as_bytes()));
+    for (name, value) in headers.iter() {
+        noted.push(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let Noted {
+        length: length_field,
+        date: has_date,
+        connection: has_connection,
+    } = noted;
+    let declared = length_field.and_then(content_length);
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -252,12 +256,12 @@ fn encode_head(
         if status == StatusCode::NOT_MODIFIED
             && let Some(value) = length_field
         {
-            push_field(out, b"content-length", value.as_bytes());
+            push_field(out, b"content-length", value);
         }
         Framing::None
     } else if head_request {
         if let Some(value) = length_field {
-            push_field(out, b"content-length", value.as_bytes());
+            push_field(out, b"content-length", value);
         }
         Framing::None
     } else if let Some(length) = declared {
@@ -293,6 +297,32 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     framing
+}
+
+/// What a response head notes of the fields it writes.
+#[derive(Default)]
+struct Noted<'a> {
+    /// The first `Content-Length` value.
+    length: Option<&'a [u8]>,
+    date: bool,
+    connection: bool,
+}
+
+impl<'a> Noted<'a> {
+    /// Writes a field to `out`, but for the framing ones, which the head
+    /// decides itself. Names come in any case (an upstream's as they came).
+    fn push(&mut self, out: &mut Vec<u8>, name: &'a [u8], value: &'a [u8]) {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            self.length.get_or_insert(value);
+            return;
+        }
+        self.date |= name.eq_ignore_ascii_case(b"date");
+        self.connection |= name.eq_ignore_ascii_case(b"connection");
+        push_field(out, name, value);
+    }
 }
 
 /// Appends the current time as an HTTP date, formatted once a second per
@@ -506,6 +536,7 @@ where
             &mut self.out,
             parts.status,
             &parts.headers,
+            body.raw_fields(),
             &body.size_hint(),
             head_request,
             close,
@@ -780,7 +811,7 @@ mod tests {
         close: bool,
     ) -> (Framing, String) {
         let mut out = Vec::new();
-        let framing = encode_head(&mut out, status, headers, &size, head_request, close);
+        let framing = encode_head(&mut out, status, headers, None, &size, head_request, close);
         (framing, String::from_utf8(out).unwrap())
     }
 

@@ -415,7 +415,9 @@ where
             let watch = resets.watch();
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
             async move {
-                let response = respond(&handler, &shared, request, peer).await;
+                let mut response = respond(&handler, &shared, request, peer).await;
+                // hyper writes the map: the upstream's raw fields go in it.
+                crate::body::fields_mut(&mut response);
                 watch.done();
                 activity.in_flight.fetch_sub(1, Ordering::Relaxed);
                 Ok::<_, Infallible>(response.map(|body| stall::Paced::new(body, pace)))

@@ -536,3 +536,133 @@ async fn a_stalled_request_body_is_408() {
     assert_eq!(raw_status(&answer), 408, "{answer}");
     assert!(answer.contains("client_body_timeout"), "{answer}");
 }
+
+/// An upstream that answers every request on a connection with `head`
+/// and a two-byte body, whatever the request (HTTP/1.1, kept alive).
+async fn fixed_upstream(head: &'static str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let answer = format!("{head}Content-Length: 2\r\n\r\nok");
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// The upstream's response fields reach the client as they came on the
+/// HTTP/1.1 fast path (which does not parse them into a map when nothing
+/// needs one), over HTTP/2 (which does), and through a headers policy:
+/// alike in every case but the letter case of HTTP/1.1 names. Hop-by-hop
+/// fields go, repeated fields stay, and the gateway's own fields replace
+/// the upstream's.
+#[tokio::test]
+async fn upstream_response_fields_come_through_alike_on_every_path() {
+    let upstream = fixed_upstream(concat!(
+        "HTTP/1.1 200 OK\r\n",
+        "X-Request-Id: from-upstream\r\n",
+        "Keep-Alive: timeout=5\r\n",
+        "Set-Cookie: a=1\r\n",
+        "set-cookie: b=2\r\n",
+        "X-Mixed-Case: Value\r\n",
+        "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+        "Proxy-Authenticate: Basic\r\n",
+        "X-Debug-Token: secret\r\n",
+        "Connection: keep-alive\r\n",
+    ))
+    .await;
+    let yaml = format!(
+        r#"
+upstreams: {{ u: {{ targets: ["{upstream}"] }} }}
+routes:
+  - {{ name: plain, match: {{ path_prefix: /plain }}, upstream: u }}
+  - name: policy
+    match: {{ path_prefix: /policy }}
+    upstream: u
+    policies:
+      headers: {{ remove: [X-Debug-Token], set: {{ X-Frame-Options: DENY }} }}
+"#
+    );
+    let node = TestNode::start(&yaml).await;
+
+    // The fast path, read byte for byte.
+    let text = raw(
+        node.proxy,
+        b"GET /plain HTTP/1.1\r\nHost: x\r\nX-Request-Id: from-client\r\n\r\n",
+    )
+    .await;
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+    assert_eq!(body, "ok");
+    let lines: Vec<&str> = head.lines().skip(1).collect();
+    let named = |name: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .filter_map(|line| line.split_once(": "))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .collect()
+    };
+    assert_eq!(named("x-request-id"), ["from-client"], "{head}");
+    assert_eq!(named("set-cookie"), ["a=1", "b=2"], "{head}");
+    assert_eq!(named("x-mixed-case"), ["Value"], "{head}");
+    assert_eq!(named("date"), ["Sun, 06 Nov 1994 08:49:37 GMT"], "{head}");
+    assert_eq!(named("content-length"), ["2"], "{head}");
+    assert_eq!(named("x-debug-token"), ["secret"], "{head}");
+    for hop in ["keep-alive", "proxy-authenticate", "connection"] {
+        assert!(named(hop).is_empty(), "{hop} came through:\n{head}");
+    }
+
+    // HTTP/2 and the policy route: the same fields, through a map.
+    let h2 = h2c();
+    let one = http1();
+    for (client, path) in [(&h2, "/plain"), (&one, "/policy"), (&h2, "/policy")] {
+        let reply = send_with(
+            client,
+            Request::get(node.url(path))
+                .header("x-request-id", "from-client")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        let all = |name: &str| -> Vec<String> {
+            reply
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect()
+        };
+        let at = format!("{path} over {:?}", reply.version);
+        assert_eq!(reply.status, 200, "{at}");
+        assert_eq!(&reply.body[..], b"ok", "{at}");
+        assert_eq!(all("x-request-id"), ["from-client"], "{at}");
+        assert_eq!(all("set-cookie"), ["a=1", "b=2"], "{at}");
+        assert_eq!(all("x-mixed-case"), ["Value"], "{at}");
+        assert_eq!(all("date"), ["Sun, 06 Nov 1994 08:49:37 GMT"], "{at}");
+        for hop in ["keep-alive", "proxy-authenticate", "connection"] {
+            assert!(all(hop).is_empty(), "{hop} came through {at}");
+        }
+        if path == "/policy" {
+            assert!(all("x-debug-token").is_empty(), "removed {at}");
+            assert_eq!(all("x-frame-options"), ["DENY"], "{at}");
+        } else {
+            assert_eq!(all("x-debug-token"), ["secret"], "{at}");
+        }
+    }
+}
