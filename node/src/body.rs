@@ -309,10 +309,13 @@ impl From<&'static str> for Body {
 /// fast path's own writer reads and changes a proxied response's fields
 /// through this, not through `headers_mut`.
 pub fn fields_mut(response: &mut http::Response<Body>) -> &mut http::HeaderMap {
-    if let Kind::Stream(FromUpstream::Raw(raw), _) = &mut response.body_mut().kind
-        && let Some(fields) = raw.take_raw_fields()
-    {
-        fields.into_map(response.headers_mut());
+    if response.body().raw_fields().is_some() {
+        // Out and back: the map and the body are both the response's.
+        let mut map = std::mem::take(response.headers_mut());
+        if let Kind::Stream(FromUpstream::Raw(raw), _) = &mut response.body_mut().kind {
+            raw.fields_into(&mut map);
+        }
+        *response.headers_mut() = map;
     }
     response.headers_mut()
 }

@@ -95,6 +95,9 @@ struct Wire {
     buf: BytesMut,
     /// The request head being written.
     out: Vec<u8>,
+    /// The fields of the response being read; their spans' allocation
+    /// serves every response on the connection.
+    fields: RawFields,
 }
 
 /// What went wrong in an exchange, and whether the target saw anything of
@@ -131,6 +134,7 @@ impl Connection {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
+            fields: RawFields::default(),
         }))
     }
 
@@ -172,7 +176,10 @@ impl Connection {
             // An empty buffer (the usual state after sending) has nothing
             // to parse yet.
             if !self.0.buf.is_empty() {
-                match parse(&self.0.buf, head_request).map_err(Failed::answered)? {
+                let wire = &mut *self.0;
+                match parse(&wire.buf, head_request, &mut wire.fields.spans)
+                    .map_err(Failed::answered)?
+                {
                     Some((len, head)) if head.status.is_informational() => {
                         // 100 Continue, 103 Early Hints: the answer comes after.
                         if head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -205,29 +212,24 @@ impl Connection {
     /// fields stay raw when `raw` asks for it and `Connection` lists no
     /// further hop-by-hop field.
     fn respond(mut self, len: usize, head: Head, raw: bool) -> Response<RawBody> {
-        let bytes = self.0.buf.split_to(len).freeze();
-        let mut fields = RawFields {
-            head: bytes,
-            spans: head.fields,
-        };
+        let wire = &mut *self.0;
+        let fields = &mut wire.fields;
+        fields.head = wire.buf.split_to(len).freeze();
+        fields.hops = head.hops;
         let mut headers = HeaderMap::new();
-        let raw = if raw && head.plain_hops {
-            fields
-                .spans
-                .retain(|&[start, end, ..]| !super::is_hop_by_hop_name(&fields.head[start..end]));
-            Some(fields)
+        if raw && head.plain_hops {
+            fields.pending = true;
         } else {
             // Room for the fields the gateway adds on the way out (request
             // id, trace context, security and CORS headers) without growing.
             headers.reserve(fields.spans.len() + 8);
             fields.parse_into(&mut headers, head.plain_hops);
-            None
-        };
+            fields.release();
+        }
         let body = RawBody {
             state: head.framing,
             reusable: head.reusable,
             conn: Some(self),
-            raw,
         };
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
@@ -320,7 +322,8 @@ pub(crate) async fn write_both<S: tokio::io::AsyncWrite + Unpin>(
 struct Head {
     status: StatusCode,
     version: Version,
-    fields: Vec<[usize; 4]>,
+    /// The hop-by-hop fields, a bit per field.
+    hops: u128,
     framing: State,
     reusable: bool,
     /// `Connection` names no field beyond `keep-alive` and `close`, so the
@@ -330,8 +333,14 @@ struct Head {
 }
 
 /// Parses the response head at the start of `buf`: `None` until it is
-/// complete, with its length once it is.
-fn parse(buf: &[u8], head_request: bool) -> io::Result<Option<(usize, Head)>> {
+/// complete, with its length once it is; `spans` gets where its fields lie
+/// (name start and end, value start and end).
+fn parse(
+    buf: &[u8],
+    head_request: bool,
+    spans: &mut Vec<[usize; 4]>,
+) -> io::Result<Option<(usize, Head)>> {
+    const { assert!(MAX_FIELDS <= 128, "a bit per field in `Head::hops`") };
     // Uninitialised: httparse writes only the fields it finds.
     let mut parsed = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
     let mut response = httparse::Response::new(&mut []);
@@ -353,13 +362,17 @@ fn parse(buf: &[u8], head_request: bool) -> io::Result<Option<(usize, Head)>> {
         _ => Version::HTTP_10,
     };
     let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(response.headers.len());
+    spans.clear();
+    let mut hops = 0u128;
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = version != Version::HTTP_11;
     let mut plain_hops = true;
-    for field in response.headers.iter() {
+    for (i, field) in response.headers.iter().enumerate() {
         let name = field.name.as_bytes();
+        if super::is_hop_by_hop_name(name) {
+            hops |= 1 << i;
+        }
         if name.eq_ignore_ascii_case(b"content-length") {
             let value = std::str::from_utf8(field.value)
                 .ok()
@@ -383,7 +396,7 @@ fn parse(buf: &[u8], head_request: bool) -> io::Result<Option<(usize, Head)>> {
             }
         }
         let (start, value) = (offset(name), offset(field.value));
-        fields.push([start, start + name.len(), value, value + field.value.len()]);
+        spans.push([start, start + name.len(), value, value + field.value.len()]);
     }
     let bodiless = head_request
         || status.is_informational()
@@ -404,7 +417,7 @@ fn parse(buf: &[u8], head_request: bool) -> io::Result<Option<(usize, Head)>> {
         Head {
             status,
             version,
-            fields,
+            hops,
             framing,
             reusable,
             plain_hops,
@@ -444,64 +457,83 @@ pub struct RawBody {
     state: State,
     reusable: bool,
     conn: Option<Connection>,
-    /// The response's fields, when they were left raw.
-    raw: Option<RawFields>,
 }
 
-/// A response's fields as the upstream sent them, hop-by-hop ones left
-/// out, not parsed into a `HeaderMap`: the fast path writes them to the
-/// client as they are, and whatever needs a map builds it first
-/// ([`crate::body::fields_mut`]). Every response would otherwise pay a map
-/// (two allocations, a name lookup and a hash insert per field) that most
-/// only write out again.
-#[derive(Debug)]
+/// A response's fields as the upstream sent them, not parsed into a
+/// `HeaderMap`: the fast path writes them to the client as they are, and
+/// whatever needs a map builds it first ([`crate::body::fields_mut`]).
+/// Every response would otherwise pay a map (two allocations, a name
+/// lookup and a hash insert per field) that most only write out again.
+/// They live in the connection, which the response body holds.
+#[derive(Debug, Default)]
 pub struct RawFields {
     /// The response head, which the spans index.
     head: Bytes,
     /// Name start and end, value start and end, per field.
     spans: Vec<[usize; 4]>,
+    /// The hop-by-hop fields, a bit per span: never passed on.
+    hops: u128,
+    /// The fields are the response's, not in its map yet.
+    pending: bool,
 }
 
 impl RawFields {
-    /// Each field's name and value, in the upstream's order and case.
+    /// Each field's name and value, in the upstream's order and case, but
+    /// the hop-by-hop ones.
     pub fn each<'a>(&'a self, mut visit: impl FnMut(&'a [u8], &'a [u8])) {
-        for &[name_start, name_end, value_start, value_end] in &self.spans {
-            visit(
-                &self.head[name_start..name_end],
-                &self.head[value_start..value_end],
-            );
+        for (i, &[name_start, name_end, value_start, value_end]) in self.spans.iter().enumerate() {
+            if self.hops & 1 << i == 0 {
+                visit(
+                    &self.head[name_start..name_end],
+                    &self.head[value_start..value_end],
+                );
+            }
         }
     }
 
-    /// Appends the fields to `map`, but those whose name it has already:
-    /// a field the gateway set replaces the upstream's.
-    pub fn into_map(mut self, map: &mut HeaderMap) {
+    /// Moves pending fields into `map`, but those whose name it has
+    /// already: a field the gateway set replaces the upstream's.
+    fn move_into(&mut self, map: &mut HeaderMap) {
+        if !self.pending {
+            return;
+        }
         if !map.is_empty() {
-            self.spans
-                .retain(|&[start, end, ..]| !contains_name(map, &self.head[start..end]));
+            for (i, &[start, end, ..]) in self.spans.iter().enumerate() {
+                if contains_name(map, &self.head[start..end]) {
+                    self.hops |= 1 << i;
+                }
+            }
         }
         map.reserve(self.spans.len());
-        self.parse_into(map, false);
+        self.parse_into(map, true);
+        self.release();
     }
 
-    /// Parses the fields into `map`, dropping hop-by-hop ones when
+    /// Parses the fields into `map`, leaving out the hop-by-hop ones when
     /// `drop_hops`.
     fn parse_into(&self, map: &mut HeaderMap, drop_hops: bool) {
-        for &[name_start, name_end, value_start, value_end] in &self.spans {
+        for (i, &[name_start, name_end, value_start, value_end]) in self.spans.iter().enumerate() {
+            if drop_hops && self.hops & 1 << i != 0 {
+                continue;
+            }
             // httparse checked the bytes; the `http` crate is stricter
             // about names, and a field it refuses is dropped.
             let Ok(name) = HeaderName::from_bytes(&self.head[name_start..name_end]) else {
                 continue;
             };
-            if drop_hops && super::is_hop_by_hop(&name) {
-                continue;
-            }
             if let Ok(value) =
                 HeaderValue::from_maybe_shared(self.head.slice(value_start..value_end))
             {
                 map.append(name, value);
             }
         }
+    }
+
+    /// Lets the head go: the read buffer can reclaim its space only once
+    /// nothing refers to it.
+    fn release(&mut self) {
+        self.head = Bytes::new();
+        self.pending = false;
     }
 }
 
@@ -515,12 +547,17 @@ pub fn contains_name(map: &HeaderMap, name: &[u8]) -> bool {
 impl RawBody {
     /// The response's fields, when they were left raw.
     pub fn raw_fields(&self) -> Option<&RawFields> {
-        self.raw.as_ref()
+        self.conn
+            .as_ref()
+            .map(|conn| &conn.0.fields)
+            .filter(|fields| fields.pending)
     }
 
-    /// Takes the raw fields, to parse them.
-    pub fn take_raw_fields(&mut self) -> Option<RawFields> {
-        self.raw.take()
+    /// Moves the raw fields into `map` (see [`RawFields`]).
+    pub fn fields_into(&mut self, map: &mut HeaderMap) {
+        if let Some(conn) = &mut self.conn {
+            conn.0.fields.move_into(map);
+        }
     }
 
     /// The connection, once the body ended cleanly and it can carry
@@ -529,7 +566,9 @@ impl RawBody {
         // A length-delimited body whose last byte was read is ended even if
         // nobody polled it once more (hyper's server stops at the length).
         if http_body::Body::is_end_stream(self) && self.reusable {
-            self.conn.take().filter(|conn| conn.0.buf.is_empty())
+            let mut conn = self.conn.take().filter(|conn| conn.0.buf.is_empty())?;
+            conn.0.fields.release();
+            Some(conn)
         } else {
             None
         }
@@ -858,11 +897,8 @@ mod tests {
         // Into a map: a field the gateway set replaces the upstream's.
         let mut map = HeaderMap::new();
         map.insert("x-id", HeaderValue::from_static("gateway"));
-        response
-            .body_mut()
-            .take_raw_fields()
-            .unwrap()
-            .into_map(&mut map);
+        response.body_mut().fields_into(&mut map);
+        assert!(response.body().raw_fields().is_none(), "moved");
         assert_eq!(map["x-id"], "gateway");
         assert_eq!(map.get_all("x-id").iter().count(), 1);
         assert_eq!(
@@ -962,9 +998,10 @@ mod tests {
             bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
             head_request in proptest::bool::ANY,
         ) {
-            if let Ok(Some((len, head))) = parse(&bytes, head_request) {
+            let mut spans = Vec::new();
+            if let Ok(Some((len, _))) = parse(&bytes, head_request, &mut spans) {
                 proptest::prop_assert!(len <= bytes.len());
-                proptest::prop_assert!(head.fields.iter().all(|f| f[1] <= len && f[3] <= len));
+                proptest::prop_assert!(spans.iter().all(|f| f[1] <= len && f[3] <= len));
             }
             let _ = chunk_size(&bytes);
         }
