@@ -104,6 +104,9 @@ pub enum Error {
     /// The fast path's exchange failed after the connection was established.
     #[error("upstream exchange failed: {0}")]
     Exchange(#[source] io::Error),
+    /// No response head came before the request's deadline.
+    #[error("no response head within the request timeout")]
+    Timeout,
     /// The request URI cannot be made absolute for h2 (a bug in the caller).
     #[error("request URI cannot be made absolute: {0}")]
     Uri(#[source] http::uri::InvalidUriParts),
@@ -121,6 +124,7 @@ impl Error {
             Error::Connect { .. } => Kind::UpstreamConnect,
             Error::ConnectTimeout { .. } => Kind::UpstreamConnectTimeout,
             Error::Handshake(_) | Error::Send(_) | Error::Exchange(_) => Kind::UpstreamProtocol,
+            Error::Timeout => Kind::UpstreamTimeout,
             Error::Uri(_) => Kind::Internal,
         }
     }
@@ -321,7 +325,7 @@ impl Client {
             UpstreamBody::Full(data) => data.as_ref(),
             UpstreamBody::Empty | UpstreamBody::Client(_) => None,
         };
-        self.send_whole(endpoint, &h1::RequestHead::of(&request, common), body)
+        self.send_whole(endpoint, &h1::RequestHead::of(&request, common), body, None)
             .await
     }
 
@@ -331,37 +335,55 @@ impl Client {
     /// the request left) is sent once more on a new connection when that
     /// cannot repeat anything: it was not written whole, or it is
     /// idempotent. Only for HTTP/1.1 upstreams ([`Client::sends_whole`]).
+    ///
+    /// With a `deadline`, no response head by then is [`Error::Timeout`]
+    /// (connecting included); without one the caller bounds the wait.
     pub async fn send_whole(
         &self,
         endpoint: &Endpoint,
         head: &h1::RequestHead<'_>,
         body: Option<&Bytes>,
+        deadline: Option<Instant>,
     ) -> Result<(Response<FromUpstream>, Option<Conn>), Error> {
-        // Connecting is the cold path: boxed, so that this future, which
-        // every proxied request carries to its response head, stays small.
         let (conn, pooled) = match self.pop_raw(endpoint) {
             Some(conn) => (conn, true),
-            None => (
-                h1::Connection::new(Box::pin(self.connect(endpoint)).await?),
-                false,
-            ),
+            None => (self.connect_raw(endpoint, deadline).await?, false),
         };
-        let response = match conn.exchange(head, body).await {
-            Ok(response) => response,
-            Err(failed)
-                if pooled
-                    && failed.unanswered
-                    && (!failed.sent || super::is_idempotent(head.method)) =>
-            {
-                tracing::debug!(target = %endpoint.authority, error = %failed.error, "pooled connection closed; sending on a new one");
-                let conn = h1::Connection::new(Box::pin(self.connect(endpoint)).await?);
-                conn.exchange(head, body)
-                    .await
-                    .map_err(|failed| Error::Exchange(failed.error))?
-            }
-            Err(failed) => return Err(Error::Exchange(failed.error)),
+        let failed = match conn.exchange(head, body, deadline).await {
+            Ok(response) => return Ok((response.map(FromUpstream::Raw), None)),
+            Err(failed) => failed,
         };
-        Ok((response.map(FromUpstream::Raw), None))
+        if failed.timed_out {
+            return Err(Error::Timeout);
+        }
+        if !(pooled && failed.unanswered && (!failed.sent || super::is_idempotent(head.method))) {
+            return Err(Error::Exchange(failed.error));
+        }
+        tracing::debug!(target = %endpoint.authority, error = %failed.error, "pooled connection closed; sending on a new one");
+        let conn = self.connect_raw(endpoint, deadline).await?;
+        match conn.exchange(head, body, deadline).await {
+            Ok(response) => Ok((response.map(FromUpstream::Raw), None)),
+            Err(failed) if failed.timed_out => Err(Error::Timeout),
+            Err(failed) => Err(Error::Exchange(failed.error)),
+        }
+    }
+
+    /// A new fast-path connection to `endpoint`, by `deadline` if there is
+    /// one. Connecting is the cold path: boxed, so that the future every
+    /// proxied request carries to its response head stays small.
+    async fn connect_raw(
+        &self,
+        endpoint: &Endpoint,
+        deadline: Option<Instant>,
+    ) -> Result<h1::Connection, Error> {
+        let connect = Box::pin(self.connect(endpoint));
+        let stream = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, connect)
+                .await
+                .map_err(|_| Error::Timeout)??,
+            None => connect.await?,
+        };
+        Ok(h1::Connection::new(stream))
     }
 
     /// Whether requests with a complete body may go by

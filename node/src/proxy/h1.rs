@@ -23,6 +23,7 @@
 //! Requests with a streamed body, upgrades and HTTP/2 upstreams go through
 //! hyper's client (`client.rs`).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -33,6 +34,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use crate::text::push_field;
 
@@ -98,6 +100,20 @@ struct Wire {
     /// The fields of the response being read; their spans' allocation
     /// serves every response on the connection.
     fields: RawFields,
+    /// The request timeout, armed anew for each exchange: moving a
+    /// registered timer to a later deadline is one atomic compare, where a
+    /// new timer takes the timer wheel's lock twice (in and out).
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Wire {
+    /// Arms the timer for `deadline`.
+    fn arm(&mut self, deadline: Instant) {
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
 }
 
 /// What went wrong in an exchange, and whether the target saw anything of
@@ -111,6 +127,8 @@ pub struct Failed {
     pub unanswered: bool,
     /// The whole request was written.
     pub sent: bool,
+    /// No response head came before the deadline.
+    pub timed_out: bool,
 }
 
 impl Failed {
@@ -119,6 +137,16 @@ impl Failed {
             error,
             unanswered: false,
             sent: true,
+            timed_out: false,
+        }
+    }
+
+    fn elapsed(unanswered: bool, sent: bool) -> Self {
+        Self {
+            error: io::Error::new(io::ErrorKind::TimedOut, "no response head in time"),
+            unanswered,
+            sent,
+            timed_out: true,
         }
     }
 }
@@ -135,6 +163,7 @@ impl Connection {
             buf: BytesMut::new(),
             out: Vec::new(),
             fields: RawFields::default(),
+            timer: None,
         }))
     }
 
@@ -154,22 +183,35 @@ impl Connection {
         }
     }
 
-    /// Sends `head` with its complete `body` and reads the response head;
-    /// the response's body reads the rest from this connection.
+    /// Sends `head` with its complete `body` and reads the response head,
+    /// until `deadline` if there is one; the response's body reads the rest
+    /// from this connection.
     pub async fn exchange(
         mut self,
         head: &RequestHead<'_>,
         body: Option<&Bytes>,
+        deadline: Option<Instant>,
     ) -> Result<Response<RawBody>, Failed> {
-        encode(&mut self.0.out, head, body.map_or(0, Bytes::len));
-        let sent = match body {
-            Some(body) if !body.is_empty() => write_both(&mut self.0.io, &self.0.out, body).await,
-            _ => self.0.io.write_all(&self.0.out).await,
+        if let Some(deadline) = deadline {
+            self.0.arm(deadline);
+        }
+        let Wire { io, out, timer, .. } = &mut *self.0;
+        encode(out, head, body.map_or(0, Bytes::len));
+        let write = async {
+            match body {
+                Some(body) if !body.is_empty() => write_both(io, out, body).await,
+                _ => io.write_all(out).await,
+            }
         };
+        let timer = timer.as_mut().filter(|_| deadline.is_some());
+        let sent = within(timer, write)
+            .await
+            .ok_or_else(|| Failed::elapsed(true, false))?;
         sent.map_err(|error| Failed {
             error,
             unanswered: true,
             sent: false,
+            timed_out: false,
         })?;
         let head_request = *head.method == Method::HEAD;
         loop {
@@ -198,12 +240,26 @@ impl Connection {
                 }
             }
             let unanswered = self.0.buf.is_empty();
-            if let Err(error) = std::future::poll_fn(|cx| self.poll_more(cx, 0)).await {
-                return Err(Failed {
-                    error,
-                    unanswered,
-                    sent: true,
-                });
+            let read = std::future::poll_fn(|cx| {
+                if let Poll::Ready(read) = self.poll_more(cx, 0) {
+                    return Poll::Ready(Some(read));
+                }
+                match &mut self.0.timer {
+                    Some(timer) if deadline.is_some() => timer.as_mut().poll(cx).map(|()| None),
+                    _ => Poll::Pending,
+                }
+            });
+            match read.await {
+                Some(Ok(())) => {}
+                Some(Err(error)) => {
+                    return Err(Failed {
+                        error,
+                        unanswered,
+                        sent: true,
+                        timed_out: false,
+                    });
+                }
+                None => return Err(Failed::elapsed(unanswered, true)),
             }
         }
     }
@@ -292,6 +348,24 @@ fn encode(out: &mut Vec<u8>, head: &RequestHead<'_>, body: usize) {
         );
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Runs `work` to its end, or until `timer` (if any) fires: `None` then.
+async fn within<T>(
+    mut timer: Option<&mut Pin<Box<Sleep>>>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match &mut timer {
+            Some(timer) => timer.as_mut().poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Writes `first` then `second`, in one system call when the socket takes
@@ -750,7 +824,7 @@ mod tests {
 
     /// A GET of `path` on `conn`, with no other fields.
     async fn ask(conn: Connection, path: &str) -> Result<Response<RawBody>, Failed> {
-        conn.exchange(&RequestHead::of(&get(path), None), None)
+        conn.exchange(&RequestHead::of(&get(path), None), None, None)
             .await
     }
 
@@ -872,7 +946,7 @@ mod tests {
             raw_response: true,
             ..RequestHead::of(&request, None)
         };
-        let mut response = conn.exchange(&head, None).await.unwrap();
+        let mut response = conn.exchange(&head, None, None).await.unwrap();
         assert!(response.headers().is_empty(), "no map is built");
         let mut seen = Vec::new();
         let raw = response.body().raw_fields().expect("raw fields");
@@ -913,9 +987,40 @@ mod tests {
 
         // `Connection` lists a field: the map is built, for the proxy's
         // general strip.
-        let response = conn.unwrap().exchange(&head, None).await.unwrap();
+        let response = conn.unwrap().exchange(&head, None, None).await.unwrap();
         assert!(response.body().raw_fields().is_none());
         assert!(response.headers().contains_key("x-private"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_after_the_deadline_is_a_timeout_and_the_timer_serves_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut chunk = [0u8; 1024];
+            // The first request is answered at once, the second never.
+            let _ = stream.read(&mut chunk).await;
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            let _ = stream.read(&mut chunk).await;
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        });
+        let conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+        let request = get("/");
+        let head = RequestHead::of(&request, None);
+        let soon = || Some(Instant::now() + std::time::Duration::from_millis(100));
+        let response = conn.exchange(&head, None, soon()).await.unwrap();
+        let (_, _, conn) = read(response).await;
+        let failed = conn
+            .unwrap()
+            .exchange(&head, None, soon())
+            .await
+            .unwrap_err();
+        assert!(failed.timed_out, "{}", failed.error);
+        assert!(failed.sent && failed.unanswered);
     }
 
     #[tokio::test]

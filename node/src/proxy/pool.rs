@@ -543,7 +543,12 @@ impl Pool {
         timeout: std::time::Duration,
     ) -> Result<Exchanged, Failed> {
         let send = self.client.send(&set[index].endpoint, request, common);
-        self.timed(set, index, timeout, send).await
+        self.timed(set, index, timeout, |deadline| async move {
+            tokio::time::timeout_at(deadline, send)
+                .await
+                .unwrap_or(Err(client::Error::Timeout))
+        })
+        .await
     }
 
     /// As [`Pool::exchange`], for a request with a complete (or no) body
@@ -557,30 +562,38 @@ impl Pool {
         body: Option<&bytes::Bytes>,
         timeout: std::time::Duration,
     ) -> Result<Exchanged, Failed> {
-        let send = self.client.send_whole(&set[index].endpoint, head, body);
-        self.timed(set, index, timeout, send).await
+        // The fast path keeps its timer in the connection.
+        let endpoint = &set[index].endpoint;
+        self.timed(set, index, timeout, |deadline| {
+            self.client.send_whole(endpoint, head, body, Some(deadline))
+        })
+        .await
     }
 
-    /// Runs `send` against target `index` of `set` within `timeout`: the
-    /// target's in-flight count and the upstream's latency around it.
-    async fn timed(
+    /// Runs `send` against target `index` of `set`, which is to answer by
+    /// the deadline it is given (`timeout` from now): the target's
+    /// in-flight count and the upstream's latency around it.
+    async fn timed<F>(
         self: &Arc<Self>,
         set: &Targets,
         index: usize,
         timeout: std::time::Duration,
-        send: impl Future<Output = Result<(http::Response<FromUpstream>, Option<Conn>), client::Error>>,
-    ) -> Result<Exchanged, Failed> {
+        send: impl FnOnce(Instant) -> F,
+    ) -> Result<Exchanged, Failed>
+    where
+        F: Future<Output = Result<(http::Response<FromUpstream>, Option<Conn>), client::Error>>,
+    {
         let mut in_flight = self.begin(set, index);
         let started = Instant::now();
-        match tokio::time::timeout_at(started + timeout, send).await {
-            Ok(Ok((response, conn))) => {
+        match send(started + timeout).await {
+            Ok((response, conn)) => {
                 in_flight.keep(conn);
                 let latency = started.elapsed();
                 self.metrics.latency.record(latency.as_secs_f64());
                 Ok((response, in_flight, latency))
             }
-            Ok(Err(error)) => Err(Failed::Send(error)),
-            Err(_elapsed) => Err(Failed::Timeout),
+            Err(client::Error::Timeout) => Err(Failed::Timeout),
+            Err(error) => Err(Failed::Send(error)),
         }
     }
 
