@@ -20,6 +20,10 @@
 //! response was HTTP/1.1 without `Connection: close`, was framed by length
 //! or chunks, and was read to its end with no byte left over.
 //!
+//! The request timeout (until the response head) is a timer the connection
+//! keeps and moves forward for each exchange, and the response's fields stay
+//! raw for callers that ask for it ([`RawFields`]).
+//!
 //! Requests with a streamed body, upgrades and HTTP/2 upstreams go through
 //! hyper's client (`client.rs`).
 
