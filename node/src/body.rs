@@ -320,6 +320,27 @@ pub fn fields_mut(response: &mut http::Response<Body>) -> &mut http::HeaderMap {
     response.headers_mut()
 }
 
+/// Sets `name` on `response` as `HeaderMap::insert` would. While the
+/// upstream's fields are raw and the map is empty, the field is kept beside
+/// them, and the fast path writes both without building a map.
+pub fn set_field(
+    response: &mut http::Response<Body>,
+    name: http::HeaderName,
+    value: http::HeaderValue,
+) {
+    let (name, value) = if response.headers().is_empty()
+        && let Kind::Stream(FromUpstream::Raw(raw), _) = &mut response.body_mut().kind
+    {
+        match raw.set_field(name, value) {
+            Ok(()) => return,
+            Err(field) => field,
+        }
+    } else {
+        (name, value)
+    };
+    response.headers_mut().insert(name, value);
+}
+
 // === impl FromUpstream ===
 
 /// An upstream's response body: read by hyper's client, or by the fast

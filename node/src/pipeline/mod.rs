@@ -377,9 +377,11 @@ impl Pipeline {
             }
         }
         if cx.close && version <= http::Version::HTTP_11 {
-            response
-                .headers_mut()
-                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            crate::body::set_field(
+                &mut response,
+                http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
         }
         observe::finish(&self.shared, cx, &method, version, &mut response);
         response

@@ -36,9 +36,8 @@ pub fn finish(
     version: Version,
     response: &mut Response,
 ) {
-    let headers = response.headers_mut();
-    headers.insert(trace::X_REQUEST_ID.clone(), cx.request_id.clone());
-    headers.insert(trace::TRACEPARENT.clone(), cx.traceparent.clone());
+    crate::body::set_field(response, trace::X_REQUEST_ID.clone(), cx.request_id.clone());
+    crate::body::set_field(response, trace::TRACEPARENT.clone(), cx.traceparent.clone());
     let status = response.status();
     if cx.route.is_none()
         && let Some(code) = cx.error

@@ -553,37 +553,68 @@ pub struct RawFields {
     hops: u128,
     /// The fields are the response's, not in its map yet.
     pending: bool,
+    /// Fields the gateway set on the response meanwhile (request id, trace
+    /// context, region), as `HeaderMap::insert` would: each replaces the
+    /// upstream's of its name. Kept here while the response's map is
+    /// empty, so that no map is built for them either; the vector's
+    /// allocation serves every response on the connection.
+    set: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl RawFields {
-    /// Each field's name and value, in the upstream's order and case, but
-    /// the hop-by-hop ones.
+    /// Each upstream field's name and value, in the upstream's order and
+    /// case, but the hop-by-hop ones and those the gateway set (see
+    /// [`RawFields::each_set`]).
     pub fn each<'a>(&'a self, mut visit: impl FnMut(&'a [u8], &'a [u8])) {
         for (i, &[name_start, name_end, value_start, value_end]) in self.spans.iter().enumerate() {
-            if self.hops & 1 << i == 0 {
-                visit(
-                    &self.head[name_start..name_end],
-                    &self.head[value_start..value_end],
-                );
+            let name = &self.head[name_start..name_end];
+            if self.hops & 1 << i == 0 && !self.replaced(name) {
+                visit(name, &self.head[value_start..value_end]);
             }
         }
     }
 
+    /// The fields the gateway set on the response, in the order it set them.
+    pub fn each_set(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.set.iter().map(|(name, value)| (name, value))
+    }
+
+    /// Sets `name` to `value`, replacing the upstream's fields of that name
+    /// and an earlier value set.
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        match self.set.iter_mut().find(|(set, _)| *set == name) {
+            Some(slot) => slot.1 = value,
+            None => self.set.push((name, value)),
+        }
+    }
+
+    /// Whether the gateway set a field named `name` (any case).
+    fn replaced(&self, name: &[u8]) -> bool {
+        self.set
+            .iter()
+            .any(|(set, _)| set.as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+
     /// Moves pending fields into `map`, but those whose name it has
-    /// already: a field the gateway set replaces the upstream's.
+    /// already: a field the gateway set replaces the upstream's (and one
+    /// set in the map later replaces one set here).
     fn move_into(&mut self, map: &mut HeaderMap) {
         if !self.pending {
             return;
         }
-        if !map.is_empty() {
-            for (i, &[start, end, ..]) in self.spans.iter().enumerate() {
-                if contains_name(map, &self.head[start..end]) {
-                    self.hops |= 1 << i;
-                }
+        for (i, &[start, end, ..]) in self.spans.iter().enumerate() {
+            let name = &self.head[start..end];
+            if self.replaced(name) || (!map.is_empty() && contains_name(map, name)) {
+                self.hops |= 1 << i;
             }
         }
-        map.reserve(self.spans.len());
+        map.reserve(self.spans.len() + self.set.len());
         self.parse_into(map, true);
+        for (name, value) in self.set.drain(..) {
+            if !map.contains_key(&name) {
+                map.insert(name, value);
+            }
+        }
         self.release();
     }
 
@@ -612,6 +643,7 @@ impl RawFields {
     fn release(&mut self) {
         self.head = Bytes::new();
         self.pending = false;
+        self.set.clear();
     }
 }
 
@@ -629,6 +661,22 @@ impl RawBody {
             .as_ref()
             .map(|conn| &conn.0.fields)
             .filter(|fields| fields.pending)
+    }
+
+    /// Sets a field on a response whose fields are raw (see
+    /// [`RawFields`]); hands it back when they are not.
+    pub fn set_field(
+        &mut self,
+        name: HeaderName,
+        value: HeaderValue,
+    ) -> Result<(), (HeaderName, HeaderValue)> {
+        match &mut self.conn {
+            Some(conn) if conn.0.fields.pending => {
+                conn.0.fields.set(name, value);
+                Ok(())
+            }
+            _ => Err((name, value)),
+        }
     }
 
     /// Moves the raw fields into `map` (see [`RawFields`]).
@@ -972,16 +1020,44 @@ mod tests {
                 "Content-Length=2"
             ]
         );
-        // Into a map: a field the gateway set replaces the upstream's.
+        // Fields the gateway sets replace the upstream's of their name,
+        // an earlier value of their own, and are listed apart.
+        let body = response.body_mut();
+        let set = |name: &'static str, value: &'static str| {
+            (
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            )
+        };
+        for (name, value) in [
+            set("set-cookie", "gw1"),
+            set("x-new", "1"),
+            set("set-cookie", "gw2"),
+        ] {
+            body.set_field(name, value).unwrap();
+        }
+        let raw = body.raw_fields().unwrap();
+        let mut upstream = Vec::new();
+        raw.each(|name, _| upstream.push(String::from_utf8_lossy(name).into_owned()));
+        assert_eq!(upstream, ["X-A", "X-Id", "Content-Length"]);
+        let gateway: Vec<_> = raw
+            .each_set()
+            .map(|(n, v)| format!("{}={}", n, v.to_str().unwrap()))
+            .collect();
+        assert_eq!(gateway, ["set-cookie=gw2", "x-new=1"]);
+
+        // Into a map: a field the map has (set later) stays as it is.
         let mut map = HeaderMap::new();
         map.insert("x-id", HeaderValue::from_static("gateway"));
+        map.insert("x-new", HeaderValue::from_static("later"));
         response.body_mut().fields_into(&mut map);
+        assert_eq!(map["x-new"], "later");
         assert!(response.body().raw_fields().is_none(), "moved");
         assert_eq!(map["x-id"], "gateway");
         assert_eq!(map.get_all("x-id").iter().count(), 1);
         assert_eq!(
             map.get_all("set-cookie").iter().collect::<Vec<_>>(),
-            ["a", "b"]
+            ["gw2"]
         );
         assert_eq!(map["x-a"], "1");
         assert_eq!(map["content-length"], "2");

@@ -183,9 +183,11 @@ impl Proxy {
             Ok((response, in_flight)) => {
                 let mut response =
                     self.respond(response, client_upgrade, Some(in_flight), timeouts.idle);
-                response
-                    .headers_mut()
-                    .insert(fallback::X_MERIDIAN_REGION.clone(), self.region.clone());
+                crate::body::set_field(
+                    &mut response,
+                    fallback::X_MERIDIAN_REGION.clone(),
+                    self.region.clone(),
+                );
                 Ok(response)
             }
             Err(error)

@@ -246,6 +246,14 @@ fn encode_head(
     for (name, value) in headers.iter() {
         noted.push(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    if let Some(raw) = raw {
+        // Set while the map was empty: a later field of the map replaces it.
+        for (name, value) in raw.each_set() {
+            if !headers.contains_key(name) {
+                noted.push(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+    }
     let Noted {
         length: length_field,
         date: has_date,
@@ -350,14 +358,25 @@ fn date(out: &mut Vec<u8>) {
     });
 }
 
-/// Whether a `Connection` field asks to close.
-fn asks_to_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
+/// Whether a `Connection` field the gateway set asks to close (the
+/// upstream's are hop-by-hop, never passed on).
+fn asks_to_close(response: &http::Response<Body>) -> bool {
+    let set = response.body().raw_fields().into_iter().flat_map(|raw| {
+        raw.each_set()
+            .filter(|(name, _)| *name == header::CONNECTION)
+            .map(|(_, value)| value)
+    });
+    response
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .chain(set)
+        .any(|value| {
+            value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+        })
 }
 
 /// Why a wait for request bytes ended without any.
@@ -461,7 +480,7 @@ where
             let Some(response) = self.respond(request).await else {
                 return End::Closed;
             };
-            let close = close || self.stopping.is_draining() || asks_to_close(response.headers());
+            let close = close || self.stopping.is_draining() || asks_to_close(&response);
             if self.write(response, head_request, close).await.is_err() || close {
                 // TLS ends with its close_notify. A TCP stream needs no
                 // shutdown first: closing it sends the FIN all the same
