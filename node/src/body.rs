@@ -181,6 +181,14 @@ impl Body {
         }
     }
 
+    /// The fast path's upstream body, which holds the raw fields.
+    fn raw_mut(&mut self) -> Option<&mut RawBody> {
+        match &mut self.kind {
+            Kind::Stream(FromUpstream::Raw(raw), _) => Some(raw),
+            _ => None,
+        }
+    }
+
     /// The bytes of a complete body (for tests and admin answers).
     pub fn as_bytes(&self) -> Option<&Bytes> {
         match &self.kind {
@@ -312,7 +320,7 @@ pub fn fields_mut(response: &mut http::Response<Body>) -> &mut http::HeaderMap {
     if response.body().raw_fields().is_some() {
         // Out and back: the map and the body are both the response's.
         let mut map = std::mem::take(response.headers_mut());
-        if let Kind::Stream(FromUpstream::Raw(raw), _) = &mut response.body_mut().kind {
+        if let Some(raw) = response.body_mut().raw_mut() {
             raw.fields_into(&mut map);
         }
         *response.headers_mut() = map;
@@ -329,7 +337,7 @@ pub fn set_field(
     value: http::HeaderValue,
 ) {
     let (name, value) = if response.headers().is_empty()
-        && let Kind::Stream(FromUpstream::Raw(raw), _) = &mut response.body_mut().kind
+        && let Some(raw) = response.body_mut().raw_mut()
     {
         match raw.set_field(name, value) {
             Ok(()) => return,

@@ -244,16 +244,9 @@ impl Connection {
                 }
             }
             let unanswered = self.0.buf.is_empty();
-            let read = std::future::poll_fn(|cx| {
-                if let Poll::Ready(read) = self.poll_more(cx, 0) {
-                    return Poll::Ready(Some(read));
-                }
-                match &mut self.0.timer {
-                    Some(timer) if deadline.is_some() => timer.as_mut().poll(cx).map(|()| None),
-                    _ => Poll::Pending,
-                }
-            });
-            match read.await {
+            let Wire { io, buf, timer, .. } = &mut *self.0;
+            let read = std::future::poll_fn(|cx| read_more(io, buf, cx, 0));
+            match within(timer.as_mut().filter(|_| deadline.is_some()), read).await {
                 Some(Ok(())) => {}
                 Some(Err(error)) => {
                     return Err(Failed {
@@ -298,24 +291,43 @@ impl Connection {
         response
     }
 
-    /// Reads more, with room for up to `expected` bytes (at most
-    /// [`MAX_READ`]) so that a large body takes few reads.
+    /// Reads more, with room for up to `expected` bytes (see [`fill_for`]).
     fn poll_fill_for(&mut self, cx: &mut Context<'_>, expected: u64) -> Poll<io::Result<usize>> {
-        let room = usize::try_from(expected).map_or(MAX_READ, |n| n.clamp(READ_ROOM, MAX_READ));
-        if self.0.buf.capacity() - self.0.buf.len() < room / 4 {
-            self.0.buf.reserve(room);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.0.io), cx, &mut self.0.buf)
+        fill_for(&mut self.0.io, &mut self.0.buf, cx, expected)
     }
 
-    /// Reads more, expecting `expected` bytes; an early end of the
-    /// connection is an error.
+    /// Reads more, expecting `expected` bytes (see [`read_more`]).
     fn poll_more(&mut self, cx: &mut Context<'_>, expected: u64) -> Poll<io::Result<()>> {
-        match ready!(self.poll_fill_for(cx, expected)) {
-            Ok(0) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
-            Ok(_) => Poll::Ready(Ok(())),
-            Err(error) => Poll::Ready(Err(error)),
-        }
+        read_more(&mut self.0.io, &mut self.0.buf, cx, expected)
+    }
+}
+
+/// Reads from `io` into `buf`, with room for up to `expected` bytes (at
+/// most [`MAX_READ`]) so that a large body takes few reads.
+fn fill_for(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+    expected: u64,
+) -> Poll<io::Result<usize>> {
+    let room = usize::try_from(expected).map_or(MAX_READ, |n| n.clamp(READ_ROOM, MAX_READ));
+    if buf.capacity() - buf.len() < room / 4 {
+        buf.reserve(room);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// [`fill_for`], where an early end of the connection is an error.
+fn read_more(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+    expected: u64,
+) -> Poll<io::Result<()>> {
+    match ready!(fill_for(io, buf, cx, expected)) {
+        Ok(0) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+        Ok(_) => Poll::Ready(Ok(())),
+        Err(error) => Poll::Ready(Err(error)),
     }
 }
 
@@ -647,9 +659,35 @@ impl RawFields {
     }
 }
 
+/// Every field of a response whose map is `map` and whose fields may be
+/// `raw`, as it goes out: the upstream's (but those the gateway replaced),
+/// the map's, then those the gateway set beside the raw ones (but those
+/// the map has: it got them later).
+pub fn each_field<'a>(
+    map: &'a HeaderMap,
+    raw: Option<&'a RawFields>,
+    mut visit: impl FnMut(&'a [u8], &'a [u8]),
+) {
+    if let Some(raw) = raw {
+        raw.each(|name, value| {
+            if !contains_name(map, name) {
+                visit(name, value);
+            }
+        });
+    }
+    for (name, value) in map {
+        visit(name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in raw.into_iter().flat_map(RawFields::each_set) {
+        if !map.contains_key(name) {
+            visit(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+}
+
 /// Whether `map` has a field named `name` (any case): a scan, as the maps
 /// this is asked of hold the few fields the gateway set.
-pub fn contains_name(map: &HeaderMap, name: &[u8]) -> bool {
+fn contains_name(map: &HeaderMap, name: &[u8]) -> bool {
     map.keys()
         .any(|key| key.as_str().as_bytes().eq_ignore_ascii_case(name))
 }

@@ -50,7 +50,7 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 use http_body::{Body as _, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -60,7 +60,7 @@ use super::Shared;
 use super::guard::Closed;
 use super::stopping::Watch;
 use crate::body::{Body, BodyError, Inbound};
-use crate::proxy::h1::{RawFields, contains_name, write_both};
+use crate::proxy::h1::{RawFields, each_field, write_both};
 use crate::text::push_field;
 
 /// The most header fields the fast path takes; a head with more goes to
@@ -236,24 +236,7 @@ fn encode_head(
     // One pass over the fields: each is written, but for the framing ones,
     // which are decided below, and noted when the head needs it.
     let mut noted = Noted::default();
-    if let Some(raw) = raw {
-        raw.each(|name, value| {
-            if !contains_name(headers, name) {
-                noted.push(out, name, value);
-            }
-        });
-    }
-    for (name, value) in headers.iter() {
-        noted.push(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if let Some(raw) = raw {
-        // Set while the map was empty: a later field of the map replaces it.
-        for (name, value) in raw.each_set() {
-            if !headers.contains_key(name) {
-                noted.push(out, name.as_str().as_bytes(), value.as_bytes());
-            }
-        }
-    }
+    each_field(headers, raw, |name, value| noted.push(out, name, value));
     let Noted {
         length: length_field,
         date: has_date,
@@ -358,17 +341,18 @@ fn date(out: &mut Vec<u8>) {
     });
 }
 
-/// Whether a `Connection` field the gateway set asks to close (the
-/// upstream's are hop-by-hop, never passed on).
+/// Whether a `Connection` field the gateway set asks to close: in the map,
+/// or beside the raw fields (the upstream's are hop-by-hop, never passed
+/// on, so they need no look).
 fn asks_to_close(response: &http::Response<Body>) -> bool {
     let set = response.body().raw_fields().into_iter().flat_map(|raw| {
         raw.each_set()
-            .filter(|(name, _)| *name == header::CONNECTION)
+            .filter(|(name, _)| *name == http::header::CONNECTION)
             .map(|(_, value)| value)
     });
     response
         .headers()
-        .get_all(header::CONNECTION)
+        .get_all(http::header::CONNECTION)
         .iter()
         .chain(set)
         .any(|value| {
@@ -870,9 +854,9 @@ mod tests {
         );
 
         let mut declared = headers.clone();
-        declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        declared.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("10"));
         declared.insert(
-            header::TRANSFER_ENCODING,
+            http::header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
         let (framing, text) = head(StatusCode::OK, &declared, SizeHint::default(), false, false);
