@@ -168,7 +168,7 @@ impl Proxy {
             && pool.away.stays_away(pool, fallback.return_after)
         {
             fell_back = true;
-            match self.fall_back(cx, pool, fallback, &mut out).await {
+            match Box::pin(self.fall_back(cx, pool, fallback, &mut out)).await {
                 Ok(response) => return Ok(response),
                 // The local targets are the last resort.
                 Err(_) if out.resendable() => {}
@@ -197,7 +197,7 @@ impl Proxy {
                     && out.resendable() =>
             {
                 pool.away.leave(pool);
-                match self.fall_back(cx, pool, fallback, &mut out).await {
+                match Box::pin(self.fall_back(cx, pool, fallback, &mut out)).await {
                     Ok(response) => Ok(response),
                     Err(fallback_error) if fallback_error.is_no_region() => Err(error),
                     Err(fallback_error) => Err(fallback_error.into_error()),
@@ -263,8 +263,14 @@ impl Proxy {
                     if let Some(host) = host.and_then(|host| HeaderValue::from_str(host).ok()) {
                         request.headers_mut().insert(header::HOST, host);
                     }
-                    pool.exchange(&set, index, request, Some(&out.fields), timeouts.request)
-                        .await
+                    Box::pin(pool.exchange(
+                        &set,
+                        index,
+                        request,
+                        Some(&out.fields),
+                        timeouts.request,
+                    ))
+                    .await
                 }
             };
             served.target = Some(target.address.clone());

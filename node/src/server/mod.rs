@@ -515,17 +515,20 @@ where
     H: Fn(hyper::Request<Inbound>, SocketAddr) -> F,
     F: Future<Output = hyper::Response<Body>>,
 {
-    match shared
+    let permit = match shared
         .load
         .as_ref()
         .map(|load| load.admit(request.headers()))
     {
-        Some(Err(shed)) => *shed,
-        Some(Ok(permit)) => {
-            let mut response = handler(request, peer).await;
-            response.body_mut().keep(permit);
-            response
-        }
-        None => handler(request, peer).await,
+        Some(Err(shed)) => return *shed,
+        Some(Ok(permit)) => Some(permit),
+        None => None,
+    };
+    // One `.await` of the handler: its future (kilobytes) has one place in
+    // this one's state, not one per branch.
+    let mut response = handler(request, peer).await;
+    if let Some(permit) = permit {
+        response.body_mut().keep(permit);
     }
+    response
 }
