@@ -56,7 +56,7 @@ pub fn finish(
                 None => &cx.snapshot.unrouted,
             };
             metrics.request(&shared.metrics, &method, status);
-            metrics.duration.record(elapsed.as_secs_f64());
+            metrics.duration.record(elapsed);
             if !shared.access_log.enabled() {
                 return;
             }

@@ -144,7 +144,7 @@ impl Fetch {
                     FetchError::new(code, StatusCode::BAD_GATEWAY)
                 })?;
             in_flight.keep(conn);
-            pool.metrics.latency.record(started.elapsed().as_secs_f64());
+            pool.metrics.latency.record(started.elapsed());
             let status = response.status();
             if status.is_server_error() {
                 pool.metrics.error("status_5xx");

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge};
 use raft::model::{self, Balance, HashKey};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -132,7 +132,7 @@ impl Deref for Targets {
 /// Per-upstream series.
 pub struct UpstreamMetrics {
     /// Time to response head.
-    pub latency: Histogram,
+    pub latency: Arc<crate::metrics::Latency>,
     /// Retries sent.
     pub retries: Counter,
     /// Retries refused by the budget.
@@ -291,7 +291,7 @@ impl Pool {
             away: super::fallback::Away::new(metrics.gauge("meridian_fallback_active", &upstream)),
             client: Client::new(definition, tasks),
             metrics: UpstreamMetrics {
-                latency: metrics.histogram("meridian_upstream_request_duration_seconds", &upstream),
+                latency: metrics.latency("meridian_upstream_request_duration_seconds", &upstream),
                 retries: metrics.counter("meridian_upstream_retries_total", &upstream),
                 budget_exhausted: metrics
                     .counter("meridian_upstream_retry_budget_exhausted_total", &upstream),
@@ -589,7 +589,7 @@ impl Pool {
             Ok((response, conn)) => {
                 in_flight.keep(conn);
                 let latency = started.elapsed();
-                self.metrics.latency.record(latency.as_secs_f64());
+                self.metrics.latency.record(latency);
                 Ok((response, in_flight, latency))
             }
             Err(client::Error::Timeout) => Err(Failed::Timeout),
