@@ -31,6 +31,7 @@ use tokio::time::{Instant, Sleep};
 use crate::proxy::client::Conn;
 use crate::proxy::h1::{RawBody, RawFields};
 use crate::proxy::pool::InFlight;
+use crate::server::Permit;
 
 /// Why a streamed body ended early.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +122,7 @@ pub struct Body {
     sent: u64,
     on_end: Option<OnEnd>,
     held: Option<InFlight>,
-    kept: Option<Box<dyn Send>>,
+    permit: Option<Permit>,
 }
 
 impl Body {
@@ -151,7 +152,7 @@ impl Body {
             sent: 0,
             on_end: None,
             held: None,
-            kept: None,
+            permit: None,
         }
     }
 
@@ -161,10 +162,9 @@ impl Body {
         self.held = Some(in_flight);
     }
 
-    /// Keeps `guard` alive until the body is dropped (the listener's
-    /// in-flight count, for one).
-    pub fn keep(&mut self, guard: impl Send + 'static) {
-        self.kept = Some(Box::new(guard));
+    /// Keeps the listener's in-flight `permit` until the body is dropped.
+    pub(crate) fn keep(&mut self, permit: Permit) {
+        self.permit = Some(permit);
     }
 
     /// Runs `on_end` once the body is finished or dropped.

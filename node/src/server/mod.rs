@@ -71,6 +71,7 @@ use self::guard::{Closed, Counters, Load, Resets};
 
 pub use self::framing::AmbiguousFraming;
 pub(crate) use self::framing::scan_in_pieces;
+pub(crate) use self::guard::Permit;
 
 /// Settings of one listener.
 pub struct Settings {
