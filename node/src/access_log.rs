@@ -154,15 +154,13 @@ impl AccessLog {
 }
 
 /// A field's name as it starts the field in a line, `,"name":"` (the last
-/// quote opens a string value): made by [`key!`](crate::access_log::key),
-/// whole at compile time, so that starting a field is one copy rather than
-/// five writes.
+/// quote opens a string value): made by `key!`, whole at compile time, so
+/// that starting a field is one copy rather than five writes.
 #[derive(Debug, Clone, Copy)]
 pub struct Key(&'static str);
 
 impl Key {
-    /// `start` is `,"name":"`, a name that needs no escaping; use
-    /// [`key!`](crate::access_log::key).
+    /// `start` is `,"name":"`, a name that needs no escaping; use `key!`.
     pub const fn new(start: &'static str) -> Self {
         Self(start)
     }

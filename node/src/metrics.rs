@@ -627,8 +627,8 @@ fn key(name: &'static str, labels: &[(&'static str, String)]) -> Key {
     Key::from_parts(name, labels)
 }
 
-/// A latency histogram over [`BUCKETS`]: a count per bucket (the last one
-/// past the largest bound) and the sum in nanoseconds.
+/// A latency histogram over the node's buckets (`BUCKETS`): a count per
+/// bucket (the last one past the largest bound) and the sum in nanoseconds.
 #[derive(Debug, Default)]
 pub struct Latency {
     counts: [AtomicU64; BUCKETS.len() + 1],
