@@ -131,8 +131,8 @@ impl Fetch {
         *request.method_mut() = Method::GET;
         *request.uri_mut() = Uri::from(path);
         *request.headers_mut() = headers;
-        let mut in_flight = pool.begin(&set, index);
         let started = Instant::now();
+        let mut in_flight = pool.begin(&set, index, started);
         let max_body = self.max_body;
         let exchange = async {
             let (response, conn) = pool

@@ -514,12 +514,14 @@ impl Pool {
         }
     }
 
-    /// Marks the start of a request to target `index` of `set`; the guard
-    /// ends it.
-    pub fn begin(self: &Arc<Self>, set: &Targets, index: usize) -> InFlight {
+    /// Marks the start, `now`, of a request to target `index` of `set`;
+    /// the guard ends it. (The caller's clock reading: it times the
+    /// request from the same instant.)
+    pub fn begin(self: &Arc<Self>, set: &Targets, index: usize, now: Instant) -> InFlight {
         let target = set.list[index].clone();
         target.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.retry_budget.request(self.now_ms() / 1000);
+        let since = now.saturating_duration_since(self.epoch);
+        self.retry_budget.request(since.as_secs());
         InFlight {
             pool: self.clone(),
             target,
@@ -583,8 +585,8 @@ impl Pool {
     where
         F: Future<Output = Result<(http::Response<FromUpstream>, Option<Conn>), client::Error>>,
     {
-        let mut in_flight = self.begin(set, index);
         let started = Instant::now();
+        let mut in_flight = self.begin(set, index, started);
         match send(started + timeout).await {
             Ok((response, conn)) => {
                 in_flight.keep(conn);
@@ -821,7 +823,9 @@ mod tests {
     #[tokio::test]
     async fn least_request_prefers_the_idle_target() {
         let pool = pool("{ targets: [\"127.0.0.1:1\", \"127.0.0.1:2\"], balance: least_request }");
-        let _busy: Vec<InFlight> = (0..5).map(|_| pool.begin(&pool.targets(), 0)).collect();
+        let _busy: Vec<InFlight> = (0..5)
+            .map(|_| pool.begin(&pool.targets(), 0, Instant::now()))
+            .collect();
         assert!((0..50).all(|_| pool.pick(&pool.targets(), None, &[]) == Some(1)));
     }
 
@@ -953,7 +957,7 @@ mod tests {
         assert!(!after[1].healthy(), "with its health");
         assert!(after[2].healthy(), "a new target starts healthy");
         // A request that loaded the old set still uses it consistently.
-        let guard = pool.begin(&before, 1);
+        let guard = pool.begin(&before, 1, Instant::now());
         assert_eq!(before[1].in_flight(), 1);
         drop(guard);
         assert_eq!(before[1].in_flight(), 0);
@@ -1007,7 +1011,9 @@ mod tests {
         assert!(pool.try_retry());
         assert!(!pool.try_retry());
         tokio::time::advance(Duration::from_secs(1)).await;
-        let _guards: Vec<InFlight> = (0..50).map(|_| pool.begin(&pool.targets(), 0)).collect();
+        let _guards: Vec<InFlight> = (0..50)
+            .map(|_| pool.begin(&pool.targets(), 0, Instant::now()))
+            .collect();
         let allowed = (0..10).filter(|_| pool.try_retry()).count();
         assert_eq!(allowed, 5, "10% of 50 requests");
     }
