@@ -684,20 +684,17 @@ async fn follow_applied(gateway: Arc<Gateway>) {
     }
 }
 
-/// Hands buffered access-log lines to the writer every 200 ms, and drains
-/// histogram samples into their buckets every 5 s.
+/// Hands buffered access-log lines to the writer and refreshes the raft
+/// gauges every 200 ms.
 async fn upkeep(shared: Arc<Shared>) {
     let mut interval = tokio::time::interval(Duration::from_millis(200));
-    for tick in 0u64.. {
+    loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
         shared.access_log.tick();
         record_raft(&shared);
-        if tick % 25 == 0 {
-            shared.metrics.upkeep();
-        }
     }
 }
 

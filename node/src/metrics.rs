@@ -6,11 +6,11 @@
 //! it never formats a metric name or hashes a label set.
 //!
 //! The two latency histograms, recorded for every request, are this
-//! module's own [`Latency`]: a count per fixed bucket and a sum, three
+//! module's own [`Latency`]: a count per fixed bucket and a sum, two
 //! relaxed atomic adds per sample, in constant memory. (The exporter's
-//! histograms queue every sample until the next scrape or upkeep: about 270
-//! instructions per sample, a sixth of the rest of the request's metrics
-//! and logging.) `/metrics` renders them after the exporter's series.
+//! histograms queue every sample until the next scrape or upkeep, about 270
+//! instructions a sample here.) `/metrics` renders them after the
+//! exporter's series.
 //!
 //! Series (all prefixed `meridian_`):
 //! - `requests_total{route,method,status}`: status is the class, `2xx`…`5xx`;
@@ -610,12 +610,6 @@ impl Metrics {
             }
         }
         text
-    }
-
-    /// Drains histogram samples into their buckets; run periodically so
-    /// memory stays bounded between scrapes.
-    pub fn upkeep(&self) {
-        self.handle.run_upkeep();
     }
 }
 
