@@ -160,8 +160,14 @@ impl AccessLog {
 pub struct Key(&'static str);
 
 impl Key {
-    /// `start` is `,"name":"`, a name that needs no escaping; use `key!`.
+    /// `start` is `,"name":"`, a name that needs no escaping; use `key!`,
+    /// which checks the shape when it compiles.
     pub const fn new(start: &'static str) -> Self {
+        let bytes = start.as_bytes();
+        assert!(
+            bytes.len() > 5 && bytes[0] == b',' && bytes[bytes.len() - 1] == b'"',
+            "a key is `,\"name\":\"`"
+        );
         Self(start)
     }
 
@@ -176,7 +182,7 @@ impl Key {
 /// The [`Key`] of the field named `$name`, a string literal.
 macro_rules! key {
     ($name:literal) => {
-        $crate::access_log::Key::new(concat!(",\"", $name, "\":\""))
+        const { $crate::access_log::Key::new(concat!(",\"", $name, "\":\"")) }
     };
 }
 pub(crate) use key;

@@ -353,19 +353,18 @@ impl Client {
             Ok(response) => return Ok((response.map(FromUpstream::Raw), None)),
             Err(failed) => failed,
         };
-        if failed.timed_out {
-            return Err(Error::Timeout);
-        }
-        if !(pooled && failed.unanswered && (!failed.sent || super::is_idempotent(head.method))) {
-            return Err(Error::Exchange(failed.error));
+        let resend =
+            pooled && failed.unanswered && (!failed.sent || super::is_idempotent(head.method));
+        if failed.timed_out || !resend {
+            return Err(exchange_error(failed));
         }
         tracing::debug!(target = %endpoint.authority, error = %failed.error, "pooled connection closed; sending on a new one");
         let conn = self.connect_raw(endpoint, deadline).await?;
-        match conn.exchange(head, body, deadline).await {
-            Ok(response) => Ok((response.map(FromUpstream::Raw), None)),
-            Err(failed) if failed.timed_out => Err(Error::Timeout),
-            Err(failed) => Err(Error::Exchange(failed.error)),
-        }
+        let response = conn
+            .exchange(head, body, deadline)
+            .await
+            .map_err(exchange_error)?;
+        Ok((response.map(FromUpstream::Raw), None))
     }
 
     /// A new fast-path connection to `endpoint`, by `deadline` if there is
@@ -675,6 +674,16 @@ pub(super) async fn reap(pool: Weak<Pool>, period: Duration, shutdown: Cancellat
         for endpoint in endpoints {
             pool.client.evict(endpoint, now);
         }
+    }
+}
+
+/// A failed fast-path exchange as the client's error: a timeout, or the
+/// exchange's own error.
+fn exchange_error(failed: h1::Failed) -> Error {
+    if failed.timed_out {
+        Error::Timeout
+    } else {
+        Error::Exchange(failed.error)
     }
 }
 

@@ -448,6 +448,12 @@ impl Pool {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// The second since the pool was built that `at` falls in (the retry
+    /// budget's clock).
+    fn second(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_secs()
+    }
+
     /// Whether `target` may take a request: healthy and not ejected. `now`
     /// is read from the clock only if the target was ever ejected.
     fn available(&self, target: &Target, now: &OnceCell<u64>) -> bool {
@@ -520,8 +526,7 @@ impl Pool {
     pub fn begin(self: &Arc<Self>, set: &Targets, index: usize, now: Instant) -> InFlight {
         let target = set.list[index].clone();
         target.in_flight.fetch_add(1, Ordering::Relaxed);
-        let since = now.saturating_duration_since(self.epoch);
-        self.retry_budget.request(since.as_secs());
+        self.retry_budget.request(self.second(now));
         InFlight {
             pool: self.clone(),
             target,
@@ -601,7 +606,7 @@ impl Pool {
 
     /// Whether the retry budget allows one more retry now.
     pub fn try_retry(&self) -> bool {
-        let allowed = self.retry_budget.try_retry(self.now_ms() / 1000);
+        let allowed = self.retry_budget.try_retry(self.second(Instant::now()));
         if allowed {
             self.metrics.retries.increment(1);
         } else {

@@ -525,8 +525,6 @@ where
         Some(Ok(permit)) => Some(permit),
         None => None,
     };
-    // One `.await` of the handler: its future (kilobytes) has one place in
-    // this one's state, not one per branch.
     let mut response = handler(request, peer).await;
     if let Some(permit) = permit {
         response.body_mut().keep(permit);
