@@ -96,7 +96,7 @@ impl Gateway {
     /// the listener's handler is this future itself, not one around it.)
     pub async fn serve(
         self: Arc<Self>,
-        req: pipeline::Request,
+        req: Box<pipeline::Request>,
         peer: SocketAddr,
     ) -> pipeline::Response {
         let snapshot = self.snapshots.load();
@@ -555,7 +555,7 @@ impl App {
         }
         let handler = {
             let gateway = gateway.clone();
-            move |req, peer| admin::handle(gateway.clone(), req, peer)
+            move |req: Box<_>, peer| admin::handle(gateway.clone(), *req, peer)
         };
         servers.spawn(
             server::serve(

@@ -312,7 +312,7 @@ impl Pipeline {
         &self,
         snapshot: Arc<Snapshot>,
         client: SocketAddr,
-        mut req: Request,
+        mut req: Box<Request>,
     ) -> Response {
         // Boxed: it goes to the response body's end, and the request's
         // future stays small to move.
@@ -355,7 +355,7 @@ impl Pipeline {
         }
         let mut response = match answer {
             Some(response) => response,
-            None => match self.proxy.forward(&mut cx, req).await {
+            None => match self.proxy.forward(&mut cx, *req).await {
                 Ok(response) => response,
                 Err(error) => cx.fail(error),
             },

@@ -187,7 +187,7 @@ fn request(
     fields: &[Span],
     bytes: &Bytes,
     body: Inbound,
-) -> Option<http::Request<Inbound>> {
+) -> Option<Box<http::Request<Inbound>>> {
     let uri = Uri::from_maybe_shared(bytes.slice(head.target.0..head.target.1)).ok()?;
     let mut headers = HeaderMap::with_capacity(fields.len());
     for &[name_start, name_end, value_start, value_end] in fields {
@@ -195,7 +195,7 @@ fn request(
         let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end)).ok()?;
         headers.append(name, value);
     }
-    let mut request = http::Request::new(body);
+    let mut request = Box::new(http::Request::new(body));
     *request.method_mut() = head.method.clone();
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
@@ -387,7 +387,7 @@ pub(super) struct Http1<'a, S, H> {
 impl<'a, S, H, F> Http1<'a, S, H>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
-    H: Fn(http::Request<Inbound>, SocketAddr) -> F + Send + Sync,
+    H: Fn(Box<http::Request<Inbound>>, SocketAddr) -> F + Send + Sync,
     F: std::future::Future<Output = http::Response<Body>> + Send,
 {
     pub(super) fn new(
@@ -481,7 +481,7 @@ where
     /// Runs the handler on `request`, reading on meanwhile: a client that
     /// hangs up cancels its request (`None`), as with hyper, and bytes it
     /// pipelines are kept for the next head.
-    async fn respond(&mut self, request: http::Request<Inbound>) -> Option<http::Response<Body>> {
+    async fn respond(&mut self, request: Box<http::Request<Inbound>>) -> Option<http::Response<Body>> {
         let (handler, shared, peer) = (self.handler, self.shared, self.peer);
         let respond = super::respond(handler, shared, request, peer);
         tokio::pin!(respond);

@@ -209,7 +209,7 @@ pub async fn serve<H, F>(
     shutdown: CancellationToken,
     grace: Duration,
 ) where
-    H: Fn(hyper::Request<Inbound>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Box<hyper::Request<Inbound>>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -338,7 +338,7 @@ struct Serving<H> {
 
 async fn serve_connection<H, F, S>(stream: S, serving: Serving<H>)
 where
-    H: Fn(hyper::Request<Inbound>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Box<hyper::Request<Inbound>>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -377,7 +377,7 @@ where
 /// the fast path handed over), starting with the bytes `io` rewinds.
 async fn serve_hyper<H, F, S>(io: fast::Rewind<stall::WriteIdle<S>>, serving: Serving<H>)
 where
-    H: Fn(hyper::Request<Inbound>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Box<hyper::Request<Inbound>>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -416,7 +416,7 @@ where
             let watch = resets.watch();
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
             async move {
-                let mut response = respond(&handler, &shared, request, peer).await;
+                let mut response = respond(&handler, &shared, Box::new(request), peer).await;
                 // hyper writes the map: the upstream's raw fields go in it.
                 crate::body::fields_mut(&mut response);
                 watch.done();
@@ -509,11 +509,11 @@ where
 async fn respond<H, F>(
     handler: &H,
     shared: &Shared,
-    request: hyper::Request<Inbound>,
+    request: Box<hyper::Request<Inbound>>,
     peer: SocketAddr,
 ) -> hyper::Response<Body>
 where
-    H: Fn(hyper::Request<Inbound>, SocketAddr) -> F,
+    H: Fn(Box<hyper::Request<Inbound>>, SocketAddr) -> F,
     F: Future<Output = hyper::Response<Body>>,
 {
     let permit = match shared
