@@ -40,7 +40,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::text::push_field;
+use crate::text::{eq_ignore_ascii_case, push_field};
 
 /// The most header fields a response head may have.
 const MAX_FIELDS: usize = 100;
@@ -463,7 +463,7 @@ fn parse(
         if super::is_hop_by_hop_name(name) {
             hops |= 1 << i;
         }
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if eq_ignore_ascii_case(name, b"content-length") {
             let value = std::str::from_utf8(field.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
@@ -472,15 +472,15 @@ fn parse(
                 return Err(invalid("conflicting Content-Length values"));
             }
             length = Some(value);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if eq_ignore_ascii_case(name, b"transfer-encoding") {
             // The last coding decides; a later field overrides an earlier.
             let last = field.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"connection") {
+            chunked = Some(eq_ignore_ascii_case(last.trim_ascii(), b"chunked"));
+        } else if eq_ignore_ascii_case(name, b"connection") {
             for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
+                if eq_ignore_ascii_case(token, b"close") {
                     close = true;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                } else if !token.is_empty() && !eq_ignore_ascii_case(token, b"keep-alive") {
                     plain_hops = false;
                 }
             }
@@ -604,7 +604,7 @@ impl RawFields {
     fn replaced(&self, name: &[u8]) -> bool {
         self.set
             .iter()
-            .any(|(set, _)| set.as_str().as_bytes().eq_ignore_ascii_case(name))
+            .any(|(set, _)| eq_ignore_ascii_case(set.as_str().as_bytes(), name))
     }
 
     /// Moves pending fields into `map`, but those whose name it has
@@ -689,7 +689,7 @@ pub fn each_field<'a>(
 /// this is asked of hold the few fields the gateway set.
 fn contains_name(map: &HeaderMap, name: &[u8]) -> bool {
     map.keys()
-        .any(|key| key.as_str().as_bytes().eq_ignore_ascii_case(name))
+        .any(|key| eq_ignore_ascii_case(key.as_str().as_bytes(), name))
 }
 
 impl RawBody {

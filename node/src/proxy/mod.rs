@@ -538,7 +538,7 @@ fn is_hop_by_hop_name(name: &[u8]) -> bool {
         19 => b"proxy-authorization",
         _ => return false,
     };
-    name.eq_ignore_ascii_case(hop)
+    crate::text::eq_ignore_ascii_case(name, hop)
 }
 
 /// Field names listed in `Connection`, which are hop-by-hop too.

@@ -61,7 +61,7 @@ use super::guard::Closed;
 use super::stopping::Watch;
 use crate::body::{Body, BodyError, Inbound};
 use crate::proxy::h1::{RawFields, each_field, write_both};
-use crate::text::push_field;
+use crate::text::{eq_ignore_ascii_case, push_field};
 
 /// The most header fields the fast path takes; a head with more goes to
 /// hyper.
@@ -144,22 +144,22 @@ fn parse(buf: &[u8], max_head: usize, fields: &mut Vec<Span>) -> Parsed {
     fields.clear();
     for field in request.headers.iter() {
         let name = field.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if eq_ignore_ascii_case(name, b"content-length") {
             match content_length(field.value) {
                 Some(length) if body.is_none() && length <= MAX_BODY => body = Some(length),
                 _ => return Parsed::Other,
             }
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if eq_ignore_ascii_case(name, b"connection") {
             for token in field.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"upgrade") {
+                if eq_ignore_ascii_case(token, b"upgrade") {
                     return Parsed::Other;
                 }
-                close |= token.eq_ignore_ascii_case(b"close");
+                close |= eq_ignore_ascii_case(token, b"close");
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade")
+        } else if eq_ignore_ascii_case(name, b"transfer-encoding")
+            || eq_ignore_ascii_case(name, b"expect")
+            || eq_ignore_ascii_case(name, b"upgrade")
         {
             return Parsed::Other;
         }
@@ -307,15 +307,15 @@ impl<'a> Noted<'a> {
     /// Writes a field to `out`, but for the framing ones, which the head
     /// decides itself. Names come in any case (an upstream's as they came).
     fn push(&mut self, out: &mut Vec<u8>, name: &'a [u8], value: &'a [u8]) {
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        if eq_ignore_ascii_case(name, b"transfer-encoding") {
             return;
         }
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if eq_ignore_ascii_case(name, b"content-length") {
             self.length.get_or_insert(value);
             return;
         }
-        self.date |= name.eq_ignore_ascii_case(b"date");
-        self.connection |= name.eq_ignore_ascii_case(b"connection");
+        self.date |= eq_ignore_ascii_case(name, b"date");
+        self.connection |= eq_ignore_ascii_case(name, b"connection");
         push_field(out, name, value);
     }
 }
@@ -359,7 +359,7 @@ fn asks_to_close(response: &http::Response<Body>) -> bool {
             value
                 .as_bytes()
                 .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+                .any(|token| eq_ignore_ascii_case(token.trim_ascii(), b"close"))
         })
 }
 
@@ -481,7 +481,10 @@ where
     /// Runs the handler on `request`, reading on meanwhile: a client that
     /// hangs up cancels its request (`None`), as with hyper, and bytes it
     /// pipelines are kept for the next head.
-    async fn respond(&mut self, request: Box<http::Request<Inbound>>) -> Option<http::Response<Body>> {
+    async fn respond(
+        &mut self,
+        request: Box<http::Request<Inbound>>,
+    ) -> Option<http::Response<Body>> {
         let (handler, shared, peer) = (self.handler, self.shared, self.peer);
         let respond = super::respond(handler, shared, request, peer);
         tokio::pin!(respond);
