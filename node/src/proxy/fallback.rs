@@ -47,7 +47,7 @@ use tokio::time::Instant;
 use super::pool::Pool;
 use super::{Outgoing, Proxy, Served, X_FORWARDED_FOR};
 use crate::app::Gateway;
-use crate::body::{ClientFault, FromUpstream};
+use crate::body::FromUpstream;
 use crate::error::{Error, Kind};
 use crate::peer::{ForwardStream, Forwarder};
 use crate::pipeline::{Request, RequestCx, Response};
@@ -366,7 +366,6 @@ impl Proxy {
             payload: super::Payload::new(None, body),
             limit,
             body_limit: limit,
-            fault: Arc::new(ClientFault::default()),
             hash,
             idle,
             // Served to the other region through hyper, which needs a map.

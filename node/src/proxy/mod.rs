@@ -147,7 +147,6 @@ impl Proxy {
             limit,
             // A body a transform replaced was held to the limit before.
             body_limit: if replaced { u64::MAX } else { limit },
-            fault: Arc::new(ClientFault::default()),
             hash,
             idle: timeouts.idle,
             raw_response: true,
@@ -305,7 +304,11 @@ impl Proxy {
     /// body was at fault (too large, stalled, too slow, broken), which ends
     /// the request whatever else could be tried.
     fn client_fault(&self, out: &Outgoing, error: client::Error) -> Result<Error, Error> {
-        match out.fault.get() {
+        let fault = match &out.payload {
+            Payload::Streamed(_, fault) => fault.get(),
+            Payload::Empty | Payload::Whole(_) => None,
+        };
+        match fault {
             Some(Fault::TooLarge) => Err(Kind::PayloadTooLarge { limit: out.limit }.into()),
             Some(Fault::Stalled) => {
                 self.slow_body("stalled");
@@ -368,7 +371,6 @@ pub(crate) struct Outgoing {
     limit: u64,
     /// The limit the body is held to on the way.
     body_limit: u64,
-    fault: Arc<ClientFault>,
     hash: Option<u64>,
     idle: std::time::Duration,
     /// A fast-path response may keep its fields raw (`h1::RawFields`): the
@@ -382,7 +384,7 @@ impl Outgoing {
     /// its body was not streamed to an earlier attempt.
     fn resendable(&self) -> bool {
         match &self.payload {
-            Payload::Streamed(replay) => !replay.consumed(),
+            Payload::Streamed(replay, _) => !replay.consumed(),
             Payload::Empty | Payload::Whole(_) => true,
         }
     }
@@ -394,7 +396,7 @@ impl Outgoing {
             _ if self.fields.upgrade() => None,
             Payload::Empty => Some(None),
             Payload::Whole(data) => Some(Some(data)),
-            Payload::Streamed(_) => None,
+            Payload::Streamed(..) => None,
         }
     }
 
@@ -403,14 +405,9 @@ impl Outgoing {
         match &self.payload {
             Payload::Empty => UpstreamBody::Empty,
             Payload::Whole(data) => UpstreamBody::Full(Some(data.clone())),
-            Payload::Streamed(replay) => UpstreamBody::Client(
-                ClientBody::new(
-                    replay.clone(),
-                    self.body_limit,
-                    self.idle,
-                    self.fault.clone(),
-                )
-                .min_rate(min_rate),
+            Payload::Streamed(replay, fault) => UpstreamBody::Client(
+                ClientBody::new(replay.clone(), self.body_limit, self.idle, fault.clone())
+                    .min_rate(min_rate),
             ),
         }
     }
@@ -423,8 +420,9 @@ pub(crate) enum Payload {
     /// Complete: it came with the request head (the fast path), and every
     /// attempt sends it whole.
     Whole(Bytes),
-    /// Streamed from the client by the first attempt that takes it.
-    Streamed(Replay),
+    /// Streamed from the client by the first attempt that takes it, and
+    /// what went wrong with it on the way, if anything did.
+    Streamed(Replay, Arc<ClientFault>),
 }
 
 impl Payload {
@@ -432,13 +430,17 @@ impl Payload {
     pub(crate) fn new(prefix: Option<BufferedPrefix>, body: Inbound) -> Self {
         match (prefix, body) {
             (Some(prefix), body) if !prefix.is_empty() => {
-                Payload::Streamed(Replay::with_prefix(prefix.into_frames(), body))
+                Payload::streamed(Replay::with_prefix(prefix.into_frames(), body))
             }
             (_, Inbound::Buffered(None)) => Payload::Empty,
             (_, Inbound::Buffered(Some(data))) => Payload::Whole(data),
             (_, body) if http_body::Body::is_end_stream(&body) => Payload::Empty,
-            (_, body) => Payload::Streamed(Replay::new(body)),
+            (_, body) => Payload::streamed(Replay::new(body)),
         }
+    }
+
+    fn streamed(replay: Replay) -> Self {
+        Payload::Streamed(replay, Arc::default())
     }
 }
 
