@@ -202,22 +202,30 @@ fn parse_host(authority: &[u8]) -> Result<String, Error> {
     if host.is_empty() || host.len() > 255 {
         return Err(invalid());
     }
-    // A bracketed IPv6 literal was checked above.
-    let bracketed = host[0] == b'[';
-    let allowed = |b: &u8| {
-        b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'.' | b'_')
-            || (bracketed && matches!(b, b'[' | b']' | b':'))
-    };
-    if !host.iter().all(allowed) {
+    // A bracketed IPv6 literal was checked above; a name is looked up a
+    // byte at a time in `HOST_BYTES`.
+    if host[0] != b'[' && !host.iter().all(|&b| HOST_BYTES[usize::from(b)]) {
         return Err(invalid());
     }
     let end = host
         .iter()
         .rposition(|&b| b != b'.')
         .map_or(0, |last| last + 1);
-    String::from_utf8(host[..end].to_ascii_lowercase()).map_err(|_| invalid())
+    let host = std::str::from_utf8(&host[..end]).map_err(|_| invalid())?;
+    Ok(host.to_ascii_lowercase())
 }
+
+/// The bytes a host name may hold: letters, digits, `-`, `.` and `_`.
+const HOST_BYTES: [bool; 256] = {
+    let mut allowed = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        allowed[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_';
+        b += 1;
+    }
+    allowed
+};
 
 /// A port number: 1 to 5 digits, at most 65535.
 fn is_port(text: &[u8]) -> bool {
@@ -266,6 +274,9 @@ mod tests {
             b"a:1x",
             b"a/b",
             b"\xff",
+            b"a]b",
+            b"[::1]]",
+            b"a:b:c",
         ] {
             assert!(parse_host(bad).is_err(), "{bad:?}");
         }
