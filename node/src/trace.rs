@@ -68,7 +68,7 @@ impl Context {
         write_hex(&mut out[36..52], &self.span_id);
         out[52] = b'-';
         write_hex(&mut out[53..55], &[self.flags]);
-        HeaderValue::from_bytes(&out).expect("hex digits and dashes are valid header bytes")
+        shared_value(out)
     }
 
     /// The trace id, displayed as 32 hex digits (for logs).
@@ -167,7 +167,15 @@ pub fn request_id(client: Option<&HeaderValue>) -> HeaderValue {
     write_hex(&mut out[14..18], &id[6..8]);
     write_hex(&mut out[19..23], &id[8..10]);
     write_hex(&mut out[24..36], &id[10..16]);
-    HeaderValue::from_bytes(&out).expect("hex digits and dashes are valid header bytes")
+    shared_value(out)
+}
+
+/// `text` (hex digits and dashes) as a field value that is shared from the
+/// start: it goes upstream, back to the client and into the access log,
+/// and a value copied from a slice would allocate again when first cloned.
+fn shared_value<const N: usize>(text: [u8; N]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .expect("hex digits and dashes are valid header bytes")
 }
 
 #[cfg(test)]
