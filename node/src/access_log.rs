@@ -314,17 +314,13 @@ fn is_plain(bytes: &[u8]) -> bool {
         return true;
     }
     // The last eight bytes once more (overlapping), or the few there are
-    // padded with spaces.
-    let last = match bytes.len().checked_sub(8) {
-        Some(start) => u64::from_le_bytes(bytes[start..].try_into().expect("eight bytes")),
-        None => rest
-            .iter()
-            .enumerate()
-            .fold(u64::from_le_bytes([b' '; 8]), |word, (k, &b)| {
-                word & !(0xff << (8 * k)) | u64::from(b) << (8 * k)
-            }),
-    };
-    !needs_escape(last)
+    // one by one.
+    match bytes.len().checked_sub(8) {
+        Some(start) => !needs_escape(u64::from_le_bytes(
+            bytes[start..].try_into().expect("eight bytes"),
+        )),
+        None => rest.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\'),
+    }
 }
 
 /// Appends `bytes` with JSON's escapes.
