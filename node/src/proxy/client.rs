@@ -277,10 +277,7 @@ impl Client {
                 return Box::pin(self.send_raw(endpoint, request, common)).await;
             }
             if let Some(fields) = common {
-                let headers = request.headers_mut();
-                fields.each(|name, value| {
-                    headers.append(name.clone(), value.clone());
-                });
+                fields.append_to(request.headers_mut());
             }
             match self.protocol {
                 UpstreamProtocol::Http1 => {

@@ -10,7 +10,6 @@
 //! call upstreams themselves get the merged map (`UpstreamFields::to_map`,
 //! `upstream_headers`).
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::{FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
@@ -48,11 +47,23 @@ impl UpstreamFields {
         Self { client, own: None }
     }
 
-    /// Calls `visit` with every field to send, in order: the client's
-    /// first. (A visitor rather than an iterator: chained iterators cost
-    /// more per field than writing the field does.)
-    pub(crate) fn each(&self, visit: impl FnMut(&HeaderName, &HeaderValue)) {
-        sent(&self.client, self.own.as_ref(), visit);
+    /// Calls `visit` with every field to send, in order, the client's
+    /// first, as the bytes that go on the wire. (A visitor rather than an
+    /// iterator: chained iterators cost more per field than writing the
+    /// field does.)
+    pub(crate) fn each(&self, mut visit: impl FnMut(&HeaderName, &[u8])) {
+        sent(&self.client, self.own.as_ref(), |name, value| {
+            visit(name, value.as_bytes());
+        });
+    }
+
+    /// Appends every field to send to `map` (for hyper's client).
+    pub(crate) fn append_to(&self, map: &mut HeaderMap) {
+        sent(&self.client, self.own.as_ref(), |name, value| {
+            if let Some(value) = value.to_header() {
+                map.append(name.clone(), value);
+            }
+        });
     }
 
     /// Whether the request is an upgrade (it goes through hyper).
@@ -65,61 +76,94 @@ impl UpstreamFields {
 
     /// The fields as one map.
     pub(crate) fn to_map(&self) -> HeaderMap {
-        merged(&self.client, self.own.as_ref())
+        let mut map = HeaderMap::with_capacity(self.client.len() + 8);
+        self.append_to(&mut map);
+        map
     }
 }
 
 /// The headers sent upstream for the request in `cx`, as one map: for the
 /// stages that call upstreams themselves and keep the client's request.
 pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> HeaderMap {
-    merged(client, Some(&Own::new(cx, client, upgrade)))
-}
-
-/// What [`sent`] visits, as one map.
-fn merged(client: &HeaderMap, own: Option<&Own>) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(client.len() + 8);
-    sent(client, own, |name, value| {
-        map.append(name.clone(), value.clone());
+    let own = Own::new(cx, client, upgrade);
+    sent(client, Some(&own), |name, value| {
+        if let Some(value) = value.to_header() {
+            map.append(name.clone(), value);
+        }
     });
     map
 }
 
+/// A field value [`sent`] visits: a field's, or text the gateway wrote
+/// from checked pieces (the forwarding fields), which the HTTP/1.1 fast
+/// path writes as it is and only a map makes a `HeaderValue` of.
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    Field(&'a HeaderValue),
+    Text(&'a [u8]),
+}
+
+impl Value<'_> {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Field(value) => value.as_bytes(),
+            Value::Text(text) => text,
+        }
+    }
+
+    /// The value for a map; `None` for text with bytes a field may not
+    /// hold (its pieces were checked as they were read, so this is only a
+    /// last line of defence).
+    fn to_header(self) -> Option<HeaderValue> {
+        match self {
+            Value::Field(value) => Some(value.clone()),
+            Value::Text(text) => HeaderValue::from_bytes(text).ok(),
+        }
+    }
+}
+
+impl<'a> From<&'a HeaderValue> for Value<'a> {
+    fn from(value: &'a HeaderValue) -> Self {
+        Value::Field(value)
+    }
+}
+
 /// The fields of `client` that `own` forwards, then `own`'s; identity
 /// last, so nothing can stand in for it.
-fn sent(client: &HeaderMap, own: Option<&Own>, mut visit: impl FnMut(&HeaderName, &HeaderValue)) {
+fn sent(client: &HeaderMap, own: Option<&Own>, mut visit: impl FnMut(&HeaderName, Value<'_>)) {
     for (name, value) in client {
         if own.is_none_or(|own| own.forwards(name)) {
-            visit(name, value);
+            visit(name, value.into());
         }
     }
     let Some(own) = own else { return };
     if own.trailers {
-        visit(&header::TE, &TRAILERS);
+        visit(&header::TE, (&TRAILERS).into());
     }
     if let Some(upgrade) = &own.upgrade {
-        visit(&header::UPGRADE, upgrade);
-        visit(&header::CONNECTION, &UPGRADE_TOKEN);
+        visit(&header::UPGRADE, upgrade.into());
+        visit(&header::CONNECTION, (&UPGRADE_TOKEN).into());
     }
     if let Some(host) = &own.host {
-        visit(&header::HOST, host);
+        visit(&header::HOST, host.into());
     }
-    if let Some(value) = &own.forwarded_for {
-        visit(&X_FORWARDED_FOR, value);
-    }
-    visit(&X_FORWARDED_PROTO, if own.https { &HTTPS } else { &HTTP });
+    visit(&X_FORWARDED_FOR, Value::Text(&own.text[..own.for_end]));
+    visit(
+        &X_FORWARDED_PROTO,
+        if own.https { &HTTPS } else { &HTTP }.into(),
+    );
     if let Some(value) = &own.forwarded_host {
-        visit(&X_FORWARDED_HOST, value);
+        visit(&X_FORWARDED_HOST, value.into());
     }
-    if let Some(value) = &own.forwarded {
-        visit(&FORWARDED, value);
-    }
-    visit(&X_REQUEST_ID, &own.request_id);
-    visit(&TRACEPARENT, &own.traceparent);
+    visit(&FORWARDED, Value::Text(&own.text[own.for_end..]));
+    visit(&X_REQUEST_ID, (&own.request_id).into());
+    visit(&TRACEPARENT, (&own.traceparent).into());
     if let Some(value) = &own.api_version {
-        visit(&API_VERSION, value);
+        visit(&API_VERSION, value.into());
     }
     for (name, value) in &own.identity {
-        visit(name, value);
+        visit(name, value.into());
     }
 }
 
@@ -132,10 +176,11 @@ struct Own {
     upgrade: Option<HeaderValue>,
     /// The client's `Host`, when the route preserves it.
     host: Option<HeaderValue>,
-    forwarded_for: Option<HeaderValue>,
+    /// `X-Forwarded-For`'s value, then `Forwarded`'s from `for_end` on.
+    text: Vec<u8>,
+    for_end: usize,
     https: bool,
     forwarded_host: Option<HeaderValue>,
-    forwarded: Option<HeaderValue>,
     request_id: HeaderValue,
     traceparent: HeaderValue,
     api_version: Option<HeaderValue>,
@@ -148,8 +193,10 @@ impl Own {
     /// `Forwarded` hops, `TE`, `Connection`, `Upgrade`) in one pass, and
     /// appends this hop.
     fn new(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Self {
-        // Both forwarding fields are written into one buffer, which their
-        // values then share: `X-Forwarded-For`, then `Forwarded`.
+        // Both forwarding fields are written into one buffer: the
+        // `X-Forwarded-For` value, then `Forwarded`'s. Every piece is
+        // checked (earlier hops are visible ASCII, `to_str`; the host was
+        // checked by `admit`), so the fast path writes it as it is.
         let mut text = Vec::with_capacity(160);
         let mut earlier_forwarded = Vec::new();
         let mut trailers = false;
@@ -195,7 +242,6 @@ impl Own {
         if let Some(host) = &cx.authority {
             push_all(&mut text, &[b";host=\"", host.as_bytes(), b"\""]);
         }
-        let text = Bytes::from(text);
 
         let mut identity = HeaderMap::new();
         if let Some(principal) = &cx.principal {
@@ -212,10 +258,10 @@ impl Own {
                 .authority
                 .clone()
                 .filter(|_| cx.route.as_ref().is_some_and(|r| r.preserve_host)),
-            forwarded_for: value(text.slice(..xff_end)),
+            text,
+            for_end: xff_end,
             https,
             forwarded_host: cx.authority.clone(),
-            forwarded: value(text.slice(xff_end..)),
             request_id: cx.request_id.clone(),
             traceparent: cx.traceparent.clone(),
             api_version: cx.api.as_ref().map(|selected| selected.version.clone()),
@@ -246,11 +292,4 @@ fn push_all(out: &mut Vec<u8>, parts: &[&[u8]]) {
     for part in parts {
         out.extend_from_slice(part);
     }
-}
-
-/// `text` as a field value, without copying it; `None` if it holds bytes
-/// a field may not (the pieces were checked as they were read, so this is
-/// only a last line of defence).
-fn value(text: Bytes) -> Option<HeaderValue> {
-    HeaderValue::from_maybe_shared(text).ok()
 }

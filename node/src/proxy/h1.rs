@@ -343,14 +343,14 @@ fn encode(out: &mut Vec<u8>, head: &RequestHead<'_>, body: usize) {
     if let Some(host) = head.host {
         push_field(out, b"host", host.as_bytes());
     }
-    let mut field = |name: &HeaderName, value: &HeaderValue| {
+    let mut field = |name: &HeaderName, value: &[u8]| {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             return;
         }
-        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        push_field(out, name.as_str().as_bytes(), value);
     };
     for (name, value) in head.fields.into_iter().flatten() {
-        field(name, value);
+        field(name, value.as_bytes());
     }
     if let Some(common) = head.common {
         common.each(field);
