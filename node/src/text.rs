@@ -236,7 +236,7 @@ mod tests {
             let mut b: Vec<u8> = a
                 .iter()
                 .zip(&flips)
-                .map(|(&c, &flip)| if flip { c ^ 0x20 * u8::from(c.is_ascii_alphabetic()) } else { c })
+                .map(|(&c, &flip)| if flip { c ^ (0x20 * u8::from(c.is_ascii_alphabetic())) } else { c })
                 .collect();
             proptest::prop_assert_eq!(eq_ignore_ascii_case(&a, &b), a.eq_ignore_ascii_case(&b));
             if !b.is_empty() {
