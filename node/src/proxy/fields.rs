@@ -59,11 +59,7 @@ impl UpstreamFields {
 
     /// Appends every field to send to `map` (for hyper's client).
     pub(crate) fn append_to(&self, map: &mut HeaderMap) {
-        sent(&self.client, self.own.as_ref(), |name, value| {
-            if let Some(value) = value.to_header() {
-                map.append(name.clone(), value);
-            }
-        });
+        append_sent(&self.client, self.own.as_ref(), map);
     }
 
     /// Whether the request is an upgrade (it goes through hyper).
@@ -86,13 +82,17 @@ impl UpstreamFields {
 /// stages that call upstreams themselves and keep the client's request.
 pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(client.len() + 8);
-    let own = Own::new(cx, client, upgrade);
-    sent(client, Some(&own), |name, value| {
+    append_sent(client, Some(&Own::new(cx, client, upgrade)), &mut map);
+    map
+}
+
+/// Appends what [`sent`] visits to `map`.
+fn append_sent(client: &HeaderMap, own: Option<&Own>, map: &mut HeaderMap) {
+    sent(client, own, |name, value| {
         if let Some(value) = value.to_header() {
             map.append(name.clone(), value);
         }
     });
-    map
 }
 
 /// A field value [`sent`] visits: a field's, or text the gateway wrote
