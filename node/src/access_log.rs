@@ -336,10 +336,8 @@ fn push_escaped(buf: &mut Vec<u8>, bytes: &[u8]) {
                 b'\r' => buf.extend_from_slice(b"\\r"),
                 b'\t' => buf.extend_from_slice(b"\\t"),
                 _ => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
                     buf.extend_from_slice(b"\\u00");
-                    buf.push(HEX[usize::from(b >> 4)]);
-                    buf.push(HEX[usize::from(b & 0xf)]);
+                    buf.extend_from_slice(&crate::text::hex_pair(b));
                 }
             }
             start = i + 1;

@@ -9,23 +9,12 @@
 
 use http::{HeaderName, HeaderValue};
 
+use crate::text::write_hex;
+
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `traceparent` (W3C Trace Context).
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
-/// Each byte's two lowercase hex digits: one load a byte instead of two
-/// table lookups and the shifts between.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut pairs = [[0; 2]; 256];
-    let mut b = 0;
-    while b < 256 {
-        pairs[b] = [HEX[b >> 4], HEX[b & 0xf]];
-        b += 1;
-    }
-    pairs
-};
 
 /// The trace context of one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,12 +83,6 @@ impl std::fmt::Display for TraceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let hex = self.hex();
         f.write_str(std::str::from_utf8(&hex).map_err(|_| std::fmt::Error)?)
-    }
-}
-
-fn write_hex(out: &mut [u8], bytes: &[u8]) {
-    for (pair, &b) in out.as_chunks_mut::<2>().0.iter_mut().zip(bytes) {
-        *pair = HEX_PAIRS[usize::from(b)];
     }
 }
 
