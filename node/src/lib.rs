@@ -17,6 +17,7 @@
 //! - [`peer`]: the QUIC peer plane (mTLS with the cluster CA; raft RPC).
 //! - [`pki`]: the cluster CA and node identities; [`join`]: one-time join tokens.
 //! - [`admin`], [`metrics`], [`access_log`], [`trace`], [`shutdown`], [`text`].
+//! - `head`: canonical HTTP/1.1 heads scanned ahead of `httparse`.
 
 pub mod access_log;
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod dns;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod head;
 pub mod join;
 pub mod metrics;
 pub mod normalize;

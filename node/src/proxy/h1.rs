@@ -7,8 +7,8 @@
 //! (docs/benchmarks.md). Most requests a gateway forwards are simple: a
 //! head and at most a body that is already complete. [`Connection`] sends
 //! those itself: it encodes the head into the connection's buffer, writes
-//! head and body in one system call, parses the response head with
-//! `httparse` and leaves the connection inside the response body
+//! head and body in one system call, parses the response head (with
+//! `crate::head` when it is canonical, `httparse` otherwise) and leaves the connection inside the response body
 //! ([`RawBody`]), which reads the body as the client side polls it and
 //! gives the connection back for reuse when it ended cleanly.
 //!
@@ -431,40 +431,30 @@ fn parse(
     spans: &mut Vec<[usize; 4]>,
 ) -> io::Result<Option<(usize, Head)>> {
     const { assert!(MAX_FIELDS <= 128, "a bit per field in `Head::hops`") };
-    // Uninitialised: httparse writes only the fields it finds.
-    let mut parsed = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
-    let mut response = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut response,
-        buf,
-        &mut parsed,
-    ) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(invalid("malformed response head")),
+    let (len, minor, code) = match crate::head::response(buf, MAX_FIELDS, spans) {
+        Some(line) => (line.len, line.minor, line.code),
+        None => match parse_other(buf, spans)? {
+            Some(parsed) => parsed,
+            None => return Ok(None),
+        },
     };
-    let status = response
-        .code
-        .and_then(|code| StatusCode::from_u16(code).ok())
-        .ok_or_else(|| invalid("invalid response status"))?;
-    let version = match response.version {
-        Some(1) => Version::HTTP_11,
+    let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid response status"))?;
+    let version = match minor {
+        1 => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
-    spans.clear();
     let mut hops = 0u128;
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = version != Version::HTTP_11;
     let mut plain_hops = true;
-    for (i, field) in response.headers.iter().enumerate() {
-        let name = field.name.as_bytes();
+    for (i, &[name_start, name_end, value_start, value_end]) in spans.iter().enumerate() {
+        let (name, value) = (&buf[name_start..name_end], &buf[value_start..value_end]);
         if super::is_hop_by_hop_name(name) {
             hops |= 1 << i;
         }
         if eq_ignore_ascii_case(name, b"content-length") {
-            let value = std::str::from_utf8(field.value)
+            let value = std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .ok_or_else(|| invalid("invalid Content-Length"))?;
@@ -474,10 +464,10 @@ fn parse(
             length = Some(value);
         } else if eq_ignore_ascii_case(name, b"transfer-encoding") {
             // The last coding decides; a later field overrides an earlier.
-            let last = field.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"");
             chunked = Some(eq_ignore_ascii_case(last.trim_ascii(), b"chunked"));
         } else if eq_ignore_ascii_case(name, b"connection") {
-            for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if eq_ignore_ascii_case(token, b"close") {
                     close = true;
                 } else if !token.is_empty() && !eq_ignore_ascii_case(token, b"keep-alive") {
@@ -485,8 +475,6 @@ fn parse(
                 }
             }
         }
-        let (start, value) = (offset(name), offset(field.value));
-        spans.push([start, start + name.len(), value, value + field.value.len()]);
     }
     let bodiless = head_request
         || status.is_informational()
@@ -513,6 +501,28 @@ fn parse(
             plain_hops,
         },
     )))
+}
+
+/// A head that is not canonical, parsed by `httparse`: its length,
+/// minor version and status code, `None` while it is incomplete.
+fn parse_other(buf: &[u8], spans: &mut Vec<[usize; 4]>) -> io::Result<Option<(usize, u8, u16)>> {
+    // Uninitialised: httparse writes only the fields it finds.
+    let mut parsed = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut parsed,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(invalid("malformed response head")),
+    };
+    let code = response
+        .code
+        .ok_or_else(|| invalid("invalid response status"))?;
+    crate::head::spans_of(buf, response.headers, spans);
+    Ok(Some((len, response.version.unwrap_or(0), code)))
 }
 
 /// Where a body stands.

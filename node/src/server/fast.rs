@@ -9,9 +9,9 @@
 //! complete HTTP/1.1 head, no body or a small one that arrived with it, and
 //! a response written once. This module serves exactly those:
 //!
-//! - the head is parsed by `httparse` (as hyper does) straight out of the
-//!   connection's read buffer; header values are slices of that buffer, not
-//!   copies;
+//! - the head is parsed straight out of the connection's read buffer, by
+//!   `crate::head` when it is canonical and by `httparse` (as hyper does)
+//!   otherwise; header values are slices of that buffer, not copies;
 //! - the request goes through the same handler (the whole pipeline), with
 //!   the same load shedding, as a hyper-served one; the connection is read
 //!   meanwhile, so a client that hangs up cancels its request (as hyper
@@ -60,6 +60,7 @@ use super::Shared;
 use super::guard::Closed;
 use super::stopping::Watch;
 use crate::body::{Body, BodyError, Inbound};
+use crate::head::Span;
 use crate::proxy::h1::{RawFields, each_field, write_both};
 use crate::text::{eq_ignore_ascii_case, push_field};
 
@@ -113,44 +114,40 @@ enum Parsed {
     Other,
 }
 
-/// Where a field's name and value lie: start and end offsets of each.
-type Span = [usize; 4];
-
 /// Parses the head at the start of `buf`; `fields` receives where its
-/// fields lie.
+/// fields lie. A canonical head is scanned (`crate::head`); anything else
+/// goes through `httparse`.
 fn parse(buf: &[u8], max_head: usize, fields: &mut Vec<Span>) -> Parsed {
-    // Uninitialised: httparse writes only the fields it finds.
-    let mut parsed = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
-    let mut request = httparse::Request::new(&mut []);
-    let len = match request.parse_with_uninit_headers(buf, &mut parsed) {
-        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
-        Ok(httparse::Status::Partial) if buf.len() < max_head => return Parsed::Partial,
-        _ => return Parsed::Other,
+    let (len, method, target) = match crate::head::request(buf, MAX_FIELDS, fields) {
+        Some(line) if line.len <= max_head => (
+            line.len,
+            &buf[line.method.0..line.method.1],
+            &buf[line.target.0..line.target.1],
+        ),
+        Some(_) => return Parsed::Other,
+        None => match parse_other(buf, max_head, fields) {
+            Ok(parsed) => parsed,
+            Err(parsed) => return parsed,
+        },
     };
-    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
-    else {
+    let Ok(method) = Method::from_bytes(method) else {
         return Parsed::Other;
     };
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Parsed::Other;
-    };
-    if method == Method::CONNECT || !target.starts_with('/') {
+    if method == Method::CONNECT || !target.starts_with(b"/") {
         return Parsed::Other;
     }
     let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
-    let span = |part: &[u8]| (offset(part), offset(part) + part.len());
     let mut body = None;
     let mut close = false;
-    fields.clear();
-    for field in request.headers.iter() {
-        let name = field.name.as_bytes();
+    for &[name_start, name_end, value_start, value_end] in fields.iter() {
+        let (name, value) = (&buf[name_start..name_end], &buf[value_start..value_end]);
         if eq_ignore_ascii_case(name, b"content-length") {
-            match content_length(field.value) {
+            match content_length(value) {
                 Some(length) if body.is_none() && length <= MAX_BODY => body = Some(length),
                 _ => return Parsed::Other,
             }
         } else if eq_ignore_ascii_case(name, b"connection") {
-            for token in field.value.split(|&b| b == b',') {
+            for token in value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if eq_ignore_ascii_case(token, b"upgrade") {
                     return Parsed::Other;
@@ -163,16 +160,37 @@ fn parse(buf: &[u8], max_head: usize, fields: &mut Vec<Span>) -> Parsed {
         {
             return Parsed::Other;
         }
-        let (name, value) = (span(name), span(field.value));
-        fields.push([name.0, name.1, value.0, value.1]);
     }
     Parsed::Fast(Head {
         len,
         method,
-        target: span(target.as_bytes()),
+        target: (offset(target), offset(target) + target.len()),
         body: body.unwrap_or(0),
         close,
     })
+}
+
+/// A head that is not canonical, parsed by `httparse`: its length, method
+/// and target, or what the caller answers (more to read, or hyper's).
+fn parse_other<'b>(
+    buf: &'b [u8],
+    max_head: usize,
+    fields: &mut Vec<Span>,
+) -> Result<(usize, &'b [u8], &'b [u8]), Parsed> {
+    // Uninitialised: httparse writes only the fields it finds.
+    let mut parsed = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match request.parse_with_uninit_headers(buf, &mut parsed) {
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return Err(Parsed::Partial),
+        _ => return Err(Parsed::Other),
+    };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    else {
+        return Err(Parsed::Other);
+    };
+    crate::head::spans_of(buf, request.headers, fields);
+    Ok((len, method.as_bytes(), target.as_bytes()))
 }
 
 /// A `Content-Length` value: digits only, as RFC 9110 §8.6 has it.
