@@ -98,7 +98,7 @@ impl Gateway {
         self: Arc<Self>,
         req: Box<pipeline::Request>,
         peer: SocketAddr,
-    ) -> pipeline::Response {
+    ) -> Box<pipeline::Response> {
         let snapshot = self.snapshots.load();
         self.pipeline.handle(snapshot, peer, req).await
     }
@@ -555,7 +555,10 @@ impl App {
         }
         let handler = {
             let gateway = gateway.clone();
-            move |req: Box<_>, peer| admin::handle(gateway.clone(), *req, peer)
+            move |req: Box<_>, peer| {
+                let gateway = gateway.clone();
+                async move { Box::new(admin::handle(gateway, *req, peer).await) }
+            }
         };
         servers.spawn(
             server::serve(

@@ -313,7 +313,7 @@ impl Pipeline {
         snapshot: Arc<Snapshot>,
         client: SocketAddr,
         mut req: Box<Request>,
-    ) -> Response {
+    ) -> Box<Response> {
         // Boxed: it goes to the response body's end, and the request's
         // future stays small to move.
         let mut cx = Box::new(RequestCx::new(snapshot, client));
@@ -344,11 +344,11 @@ impl Pipeline {
                     }
                 }
                 Ok(Flow::Respond(response)) => {
-                    answer = Some(*response);
+                    answer = Some(response);
                     break;
                 }
                 Err(error) => {
-                    answer = Some(cx.fail(error));
+                    answer = Some(Box::new(cx.fail(error)));
                     break;
                 }
             }
@@ -357,7 +357,7 @@ impl Pipeline {
             Some(response) => response,
             None => match self.proxy.forward(&mut cx, *req).await {
                 Ok(response) => response,
-                Err(error) => cx.fail(error),
+                Err(error) => Box::new(cx.fail(error)),
             },
         };
         let responding = active & self.responders;
@@ -373,7 +373,7 @@ impl Pipeline {
                 Err(work) => work.await,
             };
             if let Err(error) = outcome {
-                response = cx.fail(error);
+                *response = cx.fail(error);
             }
         }
         if cx.close && version <= http::Version::HTTP_11 {

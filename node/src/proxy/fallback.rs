@@ -170,7 +170,7 @@ impl Proxy {
         pool: &Arc<Pool>,
         fallback: &RegionFallback,
         out: &mut Outgoing,
-    ) -> Result<Response, FallbackError> {
+    ) -> Result<Box<Response>, FallbackError> {
         let cluster = &self.shared.cluster;
         let Some(view) = cluster.regions() else {
             return Err(FallbackError::NoRegion);
@@ -246,7 +246,7 @@ impl Proxy {
         address: &str,
         region: &str,
         out: &mut Outgoing,
-    ) -> Result<Response, Error> {
+    ) -> Result<Box<Response>, Error> {
         let timeouts = pool.definition().timeouts;
         let plane = &self.shared.cluster.plane;
         let stream = tokio::time::timeout(timeouts.connect, plane.open_forward(node, address))
@@ -386,7 +386,7 @@ impl Proxy {
                 response
                     .headers_mut()
                     .insert(X_MERIDIAN_REGION.clone(), self.region.clone());
-                response
+                *response
             }
             Err(error) => self.forward_failed(error, &request_id),
         }

@@ -101,7 +101,11 @@ impl Proxy {
     /// Forwards `req` along the route chosen in `cx`: to a local target,
     /// or, when the upstream has a `fallback` and no local target can take
     /// it, to another region's gateway ([`fallback`]).
-    pub async fn forward(&self, cx: &mut RequestCx, mut req: Request) -> Result<Response, Error> {
+    pub async fn forward(
+        &self,
+        cx: &mut RequestCx,
+        mut req: Request,
+    ) -> Result<Box<Response>, Error> {
         let Some(route) = cx.route.clone() else {
             return Err(Kind::NoRoute.into());
         };
@@ -326,14 +330,16 @@ impl Proxy {
 
     /// The upstream's response on its way to the client: hop-by-hop fields
     /// removed, the body streamed (and `in_flight` held until it ends), or
-    /// the tunnel started after a 101.
+    /// the tunnel started after a 101. Boxed here, where it is made: it
+    /// goes back through the request's async layers as a pointer rather
+    /// than 256 bytes copied into each.
     fn respond(
         &self,
         mut response: http::Response<FromUpstream>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         in_flight: Option<pool::InFlight>,
         idle: std::time::Duration,
-    ) -> Response {
+    ) -> Box<Response> {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client) = client_upgrade
         {
@@ -344,7 +350,7 @@ impl Proxy {
                 .spawn(tunnel(client, upstream, in_flight).instrument(span));
             let (mut parts, _) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
-            return http::Response::from_parts(parts, Body::empty());
+            return Box::new(http::Response::from_parts(parts, Body::empty()));
         }
         let (mut parts, incoming) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
@@ -352,7 +358,7 @@ impl Proxy {
         if let Some(in_flight) = in_flight {
             body.hold(in_flight);
         }
-        http::Response::from_parts(parts, body)
+        Box::new(http::Response::from_parts(parts, body))
     }
 }
 

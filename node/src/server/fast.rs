@@ -406,7 +406,7 @@ impl<'a, S, H, F> Http1<'a, S, H>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Fn(Box<http::Request<Inbound>>, SocketAddr) -> F + Send + Sync,
-    F: std::future::Future<Output = http::Response<Body>> + Send,
+    F: std::future::Future<Output = Box<http::Response<Body>>> + Send,
 {
     pub(super) fn new(
         io: &'a mut S,
@@ -502,7 +502,7 @@ where
     async fn respond(
         &mut self,
         request: Box<http::Request<Inbound>>,
-    ) -> Option<http::Response<Body>> {
+    ) -> Option<Box<http::Response<Body>>> {
         let (handler, shared, peer) = (self.handler, self.shared, self.peer);
         let respond = super::respond(handler, shared, request, peer);
         tokio::pin!(respond);
@@ -561,11 +561,11 @@ where
     /// Writes `response`; an error means the connection cannot go on.
     async fn write(
         &mut self,
-        response: http::Response<Body>,
+        response: Box<http::Response<Body>>,
         head_request: bool,
         close: bool,
     ) -> io::Result<()> {
-        let (parts, mut body) = response.into_parts();
+        let (parts, mut body) = (*response).into_parts();
         let framing = encode_head(
             &mut self.out,
             parts.status,

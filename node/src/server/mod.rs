@@ -210,7 +210,7 @@ pub async fn serve<H, F>(
     grace: Duration,
 ) where
     H: Fn(Box<hyper::Request<Inbound>>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+    F: Future<Output = Box<hyper::Response<Body>>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -339,7 +339,7 @@ struct Serving<H> {
 async fn serve_connection<H, F, S>(stream: S, serving: Serving<H>)
 where
     H: Fn(Box<hyper::Request<Inbound>>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+    F: Future<Output = Box<hyper::Response<Body>>> + Send + 'static,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let shared = &serving.shared;
@@ -378,7 +378,7 @@ where
 async fn serve_hyper<H, F, S>(io: fast::Rewind<stall::WriteIdle<S>>, serving: Serving<H>)
 where
     H: Fn(Box<hyper::Request<Inbound>>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+    F: Future<Output = Box<hyper::Response<Body>>> + Send + 'static,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Serving {
@@ -421,7 +421,7 @@ where
                 crate::body::fields_mut(&mut response);
                 watch.done();
                 activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-                Ok::<_, Infallible>(response.map(|body| stall::Paced::new(body, pace)))
+                Ok::<_, Infallible>((*response).map(|body| stall::Paced::new(body, pace)))
             }
         })
     };
@@ -511,17 +511,17 @@ async fn respond<H, F>(
     shared: &Shared,
     request: Box<hyper::Request<Inbound>>,
     peer: SocketAddr,
-) -> hyper::Response<Body>
+) -> Box<hyper::Response<Body>>
 where
     H: Fn(Box<hyper::Request<Inbound>>, SocketAddr) -> F,
-    F: Future<Output = hyper::Response<Body>>,
+    F: Future<Output = Box<hyper::Response<Body>>>,
 {
     let permit = match shared
         .load
         .as_ref()
         .map(|load| load.admit(request.headers()))
     {
-        Some(Err(shed)) => return *shed,
+        Some(Err(shed)) => return shed,
         Some(Ok(permit)) => Some(permit),
         None => None,
     };
