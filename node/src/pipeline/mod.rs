@@ -355,7 +355,7 @@ impl Pipeline {
         }
         let mut response = match answer {
             Some(response) => response,
-            None => match self.proxy.forward(&mut cx, *req).await {
+            None => match self.proxy.forward(&mut cx, req).await {
                 Ok(response) => response,
                 Err(error) => Box::new(cx.fail(error)),
             },

@@ -267,8 +267,7 @@ impl Client {
         endpoint: &'a Endpoint,
         mut request: Request<UpstreamBody>,
         common: Option<&'a super::UpstreamFields>,
-    ) -> impl Future<Output = Result<(Response<FromUpstream>, Option<Conn>), Error>> + Send + 'a
-    {
+    ) -> impl Future<Output = Result<Answer, Error>> + Send + 'a {
         // Every proxied request carries this future (inside its timeout)
         // until the response head: one block, with the request stored once
         // and the cold paths (connect, resend) boxed, keeps it small.
@@ -301,10 +300,12 @@ impl Client {
                         None => (Box::pin(self.connect_h2(endpoint)).await?, false),
                     };
                     let resend = match sender.try_send_request(request).await {
-                        Ok(response) => return Ok((response.map(FromUpstream::Hyper), None)),
+                        Ok(response) => {
+                            return Ok((Box::new(response.map(FromUpstream::Hyper)), None));
+                        }
                         Err(error) => Box::pin(self.resend_h2(endpoint, error, shared)),
                     };
-                    Ok((resend.await?.map(FromUpstream::Hyper), None))
+                    Ok((Box::new(resend.await?.map(FromUpstream::Hyper)), None))
                 }
             }
         }
@@ -317,7 +318,7 @@ impl Client {
         endpoint: &Endpoint,
         request: Request<UpstreamBody>,
         common: Option<&super::UpstreamFields>,
-    ) -> Result<(Response<FromUpstream>, Option<Conn>), Error> {
+    ) -> Result<Answer, Error> {
         let body = match request.body() {
             UpstreamBody::Full(data) => data.as_ref(),
             UpstreamBody::Empty | UpstreamBody::Client(_) => None,
@@ -341,13 +342,13 @@ impl Client {
         head: &h1::RequestHead<'_>,
         body: Option<&Bytes>,
         deadline: Option<Instant>,
-    ) -> Result<(Response<FromUpstream>, Option<Conn>), Error> {
+    ) -> Result<Answer, Error> {
         let (conn, pooled) = match self.pop_raw(endpoint) {
             Some(conn) => (conn, true),
             None => (self.connect_raw(endpoint, deadline).await?, false),
         };
         let failed = match conn.exchange(head, body, deadline).await {
-            Ok(response) => return Ok((response.map(FromUpstream::Raw), None)),
+            Ok(response) => return Ok((Box::new(response.map(FromUpstream::Raw)), None)),
             Err(failed) => failed,
         };
         let resend =
@@ -361,7 +362,7 @@ impl Client {
             .exchange(head, body, deadline)
             .await
             .map_err(exchange_error)?;
-        Ok((response.map(FromUpstream::Raw), None))
+        Ok((Box::new(response.map(FromUpstream::Raw)), None))
     }
 
     /// A new fast-path connection to `endpoint`, by `deadline` if there is
@@ -602,13 +603,10 @@ impl Client {
 
 /// The response and, unless it was upgraded (the connection then belongs
 /// to the tunnel), the connection to give back when its body ends.
-fn lend(
-    sender: http1::SendRequest<UpstreamBody>,
-    response: Response<Incoming>,
-) -> (Response<FromUpstream>, Option<Conn>) {
+fn lend(sender: http1::SendRequest<UpstreamBody>, response: Response<Incoming>) -> Answer {
     let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
     (
-        response.map(FromUpstream::Hyper),
+        Box::new(response.map(FromUpstream::Hyper)),
         reusable.then_some(Conn::Hyper(sender)),
     )
 }
@@ -620,6 +618,11 @@ fn whole(request: &Request<UpstreamBody>, common: Option<&super::UpstreamFields>
         && !common.is_some_and(super::UpstreamFields::upgrade)
         && !matches!(request.body(), UpstreamBody::Client(_))
 }
+
+/// An upstream's response, boxed where it is made (it goes back through
+/// the pool's and the proxy's async layers as a pointer), and the
+/// connection to give back once its body ended, when it is not in the body.
+pub type Answer = (Box<Response<FromUpstream>>, Option<Conn>);
 
 /// Gives `request` the scheme and `authority` h2 needs in its URI.
 fn absolute(request: &mut Request<UpstreamBody>, authority: &Authority) -> Result<(), Error> {
@@ -834,7 +837,10 @@ mod tests {
 
     /// The body of `response`, read to its end, and the connection to give
     /// back (the fast path's comes out of the body).
-    async fn read(response: Response<FromUpstream>, conn: Option<Conn>) -> (Bytes, Option<Conn>) {
+    async fn read(
+        response: Box<Response<FromUpstream>>,
+        conn: Option<Conn>,
+    ) -> (Bytes, Option<Conn>) {
         let mut body = response.into_body();
         let mut data = Vec::new();
         while let Some(frame) = body.frame().await {

@@ -294,8 +294,12 @@ impl Proxy {
         if let Some(code) = response.headers().get(&FORWARD_FAILED) {
             return Err(Error::new(remote_failure(code.as_bytes())));
         }
-        let mut response =
-            self.respond(response.map(FromUpstream::Hyper), None, None, timeouts.idle);
+        let mut response = self.respond(
+            Box::new(response.map(FromUpstream::Hyper)),
+            None,
+            None,
+            timeouts.idle,
+        );
         if !response.headers().contains_key(&X_MERIDIAN_REGION)
             && let Ok(region) = HeaderValue::from_str(region)
         {

@@ -104,7 +104,7 @@ impl Proxy {
     pub async fn forward(
         &self,
         cx: &mut RequestCx,
-        mut req: Request,
+        mut req: Box<Request>,
     ) -> Result<Box<Response>, Error> {
         let Some(route) = cx.route.clone() else {
             return Err(Kind::NoRoute.into());
@@ -128,24 +128,26 @@ impl Proxy {
             return Err(Kind::PayloadTooLarge { limit }.into());
         }
         let upgrade = hyper && is_upgrade(&req);
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        let prefix = parts.extensions.remove::<BufferedPrefix>();
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
+        // The parts are taken out of the box, which is not moved whole.
+        let prefix = req.extensions_mut().remove::<BufferedPrefix>();
         let hash = pool
             .hash_key()
-            .and_then(|key| request_hash(key, Some(cx.client_ip), &parts.headers));
+            .and_then(|key| request_hash(key, Some(cx.client_ip), req.headers()));
+        let body = std::mem::replace(req.body_mut(), Inbound::Buffered(None));
         let payload = Payload::new(prefix, body);
+        let path_and_query = match req.uri().path_and_query() {
+            // Neither rewritten nor changed by normalising: the client's,
+            // shared rather than copied and checked again.
+            Some(original) if cx.rewritten.is_none() && original.path() == cx.path => {
+                original.clone()
+            }
+            _ => path_and_query(cx.upstream_path(), req.uri().query())?,
+        };
         let mut out = Outgoing {
-            fields: UpstreamFields::new(cx, parts.headers, upgrade),
-            path_and_query: match parts.uri.path_and_query() {
-                // Neither rewritten nor changed by normalising: the client's,
-                // shared rather than copied and checked again.
-                Some(original) if cx.rewritten.is_none() && original.path() == cx.path => {
-                    original.clone()
-                }
-                _ => path_and_query(cx.upstream_path(), parts.uri.query())?,
-            },
-            method: parts.method,
+            fields: UpstreamFields::new(cx, std::mem::take(req.headers_mut()), upgrade),
+            path_and_query,
+            method: std::mem::take(req.method_mut()),
             preserve_host: route.preserve_host && cx.authority.is_some(),
             payload,
             limit,
@@ -155,6 +157,7 @@ impl Proxy {
             idle: timeouts.idle,
             raw_response: true,
         };
+        drop(req);
         let attempts = if is_idempotent(&out.method) && !upgrade {
             1 + pool.definition().retries.attempts
         } else {
@@ -220,7 +223,7 @@ impl Proxy {
         out: &mut Outgoing,
         attempts: u32,
         served: &mut Served,
-    ) -> Result<(http::Response<FromUpstream>, pool::InFlight), Error> {
+    ) -> Result<(Box<http::Response<FromUpstream>>, pool::InFlight), Error> {
         let timeouts = pool.definition().timeouts;
         let set = pool.targets();
         let mut tried: Vec<usize> = Vec::with_capacity(attempts as usize);
@@ -335,7 +338,7 @@ impl Proxy {
     /// than 256 bytes copied into each.
     fn respond(
         &self,
-        mut response: http::Response<FromUpstream>,
+        mut response: Box<http::Response<FromUpstream>>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         in_flight: Option<pool::InFlight>,
         idle: std::time::Duration,
@@ -343,16 +346,16 @@ impl Proxy {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client) = client_upgrade
         {
-            let upstream = hyper::upgrade::on(&mut response);
+            let upstream = hyper::upgrade::on(&mut *response);
             let span = tracing::info_span!("tunnel");
             self.shared
                 .tasks
                 .spawn(tunnel(client, upstream, in_flight).instrument(span));
-            let (mut parts, _) = response.into_parts();
+            let (mut parts, _) = (*response).into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
             return Box::new(http::Response::from_parts(parts, Body::empty()));
         }
-        let (mut parts, incoming) = response.into_parts();
+        let (mut parts, incoming) = (*response).into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         let mut body = Body::stream(incoming, idle);
         if let Some(in_flight) = in_flight {

@@ -58,7 +58,11 @@ pub enum Failed {
 /// What an exchange answered: the response, the guard that holds the
 /// target's in-flight count and the connection until the body ends, and
 /// the time to the response head.
-pub type Exchanged = (http::Response<FromUpstream>, InFlight, std::time::Duration);
+pub type Exchanged = (
+    Box<http::Response<FromUpstream>>,
+    InFlight,
+    std::time::Duration,
+);
 
 /// One backend target: one address to connect to.
 pub struct Target {
@@ -588,7 +592,7 @@ impl Pool {
         send: impl FnOnce(Instant) -> F,
     ) -> Result<Exchanged, Failed>
     where
-        F: Future<Output = Result<(http::Response<FromUpstream>, Option<Conn>), client::Error>>,
+        F: Future<Output = Result<client::Answer, client::Error>>,
     {
         let started = Instant::now();
         let mut in_flight = self.begin(set, index, started);
