@@ -294,12 +294,8 @@ impl Proxy {
         if let Some(code) = response.headers().get(&FORWARD_FAILED) {
             return Err(Error::new(remote_failure(code.as_bytes())));
         }
-        let mut response = self.respond(
-            Box::new(response.map(FromUpstream::Hyper)),
-            None,
-            None,
-            timeouts.idle,
-        );
+        let mut response =
+            self.respond(response.map(FromUpstream::Hyper), None, None, timeouts.idle);
         if !response.headers().contains_key(&X_MERIDIAN_REGION)
             && let Ok(region) = HeaderValue::from_str(region)
         {
@@ -386,7 +382,7 @@ impl Proxy {
             .await
         {
             Ok((response, in_flight)) => {
-                let mut response = self.respond(response, None, Some(in_flight), idle);
+                let mut response = self.respond(*response, None, Some(in_flight), idle);
                 response
                     .headers_mut()
                     .insert(X_MERIDIAN_REGION.clone(), self.region.clone());

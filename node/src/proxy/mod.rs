@@ -188,7 +188,7 @@ impl Proxy {
         match result {
             Ok((response, in_flight)) => {
                 let mut response =
-                    self.respond(response, client_upgrade, Some(in_flight), timeouts.idle);
+                    self.respond(*response, client_upgrade, Some(in_flight), timeouts.idle);
                 crate::body::set_field(
                     &mut response,
                     fallback::X_MERIDIAN_REGION.clone(),
@@ -338,7 +338,7 @@ impl Proxy {
     /// than 256 bytes copied into each.
     fn respond(
         &self,
-        mut response: Box<http::Response<FromUpstream>>,
+        mut response: http::Response<FromUpstream>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         in_flight: Option<pool::InFlight>,
         idle: std::time::Duration,
@@ -346,16 +346,16 @@ impl Proxy {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client) = client_upgrade
         {
-            let upstream = hyper::upgrade::on(&mut *response);
+            let upstream = hyper::upgrade::on(&mut response);
             let span = tracing::info_span!("tunnel");
             self.shared
                 .tasks
                 .spawn(tunnel(client, upstream, in_flight).instrument(span));
-            let (mut parts, _) = (*response).into_parts();
+            let (mut parts, _) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
             return Box::new(http::Response::from_parts(parts, Body::empty()));
         }
-        let (mut parts, incoming) = (*response).into_parts();
+        let (mut parts, incoming) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         let mut body = Body::stream(incoming, idle);
         if let Some(in_flight) = in_flight {
