@@ -291,6 +291,11 @@ pub fn build(shared: &Arc<Shared>) -> Pipeline {
     }
 }
 
+/// The bits of the first `n` stages.
+fn first(n: usize) -> u64 {
+    1u64.checked_shl(n as u32).map_or(u64::MAX, |bit| bit - 1)
+}
+
 impl Pipeline {
     /// The stages that act on `route`, a bit each (see [`Stage::acts_on`]).
     fn active_stages(&self, route: &route::Route, snapshot: &Snapshot) -> u64 {
@@ -321,16 +326,18 @@ impl Pipeline {
         let method = req.method().clone();
         cx.method = method.clone();
         let version = req.version();
+        // The stages past the last one that ran have no part in the answer.
         let mut ran = 0;
         let mut answer = None;
         // Every stage runs until the route is known; then only those that
-        // act on it.
+        // act on it. Their bits are visited, not every stage's.
         let mut active = u64::MAX;
-        for (i, stage) in self.stages.iter().enumerate() {
-            ran += 1;
-            if active & 1 << i == 0 {
-                continue;
-            }
+        let mut pending = first(self.stages.len());
+        while pending != 0 {
+            let i = pending.trailing_zeros() as usize;
+            pending &= pending - 1;
+            let stage = &self.stages[i];
+            ran = i + 1;
             let outcome = match settled(stage.on_request(&mut cx, &mut req)) {
                 Ok(outcome) => outcome,
                 Err(work) => work.await,
@@ -341,6 +348,7 @@ impl Pipeline {
                         && let Some(route) = &cx.route
                     {
                         active = route.active_stages(|| self.active_stages(route, &cx.snapshot));
+                        pending &= active;
                     }
                 }
                 Ok(Flow::Respond(response)) => {
@@ -360,14 +368,15 @@ impl Pipeline {
                 Err(error) => Box::new(cx.fail(error)),
             },
         };
-        let responding = active & self.responders;
+        // The stages that ran and have an `on_response`, last first.
+        let mut responding = active & self.responders & first(ran);
         if responding != 0 {
             crate::body::fields_mut(&mut response);
         }
-        for (i, stage) in self.stages[..ran].iter().enumerate().rev() {
-            if responding & 1 << i == 0 {
-                continue;
-            }
+        while responding != 0 {
+            let i = 63 - responding.leading_zeros() as usize;
+            responding &= !(1 << i);
+            let stage = &self.stages[i];
             let outcome = match settled(stage.on_response(&mut cx, &mut response)) {
                 Ok(outcome) => outcome,
                 Err(work) => work.await,
