@@ -288,6 +288,10 @@ impl Stage for Version {
 impl Version {
     /// Chooses the API version the request asks for, or the fallback.
     fn select(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
+        // Without APIs there is nothing to select, and no snapshot to hold.
+        if cx.snapshot.apis.is_empty() {
+            return Ok(Flow::Continue);
+        }
         let snapshot = cx.snapshot.clone();
         let Some((api, prefix_end)) = snapshot.apis.find(&cx.host, &cx.path) else {
             return Ok(Flow::Continue);

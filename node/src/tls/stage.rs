@@ -72,16 +72,18 @@ impl TlsStage {
 
     /// Redirects to HTTPS, or checks the client certificate and SNI the route asks for.
     fn check(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
-        let Some(route) = cx.route.clone() else {
+        let Some((redirect, required)) = cx.route.as_ref().map(|route| {
+            let tls = &route.tls;
+            (tls.redirect_https, tls.client_cert == ClientCert::Required)
+        }) else {
             return Ok(Flow::Continue);
         };
-        let Some(tls) = cx.tls.clone() else {
-            if route.tls.redirect_https
-                && let Some(response) = self.redirect(cx, req)
-            {
+        // Plain HTTP, the common case, needs neither `Arc` cloned.
+        if cx.tls.is_none() {
+            if redirect && let Some(response) = self.redirect(cx, req) {
                 return Ok(Flow::Respond(Box::new(response)));
             }
-            if route.tls.client_cert == ClientCert::Required {
+            if required {
                 self.missing.increment(1);
                 return Err(Error::new(Kind::Forbidden {
                     code: "client_certificate_required",
@@ -89,10 +91,12 @@ impl TlsStage {
                 }));
             }
             return Ok(Flow::Continue);
+        }
+        let (Some(route), Some(tls)) = (cx.route.clone(), cx.tls.clone()) else {
+            return Ok(Flow::Continue);
         };
-        let needs_cert = route.tls.client_cert == ClientCert::Required
-            || route.auth.contains(&AuthMethod::Mtls)
-            || self.listener_required;
+        let needs_cert =
+            required || route.auth.contains(&AuthMethod::Mtls) || self.listener_required;
         if !needs_cert {
             return Ok(Flow::Continue);
         }
