@@ -408,6 +408,8 @@ pub struct Metrics {
     pub raft_leader_silence: Gauge,
     /// The latency histograms, by family and labels, in registration order.
     latencies: Mutex<Vec<LatencySeries>>,
+    /// Gauges set from counts kept elsewhere, run before each render.
+    samplers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     /// Requests refused before routing, by error code.
     client_errors: CodeCounters,
     /// Refused credentials, by reason.
@@ -507,6 +509,7 @@ impl Metrics {
                 &METADATA,
             ),
             latencies: Mutex::default(),
+            samplers: Mutex::default(),
             client_errors: Default::default(),
             auth_failures: Default::default(),
             recorder,
@@ -586,8 +589,26 @@ impl Metrics {
             .increment(1);
     }
 
+    /// Runs `sample` before every render: for a gauge that mirrors a count
+    /// the request path keeps anyway, set when it is read rather than
+    /// raised and lowered (a compare-and-swap loop each) beside the count.
+    pub fn sample(&self, sample: impl Fn() + Send + Sync + 'static) {
+        self.samplers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(sample));
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        for sample in self
+            .samplers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            sample();
+        }
         let mut text = self.handle.render();
         let latencies = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
         for (name, _, help) in SERIES

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge};
+use metrics::Counter;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +53,9 @@ pub(crate) struct Counters {
     pub(crate) rapid_reset: Counter,
     pub(crate) drain_timeout: Counter,
     pub(crate) shed: Counter,
-    pub(crate) in_flight: Gauge,
+    /// Requests in flight (see [`Load`]); the gauge
+    /// `meridian_in_flight_requests` is set from it when metrics render.
+    pub(crate) in_flight: Arc<AtomicUsize>,
 }
 
 impl Counters {
@@ -66,7 +68,7 @@ impl Counters {
                 rapid_reset: Counter::noop(),
                 drain_timeout: Counter::noop(),
                 shed: Counter::noop(),
-                in_flight: Gauge::noop(),
+                in_flight: Arc::default(),
             };
         };
         let closed = |reason: &str| {
@@ -88,16 +90,20 @@ impl Counters {
             ],
         );
         shed.increment(0);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let gauge = metrics.gauge(
+            "meridian_in_flight_requests",
+            &[("listener", listener.to_owned())],
+        );
+        let count = in_flight.clone();
+        metrics.sample(move || gauge.set(count.load(Ordering::Relaxed) as f64));
         Self {
             header_timeout: closed("header_timeout"),
             write_idle: closed("write_idle"),
             rapid_reset: closed("rapid_reset"),
             drain_timeout: closed("drain_timeout"),
             shed,
-            in_flight: metrics.gauge(
-                "meridian_in_flight_requests",
-                &[("listener", listener.to_owned())],
-            ),
+            in_flight,
         }
     }
 
@@ -116,7 +122,8 @@ impl Counters {
 
 /// The listener-wide count of requests in flight.
 pub(crate) struct Load {
-    current: AtomicUsize,
+    /// Shared with the listener's [`Counters`], which report it.
+    current: Arc<AtomicUsize>,
     max: usize,
     counters: Counters,
 }
@@ -127,14 +134,13 @@ pub(crate) struct Permit(Arc<Load>);
 impl Drop for Permit {
     fn drop(&mut self) {
         self.0.current.fetch_sub(1, Ordering::AcqRel);
-        self.0.counters.in_flight.decrement(1.0);
     }
 }
 
 impl Load {
     pub(crate) fn new(max: usize, counters: Counters) -> Arc<Self> {
         Arc::new(Self {
-            current: AtomicUsize::new(0),
+            current: counters.in_flight.clone(),
             max,
             counters,
         })
@@ -155,7 +161,6 @@ impl Load {
                 .insert(crate::trace::X_REQUEST_ID.clone(), id);
             return Err(Box::new(response));
         }
-        self.counters.in_flight.increment(1.0);
         Ok(Permit(self.clone()))
     }
 }
@@ -220,6 +225,21 @@ impl Drop for Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_in_flight_gauge_reads_the_count_when_rendered() {
+        let metrics = crate::metrics::Metrics::new();
+        let load = Load::new(4, Counters::new(Some(&metrics), "proxy"));
+        let headers = http::HeaderMap::new();
+        let a = load.admit(&headers).ok().unwrap();
+        let _b = load.admit(&headers).ok().unwrap();
+        let line = |n: usize| format!("meridian_in_flight_requests{{listener=\"proxy\"}} {n}\n");
+        let text = metrics.render();
+        assert!(text.contains(&line(2)), "{text}");
+        drop(a);
+        let text = metrics.render();
+        assert!(text.contains(&line(1)), "{text}");
+    }
 
     #[test]
     fn load_sheds_above_the_cap_and_releases_with_the_permit() {
