@@ -53,7 +53,7 @@ pub(crate) struct Counters {
     pub(crate) rapid_reset: Counter,
     pub(crate) drain_timeout: Counter,
     pub(crate) shed: Counter,
-    /// Requests in flight (see [`Load`]); the gauge
+    /// Requests in flight (counted by [`Load`]); the gauge
     /// `meridian_in_flight_requests` is set from it when metrics render.
     pub(crate) in_flight: Arc<AtomicUsize>,
 }
@@ -120,10 +120,9 @@ impl Counters {
 
 // === impl Load ===
 
-/// The listener-wide count of requests in flight.
+/// The listener-wide cap on requests in flight, counted in the
+/// listener's [`Counters::in_flight`] (which the gauge reports).
 pub(crate) struct Load {
-    /// Shared with the listener's [`Counters`], which report it.
-    current: Arc<AtomicUsize>,
     max: usize,
     counters: Counters,
 }
@@ -133,17 +132,13 @@ pub(crate) struct Permit(Arc<Load>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.current.fetch_sub(1, Ordering::AcqRel);
+        self.0.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Load {
     pub(crate) fn new(max: usize, counters: Counters) -> Arc<Self> {
-        Arc::new(Self {
-            current: counters.in_flight.clone(),
-            max,
-            counters,
-        })
+        Arc::new(Self { max, counters })
     }
 
     /// Counts a request in, or answers 503 when the listener is full.
@@ -151,8 +146,9 @@ impl Load {
         self: &Arc<Self>,
         headers: &http::HeaderMap,
     ) -> Result<Permit, Box<hyper::Response<Body>>> {
-        if self.current.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.current.fetch_sub(1, Ordering::AcqRel);
+        let in_flight = &self.counters.in_flight;
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= self.max {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
             self.counters.shed.increment(1);
             let id = crate::trace::request_id(headers.get(&crate::trace::X_REQUEST_ID));
             let mut response = Error::new(Kind::Overloaded).to_response(id.to_str().unwrap_or(""));

@@ -108,7 +108,7 @@ impl TlsStage {
             self.mismatch.increment(1);
             return Err(Error::new(Kind::Misdirected));
         }
-        if route.tls.client_cert == ClientCert::Required && tls.client.is_none() {
+        if required && tls.client.is_none() {
             self.missing.increment(1);
             return Err(Error::new(Kind::Forbidden {
                 code: "client_certificate_required",
