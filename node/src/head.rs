@@ -68,30 +68,15 @@ pub(crate) fn request(buf: &[u8], max: usize, fields: &mut Vec<Span>) -> Option<
 /// fields at the start of `buf`; `fields` receives the fields' spans.
 pub(crate) fn response(buf: &[u8], max: usize, fields: &mut Vec<Span>) -> Option<StatusLine> {
     let line = buf.get(..13)?;
-    let minor = match line[..9] {
-        [
-            b'H',
-            b'T',
-            b'T',
-            b'P',
-            b'/',
-            b'1',
-            b'.',
-            minor @ (b'0' | b'1'),
-            b' ',
-        ] => minor - b'0',
+    if !line.starts_with(b"HTTP/1.") || line[8] != b' ' || line[12] != b' ' {
+        return None;
+    }
+    let minor = match line[7] {
+        minor @ (b'0' | b'1') => minor - b'0',
         _ => return None,
     };
-    let [hundreds, tens, ones, b' '] = line[9..13] else {
-        return None;
-    };
-    let mut code = 0;
-    for digit in [hundreds, tens, ones] {
-        if !digit.is_ascii_digit() {
-            return None;
-        }
-        code = code * 10 + u16::from(digit - b'0');
-    }
+    // Three digits: 0 to 999.
+    let code = u16::try_from(crate::text::digits(&line[9..12])?).ok()?;
     // The reason phrase: HTAB, SP, visible ASCII and obs-text.
     let reason_end = line_end(buf, 13)?;
     let len = scan_fields(buf, reason_end + 2, max, fields)?;

@@ -8,9 +8,10 @@
 //! head and at most a body that is already complete. [`Connection`] sends
 //! those itself: it encodes the head into the connection's buffer, writes
 //! head and body in one system call, parses the response head (with
-//! `crate::head` when it is canonical, `httparse` otherwise) and leaves the connection inside the response body
-//! ([`RawBody`]), which reads the body as the client side polls it and
-//! gives the connection back for reuse when it ended cleanly.
+//! `crate::head` when it is canonical, `httparse` otherwise) and leaves
+//! the connection inside the response body ([`RawBody`]), which reads the
+//! body as the client side polls it and gives the connection back for
+//! reuse when it ended cleanly.
 //!
 //! Response framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and
 //! 304; `Transfer-Encoding` ending in chunked is decoded; any other
@@ -647,7 +648,7 @@ impl RawFields {
             if drop_hops && self.hops & 1 << i != 0 {
                 continue;
             }
-            // httparse checked the bytes; the `http` crate is stricter
+            // The parse checked the bytes; the `http` crate is stricter
             // about names, and a field it refuses is dropped.
             let Ok(name) = HeaderName::from_bytes(&self.head[name_start..name_end]) else {
                 continue;
