@@ -83,7 +83,7 @@ impl IdleTimer {
 
     /// The body is waiting: `Ready` when it has waited too long.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = Instant::now() + self.limit;
+        let deadline = crate::clock::now() + self.limit;
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));

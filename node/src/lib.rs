@@ -24,6 +24,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod calendar;
+mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dns;

@@ -182,7 +182,7 @@ impl RequestCx {
     pub fn new(snapshot: Arc<Snapshot>, client: SocketAddr) -> Self {
         Self {
             snapshot,
-            started: Instant::now(),
+            started: crate::clock::now(),
             client,
             method: http::Method::GET,
             client_ip: client.ip().to_canonical(),

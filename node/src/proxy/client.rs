@@ -407,7 +407,7 @@ impl Client {
         since: impl Fn(&T) -> Instant,
         alive: impl Fn(&T) -> bool,
     ) -> Option<T> {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut idle = lock(stack);
         while let Some(entry) = idle.pop() {
             if now.saturating_duration_since(since(&entry)) >= self.idle_timeout {
@@ -470,7 +470,7 @@ impl Client {
         if self.max_idle == 0 {
             return;
         }
-        let since = Instant::now();
+        let since = crate::clock::now();
         match conn {
             Conn::Hyper(sender) if sender.is_ready() => {
                 self.keep(&endpoint.idle, Idle { sender, since }, |entry| entry.since);

@@ -594,12 +594,14 @@ impl Pool {
     where
         F: Future<Output = Result<client::Answer, client::Error>>,
     {
-        let started = Instant::now();
+        // Read afresh (not the poll's time): the latency leaves out the
+        // stages' work before the send.
+        let started = crate::clock::read();
         let mut in_flight = self.begin(set, index, started);
         match send(started + timeout).await {
             Ok((response, conn)) => {
                 in_flight.keep(conn);
-                let latency = started.elapsed();
+                let latency = crate::clock::read().saturating_duration_since(started);
                 self.metrics.latency.record(latency);
                 Ok((response, in_flight, latency))
             }
@@ -610,7 +612,9 @@ impl Pool {
 
     /// Whether the retry budget allows one more retry now.
     pub fn try_retry(&self) -> bool {
-        let allowed = self.retry_budget.try_retry(self.second(Instant::now()));
+        let allowed = self
+            .retry_budget
+            .try_retry(self.second(crate::clock::now()));
         if allowed {
             self.metrics.retries.increment(1);
         } else {

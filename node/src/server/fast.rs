@@ -346,7 +346,7 @@ fn date(out: &mut Vec<u8>) {
             std::cell::RefCell::new((0, String::new()))
         };
     }
-    let now = SystemTime::now();
+    let now = crate::clock::wall();
     let second = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
@@ -543,7 +543,7 @@ where
         let read = match ready {
             Poll::Ready(read) => read,
             Poll::Pending => {
-                let since = *waiting.get_or_insert_with(Instant::now);
+                let since = *waiting.get_or_insert_with(crate::clock::now);
                 deadline.as_mut().reset(since + timeout);
                 tokio::select! {
                     read = read => read,

@@ -281,7 +281,9 @@ pub async fn serve<H, F>(
         // Boxed: a connection's future is several kilobytes (the request
         // path's futures live in it), and tokio moves a task's future
         // whole as it spawns and finishes it; a box moves as a pointer.
-        connections.spawn(Box::pin(async move {
+        // Polled through the clock's cache: the request path reads the time
+        // once per poll of its connection's task.
+        connections.spawn(crate::clock::Polled::new(Box::pin(async move {
             let _ = stream.set_nodelay(true);
             match tls {
                 None => serve_connection(stream, serving).await,
@@ -305,7 +307,7 @@ pub async fn serve<H, F>(
             if let Some(open) = open {
                 open.decrement(1.0);
             }
-        }));
+        })));
     }
     drop(listener);
     stopping.drain();

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 pin_project_lite::pin_project! {
     /// I/O whose writes fail after `limit` without progress.
@@ -56,7 +56,7 @@ fn stalled(
     expired: &Counter,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
-    let deadline = Instant::now() + limit;
+    let deadline = crate::clock::now() + limit;
     let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
     if !*waiting {
         sleep.as_mut().reset(deadline);
@@ -140,6 +140,7 @@ impl<IO: AsyncWrite> AsyncWrite for WriteIdle<IO> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
 
     #[tokio::test(start_paused = true)]
     async fn a_write_that_makes_no_progress_fails_after_the_limit() {

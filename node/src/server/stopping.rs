@@ -8,16 +8,23 @@
 //! a wait then stores the task's waker in that slot (no allocation, no
 //! lock) and reads the phase. [`Stopping::drain`] and [`Stopping::force`]
 //! set the phase and wake every slot.
+//!
+//! A connection's task polls its watch each time it runs (two or three
+//! times a request), always with the same waker. While the listener serves,
+//! nothing can have taken that waker out of the slot (only a phase change
+//! wakes), so a poll that finds the phase unchanged and the waker it
+//! stored last time stores nothing: one plain load instead of the slot's
+//! two compare-and-swaps.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use futures_util::task::AtomicWaker;
 use slab::Slab;
 
-// The phase starts at 0, serving.
+const SERVING: u8 = 0;
 const DRAINING: u8 = 1;
 const FORCED: u8 = 2;
 
@@ -37,6 +44,7 @@ impl Stopping {
             stopping: self.clone(),
             key,
             slot,
+            stored: Stored::default(),
         }
     }
 
@@ -72,6 +80,8 @@ pub(super) struct Watch {
     stopping: Arc<Stopping>,
     key: usize,
     slot: Arc<AtomicWaker>,
+    /// Which waker `slot` was last given.
+    stored: Stored,
 }
 
 impl Watch {
@@ -91,15 +101,53 @@ impl Watch {
     }
 
     fn poll_phase(&self, cx: &mut Context<'_>, phase: u8) -> Poll<()> {
-        // The same task registers the same waker on every poll: after the
-        // first, this is a compare and two atomic stores.
+        let now = self.stopping.phase.load(Ordering::SeqCst);
+        if now >= phase {
+            return Poll::Ready(());
+        }
+        // Still serving, so no wake-up has emptied the slot yet: the
+        // waker it holds is this one, and `enter` will find it there.
+        if now == SERVING && self.stored.is(cx.waker()) {
+            return Poll::Pending;
+        }
         self.slot.register(cx.waker());
+        self.stored.set(cx.waker());
         if self.stopping.phase.load(Ordering::SeqCst) >= phase {
             Poll::Ready(())
         } else {
             Poll::Pending
         }
     }
+}
+
+/// A waker's identity (what `Waker::will_wake` compares), kept to tell
+/// whether a poll's waker is the one already in the slot. Only the
+/// connection's own task reads and writes it; the atomics are there to make
+/// [`Watch`] shareable between that task's futures, not for ordering.
+#[derive(Default)]
+struct Stored {
+    data: AtomicUsize,
+    vtable: AtomicUsize,
+}
+
+impl Stored {
+    fn is(&self, waker: &Waker) -> bool {
+        let (data, vtable) = identity(waker);
+        self.data.load(Ordering::Relaxed) == data && self.vtable.load(Ordering::Relaxed) == vtable
+    }
+
+    fn set(&self, waker: &Waker) {
+        let (data, vtable) = identity(waker);
+        self.data.store(data, Ordering::Relaxed);
+        self.vtable.store(vtable, Ordering::Relaxed);
+    }
+}
+
+fn identity(waker: &Waker) -> (usize, usize) {
+    (
+        waker.data().addr(),
+        std::ptr::from_ref(waker.vtable()).addr(),
+    )
 }
 
 impl Drop for Watch {
@@ -148,6 +196,71 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), watch.draining())
             .await
             .unwrap();
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waker_stored_once_is_woken_at_each_phase() {
+        let stopping = Arc::new(Stopping::default());
+        let watch = stopping.watch();
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let woken = || count.0.load(Ordering::SeqCst);
+
+        // Polled again and again with the same waker, as a connection's
+        // task polls it: the first poll stores it, the others find it.
+        for _ in 0..3 {
+            assert!(watch.poll_phase(&mut cx, DRAINING).is_pending());
+            assert!(watch.poll_phase(&mut cx, FORCED).is_pending());
+        }
+        assert_eq!(woken(), 0);
+        stopping.drain();
+        assert_eq!(woken(), 1, "the stored waker is woken by the drain");
+        assert!(watch.poll_phase(&mut cx, DRAINING).is_ready());
+
+        // The drain took the waker out of the slot: the wait for the end
+        // of the grace period has to store it again, and does.
+        assert!(watch.poll_phase(&mut cx, FORCED).is_pending());
+        assert!(watch.poll_phase(&mut cx, FORCED).is_pending());
+        stopping.force();
+        assert_eq!(woken(), 2, "the waker is stored again and woken by force");
+        assert!(watch.poll_phase(&mut cx, FORCED).is_ready());
+    }
+
+    #[test]
+    fn another_waker_replaces_the_stored_one() {
+        let stopping = Arc::new(Stopping::default());
+        let watch = stopping.watch();
+        let (first, second) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let first_waker = Waker::from(first.clone());
+        let second_waker = Waker::from(second.clone());
+        assert!(
+            watch
+                .poll_phase(&mut Context::from_waker(&first_waker), DRAINING)
+                .is_pending()
+        );
+        assert!(
+            watch
+                .poll_phase(&mut Context::from_waker(&second_waker), DRAINING)
+                .is_pending()
+        );
+        stopping.drain();
+        assert_eq!(first.0.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            second.0.load(Ordering::SeqCst),
+            1,
+            "the last poll's waker is woken"
+        );
     }
 
     #[test]
