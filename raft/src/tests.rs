@@ -13,14 +13,40 @@ use crate::network::{self, RaftRequest, RaftResponse, Transport, TransportError}
 use crate::typ::Raft;
 
 /// Routes RPCs to in-process nodes, through a bincode round trip, with
-/// links that can be cut.
+/// nodes that can be cut off and one-way links that can be blocked.
 #[derive(Default)]
 struct Router {
     nodes: Mutex<HashMap<NodeId, Raft>>,
     cut: Mutex<BTreeSet<NodeId>>,
+    blocked: Mutex<HashMap<(NodeId, NodeId), Block>>,
 }
 
-impl Transport for Router {
+/// What a blocked link from one node to another drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    /// Every RPC.
+    All,
+    /// Appends (entries and heartbeats); votes go through.
+    Appends,
+}
+
+impl Router {
+    fn block(&self, from: NodeId, to: NodeId, block: Option<Block>) {
+        let mut blocked = self.blocked.lock().unwrap();
+        match block {
+            Some(block) => blocked.insert((from, to), block),
+            None => blocked.remove(&(from, to)),
+        };
+    }
+}
+
+/// A node's end of the [`Router`]: the RPCs it sends.
+struct Link {
+    from: NodeId,
+    router: Arc<Router>,
+}
+
+impl Transport for Link {
     async fn call(
         &self,
         target: NodeId,
@@ -28,12 +54,24 @@ impl Transport for Router {
         request: RaftRequest,
         _timeout: Duration,
     ) -> Result<RaftResponse, TransportError> {
-        if self.cut.lock().unwrap().contains(&target) {
+        let block = self
+            .router
+            .blocked
+            .lock()
+            .unwrap()
+            .get(&(self.from, target))
+            .copied();
+        let dropped = match block {
+            Some(Block::All) => true,
+            Some(Block::Appends) => matches!(request, RaftRequest::AppendEntries(_)),
+            None => false,
+        };
+        if dropped || self.router.cut.lock().unwrap().contains(&target) {
             return Err(TransportError::Unreachable(format!(
                 "node {target} is cut off"
             )));
         }
-        let raft = self.nodes.lock().unwrap().get(&target).cloned();
+        let raft = self.router.nodes.lock().unwrap().get(&target).cloned();
         let Some(raft) = raft else {
             return Err(TransportError::Unreachable(format!(
                 "node {target} is down"
@@ -93,7 +131,11 @@ impl TestCluster {
         // longer; a restarted process would not see that, so wait it out.
         let mut attempts = 0;
         let handle = loop {
-            match cluster::start(&fast(id, self.dirs[&id].path()), self.router.clone()).await {
+            let link = Arc::new(Link {
+                from: id,
+                router: self.router.clone(),
+            });
+            match cluster::start(&fast(id, self.dirs[&id].path()), link).await {
                 Ok(handle) => break handle,
                 Err(error) if format!("{error:?}").contains("WouldBlock") && attempts < 100 => {
                     attempts += 1;
@@ -263,5 +305,165 @@ async fn snapshots_purge_the_log_and_restore_on_restart() {
     assert_eq!(
         route_on(&cluster.handles[&follower]).as_deref(),
         Some("r119")
+    );
+}
+
+/// Waits until the node of `handle` names `leader` as its leader (`None`:
+/// until it knows of none).
+async fn names(handle: &Handle, leader: Option<NodeId>, within: Duration) {
+    let mut metrics = handle.raft.metrics();
+    tokio::time::timeout(within, metrics.wait_for(|m| m.current_leader == leader))
+        .await
+        .unwrap_or_else(|_| {
+            let m = handle.raft.metrics().borrow().clone();
+            panic!(
+                "node {} names {:?}, not {leader:?}, after {within:?} (term {}, {:?})",
+                m.id, m.current_leader, m.current_term, m.state
+            )
+        })
+        .unwrap();
+}
+
+/// The history of the chaos harness's `peer-latency-loss` failure (seed 6),
+/// on the in-process router. Node B wins a term whose entries reach nobody;
+/// node A campaigns, is refused by B with B's longer log — openraft marks A
+/// as having seen a greater log — and wins with C's vote anyway. C, which
+/// A's entries do not reach, campaigns in a higher term it cannot win (its
+/// log is behind) and deposes A by answering A's heartbeat with that term.
+/// A holds the most complete log, but openraft would make it wait an
+/// election timeout plus `smaller_log_timeout` (2 × the timeout max) for the
+/// stale mark; the deposed leader campaigns after an election timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_with_the_longest_log_campaigns_without_delay() {
+    let cluster = TestCluster::start(3).await;
+    let index = cluster.write(config("first")).await;
+    cluster.applied_everywhere(index).await;
+    let a = cluster.leader().await;
+    let others: Vec<NodeId> = cluster
+        .handles
+        .keys()
+        .copied()
+        .filter(|id| *id != a)
+        .collect();
+    let (b, c) = (others[0], others[1]);
+    let raft = |id: NodeId| &cluster.handles[&id].raft;
+    let router = &cluster.router;
+    // Elections only when the test asks for them.
+    for id in [a, b, c] {
+        raft(id).runtime_config().elect(false);
+    }
+
+    // B wins term 2 (A's heartbeats stop, so both leases run out), but its
+    // entries reach nobody: its log ends in a term-2 entry only it holds.
+    raft(a).runtime_config().heartbeat(false);
+    router.block(b, a, Some(Block::Appends));
+    router.block(b, c, Some(Block::Appends));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    raft(b).trigger().elect().await.unwrap();
+    names(&cluster.handles[&b], Some(b), Duration::from_secs(2)).await;
+
+    // A campaigns while C is out of reach: B refuses (its lease, its longer
+    // log), which openraft records in A. A campaigns again with C in reach
+    // (votes only: A's entries never reach C) and wins.
+    router.block(a, c, Some(Block::All));
+    raft(a).trigger().elect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    router.block(a, c, Some(Block::Appends));
+    raft(a).trigger().elect().await.unwrap();
+    names(&cluster.handles[&a], Some(a), Duration::from_secs(2)).await;
+    names(&cluster.handles[&b], Some(a), Duration::from_secs(2)).await;
+
+    // C campaigns in a higher term, refused by both (its log is behind).
+    raft(c).trigger().elect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A's heartbeats reach C again; C answers with its higher term, which
+    // deposes A. Only A (with C's vote) can win now; B stays out of it.
+    for id in [a, c] {
+        raft(id).runtime_config().elect(true);
+    }
+    raft(a).runtime_config().heartbeat(true);
+    router.block(a, c, None);
+    names(&cluster.handles[&a], None, Duration::from_secs(2)).await;
+    let deposed = tokio::time::Instant::now();
+
+    // An election timeout is 300–600 ms here; openraft alone would wait at
+    // least 300 ms + 1200 ms.
+    names(&cluster.handles[&a], Some(a), Duration::from_millis(1200)).await;
+    eprintln!("A leads again {:?} after it was deposed", deposed.elapsed());
+}
+
+#[test]
+fn a_deposed_leader_that_heard_of_no_successor_campaigns_once() {
+    use openraft::Vote;
+
+    use crate::cluster::Deposed;
+
+    let now = tokio::time::Instant::now();
+    let timeout = || Duration::from_millis(1500);
+    let vote = |term, node| Vote::new(term, node);
+    let at = |ms| now + Duration::from_millis(ms);
+
+    // A follower that never led leaves elections to openraft.
+    let mut deposed = Deposed::default();
+    assert_eq!(deposed.observe(2, Some(1), &vote(1, 1), now, timeout), None);
+    assert_eq!(deposed.observe(2, None, &vote(2, 3), now, timeout), None);
+
+    // A leader deposed by a candidate campaigns an election timeout after
+    // its vote last changed.
+    let mut deposed = Deposed::default();
+    assert_eq!(deposed.observe(1, Some(1), &vote(3, 1), now, timeout), None);
+    assert_eq!(
+        deposed.observe(1, None, &vote(4, 3), now, timeout),
+        Some(at(1500))
+    );
+    assert_eq!(
+        deposed.observe(1, None, &vote(4, 3), at(700), timeout),
+        Some(at(1500)),
+        "the same vote: the same deadline"
+    );
+    assert_eq!(
+        deposed.observe(1, None, &vote(5, 2), at(900), timeout),
+        Some(at(2400)),
+        "a new vote (granted to another candidate): a new timeout"
+    );
+    // Once it has campaigned, openraft's timers decide.
+    deposed.stand_down();
+    assert_eq!(
+        deposed.observe(1, None, &vote(6, 1), at(2400), timeout),
+        None
+    );
+    assert_eq!(
+        deposed.observe(1, None, &vote(7, 3), at(3000), timeout),
+        None
+    );
+
+    // The same when openraft's own timer made it campaign first.
+    let mut deposed = Deposed::default();
+    assert_eq!(deposed.observe(1, Some(1), &vote(3, 1), now, timeout), None);
+    assert!(
+        deposed
+            .observe(1, None, &vote(4, 3), now, timeout)
+            .is_some()
+    );
+    assert_eq!(
+        deposed.observe(1, None, &vote(5, 1), at(1200), timeout),
+        None
+    );
+    assert_eq!(
+        deposed.observe(1, None, &vote(6, 3), at(1300), timeout),
+        None
+    );
+
+    // Hearing of another leader makes it a follower like the others.
+    let mut deposed = Deposed::default();
+    assert_eq!(deposed.observe(1, Some(1), &vote(3, 1), now, timeout), None);
+    assert_eq!(
+        deposed.observe(1, Some(2), &vote(4, 2), at(100), timeout),
+        None
+    );
+    assert_eq!(
+        deposed.observe(1, None, &vote(5, 3), at(200), timeout),
+        None
     );
 }
