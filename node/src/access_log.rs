@@ -521,18 +521,24 @@ fn write_batches(queue: &Queue, mut sink: Box<dyn Write + Send>, written: &Atomi
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn lines_reach_the_file_in_order() {
-        let dir = std::env::temp_dir().join(format!("meridian-access-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
+    /// A log to a fresh file in a directory of its own (`name`).
+    fn file_log(name: &str) -> (AccessLog, Writer, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("meridian-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("access.log");
-        let _ = std::fs::remove_file(&path);
         let metrics = crate::metrics::Metrics::new();
         let (log, writer) = AccessLog::start(
             &AccessLogTarget::File(path.clone()),
             metrics.access_log_dropped.clone(),
         )
         .unwrap();
+        (log, writer.expect("a file log has a writer"), path)
+    }
+
+    #[tokio::test]
+    async fn lines_reach_the_file_in_order() {
+        let (log, writer, path) = file_log("access");
         for i in 0..5000 {
             log.write(|line| line.u64(key!("n"), i));
         }
@@ -542,36 +548,27 @@ mod tests {
         assert_eq!(lines.len(), 5000);
         assert_eq!(lines[4999], "{\"n\":4999}");
         drop(log);
-        writer.unwrap().join();
-        let _ = std::fs::remove_dir_all(&dir);
+        writer.join();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
     fn the_last_lines_are_written_when_the_log_is_dropped() {
-        let dir = std::env::temp_dir().join(format!("meridian-access-end-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("access.log");
-        let _ = std::fs::remove_file(&path);
-        let metrics = crate::metrics::Metrics::new();
-        let (log, writer) = AccessLog::start(
-            &AccessLogTarget::File(path.clone()),
-            metrics.access_log_dropped.clone(),
-        )
-        .unwrap();
+        let (log, writer, path) = file_log("access-end");
         // Two full batches and a part of one; no tick, no flush.
         let lines = 2 * BATCH_BYTES / "{\"n\":12345}\n".len() + 10;
         for i in 0..lines {
             log.write(|line| line.u64(key!("n"), i as u64));
         }
         drop(log);
-        writer.unwrap().join();
+        writer.join();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), lines);
         assert_eq!(
             text.lines().last(),
             Some(format!("{{\"n\":{}}}", lines - 1).as_str())
         );
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]

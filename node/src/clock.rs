@@ -46,16 +46,7 @@ struct Cache {
 
 /// The monotonic time: read once per [`Polled`] poll.
 pub(crate) fn now() -> Instant {
-    CACHE.with(|cache| match cache.now.get() {
-        Some(now) => now,
-        None => {
-            let now = Instant::now();
-            if cache.polling.get() {
-                cache.now.set(Some(now));
-            }
-            now
-        }
-    })
+    cached(|cache| &cache.now, Instant::now)
 }
 
 /// The monotonic time, read now; the rest of a [`Polled`] poll gets it.
@@ -71,14 +62,20 @@ pub(crate) fn read() -> Instant {
 
 /// The wall-clock time: read once per [`Polled`] poll.
 pub(crate) fn wall() -> SystemTime {
-    CACHE.with(|cache| match cache.wall.get() {
-        Some(wall) => wall,
+    cached(|cache| &cache.wall, SystemTime::now)
+}
+
+/// The time in `slot` if this poll has read it, else `read()` (kept for
+/// the rest of the poll when there is one).
+fn cached<T: Copy>(slot: impl Fn(&Cache) -> &Cell<Option<T>>, read: fn() -> T) -> T {
+    CACHE.with(|cache| match slot(cache).get() {
+        Some(time) => time,
         None => {
-            let wall = SystemTime::now();
+            let time = read();
             if cache.polling.get() {
-                cache.wall.set(Some(wall));
+                slot(cache).set(Some(time));
             }
-            wall
+            time
         }
     })
 }
