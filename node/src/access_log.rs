@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use metrics::Counter;
 
 use crate::config::AccessLogTarget;
+use crate::sync::lock;
 
 /// A batch is handed to the writer when it reaches this size.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -81,8 +82,7 @@ struct Queued {
 
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, Queued> {
-        // The queue stays consistent even if a holder panicked.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Queues `batch`, or gives it back when the queue is full.
@@ -180,7 +180,7 @@ impl AccessLog {
             }
             scratch.extend_from_slice(b"}\n");
             let full = {
-                let mut batch = inner.batch.lock().unwrap_or_else(|e| e.into_inner());
+                let mut batch = lock(&inner.batch);
                 batch.bytes.extend_from_slice(scratch);
                 batch.lines += 1;
                 (batch.bytes.len() >= BATCH_BYTES)
@@ -197,7 +197,7 @@ impl AccessLog {
     pub fn tick(&self) {
         if let Some(inner) = &self.inner {
             let batch = {
-                let mut batch = inner.batch.lock().unwrap_or_else(|e| e.into_inner());
+                let mut batch = lock(&inner.batch);
                 (batch.lines > 0).then(|| std::mem::replace(&mut *batch, Batch::sized()))
             };
             if let Some(batch) = batch {
@@ -488,10 +488,7 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // What is still buffered goes out before the writer ends.
-        let batch = std::mem::replace(
-            &mut *self.batch.lock().unwrap_or_else(|e| e.into_inner()),
-            Batch::sized(),
-        );
+        let batch = std::mem::replace(&mut *lock(&self.batch), Batch::sized());
         if batch.lines > 0 {
             self.hand_over(batch);
         }

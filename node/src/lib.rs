@@ -18,6 +18,8 @@
 //! - [`pki`]: the cluster CA and node identities; [`join`]: one-time join tokens.
 //! - [`admin`], [`metrics`], [`access_log`], [`trace`], [`shutdown`], [`text`].
 //! - `head`: canonical HTTP/1.1 heads scanned ahead of `httparse`.
+//! - `clock`: the time, read once per poll of a connection's task;
+//!   `sync`: mutex guards that outlive a panicking holder.
 
 pub mod access_log;
 pub mod admin;
@@ -44,6 +46,7 @@ pub mod regions;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
+mod sync;
 pub mod text;
 pub mod tls;
 pub mod trace;

@@ -593,20 +593,12 @@ impl Metrics {
     /// the request path keeps anyway, set when it is read rather than
     /// raised and lowered (a compare-and-swap loop each) beside the count.
     pub fn sample(&self, sample: impl Fn() + Send + Sync + 'static) {
-        self.samplers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Box::new(sample));
+        crate::sync::lock(&self.samplers).push(Box::new(sample));
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        for sample in self
-            .samplers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for sample in crate::sync::lock(&self.samplers).iter() {
             sample();
         }
         let mut text = self.handle.render();

@@ -49,7 +49,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -69,6 +69,7 @@ use super::h1;
 use super::pool::Pool;
 use crate::body::{FromUpstream, UpstreamBody};
 use crate::error::Kind;
+use crate::sync::lock;
 
 /// Keep-alive probes start after this much silence on an upstream socket.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -188,12 +189,6 @@ impl Endpoint {
             .filter(|sender| !sender.is_closed())
             .cloned()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded state is valid between any two statements: a panic while
-    // it was held cannot have broken it.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An HTTP/1.1 connection lent to one exchange. Hand it back with

@@ -68,10 +68,7 @@ impl Stopping {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Arc<AtomicWaker>>> {
-        // The slab stays consistent even if a holder panicked.
-        self.slots
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.slots)
     }
 }
 

@@ -71,16 +71,16 @@ impl TlsStage {
     }
 
     /// Redirects to HTTPS, or checks the client certificate and SNI the route asks for.
-    fn check(&self, cx: &mut RequestCx, req: &mut Request) -> Result<Flow, Error> {
-        let Some((redirect, required)) = cx.route.as_ref().map(|route| {
-            let tls = &route.tls;
-            (tls.redirect_https, tls.client_cert == ClientCert::Required)
-        }) else {
+    fn check(&self, cx: &RequestCx, req: &Request) -> Result<Flow, Error> {
+        // Borrowed throughout: the check clones no `Arc`.
+        let Some(route) = &cx.route else {
             return Ok(Flow::Continue);
         };
-        // Plain HTTP, the common case, needs neither `Arc` cloned.
-        if cx.tls.is_none() {
-            if redirect && let Some(response) = self.redirect(cx, req) {
+        let required = route.tls.client_cert == ClientCert::Required;
+        let Some(tls) = &cx.tls else {
+            if route.tls.redirect_https
+                && let Some(response) = self.redirect(cx, req)
+            {
                 return Ok(Flow::Respond(Box::new(response)));
             }
             if required {
@@ -90,9 +90,6 @@ impl TlsStage {
                     message: "this route requires a verified client certificate over HTTPS".into(),
                 }));
             }
-            return Ok(Flow::Continue);
-        }
-        let (Some(route), Some(tls)) = (cx.route.clone(), cx.tls.clone()) else {
             return Ok(Flow::Continue);
         };
         let needs_cert =
