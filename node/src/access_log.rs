@@ -323,16 +323,17 @@ impl Line<'_> {
             .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
-    /// An IP address field.
+    /// A connection's peer address field (`"1.2.3.4:80"`, `"[::1]:80"`).
     #[inline]
-    pub fn ip(&mut self, key: Key, ip: std::net::IpAddr) {
-        self.quoted(key, |out| crate::text::push_ip(out, ip));
+    pub fn peer(&mut self, key: Key, peer: &crate::text::Peer) {
+        self.quoted(key, |out| peer.push_addr(out));
     }
 
-    /// A socket address field (`"1.2.3.4:80"`, `"[::1]:80"`).
+    /// An IP address field, copied from `peer`'s text when it is the
+    /// peer's IP.
     #[inline]
-    pub fn addr(&mut self, key: Key, addr: std::net::SocketAddr) {
-        self.quoted(key, |out| crate::text::push_socket_addr(out, addr));
+    pub fn peer_ip(&mut self, key: Key, peer: &crate::text::Peer, ip: std::net::IpAddr) {
+        self.quoted(key, |out| peer.push_ip(out, ip));
     }
 
     /// A string field whose text `write` appends and which needs no
@@ -630,11 +631,10 @@ mod tests {
         line.millis(key!("ms"), std::time::Duration::from_micros(1_234_567));
         line.millis(key!("tiny"), std::time::Duration::from_micros(7));
         line.bool(key!("complete"), true);
-        line.addr(
-            key!("client"),
-            "127.0.0.1:80".parse::<std::net::SocketAddr>().unwrap(),
-        );
-        line.ip(key!("client_ip"), "2001:db8::1".parse().unwrap());
+        let peer = crate::text::Peer::new("127.0.0.1:80".parse().unwrap());
+        line.peer(key!("client"), &peer);
+        line.peer_ip(key!("client_ip"), &peer, "2001:db8::1".parse().unwrap());
+        line.peer_ip(key!("peer_ip"), &peer, peer.addr().ip());
         line.timestamp(
             key!("ts"),
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_767_225_600_042),
@@ -649,6 +649,7 @@ mod tests {
         assert_eq!(value["complete"], true);
         assert_eq!(value["client"], "127.0.0.1:80");
         assert_eq!(value["client_ip"], "2001:db8::1");
+        assert_eq!(value["peer_ip"], "127.0.0.1");
         assert_eq!(value["ts"], "2026-01-01T00:00:00.042Z");
     }
 

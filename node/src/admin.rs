@@ -23,7 +23,6 @@
 //! When `admin.token` is set, `/v1/*` requires `Authorization: Bearer <token>`.
 //! Failures use the JSON error body of the data plane.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
@@ -40,7 +39,7 @@ const MAX_CONFIG_BYTES: usize = 4 << 20;
 pub async fn handle(
     app: Arc<Gateway>,
     req: hyper::Request<Inbound>,
-    _peer: SocketAddr,
+    _peer: crate::text::Peer,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
     // With `admin.tls = "mutual"` the handshake verified the client's

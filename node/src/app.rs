@@ -97,7 +97,7 @@ impl Gateway {
     pub async fn serve(
         self: Arc<Self>,
         req: Box<pipeline::Request>,
-        peer: SocketAddr,
+        peer: crate::text::Peer,
     ) -> Box<pipeline::Response> {
         let snapshot = self.snapshots.load();
         self.pipeline.handle(snapshot, peer, req).await

@@ -56,9 +56,20 @@ pub enum BodyError {
     Io(#[from] std::io::Error),
 }
 
-/// Called once when a response body is finished: with the bytes sent and
-/// whether the body ended cleanly.
-pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
+/// Runs once when a response body is finished: with the bytes sent and
+/// whether the body ended cleanly. A closure is one; so is the pipeline's
+/// request context, whose own box serves, so ending a request needs no
+/// allocation of its own.
+pub trait OnEnd: Send {
+    /// The body is finished (`clean`) or dropped after `sent` bytes.
+    fn end(self: Box<Self>, sent: u64, clean: bool);
+}
+
+impl<F: FnOnce(u64, bool) + Send> OnEnd for F {
+    fn end(self: Box<Self>, sent: u64, clean: bool) {
+        self(sent, clean);
+    }
+}
 
 /// Re-armable idle timer; allocated only when a body first has to wait.
 struct IdleTimer {
@@ -120,7 +131,7 @@ enum Kind {
 pub struct Body {
     kind: Kind,
     sent: u64,
-    on_end: Option<OnEnd>,
+    on_end: Option<Box<dyn OnEnd>>,
     held: Option<InFlight>,
     permit: Option<Permit>,
 }
@@ -168,7 +179,7 @@ impl Body {
     }
 
     /// Runs `on_end` once the body is finished or dropped.
-    pub fn on_end(&mut self, on_end: OnEnd) {
+    pub fn on_end(&mut self, on_end: Box<dyn OnEnd>) {
         self.on_end = Some(on_end);
     }
 
@@ -214,7 +225,7 @@ impl Body {
 
     fn finish(&mut self, clean: bool) {
         if let Some(on_end) = self.on_end.take() {
-            on_end(self.sent, clean);
+            on_end.end(self.sent, clean);
         }
     }
 }

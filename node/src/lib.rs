@@ -29,6 +29,7 @@ pub mod calendar;
 mod clock;
 pub mod cluster;
 pub mod config;
+mod deadline;
 pub mod dns;
 pub mod error;
 #[doc(hidden)]

@@ -2,7 +2,7 @@
 //! cost more than the work they do (access-log lines, forwarding headers).
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// Appends `ip` as `Display` writes it: IPv4 from a digit table in one
 /// piece, IPv6 (rare on the hot path) through `Display`.
@@ -15,15 +15,84 @@ pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-/// Appends `addr` as `Display` writes it (`1.2.3.4:80`, `[::1]:80`).
-pub fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
-    match addr {
-        SocketAddr::V4(v4) => {
-            out.extend_from_slice(Ipv4Text::new(*v4.ip(), Some(v4.port())).as_bytes());
+/// A connection's peer: its address and, for IPv4, the address as text,
+/// written once per connection. Each request on the connection copies the
+/// text into its access-log line and forwarding fields instead of writing
+/// the address again (three times a request). It is no larger than a
+/// `SocketAddr`, which the request path's futures carry by value: IPv6
+/// (rare on the hot path, as in [`push_ip`]) keeps no text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(PeerKind);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerKind {
+    V4 {
+        addr: SocketAddrV4,
+        /// `1.2.3.4:80`, at most 21 bytes, of which the IP is the first
+        /// `ip_len`.
+        text: [u8; 21],
+        len: u8,
+        ip_len: u8,
+    },
+    V6(SocketAddrV6),
+}
+
+impl Peer {
+    /// The peer at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self(match addr {
+            SocketAddr::V4(addr) => {
+                let mut text = Ipv4Text::new(*addr.ip(), None);
+                let ip_len = text.len as u8;
+                text.push(b':');
+                text.port(addr.port());
+                PeerKind::V4 {
+                    addr,
+                    text: text.buf,
+                    len: text.len as u8,
+                    ip_len,
+                }
+            }
+            SocketAddr::V6(addr) => PeerKind::V6(addr),
+        })
+    }
+
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        match self.0 {
+            PeerKind::V4 { addr, .. } => SocketAddr::V4(addr),
+            PeerKind::V6(addr) => SocketAddr::V6(addr),
         }
-        SocketAddr::V6(v6) => {
-            let _ = write!(out, "[{}]:{}", v6.ip(), v6.port());
+    }
+
+    /// Appends the address as `Display` writes it, without an IPv6 scope
+    /// (`1.2.3.4:80`, `[::1]:80`).
+    pub fn push_addr(&self, out: &mut Vec<u8>) {
+        match &self.0 {
+            PeerKind::V4 { text, len, .. } => out.extend_from_slice(&text[..usize::from(*len)]),
+            PeerKind::V6(addr) => {
+                let _ = write!(out, "[{}]:{}", addr.ip(), addr.port());
+            }
         }
+    }
+
+    /// Appends `ip` as [`push_ip`] does: copied from the peer's text when it
+    /// is the peer's IP.
+    pub fn push_ip(&self, out: &mut Vec<u8>, ip: IpAddr) {
+        match &self.0 {
+            PeerKind::V4 {
+                addr, text, ip_len, ..
+            } if ip == IpAddr::V4(*addr.ip()) => {
+                out.extend_from_slice(&text[..usize::from(*ip_len)]);
+            }
+            _ => push_ip(out, ip),
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr().fmt(f)
     }
 }
 
@@ -204,12 +273,39 @@ mod tests {
         ] {
             let addr: SocketAddr = text.parse().unwrap();
             let mut out = Vec::new();
-            push_socket_addr(&mut out, addr);
-            assert_eq!(out, addr.to_string().as_bytes());
-            let mut out = Vec::new();
             push_ip(&mut out, addr.ip());
             assert_eq!(out, addr.ip().to_string().as_bytes());
+            let peer = Peer::new(addr);
+            assert_eq!(peer.addr(), addr);
+            let mut out = Vec::new();
+            peer.push_addr(&mut out);
+            assert_eq!(out, addr.to_string().as_bytes());
+            let mut out = Vec::new();
+            peer.push_ip(&mut out, addr.ip());
+            assert_eq!(out, addr.ip().to_string().as_bytes());
         }
+    }
+
+    #[test]
+    fn a_peer_writes_other_ips_afresh() {
+        let peer = Peer::new("10.0.0.1:443".parse().unwrap());
+        let mut out = Vec::new();
+        peer.push_ip(&mut out, "10.0.0.2".parse().unwrap());
+        assert_eq!(out, b"10.0.0.2");
+        let mapped = Peer::new("[::ffff:10.0.0.1]:443".parse().unwrap());
+        let mut out = Vec::new();
+        mapped.push_addr(&mut out);
+        assert_eq!(out, b"[::ffff:10.0.0.1]:443");
+        let mut out = Vec::new();
+        // The canonical form of a mapped address is another IP.
+        mapped.push_ip(&mut out, mapped.addr().ip().to_canonical());
+        assert_eq!(out, b"10.0.0.1");
+    }
+
+    #[test]
+    fn a_peer_is_no_larger_than_its_address() {
+        // The request path's futures carry it by value.
+        assert!(std::mem::size_of::<Peer>() <= std::mem::size_of::<SocketAddr>());
     }
 
     #[test]
@@ -292,11 +388,15 @@ mod tests {
                 SocketAddr::from((octets, port)),
                 SocketAddr::from((segments, port)),
             ] {
+                let peer = Peer::new(addr);
                 let mut out = Vec::new();
-                push_socket_addr(&mut out, addr);
-                proptest::prop_assert_eq!(String::from_utf8(out.clone()).unwrap(), addr.to_string());
+                peer.push_addr(&mut out);
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
                 let mut out = Vec::new();
                 push_ip(&mut out, addr.ip());
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), addr.ip().to_string());
+                let mut out = Vec::new();
+                peer.push_ip(&mut out, addr.ip());
                 proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), addr.ip().to_string());
             }
         }

@@ -218,7 +218,8 @@ impl Ip {
         let policies = &cx.snapshot.policies;
         let rules = match self.scope {
             Scope::Global => {
-                cx.client_ip = client_ip(cx.client, req.headers(), &policies.trusted_proxies);
+                cx.client_ip =
+                    client_ip(cx.client.addr(), req.headers(), &policies.trusted_proxies);
                 policies.global_ip.as_ref()
             }
             Scope::Route => policies.route_ip(cx.route.as_deref()),

@@ -40,7 +40,7 @@ pub mod version;
 pub mod waf;
 
 use std::future::{Future, Ready};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use futures_util::future::{BoxFuture, Either};
@@ -52,6 +52,7 @@ use crate::body::{Body, Inbound};
 use crate::error::Error;
 use crate::proxy::Proxy;
 use crate::snapshot::Snapshot;
+use crate::text::Peer;
 use crate::{Shared, trace};
 
 /// A client request as it enters the pipeline.
@@ -132,8 +133,8 @@ pub struct RequestCx {
     pub snapshot: Arc<Snapshot>,
     /// When the request head was received.
     pub started: Instant,
-    /// The client's address.
-    pub client: SocketAddr,
+    /// The client's address (the connection's peer).
+    pub client: Peer,
     /// The request's method.
     pub method: http::Method,
     /// The client's IP: the peer's, or the one `X-Forwarded-For` names when
@@ -175,17 +176,19 @@ pub struct RequestCx {
     pub close: bool,
     /// What the rate limits said, for the response headers.
     pub rate_limit: Option<Box<limit::Report>>,
+    /// Set when the response is ready: what its end needs (see `observe`).
+    ending: Option<observe::Ending>,
 }
 
 impl RequestCx {
     /// A context for a request from `client`.
-    pub fn new(snapshot: Arc<Snapshot>, client: SocketAddr) -> Self {
+    pub fn new(snapshot: Arc<Snapshot>, client: Peer) -> Self {
         Self {
             snapshot,
             started: crate::clock::now(),
             client,
             method: http::Method::GET,
-            client_ip: client.ip().to_canonical(),
+            client_ip: client.addr().ip().to_canonical(),
             cors: None,
             request_id: HeaderValue::from_static(""),
             trace: trace::Context::default(),
@@ -203,6 +206,7 @@ impl RequestCx {
             tls: None,
             close: false,
             rate_limit: None,
+            ending: None,
         }
     }
 
@@ -316,15 +320,14 @@ impl Pipeline {
     pub async fn handle(
         &self,
         snapshot: Arc<Snapshot>,
-        client: SocketAddr,
+        client: Peer,
         mut req: Box<Request>,
     ) -> Box<Response> {
         // Boxed: it goes to the response body's end, and the request's
         // future stays small to move.
         let mut cx = Box::new(RequestCx::new(snapshot, client));
         cx.tls = req.extensions().get::<Arc<crate::tls::TlsInfo>>().cloned();
-        let method = req.method().clone();
-        cx.method = method.clone();
+        cx.method = req.method().clone();
         let version = req.version();
         // The stages past the last one that ran have no part in the answer.
         let mut ran = 0;
@@ -392,7 +395,7 @@ impl Pipeline {
                 HeaderValue::from_static("close"),
             );
         }
-        observe::finish(&self.shared, cx, &method, version, &mut response);
+        observe::finish(&self.shared, cx, version, &mut response);
         response
     }
 }

@@ -148,14 +148,17 @@ pub struct Endpoint {
     connecting: tokio::sync::Mutex<()>,
 }
 
+/// An idle connection, kept until `expires` (its return plus the idle
+/// timeout: comparing instants is cheaper than subtracting them).
 struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
-    since: Instant,
+    expires: Instant,
 }
 
+/// An idle connection of the raw client (see [`Idle`]).
 struct RawIdle {
     conn: h1::Connection,
-    since: Instant,
+    expires: Instant,
 }
 
 impl Endpoint {
@@ -218,6 +221,9 @@ where
 
 // === impl Client ===
 
+/// The longest idle timeout kept (see [`Client::new`]).
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Sends requests to the targets of one upstream.
 pub struct Client {
     protocol: UpstreamProtocol,
@@ -238,7 +244,9 @@ impl Client {
             protocol: definition.protocol,
             connect_timeout: definition.timeouts.connect,
             max_idle: definition.pool.max_idle_per_target,
-            idle_timeout: definition.pool.idle_timeout,
+            // Bounded so that adding it to an instant cannot overflow: a
+            // century is as good as never.
+            idle_timeout: definition.pool.idle_timeout.min(CENTURY),
             h1: http1::Builder::new(),
             h2: http2::Builder::new(Spawn(tasks.clone())),
             tasks: tasks.clone(),
@@ -388,7 +396,7 @@ impl Client {
     fn pop_raw(&self, endpoint: &Endpoint) -> Option<h1::Connection> {
         self.take_idle(
             &endpoint.raw,
-            |entry| entry.since,
+            |entry| entry.expires,
             |entry| entry.conn.usable(),
         )
         .map(|entry| entry.conn)
@@ -399,13 +407,13 @@ impl Client {
     fn take_idle<T>(
         &self,
         stack: &Mutex<Vec<T>>,
-        since: impl Fn(&T) -> Instant,
+        expires: impl Fn(&T) -> Instant,
         alive: impl Fn(&T) -> bool,
     ) -> Option<T> {
         let now = crate::clock::now();
         let mut idle = lock(stack);
         while let Some(entry) = idle.pop() {
-            if now.saturating_duration_since(since(&entry)) >= self.idle_timeout {
+            if now >= expires(&entry) {
                 // Every entry below has been idle for longer still.
                 idle.clear();
                 return None;
@@ -449,7 +457,7 @@ impl Client {
     fn pop(&self, endpoint: &Endpoint) -> Option<http1::SendRequest<UpstreamBody>> {
         self.take_idle(
             &endpoint.idle,
-            |entry| entry.since,
+            |entry| entry.expires,
             |entry| !entry.sender.is_closed(),
         )
         .map(|entry| entry.sender)
@@ -465,33 +473,38 @@ impl Client {
         if self.max_idle == 0 {
             return;
         }
-        let since = crate::clock::now();
+        let now = crate::clock::now();
+        let expires = now + self.idle_timeout;
         match conn {
             Conn::Hyper(sender) if sender.is_ready() => {
-                self.keep(&endpoint.idle, Idle { sender, since }, |entry| entry.since);
+                let entry = Idle { sender, expires };
+                self.keep(&endpoint.idle, entry, now, |entry| entry.expires);
             }
             Conn::Hyper(_) => {}
             Conn::Raw(conn) => {
-                self.keep(&endpoint.raw, RawIdle { conn, since }, |entry| entry.since);
+                let entry = RawIdle { conn, expires };
+                self.keep(&endpoint.raw, entry, now, |entry| entry.expires);
             }
         }
     }
 
     /// Pushes `entry` on an idle stack unless it is full or the node is
     /// shutting down, dropping entries idle for too long first.
-    fn keep<T>(&self, stack: &Mutex<Vec<T>>, entry: T, since: impl Fn(&T) -> Instant) {
-        let now = since(&entry);
+    fn keep<T>(
+        &self,
+        stack: &Mutex<Vec<T>>,
+        entry: T,
+        now: Instant,
+        expires: impl Fn(&T) -> Instant,
+    ) {
         let mut idle = lock(stack);
         // Read under the lock, so that a return cannot slip in after the
         // shutdown sweep emptied the stack.
         if self.closing.load(Ordering::Acquire) {
             return;
         }
-        if idle
-            .first()
-            .is_some_and(|oldest| now.saturating_duration_since(since(oldest)) >= self.idle_timeout)
-        {
-            idle.retain(|entry| now.saturating_duration_since(since(entry)) < self.idle_timeout);
+        if idle.first().is_some_and(|oldest| now >= expires(oldest)) {
+            idle.retain(|entry| now < expires(entry));
         }
         if idle.len() < self.max_idle {
             idle.push(entry);
@@ -585,14 +598,9 @@ impl Client {
     /// Closes the connections idle for longer than the idle timeout.
     fn evict(&self, endpoint: &Endpoint, now: Instant) {
         let mut idle = lock(&endpoint.idle);
-        idle.retain(|entry| {
-            now.saturating_duration_since(entry.since) < self.idle_timeout
-                && !entry.sender.is_closed()
-        });
+        idle.retain(|entry| now < entry.expires && !entry.sender.is_closed());
         drop(idle);
-        lock(&endpoint.raw).retain(|entry| {
-            now.saturating_duration_since(entry.since) < self.idle_timeout && entry.conn.usable()
-        });
+        lock(&endpoint.raw).retain(|entry| now < entry.expires && entry.conn.usable());
     }
 }
 
@@ -909,7 +917,7 @@ mod tests {
         assert!(!sender.is_closed() && sender.is_ready());
         lock(&endpoint.idle).push(Idle {
             sender,
-            since: Instant::now(),
+            expires: Instant::now() + Duration::from_secs(60),
         });
         tokio::spawn(connection);
 

@@ -220,9 +220,9 @@ impl Own {
             }
         }
 
-        let ip = cx.client.ip().to_canonical();
+        let ip = cx.client.addr().ip().to_canonical();
         let ip_start = text.len();
-        crate::text::push_ip(&mut text, ip);
+        cx.client.push_ip(&mut text, ip);
         let xff_end = text.len();
         for previous in earlier_forwarded {
             push_all(&mut text, &[previous.as_bytes(), b", "]);

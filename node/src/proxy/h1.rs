@@ -39,8 +39,9 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
+use crate::deadline::Deadline;
 use crate::text::{eq_ignore_ascii_case, push_field};
 
 /// The most header fields a response head may have.
@@ -105,18 +106,18 @@ struct Wire {
     /// The fields of the response being read; their spans' allocation
     /// serves every response on the connection.
     fields: RawFields,
-    /// The request timeout, armed anew for each exchange: moving a
-    /// registered timer to a later deadline is one atomic compare, where a
-    /// new timer takes the timer wheel's lock twice (in and out).
-    timer: Option<Pin<Box<Sleep>>>,
+    /// The request timeout, set anew for each exchange: moving a deadline
+    /// later costs no timer update (see `deadline`), where a new timer
+    /// takes the timer wheel's lock twice (in and out).
+    timer: Option<Pin<Box<Deadline>>>,
 }
 
 impl Wire {
     /// Arms the timer for `deadline`.
     fn arm(&mut self, deadline: Instant) {
         match &mut self.timer {
-            Some(timer) => timer.as_mut().reset(deadline),
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            Some(timer) => timer.as_mut().set(deadline),
+            None => self.timer = Some(Box::pin(Deadline::new(deadline))),
         }
     }
 }
@@ -369,7 +370,7 @@ fn encode(out: &mut Vec<u8>, head: &RequestHead<'_>, body: usize) {
 
 /// Runs `work` to its end, or until `timer` (if any) fires: `None` then.
 async fn within<T>(
-    mut timer: Option<&mut Pin<Box<Sleep>>>,
+    mut timer: Option<&mut Pin<Box<Deadline>>>,
     work: impl Future<Output = T>,
 ) -> Option<T> {
     let mut work = std::pin::pin!(work);

@@ -43,7 +43,6 @@
 //! `Connection: close` and then closes.
 
 use std::io::{self, IoSlice, Write as _};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -53,16 +52,18 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 use http_body::{Body as _, SizeHint};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
 
 use super::Shared;
 use super::guard::Closed;
 use super::stopping::Watch;
 use crate::body::{Body, BodyError, Inbound};
+use crate::deadline::Deadline;
 use crate::head::Span;
 use crate::proxy::h1::{RawFields, each_field, write_both};
-use crate::text::{eq_ignore_ascii_case, push_field};
+use crate::text::{Peer, eq_ignore_ascii_case, push_field};
 
 /// The most header fields the fast path takes; a head with more goes to
 /// hyper.
@@ -393,7 +394,7 @@ enum Stop {
 /// One connection on the fast path.
 pub(super) struct Http1<'a, S, H> {
     io: &'a mut S,
-    peer: SocketAddr,
+    peer: &'a Peer,
     tls: Option<Arc<crate::tls::TlsInfo>>,
     handler: &'a H,
     shared: &'a Shared,
@@ -405,12 +406,12 @@ pub(super) struct Http1<'a, S, H> {
 impl<'a, S, H, F> Http1<'a, S, H>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
-    H: Fn(Box<http::Request<Inbound>>, SocketAddr) -> F + Send + Sync,
+    H: Fn(Box<http::Request<Inbound>>, Peer) -> F + Send + Sync,
     F: std::future::Future<Output = Box<http::Response<Body>>> + Send,
 {
     pub(super) fn new(
         io: &'a mut S,
-        peer: SocketAddr,
+        peer: &'a Peer,
         tls: Option<Arc<crate::tls::TlsInfo>>,
         handler: &'a H,
         shared: &'a Shared,
@@ -431,7 +432,7 @@ where
     /// Serves requests until the connection ends or one has to go to hyper.
     pub(super) async fn run(mut self) -> End {
         let mut fields = Vec::with_capacity(16);
-        let deadline = tokio::time::sleep(Duration::ZERO);
+        let deadline = Deadline::new(crate::clock::now() + self.shared.header_read);
         tokio::pin!(deadline);
         let mut first = true;
         loop {
@@ -503,23 +504,30 @@ where
         &mut self,
         request: Box<http::Request<Inbound>>,
     ) -> Option<Box<http::Response<Body>>> {
-        let (handler, shared, peer) = (self.handler, self.shared, self.peer);
+        let (handler, shared, peer) = (self.handler, self.shared, *self.peer);
         let respond = super::respond(handler, shared, request, peer);
         tokio::pin!(respond);
-        loop {
-            let room = self.buf.len() < shared.max_head + MAX_BODY;
-            if room && self.buf.capacity() - self.buf.len() < READ_ROOM / 2 {
-                self.buf.reserve(READ_ROOM);
+        let (io, buf) = (&mut *self.io, &mut self.buf);
+        std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(response) = respond.as_mut().poll(cx) {
+                    return Poll::Ready(Some(response));
+                }
+                if buf.len() >= shared.max_head + MAX_BODY {
+                    return Poll::Pending;
+                }
+                if buf.capacity() - buf.len() < READ_ROOM / 2 {
+                    buf.reserve(READ_ROOM);
+                }
+                match poll_read_buf(Pin::new(&mut *io), cx, buf) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                    // Pipelined bytes: read on while the handler runs.
+                    Poll::Ready(Ok(_)) => {}
+                }
             }
-            tokio::select! {
-                biased;
-                response = &mut respond => return Some(response),
-                read = self.io.read_buf(&mut self.buf), if room => match read {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                },
-            }
-        }
+        })
+        .await
     }
 
     /// Reads more request bytes; the first wait of a head starts its
@@ -528,34 +536,37 @@ where
         &mut self,
         waiting: &mut Option<Instant>,
         timeout: Duration,
-        mut deadline: Pin<&mut tokio::time::Sleep>,
+        mut deadline: Pin<&mut Deadline>,
     ) -> Result<(), Stop> {
         if self.buf.capacity() - self.buf.len() < READ_ROOM / 2 {
             self.buf.reserve(READ_ROOM);
         }
-        // Most reads find their bytes already there: only a read that has
-        // to wait arms the timer.
         let idle = self.buf.is_empty();
-        let (io, buf) = (&mut *self.io, &mut self.buf);
-        let read = io.read_buf(buf);
-        tokio::pin!(read);
-        let ready = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
-        let read = match ready {
-            Poll::Ready(read) => read,
-            Poll::Pending => {
-                let since = *waiting.get_or_insert_with(crate::clock::now);
-                deadline.as_mut().reset(since + timeout);
-                tokio::select! {
-                    read = read => read,
-                    () = deadline => return Err(Stop::Timeout),
-                    () = self.stopping.draining(), if idle => return Err(Stop::Closed),
-                }
+        let (io, buf, stopping) = (&mut *self.io, &mut self.buf, self.stopping);
+        let mut armed = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(read) = poll_read_buf(Pin::new(&mut *io), cx, buf) {
+                return Poll::Ready(match read {
+                    Ok(0) | Err(_) => Err(Stop::Closed),
+                    Ok(_) => Ok(()),
+                });
             }
-        };
-        match read {
-            Ok(0) | Err(_) => Err(Stop::Closed),
-            Ok(_) => Ok(()),
-        }
+            // Most reads find their bytes already there: only a read that
+            // has to wait arms the timer.
+            if !armed {
+                let since = *waiting.get_or_insert_with(crate::clock::now);
+                deadline.as_mut().set(since + timeout);
+                armed = true;
+            }
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Stop::Timeout));
+            }
+            if idle && stopping.poll_draining(cx).is_ready() {
+                return Poll::Ready(Err(Stop::Closed));
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Writes `response`; an error means the connection cannot go on.

@@ -60,6 +60,7 @@ use self::stopping::{Stopping, Watch};
 use crate::body::{Body, Inbound};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::text::Peer;
 
 mod fast;
 mod framing;
@@ -209,7 +210,7 @@ pub async fn serve<H, F>(
     shutdown: CancellationToken,
     grace: Duration,
 ) where
-    H: Fn(Box<hyper::Request<Inbound>>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Box<hyper::Request<Inbound>>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Box<hyper::Response<Body>>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -272,7 +273,7 @@ pub async fn serve<H, F>(
         let mut serving = Serving {
             builder: builder.clone(),
             tls: None,
-            peer,
+            peer: Peer::new(peer),
             handler: handler.clone(),
             shared: shared.clone(),
             stopping: stopping.watch(),
@@ -331,7 +332,7 @@ struct Serving<H> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     /// The TLS session, once the handshake is done.
     tls: Option<Arc<crate::tls::TlsInfo>>,
-    peer: SocketAddr,
+    peer: Peer,
     handler: H,
     shared: Arc<Shared>,
     /// The listener's shutdown, as this connection sees it.
@@ -340,7 +341,7 @@ struct Serving<H> {
 
 async fn serve_connection<H, F, S>(stream: S, serving: Serving<H>)
 where
-    H: Fn(Box<hyper::Request<Inbound>>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Box<hyper::Request<Inbound>>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Box<hyper::Response<Body>>> + Send + 'static,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -353,7 +354,7 @@ where
     let read = if shared.fast {
         let http1 = fast::Http1::new(
             &mut io,
-            serving.peer,
+            &serving.peer,
             serving.tls.clone(),
             &serving.handler,
             shared,
@@ -379,7 +380,7 @@ where
 /// the fast path handed over), starting with the bytes `io` rewinds.
 async fn serve_hyper<H, F, S>(io: fast::Rewind<stall::WriteIdle<S>>, serving: Serving<H>)
 where
-    H: Fn(Box<hyper::Request<Inbound>>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Box<hyper::Request<Inbound>>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Box<hyper::Response<Body>>> + Send + 'static,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -512,10 +513,10 @@ async fn respond<H, F>(
     handler: &H,
     shared: &Shared,
     request: Box<hyper::Request<Inbound>>,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Box<hyper::Response<Body>>
 where
-    H: Fn(Box<hyper::Request<Inbound>>, SocketAddr) -> F,
+    H: Fn(Box<hyper::Request<Inbound>>, Peer) -> F,
     F: Future<Output = Box<hyper::Response<Body>>>,
 {
     let permit = match shared

@@ -89,7 +89,12 @@ impl Watch {
 
     /// Completes once the listener drains (or is forced).
     pub(super) async fn draining(&self) {
-        poll_fn(|cx| self.poll_phase(cx, DRAINING)).await;
+        poll_fn(|cx| self.poll_draining(cx)).await;
+    }
+
+    /// [`Self::draining`] as a poll.
+    pub(super) fn poll_draining(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_phase(cx, DRAINING)
     }
 
     /// Completes once the grace period is over.
