@@ -45,7 +45,8 @@ async fn access_log_lines_are_json() {
     let path = dir.path().join("access.log");
     let log = path.to_str().unwrap().to_owned();
     let node = TestNode::start_with(&yaml(&upstream), |raw| raw.log.access_log = log).await;
-    get_with(&node.url("/r/x?secret=1"), &[("x-request-id", "log-me")]).await;
+    let logged = get_with(&node.url("/r/x?secret=1"), &[("x-request-id", "log-me")]).await;
+    let traceparent = logged.header("traceparent").to_owned();
     get(&node.url("/missing")).await;
     node.stop().await;
     let text = std::fs::read_to_string(&path).unwrap();
@@ -64,6 +65,11 @@ async fn access_log_lines_are_json() {
     assert_eq!(first["target"], upstream.target());
     assert_eq!(first["complete"], true);
     assert_eq!(first["client_ip"], "127.0.0.1");
+    let client: std::net::SocketAddr = first["client"].as_str().unwrap().parse().unwrap();
+    assert!(client.ip().is_loopback() && client.port() > 0, "{client}");
+    assert_eq!(first["trace_id"], traceparent[3..35]);
+    assert_ne!(lines[1]["trace_id"], first["trace_id"]);
+    assert_eq!(lines[1]["trace_id"].as_str().unwrap().len(), 32);
     assert!(first["duration_ms"].as_f64().unwrap() > 0.0);
     assert!(first["upstream_ms"].as_f64().unwrap() > 0.0);
     assert!(first["bytes_out"].as_u64().unwrap() > 0);
