@@ -42,6 +42,7 @@
 //! closes at once, and one serving a request answers it with
 //! `Connection: close` and then closes.
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice, Write as _};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -401,6 +402,66 @@ pub(super) struct Http1<'a, S, H> {
     stopping: &'a Watch,
     buf: BytesMut,
     out: Vec<u8>,
+    /// Where the fields of the head being parsed lie.
+    fields: Vec<Span>,
+}
+
+/// A closed connection's buffers, kept for the next connection on this
+/// thread: allocating them cost about a thousand instructions a
+/// connection, most of it in the allocator's slow path, since each buffer
+/// size is allocated and freed once per connection (docs/benchmarks.md).
+struct Spare {
+    buf: BytesMut,
+    out: Vec<u8>,
+    fields: Vec<Span>,
+}
+
+/// At most this many [`Spare`]s are kept per thread (1.5 MiB at most).
+const SPARES: usize = 64;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Spare>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Spare {
+    /// Buffers for a new connection: kept ones if there are any.
+    fn take() -> Self {
+        SPARE.with_borrow_mut(Vec::pop).unwrap_or_else(|| Self {
+            buf: BytesMut::with_capacity(READ_ROOM),
+            out: Vec::with_capacity(GATHER_START),
+            fields: Vec::with_capacity(16),
+        })
+    }
+
+    /// Keeps a closed connection's buffers, unless something still shares
+    /// the read buffer, either grew large, or enough are kept already.
+    fn keep(mut self) {
+        self.buf.clear();
+        if !self.buf.try_reclaim(READ_ROOM)
+            || self.buf.capacity() > 2 * READ_ROOM
+            || self.out.capacity() > GATHER
+        {
+            return;
+        }
+        self.out.clear();
+        self.fields.clear();
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < SPARES {
+                spare.push(self);
+            }
+        });
+    }
+}
+
+impl<S, H> Drop for Http1<'_, S, H> {
+    fn drop(&mut self) {
+        Spare {
+            buf: std::mem::take(&mut self.buf),
+            out: std::mem::take(&mut self.out),
+            fields: std::mem::take(&mut self.fields),
+        }
+        .keep();
+    }
 }
 
 impl<'a, S, H, F> Http1<'a, S, H>
@@ -417,6 +478,7 @@ where
         shared: &'a Shared,
         stopping: &'a Watch,
     ) -> Self {
+        let Spare { buf, out, fields } = Spare::take();
         Self {
             io,
             peer,
@@ -424,23 +486,23 @@ where
             handler,
             shared,
             stopping,
-            buf: BytesMut::with_capacity(READ_ROOM),
-            out: Vec::with_capacity(GATHER_START),
+            buf,
+            out,
+            fields,
         }
     }
 
     /// Serves requests until the connection ends or one has to go to hyper.
     pub(super) async fn run(mut self) -> End {
-        let mut fields = Vec::with_capacity(16);
         let deadline = Deadline::new(crate::clock::now() + self.shared.header_read);
         tokio::pin!(deadline);
         let mut first = true;
         loop {
             let mut waiting = None;
             let head = loop {
-                match parse(&self.buf, self.shared.max_head, &mut fields) {
+                match parse(&self.buf, self.shared.max_head, &mut self.fields) {
                     Parsed::Fast(head) => break head,
-                    Parsed::Other => return End::HandOver(self.buf.freeze()),
+                    Parsed::Other => return End::HandOver(self.hand_over()),
                     Parsed::Partial => {}
                 }
                 let timeout = if first || !self.buf.is_empty() {
@@ -465,13 +527,14 @@ where
             let end = head.len + head.body;
             if self.buf.len() < end {
                 // The body is still on its way: hyper reads it as it comes.
-                return End::HandOver(self.buf.freeze());
+                return End::HandOver(self.hand_over());
             }
             // The request's parts are slices of what was read; what follows
             // it (pipelined bytes) goes back into the buffer.
             let read = self.buf.split().freeze();
             let body = (head.body > 0).then(|| read.slice(head.len..end));
-            let Some(mut request) = request(&head, &fields, &read, Inbound::Buffered(body)) else {
+            let Some(mut request) = request(&head, &self.fields, &read, Inbound::Buffered(body))
+            else {
                 return End::HandOver(read);
             };
             self.buf.extend_from_slice(&read[end..]);
@@ -495,6 +558,11 @@ where
                 return End::Closed;
             }
         }
+    }
+
+    /// The bytes read and not served, for hyper to go on with.
+    fn hand_over(&mut self) -> Bytes {
+        std::mem::take(&mut self.buf).freeze()
     }
 
     /// Runs the handler on `request`, reading on meanwhile: a client that
@@ -750,6 +818,38 @@ impl<IO: AsyncWrite> AsyncWrite for Rewind<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_connections_buffers_serve_the_next_one() {
+        let mut first = Spare::take();
+        first.buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        first.out.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        let (buf, out) = (first.buf.as_ptr(), first.out.as_ptr());
+        first.keep();
+        let next = Spare::take();
+        assert_eq!((next.buf.as_ptr(), next.out.as_ptr()), (buf, out));
+        assert!(next.buf.is_empty() && next.out.is_empty() && next.fields.is_empty());
+        assert_eq!(next.buf.capacity(), READ_ROOM);
+    }
+
+    #[test]
+    fn a_read_buffer_still_shared_is_not_kept() {
+        let mut first = Spare::take();
+        first.buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        // A request's bytes, split off and still alive.
+        let request = first.buf.split().freeze();
+        let buf = request.as_ptr();
+        first.keep();
+        let next = Spare::take();
+        assert_ne!(next.buf.as_ptr(), buf);
+        drop(request);
+        // Nor is one grown past twice the usual room.
+        let mut grown = Spare::take();
+        grown.buf.reserve(4 * READ_ROOM);
+        let buf = grown.buf.as_ptr();
+        grown.keep();
+        assert_ne!(Spare::take().buf.as_ptr(), buf);
+    }
 
     fn fast(bytes: &[u8]) -> (Head, Vec<Span>) {
         let mut fields = Vec::new();
