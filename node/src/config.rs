@@ -13,6 +13,9 @@ use std::time::Duration;
 use raft::model::{ByteSize, ConfigError, ConfigErrors};
 use serde::Deserialize;
 
+/// The longest `timeouts.*` value accepted.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// A validated node configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -691,6 +694,14 @@ impl RawConfig {
                     &humantime::format_duration(value),
                     "must be greater than zero",
                 );
+            } else if value > MAX_TIMEOUT {
+                // Deadlines are instants: a timeout of centuries would
+                // overflow one.
+                fail(
+                    key,
+                    &humantime::format_duration(value),
+                    "must be at most 1day",
+                );
             }
         }
         if self.admin.token.as_deref() == Some("") {
@@ -967,6 +978,10 @@ mod tests {
         check(
             "[timeouts]\nwrite-idle = \"0s\"",
             &["timeouts.write-idle (0s) must be greater than zero"],
+        );
+        check(
+            "[timeouts]\nheader-read = \"1000000years\"",
+            &["timeouts.header-read (1000000years) must be at most 1day"],
         );
         check(
             "[limits]\nmax-in-flight = 0",

@@ -407,16 +407,17 @@ pub(super) struct Http1<'a, S, H> {
 }
 
 /// A closed connection's buffers, kept for the next connection on this
-/// thread: allocating them cost about a thousand instructions a
-/// connection, most of it in the allocator's slow path, since each buffer
-/// size is allocated and freed once per connection (docs/benchmarks.md).
+/// thread: allocating them cost about 700 instructions a connection,
+/// most of it in the allocator's slow path, since each buffer size is
+/// allocated and freed once per connection (docs/benchmarks.md).
 struct Spare {
     buf: BytesMut,
     out: Vec<u8>,
     fields: Vec<Span>,
 }
 
-/// At most this many [`Spare`]s are kept per thread (1.5 MiB at most).
+/// At most this many [`Spare`]s are kept per thread (each at most 16 KiB
+/// read, 16 KiB gathering and 2 KiB of field spans: 2.1 MiB in all).
 const SPARES: usize = 64;
 
 thread_local! {
