@@ -34,14 +34,9 @@ NGINX_PORT=$((PORT_BASE + 1))
 MERIDIAN_PORT=$((PORT_BASE + 2))
 [ $# -ge 1 ] || { echo "usage: WORK_DIR=... $0 MERIDIAN_BIN..." >&2; exit 1; }
 TCK=$(getconf CLK_TCK)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-mkdir -p "$WORK_DIR"/{tmp,meridian-data}
-taskset -c "$SERVER_CPU" nginx -p "$WORK_DIR" -e "$WORK_DIR/backend-error.log" \
-    -c "$WORK_DIR/nginx-backend.conf" -g 'daemon off;' </dev/null >/dev/null 2>&1 &
-PIDS+=($!)
+# shellcheck source=bench/work-dir.sh
+source "$(dirname "$0")/work-dir.sh"
+start_backend taskset -c "$SERVER_CPU"
 taskset -c "$SERVER_CPU" nginx -p "$WORK_DIR" -e "$WORK_DIR/proxy-error.log" \
     -c "$WORK_DIR/nginx-proxy.conf" -g 'daemon off;' </dev/null >/dev/null 2>&1 &
 NGINX=$!

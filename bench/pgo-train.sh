@@ -30,14 +30,9 @@ PORT_BASE=${PORT_BASE:-18380}
 MERIDIAN_PORT=$((PORT_BASE + 2))
 [ $# -eq 1 ] || { echo "usage: WORK_DIR=... $0 PROFILING_MERIDIAN_BIN" >&2; exit 1; }
 BIN=$1
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-mkdir -p "$WORK_DIR"/{tmp,meridian-data}
-nginx -p "$WORK_DIR" -e "$WORK_DIR/backend-error.log" -c "$WORK_DIR/nginx-backend.conf" \
-    -g 'daemon off;' </dev/null >/dev/null 2>&1 &
-PIDS+=($!)
+# shellcheck source=bench/work-dir.sh
+source "$(dirname "$0")/work-dir.sh"
+start_backend
 rm -f "$WORK_DIR/access.log"
 "$BIN" node run --config "$WORK_DIR/node.toml" </dev/null >"$WORK_DIR/pgo-train.out" 2>&1 &
 meridian=$!
