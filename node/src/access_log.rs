@@ -1,9 +1,11 @@
 //! The JSON access log: one line per finished request, written by a
 //! dedicated thread so the request path never blocks on I/O.
 //!
-//! Lines are appended to a shared 64 KiB buffer; a full buffer is handed to
-//! the writer thread through a bounded queue, and a node task hands over a
-//! partly filled one every 200 ms ([`AccessLog::tick`]). So the writer wakes
+//! Lines are written straight into a 64 KiB buffer, one of a few shards
+//! that each thread keeps to (so threads rarely wait for each other while
+//! they format); a full buffer is handed to the writer thread through a
+//! bounded queue, and a node task hands over the partly filled ones every
+//! 200 ms ([`AccessLog::tick`]). So the writer wakes
 //! once per batch rather than once per request, and a line reaches the file
 //! within about 200 ms. When the writer falls behind and the queue is
 //! full, the batch is dropped and its lines are counted in
@@ -16,11 +18,11 @@
 //! path and back. The writer here sleeps as soon as the queue is empty,
 //! and a batch wakes it only when it sleeps.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -41,7 +43,8 @@ pub struct AccessLog {
 }
 
 struct Inner {
-    batch: Mutex<Batch>,
+    /// The batches being filled; a thread writes to its own shard.
+    shards: Box<[Mutex<Open>]>,
     queue: Arc<Queue>,
     dropped: Counter,
     queued: AtomicU64,
@@ -51,6 +54,44 @@ struct Inner {
 struct Batch {
     bytes: Vec<u8>,
     lines: u64,
+}
+
+/// A shard: the batch being filled and the text of the last second
+/// written to it.
+struct Open {
+    batch: Batch,
+    second: Second,
+}
+
+/// A Unix second and its `"YYYY-MM-DDTHH:MM:SS.` text, which the lines of
+/// one second share (`None` for a year outside 0–9999, written out each
+/// time).
+struct Second {
+    secs: i64,
+    text: Option<[u8; SECOND_TEXT]>,
+}
+
+/// The length of `"YYYY-MM-DDTHH:MM:SS.`.
+const SECOND_TEXT: usize = 21;
+
+impl Default for Second {
+    fn default() -> Self {
+        let mut second = Self {
+            secs: 0,
+            text: None,
+        };
+        second.set(0);
+        second
+    }
+}
+
+impl Second {
+    fn set(&mut self, secs: i64) {
+        let mut text = Vec::with_capacity(SECOND_TEXT);
+        push_second(&mut text, secs);
+        self.secs = secs;
+        self.text = text.try_into().ok();
+    }
 }
 
 impl Batch {
@@ -126,8 +167,21 @@ impl Queue {
 pub struct Writer(JoinHandle<()>);
 
 thread_local! {
-    /// Reused serialisation buffer, so formatting a line does not allocate.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The shard this thread writes to (taken in turn at its first line).
+    static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Hands out shards to threads in turn.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+/// This thread's shard of `count`.
+fn shard(count: usize) -> usize {
+    let index = SHARD.get().unwrap_or_else(|| {
+        let index = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
+        SHARD.set(Some(index));
+        index
+    });
+    index % count
 }
 
 impl AccessLog {
@@ -146,8 +200,18 @@ impl AccessLog {
         let thread = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_batches(&batches, sink, &progress))?;
+        // One shard a CPU: the runtime's worker threads are at most that
+        // many, and threads beyond them (blocking tasks) share.
+        let shards = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
         let inner = Inner {
-            batch: Mutex::new(Batch::sized()),
+            shards: (0..shards)
+                .map(|_| {
+                    Mutex::new(Open {
+                        batch: Batch::sized(),
+                        second: Second::default(),
+                    })
+                })
+                .collect(),
             queue,
             dropped,
             queued: AtomicU64::new(0),
@@ -166,43 +230,38 @@ impl AccessLog {
         self.inner.is_some()
     }
 
-    /// Appends one JSON line, built by `fill` (see [`Line`]).
+    /// Appends one JSON line, built by `fill` (see [`Line`]) straight into
+    /// this thread's batch.
     pub fn write(&self, fill: impl FnOnce(&mut Line<'_>)) {
         let Some(inner) = &self.inner else { return };
-        SCRATCH.with_borrow_mut(|scratch| {
-            scratch.clear();
-            fill(&mut Line { buf: scratch });
+        let full = {
+            let mut open = lock(&inner.shards[shard(inner.shards.len())]);
+            let Open { batch, second } = &mut *open;
+            let start = batch.bytes.len();
+            fill(&mut Line {
+                buf: &mut batch.bytes,
+                second,
+            });
             // Every field starts with a comma: the first one's opens the
             // object instead.
-            match scratch.first_mut() {
+            match batch.bytes.get_mut(start) {
                 Some(first) => *first = b'{',
-                None => scratch.push(b'{'),
+                None => batch.bytes.push(b'{'),
             }
-            scratch.extend_from_slice(b"}\n");
-            let full = {
-                let mut batch = lock(&inner.batch);
-                batch.bytes.extend_from_slice(scratch);
-                batch.lines += 1;
-                (batch.bytes.len() >= BATCH_BYTES)
-                    .then(|| std::mem::replace(&mut *batch, Batch::sized()))
-            };
-            if let Some(full) = full {
-                inner.hand_over(full);
-            }
-        });
+            batch.bytes.extend_from_slice(b"}\n");
+            batch.lines += 1;
+            (batch.bytes.len() >= BATCH_BYTES).then(|| std::mem::replace(batch, Batch::sized()))
+        };
+        if let Some(full) = full {
+            inner.hand_over(full);
+        }
     }
 
-    /// Hands a partly filled batch to the writer; the node calls this
+    /// Hands the partly filled batches to the writer; the node calls this
     /// periodically.
     pub fn tick(&self) {
         if let Some(inner) = &self.inner {
-            let batch = {
-                let mut batch = lock(&inner.batch);
-                (batch.lines > 0).then(|| std::mem::replace(&mut *batch, Batch::sized()))
-            };
-            if let Some(batch) = batch {
-                inner.hand_over(batch);
-            }
+            inner.hand_over_all();
         }
     }
 
@@ -221,73 +280,77 @@ impl AccessLog {
 }
 
 /// A field's name as it starts the field in a line, `,"name":"` (the last
-/// quote opens a string value): made by `key!`, whole at compile time, so
-/// that starting a field is one copy rather than five writes.
+/// quote opens a string value): made by
+/// `key!`, whole at compile time and of a length the compiler knows, so
+/// that starting a field is a few moves rather than a copy call.
 #[derive(Debug, Clone, Copy)]
-pub struct Key(&'static str);
+pub struct Key<const N: usize>(&'static [u8; N]);
 
-impl Key {
-    /// `start` is `,"name":"`, a name that needs no escaping; use `key!`,
-    /// which checks the shape when it compiles.
+impl<const N: usize> Key<N> {
+    /// `start` is `,"name":"`, a name that needs no escaping, `N` bytes
+    /// long; use `key!`, which checks the shape when it compiles.
     pub const fn new(start: &'static str) -> Self {
-        let bytes = start.as_bytes();
+        let Some(bytes) = start.as_bytes().as_array::<N>() else {
+            panic!("a key's length is its text's")
+        };
         assert!(
-            bytes.len() > 5 && bytes[0] == b',' && bytes[bytes.len() - 1] == b'"',
+            N > 5 && bytes[0] == b',' && bytes[N - 2] == b':' && bytes[N - 1] == b'"',
             "a key is `,\"name\":\"`"
         );
-        Self(start)
+        Self(bytes)
     }
 
     /// `,"name":`, before a value that is no string.
     #[inline(always)]
     fn bare(self) -> &'static [u8] {
-        let start = self.0.as_bytes();
-        &start[..start.len() - 1]
+        &self.0[..N - 1]
     }
 }
 
 /// The [`Key`] of the field named `$name`, a string literal.
 macro_rules! key {
     ($name:literal) => {
-        const { $crate::access_log::Key::new(concat!(",\"", $name, "\":\"")) }
+        const {
+            const START: &str = concat!(",\"", $name, "\":\"");
+            $crate::access_log::Key::<{ START.len() }>::new(START)
+        }
     };
 }
 pub(crate) use key;
 
-/// Writes the fields of one JSON object. Hand-rolled rather than serde:
-/// the access log runs for every request, and a generic serialiser cost
-/// several thousand instructions per line in profiles.
+/// Writes the fields of one JSON object into a batch. Hand-rolled rather
+/// than serde: the access log runs for every request, and a generic
+/// serialiser cost several thousand instructions per line in profiles.
 pub struct Line<'a> {
     buf: &'a mut Vec<u8>,
+    second: &'a mut Second,
 }
 
 impl Line<'_> {
     /// Starts a field whose value is no string.
     #[inline(always)]
-    fn key(&mut self, key: Key) {
+    fn key<const N: usize>(&mut self, key: Key<N>) {
         self.buf.extend_from_slice(key.bare());
     }
 
     /// A string field, escaped.
     #[inline(always)]
-    pub fn str(&mut self, key: Key, value: &str) {
-        self.buf.extend_from_slice(key.0.as_bytes());
-        push_json_chars(self.buf, value);
-        self.buf.push(b'"');
+    pub fn str<const N: usize>(&mut self, key: Key<N>, value: &str) {
+        self.quoted(key, |out| push_json_chars(out, value));
     }
 
     /// A string field whose value needs no escaping by construction: a
     /// token, hex digits, a checked host or request id. (Checking would
     /// cost more than writing.)
     #[inline(always)]
-    pub fn token(&mut self, key: Key, value: &[u8]) {
+    pub fn token<const N: usize>(&mut self, key: Key<N>, value: &[u8]) {
         debug_assert!(is_plain(value), "{value:?} needs escaping");
         self.quoted(key, |out| out.extend_from_slice(value));
     }
 
     /// An unsigned integer field.
     #[inline]
-    pub fn u64(&mut self, key: Key, value: u64) {
+    pub fn u64<const N: usize>(&mut self, key: Key<N>, value: u64) {
         self.key(key);
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
@@ -295,7 +358,7 @@ impl Line<'_> {
 
     /// A duration in milliseconds with microsecond precision (`1.234`).
     #[inline]
-    pub fn millis(&mut self, key: Key, value: std::time::Duration) {
+    pub fn millis<const N: usize>(&mut self, key: Key<N>, value: std::time::Duration) {
         self.key(key);
         // In u64, which holds 584,000 years of microseconds: u128 division
         // is a library call.
@@ -317,42 +380,65 @@ impl Line<'_> {
 
     /// A boolean field.
     #[inline]
-    pub fn bool(&mut self, key: Key, value: bool) {
+    pub fn bool<const N: usize>(&mut self, key: Key<N>, value: bool) {
         self.key(key);
-        self.buf
-            .extend_from_slice(if value { b"true" } else { b"false" });
+        if value {
+            self.buf.extend_from_slice(b"true");
+        } else {
+            self.buf.extend_from_slice(b"false");
+        }
     }
 
     /// A connection's peer address field (`"1.2.3.4:80"`, `"[::1]:80"`).
     #[inline]
-    pub fn peer(&mut self, key: Key, peer: &crate::text::Peer) {
+    pub fn peer<const N: usize>(&mut self, key: Key<N>, peer: &crate::text::Peer) {
         self.quoted(key, |out| peer.push_addr(out));
     }
 
     /// An IP address field, copied from `peer`'s text when it is the
     /// peer's IP.
     #[inline]
-    pub fn peer_ip(&mut self, key: Key, peer: &crate::text::Peer, ip: std::net::IpAddr) {
+    pub fn peer_ip<const N: usize>(
+        &mut self,
+        key: Key<N>,
+        peer: &crate::text::Peer,
+        ip: std::net::IpAddr,
+    ) {
         self.quoted(key, |out| peer.push_ip(out, ip));
     }
 
-    /// A string field whose text `write` appends and which needs no
-    /// escaping (addresses).
+    /// A string field whose text `write` appends.
     #[inline(always)]
-    fn quoted(&mut self, key: Key, write: impl FnOnce(&mut Vec<u8>)) {
-        self.buf.extend_from_slice(key.0.as_bytes());
+    fn quoted<const N: usize>(&mut self, key: Key<N>, write: impl FnOnce(&mut Vec<u8>)) {
+        self.buf.extend_from_slice(key.0);
         write(self.buf);
         self.buf.push(b'"');
     }
 
-    /// The wall-clock time as RFC 3339 with milliseconds, UTC.
+    /// The wall-clock time as RFC 3339 with milliseconds, UTC
+    /// (`"2026-01-01T00:00:00.042Z"`).
     #[inline]
-    pub fn timestamp(&mut self, key: Key, now: std::time::SystemTime) {
+    pub fn timestamp<const N: usize>(&mut self, key: Key<N>, now: std::time::SystemTime) {
         self.key(key);
         let since = now
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        push_rfc3339_millis(self.buf, since.as_secs() as i64, since.subsec_millis());
+        let secs = since.as_secs() as i64;
+        if self.second.secs != secs {
+            self.second.set(secs);
+        }
+        match &self.second.text {
+            Some(text) => self.buf.extend_from_slice(text),
+            None => push_second(self.buf, secs),
+        }
+        let millis = since.subsec_millis();
+        self.buf.extend_from_slice(&[
+            b'0' + (millis / 100) as u8,
+            b'0' + (millis / 10 % 10) as u8,
+            b'0' + (millis % 10) as u8,
+            b'Z',
+            b'"',
+        ]);
     }
 }
 
@@ -369,25 +455,31 @@ fn push_json_chars(buf: &mut Vec<u8>, text: &str) {
 }
 
 /// Whether no byte of `bytes` needs escaping (the usual case: paths, hosts,
-/// ids), checked eight bytes at a time.
+/// ids), checked eight bytes at a time; shorter texts (a route's or an
+/// upstream's name, a short path) as two overlapping halves.
 fn is_plain(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    for chunk in &mut words {
-        if needs_escape(u64::from_le_bytes(chunk.try_into().expect("eight bytes"))) {
-            return false;
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+    let half = |at: usize| {
+        u64::from(u32::from_le_bytes(
+            bytes[at..at + 4].try_into().expect("four bytes"),
+        ))
+    };
+    match bytes.len() {
+        0..4 => bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\'),
+        // The first four bytes and the last four cover all (overlapping
+        // when fewer than eight); `needs_escape` looks at each byte.
+        len @ 4..8 => !needs_escape(half(0) | half(len - 4) << 32),
+        len => {
+            let mut at = 0;
+            while at + 8 <= len {
+                if needs_escape(word(at)) {
+                    return false;
+                }
+                at += 8;
+            }
+            // The last eight bytes once more (overlapping).
+            at == len || !needs_escape(word(len - 8))
         }
-    }
-    let rest = words.remainder();
-    if rest.is_empty() {
-        return true;
-    }
-    // The last eight bytes once more (overlapping), or the few there are
-    // one by one.
-    match bytes.len().checked_sub(8) {
-        Some(start) => !needs_escape(u64::from_le_bytes(
-            bytes[start..].try_into().expect("eight bytes"),
-        )),
-        None => rest.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\'),
     }
 }
 
@@ -426,30 +518,6 @@ fn needs_escape(word: u64) -> bool {
         != 0
 }
 
-thread_local! {
-    /// The second last written and its `"YYYY-MM-DDTHH:MM:SS.` prefix, which
-    /// the lines of one second share.
-    static SECOND: RefCell<(i64, Vec<u8>)> = const { RefCell::new((i64::MIN, Vec::new())) };
-}
-
-/// `"YYYY-MM-DDTHH:MM:SS.mmmZ"` for a Unix time.
-fn push_rfc3339_millis(buf: &mut Vec<u8>, secs: i64, millis: u32) {
-    SECOND.with_borrow_mut(|(second, prefix)| {
-        if *second != secs {
-            prefix.clear();
-            push_second(prefix, secs);
-            *second = secs;
-        }
-        buf.extend_from_slice(prefix);
-    });
-    buf.extend_from_slice(&[
-        b'0' + (millis / 100) as u8,
-        b'0' + (millis / 10 % 10) as u8,
-        b'0' + (millis % 10) as u8,
-    ]);
-    buf.extend_from_slice(b"Z\"");
-}
-
 /// `"YYYY-MM-DDTHH:MM:SS.` for a Unix time.
 fn push_second(buf: &mut Vec<u8>, secs: i64) {
     let days = secs.div_euclid(86_400);
@@ -484,15 +552,25 @@ impl Inner {
             Err(_) => self.dropped.increment(lines),
         }
     }
+
+    /// Hands over every shard's batch that holds a line.
+    fn hand_over_all(&self) {
+        for shard in &self.shards {
+            let batch = {
+                let mut open = lock(shard);
+                (open.batch.lines > 0).then(|| std::mem::replace(&mut open.batch, Batch::sized()))
+            };
+            if let Some(batch) = batch {
+                self.hand_over(batch);
+            }
+        }
+    }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // What is still buffered goes out before the writer ends.
-        let batch = std::mem::replace(&mut *lock(&self.batch), Batch::sized());
-        if batch.lines > 0 {
-            self.hand_over(batch);
-        }
+        self.hand_over_all();
         self.queue.close();
     }
 }
@@ -625,7 +703,11 @@ mod tests {
     #[test]
     fn lines_are_valid_json() {
         let mut buf = Vec::new();
-        let mut line = Line { buf: &mut buf };
+        let mut second = Second::default();
+        let mut line = Line {
+            buf: &mut buf,
+            second: &mut second,
+        };
         line.str(key!("path"), "/a\"b\\c\n\u{1}é");
         line.u64(key!("status"), 200);
         line.millis(key!("ms"), std::time::Duration::from_micros(1_234_567));
@@ -673,23 +755,79 @@ mod tests {
         }
     }
 
+    /// `"ts"`'s value as `Line::timestamp` writes it, with `second` as
+    /// the cached second.
+    fn timestamp(second: &mut Second, since_epoch: std::time::Duration) -> String {
+        let mut buf = Vec::new();
+        Line {
+            buf: &mut buf,
+            second,
+        }
+        .timestamp(key!("ts"), std::time::UNIX_EPOCH + since_epoch);
+        String::from_utf8(buf).unwrap()
+    }
+
     #[test]
     fn timestamps_match_humantime() {
+        let mut second = Second::default();
         // Twice each, the second from the cached prefix.
         for secs in [
-            0i64,
+            0u64,
             0,
             951_782_400,
             951_782_400,
             1_700_000_000,
             4_102_444_799,
+            4_102_444_799,
         ] {
-            let mut buf = Vec::new();
-            push_rfc3339_millis(&mut buf, secs, 5);
-            let time =
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(secs as u64 * 1000 + 5);
-            let expected = format!("\"{}\"", humantime::format_rfc3339_millis(time));
-            assert_eq!(String::from_utf8(buf).unwrap(), expected);
+            let since = std::time::Duration::from_millis(secs * 1000 + 5);
+            let expected = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + since);
+            assert_eq!(
+                timestamp(&mut second, since),
+                format!(",\"ts\":\"{expected}\"")
+            );
         }
+        // A year of five digits has no cached text and is written out.
+        let year_10000 = std::time::Duration::from_secs(253_402_300_800);
+        for _ in 0..2 {
+            assert_eq!(
+                timestamp(&mut second, year_10000),
+                ",\"ts\":\"10000-01-01T00:00:00.000Z\""
+            );
+        }
+        assert_eq!(
+            timestamp(&mut second, std::time::Duration::from_millis(42)),
+            ",\"ts\":\"1970-01-01T00:00:00.042Z\""
+        );
+    }
+
+    #[test]
+    fn every_thread_s_lines_arrive_whole_and_in_order() {
+        let (log, writer, path) = file_log("access-threads");
+        std::thread::scope(|scope| {
+            for thread in 0..4u64 {
+                let log = &log;
+                scope.spawn(move || {
+                    for n in 0..3000 {
+                        log.write(|line| {
+                            line.u64(key!("thread"), thread);
+                            line.u64(key!("n"), n);
+                        });
+                    }
+                });
+            }
+        });
+        drop(log);
+        writer.join();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut next = [0u64; 4];
+        for line in text.lines() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            let thread = value["thread"].as_u64().unwrap() as usize;
+            assert_eq!(value["n"].as_u64(), Some(next[thread]), "{line}");
+            next[thread] += 1;
+        }
+        assert_eq!(next, [3000; 4]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -514,16 +514,16 @@ impl App {
             let gateway = gateway.clone();
             move |req, peer| gateway.clone().serve(req, peer)
         };
-        servers.spawn(
-            server::serve(
-                proxy,
-                proxy_settings,
-                handler,
-                shared.shutdown.clone(),
-                grace,
-            )
-            .instrument(tracing::info_span!("listener", name = "proxy")),
-        );
+        // Not instrumented: entering a span at each poll of the accept
+        // loop costs every new connection, and its events name the
+        // listener themselves.
+        servers.spawn(server::serve(
+            proxy,
+            proxy_settings,
+            handler,
+            shared.shutdown.clone(),
+            grace,
+        ));
         if let Some((listener, tls)) = proxy_tls {
             let settings = server::Settings::proxy_tls(&config, &shared.metrics, tls.clone());
             let hsts = tls.settings().hsts.clone();
@@ -544,10 +544,13 @@ impl App {
                 }
             };
             tracing::info!(address = %bound(&listener), "HTTPS proxy listener");
-            servers.spawn(
-                server::serve(listener, settings, handler, shared.shutdown.clone(), grace)
-                    .instrument(tracing::info_span!("listener", name = "proxy-tls")),
-            );
+            servers.spawn(server::serve(
+                listener,
+                settings,
+                handler,
+                shared.shutdown.clone(),
+                grace,
+            ));
             shared.tasks.spawn(
                 tls.watch(shared.shutdown.clone())
                     .instrument(tracing::info_span!("tls-reload")),
@@ -560,16 +563,13 @@ impl App {
                 async move { Box::new(admin::handle(gateway, *req, peer).await) }
             }
         };
-        servers.spawn(
-            server::serve(
-                admin,
-                server::Settings::admin(&config, admin_tls),
-                handler,
-                shared.shutdown.clone(),
-                grace,
-            )
-            .instrument(tracing::info_span!("listener", name = "admin")),
-        );
+        servers.spawn(server::serve(
+            admin,
+            server::Settings::admin(&config, admin_tls),
+            handler,
+            shared.shutdown.clone(),
+            grace,
+        ));
         shared
             .tasks
             .spawn(upkeep(shared.clone()).instrument(tracing::info_span!("upkeep")));

@@ -249,13 +249,20 @@ pub async fn serve<H, F>(
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let stopping = Arc::new(Stopping::default());
     let connections = TaskTracker::new();
+    // One wait for the whole loop: a fresh one per connection would join
+    // and leave the token's waiters each time.
+    let mut cancelled = std::pin::pin!(shutdown.cancelled());
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        // Waited for only at the connection limit.
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                () = &mut cancelled => break,
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            },
         };
         let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = &mut cancelled => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
