@@ -17,6 +17,8 @@
 //! values a byte at a time. Here a value is checked eight bytes at a time
 //! and a name through one table.
 
+use http::HeaderName;
+
 /// Where a field's name and value lie in the head: start and end offsets
 /// of each.
 pub(crate) type Span = [usize; 4];
@@ -204,6 +206,61 @@ const TOKEN: [bool; 256] = {
     }
     table
 };
+
+/// The `HeaderName` of a request field's name as it came, in any case:
+/// the common ones (the standard ones a client sends most, and the
+/// gateway's own, whose copies share a static name) by a comparison with
+/// the name they must be, the rest
+/// through `HeaderName::from_bytes`, which folds the name into a scratch
+/// buffer and matches it against every standard name (about 360
+/// instructions for `Connection`, docs/benchmarks.md). `None` when the
+/// name is no valid field name.
+pub(crate) fn field_name(name: &[u8]) -> Option<HeaderName> {
+    use http::header;
+    static TWO: [HeaderName; 1] = [header::TE];
+    static FOUR: [HeaderName; 1] = [header::HOST];
+    static SIX: [HeaderName; 3] = [header::ACCEPT, header::COOKIE, header::ORIGIN];
+    static SEVEN: [HeaderName; 2] = [header::REFERER, header::UPGRADE];
+    static TEN: [HeaderName; 2] = [header::CONNECTION, header::USER_AGENT];
+    static ELEVEN: [HeaderName; 1] = [HeaderName::from_static("traceparent")];
+    static TWELVE: [HeaderName; 2] = [
+        header::CONTENT_TYPE,
+        HeaderName::from_static("x-request-id"),
+    ];
+    static THIRTEEN: [HeaderName; 3] = [
+        header::AUTHORIZATION,
+        header::CACHE_CONTROL,
+        header::IF_NONE_MATCH,
+    ];
+    static FOURTEEN: [HeaderName; 1] = [header::CONTENT_LENGTH];
+    static FIFTEEN: [HeaderName; 3] = [
+        header::ACCEPT_ENCODING,
+        header::ACCEPT_LANGUAGE,
+        HeaderName::from_static("x-forwarded-for"),
+    ];
+    static SEVENTEEN: [HeaderName; 2] = [header::IF_MODIFIED_SINCE, header::TRANSFER_ENCODING];
+    let common: &[HeaderName] = match name.len() {
+        2 => &TWO,
+        4 => &FOUR,
+        6 => &SIX,
+        7 => &SEVEN,
+        10 => &TEN,
+        11 => &ELEVEN,
+        12 => &TWELVE,
+        13 => &THIRTEEN,
+        14 => &FOURTEEN,
+        15 => &FIFTEEN,
+        17 => &SEVENTEEN,
+        _ => &[],
+    };
+    match common
+        .iter()
+        .find(|known| crate::text::eq_ignore_ascii_case(known.as_str().as_bytes(), name))
+    {
+        Some(known) => Some(known.clone()),
+        None => HeaderName::from_bytes(name).ok(),
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -403,6 +460,33 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// A field name comes out as `HeaderName::from_bytes` makes it,
+        /// common or not, in any case, valid or not.
+        #[test]
+        fn field_names_are_what_http_makes(
+            name in prop_oneof![
+                prop::sample::select(vec![
+                    "TE", "Host", "Accept", "Cookie", "Origin", "Referer", "Upgrade",
+                    "Connection", "User-Agent", "Content-Type", "Authorization",
+                    "Cache-Control", "If-None-Match", "Content-Length", "Accept-Encoding",
+                    "Accept-Language", "X-Forwarded-For", "If-Modified-Since",
+                    "Transfer-Encoding", "X-Request-Id", "Traceparent", "X-Real-Ip", "hostname", "Hosts", "H\u{f6}st",
+                    "Conn ection", "Acc:ept", "",
+                ])
+                .prop_map(String::from),
+                "[A-Za-z:\\- ]{0,18}",
+            ],
+            flips in prop::collection::vec(any::<bool>(), 18),
+        ) {
+            // Any mix of cases.
+            let name: String = name
+                .chars()
+                .zip(flips.iter().cycle())
+                .map(|(c, &flip)| if flip { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
+                .collect();
+            prop_assert_eq!(field_name(name.as_bytes()), HeaderName::from_bytes(name.as_bytes()).ok());
+        }
 
         /// What the scan takes, httparse takes, with the same parts.
         #[test]

@@ -50,7 +50,7 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 use http_body::{Body as _, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -211,7 +211,7 @@ fn request(
     let uri = Uri::from_maybe_shared(bytes.slice(head.target.0..head.target.1)).ok()?;
     let mut headers = HeaderMap::with_capacity(fields.len());
     for &[name_start, name_end, value_start, value_end] in fields {
-        let name = HeaderName::from_bytes(&bytes[name_start..name_end]).ok()?;
+        let name = crate::head::field_name(&bytes[name_start..name_end])?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end)).ok()?;
         headers.append(name, value);
     }
