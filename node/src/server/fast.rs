@@ -467,7 +467,7 @@ impl<S, H> Drop for Http1<'_, S, H> {
 
 impl<'a, S, H, F> Http1<'a, S, H>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + super::stall::NoDelay + Unpin + Send,
     H: Fn(Box<http::Request<Inbound>>, Peer) -> F + Send + Sync,
     F: std::future::Future<Output = Box<http::Response<Body>>> + Send,
 {
@@ -658,7 +658,7 @@ where
         drop(parts);
         if framing == Framing::None {
             drop(body);
-            return self.flush().await;
+            return self.flush_last(close).await;
         }
         let mut sent = 0u64;
         let mut trailers = None;
@@ -674,6 +674,7 @@ where
             let frame = match polled {
                 Some(frame) => frame,
                 None => {
+                    self.io.no_delay();
                     self.flush().await?;
                     std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
                 }
@@ -705,6 +706,7 @@ where
                 let _ = write!(self.out, "{:x}\r\n", data.len());
             }
             if data.len() >= DIRECT {
+                self.io.no_delay();
                 write_both(self.io, &self.out, &data).await?;
                 self.out.clear();
             } else {
@@ -714,6 +716,7 @@ where
                 self.out.extend_from_slice(b"\r\n");
             }
             if self.out.len() >= GATHER {
+                self.io.no_delay();
                 self.io.write_all(&self.out).await?;
                 self.out.clear();
             }
@@ -732,6 +735,15 @@ where
                 self.out.extend_from_slice(b"\r\n");
             }
             _ => {}
+        }
+        self.flush_last(close).await
+    }
+
+    /// Writes out the end of a response: with Nagle's algorithm off unless
+    /// the connection closes after it, when nothing can come behind.
+    async fn flush_last(&mut self, close: bool) -> io::Result<()> {
+        if !close {
+            self.io.no_delay();
         }
         self.flush().await
     }
@@ -850,6 +862,131 @@ mod tests {
         let buf = grown.buf.as_ptr();
         grown.keep();
         assert_ne!(Spare::take().buf.as_ptr(), buf);
+    }
+
+    /// A stream that counts the times Nagle's algorithm is turned off (the
+    /// system calls).
+    struct Counted {
+        io: tokio::io::DuplexStream,
+        no_delay: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl super::super::stall::NoDelay for Counted {
+        fn no_delay(&mut self) {
+            self.no_delay
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// Serves `requests` (written at once) on the fast path with a handler
+    /// answering `body`; the response bytes and the times Nagle's
+    /// algorithm was turned off.
+    async fn serve(requests: &[u8], body: &'static [u8]) -> (Vec<u8>, usize) {
+        use tokio::io::AsyncReadExt;
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let no_delay = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // As connections are served: the wrapper turns Nagle off once.
+        let mut io = super::super::stall::WriteIdle::new(
+            Counted {
+                io: near,
+                no_delay: no_delay.clone(),
+            },
+            Duration::from_secs(5),
+            metrics::Counter::noop(),
+        );
+        let shared = Shared {
+            fast: true,
+            max_head: 64 * 1024,
+            idle: Duration::from_secs(60),
+            header_read: Duration::from_secs(5),
+            write_idle: Duration::from_secs(5),
+            max_reset_streams: 100,
+            load: None,
+            counters: super::super::guard::Counters::new(None, "test"),
+        };
+        let stopping = Arc::new(super::super::stopping::Stopping::default());
+        let watch = stopping.watch();
+        let peer = Peer::new("127.0.0.1:1".parse().unwrap());
+        let handler = |_request: Box<http::Request<Inbound>>, _peer: Peer| async move {
+            Box::new(http::Response::new(Body::full(body)))
+        };
+        far.write_all(requests).await.unwrap();
+        far.shutdown().await.unwrap();
+        let http1 = Http1::new(&mut io, &peer, None, &handler, &shared, &watch);
+        assert!(matches!(http1.run().await, End::Closed));
+        drop(io);
+        let mut written = Vec::new();
+        far.read_to_end(&mut written).await.unwrap();
+        (written, no_delay.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn nagle_stays_on_for_one_response_in_one_write_before_a_close() {
+        let (written, no_delay) = serve(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            b"ok",
+        )
+        .await;
+        assert!(written.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(written.ends_with(b"\r\n\r\nok"));
+        assert_eq!(no_delay, 0, "no write could wait behind another");
+    }
+
+    #[tokio::test]
+    async fn nagle_is_turned_off_once_for_a_kept_connection() {
+        let two = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (written, no_delay) = serve(two, b"ok").await;
+        assert_eq!(written.windows(8).filter(|w| w == b"HTTP/1.1").count(), 2);
+        assert_eq!(no_delay, 1, "turned off before the first write, once");
+    }
+
+    #[tokio::test]
+    async fn nagle_is_turned_off_for_a_body_written_in_parts_before_a_close() {
+        static LARGE: [u8; 3 * DIRECT] = [b'x'; 3 * DIRECT];
+        let (written, no_delay) = serve(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            &LARGE,
+        )
+        .await;
+        assert!(written.ends_with(&LARGE));
+        assert_eq!(
+            no_delay, 1,
+            "the head and the body go in more than one write"
+        );
     }
 
     fn fast(bytes: &[u8]) -> (Head, Vec<Span>) {

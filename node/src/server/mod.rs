@@ -292,12 +292,14 @@ pub async fn serve<H, F>(
         // Polled through the clock's cache: the request path reads the time
         // once per poll of its connection's task.
         connections.spawn(crate::clock::Polled::new(Box::pin(async move {
-            let _ = stream.set_nodelay(true);
             match tls {
+                // Nagle's algorithm is turned off when a write could wait
+                // for it (`stall::NoDelay`).
                 None => serve_connection(stream, serving).await,
                 // Boxed too: the handshake and the TLS stream would
                 // otherwise size every connection's task.
                 Some(tls) => {
+                    let _ = stream.set_nodelay(true);
                     Box::pin(async move {
                         let handshake = tokio::select! {
                             accepted = tls.accept(stream, serving.shared.header_read) => accepted.ok(),
@@ -350,7 +352,7 @@ async fn serve_connection<H, F, S>(stream: S, serving: Serving<H>)
 where
     H: Fn(Box<hyper::Request<Inbound>>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Box<hyper::Response<Body>>> + Send + 'static,
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + stall::NoDelay + Unpin + Send + 'static,
 {
     let shared = &serving.shared;
     let mut io = stall::WriteIdle::new(
@@ -379,6 +381,8 @@ where
     } else {
         Bytes::new()
     };
+    // HTTP/2 and hyper's writes may come in parts.
+    stall::NoDelay::no_delay(&mut io);
     // Boxed, as TLS is: most connections never get here.
     Box::pin(serve_hyper(fast::Rewind::new(read, io), serving)).await;
 }

@@ -32,6 +32,7 @@ pin_project_lite::pin_project! {
         sleep: Option<Pin<Box<Sleep>>>,
         waiting: bool,
         expired: Counter,
+        no_delay: bool,
     }
 }
 
@@ -44,6 +45,38 @@ impl<IO> WriteIdle<IO> {
             sleep: None,
             waiting: false,
             expired,
+            no_delay: false,
+        }
+    }
+}
+
+/// A connection's socket, on which Nagle's algorithm can be turned off.
+///
+/// As nginx does, a plain connection has it turned off only once a write
+/// could wait behind an earlier one (a second response, a body written in
+/// parts): a connection that carries one response in one write and closes
+/// never needs it, and is spared the system call.
+pub(crate) trait NoDelay {
+    /// Turns Nagle's algorithm off (once).
+    fn no_delay(&mut self);
+}
+
+impl NoDelay for tokio::net::TcpStream {
+    fn no_delay(&mut self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl NoDelay for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    /// Turned off before the handshake already, whose flights want it.
+    fn no_delay(&mut self) {}
+}
+
+impl<IO: NoDelay> NoDelay for WriteIdle<IO> {
+    fn no_delay(&mut self) {
+        if !self.no_delay {
+            self.io.no_delay();
+            self.no_delay = true;
         }
     }
 }
