@@ -95,6 +95,15 @@ impl Second {
 }
 
 impl Batch {
+    /// Drops a line cut short by a panic while it was formatted (the lock
+    /// then passed on poisoned), so that lines stay whole.
+    fn drop_cut_line(&mut self) {
+        if self.bytes.last().is_some_and(|&last| last != b'\n') {
+            let whole = self.bytes.iter().rposition(|&b| b == b'\n');
+            self.bytes.truncate(whole.map_or(0, |end| end + 1));
+        }
+    }
+
     /// An empty batch that holds a full one without growing.
     fn sized() -> Self {
         Self {
@@ -237,6 +246,7 @@ impl AccessLog {
         let full = {
             let mut open = lock(&inner.shards[shard(inner.shards.len())]);
             let Open { batch, second } = &mut *open;
+            batch.drop_cut_line();
             let start = batch.bytes.len();
             fill(&mut Line {
                 buf: &mut batch.bytes,
@@ -558,6 +568,7 @@ impl Inner {
         for shard in &self.shards {
             let batch = {
                 let mut open = lock(shard);
+                open.batch.drop_cut_line();
                 (open.batch.lines > 0).then(|| std::mem::replace(&mut open.batch, Batch::sized()))
             };
             if let Some(batch) = batch {
@@ -625,6 +636,32 @@ mod tests {
         assert_eq!(lines[4999], "{\"n\":4999}");
         drop(log);
         writer.join();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_panic_is_not_written() {
+        let (log, writer, path) = file_log("access-panic");
+        log.write(|line| line.u64(key!("n"), 1));
+        let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            log.write(|line| {
+                line.u64(key!("n"), 2);
+                panic!("a bug while formatting");
+            })
+        }));
+        assert!(cut.is_err());
+        log.write(|line| line.u64(key!("n"), 3));
+        // Cut short again as the last line: the hand-over drops it too.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            log.write(|line| {
+                line.u64(key!("n"), 4);
+                panic!("a bug while formatting");
+            })
+        }));
+        drop(log);
+        writer.join();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"n\":1}\n{\"n\":3}\n");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
