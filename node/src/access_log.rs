@@ -5,9 +5,8 @@
 //! that each thread keeps to (so threads rarely wait for each other while
 //! they format); a full buffer is handed to the writer thread through a
 //! bounded queue, and a node task hands over the partly filled ones every
-//! 200 ms ([`AccessLog::tick`]). So the writer wakes
-//! once per batch rather than once per request, and a line reaches the file
-//! within about 200 ms. When the writer falls behind and the queue is
+//! 200 ms ([`AccessLog::tick`]). So the writer wakes once per batch rather
+//! than once per request, and a line reaches the file within about 200 ms. When the writer falls behind and the queue is
 //! full, the batch is dropped and its lines are counted in
 //! `meridian_access_log_dropped_total` rather than slowing requests down.
 //!
@@ -74,23 +73,15 @@ struct Second {
 /// The length of `"YYYY-MM-DDTHH:MM:SS.`.
 const SECOND_TEXT: usize = 21;
 
-impl Default for Second {
-    fn default() -> Self {
-        let mut second = Self {
-            secs: 0,
-            text: None,
-        };
-        second.set(0);
-        second
-    }
-}
-
 impl Second {
-    fn set(&mut self, secs: i64) {
+    /// `secs` and its text.
+    fn at(secs: i64) -> Self {
         let mut text = Vec::with_capacity(SECOND_TEXT);
         push_second(&mut text, secs);
-        self.secs = secs;
-        self.text = text.try_into().ok();
+        Self {
+            secs,
+            text: text.try_into().ok(),
+        }
     }
 }
 
@@ -217,7 +208,7 @@ impl AccessLog {
                 .map(|_| {
                     Mutex::new(Open {
                         batch: Batch::sized(),
-                        second: Second::default(),
+                        second: Second::at(0),
                     })
                 })
                 .collect(),
@@ -435,7 +426,7 @@ impl Line<'_> {
             .unwrap_or_default();
         let secs = since.as_secs() as i64;
         if self.second.secs != secs {
-            self.second.set(secs);
+            *self.second = Second::at(secs);
         }
         match &self.second.text {
             Some(text) => self.buf.extend_from_slice(text),
@@ -740,7 +731,7 @@ mod tests {
     #[test]
     fn lines_are_valid_json() {
         let mut buf = Vec::new();
-        let mut second = Second::default();
+        let mut second = Second::at(0);
         let mut line = Line {
             buf: &mut buf,
             second: &mut second,
@@ -806,7 +797,7 @@ mod tests {
 
     #[test]
     fn timestamps_match_humantime() {
-        let mut second = Second::default();
+        let mut second = Second::at(0);
         // Twice each, the second from the cached prefix.
         for secs in [
             0u64,
