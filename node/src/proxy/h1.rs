@@ -267,29 +267,31 @@ impl Connection {
     /// fields stay raw when `raw` asks for it and `Connection` lists no
     /// further hop-by-hop field.
     fn respond(mut self, len: usize, head: Head, raw: bool) -> Response<RawBody> {
+        // The body takes the connection once the fields are read into the
+        // response's own map (not one that replaces it: dropping even an
+        // empty map is a few calls).
+        let mut response = Response::new(RawBody {
+            state: head.framing,
+            reusable: head.reusable,
+            conn: None,
+        });
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
         let wire = &mut *self.0;
         let fields = &mut wire.fields;
         fields.head = wire.buf.split_to(len).freeze();
         fields.hops = head.hops;
-        let mut headers = HeaderMap::new();
         if raw && head.plain_hops {
             fields.pending = true;
         } else {
             // Room for the fields the gateway adds on the way out (request
             // id, trace context, security and CORS headers) without growing.
+            let headers = response.headers_mut();
             headers.reserve(fields.spans.len() + 8);
-            fields.parse_into(&mut headers, head.plain_hops);
+            fields.parse_into(headers, head.plain_hops);
             fields.release();
         }
-        let body = RawBody {
-            state: head.framing,
-            reusable: head.reusable,
-            conn: Some(self),
-        };
-        let mut response = Response::new(body);
-        *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
-        *response.headers_mut() = headers;
+        response.body_mut().conn = Some(self);
         response
     }
 
