@@ -6,9 +6,10 @@
 //! they format); a full buffer is handed to the writer thread through a
 //! bounded queue, and a node task hands over the partly filled ones every
 //! 200 ms ([`AccessLog::tick`]). So the writer wakes once per batch rather
-//! than once per request, and a line reaches the file within about 200 ms. When the writer falls behind and the queue is
-//! full, the batch is dropped and its lines are counted in
-//! `meridian_access_log_dropped_total` rather than slowing requests down.
+//! than once per request, and a line reaches the file within about 200 ms.
+//! When the writer falls behind and the queue is full, the batch is
+//! dropped and its lines are counted in `meridian_access_log_dropped_total`
+//! rather than slowing requests down.
 //!
 //! The queue is a mutex and a condition variable rather than a channel: a
 //! channel's receiver spins and yields the CPU several times before it
