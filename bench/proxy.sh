@@ -18,7 +18,8 @@
 #      backend and both proxies are pinned to SERVER_CPU, wrk to LOAD_CPU;
 #   3. for each round, for each scenario, runs wrk against Meridian then nginx
 #      (alternating which goes first each round), each run WARMUP s of unmeasured
-#      load then DURATION s measured;
+#      load then DURATION s measured, with the other proxy stopped (SIGSTOP)
+#      meanwhile, so that its wake-ups do not change the CPU's idle behaviour;
 #   4. prints medians per scenario and proxy: req/s, p50/p99 latency, proxy CPU
 #      time per request (utime+stime of the proxy and its children from
 #      /proc/PID/stat, before and after the run, divided by wrk's request count),
@@ -144,6 +145,8 @@ cleanup() {
     done
     if ((${#all[@]})); then
         kill -TERM "${all[@]}" 2>/dev/null || true
+        # A proxy frozen by `freeze` only takes the TERM once it runs again.
+        kill -CONT "${all[@]}" 2>/dev/null || true
         for _ in $(seq 50); do
             local alive=0
             for pid in "${all[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
@@ -274,6 +277,24 @@ proxy_pid() { case $1 in meridian) echo "$MERIDIAN_PID" ;; nginx) echo "$NGINX_P
 proxy_port() { case $1 in meridian) echo "$MERIDIAN_PORT" ;; nginx) echo "$NGINX_PORT" ;; esac; }
 
 # --- one wrk run --------------------------------------------------------------
+# freeze PROXY / thaw PROXY: stop (SIGSTOP) or resume the proxy and its
+# children. The proxy that is not measured is stopped for the other's run,
+# so each runs beside the same quiet CPU. An idle process that wakes now and
+# then (Meridian's timers, or any ticker) lowered the CPU per request of the
+# proxy measured beside it by 11-20 % at one connection on the development
+# VM; nginx idle wakes for nothing, so the bias was one-sided, in nginx's
+# favour (docs/benchmarks.md, "The proxy not under test is frozen").
+signal_proxy() { # SIGNAL PROXY
+    local pid child all
+    pid=$(proxy_pid "$2")
+    all=("$pid")
+    for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do all+=("$child"); done
+    kill "-$1" "${all[@]}" 2>/dev/null || true
+}
+freeze() { signal_proxy STOP "$1"; }
+thaw() { signal_proxy CONT "$1"; }
+other_proxy() { case $1 in meridian) echo nginx ;; nginx) echo meridian ;; esac; }
+
 # Appends one TSV row to $RAW:
 # scenario proxy round rps p50_us p99_us cpu_us_per_req requests non2xx sock_errors upstream_conns
 # other_cpu_pct (CPU used by unrelated processes during the run, % of one CPU)
@@ -351,7 +372,9 @@ for round in $(seq "$ROUNDS"); do
     if ((round % 2)); then order="meridian nginx"; else order="nginx meridian"; fi
     for scenario in $SCENARIOS; do
         for proxy in $order; do
+            freeze "$(other_proxy "$proxy")"
             run_one "$scenario" "$proxy" "$round"
+            thaw "$(other_proxy "$proxy")"
         done
     done
 done
@@ -377,6 +400,21 @@ maxcol() { # scenario proxy column
 }
 fmt() { awk -v v="$1" -v f="$2" 'BEGIN { printf f, v }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+# as_good SCENARIO COLUMN HIGHER: "k/n", the rounds in which Meridian's run was
+# at least as good as nginx's run of the same round (HIGHER=1: higher is better).
+as_good() {
+    awk -F'\t' -v s="$1" -v c="$2" -v higher="$3" '
+        $1 == s { v[$2, $3] = $c; rounds[$3] = 1 }
+        END {
+            for (r in rounds) {
+                if (!((("meridian", r) in v) && (("nginx", r) in v))) continue
+                n++
+                m = v["meridian", r]; x = v["nginx", r]
+                if (higher ? m >= x : m <= x) k++
+            }
+            printf "%d/%d", k, n
+        }' "$RAW"
+}
 
 {
     echo "Medians of $ROUNDS runs of ${DURATION} s per scenario and proxy (wrk -t1, pinned: wrk CPU $LOAD_CPU, proxy + backend CPU $SERVER_CPU)."
@@ -398,15 +436,17 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf 
         done
     done
     echo
-    echo "Ratios Meridian / nginx (of the medians; CPU/req and p99: lower is better, req/s: higher is better):"
+    echo "Ratios Meridian / nginx (of the medians; CPU/req and p99: lower is better, req/s: higher is better)."
+    echo "In brackets: in how many rounds Meridian's run was at least as good as nginx's run of the same round"
+    echo "(the two runs of a round are back to back, so the machine's drift between rounds cancels out)."
     echo
     echo "| Scenario | CPU/req | req/s | p99 |"
     echo "|---|---:|---:|---:|"
     for s in $SCENARIOS; do
-        printf '| %s | %s | %s | %s |\n' "$(scenario_label "$s")" \
-            "$(ratio "$(median "$s" meridian 7)" "$(median "$s" nginx 7)")" \
-            "$(ratio "$(median "$s" meridian 4)" "$(median "$s" nginx 4)")" \
-            "$(ratio "$(median "$s" meridian 6)" "$(median "$s" nginx 6)")"
+        printf '| %s | %s (%s) | %s (%s) | %s (%s) |\n' "$(scenario_label "$s")" \
+            "$(ratio "$(median "$s" meridian 7)" "$(median "$s" nginx 7)")" "$(as_good "$s" 7 0)" \
+            "$(ratio "$(median "$s" meridian 4)" "$(median "$s" nginx 4)")" "$(as_good "$s" 4 1)" \
+            "$(ratio "$(median "$s" meridian 6)" "$(median "$s" nginx 6)")" "$(as_good "$s" 6 0)"
     done
     echo
     echo "Meridian counters at the end: requests_total $(metric_sum meridian_requests_total)," \
