@@ -17,6 +17,16 @@
 //! node pinned to one core each yield is a switch away from the request
 //! path and back. The writer here sleeps as soon as the queue is empty,
 //! and a batch wakes it only when it sleeps.
+//!
+//! The writer runs at the lowest priority (`SCHED_IDLE`): only when its CPU
+//! has nothing else to do, so that a request never waits behind a batch
+//! being written (the scheduler lets a thread that has just started
+//! running finish its slice before a thread that has just woken, and a
+//! 64 KiB write takes 20-40 µs). On a CPU that is never idle it would fall
+//! behind, so a second thread at normal priority catches up whenever
+//! [`CATCH_UP_AT`] batches are waiting, and writes until none are. Both
+//! take a batch from the queue only while they hold the sink, so batches
+//! are written in the order they were queued.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -35,6 +45,8 @@ use crate::sync::lock;
 const BATCH_BYTES: usize = 64 * 1024;
 /// Batches queued between the request path and the writer (16 MiB).
 const QUEUED_BATCHES: usize = 256;
+/// The catch-up writer starts when this many batches wait (1 MiB).
+const CATCH_UP_AT: usize = 16;
 
 /// The sending side of the access log; cheap to clone.
 #[derive(Clone)]
@@ -105,12 +117,15 @@ impl Batch {
     }
 }
 
-/// Full batches on their way to the writer thread.
+/// Full batches on their way to the writer threads.
 #[derive(Default)]
 struct Queue {
     state: Mutex<Queued>,
     /// Signalled when a batch comes to a sleeping writer, or at the end.
     ready: Condvar,
+    /// Signalled when [`CATCH_UP_AT`] batches wait for a sleeping
+    /// catch-up writer, or at the end.
+    deep: Condvar,
 }
 
 #[derive(Default)]
@@ -118,8 +133,19 @@ struct Queued {
     batches: VecDeque<Batch>,
     /// The writer waits on `ready`.
     asleep: bool,
-    /// Every [`AccessLog`] is gone: the writer ends once the queue is empty.
+    /// The catch-up writer waits on `deep`.
+    catch_up_asleep: bool,
+    /// Every [`AccessLog`] is gone: the writers end once the queue is empty.
     closed: bool,
+}
+
+/// Which of the two writer threads.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    /// Lowest priority, woken by any batch.
+    Idle,
+    /// Normal priority, woken when [`CATCH_UP_AT`] batches wait.
+    CatchUp,
 }
 
 impl Queue {
@@ -129,43 +155,65 @@ impl Queue {
 
     /// Queues `batch`, or gives it back when the queue is full.
     fn push(&self, batch: Batch) -> Result<(), Batch> {
-        let wake = {
+        let (wake, catch_up) = {
             let mut queued = self.lock();
             if queued.batches.len() >= QUEUED_BATCHES {
                 return Err(batch);
             }
             queued.batches.push_back(batch);
-            queued.asleep
+            let deep = queued.batches.len() >= CATCH_UP_AT;
+            (queued.asleep, deep && queued.catch_up_asleep)
         };
         if wake {
             self.ready.notify_one();
         }
+        if catch_up {
+            self.deep.notify_one();
+        }
         Ok(())
     }
 
-    /// Everything queued, once there is something (`None`: closed and
-    /// drained).
-    fn take(&self) -> Option<VecDeque<Batch>> {
+    /// Waits until `role` has batches to write: any for the idle writer,
+    /// [`CATCH_UP_AT`] for the catch-up writer, any once the log is closed.
+    /// `false`: closed and drained, the thread ends.
+    fn wait(&self, role: Role) -> bool {
         let mut queued = self.lock();
-        while queued.batches.is_empty() {
+        loop {
+            let waiting = queued.batches.len();
             if queued.closed {
-                return None;
+                return waiting > 0;
             }
-            queued.asleep = true;
-            queued = self.ready.wait(queued).unwrap_or_else(|e| e.into_inner());
-            queued.asleep = false;
+            match role {
+                Role::Idle if waiting > 0 => return true,
+                Role::CatchUp if waiting >= CATCH_UP_AT => return true,
+                Role::Idle => {
+                    queued.asleep = true;
+                    queued = self.ready.wait(queued).unwrap_or_else(|e| e.into_inner());
+                    queued.asleep = false;
+                }
+                Role::CatchUp => {
+                    queued.catch_up_asleep = true;
+                    queued = self.deep.wait(queued).unwrap_or_else(|e| e.into_inner());
+                    queued.catch_up_asleep = false;
+                }
+            }
         }
-        Some(std::mem::take(&mut queued.batches))
+    }
+
+    /// The oldest batch, if any.
+    fn pop(&self) -> Option<Batch> {
+        self.lock().batches.pop_front()
     }
 
     fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_one();
+        self.deep.notify_one();
     }
 }
 
-/// The writer thread; it ends when every [`AccessLog`] clone is dropped.
-pub struct Writer(JoinHandle<()>);
+/// The writer threads; they end when every [`AccessLog`] clone is dropped.
+pub struct Writer([JoinHandle<()>; 2]);
 
 thread_local! {
     /// The shard this thread writes to (taken in turn at its first line).
@@ -197,10 +245,17 @@ impl AccessLog {
         };
         let queue = Arc::new(Queue::default());
         let written = Arc::new(AtomicU64::new(0));
-        let (progress, batches) = (written.clone(), queue.clone());
-        let thread = std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || write_batches(&batches, sink, &progress))?;
+        let sink = Arc::new(Mutex::new(sink));
+        let writer = |role: Role, name: &str| {
+            let (queue, sink, written) = (queue.clone(), sink.clone(), written.clone());
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || write_batches(role, &queue, &sink, &written))
+        };
+        let threads = [
+            writer(Role::Idle, "access-log")?,
+            writer(Role::CatchUp, "access-log-2")?,
+        ];
         // One shard a CPU: the runtime's worker threads are at most that
         // many, and threads beyond them (blocking tasks) share.
         let shards = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
@@ -222,7 +277,7 @@ impl AccessLog {
             Self {
                 inner: Some(Arc::new(inner)),
             },
-            Some(Writer(thread)),
+            Some(Writer(threads)),
         ))
     }
 
@@ -579,20 +634,51 @@ impl Drop for Inner {
 }
 
 impl Writer {
-    /// Waits for the thread to end; every [`AccessLog`] clone must be gone.
+    /// Waits for the threads to end; every [`AccessLog`] clone must be gone.
     pub fn join(self) {
-        let _ = self.0.join();
+        for thread in self.0 {
+            let _ = thread.join();
+        }
     }
 }
 
-fn write_batches(queue: &Queue, mut sink: Box<dyn Write + Send>, written: &AtomicU64) {
-    while let Some(batches) = queue.take() {
-        for batch in batches {
+/// A writer thread: `role` says when it wakes. Each batch is taken from the
+/// queue while the sink is held, so that the two threads write batches in
+/// the order they were queued.
+fn write_batches(
+    role: Role,
+    queue: &Queue,
+    sink: &Mutex<Box<dyn Write + Send>>,
+    written: &AtomicU64,
+) {
+    if role == Role::Idle {
+        lowest_priority();
+    }
+    while queue.wait(role) {
+        loop {
+            let mut sink = lock(sink);
+            let Some(batch) = queue.pop() else { break };
             if let Err(error) = sink.write_all(&batch.bytes).and_then(|()| sink.flush()) {
                 tracing::warn!(%error, "access log write failed");
             }
             written.fetch_add(batch.lines, Ordering::Release);
         }
+    }
+}
+
+/// Puts this thread on `SCHED_IDLE`. Lowering one's own priority needs no
+/// privilege; where the system refuses anyway, the thread keeps its
+/// priority, and only requests that share its CPU notice.
+fn lowest_priority() {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(error) =
+        set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
+    {
+        tracing::info!(?error, "the access-log writer keeps normal priority");
     }
 }
 
@@ -682,19 +768,127 @@ mod tests {
         for _ in 0..QUEUED_BATCHES {
             assert!(queue.push(Batch::sized()).is_ok());
         }
-        assert!(queue.push(Batch::sized()).is_err(), "the writer is behind");
-        assert_eq!(
-            queue.take().map(|batches| batches.len()),
-            Some(QUEUED_BATCHES)
+        assert!(
+            queue.push(Batch::sized()).is_err(),
+            "the writers are behind"
         );
-        assert!(queue.push(Batch::sized()).is_ok(), "room again once taken");
+        assert!(queue.wait(Role::Idle) && queue.wait(Role::CatchUp));
+        assert!(queue.pop().is_some());
+        assert!(
+            queue.push(Batch::sized()).is_ok(),
+            "room again once one is taken"
+        );
         queue.close();
+        let mut drained = 0;
+        while queue.wait(Role::CatchUp) {
+            queue.pop().unwrap();
+            drained += 1;
+        }
         assert_eq!(
-            queue.take().map(|batches| batches.len()),
-            Some(1),
-            "drained first"
+            drained, QUEUED_BATCHES,
+            "drained first, then the writers end"
         );
-        assert!(queue.take().is_none(), "then the writer ends");
+        assert!(!queue.wait(Role::Idle));
+    }
+
+    /// A writer of the given role on `queue`, into a shared buffer.
+    fn spawn_writer(role: Role, queue: &Arc<Queue>) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+        #[derive(Clone)]
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                lock(&self.0).extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Shared(Arc::default());
+        let sink: Mutex<Box<dyn Write + Send>> = Mutex::new(Box::new(out.clone()));
+        let queue = queue.clone();
+        let thread = std::thread::spawn(move || {
+            write_batches(role, &queue, &sink, &AtomicU64::new(0));
+        });
+        (out.0, thread)
+    }
+
+    fn numbered(n: usize) -> Batch {
+        Batch {
+            bytes: format!("{n}\n").into_bytes(),
+            lines: 1,
+        }
+    }
+
+    #[test]
+    fn the_catch_up_writer_waits_for_a_backlog_and_keeps_the_order() {
+        let queue = Arc::new(Queue::default());
+        let (out, writer) = spawn_writer(Role::CatchUp, &queue);
+        for n in 0..CATCH_UP_AT - 1 {
+            assert!(queue.push(numbered(n)).is_ok());
+        }
+        // Asleep with a backlog one short of its threshold: nothing written.
+        while !queue.lock().catch_up_asleep {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(lock(&out).is_empty(), "the catch-up writer started early");
+
+        assert!(queue.push(numbered(CATCH_UP_AT - 1)).is_ok());
+        let expected: String = (0..CATCH_UP_AT).map(|n| format!("{n}\n")).collect();
+        let waited = tokio::time::Instant::now();
+        while lock(&out).len() < expected.len() {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(5),
+                "the backlog did not wake the catch-up writer"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        queue.close();
+        writer.join().unwrap();
+        assert_eq!(String::from_utf8(lock(&out).clone()).unwrap(), expected);
+    }
+
+    #[test]
+    fn the_writer_runs_at_idle_priority() {
+        let (log, writer, path) = file_log("priority");
+        // `policy` is field 41 of /proc/…/stat (SCHED_IDLE is 5).
+        let policy_of = |name: &str| {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .find_map(|task| {
+                    let task = task.unwrap().path();
+                    let comm = std::fs::read_to_string(task.join("comm")).unwrap();
+                    (comm.trim() == name).then(|| {
+                        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+                        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+                        after_comm
+                            .split(' ')
+                            .nth(41 - 3)
+                            .unwrap()
+                            .parse::<u32>()
+                            .unwrap()
+                    })
+                })
+        };
+        let waited = tokio::time::Instant::now();
+        // A thread shows its name once it has started.
+        while policy_of("access-log") != Some(5) || policy_of("access-log-2").is_none() {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(5),
+                "the writer's policy is {:?}",
+                policy_of("access-log")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(
+            policy_of("access-log-2"),
+            Some(0),
+            "the catch-up writer: SCHED_OTHER"
+        );
+        drop(log);
+        writer.join();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
@@ -704,8 +898,10 @@ mod tests {
         let writer = std::thread::spawn({
             let (queue, taken) = (queue.clone(), taken.clone());
             move || {
-                while let Some(batches) = queue.take() {
-                    taken.fetch_add(batches.len() as u64, Ordering::SeqCst);
+                while queue.wait(Role::Idle) {
+                    while queue.pop().is_some() {
+                        taken.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
             }
         });
