@@ -23,10 +23,11 @@
 //! being written (the scheduler lets a thread that has just started
 //! running finish its slice before a thread that has just woken, and a
 //! 64 KiB write takes 20-40 µs). On a CPU that is never idle it would fall
-//! behind, so a second thread at normal priority catches up whenever
-//! [`CATCH_UP_AT`] batches are waiting, and writes until none are. Both
-//! take a batch from the queue only while they hold the sink, so batches
-//! are written in the order they were queued.
+//! behind, so a second thread at normal priority takes over whenever
+//! [`CATCH_UP_AT`] batches are waiting, and writes until none are (the
+//! idle writer only finishes the batch it has begun). Both take a batch
+//! from the queue only while they hold the sink, so batches are written
+//! in the order they were queued.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -173,8 +174,9 @@ impl Queue {
         Ok(())
     }
 
-    /// Waits until `role` has batches to write: any for the idle writer,
-    /// [`CATCH_UP_AT`] for the catch-up writer, any once the log is closed.
+    /// Waits until `role` has batches to write: fewer than [`CATCH_UP_AT`]
+    /// for the idle writer, at least that many for the catch-up writer, any
+    /// once the log is closed.
     /// `false`: closed and drained, the thread ends.
     fn wait(&self, role: Role) -> bool {
         let mut queued = self.lock();
@@ -184,7 +186,9 @@ impl Queue {
                 return waiting > 0;
             }
             match role {
-                Role::Idle if waiting > 0 => return true,
+                // A backlog is the catch-up writer's: a batch the idle
+                // writer took could keep the sink while a busy CPU starves it.
+                Role::Idle if waiting > 0 && waiting < CATCH_UP_AT => return true,
                 Role::CatchUp if waiting >= CATCH_UP_AT => return true,
                 Role::Idle => {
                     queued.asleep = true;
@@ -200,9 +204,15 @@ impl Queue {
         }
     }
 
-    /// The oldest batch, if any.
-    fn pop(&self) -> Option<Batch> {
-        self.lock().batches.pop_front()
+    /// The oldest batch for `role` to write: the idle writer leaves a
+    /// backlog to the catch-up writer (until the log is closed).
+    fn pop_for(&self, role: Role) -> Option<Batch> {
+        let mut queued = self.lock();
+        let backlog = queued.batches.len() >= CATCH_UP_AT && !queued.closed;
+        if role == Role::Idle && backlog {
+            return None;
+        }
+        queued.batches.pop_front()
     }
 
     fn close(&self) {
@@ -657,7 +667,9 @@ fn write_batches(
     while queue.wait(role) {
         loop {
             let mut sink = lock(sink);
-            let Some(batch) = queue.pop() else { break };
+            let Some(batch) = queue.pop_for(role) else {
+                break;
+            };
             if let Err(error) = sink.write_all(&batch.bytes).and_then(|()| sink.flush()) {
                 tracing::warn!(%error, "access log write failed");
             }
@@ -772,8 +784,12 @@ mod tests {
             queue.push(Batch::sized()).is_err(),
             "the writers are behind"
         );
-        assert!(queue.wait(Role::Idle) && queue.wait(Role::CatchUp));
-        assert!(queue.pop().is_some());
+        assert!(queue.wait(Role::CatchUp));
+        assert!(
+            queue.pop_for(Role::Idle).is_none(),
+            "a backlog is the catch-up writer's"
+        );
+        assert!(queue.pop_for(Role::CatchUp).is_some());
         assert!(
             queue.push(Batch::sized()).is_ok(),
             "room again once one is taken"
@@ -781,7 +797,7 @@ mod tests {
         queue.close();
         let mut drained = 0;
         while queue.wait(Role::CatchUp) {
-            queue.pop().unwrap();
+            queue.pop_for(Role::CatchUp).unwrap();
             drained += 1;
         }
         assert_eq!(
@@ -899,7 +915,7 @@ mod tests {
             let (queue, taken) = (queue.clone(), taken.clone());
             move || {
                 while queue.wait(Role::Idle) {
-                    while queue.pop().is_some() {
+                    while queue.pop_for(Role::Idle).is_some() {
                         taken.fetch_add(1, Ordering::SeqCst);
                     }
                 }
