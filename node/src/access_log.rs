@@ -24,7 +24,7 @@
 //! running finish its slice before a thread that has just woken, and a
 //! 64 KiB write takes 20-40 µs). On a CPU that is never idle it would fall
 //! behind, so a second thread at normal priority takes over whenever
-//! [`CATCH_UP_AT`] batches are waiting, and writes until none are (the
+//! 16 batches (1 MiB) are waiting, and writes until none are (the
 //! idle writer only finishes the batch it has begun). Both take a batch
 //! from the queue only while they hold the sink, so batches are written
 //! in the order they were queued.
