@@ -6,7 +6,8 @@
 //! they format); a full buffer is handed to the writer thread through a
 //! bounded queue, and a node task hands over the partly filled ones every
 //! 200 ms ([`AccessLog::tick`]). So the writer wakes once per batch rather
-//! than once per request, and a line reaches the file within about 200 ms.
+//! than once per request, and a line reaches the file within about 200 ms
+//! (later when no CPU is idle: until 16 batches wait, see below).
 //! When the writer falls behind and the queue is full, the batch is
 //! dropped and its lines are counted in `meridian_access_log_dropped_total`
 //! rather than slowing requests down.
