@@ -37,12 +37,7 @@ TCK=$(getconf CLK_TCK)
 # shellcheck source=bench/work-dir.sh
 source "$(dirname "$0")/work-dir.sh"
 start_backend taskset -c "$SERVER_CPU"
-taskset -c "$SERVER_CPU" nginx -p "$WORK_DIR" -e "$WORK_DIR/proxy-error.log" \
-    -c "$WORK_DIR/nginx-proxy.conf" -g 'daemon off;' </dev/null >/dev/null 2>&1 &
-NGINX=$!
-PIDS+=("$NGINX")
-sleep 1
-NGINX_WORKER=$(pgrep -P "$NGINX" | head -1)
+start_proxy_nginx taskset -c "$SERVER_CPU"
 
 # measure PID PORT LABEL: one warm-up and one measured wrk run.
 measure() {
@@ -66,10 +61,7 @@ for _ in $(seq "$ROUNDS"); do
             </dev/null >"$WORK_DIR/meridian.out" 2>&1 &
         pid=$!
         PIDS+=("$pid")
-        for _ in $(seq 100); do
-            curl -sf "http://127.0.0.1:$MERIDIAN_PORT$PATH_" >/dev/null && break
-            sleep 0.1
-        done
+        wait_answers "http://127.0.0.1:$MERIDIAN_PORT$PATH_" 10 || true
         measure "$pid" "$MERIDIAN_PORT" "$bin" | tee -a "$RESULTS"
         kill "$pid"
         wait "$pid" 2>/dev/null || true

@@ -51,10 +51,7 @@ count() {
         </dev/null >"$WORK_DIR/callgrind-proxy.out" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    for _ in $(seq 300); do
-        curl -sf "$url" >/dev/null && break
-        sleep 0.2
-    done
+    wait_answers "$url" 60 || true
     timeout 30 wrk "${WRK_ARGS[@]}" -d3s "$url" >/dev/null
     callgrind_control -z "$pid" >/dev/null 2>&1
     out=$(timeout $((DURATION + 30)) wrk "${WRK_ARGS[@]}" -d"${DURATION}s" "$url")

@@ -37,29 +37,13 @@ MERIDIAN_BIN=${1:-$(cd "$(dirname "$0")/.." && pwd)/target/release/meridian}
 source "$(dirname "$0")/work-dir.sh"
 start_backend taskset -c "$SERVER_CPU"
 
-start_nginx() {
-    taskset -c "$SERVER_CPU" nginx -p "$WORK_DIR" -e "$WORK_DIR/proxy-error.log" \
-        -c "$WORK_DIR/nginx-proxy.conf" -g 'daemon off;' </dev/null >/dev/null 2>&1 &
-    NGINX=$!
-    PIDS+=("$NGINX")
-    wait_up "$NGINX_PORT"
-    NGINX_WORKER=$(pgrep -P "$NGINX" | head -1)
-}
 start_meridian() {
     rm -f "$WORK_DIR/access.log"
     taskset -c "$SERVER_CPU" "$MERIDIAN_BIN" node run --config "$WORK_DIR/node.toml" \
         </dev/null >"$WORK_DIR/meridian.out" 2>&1 &
     MERIDIAN=$!
     PIDS+=("$MERIDIAN")
-    wait_up "$MERIDIAN_PORT"
-}
-wait_up() { # PORT
-    for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:$1/2b" >/dev/null && return
-        sleep 0.1
-    done
-    echo "nothing answers on port $1" >&2
-    exit 1
+    wait_answers "http://127.0.0.1:$MERIDIAN_PORT/2b" 10 || { echo "Meridian does not answer" >&2; exit 1; }
 }
 stop() { # PID
     kill "$1" 2>/dev/null || true
@@ -91,7 +75,7 @@ beside_ticker() {
 
 for round in $(seq "$ROUNDS"); do
     echo "round $round"
-    start_nginx
+    start_proxy_nginx taskset -c "$SERVER_CPU"
     measure "nginx alone" "$NGINX_WORKER" "$NGINX_PORT"
     beside_ticker nginx "$NGINX_WORKER" "$NGINX_PORT"
     start_meridian

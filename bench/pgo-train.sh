@@ -44,10 +44,7 @@ rm -f "$WORK_DIR/access.log"
 meridian=$!
 PIDS+=("$meridian")
 url="http://127.0.0.1:$MERIDIAN_PORT"
-for _ in $(seq 100); do
-    curl -sf "$url/2b" >/dev/null && break
-    sleep 0.2
-done
+wait_answers "$url/2b" 20 || true
 
 # shape: CONNS SECONDS PATH [wrk arguments...]
 shape() {

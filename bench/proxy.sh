@@ -135,13 +135,18 @@ chmod 755 "$WORK_DIR" "$WORK_DIR/www"
 RAW=$WORK_DIR/raw.tsv
 PIDS=()
 
+# family PID: PID and its direct children (nginx workers), one a line.
+family() {
+    echo "$1"
+    ps -o pid= --ppid "$1" 2>/dev/null || true
+}
+
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    local pid child all=()
+    local pid all=()
     for pid in "${PIDS[@]}"; do
-        all+=("$pid")
-        for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do all+=("$child"); done
+        mapfile -t -O "${#all[@]}" all < <(family "$pid")
     done
     if ((${#all[@]})); then
         kill -TERM "${all[@]}" 2>/dev/null || true
@@ -203,8 +208,8 @@ check_bodies() { # name port
 
 # utime+stime (clock ticks) of PID and its direct children (nginx workers).
 cpu_ticks() { # pid
-    local pid=$1 total=0 p t
-    for p in "$pid" $(ps -o pid= --ppid "$pid" 2>/dev/null); do
+    local total=0 p t
+    for p in $(family "$1"); do
         # Fields after the ")" that ends comm: 3=state ... 14=utime 15=stime.
         t=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
         total=$((total + ${t:-0}))
@@ -285,11 +290,9 @@ proxy_port() { case $1 in meridian) echo "$MERIDIAN_PORT" ;; nginx) echo "$NGINX
 # VM; nginx idle wakes for nothing, so the bias was one-sided, in nginx's
 # favour (docs/benchmarks.md, "The proxy not under test is frozen").
 signal_proxy() { # SIGNAL PROXY
-    local pid child all
-    pid=$(proxy_pid "$2")
-    all=("$pid")
-    for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do all+=("$child"); done
-    kill "-$1" "${all[@]}" 2>/dev/null || true
+    local pids
+    mapfile -t pids < <(family "$(proxy_pid "$2")")
+    kill "-$1" "${pids[@]}" 2>/dev/null || true
 }
 freeze() { signal_proxy STOP "$1"; }
 thaw() { signal_proxy CONT "$1"; }

@@ -15,3 +15,27 @@ start_backend() {
         -c "$WORK_DIR/nginx-backend.conf" -g 'daemon off;' </dev/null >/dev/null 2>&1 &
     PIDS+=($!)
 }
+
+# start_proxy_nginx [PREFIX...]: the nginx reverse proxy, run under PREFIX,
+# stopped on exit; sets NGINX (its master) and, once it answers,
+# NGINX_WORKER. Needs NGINX_PORT.
+start_proxy_nginx() {
+    "$@" nginx -p "$WORK_DIR" -e "$WORK_DIR/proxy-error.log" \
+        -c "$WORK_DIR/nginx-proxy.conf" -g 'daemon off;' </dev/null >/dev/null 2>&1 &
+    NGINX=$!
+    PIDS+=("$NGINX")
+    wait_answers "http://127.0.0.1:$NGINX_PORT/2b" 10
+    # shellcheck disable=SC2034 # read by the sourcing script
+    NGINX_WORKER=$(pgrep -P "$NGINX" | head -1)
+}
+
+# wait_answers URL SECONDS: until URL answers 2xx, for at most SECONDS
+# (status 1 if it never does).
+wait_answers() {
+    local _
+    for _ in $(seq $(($2 * 10))); do
+        curl -sf "$1" >/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}

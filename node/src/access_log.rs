@@ -141,6 +141,15 @@ struct Queued {
     closed: bool,
 }
 
+impl Queued {
+    /// Enough batches wait for the catch-up writer, whose they then are (a
+    /// batch the idle writer took could keep the sink while a busy CPU
+    /// starves it). At the end, either writer drains what is left.
+    fn backlog(&self) -> bool {
+        !self.closed && self.batches.len() >= CATCH_UP_AT
+    }
+}
+
 /// Which of the two writer threads.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Role {
@@ -163,8 +172,7 @@ impl Queue {
                 return Err(batch);
             }
             queued.batches.push_back(batch);
-            let deep = queued.batches.len() >= CATCH_UP_AT;
-            (queued.asleep, deep && queued.catch_up_asleep)
+            (queued.asleep, queued.backlog() && queued.catch_up_asleep)
         };
         if wake {
             self.ready.notify_one();
@@ -187,10 +195,8 @@ impl Queue {
                 return waiting > 0;
             }
             match role {
-                // A backlog is the catch-up writer's: a batch the idle
-                // writer took could keep the sink while a busy CPU starves it.
-                Role::Idle if waiting > 0 && waiting < CATCH_UP_AT => return true,
-                Role::CatchUp if waiting >= CATCH_UP_AT => return true,
+                Role::Idle if waiting > 0 && !queued.backlog() => return true,
+                Role::CatchUp if queued.backlog() => return true,
                 Role::Idle => {
                     queued.asleep = true;
                     queued = self.ready.wait(queued).unwrap_or_else(|e| e.into_inner());
@@ -209,8 +215,7 @@ impl Queue {
     /// backlog to the catch-up writer (until the log is closed).
     fn pop_for(&self, role: Role) -> Option<Batch> {
         let mut queued = self.lock();
-        let backlog = queued.batches.len() >= CATCH_UP_AT && !queued.closed;
-        if role == Role::Idle && backlog {
+        if role == Role::Idle && queued.backlog() {
             return None;
         }
         queued.batches.pop_front()
