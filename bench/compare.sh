@@ -18,7 +18,8 @@
 # the processes started here are stopped by PID.
 #
 # Environment: WORK_DIR (required), ROUNDS=5, DURATION=6, CONNS=64, PATH_=/2b,
-# LOAD_CPU=0, SERVER_CPU=1, PORT_BASE=18380 (as bench/proxy.sh).
+# CLOSE=1 for a new connection per request, LOAD_CPU=0, SERVER_CPU=1,
+# PORT_BASE=18380 (as bench/proxy.sh).
 
 set -euo pipefail
 
@@ -34,6 +35,8 @@ NGINX_PORT=$((PORT_BASE + 1))
 MERIDIAN_PORT=$((PORT_BASE + 2))
 [ $# -ge 1 ] || { echo "usage: WORK_DIR=... $0 MERIDIAN_BIN..." >&2; exit 1; }
 TCK=$(getconf CLK_TCK)
+WRK_ARGS=(-t1 -c"$CONNS")
+[ "${CLOSE:-0}" = 1 ] && WRK_ARGS+=(-H 'Connection: close')
 # shellcheck source=bench/work-dir.sh
 source "$(dirname "$0")/work-dir.sh"
 start_backend taskset -c "$SERVER_CPU"
@@ -42,9 +45,9 @@ start_proxy_nginx taskset -c "$SERVER_CPU"
 # measure PID PORT LABEL: one warm-up and one measured wrk run.
 measure() {
     local url="http://127.0.0.1:$2$PATH_" u0 s0 u1 s1 out n p99
-    timeout 20 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null
+    timeout 20 taskset -c "$LOAD_CPU" wrk "${WRK_ARGS[@]}" -d1s "$url" >/dev/null
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$1/stat")
-    out=$(timeout $((DURATION + 20)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url")
+    out=$(timeout $((DURATION + 20)) taskset -c "$LOAD_CPU" wrk "${WRK_ARGS[@]}" -d"${DURATION}s" --latency "$url")
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$1/stat")
     n=$(awk '/requests in/{print $1}' <<<"$out")
     p99=$(awk '$1=="99%"{print $2}' <<<"$out")

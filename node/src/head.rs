@@ -216,39 +216,47 @@ const TOKEN: [bool; 256] = {
 /// `Connection`, docs/benchmarks.md). `None` when the name is no valid
 /// field name.
 pub(crate) fn field_name(name: &[u8]) -> Option<HeaderName> {
-    use http::header;
-    static COMMON: [HeaderName; 21] = [
-        header::TE,
-        header::HOST,
-        header::ACCEPT,
-        header::COOKIE,
-        header::ORIGIN,
-        header::REFERER,
-        header::UPGRADE,
-        header::CONNECTION,
-        header::USER_AGENT,
-        HeaderName::from_static("traceparent"),
-        header::CONTENT_TYPE,
-        HeaderName::from_static("x-request-id"),
-        header::AUTHORIZATION,
-        header::CACHE_CONTROL,
-        header::IF_NONE_MATCH,
-        header::CONTENT_LENGTH,
-        header::ACCEPT_ENCODING,
-        header::ACCEPT_LANGUAGE,
-        HeaderName::from_static("x-forwarded-for"),
-        header::IF_MODIFIED_SINCE,
-        header::TRANSFER_ENCODING,
-    ];
-    // `eq_ignore_ascii_case` compares the lengths first.
     match COMMON
         .iter()
-        .find(|known| crate::text::eq_ignore_ascii_case(known.as_str().as_bytes(), name))
+        .find(|(text, _)| crate::text::eq_ignore_ascii_case(text.as_bytes(), name))
     {
-        Some(known) => Some(known.clone()),
+        Some((_, known)) => Some(known.clone()),
         None => HeaderName::from_bytes(name).ok(),
     }
 }
+
+/// The names [`field_name`] finds without `HeaderName::from_bytes`, each
+/// with its text: `HeaderName::as_str` is a call per name, which a scan
+/// that compares lengths first cannot afford (a test checks each text).
+static COMMON: [(&str, HeaderName); 21] = {
+    use http::header;
+    [
+        ("te", header::TE),
+        ("host", header::HOST),
+        ("accept", header::ACCEPT),
+        ("cookie", header::COOKIE),
+        ("origin", header::ORIGIN),
+        ("referer", header::REFERER),
+        ("upgrade", header::UPGRADE),
+        ("connection", header::CONNECTION),
+        ("user-agent", header::USER_AGENT),
+        ("traceparent", HeaderName::from_static("traceparent")),
+        ("content-type", header::CONTENT_TYPE),
+        ("x-request-id", HeaderName::from_static("x-request-id")),
+        ("authorization", header::AUTHORIZATION),
+        ("cache-control", header::CACHE_CONTROL),
+        ("if-none-match", header::IF_NONE_MATCH),
+        ("content-length", header::CONTENT_LENGTH),
+        ("accept-encoding", header::ACCEPT_ENCODING),
+        ("accept-language", header::ACCEPT_LANGUAGE),
+        (
+            "x-forwarded-for",
+            HeaderName::from_static("x-forwarded-for"),
+        ),
+        ("if-modified-since", header::IF_MODIFIED_SINCE),
+        ("transfer-encoding", header::TRANSFER_ENCODING),
+    ]
+};
 
 #[cfg(test)]
 mod tests {
@@ -302,6 +310,13 @@ mod tests {
         let mut fields = Vec::new();
         spans_of(buf, headers, &mut fields);
         fields
+    }
+
+    #[test]
+    fn each_common_name_has_its_own_text() {
+        for (text, name) in &COMMON {
+            assert_eq!(*text, name.as_str());
+        }
     }
 
     #[test]

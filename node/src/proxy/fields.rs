@@ -169,8 +169,12 @@ fn sent(client: &HeaderMap, own: Option<&Own>, mut visit: impl FnMut(&HeaderName
 
 /// The gateway's fields, and which of the client's it leaves out.
 struct Own {
-    /// Client fields that `Connection` names: hop-by-hop as well.
+    /// Client fields that `Connection` names: hop-by-hop as well. Those
+    /// that are hop-by-hop anyway are left out, and so is `close`, the
+    /// option nearly every client that lists one sends, which is noted
+    /// in `close_listed` instead: a list of one costs an allocation.
     listed: Vec<HeaderName>,
+    close_listed: bool,
     /// The client's `TE` asks for trailers (forwarded for gRPC).
     trailers: bool,
     upgrade: Option<HeaderValue>,
@@ -201,12 +205,19 @@ impl Own {
         let mut earlier_forwarded = Vec::new();
         let mut trailers = false;
         let mut listed = Vec::new();
+        let mut close_listed = false;
         let mut upgrade_value = None;
         for (name, value) in client {
             if *name == header::TE {
                 trailers |= super::asks_for_trailers(value);
             } else if *name == header::CONNECTION {
-                listed.extend(super::listed_names(value));
+                for name in super::listed_names(value) {
+                    if name == super::CLOSE {
+                        close_listed = true;
+                    } else if !super::is_hop_by_hop(&name) {
+                        listed.push(name);
+                    }
+                }
             } else if *name == header::UPGRADE {
                 upgrade_value = upgrade_value.or_else(|| upgrade.then(|| value.clone()));
             } else if *name == X_FORWARDED_FOR {
@@ -252,6 +263,7 @@ impl Own {
         }
         Self {
             listed,
+            close_listed,
             trailers,
             upgrade: upgrade_value,
             host: cx
@@ -283,6 +295,7 @@ impl Own {
             || name == TRACEPARENT
             || name == API_VERSION
             || self.listed.contains(name)
+            || (self.close_listed && *name == super::CLOSE)
             || (!self.identity.is_empty() && self.identity.contains_key(name)))
     }
 }

@@ -61,6 +61,9 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The `close` connection option (RFC 9112 §9.6) as a field name: a field
+/// of that name goes no further than a `Connection` that lists it.
+static CLOSE: HeaderName = HeaderName::from_static("close");
 
 /// The proxy.
 pub struct Proxy {
@@ -561,13 +564,24 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// The field names one `Connection` value lists.
+/// The field names one `Connection` value lists. The two options clients
+/// send most come as constants: `HeaderName::from_bytes` allocates a name
+/// that is no standard one.
 fn listed_names(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
     value
         .to_str()
         .unwrap_or_default()
         .split(',')
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter_map(|t| {
+            let t = t.trim();
+            if t.eq_ignore_ascii_case("close") {
+                Some(CLOSE.clone())
+            } else if t.eq_ignore_ascii_case("keep-alive") {
+                Some(KEEP_ALIVE.clone())
+            } else {
+                HeaderName::from_bytes(t.as_bytes()).ok()
+            }
+        })
 }
 
 /// Whether `TE` asks for trailers (the only TE value forwarded, for gRPC).

@@ -193,8 +193,10 @@ async fn forwarding_headers_and_hop_by_hop_stripping() {
         &http1(),
         Request::get(node.url("/h?q=1"))
             .header("host", "shop.example.com")
-            .header("connection", "keep-alive, x-secret")
+            .header("connection", "keep-alive, x-secret, Close")
             .header("x-secret", "hop")
+            // Named by the `close` option, so hop-by-hop too.
+            .header("close", "hop")
             .header("keep-alive", "timeout=5")
             .header("proxy-authorization", "Basic Zm9vOmJhcg==")
             .header("te", "trailers")
@@ -212,6 +214,7 @@ async fn forwarding_headers_and_hop_by_hop_stripping() {
     for absent in [
         "connection",
         "x-secret",
+        "close",
         "keep-alive",
         "proxy-authorization",
         "expect",
