@@ -391,10 +391,11 @@ where
 /// The future `make` returns, made in a box. `Box::pin(future)` makes it
 /// on the stack and copies all of it into the box, though a future that
 /// has not started holds only its arguments: 3.5 KiB per connection for a
-/// few hundred bytes, most of it to memory no longer in the cache (43 %
-/// of the gateway's cache write misses with a new connection per request,
-/// docs/benchmarks.md). Allocated first and called after, `make` writes
-/// the future into the box itself.
+/// few hundred bytes, to memory no longer in the cache (with a new
+/// connection per request, a quarter of the gateway's L1 write misses in
+/// callgrind's cache simulation, docs/benchmarks.md). With the box
+/// allocated first and `make` called after, the future is written into
+/// the box itself.
 fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
