@@ -262,8 +262,12 @@ pub async fn serve<H, F>(
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             },
         };
+        // The accept first: a poll of the shutdown's wait takes two locks,
+        // and a connection ready to accept needs none. The wait is polled
+        // whenever no connection is waiting, and at the latest once tokio's
+        // budget (128 accepts) makes the accept yield.
         let (stream, peer) = tokio::select! {
-            () = &mut cancelled => break,
+            biased;
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -272,6 +276,7 @@ pub async fn serve<H, F>(
                     continue;
                 }
             },
+            () = &mut cancelled => break,
         };
         if let Some((open, total)) = &settings.metrics {
             open.increment(1.0);
@@ -557,4 +562,66 @@ where
         response.body_mut().keep(permit);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    /// The accept loop takes a waiting connection before it looks at the
+    /// shutdown; a listener that always has one waiting still stops.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flooded_listener_still_stops() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let config = crate::config::RawConfig::parse("id = 1\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        let handler = |_request: Box<hyper::Request<Inbound>>, _peer: Peer| async move {
+            Box::new(hyper::Response::new(Body::empty()))
+        };
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            Settings::admin(&config, None),
+            handler,
+            shutdown.clone(),
+            Duration::from_secs(1),
+        ));
+        // Connections from a thread of their own, one after the other,
+        // until the test ends or 20,000 were made.
+        let flooding = Arc::new(AtomicBool::new(true));
+        let made = Arc::new(AtomicU64::new(0));
+        let flood = std::thread::spawn({
+            let (flooding, made) = (flooding.clone(), made.clone());
+            move || {
+                while flooding.load(Ordering::Relaxed) && made.load(Ordering::Relaxed) < 20_000 {
+                    if std::net::TcpStream::connect(address).is_ok() {
+                        made.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        for _ in 0..2_000 {
+            if made.load(Ordering::Relaxed) >= 500 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            made.load(Ordering::Relaxed) >= 500,
+            "the flood did not start"
+        );
+        shutdown.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), server).await;
+        flooding.store(false, Ordering::Relaxed);
+        flood.join().unwrap();
+        assert!(
+            stopped.is_ok(),
+            "the listener did not stop within 10 s of the shutdown"
+        );
+    }
 }

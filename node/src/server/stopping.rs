@@ -4,46 +4,46 @@
 //! each wait has to end when the listener drains. A `CancellationToken`
 //! wait would take a place in a `Notify`'s list (a lock, a link and an
 //! unlink) per request, and its every poll takes the lock again. Here a
-//! connection registers one waker slot when it opens ([`Stopping::watch`]);
-//! a wait then stores the task's waker in that slot (no allocation, no
-//! lock) and reads the phase. [`Stopping::drain`] and [`Stopping::force`]
-//! set the phase and wake every slot.
+//! connection's first wait puts the task's waker in a slot of the
+//! listener's list ([`Stopping::watch`] itself allocates nothing and takes
+//! no lock: a connection that closes before it waits costs nothing). A
+//! later wait with another waker replaces it, under the lock, and reads the
+//! phase. [`Stopping::drain`] and [`Stopping::force`] set the phase and
+//! wake every slot.
 //!
 //! A connection's task polls its watch each time it runs (two or three
 //! times a request), always with the same waker. While the listener serves,
-//! nothing can have taken that waker out of the slot (only a phase change
-//! wakes), so a poll that finds the phase unchanged and the waker it
-//! stored last time stores nothing: one plain load instead of the slot's
-//! two compare-and-swaps.
+//! a poll that finds the phase unchanged and the waker it stored last time
+//! stores nothing: one plain load instead of the lock.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use futures_util::task::AtomicWaker;
 use slab::Slab;
 
 const SERVING: u8 = 0;
 const DRAINING: u8 = 1;
 const FORCED: u8 = 2;
 
+/// A [`Watch`]'s key before its first wait.
+const NO_SLOT: usize = usize::MAX;
+
 /// The shutdown phase of one listener and the wakers of its connections.
 #[derive(Default)]
 pub(super) struct Stopping {
     phase: AtomicU8,
-    slots: Mutex<Slab<Arc<AtomicWaker>>>,
+    slots: Mutex<Slab<Waker>>,
 }
 
 impl Stopping {
-    /// A connection's view, registered until it is dropped.
+    /// A connection's view; its first wait takes a slot, which it keeps
+    /// until it is dropped.
     pub(super) fn watch(self: &Arc<Self>) -> Watch {
-        let slot = Arc::new(AtomicWaker::new());
-        let key = self.lock().insert(slot.clone());
         Watch {
             stopping: self.clone(),
-            key,
-            slot,
+            key: AtomicUsize::new(NO_SLOT),
             stored: Stored::default(),
         }
     }
@@ -62,12 +62,12 @@ impl Stopping {
         // SeqCst pairs with `Watch::poll_phase`: a connection either reads
         // the new phase or registered its waker before the wake-up below.
         self.phase.fetch_max(phase, Ordering::SeqCst);
-        for (_, slot) in self.lock().iter() {
-            slot.wake();
+        for (_, waker) in self.lock().iter() {
+            waker.wake_by_ref();
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Arc<AtomicWaker>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Waker>> {
         crate::sync::lock(&self.slots)
     }
 }
@@ -75,9 +75,11 @@ impl Stopping {
 /// One connection's registration with its listener's [`Stopping`].
 pub(super) struct Watch {
     stopping: Arc<Stopping>,
-    key: usize,
-    slot: Arc<AtomicWaker>,
-    /// Which waker `slot` was last given.
+    /// The slot in `stopping`'s list, [`NO_SLOT`] before the first wait.
+    /// Atomic only to make the watch shareable between the connection's
+    /// futures: only its own task reads and writes it.
+    key: AtomicUsize,
+    /// Which waker the slot was last given.
     stored: Stored,
 }
 
@@ -107,12 +109,21 @@ impl Watch {
         if now >= phase {
             return Poll::Ready(());
         }
-        // Still serving, so no wake-up has emptied the slot yet: the
-        // waker it holds is this one, and `enter` will find it there.
+        // Still serving, so no wake-up has been spent yet: the slot holds
+        // this waker, and `enter` will find it there.
         if now == SERVING && self.stored.is(cx.waker()) {
             return Poll::Pending;
         }
-        self.slot.register(cx.waker());
+        {
+            let mut slots = self.stopping.lock();
+            match self.key.load(Ordering::Relaxed) {
+                NO_SLOT => {
+                    let key = slots.insert(cx.waker().clone());
+                    self.key.store(key, Ordering::Relaxed);
+                }
+                key => slots[key].clone_from(cx.waker()),
+            }
+        }
         self.stored.set(cx.waker());
         if self.stopping.phase.load(Ordering::SeqCst) >= phase {
             Poll::Ready(())
@@ -154,7 +165,10 @@ fn identity(waker: &Waker) -> (usize, usize) {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.stopping.lock().remove(self.key);
+        let key = *self.key.get_mut();
+        if key != NO_SLOT {
+            self.stopping.lock().remove(key);
+        }
     }
 }
 
@@ -230,12 +244,13 @@ mod tests {
         assert_eq!(woken(), 1, "the stored waker is woken by the drain");
         assert!(watch.poll_phase(&mut cx, DRAINING).is_ready());
 
-        // The drain took the waker out of the slot: the wait for the end
-        // of the grace period has to store it again, and does.
+        // Past serving, a wait stores its waker again rather than trust
+        // the last one: the wait for the end of the grace period is still
+        // woken.
         assert!(watch.poll_phase(&mut cx, FORCED).is_pending());
         assert!(watch.poll_phase(&mut cx, FORCED).is_pending());
         stopping.force();
-        assert_eq!(woken(), 2, "the waker is stored again and woken by force");
+        assert_eq!(woken(), 2, "the waker is woken by force");
         assert!(watch.poll_phase(&mut cx, FORCED).is_ready());
     }
 
@@ -266,10 +281,17 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_connection_leaves_no_slot() {
+    fn a_slot_is_taken_at_the_first_wait_and_left_at_the_close() {
         let stopping = Arc::new(Stopping::default());
         let watches: Vec<_> = (0..3).map(|_| stopping.watch()).collect();
-        assert_eq!(stopping.lock().len(), 3);
+        assert!(stopping.lock().is_empty(), "no wait yet, no slot");
+        let waker = Waker::from(Arc::new(Count::default()));
+        let mut cx = Context::from_waker(&waker);
+        for watch in &watches {
+            assert!(watch.poll_phase(&mut cx, DRAINING).is_pending());
+            assert!(watch.poll_phase(&mut cx, FORCED).is_pending());
+        }
+        assert_eq!(stopping.lock().len(), 3, "one slot per connection");
         drop(watches);
         assert!(stopping.lock().is_empty());
     }
