@@ -59,6 +59,15 @@ use tokio_util::task::TaskTracker;
 
 pub use app::{App, Gateway};
 
+/// `Box::new(make())`, with the box allocated first so that `make` writes
+/// its value into it. `Box::new(value)` makes the value on the stack and
+/// copies all of it into the box: for a future that has not started, all
+/// its size though it holds only its arguments (3.5 KiB for a connection's
+/// task), and 552 bytes for a request's context (docs/benchmarks.md).
+pub(crate) fn boxed<T>(make: impl FnOnce() -> T) -> Box<T> {
+    Box::write(Box::new_uninit(), make())
+}
+
 /// Services every part of a node shares.
 pub struct Shared {
     /// The node configuration.

@@ -325,7 +325,7 @@ impl Pipeline {
     ) -> Box<Response> {
         // Boxed: it goes to the response body's end, and the request's
         // future stays small to move.
-        let mut cx = Box::new(RequestCx::new(snapshot, client));
+        let mut cx = crate::boxed(|| RequestCx::new(snapshot, client));
         cx.tls = req.extensions().get::<Arc<crate::tls::TlsInfo>>().cloned();
         cx.method = req.method().clone();
         let version = req.version();

@@ -209,7 +209,7 @@ fn request(
     body: Inbound,
 ) -> Option<Box<http::Request<Inbound>>> {
     let uri = Uri::from_maybe_shared(bytes.slice(head.target.0..head.target.1)).ok()?;
-    let mut request = Box::new(http::Request::new(body));
+    let mut request = crate::boxed(|| http::Request::new(body));
     // The fields go into the request's own map (empty, so not yet
     // allocated), not into one that replaces it: dropping even an empty
     // map is a few calls.

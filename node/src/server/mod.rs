@@ -40,7 +40,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -294,10 +293,11 @@ pub async fn serve<H, F>(
         let tls = settings.tls.clone();
         // Boxed: a connection's future is several kilobytes (the request
         // path's futures live in it), and tokio moves a task's future
-        // whole as it spawns and finishes it; a box moves as a pointer.
+        // whole as it spawns and finishes it; a box moves as a pointer
+        // (made in place, `crate::boxed`).
         // Polled through the clock's cache: the request path reads the time
         // once per poll of its connection's task.
-        connections.spawn(crate::clock::Polled::new(boxed_in_place(move || async move {
+        connections.spawn(crate::clock::Polled::new(Box::into_pin(crate::boxed(move || async move {
             match tls {
                 // Nagle's algorithm is turned off when a write could wait
                 // for it (`stall::NoDelay`).
@@ -306,7 +306,7 @@ pub async fn serve<H, F>(
                 // otherwise size every connection's task.
                 Some(tls) => {
                     let _ = stream.set_nodelay(true);
-                    boxed_in_place(move || async move {
+                    Box::into_pin(crate::boxed(move || async move {
                         let handshake = tokio::select! {
                             accepted = tls.accept(stream, serving.shared.header_read) => accepted.ok(),
                             () = serving.stopping.draining() => None,
@@ -315,7 +315,7 @@ pub async fn serve<H, F>(
                             serving.tls = Some(info);
                             serve_connection(stream, serving).await;
                         }
-                    })
+                    }))
                     .await;
                 }
             }
@@ -323,7 +323,7 @@ pub async fn serve<H, F>(
             if let Some(open) = open {
                 open.decrement(1.0);
             }
-        })));
+        }))));
     }
     drop(listener);
     stopping.drain();
@@ -390,19 +390,10 @@ where
     // HTTP/2 and hyper's writes may come in parts.
     stall::NoDelay::no_delay(&mut io);
     // Boxed, as TLS is: most connections never get here.
-    boxed_in_place(move || serve_hyper(fast::Rewind::new(read, io), serving)).await;
-}
-
-/// The future `make` returns, made in a box. `Box::pin(future)` makes it
-/// on the stack and copies all of it into the box, though a future that
-/// has not started holds only its arguments: 3.5 KiB per connection for a
-/// few hundred bytes, to memory no longer in the cache (with a new
-/// connection per request, a quarter of the gateway's L1 write misses in
-/// callgrind's cache simulation, docs/benchmarks.md). With the box
-/// allocated first and `make` called after, the future is written into
-/// the box itself.
-fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
+    Box::into_pin(crate::boxed(move || {
+        serve_hyper(fast::Rewind::new(read, io), serving)
+    }))
+    .await;
 }
 
 /// Serves the rest of a connection with hyper (HTTP/2, upgrades, and what
