@@ -35,10 +35,9 @@ NGINX_PORT=$((PORT_BASE + 1))
 MERIDIAN_PORT=$((PORT_BASE + 2))
 [ $# -ge 1 ] || { echo "usage: WORK_DIR=... $0 MERIDIAN_BIN..." >&2; exit 1; }
 TCK=$(getconf CLK_TCK)
-WRK_ARGS=(-t1 -c"$CONNS")
-[ "${CLOSE:-0}" = 1 ] && WRK_ARGS+=(-H 'Connection: close')
 # shellcheck source=bench/work-dir.sh
 source "$(dirname "$0")/work-dir.sh"
+set_wrk_args
 start_backend taskset -c "$SERVER_CPU"
 start_proxy_nginx taskset -c "$SERVER_CPU"
 
@@ -59,15 +58,10 @@ RESULTS=$(mktemp)
 printf 'binary\treq/s\tuser µs/req\tsys µs/req\tCPU µs/req\tp99\n'
 for _ in $(seq "$ROUNDS"); do
     for bin in "$@"; do
-        rm -f "$WORK_DIR/access.log"
-        taskset -c "$SERVER_CPU" "$bin" node run --config "$WORK_DIR/node.toml" \
-            </dev/null >"$WORK_DIR/meridian.out" 2>&1 &
-        pid=$!
-        PIDS+=("$pid")
-        wait_answers "http://127.0.0.1:$MERIDIAN_PORT$PATH_" 10 || true
-        measure "$pid" "$MERIDIAN_PORT" "$bin" | tee -a "$RESULTS"
-        kill "$pid"
-        wait "$pid" 2>/dev/null || true
+        start_meridian "$bin" taskset -c "$SERVER_CPU" || true
+        measure "$MERIDIAN" "$MERIDIAN_PORT" "$bin" | tee -a "$RESULTS"
+        kill "$MERIDIAN"
+        wait "$MERIDIAN" 2>/dev/null || true
     done
     measure "$NGINX_WORKER" "$NGINX_PORT" nginx | tee -a "$RESULTS"
 done

@@ -31,14 +31,13 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-64}
 PATH_=${PATH_:-/2b}
 PORT_BASE=${PORT_BASE:-18380}
-WRK_ARGS=(-t1 -c"$CONNS")
-[ "${CLOSE:-0}" = 1 ] && WRK_ARGS+=(-H 'Connection: close')
 NGINX_PORT=$((PORT_BASE + 1))
 MERIDIAN_PORT=$((PORT_BASE + 2))
 [ $# -ge 1 ] || { echo "usage: WORK_DIR=... $0 MERIDIAN_BIN..." >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 # shellcheck source=bench/work-dir.sh
 source "$(dirname "$0")/work-dir.sh"
+set_wrk_args
 start_backend
 
 # count LABEL PORT COMMAND...: one proxy under callgrind, one line of results.

@@ -37,14 +37,6 @@ MERIDIAN_BIN=${1:-$(cd "$(dirname "$0")/.." && pwd)/target/release/meridian}
 source "$(dirname "$0")/work-dir.sh"
 start_backend taskset -c "$SERVER_CPU"
 
-start_meridian() {
-    rm -f "$WORK_DIR/access.log"
-    taskset -c "$SERVER_CPU" "$MERIDIAN_BIN" node run --config "$WORK_DIR/node.toml" \
-        </dev/null >"$WORK_DIR/meridian.out" 2>&1 &
-    MERIDIAN=$!
-    PIDS+=("$MERIDIAN")
-    wait_answers "http://127.0.0.1:$MERIDIAN_PORT/2b" 10 || { echo "Meridian does not answer" >&2; exit 1; }
-}
 stop() { # PID
     kill "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
@@ -78,7 +70,7 @@ for round in $(seq "$ROUNDS"); do
     start_proxy_nginx taskset -c "$SERVER_CPU"
     measure "nginx alone" "$NGINX_WORKER" "$NGINX_PORT"
     beside_ticker nginx "$NGINX_WORKER" "$NGINX_PORT"
-    start_meridian
+    start_meridian "$MERIDIAN_BIN" taskset -c "$SERVER_CPU" || { echo "Meridian does not answer" >&2; exit 1; }
     measure "nginx beside an idle Meridian" "$NGINX_WORKER" "$NGINX_PORT"
     measure "Meridian beside an idle nginx" "$MERIDIAN" "$MERIDIAN_PORT"
     stop "$NGINX"
