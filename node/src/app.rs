@@ -300,8 +300,9 @@ impl App {
         let (access_log, writer) =
             AccessLog::start(&config.log.access_log, metrics.access_log_dropped.clone())
                 .map_err(Error::AccessLog)?;
+        let defer_accept = config.timeouts.defer_accept;
         let bind = |listener, address| {
-            server::bind(address).map_err(|source| Error::Bind {
+            server::bind(address, defer_accept).map_err(|source| Error::Bind {
                 listener,
                 address,
                 source,

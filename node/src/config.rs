@@ -155,6 +155,10 @@ pub struct ClientTimeouts {
     /// Waiting time on a request body allowed before `limits.min-body-rate`
     /// applies.
     pub body_rate_grace: Duration,
+    /// How long the kernel holds a new connection that has sent nothing yet
+    /// before handing it to the listener (`TCP_DEFER_ACCEPT`, whole
+    /// seconds); zero accepts at once.
+    pub defer_accept: Duration,
 }
 
 /// Admin API settings.
@@ -357,6 +361,9 @@ pub struct RawTimeouts {
     /// `body-rate-grace`.
     #[serde(with = "humantime_serde")]
     pub body_rate_grace: Duration,
+    /// `defer-accept`.
+    #[serde(with = "humantime_serde")]
+    pub defer_accept: Duration,
 }
 
 /// `[admin]`.
@@ -453,6 +460,8 @@ impl Default for RawTimeouts {
             idle: Duration::from_secs(300),
             write_idle: Duration::from_secs(60),
             body_rate_grace: Duration::from_secs(10),
+            // nginx's `deferred` uses one second too.
+            defer_accept: Duration::from_secs(1),
         }
     }
 }
@@ -704,6 +713,20 @@ impl RawConfig {
                 );
             }
         }
+        let defer = self.timeouts.defer_accept;
+        if defer.subsec_nanos() != 0 {
+            fail(
+                "timeouts.defer-accept",
+                &humantime::format_duration(defer),
+                "must be whole seconds (the kernel counts TCP_DEFER_ACCEPT in seconds); 0s turns it off",
+            );
+        } else if defer > self.timeouts.header_read {
+            fail(
+                "timeouts.defer-accept",
+                &humantime::format_duration(defer),
+                "must be at most timeouts.header-read",
+            );
+        }
         if self.admin.token.as_deref() == Some("") {
             fail(
                 "admin.token",
@@ -810,6 +833,7 @@ impl RawConfig {
                     idle: self.timeouts.idle,
                     write_idle: self.timeouts.write_idle,
                     body_rate_grace: self.timeouts.body_rate_grace,
+                    defer_accept: self.timeouts.defer_accept,
                 },
                 admin: Admin {
                     token: self.admin.token,
@@ -970,6 +994,16 @@ mod tests {
         check(
             "[limits]\nmax-concurrent-streams = 0",
             &["limits.max-concurrent-streams (0) must be greater than zero"],
+        );
+        check(
+            "[timeouts]\ndefer-accept = \"1500ms\"",
+            &[
+                "timeouts.defer-accept (1s 500ms) must be whole seconds (the kernel counts TCP_DEFER_ACCEPT in seconds); 0s turns it off",
+            ],
+        );
+        check(
+            "[timeouts]\nheader-read = \"5s\"\ndefer-accept = \"10s\"",
+            &["timeouts.defer-accept (10s) must be at most timeouts.header-read"],
         );
         check(
             "[timeouts]\nidle = \"0s\"",

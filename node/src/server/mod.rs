@@ -6,6 +6,11 @@
 //!   connection to hyper at the first one it does not take (HTTP/2,
 //!   upgrades, chunked or large bodies, anything malformed). The admin
 //!   listener uses hyper only.
+//! - A listener defers accepting a connection until its first bytes have
+//!   come (`TCP_DEFER_ACCEPT`, `timeouts.defer-accept`, `defer.rs`): the
+//!   first read of an accepted connection then finds its request, and a
+//!   connection that sends nothing costs no task until the kernel gives up
+//!   waiting and hands it over anyway.
 //! - Connections are capped by a semaphore (`limits.max-connections`):
 //!   at the cap the listener stops accepting until one closes, and accept
 //!   errors (e.g. `EMFILE`) back off instead of spinning.
@@ -62,6 +67,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::text::Peer;
 
+mod defer;
 mod fast;
 mod framing;
 mod guard;
@@ -187,8 +193,10 @@ struct Shared {
     counters: Counters,
 }
 
-/// Binds a listener with a large backlog and `SO_REUSEADDR`.
-pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds a listener with a large backlog and `SO_REUSEADDR`, which hands
+/// over a connection only once it has sent something or `defer_accept`
+/// (whole seconds; zero: at once) has passed.
+pub fn bind(address: SocketAddr, defer_accept: Duration) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(address),
         socket2::Type::STREAM,
@@ -197,6 +205,7 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
+    defer::set(&socket, defer_accept)?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
 }
@@ -565,7 +574,8 @@ mod tests {
     /// shutdown; a listener that always has one waiting still stops.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flooded_listener_still_stops() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        // Not deferred: the flood's connections send nothing.
+        let listener = bind("127.0.0.1:0".parse().unwrap(), Duration::ZERO).unwrap();
         let address = listener.local_addr().unwrap();
         let config = crate::config::RawConfig::parse("id = 1\n")
             .unwrap()
@@ -614,5 +624,45 @@ mod tests {
             stopped.is_ok(),
             "the listener did not stop within 10 s of the shutdown"
         );
+    }
+
+    /// A deferring listener hands over a connection once its first bytes
+    /// have come, and they are there to read; one that does not defer
+    /// hands it over at once.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_connection_is_accepted_once_it_has_sent_something() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(2)).unwrap();
+        // The kernel rounds up along its SYN-ACK retransmissions (1, 3 s …).
+        assert_eq!(defer::get(&listener).unwrap(), Duration::from_secs(3));
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), listener.accept())
+                .await
+                .is_err(),
+            "accepted before the client sent anything"
+        );
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (mut accepted, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("accepted once the client sent")
+            .unwrap();
+        let mut first = [0; 16];
+        accepted.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"GET / HTTP/1.1\r\n");
+
+        let listener = bind("127.0.0.1:0".parse().unwrap(), Duration::ZERO).unwrap();
+        assert_eq!(defer::get(&listener).unwrap(), Duration::ZERO);
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("accepted without any bytes")
+            .unwrap();
     }
 }
