@@ -272,8 +272,7 @@ pub async fn serve<H, F>(
         };
         // The accept first: a poll of the shutdown's wait takes two locks,
         // and a connection ready to accept needs none. The wait is polled
-        // whenever no connection is waiting, and at the latest once tokio's
-        // budget (128 accepts) makes the accept yield.
+        // whenever no connection is waiting.
         let (stream, peer) = tokio::select! {
             biased;
             accepted = listener.accept() => match accepted {
@@ -333,6 +332,13 @@ pub async fn serve<H, F>(
                 open.decrement(1.0);
             }
         }))));
+        // One accept per turn of the scheduler, as nginx's default
+        // (`multi_accept off`): the new connection's task reads its
+        // request and sends it upstream before the next accept, rather
+        // than every waiting connection being accepted first and served
+        // after. The accept comes back after the next poll of the I/O
+        // driver, so established connections' events keep their turn too.
+        tokio::task::yield_now().await;
     }
     drop(listener);
     stopping.drain();
