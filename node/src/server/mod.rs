@@ -641,8 +641,9 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let listener = bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(2)).unwrap();
-        // The kernel rounds up along its SYN-ACK retransmissions (1, 3 s …).
-        assert_eq!(defer::get(&listener).unwrap(), Duration::from_secs(3));
+        // The kernel rounds up along its SYN-ACK retransmissions (2 s
+        // becomes 3 s on Linux since 2.6.32).
+        assert!(defer::get(&listener).unwrap() >= Duration::from_secs(2));
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
