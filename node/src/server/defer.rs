@@ -8,9 +8,10 @@
 //! it saves: tokio takes an accepted socket as readable and tries a read at
 //! once, which on a fresh connection often finds nothing yet (an `EAGAIN`
 //! system call, then a wait for the event anyway); deferred, the first read
-//! finds the request. A connection that never sends costs no task, no
-//! buffer and no slot under `limits.max-connections`. nginx's `deferred`,
-//! HAProxy's `defer-accept` and Apache's `AcceptFilter` set the same option.
+//! finds the request. A connection that sends nothing costs no task, no
+//! buffer and no slot under `limits.max-connections` until the period has
+//! passed. nginx's `deferred`, HAProxy's `defer-accept` and Apache's
+//! `AcceptFilter` set the same option.
 //!
 //! The kernel counts the period in SYN-ACK retransmissions, so it rounds a
 //! period up along their schedule (1, 3, 7, 15, 31 … seconds).
