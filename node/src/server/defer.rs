@@ -49,9 +49,56 @@ pub(super) fn set(socket: &socket2::Socket, period: Duration) -> std::io::Result
     Ok(())
 }
 
-/// The period `listener` defers for, as the kernel rounded it.
 #[cfg(all(test, target_os = "linux"))]
-pub(super) fn get(listener: &impl std::os::fd::AsFd) -> std::io::Result<Duration> {
-    let seconds = nix::sys::socket::getsockopt(listener, option::TcpDeferAccept)?;
-    Ok(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
+mod tests {
+    use std::time::Duration;
+
+    use super::option;
+    use crate::server::bind;
+
+    /// The period `listener` defers for, as the kernel rounded it.
+    fn get(listener: &impl std::os::fd::AsFd) -> std::io::Result<Duration> {
+        let seconds = nix::sys::socket::getsockopt(listener, option::TcpDeferAccept)?;
+        Ok(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
+    }
+
+    /// A deferring listener hands over a connection once its first bytes
+    /// have come, and they are there to read; one that does not defer
+    /// hands it over at once.
+    #[tokio::test]
+    async fn a_connection_is_accepted_once_it_has_sent_something() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(2)).unwrap();
+        // The kernel rounds up along its SYN-ACK retransmissions (2 s
+        // becomes 3 s on Linux since 2.6.32).
+        assert!(get(&listener).unwrap() >= Duration::from_secs(2));
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), listener.accept())
+                .await
+                .is_err(),
+            "accepted before the client sent anything"
+        );
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (mut accepted, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("accepted once the client sent")
+            .unwrap();
+        let mut first = [0; 16];
+        accepted.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"GET / HTTP/1.1\r\n");
+
+        let listener = bind("127.0.0.1:0".parse().unwrap(), Duration::ZERO).unwrap();
+        assert_eq!(get(&listener).unwrap(), Duration::ZERO);
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("accepted without any bytes")
+            .unwrap();
+    }
 }

@@ -631,45 +631,4 @@ mod tests {
             "the listener did not stop within 10 s of the shutdown"
         );
     }
-
-    /// A deferring listener hands over a connection once its first bytes
-    /// have come, and they are there to read; one that does not defer
-    /// hands it over at once.
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn a_connection_is_accepted_once_it_has_sent_something() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-        let listener = bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(2)).unwrap();
-        // The kernel rounds up along its SYN-ACK retransmissions (2 s
-        // becomes 3 s on Linux since 2.6.32).
-        assert!(defer::get(&listener).unwrap() >= Duration::from_secs(2));
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), listener.accept())
-                .await
-                .is_err(),
-            "accepted before the client sent anything"
-        );
-        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        let (mut accepted, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
-            .await
-            .expect("accepted once the client sent")
-            .unwrap();
-        let mut first = [0; 16];
-        accepted.read_exact(&mut first).await.unwrap();
-        assert_eq!(&first, b"GET / HTTP/1.1\r\n");
-
-        let listener = bind("127.0.0.1:0".parse().unwrap(), Duration::ZERO).unwrap();
-        assert_eq!(defer::get(&listener).unwrap(), Duration::ZERO);
-        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(10), listener.accept())
-            .await
-            .expect("accepted without any bytes")
-            .unwrap();
-    }
 }
