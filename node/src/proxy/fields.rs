@@ -211,6 +211,11 @@ impl Own {
             if *name == header::TE {
                 trailers |= super::asks_for_trailers(value);
             } else if *name == header::CONNECTION {
+                // What nearly every client that sends one sends.
+                if crate::text::eq_ignore_ascii_case(value.as_bytes(), b"close") {
+                    close_listed = true;
+                    continue;
+                }
                 for name in super::listed_names(value) {
                     if name == super::CLOSE {
                         close_listed = true;

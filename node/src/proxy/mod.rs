@@ -567,21 +567,20 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 /// The field names one `Connection` value lists. The two options clients
 /// send most come as constants: `HeaderName::from_bytes` allocates a name
 /// that is no standard one.
+///
+/// Split as bytes: a token that is no field name (obs-text included) is
+/// skipped, the others are still listed.
 fn listed_names(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
-    value
-        .to_str()
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|t| {
-            let t = t.trim();
-            if t.eq_ignore_ascii_case("close") {
-                Some(CLOSE.clone())
-            } else if t.eq_ignore_ascii_case("keep-alive") {
-                Some(KEEP_ALIVE.clone())
-            } else {
-                HeaderName::from_bytes(t.as_bytes()).ok()
-            }
-        })
+    value.as_bytes().split(|&b| b == b',').filter_map(|t| {
+        let t = t.trim_ascii();
+        if crate::text::eq_ignore_ascii_case(t, b"close") {
+            Some(CLOSE.clone())
+        } else if crate::text::eq_ignore_ascii_case(t, b"keep-alive") {
+            Some(KEEP_ALIVE.clone())
+        } else {
+            HeaderName::from_bytes(t).ok()
+        }
+    })
 }
 
 /// Whether `TE` asks for trailers (the only TE value forwarded, for gRPC).
@@ -709,6 +708,22 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn connection_lists_names_around_a_token_that_is_none() {
+        let value =
+            HeaderValue::from_bytes(b" Close ,x-a, x-\xe9t\xe9 ,,\tKeep-Alive,X-B").unwrap();
+        let listed: Vec<HeaderName> = listed_names(&value).collect();
+        assert_eq!(
+            listed,
+            [
+                CLOSE.clone(),
+                "x-a".parse().unwrap(),
+                KEEP_ALIVE.clone(),
+                "x-b".parse().unwrap()
+            ]
+        );
     }
 
     #[test]

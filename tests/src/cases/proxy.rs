@@ -255,6 +255,27 @@ async fn forwarding_headers_and_hop_by_hop_stripping() {
 }
 
 #[tokio::test]
+async fn a_lone_connection_close_names_a_field_too() {
+    let upstream = MockUpstream::echo("u").await;
+    let node = TestNode::start(&one_route(&upstream, "")).await;
+    let reply = send_with(
+        &http1(),
+        Request::get(node.url("/h"))
+            .header("connection", "Close")
+            .header("close", "hop")
+            .header("x-kept", "1")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = upstream.last();
+    assert!(!seen.headers.contains_key("connection"));
+    assert!(!seen.headers.contains_key("close"), "named by `Connection`");
+    assert_eq!(seen.headers["x-kept"], "1");
+}
+
+#[tokio::test]
 async fn preserve_host() {
     let upstream = MockUpstream::echo("u").await;
     let yaml = format!(
