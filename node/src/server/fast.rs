@@ -470,7 +470,7 @@ impl<S, H> Drop for Http1<'_, S, H> {
 
 impl<'a, S, H, F> Http1<'a, S, H>
 where
-    S: AsyncRead + AsyncWrite + super::stall::NoDelay + Unpin + Send,
+    S: AsyncRead + AsyncWrite + super::stall::Segments + Unpin + Send,
     H: Fn(Box<http::Request<Inbound>>, Peer) -> F + Send + Sync,
     F: std::future::Future<Output = Box<http::Response<Body>>> + Send,
 {
@@ -551,14 +551,9 @@ where
                 return End::Closed;
             };
             let close = close || self.stopping.is_draining() || asks_to_close(&response);
+            // A closing response ends with the write side shut down
+            // (`flush_last`); one that failed is cut without.
             if self.write(response, head_request, close).await.is_err() || close {
-                // TLS ends with its close_notify. A TCP stream needs no
-                // shutdown first: closing it sends the FIN all the same
-                // (or, with unread bytes, the reset a shutdown would not
-                // have spared), one system call fewer per connection.
-                if self.tls.is_some() {
-                    let _ = self.io.shutdown().await;
-                }
                 return End::Closed;
             }
         }
@@ -743,12 +738,29 @@ where
     }
 
     /// Writes out the end of a response: with Nagle's algorithm off unless
-    /// the connection closes after it, when nothing can come behind.
+    /// the connection closes after it, when nothing can come behind. Then
+    /// the last bytes go with the FIN (`stall::Segments`): the shutdown
+    /// follows them at once. (TLS ends with its close_notify.) A shutdown,
+    /// not just the close, so that bytes the client sent after its last
+    /// request cannot turn the close into a reset before the response has
+    /// gone out.
     async fn flush_last(&mut self, close: bool) -> io::Result<()> {
         if !close {
             self.io.no_delay();
+            return self.flush().await;
         }
-        self.flush().await
+        let mut written = 0;
+        while written < self.out.len() {
+            let rest = &self.out[written..];
+            let n = std::future::poll_fn(|cx| Pin::new(&mut *self.io).poll_write_last(cx, rest))
+                .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            written += n;
+        }
+        self.out.clear();
+        self.io.shutdown().await
     }
 
     /// Writes out what is gathered.
@@ -833,6 +845,8 @@ impl<IO: AsyncWrite> AsyncWrite for Rewind<IO> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
 
     #[test]
@@ -867,17 +881,46 @@ mod tests {
         assert_ne!(Spare::take().buf.as_ptr(), buf);
     }
 
-    /// A stream that counts the times Nagle's algorithm is turned off (the
-    /// system calls).
-    struct Counted {
-        io: tokio::io::DuplexStream,
-        no_delay: Arc<std::sync::atomic::AtomicUsize>,
+    /// What a [`Counted`] stream saw.
+    #[derive(Default)]
+    struct Counts {
+        /// Times Nagle's algorithm was turned off (the system calls).
+        no_delay: std::sync::atomic::AtomicUsize,
+        /// Writes of a closing response's last bytes.
+        last: std::sync::atomic::AtomicUsize,
+        shutdowns: std::sync::atomic::AtomicUsize,
     }
 
-    impl super::super::stall::NoDelay for Counted {
+    impl Counts {
+        fn get(&self) -> [usize; 3] {
+            let load = |n: &std::sync::atomic::AtomicUsize| n.load(Ordering::Relaxed);
+            [
+                load(&self.no_delay),
+                load(&self.last),
+                load(&self.shutdowns),
+            ]
+        }
+    }
+
+    /// A stream that counts what `stall::Segments` and the shutdown are
+    /// asked for.
+    struct Counted {
+        io: tokio::io::DuplexStream,
+        counts: Arc<Counts>,
+    }
+
+    impl super::super::stall::Segments for Counted {
         fn no_delay(&mut self) {
-            self.no_delay
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.counts.no_delay.fetch_add(1, Ordering::Relaxed);
+        }
+
+        fn poll_write_last(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.counts.last.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.io).poll_write(cx, buf)
         }
     }
 
@@ -911,22 +954,23 @@ mod tests {
             mut self: Pin<&mut Self>,
             cx: &mut std::task::Context<'_>,
         ) -> Poll<io::Result<()>> {
+            self.counts.shutdowns.fetch_add(1, Ordering::Relaxed);
             Pin::new(&mut self.io).poll_shutdown(cx)
         }
     }
 
     /// Serves `requests` (written at once) on the fast path with a handler
-    /// answering `body`; the response bytes and the times Nagle's
-    /// algorithm was turned off.
-    async fn serve(requests: &[u8], body: &'static [u8]) -> (Vec<u8>, usize) {
+    /// answering `body`; the response bytes and what the stream was asked
+    /// for: `[Nagle turned off, last writes, shutdowns]`.
+    async fn serve(requests: &[u8], body: &'static [u8]) -> (Vec<u8>, [usize; 3]) {
         use tokio::io::AsyncReadExt;
         let (near, mut far) = tokio::io::duplex(1 << 20);
-        let no_delay = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counts = Arc::new(Counts::default());
         // As connections are served: the wrapper turns Nagle off once.
         let mut io = super::super::stall::WriteIdle::new(
             Counted {
                 io: near,
-                no_delay: no_delay.clone(),
+                counts: counts.clone(),
             },
             Duration::from_secs(5),
             metrics::Counter::noop(),
@@ -954,12 +998,12 @@ mod tests {
         drop(io);
         let mut written = Vec::new();
         far.read_to_end(&mut written).await.unwrap();
-        (written, no_delay.load(std::sync::atomic::Ordering::Relaxed))
+        (written, counts.get())
     }
 
     #[tokio::test]
     async fn nagle_stays_on_for_one_response_in_one_write_before_a_close() {
-        let (written, no_delay) = serve(
+        let (written, [no_delay, last, shutdowns]) = serve(
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
             b"ok",
         )
@@ -967,20 +1011,27 @@ mod tests {
         assert!(written.starts_with(b"HTTP/1.1 200 OK\r\n"));
         assert!(written.ends_with(b"\r\n\r\nok"));
         assert_eq!(no_delay, 0, "no write could wait behind another");
+        assert_eq!(last, 1, "head and body are the last bytes, in one write");
+        assert_eq!(shutdowns, 1, "which the FIN follows at once");
     }
 
     #[tokio::test]
     async fn nagle_is_turned_off_once_for_a_kept_connection() {
         let two = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        let (written, no_delay) = serve(two, b"ok").await;
+        let (written, [no_delay, last, shutdowns]) = serve(two, b"ok").await;
         assert_eq!(written.windows(8).filter(|w| w == b"HTTP/1.1").count(), 2);
         assert_eq!(no_delay, 1, "turned off before the first write, once");
+        assert_eq!(
+            [last, shutdowns],
+            [0, 0],
+            "the client closed: no response was the last"
+        );
     }
 
     #[tokio::test]
     async fn nagle_is_turned_off_for_a_body_written_in_parts_before_a_close() {
         static LARGE: [u8; 3 * DIRECT] = [b'x'; 3 * DIRECT];
-        let (written, no_delay) = serve(
+        let (written, [no_delay, last, shutdowns]) = serve(
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
             &LARGE,
         )
@@ -990,6 +1041,8 @@ mod tests {
             no_delay, 1,
             "the head and the body go in more than one write"
         );
+        assert_eq!(shutdowns, 1);
+        assert_eq!(last, 0, "the body went out from where it was: nothing left");
     }
 
     fn fast(bytes: &[u8]) -> (Head, Vec<Span>) {

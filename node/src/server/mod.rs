@@ -308,7 +308,7 @@ pub async fn serve<H, F>(
         connections.spawn(crate::clock::Polled::new(Box::into_pin(crate::boxed(move || async move {
             match tls {
                 // Nagle's algorithm is turned off when a write could wait
-                // for it (`stall::NoDelay`).
+                // for it (`stall::Segments`).
                 None => serve_connection(stream, serving).await,
                 // Boxed too: the handshake and the TLS stream would
                 // otherwise size every connection's task.
@@ -373,7 +373,7 @@ async fn serve_connection<H, F, S>(stream: S, serving: Serving<H>)
 where
     H: Fn(Box<hyper::Request<Inbound>>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Box<hyper::Response<Body>>> + Send + 'static,
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + stall::NoDelay + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + stall::Segments + Unpin + Send + 'static,
 {
     let shared = &serving.shared;
     let mut io = stall::WriteIdle::new(
@@ -403,7 +403,7 @@ where
         Bytes::new()
     };
     // HTTP/2 and hyper's writes may come in parts.
-    stall::NoDelay::no_delay(&mut io);
+    stall::Segments::no_delay(&mut io);
     // Boxed, as TLS is: most connections never get here.
     Box::into_pin(crate::boxed(move || {
         serve_hyper(fast::Rewind::new(read, io), serving)

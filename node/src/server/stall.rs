@@ -50,34 +50,83 @@ impl<IO> WriteIdle<IO> {
     }
 }
 
-/// A connection's socket, on which Nagle's algorithm can be turned off.
+/// How a connection's writes become TCP segments.
 ///
-/// As nginx does, a plain connection has it turned off only once a write
-/// could wait behind an earlier one (a second response, a body written in
-/// parts): a connection that carries one response in one write and closes
-/// never needs it, and is spared the system call.
-pub(crate) trait NoDelay {
+/// **Nagle's algorithm.** As nginx does, a plain connection has it turned
+/// off only once a write could wait behind an earlier one (a second
+/// response, a body written in parts): a connection that carries one
+/// response in one write and closes never needs it, and is spared the
+/// system call.
+///
+/// **The last bytes before a close.** They are written with `MSG_MORE`,
+/// which holds a partial segment back, and the shutdown that follows at
+/// once sends them with the FIN in one segment rather than two. On
+/// loopback and on a LAN a segment costs both ends a pass through their
+/// network stacks, and a connection that carries one request is only a
+/// handful of them; nginx sends its FIN on its own.
+pub(crate) trait Segments: AsyncWrite {
     /// Turns Nagle's algorithm off (once).
     fn no_delay(&mut self);
-}
 
-impl NoDelay for tokio::net::TcpStream {
-    fn no_delay(&mut self) {
-        let _ = self.set_nodelay(true);
+    /// Writes `buf`, the last bytes before the write side is shut down:
+    /// held for the shutdown's FIN where the transport can. The caller
+    /// must shut down right after; until then a partial segment waits.
+    fn poll_write_last(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write(cx, buf)
     }
 }
 
-impl NoDelay for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+impl Segments for tokio::net::TcpStream {
+    fn no_delay(&mut self) {
+        let _ = self.set_nodelay(true);
+    }
+
+    #[cfg(target_os = "linux")]
+    fn poll_write_last(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // tokio's writes take no flags: the send is socket2's, inside
+        // tokio's readiness (`try_io` clears it on `WouldBlock`).
+        let stream = self.get_mut();
+        loop {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                socket2::SockRef::from(&*stream)
+                    .send_with_flags(buf, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+            });
+            match sent {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                sent => return Poll::Ready(sent),
+            }
+        }
+    }
+}
+
+impl Segments for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
     /// Turned off before the handshake already, whose flights want it.
     fn no_delay(&mut self) {}
 }
 
-impl<IO: NoDelay> NoDelay for WriteIdle<IO> {
+impl<IO: Segments> Segments for WriteIdle<IO> {
     fn no_delay(&mut self) {
         if !self.no_delay {
             self.io.no_delay();
             self.no_delay = true;
         }
+    }
+
+    fn poll_write_last(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.guard(cx, |io, cx| io.poll_write_last(cx, buf))
     }
 }
 
@@ -174,6 +223,36 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
+
+    /// On a real connection: the last bytes stay in the kernel until the
+    /// shutdown, which sends them with the FIN.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_last_bytes_wait_for_the_shutdown() {
+        use std::io::Read;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut server = tokio::net::TcpStream::from_std(server).unwrap();
+        let sent = std::future::poll_fn(|cx| Pin::new(&mut server).poll_write_last(cx, b"bye"))
+            .await
+            .unwrap();
+        assert_eq!(sent, 3);
+        client.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 8];
+        let held = client.read(&mut buf).unwrap_err();
+        assert_eq!(held.kind(), io::ErrorKind::WouldBlock, "held for the FIN");
+        server.shutdown().await.unwrap();
+        client.set_nonblocking(false).unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"bye", "sent with it, then the end");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_that_makes_no_progress_fails_after_the_limit() {
