@@ -585,6 +585,14 @@ pub struct RawFields {
     /// empty, so that no map is built for them either; the vector's
     /// allocation serves every response on the connection.
     set: Vec<(HeaderName, HeaderValue)>,
+    /// The lengths of the names in `set`, a bit each (63 for any longer):
+    /// most upstream fields are told apart from them by length alone.
+    set_lengths: u64,
+}
+
+/// A name length's bit in `RawFields::set_lengths`.
+fn length_bit(name: &[u8]) -> u64 {
+    1 << name.len().min(63)
 }
 
 impl RawFields {
@@ -610,15 +618,20 @@ impl RawFields {
     fn set(&mut self, name: HeaderName, value: HeaderValue) {
         match self.set.iter_mut().find(|(set, _)| *set == name) {
             Some(slot) => slot.1 = value,
-            None => self.set.push((name, value)),
+            None => {
+                self.set_lengths |= length_bit(name.as_str().as_bytes());
+                self.set.push((name, value));
+            }
         }
     }
 
     /// Whether the gateway set a field named `name` (any case).
     fn replaced(&self, name: &[u8]) -> bool {
-        self.set
-            .iter()
-            .any(|(set, _)| eq_ignore_ascii_case(set.as_str().as_bytes(), name))
+        self.set_lengths & length_bit(name) != 0
+            && self
+                .set
+                .iter()
+                .any(|(set, _)| eq_ignore_ascii_case(set.as_str().as_bytes(), name))
     }
 
     /// Moves pending fields into `map`, but those whose name it has
@@ -670,6 +683,7 @@ impl RawFields {
         self.head = Bytes::new();
         self.pending = false;
         self.set.clear();
+        self.set_lengths = 0;
     }
 }
 
