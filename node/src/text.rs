@@ -181,6 +181,12 @@ pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The items of a comma-separated field value (RFC 9110 §5.6.1), each
+/// trimmed of ASCII whitespace; empty items are kept.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
 /// Each byte's two lowercase hex digits: one load a byte instead of two
 /// table lookups and the shifts between.
 const HEX_PAIRS: [[u8; 2]; 256] = {

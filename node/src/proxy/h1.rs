@@ -471,7 +471,7 @@ fn parse(
             let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"");
             chunked = Some(eq_ignore_ascii_case(last.trim_ascii(), b"chunked"));
         } else if eq_ignore_ascii_case(name, b"connection") {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            for token in crate::text::list_items(value) {
                 if eq_ignore_ascii_case(token, b"close") {
                     close = true;
                 } else if !token.is_empty() && !eq_ignore_ascii_case(token, b"keep-alive") {

@@ -571,8 +571,7 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 /// Split as bytes: a token that is no field name (obs-text included) is
 /// skipped, the others are still listed.
 fn listed_names(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
-    value.as_bytes().split(|&b| b == b',').filter_map(|t| {
-        let t = t.trim_ascii();
+    crate::text::list_items(value.as_bytes()).filter_map(|t| {
         if crate::text::eq_ignore_ascii_case(t, b"close") {
             Some(CLOSE.clone())
         } else if crate::text::eq_ignore_ascii_case(t, b"keep-alive") {

@@ -64,7 +64,7 @@ use crate::body::{Body, BodyError, Inbound};
 use crate::deadline::Deadline;
 use crate::head::Span;
 use crate::proxy::h1::{RawFields, each_field, write_both};
-use crate::text::{Peer, eq_ignore_ascii_case, push_field};
+use crate::text::{Peer, eq_ignore_ascii_case, list_items, push_field};
 
 /// The most header fields the fast path takes; a head with more goes to
 /// hyper.
@@ -149,8 +149,7 @@ fn parse(buf: &[u8], max_head: usize, fields: &mut Vec<Span>) -> Parsed {
                 _ => return Parsed::Other,
             }
         } else if eq_ignore_ascii_case(name, b"connection") {
-            for token in value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
+            for token in list_items(value) {
                 if eq_ignore_ascii_case(token, b"upgrade") {
                     return Parsed::Other;
                 }
@@ -379,10 +378,7 @@ fn asks_to_close(response: &http::Response<Body>) -> bool {
         .iter()
         .chain(set)
         .any(|value| {
-            value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|token| eq_ignore_ascii_case(token.trim_ascii(), b"close"))
+            list_items(value.as_bytes()).any(|token| eq_ignore_ascii_case(token, b"close"))
         })
 }
 
