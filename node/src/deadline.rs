@@ -11,10 +11,19 @@
 //! itself for it. The sleep is thus moved about once per timeout rather
 //! than once per request. A deadline moved earlier moves the sleep at once,
 //! so a deadline never passes unnoticed.
+//!
+//! Polling the sleep registers the task's waker with it anew, each time:
+//! four atomic operations (a lock taken and released, the new waker
+//! cloned, the old one dropped), about 20 ns, for a waker that is usually
+//! the one already there. A [`Deadline`] remembers which waker its armed
+//! sleep holds, by identity, and a poll with the same waker only checks
+//! that the sleep has not fired. The identity cannot be taken over by
+//! another task: the sleep holds that waker, and so keeps its task alive,
+//! until it fires, and a fired sleep is polled again.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -28,6 +37,26 @@ pin_project! {
         sleep: Sleep,
         // The deadline; the sleep is armed for it or for an earlier time.
         due: Instant,
+        // The waker the armed sleep holds, if it was polled since it was
+        // last armed.
+        holds: Option<WakerId>,
+    }
+}
+
+/// A waker's identity, as [`Waker::will_wake`] compares it, without a
+/// reference (which would be an atomic count to keep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WakerId {
+    data: usize,
+    vtable: usize,
+}
+
+impl WakerId {
+    fn of(waker: &Waker) -> Self {
+        Self {
+            data: waker.data() as usize,
+            vtable: std::ptr::from_ref(waker.vtable()) as usize,
+        }
     }
 }
 
@@ -37,6 +66,7 @@ impl Deadline {
         Self {
             sleep: tokio::time::sleep_until(due),
             due,
+            holds: None,
         }
     }
 
@@ -45,6 +75,7 @@ impl Deadline {
         let this = self.project();
         if due < this.sleep.deadline() {
             this.sleep.reset(due);
+            *this.holds = None;
         }
         *this.due = due;
     }
@@ -55,21 +86,46 @@ impl Future for Deadline {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
+        let waker = WakerId::of(cx.waker());
+        if *this.holds == Some(waker) && !this.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
         while this.sleep.as_mut().poll(cx).is_ready() {
             if this.sleep.deadline() >= *this.due {
+                *this.holds = None;
                 return Poll::Ready(());
             }
             this.sleep.as_mut().reset(*this.due);
         }
+        *this.holds = Some(waker);
         Poll::Pending
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
     use std::time::Duration;
 
     use super::*;
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Count {
+        fn get(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -142,5 +198,71 @@ mod tests {
         // A deadline already past completes at once.
         deadline.as_mut().set(start + ms(30));
         assert!(passed(deadline.as_mut()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_polled_again_by_the_same_waker_still_wakes_it() {
+        let start = Instant::now();
+        let deadline = Deadline::new(start + ms(100));
+        tokio::pin!(deadline);
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(deadline.as_mut().poll(&mut cx).is_pending());
+        // The sleep holds this waker: these polls only look.
+        assert!(deadline.as_mut().poll(&mut cx).is_pending());
+        deadline.as_mut().set(start + ms(150));
+        assert!(deadline.as_mut().poll(&mut cx).is_pending());
+        // The sleep fires at its first arming and wakes the task, which
+        // finds the deadline moved and arms the sleep again.
+        tokio::time::advance(ms(100)).await;
+        assert_eq!(count.get(), 1);
+        assert!(deadline.as_mut().poll(&mut cx).is_pending());
+        assert!(deadline.as_mut().poll(&mut cx).is_pending());
+        tokio::time::advance(ms(50)).await;
+        assert_eq!(count.get(), 2);
+        assert!(deadline.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_polled_by_another_waker_wakes_that_one() {
+        let start = Instant::now();
+        let deadline = Deadline::new(start + ms(100));
+        tokio::pin!(deadline);
+        let (first, second) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let first_waker = Waker::from(first.clone());
+        let second_waker = Waker::from(second.clone());
+        assert!(
+            deadline
+                .as_mut()
+                .poll(&mut Context::from_waker(&first_waker))
+                .is_pending()
+        );
+        // The connection went to another task (a pooled upstream
+        // connection does): the sleep must hold the new waker.
+        assert!(
+            deadline
+                .as_mut()
+                .poll(&mut Context::from_waker(&second_waker))
+                .is_pending()
+        );
+        tokio::time::advance(ms(100)).await;
+        assert_eq!((first.get(), second.get()), (0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_moved_earlier_after_a_poll_wakes_at_the_earlier_time() {
+        let start = Instant::now();
+        let deadline = Deadline::new(start + ms(500));
+        tokio::pin!(deadline);
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(deadline.as_mut().poll(&mut cx).is_pending());
+        deadline.as_mut().set(start + ms(20));
+        assert!(deadline.as_mut().poll(&mut cx).is_pending());
+        tokio::time::advance(ms(20)).await;
+        assert_eq!(count.get(), 1);
+        assert!(deadline.as_mut().poll(&mut cx).is_ready());
     }
 }
