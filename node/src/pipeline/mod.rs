@@ -147,7 +147,8 @@ pub struct RequestCx {
     pub request_id: HeaderValue,
     /// W3C trace context; the span id is the gateway's own.
     pub trace: trace::Context,
-    /// `trace` as a `traceparent` value, formatted once.
+    /// `trace` as a `traceparent` value, formatted once; the response
+    /// takes it (`observe::finish`).
     pub traceparent: HeaderValue,
     /// The request's host, lowercase and without port.
     pub host: String,

@@ -562,13 +562,15 @@ impl Stage for RouteStage {
     }
 
     fn on_request<'a>(&'a self, cx: &'a mut RequestCx, req: &'a mut Request) -> Step<'a, Flow> {
-        let snapshot = cx.snapshot.clone();
-        let Some(route) = snapshot.router.find(cx, req) else {
+        // The route is found and rewrites under a shared borrow of `cx`
+        // (the snapshot's `Arc` is not cloned for it); `cx` takes both after.
+        let Some(route) = cx.snapshot.router.find(cx, req) else {
             return ready(Err(Kind::NoRoute.into()));
         };
-        ready(route.rewrite(&cx.path).map(|rewritten| {
+        let (route, rewritten) = (route.clone(), route.rewrite(&cx.path));
+        ready(rewritten.map(|rewritten| {
             cx.rewritten = rewritten;
-            cx.route = Some(route.clone());
+            cx.route = Some(route);
             Flow::Continue
         }))
     }
