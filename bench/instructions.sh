@@ -22,7 +22,9 @@
 #
 # Environment: WORK_DIR (required), DURATION=10, CONNS=64, PATH_=/2b,
 # PORT_BASE=18380 (as bench/proxy.sh), CLOSE=1 for a new connection per
-# request (wrk sends `Connection: close`, as bench/proxy.sh's close16-2b).
+# request (wrk sends `Connection: close`, as bench/proxy.sh's close16-2b),
+# VALGRIND_ARGS (more callgrind options; bench/atomics.sh passes
+# `--dump-instr=yes`).
 
 set -euo pipefail
 
@@ -46,7 +48,8 @@ count() {
     shift 2
     profile="$WORK_DIR/callgrind.$(basename "$label")"
     rm -f "$profile".*
-    valgrind --tool=callgrind --callgrind-out-file="$profile.%p" "$@" \
+    # shellcheck disable=SC2086 # VALGRIND_ARGS is a list of options
+    valgrind --tool=callgrind --callgrind-out-file="$profile.%p" ${VALGRIND_ARGS:-} "$@" \
         </dev/null >"$WORK_DIR/callgrind-proxy.out" 2>&1 &
     pid=$!
     PIDS+=("$pid")

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# bench/atomics.sh: atomic read-modify-writes per proxied request, for
+# Meridian builds and for nginx (docs/benchmarks.md, "atomic operations
+# per request").
+#
+#   bench/proxy.sh                          # once: it leaves its work dir
+#   WORK_DIR=/tmp/meridian-proxy-bench.XXXX bench/atomics.sh BIN_A BIN_B ...
+#
+# Runs bench/instructions.sh with callgrind's per-instruction counts
+# (`--dump-instr=yes`), then bench/atomics.py on each profile: the total
+# per request and the functions that run them. Environment as
+# bench/instructions.sh's (CONNS=64 by default here, DURATION=5).
+
+set -euo pipefail
+
+: "${WORK_DIR:?set WORK_DIR to a work dir bench/proxy.sh left}"
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export CONNS=${CONNS:-64} DURATION=${DURATION:-5} VALGRIND_ARGS="--dump-instr=yes"
+[ $# -ge 1 ] || { echo "usage: WORK_DIR=... $0 MERIDIAN_BIN..." >&2; exit 1; }
+
+counts=$("$BENCH_DIR/instructions.sh" "$@")
+printf '%s\n\n' "$counts"
+while IFS=$'\t' read -r label requests _; do
+    [ "$label" = proxy ] && continue
+    binary=$label
+    [ "$label" = nginx ] && binary=$(command -v nginx)
+    # The label's profile (instructions.sh names them by basename and
+    # removes the label's earlier ones).
+    profiles=("$WORK_DIR/callgrind.$(basename "$label")".*.1)
+    python3 "$BENCH_DIR/atomics.py" "${profiles[-1]}" "$requests" "$binary" "${TOP:-15}"
+    echo
+done <<<"$counts"
