@@ -10,7 +10,7 @@
 //! constant memory. (The exporter's histograms queue every sample until the
 //! next scrape or upkeep, about 270 instructions a sample here.) Each
 //! thread that records has a copy of its own, which only it writes (see
-//! [`writer`]): a sample is two loads and two stores, where adding to
+//! the `writer` module): a sample is two loads and two stores, where adding to
 //! shared counters takes two locked instructions, each about 5 ns on this
 //! project's machines and more under contention. `/metrics` renders the
 //! copies' sums after the exporter's series.
@@ -639,8 +639,8 @@ fn key(name: &'static str, labels: &[(&'static str, String)]) -> Key {
 
 /// A latency histogram over the node's buckets (`BUCKETS`): a count per
 /// bucket (the last one past the largest bound) and the sum in nanoseconds,
-/// a copy for each writer slot (see [`writer`]) and a last one that threads
-/// without a slot share.
+/// a copy for each writer slot (see the `writer` module) and a last one
+/// that threads without a slot share.
 #[derive(Debug)]
 pub struct Latency {
     copies: Box<[Counts]>,
