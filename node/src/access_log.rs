@@ -7,7 +7,7 @@
 //! bounded queue, and a node task hands over the partly filled ones every
 //! 200 ms ([`AccessLog::tick`]). So the writer wakes once per batch rather
 //! than once per request, and a line reaches the file within about 200 ms
-//! (later when no CPU is idle: until 16 batches wait, see below).
+//! (later when no CPU is idle: until 4 batches wait, see below).
 //! When the writer falls behind and the queue is full, the batch is
 //! dropped and its lines are counted in `meridian_access_log_dropped_total`
 //! rather than slowing requests down.
@@ -25,8 +25,13 @@
 //! running finish its slice before a thread that has just woken, and a
 //! 64 KiB write takes 20-40 µs). On a CPU that is never idle it would fall
 //! behind, so a second thread at normal priority takes over whenever
-//! 16 batches (1 MiB) are waiting, and writes until none are (the
-//! idle writer only finishes the batch it has begun). Both take a batch
+//! 4 batches (256 KiB) are waiting, and writes until none are (the
+//! idle writer only finishes the batch it has begun). The backlog is
+//! small on purpose: on a CPU that is never idle, every byte is written
+//! by this thread, and what it writes at one go is a stall for the
+//! requests on that CPU. At 16 batches (1 MiB, half a millisecond and
+//! more) the stalls set the p99 of 64 connections at full load; at 4 it
+//! measured 0.90 of nginx's against 1.05 (docs/benchmarks.md). Both take a batch
 //! from the queue only while they hold the sink, so batches are written
 //! in the order they were queued.
 
@@ -47,8 +52,8 @@ use crate::sync::lock;
 const BATCH_BYTES: usize = 64 * 1024;
 /// Batches queued between the request path and the writer (16 MiB).
 const QUEUED_BATCHES: usize = 256;
-/// The catch-up writer starts when this many batches wait (1 MiB).
-const CATCH_UP_AT: usize = 16;
+/// The catch-up writer starts when this many batches wait (256 KiB).
+const CATCH_UP_AT: usize = 4;
 
 /// The sending side of the access log; cheap to clone.
 #[derive(Clone)]
