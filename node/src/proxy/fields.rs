@@ -213,10 +213,11 @@ impl Own {
     /// `Forwarded` hops, `TE`, `Connection`, `Upgrade`) in one pass, and
     /// appends this hop.
     fn new(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Self {
-        // Both forwarding fields are written into one buffer: the
-        // `X-Forwarded-For` value, then `Forwarded`'s. Every piece is
-        // checked (earlier hops are visible ASCII, `to_str`; the host was
-        // checked by `admit`), so the fast path writes it as it is.
+        // The gateway's values are written into one buffer (see `text`):
+        // the forwarding fields, then the host, request id and trace
+        // context. Every piece is checked (earlier hops are visible ASCII,
+        // `to_str`; the host, the request id and the trace context by
+        // `admit`), so the fast path writes it as it is.
         let mut text = Vec::with_capacity(256);
         let mut earlier_forwarded = Vec::new();
         let mut trailers = false;
