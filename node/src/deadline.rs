@@ -127,6 +127,12 @@ mod tests {
         }
     }
 
+    /// A counting waker and its count.
+    fn counting() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count::default());
+        (count.clone(), Waker::from(count))
+    }
+
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
@@ -205,8 +211,7 @@ mod tests {
         let start = Instant::now();
         let deadline = Deadline::new(start + ms(100));
         tokio::pin!(deadline);
-        let count = Arc::new(Count::default());
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         assert!(deadline.as_mut().poll(&mut cx).is_pending());
         // The sleep holds this waker: these polls only look.
@@ -229,9 +234,8 @@ mod tests {
         let start = Instant::now();
         let deadline = Deadline::new(start + ms(100));
         tokio::pin!(deadline);
-        let (first, second) = (Arc::new(Count::default()), Arc::new(Count::default()));
-        let first_waker = Waker::from(first.clone());
-        let second_waker = Waker::from(second.clone());
+        let (first, first_waker) = counting();
+        let (second, second_waker) = counting();
         assert!(
             deadline
                 .as_mut()
@@ -255,8 +259,7 @@ mod tests {
         let start = Instant::now();
         let deadline = Deadline::new(start + ms(500));
         tokio::pin!(deadline);
-        let count = Arc::new(Count::default());
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         assert!(deadline.as_mut().poll(&mut cx).is_pending());
         deadline.as_mut().set(start + ms(20));

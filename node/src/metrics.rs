@@ -739,21 +739,20 @@ mod writer {
         *SLOTS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(64)))
     }
 
-    /// Slots given back by threads that ended; the rest were never taken.
-    static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-    static NEVER_TAKEN: Mutex<usize> = Mutex::new(0);
+    /// The slots no thread holds: those given back by threads that ended,
+    /// and the number taken so far (the rest were never taken).
+    static FREE: Mutex<(Vec<usize>, usize)> = Mutex::new((Vec::new(), 0));
 
     /// A thread's slot, given back when the thread ends.
     struct Held(Option<usize>);
 
     impl Held {
         fn take() -> Self {
-            let free = crate::sync::lock(&FREE).pop();
-            Held(free.or_else(|| {
-                let mut next = crate::sync::lock(&NEVER_TAKEN);
-                (*next < slots()).then(|| {
-                    *next += 1;
-                    *next - 1
+            let (given_back, taken) = &mut *crate::sync::lock(&FREE);
+            Held(given_back.pop().or_else(|| {
+                (*taken < slots()).then(|| {
+                    *taken += 1;
+                    *taken - 1
                 })
             }))
         }
@@ -762,7 +761,7 @@ mod writer {
     impl Drop for Held {
         fn drop(&mut self) {
             if let Some(slot) = self.0 {
-                crate::sync::lock(&FREE).push(slot);
+                crate::sync::lock(&FREE).0.push(slot);
             }
         }
     }

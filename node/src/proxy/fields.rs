@@ -153,7 +153,7 @@ fn sent(client: &HeaderMap, own: Option<&Own>, mut visit: impl FnMut(&HeaderName
         &X_FORWARDED_PROTO,
         if own.https { &HTTPS } else { &HTTP }.into(),
     );
-    if own.forwarded_host {
+    if own.host_end > own.forwarded_end {
         visit(
             &X_FORWARDED_HOST,
             Value::Text(&own.text[own.forwarded_end..own.host_end]),
@@ -191,8 +191,8 @@ struct Own {
     host: Option<HeaderValue>,
     /// The values written here, one after the other, each ending where
     /// the next starts: `X-Forwarded-For`'s, `Forwarded`'s (from
-    /// `for_end`), `X-Forwarded-Host`'s (from `forwarded_end`, when
-    /// `forwarded_host`), `x-request-id`'s (from `host_end`) and
+    /// `for_end`), `X-Forwarded-Host`'s (from `forwarded_end`; empty
+    /// when there is none), `x-request-id`'s (from `host_end`) and
     /// `traceparent`'s (from `id_end`). The request's values are copied,
     /// not shared: a few dozen bytes cost less than a reference count
     /// raised and lowered (atomic operations) for each.
@@ -202,7 +202,6 @@ struct Own {
     host_end: usize,
     id_end: usize,
     https: bool,
-    forwarded_host: bool,
     api_version: Option<HeaderValue>,
     /// The verified caller's fields; they replace any the client sent.
     identity: HeaderMap,
@@ -271,14 +270,17 @@ impl Own {
         text.extend_from_slice(before);
         text.extend_from_within(ip_start..xff_end);
         push_all(&mut text, &[after, proto]);
-        // `admit` checked the host's bytes.
-        if let Some(host) = &cx.authority {
-            push_all(&mut text, &[b";host=\"", host.as_bytes(), b"\""]);
-        }
-        let forwarded_end = text.len();
-        if let Some(host) = &cx.authority {
-            text.extend_from_slice(host.as_bytes());
-        }
+        // `admit` checked the host's bytes. It ends `Forwarded` and is
+        // `X-Forwarded-Host` (empty without one: a host is never empty).
+        let forwarded_end = match &cx.authority {
+            Some(host) => {
+                push_all(&mut text, &[b";host=\"", host.as_bytes(), b"\""]);
+                let end = text.len();
+                text.extend_from_slice(host.as_bytes());
+                end
+            }
+            None => text.len(),
+        };
         let host_end = text.len();
         text.extend_from_slice(cx.request_id.as_bytes());
         let id_end = text.len();
@@ -307,7 +309,6 @@ impl Own {
             host_end,
             id_end,
             https,
-            forwarded_host: cx.authority.is_some(),
             api_version: cx.api.as_ref().map(|selected| selected.version.clone()),
             identity,
         }
