@@ -91,11 +91,35 @@ pub struct Gateway {
     pipeline: Pipeline,
 }
 
+/// The proxy listeners' handler: the gateway, and the
+/// `Strict-Transport-Security` value a TLS listener adds to answers that
+/// carry none.
+#[derive(Clone)]
+struct Proxying {
+    gateway: Arc<Gateway>,
+    hsts: Option<http::HeaderValue>,
+}
+
+impl server::Handler for Proxying {
+    async fn call(
+        &self,
+        request: Box<pipeline::Request>,
+        peer: crate::text::Peer,
+    ) -> Box<pipeline::Response> {
+        let mut response = self.gateway.serve(request, peer).await;
+        if let Some(hsts) = &self.hsts {
+            crate::body::fields_mut(&mut response)
+                .entry(http::header::STRICT_TRANSPORT_SECURITY)
+                .or_insert_with(|| hsts.clone());
+        }
+        response
+    }
+}
+
 impl Gateway {
-    /// Serves one proxied request. (It owns its handle on the gateway, so
-    /// the listener's handler is this future itself, not one around it.)
+    /// Serves one proxied request.
     pub async fn serve(
-        self: Arc<Self>,
+        &self,
         req: Box<pipeline::Request>,
         peer: crate::text::Peer,
     ) -> Box<pipeline::Response> {
@@ -511,9 +535,9 @@ impl App {
         let grace = config.shutdown.grace_period;
         let servers = TaskTracker::new();
         let proxy_settings = server::Settings::proxy(&config, &shared.metrics);
-        let handler = {
-            let gateway = gateway.clone();
-            move |req, peer| gateway.clone().serve(req, peer)
+        let handler = Proxying {
+            gateway: gateway.clone(),
+            hsts: None,
         };
         // Not instrumented: entering a span at each poll of the accept
         // loop costs every new connection, and its events name the
@@ -527,22 +551,9 @@ impl App {
         ));
         if let Some((listener, tls)) = proxy_tls {
             let settings = server::Settings::proxy_tls(&config, &shared.metrics, tls.clone());
-            let hsts = tls.settings().hsts.clone();
-            let handler = {
-                let gateway = gateway.clone();
-                move |req, peer| {
-                    let gateway = gateway.clone();
-                    let hsts = hsts.clone();
-                    async move {
-                        let mut response = gateway.serve(req, peer).await;
-                        if let Some(hsts) = hsts {
-                            crate::body::fields_mut(&mut response)
-                                .entry(http::header::STRICT_TRANSPORT_SECURITY)
-                                .or_insert(hsts);
-                        }
-                        response
-                    }
-                }
+            let handler = Proxying {
+                gateway: gateway.clone(),
+                hsts: tls.settings().hsts.clone(),
             };
             tracing::info!(address = %bound(&listener), "HTTPS proxy listener");
             servers.spawn(server::serve(

@@ -33,9 +33,15 @@ pub struct UpstreamFields {
 
 impl UpstreamFields {
     /// The fields for the request in `cx`, whose own fields were `client`;
-    /// `upgrade` keeps its `Upgrade`.
-    pub(crate) fn new(cx: &RequestCx, client: HeaderMap, upgrade: bool) -> Self {
-        let own = Own::new(cx, &client, upgrade);
+    /// `upgrade` keeps its `Upgrade`, `preserve_host` sends the client's
+    /// host (the route's `preserve_host`).
+    pub(crate) fn new(
+        cx: &RequestCx,
+        client: HeaderMap,
+        upgrade: bool,
+        preserve_host: bool,
+    ) -> Self {
+        let own = Own::new(cx, &client, upgrade, preserve_host);
         Self {
             client,
             own: Some(own),
@@ -82,7 +88,9 @@ impl UpstreamFields {
 /// stages that call upstreams themselves and keep the client's request.
 pub(crate) fn upstream_headers(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(client.len() + 8);
-    append_sent(client, Some(&Own::new(cx, client, upgrade)), &mut map);
+    let preserve_host = cx.route.as_ref().is_some_and(|route| route.preserve_host);
+    let own = Own::new(cx, client, upgrade, preserve_host);
+    append_sent(client, Some(&own), &mut map);
     map
 }
 
@@ -211,7 +219,7 @@ impl Own {
     /// Reads what it needs of `client` (earlier `X-Forwarded-For` and
     /// `Forwarded` hops, `TE`, `Connection`, `Upgrade`) in one pass, and
     /// appends this hop.
-    fn new(cx: &RequestCx, client: &HeaderMap, upgrade: bool) -> Self {
+    fn new(cx: &RequestCx, client: &HeaderMap, upgrade: bool, preserve_host: bool) -> Self {
         // The gateway's values are written into one buffer (see `text`):
         // the forwarding fields, then the host, request id and trace
         // context. Every piece is checked (earlier hops are visible ASCII,
@@ -298,11 +306,7 @@ impl Own {
             close_listed,
             trailers,
             upgrade: upgrade_value,
-            host: cx
-                .authority
-                .as_ref()
-                .filter(|_| cx.route.as_ref().is_some_and(|r| r.preserve_host))
-                .cloned(),
+            host: cx.authority.as_ref().filter(|_| preserve_host).cloned(),
             text,
             for_end: xff_end,
             forwarded_end,

@@ -107,11 +107,26 @@ impl Proxy {
     pub async fn forward(
         &self,
         cx: &mut RequestCx,
-        mut req: Box<Request>,
+        req: Box<Request>,
     ) -> Result<Box<Response>, Error> {
-        let Some(route) = cx.route.clone() else {
+        // The route is lent out of `cx` and put back after: cloning its
+        // `Arc` would be two atomic operations a request. Nothing on the way
+        // reads `cx.route`, and a forward dropped before the end drops the
+        // pipeline's `cx` with it.
+        let Some(route) = cx.route.take() else {
             return Err(Kind::NoRoute.into());
         };
+        let result = self.forward_on(&route, cx, req).await;
+        cx.route = Some(route);
+        result
+    }
+
+    async fn forward_on(
+        &self,
+        route: &crate::pipeline::route::Route,
+        cx: &mut RequestCx,
+        mut req: Box<Request>,
+    ) -> Result<Box<Response>, Error> {
         let pool = &route.upstream;
         let timeouts = pool.definition().timeouts;
         let limit = route
@@ -147,11 +162,17 @@ impl Proxy {
             }
             _ => path_and_query(cx.upstream_path(), req.uri().query())?,
         };
+        let preserve_host = route.preserve_host && cx.authority.is_some();
         let mut out = Outgoing {
-            fields: UpstreamFields::new(cx, std::mem::take(req.headers_mut()), upgrade),
+            fields: UpstreamFields::new(
+                cx,
+                std::mem::take(req.headers_mut()),
+                upgrade,
+                preserve_host,
+            ),
             path_and_query,
             method: std::mem::take(req.method_mut()),
-            preserve_host: route.preserve_host && cx.authority.is_some(),
+            preserve_host,
             payload,
             limit,
             // A body a transform replaced was held to the limit before.

@@ -75,6 +75,9 @@ pub struct Target {
     pub authority: http::uri::Authority,
     /// The connections to this target.
     pub endpoint: Endpoint,
+    /// The pool's client, which takes the connections back: an in-flight
+    /// request holds its target alone, not the pool as well.
+    client: Arc<Client>,
     /// The share of requests it gets relative to the pool's other targets
     /// (1 unless an SRV record gave a weight).
     pub weight: u32,
@@ -227,8 +230,8 @@ pub struct Pool {
     epoch: Instant,
     retry_budget: RetryBudget,
     registry: Arc<Metrics>,
-    /// The keep-alive client.
-    pub client: Client,
+    /// The keep-alive client (its targets hold it too).
+    pub client: Arc<Client>,
     /// The upstream's series.
     pub metrics: UpstreamMetrics,
     /// Whether its traffic went to other regions ([`super::fallback`]).
@@ -293,7 +296,7 @@ impl Pool {
             },
             registry: metrics.clone(),
             away: super::fallback::Away::new(metrics.gauge("meridian_fallback_active", &upstream)),
-            client: Client::new(definition, tasks),
+            client: Arc::new(Client::new(definition, tasks)),
             metrics: UpstreamMetrics {
                 latency: metrics.latency("meridian_upstream_request_duration_seconds", &upstream),
                 retries: metrics.counter("meridian_upstream_retries_total", &upstream),
@@ -427,6 +430,7 @@ impl Pool {
         let target = Target {
             origin: entry.to_string().into(),
             endpoint: Endpoint::new(&resolved.authority, resolved.addr),
+            client: self.client.clone(),
             authority: resolved.authority.clone(),
             address,
             weight: resolved.weight,
@@ -527,15 +531,11 @@ impl Pool {
     /// Marks the start, `now`, of a request to target `index` of `set`;
     /// the guard ends it. (The caller's clock reading: it times the
     /// request from the same instant.)
-    pub fn begin(self: &Arc<Self>, set: &Targets, index: usize, now: Instant) -> InFlight {
+    pub fn begin(&self, set: &Targets, index: usize, now: Instant) -> InFlight {
         let target = set.list[index].clone();
         target.in_flight.fetch_add(1, Ordering::Relaxed);
         self.retry_budget.request(self.second(now));
-        InFlight {
-            pool: self.clone(),
-            target,
-            conn: None,
-        }
+        InFlight { target, conn: None }
     }
 
     /// Sends `request` to target `index` of `set` and waits up to
@@ -546,7 +546,7 @@ impl Pool {
     /// since what it means (a client fault, an upstream fault) depends on
     /// the caller.
     pub async fn exchange(
-        self: &Arc<Self>,
+        &self,
         set: &Targets,
         index: usize,
         request: http::Request<crate::body::UpstreamBody>,
@@ -566,7 +566,7 @@ impl Pool {
     /// that the fast path sends from its borrowed `head`
     /// ([`Client::send_whole`]).
     pub async fn exchange_whole(
-        self: &Arc<Self>,
+        &self,
         set: &Targets,
         index: usize,
         head: &super::h1::RequestHead<'_>,
@@ -585,7 +585,7 @@ impl Pool {
     /// the deadline it is given (`timeout` from now): the target's
     /// in-flight count and the upstream's latency around it.
     async fn timed<F>(
-        self: &Arc<Self>,
+        &self,
         set: &Targets,
         index: usize,
         timeout: std::time::Duration,
@@ -717,7 +717,6 @@ fn gcd(a: u64, b: u64) -> u64 {
 /// Ends an in-flight request when dropped, closing the connection it
 /// holds unless [`InFlight::release`] gave it back first.
 pub struct InFlight {
-    pool: Arc<Pool>,
     target: Arc<Target>,
     conn: Option<Conn>,
 }
@@ -733,7 +732,7 @@ impl InFlight {
     /// target's idle stack.
     pub fn release(mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.client.release(&self.target.endpoint, conn);
+            self.target.client.release(&self.target.endpoint, conn);
         }
     }
 

@@ -464,11 +464,10 @@ impl<S, H> Drop for Http1<'_, S, H> {
     }
 }
 
-impl<'a, S, H, F> Http1<'a, S, H>
+impl<'a, S, H> Http1<'a, S, H>
 where
     S: AsyncRead + AsyncWrite + super::stall::Segments + Unpin + Send,
-    H: Fn(Box<http::Request<Inbound>>, Peer) -> F + Send + Sync,
-    F: std::future::Future<Output = Box<http::Response<Body>>> + Send,
+    H: super::Handler,
 {
     pub(super) fn new(
         io: &'a mut S,
@@ -984,7 +983,7 @@ mod tests {
         let stopping = Arc::new(super::super::stopping::Stopping::default());
         let watch = stopping.watch();
         let peer = Peer::new("127.0.0.1:1".parse().unwrap());
-        let handler = |_request: Box<http::Request<Inbound>>, _peer: Peer| async move {
+        let handler = move |_request: Box<http::Request<Inbound>>, _peer: Peer| async move {
             Box::new(http::Response::new(Body::full(body)))
         };
         far.write_all(requests).await.unwrap();

@@ -210,17 +210,46 @@ pub fn bind(address: SocketAddr, defer_accept: Duration) -> std::io::Result<TcpL
     TcpListener::from_std(socket.into())
 }
 
+/// What a listener answers its requests with.
+///
+/// The answer may borrow the handler: the fast path lends its handler to
+/// every request of a connection (a closure that owns a handle on the
+/// gateway would clone it, two atomic operations, for each); hyper's path
+/// clones the handler for each request, as its service must own it.
+/// Closures that return an owned future are handlers as they are.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Answers `request` from `peer`.
+    fn call(
+        &self,
+        request: Box<hyper::Request<Inbound>>,
+        peer: Peer,
+    ) -> impl Future<Output = Box<hyper::Response<Body>>> + Send + '_;
+}
+
+impl<H, F> Handler for H
+where
+    H: Fn(Box<hyper::Request<Inbound>>, Peer) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Box<hyper::Response<Body>>> + Send + 'static,
+{
+    fn call(
+        &self,
+        request: Box<hyper::Request<Inbound>>,
+        peer: Peer,
+    ) -> impl Future<Output = Box<hyper::Response<Body>>> + Send + '_ {
+        self(request, peer)
+    }
+}
+
 /// Serves `listener` with `handler` until `shutdown`, then drains for up to
 /// `grace` before closing what is left.
-pub async fn serve<H, F>(
+pub async fn serve<H>(
     listener: TcpListener,
     settings: Settings,
     handler: H,
     shutdown: CancellationToken,
     grace: Duration,
 ) where
-    H: Fn(Box<hyper::Request<Inbound>>, Peer) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Box<hyper::Response<Body>>> + Send + 'static,
+    H: Handler,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -369,10 +398,9 @@ struct Serving<H> {
     stopping: Watch,
 }
 
-async fn serve_connection<H, F, S>(stream: S, serving: Serving<H>)
+async fn serve_connection<H, S>(stream: S, serving: Serving<H>)
 where
-    H: Fn(Box<hyper::Request<Inbound>>, Peer) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Box<hyper::Response<Body>>> + Send + 'static,
+    H: Handler,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + stall::Segments + Unpin + Send + 'static,
 {
     let shared = &serving.shared;
@@ -413,10 +441,9 @@ where
 
 /// Serves the rest of a connection with hyper (HTTP/2, upgrades, and what
 /// the fast path handed over), starting with the bytes `io` rewinds.
-async fn serve_hyper<H, F, S>(io: fast::Rewind<stall::WriteIdle<S>>, serving: Serving<H>)
+async fn serve_hyper<H, S>(io: fast::Rewind<stall::WriteIdle<S>>, serving: Serving<H>)
 where
-    H: Fn(Box<hyper::Request<Inbound>>, Peer) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Box<hyper::Response<Body>>> + Send + 'static,
+    H: Handler,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Serving {
@@ -544,15 +571,14 @@ where
 /// Runs `handler` on `request` unless the listener is overloaded (then the
 /// answer is the shed response); the request counts as in flight until the
 /// response body is finished.
-async fn respond<H, F>(
+async fn respond<H>(
     handler: &H,
     shared: &Shared,
     request: Box<hyper::Request<Inbound>>,
     peer: Peer,
 ) -> Box<hyper::Response<Body>>
 where
-    H: Fn(Box<hyper::Request<Inbound>>, Peer) -> F,
-    F: Future<Output = Box<hyper::Response<Body>>>,
+    H: Handler,
 {
     let permit = match shared
         .load
@@ -563,7 +589,7 @@ where
         Some(Ok(permit)) => Some(permit),
         None => None,
     };
-    let mut response = handler(request, peer).await;
+    let mut response = handler.call(request, peer).await;
     if let Some(permit) = permit {
         response.body_mut().keep(permit);
     }
