@@ -8,8 +8,10 @@
 //! definition did not change are carried over with their health state,
 //! connections and counters.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use raft::model::GatewayConfig;
@@ -125,9 +127,38 @@ impl Snapshot {
 /// The current snapshot and the one way to replace it.
 pub struct Handle {
     current: ArcSwap<Snapshot>,
+    /// The version of `current`, set after each swap: what a thread's
+    /// cached snapshot ([`CACHED`]) is checked against.
+    installed: AtomicU64,
+    /// Tells handles apart in [`CACHED`] (a process may run several nodes).
+    id: u64,
     /// Serialises swaps so versions increase and pool reuse sees the latest.
     apply: Mutex<()>,
     shared: Arc<Shared>,
+}
+
+/// Numbers the handles.
+static HANDLES: AtomicU64 = AtomicU64::new(0);
+
+/// The snapshot a thread loaded last, by handle and version.
+struct Cached {
+    handle: u64,
+    version: u64,
+    /// Weak: a thread that serves no more requests keeps no configuration
+    /// alive.
+    snapshot: Weak<Snapshot>,
+}
+
+thread_local! {
+    /// [`Handle::load`]'s cache: `ArcSwap::load_full` is four atomic
+    /// operations a request with the count's release; a hit is two.
+    static CACHED: RefCell<Cached> = const {
+        RefCell::new(Cached {
+            handle: u64::MAX,
+            version: 0,
+            snapshot: Weak::new(),
+        })
+    };
 }
 
 impl Handle {
@@ -135,14 +166,36 @@ impl Handle {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self {
             current: ArcSwap::from_pointee(Snapshot::empty(&shared)),
+            installed: AtomicU64::new(0),
+            id: HANDLES.fetch_add(1, Ordering::Relaxed),
             apply: Mutex::new(()),
             shared,
         }
     }
 
     /// The snapshot in force.
+    ///
+    /// The thread's last snapshot of this handle, if the version in force
+    /// is still its own. A load that races a swap may get the snapshot
+    /// just replaced, as a request that came a moment earlier would; the
+    /// version is set after the swap, so no thread keeps it past that.
     pub fn load(&self) -> Arc<Snapshot> {
-        self.current.load_full()
+        let installed = self.installed.load(Ordering::Acquire);
+        CACHED.with_borrow_mut(|cached| {
+            if cached.handle == self.id
+                && cached.version == installed
+                && let Some(snapshot) = cached.snapshot.upgrade()
+            {
+                return snapshot;
+            }
+            let snapshot = self.current.load_full();
+            *cached = Cached {
+                handle: self.id,
+                version: installed,
+                snapshot: Arc::downgrade(&snapshot),
+            };
+            snapshot
+        })
     }
 
     /// Compiles and swaps in configuration `version` (from the replicated
@@ -155,6 +208,7 @@ impl Handle {
         }
         let snapshot = Snapshot::compile(config, version, &previous, &self.shared);
         self.current.store(Arc::new(snapshot));
+        self.installed.store(version, Ordering::Release);
         self.shared.metrics.config_version.set(version as f64);
         self.shared.metrics.config_reloads_ok.increment(1);
         tracing::info!(version, "gateway configuration in force");

@@ -258,7 +258,9 @@ fn encode_head(
     // One pass over the fields: each is written, but for the framing ones,
     // which are decided below, and noted when the head needs it.
     let mut noted = Noted::default();
-    each_field(headers, raw, |name, value| noted.push(out, name, value));
+    each_field(headers, raw, |name, value, line| {
+        noted.push(out, name, value, line);
+    });
     let Noted {
         length: length_field,
         date: has_date,
@@ -327,8 +329,9 @@ struct Noted<'a> {
 
 impl<'a> Noted<'a> {
     /// Writes a field to `out`, but for the framing ones, which the head
-    /// decides itself. Names come in any case (an upstream's as they came).
-    fn push(&mut self, out: &mut Vec<u8>, name: &'a [u8], value: &'a [u8]) {
+    /// decides itself. Names come in any case (an upstream's as they came);
+    /// `line` is the field as written, when it can be copied as it is.
+    fn push(&mut self, out: &mut Vec<u8>, name: &'a [u8], value: &'a [u8], line: Option<&[u8]>) {
         if eq_ignore_ascii_case(name, b"transfer-encoding") {
             return;
         }
@@ -338,7 +341,10 @@ impl<'a> Noted<'a> {
         }
         self.date |= eq_ignore_ascii_case(name, b"date");
         self.connection |= eq_ignore_ascii_case(name, b"connection");
-        push_field(out, name, value);
+        match line {
+            Some(line) => out.extend_from_slice(line),
+            None => push_field(out, name, value),
+        }
     }
 }
 

@@ -66,6 +66,35 @@ async fn a_swap_takes_effect_and_bumps_the_version() {
     assert_eq!(current["config"]["routes"][0]["name"], "load-2");
 }
 
+/// Nodes in one process whose requests run on one thread (this test's
+/// runtime): each serves its own configuration, and a swap on one is in
+/// force for its next request, whatever the thread loaded before.
+#[tokio::test]
+async fn nodes_on_one_thread_each_serve_their_own_configuration() {
+    let a = MockUpstream::echo("a").await;
+    let b = MockUpstream::echo("b").await;
+    let first = TestNode::start(&config(&a, &b, "a", "1")).await;
+    let second = TestNode::start(&config(&a, &b, "b", "1")).await;
+    let upstream = |node: &TestNode| {
+        let url = node.url("/load");
+        async move { get(&url).await.json()["upstream"].clone() }
+    };
+    for _ in 0..3 {
+        assert_eq!(upstream(&first).await, "a");
+        assert_eq!(upstream(&second).await, "b");
+    }
+    // As a request in flight would, this keeps the replaced snapshot alive.
+    let in_flight = first.gateway.snapshots().load();
+    assert_eq!(first.apply(&config(&a, &b, "b", "2")).await.status, 200);
+    assert_eq!(upstream(&first).await, "b", "the swap is in force at once");
+    assert_eq!(upstream(&second).await, "b");
+    assert_eq!(in_flight.version, 1);
+    drop(in_flight);
+    assert_eq!(second.apply(&config(&a, &b, "a", "2")).await.status, 200);
+    assert_eq!(upstream(&second).await, "a");
+    assert_eq!(upstream(&first).await, "b");
+}
+
 #[tokio::test]
 async fn hot_reload_under_load_loses_no_request() {
     let a = MockUpstream::echo("a").await;
