@@ -411,8 +411,11 @@ pub struct Metrics {
     pub raft_leader_silence: Gauge,
     /// The latency histograms, by family and labels, in registration order.
     latencies: Mutex<Vec<LatencySeries>>,
-    /// Gauges set from counts kept elsewhere, run before each render.
+    /// Gauges and counters set from counts kept elsewhere, run before
+    /// each render.
     samplers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+    /// The tallied counters, by key (see [`Metrics::tally`]).
+    tallies: Mutex<Vec<(Key, Arc<Tally>)>>,
     /// Requests refused before routing, by error code.
     client_errors: CodeCounters,
     /// Refused credentials, by reason.
@@ -513,6 +516,7 @@ impl Metrics {
             ),
             latencies: Mutex::default(),
             samplers: Mutex::default(),
+            tallies: Mutex::default(),
             client_errors: Default::default(),
             auth_failures: Default::default(),
             recorder,
@@ -571,6 +575,24 @@ impl Metrics {
         latency
     }
 
+    /// Registers (or finds) a counter that the request path counts in a
+    /// [`Tally`] (no atomic operation for a thread with a writer slot):
+    /// the registry's counter is set to the tally's total before each
+    /// render.
+    pub fn tally(&self, name: &'static str, labels: &[(&'static str, String)]) -> Arc<Tally> {
+        let key = key(name, labels);
+        let mut tallies = crate::sync::lock(&self.tallies);
+        if let Some((_, tally)) = tallies.iter().find(|(known, _)| *known == key) {
+            return tally.clone();
+        }
+        let tally = Arc::new(Tally::default());
+        let counter = self.recorder.register_counter(&key, &METADATA);
+        let sampled = tally.clone();
+        self.sample(move || counter.absolute(sampled.total()));
+        tallies.push((key, tally.clone()));
+        tally
+    }
+
     /// Counts a request refused before routing.
     pub fn client_error(&self, code: &'static str) {
         self.client_errors
@@ -594,7 +616,8 @@ impl Metrics {
 
     /// Runs `sample` before every render: for a gauge that mirrors a count
     /// the request path keeps anyway, set when it is read rather than
-    /// raised and lowered (a compare-and-swap loop each) beside the count.
+    /// raised and lowered (a compare-and-swap loop each) beside the count,
+    /// and for a tallied counter ([`Metrics::tally`]).
     pub fn sample(&self, sample: impl Fn() + Send + Sync + 'static) {
         crate::sync::lock(&self.samplers).push(Box::new(sample));
     }
@@ -673,18 +696,9 @@ impl Latency {
             .position(|&bound| seconds <= bound)
             .unwrap_or(BUCKETS.len());
         let nanos = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
-        match writer::slot() {
-            Some(slot) => {
-                let own = &self.copies[slot];
-                writer::add(&own.buckets[bucket], 1);
-                writer::add(&own.sum_nanos, nanos);
-            }
-            None => {
-                let shared = &self.copies[self.copies.len() - 1];
-                shared.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-                shared.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-            }
-        }
+        let (copy, own) = writer::copy(&self.copies);
+        writer::add(own, &copy.buckets[bucket], 1);
+        writer::add(own, &copy.sum_nanos, nanos);
     }
 
     /// Appends the series `name{labels}` in the text format: cumulative
@@ -772,19 +786,72 @@ mod writer {
 
     /// This thread's slot, if it holds one.
     #[inline]
-    pub(super) fn slot() -> Option<usize> {
+    fn slot() -> Option<usize> {
         HELD.try_with(|held| held.0).ok().flatten()
     }
 
-    /// Adds `n` to a counter that only this thread writes (its slot's):
-    /// no locked instruction. The slot's last holder handed it over
-    /// through `FREE`'s lock, so this load sees all it wrote.
+    /// The copy this thread writes of a series kept as `copies` (one a
+    /// slot, then the shared one), and whether it is the thread's own.
     #[inline]
-    pub(super) fn add(counter: &AtomicU64, n: u64) {
-        counter.store(
-            counter.load(Ordering::Relaxed).wrapping_add(n),
-            Ordering::Relaxed,
-        );
+    pub(super) fn copy<T>(copies: &[T]) -> (&T, bool) {
+        match slot() {
+            Some(slot) => (&copies[slot], true),
+            None => (&copies[copies.len() - 1], false),
+        }
+    }
+
+    /// Adds `n` to `counter`, of a copy that is the thread's `own` or the
+    /// shared one. The thread's own, which no other thread writes: no
+    /// locked instruction (the slot's last holder handed it over through
+    /// `FREE`'s lock, so this load sees all it wrote). The shared one: an
+    /// atomic add.
+    #[inline]
+    pub(super) fn add(own: bool, counter: &AtomicU64, n: u64) {
+        if own {
+            counter.store(
+                counter.load(Ordering::Relaxed).wrapping_add(n),
+                Ordering::Relaxed,
+            );
+        } else {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A counter kept as the histograms keep their counts: a copy for each
+/// writer slot and a shared one, summed when read (see [`Metrics::tally`]).
+#[derive(Debug)]
+pub struct Tally {
+    copies: Box<[Count]>,
+}
+
+/// One copy of a tally, on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Count(AtomicU64);
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            copies: (0..=writer::slots()).map(|_| Count::default()).collect(),
+        }
+    }
+}
+
+impl Tally {
+    /// Counts one.
+    #[inline]
+    pub fn increment(&self) {
+        let (copy, own) = writer::copy(&self.copies);
+        writer::add(own, &copy.0, 1);
+    }
+
+    /// The count so far.
+    pub fn total(&self) -> u64 {
+        self.copies
+            .iter()
+            .map(|copy| copy.0.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 }
 
@@ -811,7 +878,7 @@ fn method_index(method: &http::Method) -> usize {
 /// Per-route series, registered lazily per (method, status class).
 pub struct RouteMetrics {
     route: String,
-    requests: [[OnceLock<Counter>; 5]; METHODS.len()],
+    requests: [[OnceLock<Arc<Tally>>; 5]; METHODS.len()],
     /// Request duration, head to end of response.
     pub duration: Arc<Latency>,
 }
@@ -835,7 +902,7 @@ impl RouteMetrics {
         let class = usize::from((status.as_u16() / 100).clamp(1, 5)) - 1;
         self.requests[m][class]
             .get_or_init(|| {
-                metrics.counter(
+                metrics.tally(
                     "meridian_requests_total",
                     &[
                         ("route", self.route.clone()),
@@ -844,7 +911,7 @@ impl RouteMetrics {
                     ],
                 )
             })
-            .increment(1);
+            .increment();
     }
 }
 
@@ -865,9 +932,12 @@ mod tests {
         );
         route.duration.record(Duration::from_millis(3));
         metrics.client_error("invalid_path");
+        // The route again, as a reload compiles it: the same series.
+        let reloaded = RouteMetrics::new(&metrics, "users");
+        reloaded.request(&metrics, &http::Method::GET, http::StatusCode::OK);
         let text = metrics.render();
         assert!(
-            text.contains(r#"meridian_requests_total{route="users",method="GET",status="2xx"} 2"#),
+            text.contains(r#"meridian_requests_total{route="users",method="GET",status="2xx"} 3"#),
             "{text}"
         );
         assert!(
@@ -893,6 +963,7 @@ mod tests {
         let metrics = Metrics::new();
         let name = "meridian_request_duration_seconds";
         let latency = metrics.latency(name, &[("route", "r".to_owned())]);
+        let tally = metrics.tally("meridian_requests_total", &[("route", "r".to_owned())]);
         let threads = writer::slots() * 3 + 1;
         // At once: some threads hold slots, the rest share a copy.
         std::thread::scope(|scope| {
@@ -900,6 +971,7 @@ mod tests {
                 scope.spawn(|| {
                     for _ in 0..2_000 {
                         latency.record(Duration::from_millis(2));
+                        tally.increment();
                     }
                 });
             }
@@ -908,11 +980,16 @@ mod tests {
         // and goes on from that thread's counts.
         for _ in 0..threads {
             std::thread::scope(|scope| {
-                scope.spawn(|| latency.record(Duration::from_secs(1)));
+                scope.spawn(|| {
+                    latency.record(Duration::from_secs(1));
+                    tally.increment();
+                });
             });
         }
         let text = metrics.render();
         let (slow, fast) = (threads, threads * 2_000);
+        let requests = format!("meridian_requests_total{{route=\"r\"}} {}\n", slow + fast);
+        assert!(text.contains(&requests), "{requests} in {text}");
         for (le, count) in [("0.001", 0), ("0.0025", fast), ("1", fast + slow)] {
             let line = format!("{name}_bucket{{route=\"r\",le=\"{le}\"}} {count}\n");
             assert!(text.contains(&line), "{line} in {text}");

@@ -58,7 +58,7 @@ use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
 use super::Shared;
-use super::guard::Closed;
+use super::guard::{Admitted, Closed, Load};
 use super::stopping::Watch;
 use crate::body::{Body, BodyError, Inbound};
 use crate::deadline::Deadline;
@@ -548,7 +548,8 @@ where
             }
             let head_request = head.method == Method::HEAD;
             let close = head.close;
-            let Some(response) = self.respond(request).await else {
+            // `_admitted` counts the request in flight until it is written.
+            let Some((response, _admitted)) = self.respond(request).await else {
                 return End::Closed;
             };
             let close = close || self.stopping.is_draining() || asks_to_close(&response);
@@ -567,13 +568,23 @@ where
 
     /// Runs the handler on `request`, reading on meanwhile: a client that
     /// hangs up cancels its request (`None`), as with hyper, and bytes it
-    /// pipelines are kept for the next head.
+    /// pipelines are kept for the next head. The request counts against
+    /// the listener's in-flight cap until the caller drops what comes with
+    /// the response, once it is written (the answer is 503 when the cap is
+    /// reached).
     async fn respond(
         &mut self,
         request: Box<http::Request<Inbound>>,
-    ) -> Option<Box<http::Response<Body>>> {
+    ) -> Option<(Box<http::Response<Body>>, Option<Admitted<&'a Load>>)> {
         let (handler, shared, peer) = (self.handler, self.shared, *self.peer);
-        let respond = super::respond(handler, shared, request, peer);
+        let admitted = match shared.load.as_deref() {
+            Some(load) => match Load::admit(load, request.headers()) {
+                Ok(admitted) => Some(admitted),
+                Err(shed) => return Some((shed, None)),
+            },
+            None => None,
+        };
+        let respond = handler.call(request, peer);
         tokio::pin!(respond);
         let (io, buf) = (&mut *self.io, &mut self.buf);
         std::future::poll_fn(|cx| {
@@ -596,6 +607,7 @@ where
             }
         })
         .await
+        .map(|response| (response, admitted))
     }
 
     /// Reads more request bytes; the first wait of a head starts its

@@ -18,6 +18,7 @@
 //! `meridian_in_flight_requests{listener}` and
 //! `meridian_connections_closed_total{listener,reason}`.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -127,10 +128,17 @@ pub(crate) struct Load {
     counters: Counters,
 }
 
-/// One request counted in flight; released when dropped (with the response body).
-pub(crate) struct Permit(Arc<Load>);
+/// One request counted in flight, through `L`, a handle on the listener's
+/// [`Load`]; released when dropped.
+pub(crate) struct Admitted<L: Deref<Target = Load>>(L);
 
-impl Drop for Permit {
+/// What a response body keeps until it is dropped (hyper's path, which
+/// hands the response over whole). The fast path, which writes the
+/// response itself, keeps an `Admitted<&Load>` until it has: no
+/// reference count.
+pub(crate) type Permit = Admitted<Arc<Load>>;
+
+impl<L: Deref<Target = Load>> Drop for Admitted<L> {
     fn drop(&mut self) {
         self.0.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -142,14 +150,14 @@ impl Load {
     }
 
     /// Counts a request in, or answers 503 when the listener is full.
-    pub(crate) fn admit(
-        self: &Arc<Self>,
+    pub(crate) fn admit<L: Deref<Target = Load>>(
+        load: L,
         headers: &http::HeaderMap,
-    ) -> Result<Permit, Box<hyper::Response<Body>>> {
-        let in_flight = &self.counters.in_flight;
-        if in_flight.fetch_add(1, Ordering::AcqRel) >= self.max {
+    ) -> Result<Admitted<L>, Box<hyper::Response<Body>>> {
+        let in_flight = &load.counters.in_flight;
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= load.max {
             in_flight.fetch_sub(1, Ordering::AcqRel);
-            self.counters.shed.increment(1);
+            load.counters.shed.increment(1);
             let id = crate::trace::request_id(headers.get(&crate::trace::X_REQUEST_ID));
             let mut response = Error::new(Kind::Overloaded).to_response(id.to_str().unwrap_or(""));
             response
@@ -157,7 +165,7 @@ impl Load {
                 .insert(crate::trace::X_REQUEST_ID.clone(), id);
             return Err(Box::new(response));
         }
-        Ok(Permit(self.clone()))
+        Ok(Admitted(load))
     }
 }
 
@@ -227,8 +235,8 @@ mod tests {
         let metrics = crate::metrics::Metrics::new();
         let load = Load::new(4, Counters::new(Some(&metrics), "proxy"));
         let headers = http::HeaderMap::new();
-        let a = load.admit(&headers).ok().unwrap();
-        let _b = load.admit(&headers).ok().unwrap();
+        let a = Load::admit(&*load, &headers).ok().unwrap();
+        let _b = Load::admit(&*load, &headers).ok().unwrap();
         let line = |n: usize| format!("meridian_in_flight_requests{{listener=\"proxy\"}} {n}\n");
         let text = metrics.render();
         assert!(text.contains(&line(2)), "{text}");
@@ -241,15 +249,15 @@ mod tests {
     fn load_sheds_above_the_cap_and_releases_with_the_permit() {
         let load = Load::new(2, Counters::new(None, "test"));
         let headers = http::HeaderMap::new();
-        let a = load.admit(&headers).ok().unwrap();
-        let _b = load.admit(&headers).ok().unwrap();
-        let shed = load.admit(&headers).err().unwrap();
+        let a = Load::admit(load.clone(), &headers).ok().unwrap();
+        let _b = Load::admit(&*load, &headers).ok().unwrap();
+        let shed = Load::admit(&*load, &headers).err().unwrap();
         assert_eq!(shed.status(), 503);
         assert_eq!(shed.headers()["retry-after"], "1");
         let body = String::from_utf8(shed.body().as_bytes().unwrap().to_vec()).unwrap();
         assert!(body.contains(r#""code":"overloaded""#), "{body}");
         drop(a);
-        assert!(load.admit(&headers).is_ok());
+        assert!(Load::admit(&*load, &headers).is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -583,7 +583,7 @@ where
     let permit = match shared
         .load
         .as_ref()
-        .map(|load| load.admit(request.headers()))
+        .map(|load| Load::admit(load.clone(), request.headers()))
     {
         Some(Err(shed)) => return shed,
         Some(Ok(permit)) => Some(permit),
