@@ -175,8 +175,6 @@ impl Ipv4Text {
 
 /// Appends an HTTP/1.1 field line, `name: value` and CRLF.
 pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    // One capacity check for the line, not one a piece.
-    out.reserve(name.len() + value.len() + 4);
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -367,10 +367,17 @@ impl Pipeline {
         }
         let mut response = match answer {
             Some(response) => response,
-            None => match self.proxy.forward(&mut cx, req).await {
-                Ok(response) => response,
-                Err(error) => Box::new(cx.fail(error)),
-            },
+            None => {
+                // Lent to the proxy and put back (a forward dropped before
+                // its end drops `cx` with it).
+                let route = cx.route.take();
+                let forwarded = self.proxy.forward(route.as_deref(), &mut cx, req).await;
+                cx.route = route;
+                match forwarded {
+                    Ok(response) => response,
+                    Err(error) => Box::new(cx.fail(error)),
+                }
+            }
         };
         // The stages that ran and have an `on_response`, last first.
         let mut responding = active & self.responders & first(ran);

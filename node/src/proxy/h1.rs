@@ -600,22 +600,10 @@ impl RawFields {
     /// case, but the hop-by-hop ones and those the gateway set (see
     /// [`RawFields::each_set`]).
     pub fn each<'a>(&'a self, mut visit: impl FnMut(&'a [u8], &'a [u8])) {
-        self.each_line(|name, value, _| visit(name, value));
-    }
-
-    /// As [`RawFields::each`], with each field's line when the upstream
-    /// wrote it as `name: value` CRLF: a head can take the line as it is,
-    /// in one copy.
-    pub fn each_line<'a>(&'a self, mut visit: impl FnMut(&'a [u8], &'a [u8], Option<&'a [u8]>)) {
-        let head = &self.head[..];
         for (i, &[name_start, name_end, value_start, value_end]) in self.spans.iter().enumerate() {
-            let name = &head[name_start..name_end];
+            let name = &self.head[name_start..name_end];
             if self.hops & 1 << i == 0 && !self.replaced(name) {
-                let line = (value_start == name_end + 2
-                    && head[name_end..value_start] == *b": "
-                    && head.get(value_end..value_end + 2) == Some(b"\r\n"))
-                .then(|| &head[name_start..value_end + 2]);
-                visit(name, &head[value_start..value_end], line);
+                visit(name, &self.head[value_start..value_end]);
             }
         }
     }
@@ -706,21 +694,21 @@ impl RawFields {
 pub fn each_field<'a>(
     map: &'a HeaderMap,
     raw: Option<&'a RawFields>,
-    mut visit: impl FnMut(&'a [u8], &'a [u8], Option<&'a [u8]>),
+    mut visit: impl FnMut(&'a [u8], &'a [u8]),
 ) {
     if let Some(raw) = raw {
-        raw.each_line(|name, value, line| {
+        raw.each(|name, value| {
             if !contains_name(map, name) {
-                visit(name, value, line);
+                visit(name, value);
             }
         });
     }
     for (name, value) in map {
-        visit(name.as_str().as_bytes(), value.as_bytes(), None);
+        visit(name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in raw.into_iter().flat_map(RawFields::each_set) {
         if !map.contains_key(name) {
-            visit(name.as_str().as_bytes(), value.as_bytes(), None);
+            visit(name.as_str().as_bytes(), value.as_bytes());
         }
     }
 }
@@ -1062,43 +1050,6 @@ mod tests {
         super::super::strip_hop_by_hop(&mut headers, false);
         let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["content-length"]);
-    }
-
-    #[tokio::test]
-    async fn raw_fields_give_their_line_only_when_it_is_written_plainly() {
-        let conn = serving(vec![
-            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B:2\r\nX-C:  3 \r\nX-D: 4\nX-E:\r\nX-F: 6\r\nContent-Length: 0\r\n\r\n",
-        ])
-        .await;
-        let request = get("/");
-        let head = RequestHead {
-            raw_response: true,
-            ..RequestHead::of(&request, None)
-        };
-        let response = conn.exchange(&head, None, None).await.unwrap();
-        let raw = response.body().raw_fields().expect("raw fields");
-        let mut seen = Vec::new();
-        raw.each_line(|name, value, line| {
-            seen.push(format!(
-                "{}={}|{}",
-                String::from_utf8_lossy(name),
-                String::from_utf8_lossy(value),
-                line.map_or("-".into(), |line| String::from_utf8_lossy(line)
-                    .into_owned()),
-            ));
-        });
-        assert_eq!(
-            seen,
-            [
-                "X-A=1|X-A: 1\r\n",
-                "X-B=2|-",
-                "X-C=3|-",
-                "X-D=4|-",
-                "X-E=|-",
-                "X-F=6|X-F: 6\r\n",
-                "Content-Length=0|Content-Length: 0\r\n",
-            ]
-        );
     }
 
     #[tokio::test]

@@ -101,32 +101,22 @@ impl Proxy {
             .increment(1);
     }
 
-    /// Forwards `req` along the route chosen in `cx`: to a local target,
-    /// or, when the upstream has a `fallback` and no local target can take
-    /// it, to another region's gateway ([`fallback`]).
+    /// Forwards `req` along `route`, the one the `route` stage chose: to a
+    /// local target, or, when the upstream has a `fallback` and no local
+    /// target can take it, to another region's gateway ([`fallback`]).
+    ///
+    /// The pipeline lends `route` out of `cx` (`cx.route` is `None`
+    /// meanwhile): cloning its `Arc` would be two atomic operations a
+    /// request. Nothing on the way reads `cx.route`.
     pub async fn forward(
         &self,
-        cx: &mut RequestCx,
-        req: Box<Request>,
-    ) -> Result<Box<Response>, Error> {
-        // The route is lent out of `cx` and put back after: cloning its
-        // `Arc` would be two atomic operations a request. Nothing on the way
-        // reads `cx.route`, and a forward dropped before the end drops the
-        // pipeline's `cx` with it.
-        let Some(route) = cx.route.take() else {
-            return Err(Kind::NoRoute.into());
-        };
-        let result = self.forward_on(&route, cx, req).await;
-        cx.route = Some(route);
-        result
-    }
-
-    async fn forward_on(
-        &self,
-        route: &crate::pipeline::route::Route,
+        route: Option<&crate::pipeline::route::Route>,
         cx: &mut RequestCx,
         mut req: Box<Request>,
     ) -> Result<Box<Response>, Error> {
+        let Some(route) = route else {
+            return Err(Kind::NoRoute.into());
+        };
         let pool = &route.upstream;
         let timeouts = pool.definition().timeouts;
         let limit = route

@@ -258,9 +258,7 @@ fn encode_head(
     // One pass over the fields: each is written, but for the framing ones,
     // which are decided below, and noted when the head needs it.
     let mut noted = Noted::default();
-    each_field(headers, raw, |name, value, line| {
-        noted.push(out, name, value, line);
-    });
+    each_field(headers, raw, |name, value| noted.push(out, name, value));
     let Noted {
         length: length_field,
         date: has_date,
@@ -329,9 +327,8 @@ struct Noted<'a> {
 
 impl<'a> Noted<'a> {
     /// Writes a field to `out`, but for the framing ones, which the head
-    /// decides itself. Names come in any case (an upstream's as they came);
-    /// `line` is the field as written, when it can be copied as it is.
-    fn push(&mut self, out: &mut Vec<u8>, name: &'a [u8], value: &'a [u8], line: Option<&[u8]>) {
+    /// decides itself. Names come in any case (an upstream's as they came).
+    fn push(&mut self, out: &mut Vec<u8>, name: &'a [u8], value: &'a [u8]) {
         if eq_ignore_ascii_case(name, b"transfer-encoding") {
             return;
         }
@@ -341,10 +338,7 @@ impl<'a> Noted<'a> {
         }
         self.date |= eq_ignore_ascii_case(name, b"date");
         self.connection |= eq_ignore_ascii_case(name, b"connection");
-        match line {
-            Some(line) => out.extend_from_slice(line),
-            None => push_field(out, name, value),
-        }
+        push_field(out, name, value);
     }
 }
 
