@@ -877,6 +877,7 @@ fn method_index(method: &http::Method) -> usize {
 
 /// Per-route series, registered lazily per (method, status class).
 pub struct RouteMetrics {
+    metrics: Arc<Metrics>,
     route: String,
     requests: [[OnceLock<Arc<Tally>>; 5]; METHODS.len()],
     /// Request duration, head to end of response.
@@ -885,8 +886,9 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// Series for the route named `route` (`none` for unrouted requests).
-    pub fn new(metrics: &Metrics, route: &str) -> Self {
+    pub fn new(metrics: &Arc<Metrics>, route: &str) -> Self {
         Self {
+            metrics: metrics.clone(),
             route: route.to_owned(),
             requests: Default::default(),
             duration: metrics.latency(
@@ -897,12 +899,12 @@ impl RouteMetrics {
     }
 
     /// Counts one answered request.
-    pub fn request(&self, metrics: &Metrics, method: &http::Method, status: http::StatusCode) {
+    pub fn request(&self, method: &http::Method, status: http::StatusCode) {
         let m = method_index(method);
         let class = usize::from((status.as_u16() / 100).clamp(1, 5)) - 1;
         self.requests[m][class]
             .get_or_init(|| {
-                metrics.tally(
+                self.metrics.tally(
                     "meridian_requests_total",
                     &[
                         ("route", self.route.clone()),
@@ -923,10 +925,9 @@ mod tests {
     fn route_series_render_with_labels() {
         let metrics = Metrics::new();
         let route = RouteMetrics::new(&metrics, "users");
-        route.request(&metrics, &http::Method::GET, http::StatusCode::OK);
-        route.request(&metrics, &http::Method::GET, http::StatusCode::OK);
+        route.request(&http::Method::GET, http::StatusCode::OK);
+        route.request(&http::Method::GET, http::StatusCode::OK);
         route.request(
-            &metrics,
             &http::Method::from_bytes(b"PURGE").unwrap(),
             http::StatusCode::NOT_FOUND,
         );
@@ -934,7 +935,7 @@ mod tests {
         metrics.client_error("invalid_path");
         // The route again, as a reload compiles it: the same series.
         let reloaded = RouteMetrics::new(&metrics, "users");
-        reloaded.request(&metrics, &http::Method::GET, http::StatusCode::OK);
+        reloaded.request(&http::Method::GET, http::StatusCode::OK);
         let text = metrics.render();
         assert!(
             text.contains(r#"meridian_requests_total{route="users",method="GET",status="2xx"} 3"#),

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use raft::model::GatewayConfig;
 
 use crate::Shared;
+use crate::access_log::AccessLog;
 use crate::dns::discovery;
 use crate::metrics::RouteMetrics;
 use crate::pipeline::auth;
@@ -40,6 +41,9 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// Series for requests that matched no route.
     pub unrouted: RouteMetrics,
+    /// The node's access log, which every snapshot carries: a finished
+    /// request writes its line through the snapshot it holds.
+    pub access_log: AccessLog,
     /// IP lists, WAF, CORS and security headers.
     pub policies: Policies,
     /// Consumers, API key location, JWT issuers and introspection endpoints.
@@ -99,6 +103,7 @@ impl Snapshot {
             apis: Apis::compile(&config),
             pools,
             unrouted: RouteMetrics::new(&shared.metrics, "none"),
+            access_log: shared.access_log.clone(),
             policies: Policies::compile(&config),
             limits: crate::pipeline::limit::Limits::compile(
                 &config,
@@ -117,6 +122,7 @@ impl Snapshot {
             apis: Apis::default(),
             pools: BTreeMap::new(),
             unrouted: RouteMetrics::new(&shared.metrics, "none"),
+            access_log: shared.access_log.clone(),
             policies: Policies::default(),
             auth: auth::Runtime::default(),
             limits: Default::default(),

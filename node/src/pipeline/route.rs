@@ -313,7 +313,7 @@ impl Route {
         index: usize,
         route: &model::Route,
         upstreams: &HashMap<String, Arc<Pool>>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) -> Option<Self> {
         let m = &route.matcher;
         let path = match (&m.path, &m.path_prefix) {

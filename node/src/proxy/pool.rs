@@ -93,7 +93,9 @@ pub struct Target {
 }
 
 impl Target {
-    /// Requests to this target in flight from this node.
+    /// Requests to this target in flight from this node, as the
+    /// least-request balancer counts them (the others count none: a count
+    /// is two atomic operations a request).
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -495,7 +497,12 @@ impl Pool {
         let n = order.len();
         let usable = |i: usize| self.available(&set.list[i], &now) && !tried.contains(&i);
         let round_robin = || {
-            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            // One target needs no turn taken (an atomic operation).
+            let start = if n > 1 {
+                self.next.fetch_add(1, Ordering::Relaxed)
+            } else {
+                0
+            };
             (0..n).map(|k| order[(start + k) % n]).find(|&i| usable(i))
         };
         match (&self.balancer, hash) {
@@ -533,9 +540,16 @@ impl Pool {
     /// request from the same instant.)
     pub fn begin(&self, set: &Targets, index: usize, now: Instant) -> InFlight {
         let target = set.list[index].clone();
-        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        let counted = matches!(self.balancer, Balancer::LeastRequest);
+        if counted {
+            target.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
         self.retry_budget.request(self.second(now));
-        InFlight { target, conn: None }
+        InFlight {
+            target,
+            counted,
+            conn: None,
+        }
     }
 
     /// Sends `request` to target `index` of `set` and waits up to
@@ -718,6 +732,8 @@ fn gcd(a: u64, b: u64) -> u64 {
 /// holds unless [`InFlight::release`] gave it back first.
 pub struct InFlight {
     target: Arc<Target>,
+    /// Counted in the target's `in_flight` (least request).
+    counted: bool,
     conn: Option<Conn>,
 }
 
@@ -744,7 +760,9 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.counted {
+            self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -829,6 +847,21 @@ mod tests {
         );
         pool.targets()[0].set_healthy(false);
         pool.targets()[2].set_healthy(false);
+        assert_eq!(pool.pick(&pool.targets(), None, &[]), None);
+        let _in_flight = pool.begin(&pool.targets(), 0, Instant::now());
+        assert_eq!(
+            pool.targets()[0].in_flight(),
+            0,
+            "only least request counts"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_target_is_picked_while_it_is_available() {
+        let pool = pool("{ targets: [\"127.0.0.1:1\"] }");
+        assert!((0..3).all(|_| pool.pick(&pool.targets(), None, &[]) == Some(0)));
+        assert_eq!(pool.pick(&pool.targets(), None, &[0]), None, "tried");
+        pool.targets()[0].set_healthy(false);
         assert_eq!(pool.pick(&pool.targets(), None, &[]), None);
     }
 
@@ -937,7 +970,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_target_set_keeps_the_state_of_targets_that_remain() {
-        let pool = pool("{ targets: [\"127.0.0.1:1\", \"svc.test:80\"] }");
+        let pool = pool("{ targets: [\"127.0.0.1:1\", \"svc.test:80\"], balance: least_request }");
         assert_eq!(
             addresses(&pool.targets()),
             vec!["127.0.0.1:1".parse().unwrap()]
