@@ -644,7 +644,7 @@ impl GrpcStage {
             return Err(Kind::NoHealthyUpstream.into());
         };
         let target = &set[index];
-        cx.target = Some(target.address.clone());
+        cx.target = Some(super::ServedBy::Target(target.peer));
         if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
             headers.insert(header::HOST, host);
         }

@@ -127,6 +127,16 @@ pub trait Stage: Send + Sync + 'static {
     }
 }
 
+/// What served a proxied request (the access log's `target`).
+#[derive(Debug, Clone)]
+pub enum ServedBy {
+    /// A target of the route's upstream: the address connected to,
+    /// formatted once with the target (a copy, not a reference count).
+    Target(Peer),
+    /// Another region's gateway: `{region}/node-{id}`.
+    Region(String),
+}
+
 /// Per-request state shared by the stages.
 pub struct RequestCx {
     /// The configuration this request is served under.
@@ -165,8 +175,8 @@ pub struct RequestCx {
     pub api: Option<version::Selected>,
     /// The verified caller, when the route authenticates.
     pub principal: Option<auth::Principal>,
-    /// The upstream target that served the request.
-    pub target: Option<Arc<str>>,
+    /// What served the request, for the access log's `target`.
+    pub target: Option<ServedBy>,
     /// Time the upstream took to answer with a response head.
     pub upstream_latency: Option<std::time::Duration>,
     /// The error code when the gateway answered with an error.

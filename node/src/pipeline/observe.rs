@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, StatusCode, Version};
 
-use super::{RequestCx, Response};
+use super::{RequestCx, Response, ServedBy};
 use crate::access_log::key;
 use crate::body::OnEnd;
 use crate::{Shared, trace};
@@ -124,8 +124,10 @@ impl OnEnd for RequestCx {
             if let Some(route) = &cx.route {
                 line.str(key!("upstream"), route.upstream.name());
             }
-            if let Some(target) = &cx.target {
-                line.str(key!("target"), target);
+            match &cx.target {
+                Some(ServedBy::Target(peer)) => line.peer(key!("target"), peer),
+                Some(ServedBy::Region(name)) => line.str(key!("target"), name),
+                None => {}
             }
             if let Some(latency) = cx.upstream_latency {
                 line.millis(key!("upstream_ms"), latency);

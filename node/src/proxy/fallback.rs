@@ -50,7 +50,7 @@ use crate::app::Gateway;
 use crate::body::FromUpstream;
 use crate::error::{Error, Kind};
 use crate::peer::{ForwardStream, Forwarder};
-use crate::pipeline::{Request, RequestCx, Response};
+use crate::pipeline::{Request, RequestCx, Response, ServedBy};
 use crate::pki::PeerIdentity;
 use crate::snapshot::Snapshot;
 use crate::trace::X_REQUEST_ID;
@@ -220,7 +220,7 @@ impl Proxy {
                     ],
                 )
                 .increment(1);
-            cx.target = Some(format!("{region}/node-{node}").into());
+            cx.target = Some(ServedBy::Region(format!("{region}/node-{node}")));
             match outcome {
                 Ok(response) => {
                     cx.upstream_latency = Some(started.elapsed());

@@ -51,7 +51,8 @@ use crate::body::{
     UpstreamBody,
 };
 use crate::error::{Error, Kind};
-use crate::pipeline::{Request, RequestCx, Response};
+use crate::pipeline::{Request, RequestCx, Response, ServedBy};
+use crate::text::Peer;
 pub use fields::UpstreamFields;
 pub(crate) use fields::upstream_headers;
 
@@ -197,7 +198,7 @@ impl Proxy {
         }
         let mut served = Served::default();
         let result = self.send_local(pool, &mut out, attempts, &mut served).await;
-        cx.target = served.target;
+        cx.target = served.target.map(ServedBy::Target);
         cx.upstream_latency = served.latency;
         match result {
             Ok((response, in_flight)) => {
@@ -293,7 +294,7 @@ impl Proxy {
                     .await
                 }
             };
-            served.target = Some(target.address.clone());
+            served.target = Some(target.peer);
             let error = match result {
                 Ok((response, in_flight, latency)) => {
                     served.latency = Some(latency);
@@ -470,7 +471,7 @@ impl Payload {
 /// Which target served, and how fast it answered.
 #[derive(Default)]
 pub(crate) struct Served {
-    target: Option<Arc<str>>,
+    target: Option<Peer>,
     latency: Option<std::time::Duration>,
 }
 

@@ -75,6 +75,9 @@ pub struct Target {
     pub authority: http::uri::Authority,
     /// The connections to this target.
     pub endpoint: Endpoint,
+    /// The socket address connected to, formatted once (a served request's
+    /// access-log `target`).
+    pub peer: crate::text::Peer,
     /// The pool's client, which takes the connections back: an in-flight
     /// request holds its target alone, not the pool as well.
     client: Arc<Client>,
@@ -432,6 +435,7 @@ impl Pool {
         let target = Target {
             origin: entry.to_string().into(),
             endpoint: Endpoint::new(&resolved.authority, resolved.addr),
+            peer: crate::text::Peer::new(resolved.addr),
             client: self.client.clone(),
             authority: resolved.authority.clone(),
             address,
