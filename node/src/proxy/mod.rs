@@ -82,8 +82,7 @@ impl Proxy {
             bytes_per_second,
             grace: config.timeouts.body_rate_grace,
         });
-        let region = HeaderValue::from_str(&config.region)
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let region = region_value(&config.region);
         Self {
             shared,
             min_body_rate,
@@ -145,13 +144,14 @@ impl Proxy {
             .and_then(|key| request_hash(key, Some(cx.client_ip), req.headers()));
         let body = std::mem::replace(req.body_mut(), Inbound::Buffered(None));
         let payload = Payload::new(prefix, body);
-        let path_and_query = match req.uri().path_and_query() {
+        let path_and_query = match std::mem::take(req.uri_mut()).into_parts().path_and_query {
             // Neither rewritten nor changed by normalising: the client's,
-            // shared rather than copied and checked again.
-            Some(original) if cx.rewritten.is_none() && original.path() == cx.path => {
-                original.clone()
-            }
-            _ => path_and_query(cx.upstream_path(), req.uri().query())?,
+            // moved rather than copied and checked again.
+            Some(original) if cx.rewritten.is_none() && original.path() == cx.path => original,
+            original => path_and_query(
+                cx.upstream_path(),
+                original.as_ref().and_then(PathAndQuery::query),
+            )?,
         };
         let preserve_host = route.preserve_host && cx.authority.is_some();
         let mut out = Outgoing {
@@ -378,6 +378,31 @@ impl Proxy {
         }
         Box::new(http::Response::from_parts(parts, body))
     }
+}
+
+/// `region` as a field value that every response shares without a
+/// reference count (two atomic operations a request): a static string.
+/// Each distinct name is interned, leaked once for the process, which
+/// serves one region (a few in tests).
+fn region_value(region: &str) -> HeaderValue {
+    static INTERNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    // What `from_static` takes: visible ASCII, spaces and tabs.
+    if !region
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return HeaderValue::from_static("unknown");
+    }
+    let mut interned = crate::sync::lock(&INTERNED);
+    let name = match interned.iter().find(|name| **name == region) {
+        Some(name) => *name,
+        None => {
+            let name: &'static str = Box::leak(region.into());
+            interned.push(name);
+            name
+        }
+    };
+    HeaderValue::from_static(name)
 }
 
 /// A request made ready for upstreams: what every attempt sends, to a local
@@ -677,6 +702,21 @@ fn request_hash(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn region_values_are_interned_and_only_visible_ascii() {
+        let first = region_value("eu-west");
+        let again = region_value(&String::from("eu-west"));
+        assert_eq!(first, "eu-west");
+        assert_eq!(
+            first.as_bytes().as_ptr(),
+            again.as_bytes().as_ptr(),
+            "one copy"
+        );
+        assert_eq!(region_value("us east\t2"), "us east\t2");
+        assert_eq!(region_value("zürich"), "unknown");
+        assert_eq!(region_value("a\nb"), "unknown");
+    }
 
     #[test]
     fn hop_by_hop_names_read_alike_as_bytes_and_as_names() {
