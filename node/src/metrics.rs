@@ -681,7 +681,7 @@ struct Counts {
 impl Default for Latency {
     fn default() -> Self {
         Self {
-            copies: (0..=writer::slots()).map(|_| Counts::default()).collect(),
+            copies: writer::copies(),
         }
     }
 }
@@ -790,6 +790,11 @@ mod writer {
         HELD.try_with(|held| held.0).ok().flatten()
     }
 
+    /// Fresh copies of a series: one a slot, then the shared one.
+    pub(super) fn copies<T: Default>() -> Box<[T]> {
+        (0..=slots()).map(|_| T::default()).collect()
+    }
+
     /// The copy this thread writes of a series kept as `copies` (one a
     /// slot, then the shared one), and whether it is the thread's own.
     #[inline]
@@ -833,7 +838,7 @@ struct Count(AtomicU64);
 impl Default for Tally {
     fn default() -> Self {
         Self {
-            copies: (0..=writer::slots()).map(|_| Count::default()).collect(),
+            copies: writer::copies(),
         }
     }
 }
