@@ -187,7 +187,8 @@ impl Handle {
     /// version is set after the swap, so no thread keeps it past that.
     pub fn load(&self) -> Arc<Snapshot> {
         let installed = self.installed.load(Ordering::Acquire);
-        CACHED.with_borrow_mut(|cached| {
+        let cached = CACHED.try_with(|cached| {
+            let cached = &mut *cached.borrow_mut();
             if cached.handle == self.id
                 && cached.version == installed
                 && let Some(snapshot) = cached.snapshot.upgrade()
@@ -201,7 +202,9 @@ impl Handle {
                 snapshot: Arc::downgrade(&snapshot),
             };
             snapshot
-        })
+        });
+        // A thread whose locals are gone (its exit) loads without them.
+        cached.unwrap_or_else(|_| self.current.load_full())
     }
 
     /// Compiles and swaps in configuration `version` (from the replicated
