@@ -127,12 +127,15 @@ fn parse(value: &[u8]) -> Option<([u8; 16], u8)> {
     Some((trace_id, flags))
 }
 
+/// The longest request id kept from a client.
+pub const MAX_REQUEST_ID: usize = 128;
+
 /// The request id: the client's when sane, otherwise a new UUIDv4.
 pub fn request_id(client: Option<&HeaderValue>) -> HeaderValue {
     if let Some(value) = client {
         let bytes = value.as_bytes();
         let sane = !bytes.is_empty()
-            && bytes.len() <= 128
+            && bytes.len() <= MAX_REQUEST_ID
             && bytes
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b));

@@ -47,14 +47,20 @@ async fn access_log_lines_are_json() {
     let node = TestNode::start_with(&yaml(&upstream), |raw| raw.log.access_log = log).await;
     let logged = get_with(&node.url("/r/x?secret=1"), &[("x-request-id", "log-me")]).await;
     let traceparent = logged.header("traceparent").to_owned();
-    get(&node.url("/missing")).await;
+    let missing = get(&node.url("/missing")).await;
+    let generated = missing.header("x-request-id").to_owned();
+    // The longest id a client's is kept at, logged whole.
+    let longest = "a".repeat(128);
+    get_with(&node.url("/r"), &[("x-request-id", &longest)]).await;
     node.stop().await;
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[1]["request_id"], generated.as_str());
+    assert_eq!(lines[2]["request_id"], longest.as_str());
     let first = &lines[0];
     assert_eq!(first["request_id"], "log-me");
     assert_eq!(first["route"], "r");
