@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# bench/icache.sh: instruction-cache misses per proxied request, for
+# Meridian builds and for nginx (docs/benchmarks.md, "the code a request
+# runs does not fit the instruction cache").
+#
+#   bench/proxy.sh                          # once: it leaves its work dir
+#   WORK_DIR=/tmp/meridian-proxy-bench.XXXX bench/icache.sh BIN_A BIN_B ...
+#
+# Runs bench/instructions.sh under callgrind's cache and branch simulation
+# (`--cache-sim=yes --branch-sim=yes`: the host's cache sizes, no
+# prefetching, the proxy alone), then bench/icache.py on each profile:
+# every event per request and the functions that miss the L1i most.
+# Environment as bench/instructions.sh's (CONNS=64 by default here,
+# DURATION=5), TOP=25.
+
+set -euo pipefail
+
+: "${WORK_DIR:?set WORK_DIR to a work dir bench/proxy.sh left}"
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export CONNS=${CONNS:-64} DURATION=${DURATION:-5} VALGRIND_ARGS="--cache-sim=yes --branch-sim=yes"
+[ $# -ge 1 ] || { echo "usage: WORK_DIR=... $0 MERIDIAN_BIN..." >&2; exit 1; }
+
+counts=$("$BENCH_DIR/instructions.sh" "$@")
+printf '%s\n\n' "$counts"
+while IFS=$'\t' read -r label requests _; do
+    [ "$label" = proxy ] && continue
+    # The label's profile (instructions.sh names them by basename and
+    # removes the label's earlier ones).
+    profiles=("$WORK_DIR/callgrind.$(basename "$label")".*.1)
+    echo "$label:"
+    python3 "$BENCH_DIR/icache.py" "${profiles[-1]}" "$requests" "${TOP:-25}"
+    echo
+done <<<"$counts"
