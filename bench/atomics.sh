@@ -18,15 +18,7 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export CONNS=${CONNS:-64} DURATION=${DURATION:-5} VALGRIND_ARGS="--dump-instr=yes"
 [ $# -ge 1 ] || { echo "usage: WORK_DIR=... $0 MERIDIAN_BIN..." >&2; exit 1; }
 
-counts=$("$BENCH_DIR/instructions.sh" "$@")
-printf '%s\n\n' "$counts"
-while IFS=$'\t' read -r label requests _; do
-    [ "$label" = proxy ] && continue
-    binary=$label
-    [ "$label" = nginx ] && binary=$(command -v nginx)
-    # The label's profile (instructions.sh names them by basename and
-    # removes the label's earlier ones).
-    profiles=("$WORK_DIR/callgrind.$(basename "$label")".*.1)
-    python3 "$BENCH_DIR/atomics.py" "${profiles[-1]}" "$requests" "$binary" "${TOP:-15}"
-    echo
-done <<<"$counts"
+# shellcheck source=bench/profiles.sh
+source "$BENCH_DIR/profiles.sh"
+locked() { python3 "$BENCH_DIR/atomics.py" "$2" "$3" "$4" "${TOP:-15}"; }
+each_profile locked "$@"

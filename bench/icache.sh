@@ -20,14 +20,10 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export CONNS=${CONNS:-64} DURATION=${DURATION:-5} VALGRIND_ARGS="--cache-sim=yes --branch-sim=yes"
 [ $# -ge 1 ] || { echo "usage: WORK_DIR=... $0 MERIDIAN_BIN..." >&2; exit 1; }
 
-counts=$("$BENCH_DIR/instructions.sh" "$@")
-printf '%s\n\n' "$counts"
-while IFS=$'\t' read -r label requests _; do
-    [ "$label" = proxy ] && continue
-    # The label's profile (instructions.sh names them by basename and
-    # removes the label's earlier ones).
-    profiles=("$WORK_DIR/callgrind.$(basename "$label")".*.1)
-    echo "$label:"
-    python3 "$BENCH_DIR/icache.py" "${profiles[-1]}" "$requests" "${TOP:-25}"
-    echo
-done <<<"$counts"
+# shellcheck source=bench/profiles.sh
+source "$BENCH_DIR/profiles.sh"
+misses() {
+    echo "$1:"
+    python3 "$BENCH_DIR/icache.py" "$2" "$3" "${TOP:-25}"
+}
+each_profile misses "$@"

@@ -1,0 +1,24 @@
+# shellcheck shell=bash
+# bench/profiles.sh: sourced by bench/atomics.sh and bench/icache.sh, which
+# differ only in the callgrind options and in what reads the profiles.
+# Needs WORK_DIR, BENCH_DIR and VALGRIND_ARGS set.
+
+# each_profile ANALYSE BIN...: runs bench/instructions.sh on the builds
+# (and nginx), prints its counts, then calls `ANALYSE LABEL PROFILE
+# REQUESTS BINARY` for each: the label's last profile (instructions.sh
+# names them by basename and removes the label's earlier ones), its
+# request count, and the binary that ran.
+each_profile() {
+    local analyse=$1 counts label requests binary profiles
+    shift
+    counts=$("$BENCH_DIR/instructions.sh" "$@")
+    printf '%s\n\n' "$counts"
+    while IFS=$'\t' read -r label requests _; do
+        [ "$label" = proxy ] && continue
+        binary=$label
+        [ "$label" = nginx ] && binary=$(command -v nginx)
+        profiles=("$WORK_DIR/callgrind.$(basename "$label")".*.1)
+        "$analyse" "$label" "${profiles[-1]}" "$requests" "$binary"
+        echo
+    done <<<"$counts"
+}
