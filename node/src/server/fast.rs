@@ -571,12 +571,10 @@ where
         request: Box<http::Request<Inbound>>,
     ) -> Option<(Box<http::Response<Body>>, Option<Admitted<&'a Load>>)> {
         let (handler, shared, peer) = (self.handler, self.shared, *self.peer);
-        let admitted = match shared.load.as_deref() {
-            Some(load) => match Load::admit(load, request.headers()) {
-                Ok(admitted) => Some(admitted),
-                Err(shed) => return Some((shed, None)),
-            },
-            None => None,
+        let admit = |load| Load::admit(load, request.headers());
+        let admitted = match shared.load.as_deref().map(admit).transpose() {
+            Ok(admitted) => admitted,
+            Err(shed) => return Some((shed, None)),
         };
         let respond = handler.call(request, peer);
         tokio::pin!(respond);

@@ -580,14 +580,10 @@ async fn respond<H>(
 where
     H: Handler,
 {
-    let permit = match shared
-        .load
-        .as_ref()
-        .map(|load| Load::admit(load.clone(), request.headers()))
-    {
-        Some(Err(shed)) => return shed,
-        Some(Ok(permit)) => Some(permit),
-        None => None,
+    let admit = |load: &Arc<Load>| Load::admit(load.clone(), request.headers());
+    let permit = match shared.load.as_ref().map(admit).transpose() {
+        Ok(permit) => permit,
+        Err(shed) => return shed,
     };
     let mut response = handler.call(request, peer).await;
     if let Some(permit) = permit {
