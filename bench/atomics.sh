@@ -13,12 +13,8 @@
 
 set -euo pipefail
 
-: "${WORK_DIR:?set WORK_DIR to a work dir bench/proxy.sh left}"
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-export CONNS=${CONNS:-64} DURATION=${DURATION:-5} VALGRIND_ARGS="--dump-instr=yes"
-[ $# -ge 1 ] || { echo "usage: WORK_DIR=... $0 MERIDIAN_BIN..." >&2; exit 1; }
-
 # shellcheck source=bench/profiles.sh
 source "$BENCH_DIR/profiles.sh"
 locked() { python3 "$BENCH_DIR/atomics.py" "$2" "$3" "$4" "${TOP:-15}"; }
-each_profile locked "$@"
+each_profile locked "--dump-instr=yes" "$@"

@@ -15,15 +15,11 @@
 
 set -euo pipefail
 
-: "${WORK_DIR:?set WORK_DIR to a work dir bench/proxy.sh left}"
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-export CONNS=${CONNS:-64} DURATION=${DURATION:-5} VALGRIND_ARGS="--cache-sim=yes --branch-sim=yes"
-[ $# -ge 1 ] || { echo "usage: WORK_DIR=... $0 MERIDIAN_BIN..." >&2; exit 1; }
-
 # shellcheck source=bench/profiles.sh
 source "$BENCH_DIR/profiles.sh"
 misses() {
     echo "$1:"
     python3 "$BENCH_DIR/icache.py" "$2" "$3" "${TOP:-25}"
 }
-each_profile misses "$@"
+each_profile misses "--cache-sim=yes --branch-sim=yes" "$@"
