@@ -8,9 +8,12 @@
 # with `-Cprofile-use`, which lays out and inlines the code by those
 # counts. docs/benchmarks.md has what it gives.
 #
-#   bench/proxy.sh                          # once: it leaves its work dir
-#   WORK_DIR=/tmp/meridian-proxy-bench.XXXX bench/pgo-build.sh [OUT]
+#   bench/pgo-build.sh [OUT]                # what deploy/Dockerfile runs
 #   MERIDIAN_BIN=OUT SKIP_BUILD=1 bench/proxy.sh
+#
+# The training runs on a work dir of bench/proxy.sh's: WORK_DIR, or, when
+# it is not set, a new one that `SETUP_ONLY=1 bench/proxy.sh` writes (and
+# which is removed at the end).
 #
 # Both builds are for `--target x86_64-unknown-linux-gnu`, so that
 # RUSTFLAGS reach the binary only, not the build scripts and procedural
@@ -23,12 +26,11 @@
 # newest llvm-profdata-NN on the PATH from 19 up (Debian 12's `llvm-19`
 # reads rustc 1.95's), installed with apt-get as root if there is none.
 #
-# Environment: WORK_DIR (required), TRAINING=mixed, PGO_TARGET_DIR=
+# Environment: WORK_DIR (a new one when not set), TRAINING=mixed, PGO_TARGET_DIR=
 # target/pgo (under the repository), PORT_BASE (as bench/proxy.sh).
 
 set -euo pipefail
 
-: "${WORK_DIR:?set WORK_DIR to a work dir bench/proxy.sh left}"
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 TRAINING=${TRAINING:-mixed}
@@ -63,6 +65,13 @@ build() {
         die "cargo build with RUSTFLAGS='$1' failed"
 }
 
+if [[ -z ${WORK_DIR:-} ]]; then
+    WORK_DIR=$(mktemp -d /tmp/meridian-pgo-train.XXXXXX)
+    trap 'rm -rf "$WORK_DIR"' EXIT
+    log "0/4 training work dir: $WORK_DIR"
+    SETUP_ONLY=1 WORK_DIR=$WORK_DIR "$BENCH_DIR/proxy.sh" >&2 ||
+        die "could not write the training work dir"
+fi
 rm -rf "$PROFILES"
 log "1/4 profiling build (-Cprofile-generate)"
 build "-Cprofile-generate=$PROFILES"

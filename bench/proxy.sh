@@ -38,6 +38,8 @@
 #   KEEP_ACCESS_LOG=0                deleted at exit unless KEEP_ACCESS_LOG=1)
 #   ACCESS_LOG=file                  Meridian's access log: "file" (the benchmark) or
 #                                    "off" (diagnosis only: how much the log costs)
+#   SETUP_ONLY=0                     1: write the work dir's configs and stop (no build,
+#                                    no run): what bench/pgo-build.sh trains in
 
 set -euo pipefail
 
@@ -53,6 +55,7 @@ SERVER_CPU=${SERVER_CPU:-1}
 PORT_BASE=${PORT_BASE:-18380}
 MERIDIAN_BIN=${MERIDIAN_BIN:-$REPO_DIR/target/release/meridian}
 SKIP_BUILD=${SKIP_BUILD:-0}
+SETUP_ONLY=${SETUP_ONLY:-0}
 KEEP_ACCESS_LOG=${KEEP_ACCESS_LOG:-0}
 ACCESS_LOG=${ACCESS_LOG:-file}
 
@@ -98,7 +101,7 @@ for s in $SCENARIOS; do scenario_conns "$s" >/dev/null; done
 [[ $ACCESS_LOG == file || $ACCESS_LOG == off ]] || die "ACCESS_LOG must be file or off (got '$ACCESS_LOG')"
 
 ncpu=$(nproc --all)
-((LOAD_CPU < ncpu && SERVER_CPU < ncpu)) ||
+((SETUP_ONLY == 1 || (LOAD_CPU < ncpu && SERVER_CPU < ncpu))) ||
     die "LOAD_CPU=$LOAD_CPU / SERVER_CPU=$SERVER_CPU need at least $((LOAD_CPU > SERVER_CPU ? LOAD_CPU + 1 : SERVER_CPU + 1)) CPUs; this machine has $ncpu"
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
@@ -119,11 +122,11 @@ for port in $BACKEND_PORT $NGINX_PORT $MERIDIAN_PORT $MERIDIAN_ADMIN_PORT; do
     fi
 done
 
-if [[ $SKIP_BUILD != 1 ]]; then
+if [[ $SKIP_BUILD != 1 && $SETUP_ONLY != 1 ]]; then
     log "building: cargo build --release -p cli"
     (cd "$REPO_DIR" && cargo build --release -p cli >&2) || die "cargo build --release -p cli failed"
 fi
-[[ -x $MERIDIAN_BIN ]] || die "Meridian binary not found at $MERIDIAN_BIN (build it or set MERIDIAN_BIN)"
+[[ $SETUP_ONLY == 1 || -x $MERIDIAN_BIN ]] || die "Meridian binary not found at $MERIDIAN_BIN (build it or set MERIDIAN_BIN)"
 
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -248,11 +251,16 @@ if [[ $ACCESS_LOG == off ]]; then access_log_target=off; else access_log_target=
 render "$BENCH_DIR/node.toml.in" "$WORK_DIR/node.toml" DIR="$WORK_DIR" PORT="$MERIDIAN_PORT" \
     ADMIN_PORT="$MERIDIAN_ADMIN_PORT" ACCESS_LOG="$access_log_target"
 render "$BENCH_DIR/gateway.yaml.in" "$WORK_DIR/gateway.yaml" BACKEND_PORT="$BACKEND_PORT"
+render "$BENCH_DIR/gateway-train.yaml.in" "$WORK_DIR/gateway-train.yaml" BACKEND_PORT="$BACKEND_PORT"
 
 "$NGINX" -t -q -p "$WORK_DIR" -e "$WORK_DIR/backend-error.log" -c "$WORK_DIR/nginx-backend.conf" ||
     die "backend nginx config is invalid: $WORK_DIR/nginx-backend.conf"
 "$NGINX" -t -q -p "$WORK_DIR" -e "$WORK_DIR/proxy-error.log" -c "$WORK_DIR/nginx-proxy.conf" ||
     die "proxy nginx config is invalid: $WORK_DIR/nginx-proxy.conf"
+if [[ $SETUP_ONLY == 1 ]]; then
+    log "SETUP_ONLY=1: configs written"
+    exit 0
+fi
 
 log "starting backend nginx on 127.0.0.1:$BACKEND_PORT (CPU $SERVER_CPU)"
 taskset -c "$SERVER_CPU" "$NGINX" -p "$WORK_DIR" -e "$WORK_DIR/backend-error.log" \

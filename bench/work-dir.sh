@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/work-dir.sh: sourced by the scripts that run on a work dir that
 # bench/proxy.sh left (compare.sh, instructions.sh, neighbour.sh,
 # pgo-train.sh). It stops what they start, by PID, when they exit, and
