@@ -49,10 +49,8 @@ start_backend
 rm -f "$WORK_DIR/access.log"
 config=$WORK_DIR/node.toml
 if [ "$TRAINING" = mixed ]; then
-    # The node of bench/proxy.sh on the training gateway, with a fresh store.
+    # bench/proxy.sh's node on the training gateway, with a fresh store.
     config=$WORK_DIR/node-train.toml
-    sed 's|/gateway\.yaml"$|/gateway-train.yaml"|' "$WORK_DIR/node.toml" >"$config"
-    grep -q 'gateway-train.yaml' "$config" || { echo "no gateway line in $WORK_DIR/node.toml" >&2; exit 1; }
     rm -rf "$WORK_DIR/meridian-data"
 fi
 "$BIN" node run --config "$config" </dev/null >"$WORK_DIR/pgo-train.out" 2>&1 &

@@ -248,10 +248,14 @@ head -c 102400 /dev/zero | tr '\0' 'b' >"$WORK_DIR/www/100k"
 render "$BENCH_DIR/nginx-backend.conf.in" "$WORK_DIR/nginx-backend.conf" DIR="$WORK_DIR" PORT="$BACKEND_PORT"
 render "$BENCH_DIR/nginx-proxy.conf.in" "$WORK_DIR/nginx-proxy.conf" DIR="$WORK_DIR" PORT="$NGINX_PORT" BACKEND_PORT="$BACKEND_PORT"
 if [[ $ACCESS_LOG == off ]]; then access_log_target=off; else access_log_target=$WORK_DIR/access.log; fi
-render "$BENCH_DIR/node.toml.in" "$WORK_DIR/node.toml" DIR="$WORK_DIR" PORT="$MERIDIAN_PORT" \
-    ADMIN_PORT="$MERIDIAN_ADMIN_PORT" ACCESS_LOG="$access_log_target"
-render "$BENCH_DIR/gateway.yaml.in" "$WORK_DIR/gateway.yaml" BACKEND_PORT="$BACKEND_PORT"
-render "$BENCH_DIR/gateway-train.yaml.in" "$WORK_DIR/gateway-train.yaml" BACKEND_PORT="$BACKEND_PORT"
+# node.toml serves the bench gateway; node-train.toml, the same node,
+# serves bench/pgo-train.sh's training gateway.
+for gateway in gateway gateway-train; do
+    node=node${gateway#gateway}
+    render "$BENCH_DIR/node.toml.in" "$WORK_DIR/$node.toml" DIR="$WORK_DIR" PORT="$MERIDIAN_PORT" \
+        ADMIN_PORT="$MERIDIAN_ADMIN_PORT" ACCESS_LOG="$access_log_target" GATEWAY="$gateway.yaml"
+    render "$BENCH_DIR/$gateway.yaml.in" "$WORK_DIR/$gateway.yaml" BACKEND_PORT="$BACKEND_PORT"
+done
 
 "$NGINX" -t -q -p "$WORK_DIR" -e "$WORK_DIR/backend-error.log" -c "$WORK_DIR/nginx-backend.conf" ||
     die "backend nginx config is invalid: $WORK_DIR/nginx-backend.conf"
