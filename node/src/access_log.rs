@@ -34,11 +34,19 @@
 //! measured 0.90 of nginx's against 1.05 (docs/benchmarks.md). Both take a batch
 //! from the queue only while they hold the sink, so batches are written
 //! in the order they were queued.
+//!
+//! A log file's pages go to the disk as each batch is written, from the
+//! writer thread, and leave the page cache one batch later ([`LogFile`]).
+//! Left to the kernel, a busy log's dirty pages pile up for 30 s
+//! (`vm.dirty_expire_centisecs`) and are then written back at once by a
+//! kernel worker on whichever CPU is free: measured here, bursts of 3-4 ms
+//! on the load generator's CPU every 30 s, which set the p99 of the runs
+//! they fell in (docs/benchmarks.md).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, Write};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -260,9 +268,7 @@ impl AccessLog {
         let sink: Box<dyn Write + Send> = match target {
             AccessLogTarget::Off => return Ok((Self { inner: None }, None)),
             AccessLogTarget::Stdout => Box::new(io::stdout()),
-            AccessLogTarget::File(path) => {
-                Box::new(OpenOptions::new().create(true).append(true).open(path)?)
-            }
+            AccessLogTarget::File(path) => Box::new(LogFile::open(path)?),
         };
         let queue = Arc::new(Queue::default());
         let written = Arc::new(AtomicU64::new(0));
@@ -689,6 +695,87 @@ fn write_batches(
     }
 }
 
+/// An access-log file that the writer threads keep clean. Each flush (one
+/// a batch) advises the kernel that the pages written since the flush
+/// before the last one are not needed (`POSIX_FADV_DONTNEED`): Linux then
+/// starts writing the dirty ones back, from this thread, and drops from
+/// the page cache those already on the disk. So each batch goes to the disk
+/// as it is written and leaves the cache at the next flush (unless its
+/// write is still going on then, when reclaim takes it in time). The log
+/// neither leaves dirty pages for the kernel's flusher nor fills the page
+/// cache, and the work is done on the writer's CPU time, at its priority.
+/// Where the file is not a regular one (a pipe, a device) or its file
+/// system refuses the advice, writes go on and the kernel keeps the pages.
+struct LogFile {
+    file: File,
+    /// Where the advice starts, while the writer keeps the file clean:
+    /// the page the flush before the last one ended in.
+    advised: Option<u64>,
+    /// Where the last flush ended.
+    flushed: u64,
+}
+
+/// The page size offsets are rounded down to.
+const PAGE: u64 = 4096;
+
+impl LogFile {
+    fn open(path: &std::path::Path) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let meta = file.metadata()?;
+        let end = meta.len();
+        Ok(Self {
+            file,
+            advised: meta.is_file().then_some(end - end % PAGE),
+            flushed: end,
+        })
+    }
+
+    /// Advises the kernel over `from..` the end of the last write, and
+    /// returns where the next advice starts.
+    fn advise(&mut self, from: u64) -> io::Result<u64> {
+        use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+        // Appending, the offset is the end of the last write; less than
+        // where the last flush ended once the file was truncated, when the
+        // advice starts over.
+        let end = self.file.stream_position()?;
+        let truncated = end < self.flushed;
+        let from = if truncated { 0 } else { from };
+        let offset = i64::try_from(from).map_err(io::Error::other)?;
+        let len = i64::try_from(end - from).map_err(io::Error::other)?;
+        posix_fadvise(
+            &self.file,
+            offset,
+            len,
+            PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )?;
+        let next = if truncated {
+            0
+        } else {
+            self.flushed / PAGE * PAGE
+        };
+        self.flushed = end;
+        Ok(next)
+    }
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(from) = self.advised {
+            self.advised = self
+                .advise(from)
+                .inspect_err(|error| {
+                    tracing::info!(%error, "the access log's pages are left to the kernel");
+                })
+                .ok();
+        }
+        Ok(())
+    }
+}
+
 /// Puts this thread on `SCHED_IDLE`. Lowering one's own priority needs no
 /// privilege; where the system refuses anyway, the thread keeps its
 /// priority, and only requests that share its CPU notice.
@@ -783,6 +870,86 @@ mod tests {
             Some(format!("{{\"n\":{}}}", lines - 1).as_str())
         );
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// How many of the pages of `path` are in the page cache (`fincore`,
+    /// from util-linux).
+    fn cached_pages(path: &std::path::Path) -> u64 {
+        let out = std::process::Command::new("fincore")
+            .args(["--raw", "--noheadings", "--output", "PAGES"])
+            .arg(path)
+            .output()
+            .expect("fincore (util-linux) runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_log_file_leaves_its_written_pages_to_the_disk() {
+        let dir = std::env::temp_dir().join(format!("meridian-pages-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        if nix::sys::statfs::statfs(&dir).unwrap().filesystem_type()
+            == nix::sys::statfs::TMPFS_MAGIC
+        {
+            eprintln!(
+                "skipped: {} is on tmpfs, whose pages are the file",
+                dir.display()
+            );
+            return;
+        }
+        // An existing file: the writer goes on from its end.
+        std::fs::write(&path, "earlier\n").unwrap();
+        let mut log = LogFile::open(&path).unwrap();
+        let disk = File::open(&path).unwrap();
+        let line = [b'x'; 99_999];
+        for _ in 0..20 {
+            log.write_all(&line).unwrap();
+            log.write_all(b"\n").unwrap();
+            log.flush().unwrap();
+            // On the disk before the next flush, whose advice drops it
+            // (the writer does not wait for the disk; the test does, so
+            // that what is dropped is known).
+            disk.sync_data().unwrap();
+        }
+        // 2,000,008 bytes in 489 pages: all out but the 26 the last flush
+        // wrote to (it dropped the ones the flush before wrote).
+        let last = 2_000_008_u64.div_ceil(PAGE) - 1_900_008 / PAGE;
+        let cached = cached_pages(&path);
+        assert!(
+            cached <= last,
+            "{cached} pages cached, {last} expected at most"
+        );
+        let text = std::fs::read(&path).unwrap();
+        assert_eq!(text.len(), 2_000_008);
+        assert!(text.starts_with(b"earlier\nxxx"));
+        assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), 21);
+
+        // Truncated under the writer (logrotate's copytruncate): it goes on
+        // at the new end, and the advice with it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        for _ in 0..3 {
+            log.write_all(&line).unwrap();
+            log.write_all(b"\n").unwrap();
+            log.flush().unwrap();
+            disk.sync_data().unwrap();
+        }
+        assert_eq!(
+            (log.flushed, log.advised),
+            (300_000, Some(200_000 / PAGE * PAGE))
+        );
+        assert!(cached_pages(&path) <= last);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 300_000);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
