@@ -35,8 +35,8 @@
 //! from the queue only while they hold the sink, so batches are written
 //! in the order they were queued.
 //!
-//! A log file's pages go to the disk as each batch is written, from the
-//! writer thread, and leave the page cache one batch later ([`LogFile`]).
+//! A log file's pages go to the disk a megabyte at a time, from the writer
+//! thread, and leave the page cache a megabyte later ([`LogFile`]).
 //! Left to the kernel, a busy log's dirty pages pile up for 30 s
 //! (`vm.dirty_expire_centisecs`) and are then written back at once by a
 //! kernel worker on whichever CPU is free: measured here, bursts of 3-4 ms
@@ -695,28 +695,39 @@ fn write_batches(
     }
 }
 
-/// An access-log file that the writer threads keep clean. Each flush (one
-/// a batch) advises the kernel that the pages written since the flush
-/// before the last one are not needed (`POSIX_FADV_DONTNEED`): Linux then
+/// An access-log file that the writer threads keep clean. Once a flush
+/// (one a batch) finds [`ADVICE_BYTES`] written since the last advice, it
+/// advises the kernel that the pages from where the advice before the
+/// last one ended are not needed (`POSIX_FADV_DONTNEED`): Linux then
 /// starts writing the dirty ones back, from this thread, and drops from
-/// the page cache those already on the disk. So each batch goes to the disk
-/// as it is written and leaves the cache at the next flush (unless its
-/// write is still going on then, when reclaim takes it in time). The log
-/// neither leaves dirty pages for the kernel's flusher nor fills the page
-/// cache, and the work is done on the writer's CPU time, at its priority.
-/// Where the file is not a regular one (a pipe, a device) or its file
-/// system refuses the advice, writes go on and the kernel keeps the pages.
+/// the page cache those already on the disk. So each megabyte goes to the
+/// disk soon after it is written and leaves the cache at the next advice
+/// (unless its write is still going on then, when reclaim takes it in
+/// time). The log neither leaves dirty pages for the kernel's flusher nor
+/// fills the page cache, and the work is done on the writer's CPU time, at
+/// its priority, in runs long enough to be cheap and rare. Where the file is
+/// not a regular one (a pipe, a device) or its file system refuses the
+/// advice, writes go on and the kernel keeps the pages.
 struct LogFile {
     file: File,
-    /// Where the advice starts, while the writer keeps the file clean:
-    /// the page the flush before the last one ended in.
+    /// Where the next advice starts, while the writer keeps the file
+    /// clean: the page the advice before the last one ended in.
     advised: Option<u64>,
-    /// Where the last flush ended.
-    flushed: u64,
+    /// Where the last advice ended.
+    advised_to: u64,
+    /// Where the last flush found the end of the file.
+    seen: u64,
 }
 
 /// The page size offsets are rounded down to.
 const PAGE: u64 = 4096;
+
+/// How much is written between two pieces of advice. Advice at every
+/// batch (64 KiB) cost the writer 1.4-1.6 µs of CPU a request at one
+/// connection (some 60 small runs of writeback a second, each a stretch
+/// in the kernel that a request on the same CPU can wait behind); a
+/// megabyte at a time, 0.6-0.7 µs (docs/benchmarks.md).
+const ADVICE_BYTES: u64 = 1 << 20;
 
 impl LogFile {
     fn open(path: &std::path::Path) -> io::Result<Self> {
@@ -726,20 +737,31 @@ impl LogFile {
         Ok(Self {
             file,
             advised: meta.is_file().then_some(end - end % PAGE),
-            flushed: end,
+            advised_to: end,
+            seen: end,
         })
     }
 
-    /// Advises the kernel over `from..` the end of the last write, and
+    /// Advises the kernel over `from..` the end of the last write once
+    /// [`ADVICE_BYTES`] have been written since the last advice, and
     /// returns where the next advice starts.
     fn advise(&mut self, from: u64) -> io::Result<u64> {
         use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
         // Appending, the offset is the end of the last write; less than
-        // where the last flush ended once the file was truncated, when the
-        // advice starts over.
+        // where the last flush found it once the file was truncated, when
+        // the advice starts over.
         let end = self.file.stream_position()?;
-        let truncated = end < self.flushed;
-        let from = if truncated { 0 } else { from };
+        let truncated = end < self.seen;
+        self.seen = end;
+        let (from, advised_to) = if truncated {
+            (0, 0)
+        } else {
+            (from, self.advised_to)
+        };
+        self.advised_to = advised_to;
+        if end - advised_to < ADVICE_BYTES {
+            return Ok(from);
+        }
         let offset = i64::try_from(from).map_err(io::Error::other)?;
         let len = i64::try_from(end - from).map_err(io::Error::other)?;
         posix_fadvise(
@@ -748,13 +770,8 @@ impl LogFile {
             len,
             PosixFadviseAdvice::POSIX_FADV_DONTNEED,
         )?;
-        let next = if truncated {
-            0
-        } else {
-            self.flushed / PAGE * PAGE
-        };
-        self.flushed = end;
-        Ok(next)
+        self.advised_to = end;
+        Ok(advised_to / PAGE * PAGE)
     }
 }
 
@@ -907,27 +924,35 @@ mod tests {
         let mut log = LogFile::open(&path).unwrap();
         let disk = File::open(&path).unwrap();
         let line = [b'x'; 99_999];
-        for _ in 0..20 {
-            log.write_all(&line).unwrap();
-            log.write_all(b"\n").unwrap();
-            log.flush().unwrap();
-            // On the disk before the next flush, whose advice drops it
-            // (the writer does not wait for the disk; the test does, so
-            // that what is dropped is known).
-            disk.sync_data().unwrap();
-        }
-        // 2,000,008 bytes in 489 pages: all out but the 26 the last flush
-        // wrote to (it dropped the ones the flush before wrote).
-        let last = 2_000_008_u64.div_ceil(PAGE) - 1_900_008 / PAGE;
+        let write_lines = |log: &mut LogFile, n: usize| {
+            for _ in 0..n {
+                log.write_all(&line).unwrap();
+                log.write_all(b"\n").unwrap();
+                log.flush().unwrap();
+                // On the disk before the next advice, which drops it (the
+                // writer does not wait for the disk; the test does, so
+                // that what is dropped is known).
+                disk.sync_data().unwrap();
+            }
+        };
+        write_lines(&mut log, 40);
+        // 4,000,008 bytes in 977 pages: advice at 1,100,008, 2,200,008 and
+        // 3,300,008 bytes, each dropping what the one before it wrote; in
+        // the cache, at most the pages written since the last one.
+        let most = ADVICE_BYTES / PAGE + 2;
         let cached = cached_pages(&path);
         assert!(
-            cached <= last,
-            "{cached} pages cached, {last} expected at most"
+            cached <= most,
+            "{cached} pages cached, {most} expected at most"
+        );
+        assert_eq!(
+            (log.seen, log.advised_to, log.advised),
+            (4_000_008, 3_300_008, Some(2_200_008 / PAGE * PAGE))
         );
         let text = std::fs::read(&path).unwrap();
-        assert_eq!(text.len(), 2_000_008);
+        assert_eq!(text.len(), 4_000_008);
         assert!(text.starts_with(b"earlier\nxxx"));
-        assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), 21);
+        assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), 41);
 
         // Truncated under the writer (logrotate's copytruncate): it goes on
         // at the new end, and the advice with it.
@@ -937,18 +962,18 @@ mod tests {
             .unwrap()
             .set_len(0)
             .unwrap();
-        for _ in 0..3 {
-            log.write_all(&line).unwrap();
-            log.write_all(b"\n").unwrap();
-            log.flush().unwrap();
-            disk.sync_data().unwrap();
-        }
+        write_lines(&mut log, 3);
         assert_eq!(
-            (log.flushed, log.advised),
-            (300_000, Some(200_000 / PAGE * PAGE))
+            (log.seen, log.advised_to, log.advised),
+            (300_000, 0, Some(0))
         );
-        assert!(cached_pages(&path) <= last);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 300_000);
+        write_lines(&mut log, 12);
+        assert_eq!(
+            (log.seen, log.advised_to, log.advised),
+            (1_500_000, 1_100_000, Some(0))
+        );
+        assert!(cached_pages(&path) <= most);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1_500_000);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
