@@ -36,7 +36,7 @@
 //! in the order they were queued.
 //!
 //! A log file's pages go to the disk a megabyte at a time, from the writer
-//! thread, and leave the page cache a megabyte later ([`LogFile`]).
+//! thread, and leave the page cache a megabyte later (`LogFile`).
 //! Left to the kernel, a busy log's dirty pages pile up for 30 s
 //! (`vm.dirty_expire_centisecs`) and are then written back at once by a
 //! kernel worker on whichever CPU is free: measured here, bursts of 3-4 ms
