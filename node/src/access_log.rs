@@ -751,15 +751,13 @@ impl LogFile {
         // where the last flush found it once the file was truncated, when
         // the advice starts over.
         let end = self.file.stream_position()?;
-        let truncated = end < self.seen;
+        let mut from = from;
+        if end < self.seen {
+            from = 0;
+            self.advised_to = 0;
+        }
         self.seen = end;
-        let (from, advised_to) = if truncated {
-            (0, 0)
-        } else {
-            (from, self.advised_to)
-        };
-        self.advised_to = advised_to;
-        if end - advised_to < ADVICE_BYTES {
+        if end - self.advised_to < ADVICE_BYTES {
             return Ok(from);
         }
         let offset = i64::try_from(from).map_err(io::Error::other)?;
@@ -770,8 +768,9 @@ impl LogFile {
             len,
             PosixFadviseAdvice::POSIX_FADV_DONTNEED,
         )?;
+        let next = self.advised_to / PAGE * PAGE;
         self.advised_to = end;
-        Ok(advised_to / PAGE * PAGE)
+        Ok(next)
     }
 }
 
@@ -907,15 +906,16 @@ mod tests {
 
     #[test]
     fn a_log_file_leaves_its_written_pages_to_the_disk() {
-        let dir = std::env::temp_dir().join(format!("meridian-pages-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("access.log");
-        if nix::sys::statfs::statfs(&dir).unwrap().filesystem_type()
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        if nix::sys::statfs::statfs(dir.path())
+            .unwrap()
+            .filesystem_type()
             == nix::sys::statfs::TMPFS_MAGIC
         {
             eprintln!(
                 "skipped: {} is on tmpfs, whose pages are the file",
-                dir.display()
+                dir.path().display()
             );
             return;
         }
@@ -974,7 +974,6 @@ mod tests {
         );
         assert!(cached_pages(&path) <= most);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 1_500_000);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
