@@ -52,8 +52,9 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_LINE: usize = 4 * 1024;
 /// Free space the read buffer has before each read.
 const READ_ROOM: usize = 16 * 1024;
-/// The most a body read asks for at once.
-const MAX_READ: usize = 64 * 1024;
+/// The most a body read asks for at once: a 100 KiB body in one read
+/// where it has arrived, as a buffer that [`take_frame`] hands on whole.
+const MAX_READ: usize = 128 * 1024;
 
 /// A request head as the fast path writes it, every part borrowed: the
 /// proxy sends without building an `http::Request` for each attempt.
@@ -319,6 +320,24 @@ fn fill_for(
         buf.reserve(room);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// The first `n` bytes of `buf`, as a body frame. A large frame that is
+/// all the buffer holds takes the buffer's memory with it: once the frame
+/// is written the memory goes back to the allocator while it is still in
+/// the CPU's cache, and the next large read (on any connection) gets it
+/// from there. Kept by the connection instead, it would wait for this
+/// connection's next response, by which time, with many connections
+/// taking turns, it has left the cache, and the kernel's copy into it
+/// costs twice as much (docs/benchmarks.md). Small frames leave the
+/// buffer with the connection, which reads its next small response into
+/// it without allocating.
+fn take_frame(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n == buf.len() && n > READ_ROOM / 4 {
+        std::mem::take(buf).freeze()
+    } else {
+        buf.split_to(n).freeze()
+    }
 }
 
 /// [`fill_for`], where an early end of the connection is an error.
@@ -830,7 +849,7 @@ impl http_body::Body for RawBody {
                         continue;
                     }
                     let n = (conn.0.buf.len() as u64).min(left);
-                    let data = conn.0.buf.split_to(n as usize).freeze();
+                    let data = take_frame(&mut conn.0.buf, n as usize);
                     this.state = match state {
                         State::Length(_) => State::Length(left - n),
                         _ if left == n => State::Chunked(Chunk::DataEnd),
@@ -840,7 +859,8 @@ impl http_body::Body for RawBody {
                 }
                 State::UntilClose => {
                     if !conn.0.buf.is_empty() {
-                        let data = conn.0.buf.split().freeze();
+                        let all = conn.0.buf.len();
+                        let data = take_frame(&mut conn.0.buf, all);
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     match ready!(conn.poll_fill_for(cx, 0)) {
@@ -956,6 +976,26 @@ mod tests {
             }
         }
         (status, data.freeze(), body.take_reusable())
+    }
+
+    #[test]
+    fn a_large_frame_that_drains_the_buffer_takes_its_memory() {
+        let mut buf = BytesMut::with_capacity(MAX_READ);
+        buf.extend_from_slice(&[7; 20 * 1024]);
+        // Part of what was read: the rest stays, in the same memory.
+        let first = take_frame(&mut buf, 12 * 1024);
+        assert_eq!((first.len(), buf.len()), (12 * 1024, 8 * 1024));
+        assert!(buf.capacity() >= 8 * 1024);
+        // All of it: the connection keeps no memory for its next read.
+        let second = take_frame(&mut buf, 8 * 1024);
+        assert_eq!((second.len(), buf.len(), buf.capacity()), (8 * 1024, 0, 0));
+        assert!(second.iter().all(|&b| b == 7));
+
+        // A small frame leaves the buffer's memory with the connection.
+        let mut buf = BytesMut::with_capacity(READ_ROOM);
+        buf.extend_from_slice(b"ok");
+        assert_eq!(&take_frame(&mut buf, 2)[..], b"ok");
+        assert!(buf.is_empty() && buf.capacity() >= READ_ROOM - 2);
     }
 
     #[tokio::test]
