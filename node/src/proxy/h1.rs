@@ -55,6 +55,9 @@ const READ_ROOM: usize = 16 * 1024;
 /// The most a body read asks for at once: a 100 KiB body in one read
 /// where it has arrived, as a buffer that [`take_frame`] hands on whole.
 const MAX_READ: usize = 128 * 1024;
+/// The largest body frame that leaves the read buffer's memory with the
+/// connection (see [`take_frame`]).
+const SMALL_FRAME: usize = 4 * 1024;
 
 /// A request head as the fast path writes it, every part borrowed: the
 /// proxy sends without building an `http::Request` for each attempt.
@@ -333,7 +336,7 @@ fn fill_for(
 /// buffer with the connection, which reads its next small response into
 /// it without allocating.
 fn take_frame(buf: &mut BytesMut, n: usize) -> Bytes {
-    if n == buf.len() && n > READ_ROOM / 4 {
+    if n == buf.len() && n > SMALL_FRAME {
         std::mem::take(buf).freeze()
     } else {
         buf.split_to(n).freeze()
