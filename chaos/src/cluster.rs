@@ -34,7 +34,7 @@
 //! by PID, then deletes the namespaces. [`Cluster::shutdown`] also waits for
 //! the processes before deleting the namespaces.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -301,10 +301,16 @@ impl Cluster {
             backends.push(backend.with_context(|| format!("starting the {region} backend"))?);
         }
         let mut specs = Vec::new();
+        let mut taken = BTreeSet::new();
         for i in 0..nodes {
             let id = i + 1;
             let (proxy, admin, peer, dialer) = match &net {
-                None => (free_tcp()?, free_tcp()?, free_udp()?, Dialer::Here),
+                None => (
+                    free_tcp(&mut taken)?,
+                    free_tcp(&mut taken)?,
+                    free_udp(&mut taken)?,
+                    Dialer::Here,
+                ),
                 Some(net) => {
                     let ip = net.address(id);
                     (
@@ -982,18 +988,55 @@ fn merge(into: &mut toml::Table, from: &toml::Table) {
     }
 }
 
-/// A loopback TCP port that was free a moment ago.
-fn free_tcp() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .context("binding a free TCP port")?
-        .local_addr()?)
+/// A loopback TCP port for a node, free a moment ago (see [`free_port`]).
+fn free_tcp(taken: &mut BTreeSet<u16>) -> anyhow::Result<SocketAddr> {
+    free_port(taken, |at| TcpListener::bind(at).map(drop)).context("finding a free TCP port")
 }
 
-/// A loopback UDP port that was free a moment ago.
-fn free_udp() -> anyhow::Result<SocketAddr> {
-    Ok(UdpSocket::bind("127.0.0.1:0")
-        .context("binding a free UDP port")?
-        .local_addr()?)
+/// A loopback UDP port for a node, free a moment ago (see [`free_port`]).
+fn free_udp(taken: &mut BTreeSet<u16>) -> anyhow::Result<SocketAddr> {
+    free_port(taken, |at| UdpSocket::bind(at).map(drop)).context("finding a free UDP port")
+}
+
+/// A loopback port that `bind` could take a moment ago, drawn at random
+/// from below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+/// A port from `bind(0)` comes from that range, where the relay's links and
+/// every connection made later take theirs: one of them could get the port
+/// again before the node binds it (seen once in CI: node 1 exited with
+/// "cannot bind the peer endpoint ... Address already in use"). A port in
+/// `taken` (one this cluster chose already) is not chosen again.
+fn free_port(
+    taken: &mut BTreeSet<u16>,
+    bind: impl Fn(SocketAddr) -> std::io::Result<()>,
+) -> anyhow::Result<SocketAddr> {
+    const LOWEST: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let mut last = None;
+    if ephemeral > LOWEST {
+        for _ in 0..64 {
+            let port = fastrand::u16(LOWEST..ephemeral);
+            if taken.contains(&port) {
+                continue;
+            }
+            let at = SocketAddr::from(([127, 0, 0, 1], port));
+            match bind(at) {
+                Ok(()) => {
+                    taken.insert(port);
+                    return Ok(at);
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+    }
+    match last {
+        Some(error) => Err(error).context(format!(
+            "64 ports between {LOWEST} and {ephemeral} were all taken"
+        )),
+        None => bail!("found no free port below the ephemeral range ({ephemeral})"),
+    }
 }
 
 #[cfg(test)]
