@@ -1075,18 +1075,17 @@ mod tests {
             std::fs::read_dir("/proc/self/task")
                 .unwrap()
                 .find_map(|task| {
-                    let task = task.unwrap().path();
-                    let comm = std::fs::read_to_string(task.join("comm")).unwrap();
-                    (comm.trim() == name).then(|| {
-                        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
-                        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-                        after_comm
-                            .split(' ')
-                            .nth(41 - 3)
-                            .unwrap()
-                            .parse::<u32>()
-                            .unwrap()
-                    })
+                    // Another test's thread can end while its entry is
+                    // read ("No such process"): it is not the one sought.
+                    let task = task.ok()?.path();
+                    let comm = std::fs::read_to_string(task.join("comm")).ok()?;
+                    if comm.trim() != name {
+                        return None;
+                    }
+                    let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+                    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+                    let policy = after_comm.split(' ').nth(41 - 3).unwrap();
+                    Some(policy.parse::<u32>().unwrap())
                 })
         };
         let waited = tokio::time::Instant::now();
