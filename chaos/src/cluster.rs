@@ -1014,28 +1014,27 @@ fn free_port(
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32_768);
+    anyhow::ensure!(
+        ephemeral > LOWEST,
+        "found no free port below the ephemeral range ({ephemeral})"
+    );
     let mut last = None;
-    if ephemeral > LOWEST {
-        for _ in 0..64 {
-            let port = fastrand::u16(LOWEST..ephemeral);
-            if taken.contains(&port) {
-                continue;
-            }
-            let at = SocketAddr::from(([127, 0, 0, 1], port));
-            match bind(at) {
-                Ok(()) => {
-                    taken.insert(port);
-                    return Ok(at);
-                }
-                Err(error) => last = Some(error),
-            }
+    for _ in 0..64 {
+        let port = fastrand::u16(LOWEST..ephemeral);
+        // A port that fails to bind is taken too: not worth a second try.
+        if !taken.insert(port) {
+            continue;
+        }
+        let at = SocketAddr::from(([127, 0, 0, 1], port));
+        match bind(at) {
+            Ok(()) => return Ok(at),
+            Err(error) => last = Some(error),
         }
     }
+    let why = format!("64 ports between {LOWEST} and {ephemeral} were all taken");
     match last {
-        Some(error) => Err(error).context(format!(
-            "64 ports between {LOWEST} and {ephemeral} were all taken"
-        )),
-        None => bail!("found no free port below the ephemeral range ({ephemeral})"),
+        Some(error) => Err(error).context(why),
+        None => bail!(why),
     }
 }
 
