@@ -19,7 +19,10 @@
 //!   buffer;
 //! - the response head is encoded into a reused buffer and written with the
 //!   first body bytes in one write; a streamed body follows as it comes,
-//!   length-delimited or chunked, flushed whenever the body has to wait.
+//!   length-delimited or chunked, flushed whenever the body has to wait;
+//!   what the end of a body sets off (the request's metrics and access-log
+//!   line, the upstream connection's return to its pool) runs once its last
+//!   bytes are written, not before.
 //!
 //! Everything else is handed over, with the bytes already read, to hyper,
 //! which then serves the rest of the connection exactly as if it had had it
@@ -665,7 +668,12 @@ where
         }
         let mut sent = 0u64;
         let mut trailers = None;
-        loop {
+        // A body that knows it has nothing more is not polled to its end
+        // here: its end runs the request's end-of-body work (metrics, the
+        // access-log line, the upstream connection back to its pool), which
+        // the client need not wait for. The body ends when it is dropped,
+        // after the last bytes are written.
+        while !body.is_end_stream() {
             // Write what is gathered before waiting for the body.
             let polled = std::future::poll_fn(|cx| {
                 Poll::Ready(match Pin::new(&mut body).poll_frame(cx) {
@@ -739,7 +747,9 @@ where
             }
             _ => {}
         }
-        self.flush_last(close).await
+        let written = self.flush_last(close).await;
+        drop(body);
+        written
     }
 
     /// Writes out the end of a response: with Nagle's algorithm off unless
