@@ -8,7 +8,7 @@
 # with `-Cprofile-use`, which lays out and inlines the code by those
 # counts. The second build links with `-z keep-text-section-prefix`, so
 # that lld keeps the functions the profile found hot in a `.text.hot`
-# section of their own (551 KiB, against 17 MiB of code) rather than
+# section of their own (about half a MiB of 17 MiB of code) rather than
 # scattered through `.text`: at one connection, where the backend runs
 # between two halves of every request, fewer of the request's pages and
 # cache lines are cold. docs/benchmarks.md has what it gives.

@@ -668,11 +668,8 @@ where
         }
         let mut sent = 0u64;
         let mut trailers = None;
-        // A body that knows it has nothing more is not polled to its end
-        // here: its end runs the request's end-of-body work (metrics, the
-        // access-log line, the upstream connection back to its pool), which
-        // the client need not wait for. The body ends when it is dropped,
-        // after the last bytes are written.
+        // Not polled to its end: the body ends when it is dropped, after the
+        // last bytes are written (see the module's notes).
         while !body.is_end_stream() {
             // Write what is gathered before waiting for the body.
             let polled = std::future::poll_fn(|cx| {
